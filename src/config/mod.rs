@@ -1,0 +1,934 @@
+//! Configuration: one YAML file plus one YAML file per named policy under `policies/`.
+//!
+//! Loading is read → parse (with lines) → expand `${ENV}` → decode each item
+//! (`deny_unknown_fields`) → validate. Every error found on the way is kept, with
+//! `file:line: key.path`, so `ward check` lists them all at once. A running gateway only
+//! ever holds a [`Config`] that passed all of this.
+
+pub mod yaml;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use yaml::ConfigError;
+use yaml::{LineIndex, Located, Node};
+
+/// A duration written as `500ms`, `10s`, `5m`, `1h` (or a bare number of seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Dur(Duration::from_secs(n))),
+            Raw::S(s) => parse_duration(&s).map(Dur).ok_or_else(|| {
+                serde::de::Error::custom("invalid duration (use e.g. 500ms, 10s, 5m, 1h)")
+            }),
+        }
+    }
+}
+
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+        _ => None,
+    }
+}
+
+fn secs(n: u64) -> Dur {
+    Dur(Duration::from_secs(n))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: String,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Must be written explicitly to serve without TLS (HTTP/1.1 only, warned at start).
+    #[serde(default)]
+    pub plaintext: bool,
+    /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Request-Id` are trusted.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub limits: ListenerLimits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub certificates: Vec<CertConfig>,
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Dur,
+}
+fn default_handshake_timeout() -> Dur {
+    secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    pub cert: String,
+    pub key: String,
+    /// SNI names served with this certificate; the first certificate is also the default.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerLimits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Dur,
+    pub body_timeout: Dur,
+    pub idle_timeout: Dur,
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_reset_streams: usize,
+    pub h2_max_local_error_reset_streams: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout: secs(10),
+            body_timeout: secs(60),
+            idle_timeout: secs(60),
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_reset_streams: 20,
+            h2_max_local_error_reset_streams: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub url: String,
+    /// CA bundle (PEM) trusted for an https upstream. Required for https: an EHR behind
+    /// Ward should not be trusted through public web roots.
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: Dur,
+    #[serde(default = "default_pool_idle")]
+    pub pool_idle_timeout: Dur,
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle_per_host: usize,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+fn default_connect_timeout() -> Dur {
+    secs(5)
+}
+fn default_response_timeout() -> Dur {
+    secs(30)
+}
+fn default_pool_idle() -> Dur {
+    secs(90)
+}
+fn default_pool_max_idle() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// HTTP path probed with GET (any status below 500 counts as up); without it a TCP
+    /// connect is the probe.
+    pub path: Option<String>,
+    pub interval: Dur,
+    pub timeout: Dur,
+}
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: None,
+            interval: secs(10),
+            timeout: secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    pub listener: String,
+    /// Host (without port) this route answers for; absent = any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    pub path_prefix: String,
+    /// Allowed methods; absent = GET HEAD POST PUT PATCH DELETE OPTIONS.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    pub upstream: String,
+    /// Replaces `path_prefix` in the forwarded path.
+    #[serde(default)]
+    pub rewrite_prefix: Option<String>,
+    #[serde(default)]
+    pub fhir: bool,
+    #[serde(default)]
+    pub policies: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub bind: String,
+}
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: "127.0.0.1:9901".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Per-route request limits carried by a policy file's `limits` section. They can only
+/// tighten the listener's limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPolicyConfig {
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub body_timeout: Option<Dur>,
+}
+
+/// One file under `policies/`; its name is the file stem.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub limits: Option<LimitsPolicyConfig>,
+}
+
+/// Policy sections that the design reserves and that later releases implement. Naming
+/// one is an error: a policy the binary cannot enforce must not be silently skipped.
+pub const RESERVED_POLICY_SECTIONS: &[&str] = &[
+    "mtls",
+    "auth",
+    "fhir_authz",
+    "validate",
+    "rate_limit",
+    "dlp",
+    "audit",
+];
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub base_dir: PathBuf,
+    pub listeners: Vec<ListenerConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub admin: AdminConfig,
+    pub shutdown_grace: Duration,
+    pub log: LogConfig,
+    pub policies: BTreeMap<String, PolicyConfig>,
+}
+
+impl Config {
+    /// Resolve a path written in the config relative to the config file's folder.
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        resolve_in(&self.base_dir, p)
+    }
+}
+
+fn resolve_in(base: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+/// Load and validate from a file, expanding `${VAR}` from the process environment.
+pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let env = |n: &str| std::env::var(n).ok();
+    load_with(path, &env)
+}
+
+/// Load with an explicit variable resolver (tests and the demo use this).
+pub fn load_with(
+    path: &Path,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            file: file.clone(),
+            line: None,
+            path: String::new(),
+            message: format!("cannot read config: {}", e.kind()),
+        }]
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    load_str(&file, &text, &base, vars)
+}
+
+/// Accumulates errors for one file.
+struct Errs<'a> {
+    file: String,
+    idx: &'a LineIndex,
+    out: &'a mut Vec<ConfigError>,
+}
+
+impl Errs<'_> {
+    fn at(&mut self, path: &str, msg: impl Into<String>) {
+        self.out.push(ConfigError {
+            file: self.file.clone(),
+            line: self.idx.line(path),
+            path: path.to_owned(),
+            message: msg.into(),
+        });
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "listeners",
+    "upstreams",
+    "routes",
+    "admin",
+    "policies_dir",
+    "shutdown_grace",
+    "log",
+];
+
+pub fn load_str(
+    file: &str,
+    text: &str,
+    base: &Path,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
+    let root = yaml::parse(file, text).map_err(|e| vec![e])?;
+    let idx = LineIndex::build(&root);
+    let mut out = Vec::new();
+    let mut e = Errs {
+        file: file.to_owned(),
+        idx: &idx,
+        out: &mut out,
+    };
+
+    let Node::Map(entries) = &root.node else {
+        e.at("", "the config must be a YAML mapping");
+        return Err(out);
+    };
+    for (k, _, _) in entries {
+        if !TOP_KEYS.contains(&k.as_str()) {
+            e.at(
+                k,
+                format!(
+                    "unknown key `{k}` (expected one of: {})",
+                    TOP_KEYS.join(", ")
+                ),
+            );
+        }
+    }
+    let get = |k: &str| entries.iter().find(|(n, _, _)| n == k).map(|(_, _, v)| v);
+
+    let listeners: Vec<ListenerConfig> = decode_list(&mut e, get("listeners"), "listeners", vars);
+    let upstreams: Vec<UpstreamConfig> = decode_list(&mut e, get("upstreams"), "upstreams", vars);
+    let routes: Vec<RouteConfig> = decode_list(&mut e, get("routes"), "routes", vars);
+    let admin: AdminConfig = decode_one(&mut e, get("admin"), "admin", vars).unwrap_or_default();
+    let log: LogConfig = decode_one(&mut e, get("log"), "log", vars).unwrap_or_default();
+    let shutdown_grace: Dur =
+        decode_one(&mut e, get("shutdown_grace"), "shutdown_grace", vars).unwrap_or(secs(30));
+    let policies_dir: String = decode_one(&mut e, get("policies_dir"), "policies_dir", vars)
+        .unwrap_or_else(|| "policies".to_owned());
+
+    // Policies: every file in the folder is loaded and checked, used or not, so a broken
+    // file is found before a route starts to depend on it.
+    let pdir = resolve_in(base, &policies_dir);
+    let mut policies = BTreeMap::new();
+    let referenced: HashSet<&str> = routes
+        .iter()
+        .flat_map(|r| r.policies.iter().map(String::as_str))
+        .collect();
+    if pdir.is_dir() {
+        match load_policies(&pdir, vars) {
+            Ok(p) => policies = p,
+            Err(mut perrs) => e.out.append(&mut perrs),
+        }
+    } else if !referenced.is_empty() {
+        e.at(
+            "policies_dir",
+            format!("policies folder {} not found", pdir.display()),
+        );
+    }
+
+    let cfg = Config {
+        source: PathBuf::from(file),
+        base_dir: base.to_path_buf(),
+        listeners,
+        upstreams,
+        routes,
+        admin,
+        shutdown_grace: shutdown_grace.0,
+        log,
+        policies,
+    };
+    validate(&cfg, &mut e);
+    if out.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(out)
+    }
+}
+
+fn decode_list<T: serde::de::DeserializeOwned>(
+    e: &mut Errs<'_>,
+    node: Option<&Located>,
+    key: &str,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> Vec<T> {
+    let Some(node) = node else {
+        return Vec::new();
+    };
+    let Node::Seq(items) = &node.node else {
+        if !matches!(node.node, Node::Null) {
+            e.at(key, "expected a list");
+        }
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("{key}[{i}]");
+        if let Some(v) = decode_node(e, item, &path, vars) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn decode_one<T: serde::de::DeserializeOwned>(
+    e: &mut Errs<'_>,
+    node: Option<&Located>,
+    key: &str,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> Option<T> {
+    decode_node(e, node?, key, vars)
+}
+
+fn decode_node<T: serde::de::DeserializeOwned>(
+    e: &mut Errs<'_>,
+    node: &Located,
+    path: &str,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> Option<T> {
+    let mut env_errs = Vec::new();
+    let json = yaml::to_json(node, path, vars, &mut env_errs);
+    let had_env_err = !env_errs.is_empty();
+    for (p, _, msg) in env_errs {
+        e.at(&p, msg);
+    }
+    if had_env_err {
+        return None;
+    }
+    match yaml::decode::<T>(json, path) {
+        Ok(v) => Some(v),
+        Err((p, msg)) => {
+            e.at(&p, msg);
+            None
+        }
+    }
+}
+
+/// Load every `*.yaml` / `*.yml` file in `dir` as a named policy.
+pub fn load_policies(
+    dir: &Path,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, PolicyConfig>, Vec<ConfigError>> {
+    let mut out = BTreeMap::new();
+    let mut errs = Vec::new();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|d| d.ok().map(|d| d.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|x| x.to_str()),
+                    Some("yaml") | Some("yml")
+                )
+            })
+            .collect(),
+        Err(err) => {
+            return Err(vec![ConfigError {
+                file: dir.display().to_string(),
+                line: None,
+                path: String::new(),
+                message: format!("cannot read policies folder: {}", err.kind()),
+            }])
+        }
+    };
+    files.sort();
+    for f in files {
+        let name = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        match load_policy_file(&f, vars) {
+            Ok(p) => {
+                out.insert(name, p);
+            }
+            Err(mut e) => errs.append(&mut e),
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs)
+    }
+}
+
+pub fn load_policy_file(
+    path: &Path,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> Result<PolicyConfig, Vec<ConfigError>> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        vec![ConfigError {
+            file: file.clone(),
+            line: None,
+            path: String::new(),
+            message: format!("cannot read policy: {}", err.kind()),
+        }]
+    })?;
+    let root = yaml::parse(&file, &text).map_err(|e| vec![e])?;
+    let idx = LineIndex::build(&root);
+    let mut out = Vec::new();
+    let mut e = Errs {
+        file,
+        idx: &idx,
+        out: &mut out,
+    };
+    let mut policy = PolicyConfig::default();
+    match &root.node {
+        Node::Map(entries) => {
+            for (k, _, v) in entries {
+                match k.as_str() {
+                    "description" => policy.description = decode_node(&mut e, v, k, vars),
+                    "limits" => {
+                        policy.limits = decode_node(&mut e, v, k, vars);
+                        if let Some(l) = &policy.limits {
+                            if l.max_body_bytes == Some(0) {
+                                e.at("limits.max_body_bytes", "must be greater than 0");
+                            }
+                            if l.body_timeout.is_some_and(|d| d.0.is_zero()) {
+                                e.at("limits.body_timeout", "must be greater than 0");
+                            }
+                        }
+                    }
+                    s if RESERVED_POLICY_SECTIONS.contains(&s) => e.at(
+                        k,
+                        format!(
+                            "policy section `{s}` is not implemented in this build of ward; \
+                             refusing to start rather than skip it"
+                        ),
+                    ),
+                    _ => e.at(
+                        k,
+                        format!(
+                            "unknown policy section `{k}` (expected description, limits, or one of: {})",
+                            RESERVED_POLICY_SECTIONS.join(", ")
+                        ),
+                    ),
+                }
+            }
+        }
+        Node::Null => {}
+        _ => e.at("", "a policy file must be a YAML mapping"),
+    }
+    if out.is_empty() {
+        Ok(policy)
+    } else {
+        Err(out)
+    }
+}
+
+pub const DEFAULT_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+fn validate(cfg: &Config, e: &mut Errs<'_>) {
+    let mut names = HashSet::new();
+    let mut binds: Vec<(SocketAddr, String)> = Vec::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        if l.name.is_empty() || !names.insert(l.name.as_str()) {
+            e.at(
+                &format!("{p}.name"),
+                "listener names must be unique and non-empty",
+            );
+        }
+        match l.bind.parse::<SocketAddr>() {
+            Ok(a) => {
+                if a.port() != 0 && binds.iter().any(|(b, _)| *b == a) {
+                    e.at(
+                        &format!("{p}.bind"),
+                        "address already used by another listener",
+                    );
+                }
+                binds.push((a, l.name.clone()));
+            }
+            Err(_) => e.at(&format!("{p}.bind"), "expected ip:port, e.g. 0.0.0.0:8443"),
+        }
+        match (&l.tls, l.plaintext) {
+            (Some(_), true) => e.at(
+                &format!("{p}.plaintext"),
+                "a listener is either tls or plaintext, not both",
+            ),
+            (None, false) => e.at(
+                &format!("{p}.tls"),
+                "missing `tls` (a plaintext listener needs an explicit `plaintext: true`)",
+            ),
+            _ => {}
+        }
+        if let Some(tls) = &l.tls {
+            if tls.certificates.is_empty() {
+                e.at(
+                    &format!("{p}.tls.certificates"),
+                    "at least one certificate is required",
+                );
+            }
+            for (j, c) in tls.certificates.iter().enumerate() {
+                let cp = format!("{p}.tls.certificates[{j}]");
+                if let Err(msg) =
+                    crate::tls::check_cert_pair(&cfg.resolve(&c.cert), &cfg.resolve(&c.key))
+                {
+                    e.at(&cp, msg);
+                }
+            }
+            if tls.handshake_timeout.0.is_zero() {
+                e.at(
+                    &format!("{p}.tls.handshake_timeout"),
+                    "must be greater than 0",
+                );
+            }
+        }
+        for (j, cidr) in l.trusted_proxies.iter().enumerate() {
+            if crate::proxy::headers::parse_cidr(cidr).is_none() {
+                e.at(
+                    &format!("{p}.trusted_proxies[{j}]"),
+                    "expected an IP address or CIDR (e.g. 10.0.0.0/8)",
+                );
+            }
+        }
+        let lim = &l.limits;
+        let lp = format!("{p}.limits");
+        for (k, zero) in [
+            ("max_header_bytes", lim.max_header_bytes == 0),
+            ("max_headers", lim.max_headers == 0),
+            ("max_body_bytes", lim.max_body_bytes == 0),
+            ("header_read_timeout", lim.header_read_timeout.0.is_zero()),
+            ("body_timeout", lim.body_timeout.0.is_zero()),
+            ("idle_timeout", lim.idle_timeout.0.is_zero()),
+            ("max_connections", lim.max_connections == 0),
+            (
+                "h2_max_concurrent_streams",
+                lim.h2_max_concurrent_streams == 0,
+            ),
+        ] {
+            if zero {
+                e.at(&format!("{lp}.{k}"), "must be greater than 0");
+            }
+        }
+        if lim.max_header_bytes > 1024 * 1024 {
+            e.at(&format!("{lp}.max_header_bytes"), "at most 1 MiB");
+        }
+        if lim.max_headers > 1000 {
+            e.at(&format!("{lp}.max_headers"), "at most 1000");
+        }
+    }
+
+    let mut unames = HashSet::new();
+    for (i, u) in cfg.upstreams.iter().enumerate() {
+        let p = format!("upstreams[{i}]");
+        if u.name.is_empty() || !unames.insert(u.name.as_str()) {
+            e.at(
+                &format!("{p}.name"),
+                "upstream names must be unique and non-empty",
+            );
+        }
+        match crate::proxy::UpstreamTarget::parse(&u.url) {
+            Ok(t) => {
+                if t.https && u.ca.is_none() {
+                    e.at(&format!("{p}.ca"), "an https upstream needs `ca` (the CA bundle that signed the upstream's certificate)");
+                }
+                if !t.https && (u.ca.is_some() || u.client_cert.is_some()) {
+                    e.at(
+                        &format!("{p}.url"),
+                        "`ca`/`client_cert` need an https:// url",
+                    );
+                }
+            }
+            Err(msg) => e.at(&format!("{p}.url"), msg),
+        }
+        if let Some(ca) = &u.ca {
+            if let Err(msg) = crate::tls::check_ca_bundle(&cfg.resolve(ca)) {
+                e.at(&format!("{p}.ca"), msg);
+            }
+        }
+        match (&u.client_cert, &u.client_key) {
+            (Some(c), Some(k)) => {
+                if let Err(msg) = crate::tls::check_cert_pair(&cfg.resolve(c), &cfg.resolve(k)) {
+                    e.at(&format!("{p}.client_cert"), msg);
+                }
+            }
+            (None, None) => {}
+            _ => e.at(
+                &format!("{p}.client_cert"),
+                "`client_cert` and `client_key` go together",
+            ),
+        }
+        if let Some(hp) = &u.health.path {
+            if !hp.starts_with('/') {
+                e.at(&format!("{p}.health.path"), "must start with /");
+            }
+        }
+        for (k, zero) in [
+            ("connect_timeout", u.connect_timeout.0.is_zero()),
+            ("response_timeout", u.response_timeout.0.is_zero()),
+            ("health.interval", u.health.interval.0.is_zero()),
+            ("health.timeout", u.health.timeout.0.is_zero()),
+        ] {
+            if zero {
+                e.at(&format!("{p}.{k}"), "must be greater than 0");
+            }
+        }
+    }
+
+    let mut rnames = HashSet::new();
+    let mut keys: Vec<(String, Option<String>, String, Vec<String>, usize)> = Vec::new();
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if r.name.is_empty() || !rnames.insert(r.name.as_str()) {
+            e.at(
+                &format!("{p}.name"),
+                "route names must be unique and non-empty",
+            );
+        }
+        if !cfg.listeners.iter().any(|l| l.name == r.listener) {
+            e.at(&format!("{p}.listener"), "no listener with this name");
+        }
+        if !cfg.upstreams.iter().any(|u| u.name == r.upstream) {
+            e.at(&format!("{p}.upstream"), "no upstream with this name");
+        }
+        for (k, v) in [
+            ("path_prefix", Some(&r.path_prefix)),
+            ("rewrite_prefix", r.rewrite_prefix.as_ref()),
+        ] {
+            if let Some(v) = v {
+                let ok = v.starts_with('/')
+                    && (v == "/" || !v.ends_with('/'))
+                    && crate::path::normalize(v).is_ok_and(|n| n == *v);
+                if !ok {
+                    e.at(&format!("{p}.{k}"), "must be a normalised path starting with / and without a trailing / (e.g. /fhir)");
+                }
+            }
+        }
+        if let Some(h) = &r.host {
+            if h.is_empty() || h.contains(['/', ':', ' ']) {
+                e.at(&format!("{p}.host"), "expected a host name without port");
+            }
+        }
+        let methods: Vec<String> = match &r.methods {
+            Some(ms) => {
+                if ms.is_empty() {
+                    e.at(
+                        &format!("{p}.methods"),
+                        "list at least one method (or omit the key)",
+                    );
+                }
+                for (j, m) in ms.iter().enumerate() {
+                    if !KNOWN_METHODS.contains(&m.as_str()) {
+                        e.at(
+                            &format!("{p}.methods[{j}]"),
+                            format!(
+                                "unsupported method (expected one of: {})",
+                                KNOWN_METHODS.join(", ")
+                            ),
+                        );
+                    }
+                }
+                ms.clone()
+            }
+            None => DEFAULT_METHODS.iter().map(|s| s.to_string()).collect(),
+        };
+        for (j, pol) in r.policies.iter().enumerate() {
+            if !cfg.policies.contains_key(pol) {
+                e.at(
+                    &format!("{p}.policies[{j}]"),
+                    "no policy file with this name in the policies folder",
+                );
+            }
+        }
+        let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
+        for (ol, oh, op, om, oi) in &keys {
+            if *ol == r.listener
+                && *oh == host
+                && *op == r.path_prefix
+                && om.iter().any(|m| methods.contains(m))
+            {
+                e.at(
+                    &format!("{p}.path_prefix"),
+                    format!("overlaps routes[{oi}] (same listener, host, prefix and method)"),
+                );
+            }
+        }
+        keys.push((r.listener.clone(), host, r.path_prefix.clone(), methods, i));
+    }
+
+    match cfg.admin.bind.parse::<SocketAddr>() {
+        Ok(a) => {
+            if a.port() != 0 && binds.iter().any(|(b, _)| *b == a) {
+                e.at(
+                    "admin.bind",
+                    "the admin listener must not share an address with a public listener",
+                );
+            }
+        }
+        Err(_) => e.at("admin.bind", "expected ip:port, e.g. 127.0.0.1:9901"),
+    }
+    if cfg
+        .log
+        .level
+        .parse::<tracing_subscriber::filter::EnvFilter>()
+        .is_err()
+    {
+        e.at(
+            "log.level",
+            "invalid log filter (e.g. info, warn, ward=debug)",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("5d"), None);
+    }
+
+    #[test]
+    fn every_error_reported_with_lines() {
+        let text = "\
+listeners:
+  - name: a
+    bind: nonsense
+    plaintext: true
+upstreams:
+  - name: u
+    url: http://127.0.0.1:1
+    bogus: 1
+routes:
+  - name: r
+    listener: missing
+    path_prefix: /x/../y
+    upstream: u
+extra: 1
+";
+        let errs = load_str("ward.yaml", text, Path::new("/nonexistent"), &no_env).unwrap_err();
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let joined = all.join("\n");
+        assert!(
+            joined.contains("ward.yaml:3: listeners[0].bind"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("ward.yaml:8: upstreams[0].bogus: unknown field `bogus`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("ward.yaml:11: routes[0].listener"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("ward.yaml:12: routes[0].path_prefix"),
+            "{joined}"
+        );
+        assert!(joined.contains("ward.yaml:14: extra"), "{joined}");
+    }
+
+    #[test]
+    fn secrets_never_echoed() {
+        let text = "listeners: []\nshutdown_grace: ${SECRET}\n";
+        let vars = |n: &str| (n == "SECRET").then(|| "s3cr3t-value".to_owned());
+        let errs = load_str("w.yaml", text, Path::new("/x"), &vars).unwrap_err();
+        let joined: String = errs.iter().map(|e| e.to_string()).collect();
+        assert!(!joined.contains("s3cr3t"), "{joined}");
+        assert!(joined.contains("w.yaml:2: shutdown_grace"), "{joined}");
+    }
+}

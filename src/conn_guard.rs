@@ -1,0 +1,713 @@
+//! Connection guard: a byte-level wrapper between the socket (after TLS) and hyper.
+//!
+//! Why it exists: hyper, following RFC 9112, *tolerates* some ambiguous framing — given
+//! both `Content-Length` and `Transfer-Encoding` it silently drops the length, and it drops
+//! a duplicate equal `Content-Length`. A gateway in front of a legacy EHR must instead
+//! refuse them (the EHR's own parser may frame the bytes differently: request smuggling).
+//! So for HTTP/1 we track message framing ourselves, look at every request head exactly as
+//! the client sent it, and when a head is ambiguous hyper never sees it: it is replaced by
+//! a fixed placeholder request, the verdict is queued for the request handler (which
+//! answers with a JSON 400 and closes), and the rest of the byte stream is discarded.
+//!
+//! The guard also owns the connection's timers: an idle timeout between requests
+//! (keep-alive), and a header-read timeout from the first byte of a head (slowloris).
+//! For HTTP/2 it only runs the idle timer.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::error::Rejection;
+
+/// Why a request head was refused before hyper saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    ContentLengthAndTransferEncoding,
+    DuplicateContentLength,
+    InvalidContentLength,
+    InvalidTransferEncoding,
+    HeadersTooLarge,
+    TooManyHeaders,
+    Malformed,
+}
+
+impl From<FrameError> for Rejection {
+    fn from(e: FrameError) -> Self {
+        use FrameError::*;
+        let r = match e {
+            ContentLengthAndTransferEncoding => Rejection::bad_request(
+                "framing_cl_te",
+                "request has both Content-Length and Transfer-Encoding",
+            ),
+            DuplicateContentLength => Rejection::bad_request(
+                "framing_duplicate_cl",
+                "request has several Content-Length headers",
+            ),
+            InvalidContentLength => {
+                Rejection::bad_request("framing_invalid_cl", "malformed Content-Length")
+            }
+            InvalidTransferEncoding => Rejection::bad_request(
+                "framing_invalid_te",
+                "Transfer-Encoding other than a single `chunked`",
+            ),
+            HeadersTooLarge | TooManyHeaders => Rejection::headers_too_large(),
+            Malformed => Rejection::bad_request("malformed_request", "malformed HTTP request"),
+        };
+        r.closing()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Reject(FrameError),
+}
+
+/// State shared between the guard (socket side) and the request handler.
+#[derive(Debug, Default)]
+pub struct ConnShared {
+    verdicts: Mutex<VecDeque<Verdict>>,
+    inflight: AtomicUsize,
+}
+
+impl ConnShared {
+    /// The verdict for the next HTTP/1 request, in arrival order.
+    pub fn next_verdict(&self) -> Option<Verdict> {
+        self.verdicts.lock().ok()?.pop_front()
+    }
+    fn push(&self, v: Verdict) {
+        if let Ok(mut q) = self.verdicts.lock() {
+            q.push_back(v);
+        }
+    }
+    pub fn begin(&self) {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+    }
+    pub fn end(&self) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+    fn busy(&self) -> bool {
+        self.inflight.load(Ordering::Acquire) > 0
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct GuardSettings {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Room for the request line on top of the header budget.
+const REQUEST_LINE_ALLOWANCE: usize = 8 * 1024;
+/// Bound on chunk-extension and trailer bytes we are willing to track.
+const MAX_CHUNK_META: usize = 8 * 1024;
+
+/// What hyper receives instead of a refused head. It carries no client data; the queued
+/// verdict tells the handler what really happened.
+const PLACEHOLDER: &[u8] = b"GET / HTTP/1.1\r\nhost: rejected.invalid\r\nconnection: close\r\n\r\n";
+
+#[derive(Debug, Clone, Copy)]
+enum ChunkPhase {
+    Size {
+        value: u64,
+        digits: u32,
+        ext: usize,
+        cr: bool,
+    },
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailer {
+        line: usize,
+        total: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Head,
+    Fixed(u64),
+    Chunked(ChunkPhase),
+}
+
+struct H1 {
+    state: State,
+    head_buf: Vec<u8>,
+    head_started: Option<Instant>,
+    poisoned: bool,
+}
+
+pub struct GuardedIo<T> {
+    io: T,
+    h1: Option<H1>,
+    shared: Arc<ConnShared>,
+    settings: GuardSettings,
+    out: Vec<u8>,
+    out_pos: usize,
+    eof: bool,
+    scratch: Vec<u8>,
+    last_activity: Instant,
+    timer: Pin<Box<Sleep>>,
+    timer_at: Option<Instant>,
+}
+
+impl<T> GuardedIo<T> {
+    /// `http1 = false` for HTTP/2 connections: bytes pass through untouched.
+    pub fn new(io: T, http1: bool, shared: Arc<ConnShared>, settings: GuardSettings) -> Self {
+        let now = Instant::now();
+        GuardedIo {
+            io,
+            h1: http1.then(|| H1 {
+                state: State::Head,
+                head_buf: Vec::new(),
+                head_started: None,
+                poisoned: false,
+            }),
+            shared,
+            settings,
+            out: Vec::new(),
+            out_pos: 0,
+            eof: false,
+            scratch: if http1 {
+                vec![0; 16 * 1024]
+            } else {
+                Vec::new()
+            },
+            last_activity: now,
+            timer: Box::pin(tokio::time::sleep_until(now + settings.idle_timeout)),
+            timer_at: None,
+        }
+    }
+
+    /// When this connection should be cut if nothing happens, and whether the cut is an
+    /// idle cut (postponed while a request is in flight).
+    fn deadline(&self) -> Option<(Instant, bool)> {
+        match &self.h1 {
+            None => Some((self.last_activity + self.settings.idle_timeout, true)),
+            Some(h) => match (h.state, h.head_started) {
+                (State::Head, Some(t)) => Some((t + self.settings.header_read_timeout, false)),
+                (State::Head, None) => {
+                    Some((self.last_activity + self.settings.idle_timeout, true))
+                }
+                // Body pace is enforced per request (body deadline in the limits layer).
+                _ => None,
+            },
+        }
+    }
+
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let Some((at, idle)) = self.deadline() else {
+                return Poll::Pending;
+            };
+            if self.timer_at != Some(at) {
+                self.timer.as_mut().reset(at);
+                self.timer_at = Some(at);
+            }
+            match self.timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    if idle && self.shared.busy() {
+                        // A request is being answered; the connection is not idle.
+                        self.last_activity = Instant::now();
+                        continue;
+                    }
+                    let what = if idle {
+                        "idle timeout"
+                    } else {
+                        "header read timeout"
+                    };
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
+                }
+            }
+        }
+    }
+}
+
+use std::future::Future;
+
+impl H1 {
+    fn reject(&mut self, out: &mut Vec<u8>, shared: &ConnShared, e: FrameError) {
+        shared.push(Verdict::Reject(e));
+        out.extend_from_slice(PLACEHOLDER);
+        self.poisoned = true;
+        self.head_buf = Vec::new();
+    }
+
+    /// Feed bytes read from the client; bytes hyper may see are appended to `out`.
+    fn feed(
+        &mut self,
+        mut cur: &[u8],
+        out: &mut Vec<u8>,
+        shared: &ConnShared,
+        s: &GuardSettings,
+    ) -> io::Result<()> {
+        loop {
+            if self.poisoned {
+                return Ok(());
+            }
+            if let State::Head = self.state {
+                self.head_buf.extend_from_slice(cur);
+                cur = &[];
+                if self.head_buf.is_empty() {
+                    return Ok(());
+                }
+                if self.head_started.is_none() {
+                    self.head_started = Some(Instant::now());
+                }
+                match parse_head(&self.head_buf, s) {
+                    HeadParse::Partial => {
+                        if self.head_buf.len() > s.max_header_bytes + REQUEST_LINE_ALLOWANCE {
+                            self.reject(out, shared, FrameError::HeadersTooLarge);
+                        }
+                        return Ok(());
+                    }
+                    HeadParse::Reject(e) => {
+                        self.reject(out, shared, e);
+                        return Ok(());
+                    }
+                    HeadParse::Complete(len, next) => {
+                        out.extend_from_slice(&self.head_buf[..len]);
+                        shared.push(Verdict::Ok);
+                        self.head_started = None;
+                        self.state = next;
+                        let mut rest = std::mem::take(&mut self.head_buf);
+                        rest.drain(..len);
+                        if !matches!(self.state, State::Head) {
+                            let n = self.consume_body(&rest, out)?;
+                            rest.drain(..n);
+                        }
+                        // Whatever remains starts the next head (pipelining).
+                        self.head_buf = rest;
+                        if cur.is_empty()
+                            && (self.head_buf.is_empty() || !matches!(self.state, State::Head))
+                        {
+                            return Ok(());
+                        }
+                    }
+                }
+            } else {
+                let n = self.consume_body(cur, out)?;
+                cur = &cur[n..];
+                if cur.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Track a body's framing; returns how many bytes belong to the current message.
+    fn consume_body(&mut self, input: &[u8], out: &mut Vec<u8>) -> io::Result<usize> {
+        let lost = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
+        let mut i = 0;
+        while i < input.len() {
+            match &mut self.state {
+                State::Head => break,
+                State::Fixed(rem) => {
+                    let take = (*rem).min((input.len() - i) as u64) as usize;
+                    i += take;
+                    *rem -= take as u64;
+                    if *rem == 0 {
+                        self.state = State::Head;
+                    }
+                }
+                State::Chunked(phase) => match phase {
+                    ChunkPhase::Data(rem) => {
+                        let take = (*rem).min((input.len() - i) as u64) as usize;
+                        i += take;
+                        *rem -= take as u64;
+                        if *rem == 0 {
+                            *phase = ChunkPhase::DataCr;
+                        }
+                    }
+                    ChunkPhase::DataCr => {
+                        if input[i] != b'\r' {
+                            return Err(lost("chunk data not followed by CRLF"));
+                        }
+                        *phase = ChunkPhase::DataLf;
+                        i += 1;
+                    }
+                    ChunkPhase::DataLf => {
+                        if input[i] != b'\n' {
+                            return Err(lost("chunk data not followed by CRLF"));
+                        }
+                        *phase = ChunkPhase::Size {
+                            value: 0,
+                            digits: 0,
+                            ext: 0,
+                            cr: false,
+                        };
+                        i += 1;
+                    }
+                    ChunkPhase::Size {
+                        value,
+                        digits,
+                        ext,
+                        cr,
+                    } => {
+                        let c = input[i];
+                        i += 1;
+                        if *cr {
+                            if c != b'\n' {
+                                return Err(lost("bad chunk size line"));
+                            }
+                            if *digits == 0 {
+                                return Err(lost("empty chunk size"));
+                            }
+                            *phase = if *value == 0 {
+                                ChunkPhase::Trailer { line: 0, total: 0 }
+                            } else {
+                                ChunkPhase::Data(*value)
+                            };
+                        } else if c == b'\r' {
+                            *cr = true;
+                        } else if *ext > 0 {
+                            *ext += 1;
+                            if *ext > MAX_CHUNK_META || c == b'\n' {
+                                return Err(lost("bad chunk extension"));
+                            }
+                        } else if let Some(d) = (c as char).to_digit(16) {
+                            if *digits >= 15 {
+                                return Err(lost("chunk size too large"));
+                            }
+                            *value = *value * 16 + u64::from(d);
+                            *digits += 1;
+                        } else if c == b';' || c == b' ' || c == b'\t' {
+                            *ext = 1;
+                        } else {
+                            return Err(lost("bad chunk size"));
+                        }
+                    }
+                    ChunkPhase::Trailer { line, total } => {
+                        let c = input[i];
+                        i += 1;
+                        *total += 1;
+                        if *total > MAX_CHUNK_META {
+                            return Err(lost("trailers too large"));
+                        }
+                        match c {
+                            b'\n' if *line == 0 => self.state = State::Head,
+                            b'\n' => *line = 0,
+                            b'\r' => {}
+                            _ => *line += 1,
+                        }
+                    }
+                },
+            }
+        }
+        out.extend_from_slice(&input[..i]);
+        Ok(i)
+    }
+}
+
+enum HeadParse {
+    Partial,
+    Complete(usize, State),
+    Reject(FrameError),
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|c| *c != b' ' && *c != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|c| *c != b' ' && *c != b'\t')
+        .map_or(start, |e| e + 1);
+    &v[start..end.max(start)]
+}
+
+fn parse_head(buf: &[u8], s: &GuardSettings) -> HeadParse {
+    let mut headers = vec![httparse::EMPTY_HEADER; s.max_headers];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return HeadParse::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            return HeadParse::Reject(FrameError::TooManyHeaders)
+        }
+        Err(_) => return HeadParse::Reject(FrameError::Malformed),
+    };
+    let mut header_bytes = 0usize;
+    let (mut cl_count, mut te_count) = (0, 0);
+    let mut cl_value: Option<u64> = None;
+    let (mut bad_cl, mut bad_te) = (false, false);
+    for h in req.headers.iter() {
+        header_bytes += h.name.len() + h.value.len() + 4;
+        if h.name.eq_ignore_ascii_case("content-length") {
+            cl_count += 1;
+            let v = trim(h.value);
+            if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+                bad_cl = true;
+            } else {
+                cl_value = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te_count += 1;
+            if !trim(h.value).eq_ignore_ascii_case(b"chunked") {
+                bad_te = true;
+            }
+        }
+    }
+    if header_bytes > s.max_header_bytes {
+        return HeadParse::Reject(FrameError::HeadersTooLarge);
+    }
+    if cl_count > 0 && te_count > 0 {
+        return HeadParse::Reject(FrameError::ContentLengthAndTransferEncoding);
+    }
+    if cl_count > 1 {
+        return HeadParse::Reject(FrameError::DuplicateContentLength);
+    }
+    if bad_cl {
+        return HeadParse::Reject(FrameError::InvalidContentLength);
+    }
+    // HTTP/1.0 has no chunked encoding; several TE headers are a classic obfuscation.
+    if te_count > 1 || bad_te || (te_count == 1 && req.version != Some(1)) {
+        return HeadParse::Reject(FrameError::InvalidTransferEncoding);
+    }
+    let next = if te_count == 1 {
+        State::Chunked(ChunkPhase::Size {
+            value: 0,
+            digits: 0,
+            ext: 0,
+            cr: false,
+        })
+    } else {
+        match cl_value {
+            Some(n) if n > 0 => State::Fixed(n),
+            _ => State::Head,
+        }
+    };
+    HeadParse::Complete(len, next)
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.h1.is_none() {
+            let before = buf.filled().len();
+            return match Pin::new(&mut this.io).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {
+                    if buf.filled().len() > before {
+                        this.last_activity = Instant::now();
+                    }
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => this.poll_timer(cx),
+            };
+        }
+        loop {
+            if this.out_pos < this.out.len() {
+                let n = (this.out.len() - this.out_pos).min(buf.remaining());
+                buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
+                this.out_pos += n;
+                if this.out_pos == this.out.len() {
+                    this.out.clear();
+                    this.out_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let poisoned = this.h1.as_ref().is_some_and(|h| h.poisoned);
+            if this.eof || poisoned {
+                return Poll::Ready(Ok(()));
+            }
+            let mut scratch = std::mem::take(&mut this.scratch);
+            let mut rb = ReadBuf::new(&mut scratch);
+            let res = Pin::new(&mut this.io).poll_read(cx, &mut rb);
+            let n = rb.filled().len();
+            let result = match res {
+                Poll::Pending => None,
+                Poll::Ready(Err(e)) => Some(Err(e)),
+                Poll::Ready(Ok(())) if n == 0 => {
+                    // Client closed: hand hyper any partial head so it sees the truncation.
+                    if let Some(h) = this.h1.as_mut() {
+                        this.out.append(&mut h.head_buf);
+                    }
+                    this.eof = true;
+                    Some(Ok(()))
+                }
+                Poll::Ready(Ok(())) => {
+                    this.last_activity = Instant::now();
+                    let settings = this.settings;
+                    let shared = this.shared.clone();
+                    let fed = match this.h1.as_mut() {
+                        Some(h) => h.feed(&scratch[..n], &mut this.out, &shared, &settings),
+                        None => Ok(()),
+                    };
+                    Some(fed)
+                }
+            };
+            this.scratch = scratch;
+            match result {
+                None => return this.poll_timer(cx),
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                Some(Ok(())) => continue,
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.last_activity = Instant::now();
+        }
+        r
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.last_activity = Instant::now();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> GuardSettings {
+        GuardSettings {
+            max_header_bytes: 4096,
+            max_headers: 20,
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn run(chunks: &[&[u8]]) -> (Vec<u8>, Vec<Verdict>, io::Result<()>) {
+        let shared = ConnShared::default();
+        let mut h = H1 {
+            state: State::Head,
+            head_buf: Vec::new(),
+            head_started: None,
+            poisoned: false,
+        };
+        let mut out = Vec::new();
+        let mut res = Ok(());
+        for c in chunks {
+            res = h.feed(c, &mut out, &shared, &settings());
+            if res.is_err() {
+                break;
+            }
+        }
+        let mut v = Vec::new();
+        while let Some(x) = shared.next_verdict() {
+            v.push(x);
+        }
+        (out, v, res)
+    }
+
+    #[test]
+    fn pipelined_requests_pass_through() {
+        let input: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: x\r\n\r\nPOST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET /d HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (out, v, r) = run(&[input]);
+        r.unwrap();
+        assert_eq!(out, input);
+        assert_eq!(v, vec![Verdict::Ok; 4]);
+        // Byte by byte gives the same result.
+        let chunks: Vec<&[u8]> = input.chunks(1).collect();
+        let (out, v, r) = run(&chunks);
+        r.unwrap();
+        assert_eq!(out, input);
+        assert_eq!(v.len(), 4);
+    }
+
+    #[test]
+    fn smuggling_heads_are_replaced() {
+        for (req, e) in [
+            (&b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..], FrameError::ContentLengthAndTransferEncoding),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", FrameError::ContentLengthAndTransferEncoding),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", FrameError::DuplicateContentLength),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n", FrameError::InvalidContentLength),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n", FrameError::InvalidContentLength),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n", FrameError::InvalidTransferEncoding),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n", FrameError::InvalidTransferEncoding),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", FrameError::InvalidTransferEncoding),
+            (b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", FrameError::InvalidTransferEncoding),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n", FrameError::Malformed),
+        ] {
+            let (out, v, r) = run(&[req]);
+            r.unwrap();
+            assert_eq!(out, PLACEHOLDER, "{}", String::from_utf8_lossy(req));
+            assert_eq!(v, vec![Verdict::Reject(e)], "{}", String::from_utf8_lossy(req));
+        }
+    }
+
+    #[test]
+    fn second_pipelined_head_rejected_after_first_passes() {
+        let input: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let (out, v, _) = run(&[input]);
+        assert_eq!(
+            v,
+            vec![
+                Verdict::Ok,
+                Verdict::Reject(FrameError::ContentLengthAndTransferEncoding)
+            ]
+        );
+        assert!(out.starts_with(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(out.ends_with(PLACEHOLDER));
+    }
+
+    #[test]
+    fn oversized_head_rejected() {
+        let mut req = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+        req.extend(std::iter::repeat_n(b'a', 5000));
+        req.extend_from_slice(b"\r\n\r\n");
+        let (_, v, _) = run(&[&req]);
+        assert_eq!(v, vec![Verdict::Reject(FrameError::HeadersTooLarge)]);
+        let mut req = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..30 {
+            req.extend_from_slice(format!("X-{i}: 1\r\n").as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+        let (_, v, _) = run(&[&req]);
+        assert_eq!(v, vec![Verdict::Reject(FrameError::TooManyHeaders)]);
+    }
+
+    #[test]
+    fn bad_chunk_framing_cuts_the_connection() {
+        let (_, _, r) =
+            run(&[b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"]);
+        assert!(r.is_err());
+        let (_, _, r) =
+            run(&[b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX"]);
+        assert!(r.is_err());
+    }
+}

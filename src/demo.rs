@@ -1,0 +1,272 @@
+//! `ward demo`: demo certificates (made with rcgen, or reused), a built-in sample FHIR
+//! upstream on loopback serving entirely fictitious records, and a gateway in front of it.
+//!
+//! The same PKI helper makes the certificates the integration tests use.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use tokio::net::TcpListener;
+
+use crate::Body;
+
+/// PEM texts of a demo/test PKI: a CA, a server certificate for `localhost`/127.0.0.1 and
+/// a client certificate (clientAuth).
+pub struct Pki {
+    pub ca_cert: String,
+    pub ca_key: String,
+    pub server_cert: String,
+    pub server_key: String,
+    pub client_cert: String,
+    pub client_key: String,
+}
+
+pub const PKI_FILES: [&str; 6] = [
+    "ca.pem",
+    "ca.key",
+    "server.pem",
+    "server.key",
+    "client.pem",
+    "client.key",
+];
+
+impl Pki {
+    pub fn generate(server_names: &[&str]) -> Result<Pki, rcgen::Error> {
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "Ward Demo CA (not for production)");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate()?;
+        let ca_key_pem = ca_key.serialize_pem();
+        let issuer = CertifiedIssuer::self_signed(ca, ca_key)?;
+
+        let mut names: Vec<String> = server_names.iter().map(|s| s.to_string()).collect();
+        if names.is_empty() {
+            names.push("localhost".into());
+        }
+        let mut server = CertificateParams::new(names)?;
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_key = KeyPair::generate()?;
+        let server_cert = server.signed_by(&server_key, &issuer)?;
+
+        let mut client = CertificateParams::new(Vec::<String>::new())?;
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "demo-client");
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate()?;
+        let client_cert = client.signed_by(&client_key, &issuer)?;
+
+        Ok(Pki {
+            ca_cert: issuer.pem(),
+            ca_key: ca_key_pem,
+            server_cert: server_cert.pem(),
+            server_key: server_key.serialize_pem(),
+            client_cert: client_cert.pem(),
+            client_key: client_key.serialize_pem(),
+        })
+    }
+
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let texts = [
+            &self.ca_cert,
+            &self.ca_key,
+            &self.server_cert,
+            &self.server_key,
+            &self.client_cert,
+            &self.client_key,
+        ];
+        for (name, text) in PKI_FILES.iter().zip(texts) {
+            let p = dir.join(name);
+            std::fs::write(&p, text)?;
+            #[cfg(unix)]
+            if name.ends_with(".key") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Make the demo PKI in `dir` unless a complete one is already there.
+pub fn ensure_certs(dir: &Path) -> anyhow::Result<bool> {
+    if PKI_FILES.iter().all(|f| dir.join(f).is_file()) {
+        return Ok(false);
+    }
+    Pki::generate(&["localhost"])?.write(dir)?;
+    Ok(true)
+}
+
+// Entirely fictitious records (names from no real person; identifiers in reserved ranges).
+const PATIENTS: &[(&str, &str)] = &[
+    (
+        "example-1",
+        r#"{"resourceType":"Patient","id":"example-1","meta":{"versionId":"1"},"name":[{"family":"Testperson","given":["Alba"]}],"gender":"female","birthDate":"1970-01-01"}"#,
+    ),
+    (
+        "example-2",
+        r#"{"resourceType":"Patient","id":"example-2","meta":{"versionId":"1"},"name":[{"family":"Sampleton","given":["Bo"]}],"gender":"male","birthDate":"1985-06-15"}"#,
+    ),
+];
+const OBSERVATIONS: &[(&str, &str)] = &[
+    (
+        "obs-1",
+        r#"{"resourceType":"Observation","id":"obs-1","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4","display":"Heart rate"}]},"subject":{"reference":"Patient/example-1"},"valueQuantity":{"value":72,"unit":"beats/minute","system":"http://unitsofmeasure.org","code":"/min"}}"#,
+    ),
+    (
+        "obs-2",
+        r#"{"resourceType":"Observation","id":"obs-2","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8310-5","display":"Body temperature"}]},"subject":{"reference":"Patient/example-2"},"valueQuantity":{"value":36.8,"unit":"Cel","system":"http://unitsofmeasure.org","code":"Cel"}}"#,
+    ),
+];
+
+fn fhir(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|n| match n {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/fhir+json"),
+    );
+    r
+}
+
+fn bundle(entries: &[(&str, &str)]) -> String {
+    let items: Vec<String> = entries
+        .iter()
+        .map(|(_, r)| format!(r#"{{"resource":{r}}}"#))
+        .collect();
+    format!(
+        r#"{{"resourceType":"Bundle","type":"searchset","total":{},"entry":[{}]}}"#,
+        entries.len(),
+        items.join(",")
+    )
+}
+
+async fn sample(req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let not_found = || {
+        fhir(StatusCode::NOT_FOUND, r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found"}]}"#.into())
+    };
+    match (method, segs.as_slice()) {
+        (Method::GET, ["fhir", "metadata"]) => fhir(
+            StatusCode::OK,
+            r#"{"resourceType":"CapabilityStatement","status":"active","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[{"type":"Patient"},{"type":"Observation"}]}]}"#.into(),
+        ),
+        (Method::GET, ["fhir", "Patient"]) => fhir(StatusCode::OK, bundle(PATIENTS)),
+        (Method::GET, ["fhir", "Observation"]) => fhir(StatusCode::OK, bundle(OBSERVATIONS)),
+        (Method::GET, ["fhir", "Patient", id]) => match PATIENTS.iter().find(|(i, _)| i == id) {
+            Some((_, r)) => fhir(StatusCode::OK, (*r).to_owned()),
+            None => not_found(),
+        },
+        (Method::GET, ["fhir", "Observation", id]) => match OBSERVATIONS.iter().find(|(i, _)| i == id) {
+            Some((_, r)) => fhir(StatusCode::OK, (*r).to_owned()),
+            None => not_found(),
+        },
+        (Method::POST, ["fhir", _type]) => {
+            // Echo the created resource back, as many FHIR servers do.
+            match req.into_body().collect().await {
+                Ok(b) => fhir(StatusCode::CREATED, String::from_utf8_lossy(&b.to_bytes()).into_owned()),
+                Err(_) => fhir(StatusCode::BAD_REQUEST, r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid"}]}"#.into()),
+            }
+        }
+        _ => not_found(),
+    }
+}
+
+/// Start the sample upstream on `bind` (use port 0 for any).
+pub async fn sample_upstream(bind: SocketAddr) -> std::io::Result<SocketAddr> {
+    let tcp = TcpListener::bind(bind).await?;
+    let addr = tcp.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = tcp.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(|req| async move { Ok::<_, Infallible>(sample(req).await) });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The demo's config text; it goes through the same loader as any operator's file.
+pub fn demo_config(certs: &Path, upstream: SocketAddr, policies: Option<&Path>) -> String {
+    let c = |f: &str| certs.join(f).display().to_string();
+    let pol = match policies {
+        Some(p) => format!("policies_dir: {:?}\n", p.display().to_string()),
+        None => "policies_dir: /nonexistent-ward-demo-policies\n".into(),
+    };
+    let route_pol = if policies.is_some() {
+        "[baseline]"
+    } else {
+        "[]"
+    };
+    format!(
+        r#"# Generated by `ward demo`.
+{pol}listeners:
+  - name: public
+    bind: 127.0.0.1:8443
+    tls:
+      certificates:
+        - cert: {cert:?}
+          key: {key:?}
+          server_names: [localhost]
+upstreams:
+  - name: sample-ehr
+    url: http://{upstream}
+    health:
+      path: /fhir/metadata
+routes:
+  - name: fhir
+    listener: public
+    path_prefix: /fhir
+    methods: [GET, POST]
+    upstream: sample-ehr
+    fhir: true
+    policies: {route_pol}
+admin:
+  bind: 127.0.0.1:9901
+shutdown_grace: 5s
+"#,
+        cert = c("server.pem"),
+        key = c("server.key"),
+    )
+}
+
+/// Where the demo keeps its certificates: `certs-example/demo` under the current folder.
+pub fn demo_dir() -> PathBuf {
+    PathBuf::from("certs-example").join("demo")
+}

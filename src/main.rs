@@ -1,0 +1,173 @@
+//! The `ward` command: run, check, demo.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use ward::config::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "ward", version, about = "Ward: a hardened HL7/FHIR gateway")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config and its policies; print every error as file:line: key: message.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a demo: example certificates, a sample FHIR upstream, and the gateway on
+    /// https://127.0.0.1:8443 (admin on 127.0.0.1:9901).
+    Demo,
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_env("WARD_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn print_errors(errs: &[config::ConfigError]) {
+    for e in errs {
+        eprintln!("{e}");
+    }
+    eprintln!("{} error(s)", errs.len());
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.cmd {
+        Cmd::Check { config } => match config::load(&config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} listeners, {} upstreams, {} routes, {} policies)",
+                    config.display(),
+                    cfg.listeners.len(),
+                    cfg.upstreams.len(),
+                    cfg.routes.len(),
+                    cfg.policies.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errs) => {
+                print_errors(&errs);
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Run { config } => {
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(errs) => {
+                    print_errors(&errs);
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging(cfg.log.format, &cfg.log.level);
+            match rt.block_on(ward::run(cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "ward failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Demo => {
+            init_logging(LogFormat::Text, "info");
+            match rt.block_on(demo()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn demo() -> anyhow::Result<()> {
+    let dir = ward::demo::demo_dir();
+    if ward::demo::ensure_certs(&dir)? {
+        println!("made demo certificates in {}", dir.display());
+    } else {
+        println!("reusing demo certificates in {}", dir.display());
+    }
+    let upstream = ward::demo::sample_upstream(([127, 0, 0, 1], 0).into()).await?;
+    let policies = Path::new("policies");
+    let text = ward::demo::demo_config(&dir, upstream, policies.is_dir().then_some(policies));
+    let cfg_path = dir.join("ward-demo.yaml");
+    std::fs::write(&cfg_path, &text)?;
+    let cfg = config::load(&cfg_path).map_err(|errs| {
+        print_errors(&errs);
+        anyhow::anyhow!("demo config invalid")
+    })?;
+    let ca = dir.join("ca.pem");
+    let ca = ca.display();
+    println!(
+        r#"
+Ward demo: gateway https://127.0.0.1:8443 -> sample FHIR upstream http://{upstream} (fictitious data)
+Config written to {cfg}. Try:
+
+  curl --cacert {ca} https://localhost:8443/fhir/Patient/example-1
+  curl --cacert {ca} --http2 https://localhost:8443/fhir/Observation
+  curl --cacert {ca} -X POST -H 'content-type: application/fhir+json' \
+       -d '{{"resourceType":"Patient","name":[{{"family":"Demo"}}]}}' https://localhost:8443/fhir/Patient
+  curl --cacert {ca} 'https://localhost:8443/fhir/%2e%2e/admin'      # 400 path_encoded_dot
+  curl --cacert {ca} https://localhost:8443/nothing-here             # 404, OperationOutcome
+  curl http://127.0.0.1:9901/readyz
+  curl -s http://127.0.0.1:9901/metrics | grep ^ward_requests_total
+
+Ctrl-C to stop.
+"#,
+        cfg = cfg_path.display(),
+    );
+    ward::run(cfg, shutdown_signal()).await
+}

@@ -1,0 +1,176 @@
+//! Prometheus metric families, registered once and handed to the parts that update them.
+//!
+//! Labels are bounded by construction: listener, route and upstream names come from the
+//! config, methods are folded to a fixed set, statuses to classes, errors to fixed codes.
+//! Never a raw path, host, subject or id.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub upstream_up: IntGaugeVec,
+    pub rejections: IntCounterVec,
+    pub active_connections: IntGaugeVec,
+    pub connections: IntCounterVec,
+    pub connections_refused: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub config_loaded: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    h
+}
+
+impl Metrics {
+    /// Registration only fails on a programming error (duplicate or invalid names, which
+    /// are constants here), so it panics at start-up rather than returning a Result.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Metrics {
+            requests: counter(
+                &r,
+                "ward_requests_total",
+                "HTTP requests answered, by listener, route, method and status class.",
+                &["listener", "route", "method", "status"],
+            ),
+            request_duration: histogram(
+                &r,
+                "ward_request_duration_seconds",
+                "Time from request head to end of response body.",
+                &["route"],
+            ),
+            upstream_duration: histogram(
+                &r,
+                "ward_upstream_duration_seconds",
+                "Time from sending to the upstream to its response head.",
+                &["upstream"],
+            ),
+            upstream_errors: counter(
+                &r,
+                "ward_upstream_errors_total",
+                "Upstream failures by kind (connect, timeout, protocol, body).",
+                &["upstream", "kind"],
+            ),
+            upstream_up: gauge(
+                &r,
+                "ward_upstream_up",
+                "Result of the last health probe of each upstream (1 up, 0 down).",
+                &["upstream"],
+            ),
+            rejections: counter(
+                &r,
+                "ward_rejections_total",
+                "Requests refused by the gateway, by route and stable error code.",
+                &["route", "code"],
+            ),
+            active_connections: gauge(
+                &r,
+                "ward_active_connections",
+                "Open client connections.",
+                &["listener"],
+            ),
+            connections: counter(
+                &r,
+                "ward_connections_total",
+                "Accepted client connections.",
+                &["listener"],
+            ),
+            connections_refused: counter(
+                &r,
+                "ward_connections_refused_total",
+                "Client connections closed at accept, by reason.",
+                &["listener", "reason"],
+            ),
+            tls_handshake_failures: counter(
+                &r,
+                "ward_tls_handshake_failures_total",
+                "Failed TLS handshakes by reason.",
+                &["listener", "reason"],
+            ),
+            bytes: counter(
+                &r,
+                "ward_response_bytes_total",
+                "Response body bytes sent to clients.",
+                &["route"],
+            ),
+            config_loaded: gauge(
+                &r,
+                "ward_config_loaded",
+                "1 once a valid configuration is serving.",
+                &["version"],
+            ),
+            registry: r,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if enc.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Fold a method to a bounded label.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+pub fn status_class(s: http::StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,536 @@
+//! Forwarding to upstreams: one pooled hyper-util client per upstream (http or https with
+//! a private CA and optional client certificate), streaming bodies both ways.
+//!
+//! Failure mapping: cannot connect → 502 `upstream_unavailable`; no response head within
+//! `response_timeout` → 504 `upstream_timeout`; anything else before the head → 502
+//! `upstream_error`. After the head, an upstream failure (reset, stall) is passed to the
+//! client as an aborted body: hyper then closes the connection (HTTP/1) or resets the
+//! stream (HTTP/2), so a truncated body can never look complete.
+
+pub mod headers;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{HeaderValue, Method, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::IntCounter;
+use tokio::time::Sleep;
+
+use crate::config::{Config, UpstreamConfig};
+use crate::context::{RequestContext, RouteId};
+use crate::error::Rejection;
+use crate::metrics::Metrics;
+use crate::policy::limits::LimitError;
+use crate::{Body, BoxError};
+
+/// Scheme and authority of an upstream, parsed from its `url`.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    pub https: bool,
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl UpstreamTarget {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: Uri = url.parse().map_err(|_| "not a valid URL".to_owned())?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err("scheme must be http or https".into()),
+        };
+        let authority = uri.authority().cloned().ok_or("URL has no host")?;
+        if authority.as_str().contains('@') {
+            return Err(
+                "credentials in the URL are not allowed (use ${VAR} headers policies instead)"
+                    .into(),
+            );
+        }
+        if authority.host().is_empty() {
+            return Err("URL has no host".into());
+        }
+        match uri.path_and_query().map(|p| p.as_str()) {
+            None | Some("") | Some("/") => {}
+            Some(_) => {
+                return Err(
+                    "URL must not have a path or query; use the route's rewrite_prefix".into(),
+                )
+            }
+        }
+        Ok(UpstreamTarget {
+            https,
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
+            authority,
+        })
+    }
+}
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Last health probe result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Unknown = 0,
+    Up = 1,
+    Down = 2,
+}
+
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub target: UpstreamTarget,
+    client: HttpClient,
+    response_timeout: Duration,
+    pub cfg: UpstreamConfig,
+    health: AtomicU8,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig, config: &Config) -> Result<Self, String> {
+        let target = UpstreamTarget::parse(&cfg.url)?;
+        let tls = if target.https {
+            let ca = cfg.ca.as_ref().ok_or("https upstream without `ca`")?;
+            let client_pair = match (&cfg.client_cert, &cfg.client_key) {
+                (Some(c), Some(k)) => Some((config.resolve(c), config.resolve(k))),
+                _ => None,
+            };
+            crate::tls::upstream_client_config(
+                &config.resolve(ca),
+                client_pair
+                    .as_ref()
+                    .map(|(c, k)| (c.as_path(), k.as_path())),
+            )?
+        } else {
+            // Never used for http:// targets; the connector still wants a config.
+            rustls::ClientConfig::builder_with_provider(Arc::new(crate::tls::provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout.0));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let connector = if target.https {
+            builder
+                .https_only()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http)
+        } else {
+            builder.https_or_http().enable_http1().wrap_connector(http)
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout.0)
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(Upstream {
+            name: Arc::from(cfg.name.as_str()),
+            target,
+            client,
+            response_timeout: cfg.response_timeout.0,
+            cfg: cfg.clone(),
+            health: AtomicU8::new(Health::Unknown as u8),
+        })
+    }
+
+    pub fn health(&self) -> Health {
+        match self.health.load(Ordering::Acquire) {
+            1 => Health::Up,
+            2 => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+
+    /// One health probe: GET `health.path` (status < 500 = up) or a TCP connect.
+    pub async fn probe(&self, metrics: &Metrics) -> bool {
+        let timeout = self.cfg.health.timeout.0;
+        let ok = match &self.cfg.health.path {
+            Some(path) => {
+                let uri = Uri::builder()
+                    .scheme(self.target.scheme.clone())
+                    .authority(self.target.authority.clone())
+                    .path_and_query(path.as_str())
+                    .build();
+                match uri {
+                    Ok(uri) => {
+                        let mut req = Request::new(crate::empty_body());
+                        *req.uri_mut() = uri;
+                        matches!(
+                            tokio::time::timeout(timeout, self.client.request(req)).await,
+                            Ok(Ok(resp)) if resp.status().as_u16() < 500
+                        )
+                    }
+                    Err(_) => false,
+                }
+            }
+            None => {
+                let host = self
+                    .target
+                    .authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
+                let port = self
+                    .target
+                    .authority
+                    .port_u16()
+                    .unwrap_or(if self.target.https { 443 } else { 80 });
+                matches!(
+                    tokio::time::timeout(
+                        timeout,
+                        tokio::net::TcpStream::connect((host.as_str(), port))
+                    )
+                    .await,
+                    Ok(Ok(_))
+                )
+            }
+        };
+        self.health.store(
+            if ok { Health::Up } else { Health::Down } as u8,
+            Ordering::Release,
+        );
+        metrics
+            .upstream_up
+            .with_label_values(&[&self.name])
+            .set(i64::from(ok));
+        ok
+    }
+
+    /// Send `req` (already sanitised, URI pointing at the upstream).
+    async fn send(
+        &self,
+        req: Request<Body>,
+        metrics: &Metrics,
+    ) -> Result<Response<Body>, Rejection> {
+        let idempotent_empty = matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT
+        ) && req.body().is_end_stream();
+        // Keep what is needed to re-send a body-less idempotent request that never reached
+        // the upstream (connect failure). Anything else is never retried.
+        let retry_parts = idempotent_empty.then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().clone(),
+                req.version(),
+            )
+        });
+        let started = Instant::now();
+        let mut result = self.attempt(req).await;
+        if let (Err(AttemptError::Client(e)), Some((m, u, h, v))) = (&result, retry_parts) {
+            if e.is_connect() {
+                metrics
+                    .upstream_errors
+                    .with_label_values(&[&self.name, "connect"])
+                    .inc();
+                let mut again = Request::new(crate::empty_body());
+                *again.method_mut() = m;
+                *again.uri_mut() = u;
+                *again.headers_mut() = h;
+                *again.version_mut() = v;
+                result = self.attempt(again).await;
+            }
+        }
+        metrics
+            .upstream_duration
+            .with_label_values(&[&self.name])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(resp) => {
+                let body_errors = metrics
+                    .upstream_errors
+                    .with_label_values(&[&self.name, "body"]);
+                Ok(resp.map(|b| {
+                    UpstreamBody::new(
+                        b.map_err(BoxError::from),
+                        self.response_timeout,
+                        body_errors,
+                    )
+                    .boxed_unsync()
+                }))
+            }
+            Err(AttemptError::Timeout) => {
+                metrics
+                    .upstream_errors
+                    .with_label_values(&[&self.name, "timeout"])
+                    .inc();
+                Err(Rejection::upstream_timeout())
+            }
+            Err(AttemptError::Client(e)) => {
+                if let Some(le) = find_source::<LimitError>(&e) {
+                    return Err((*le).into());
+                }
+                let kind = if e.is_connect() {
+                    "connect"
+                } else {
+                    "protocol"
+                };
+                metrics
+                    .upstream_errors
+                    .with_label_values(&[&self.name, kind])
+                    .inc();
+                tracing::warn!(upstream = %self.name, kind, error = %error_chain(&e), "upstream request failed");
+                Err(if e.is_connect() {
+                    Rejection::upstream_unavailable()
+                } else {
+                    Rejection::upstream_error()
+                })
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, AttemptError> {
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(AttemptError::Timeout),
+            Ok(Err(e)) => Err(AttemptError::Client(e)),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+}
+
+enum AttemptError {
+    Timeout,
+    Client(hyper_util::client::legacy::Error),
+}
+
+fn find_source<'a, E: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Error chain for logs (operator-facing only, never sent to clients).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
+}
+
+/// The innermost service of every route stack.
+#[derive(Clone)]
+pub struct ProxyService {
+    upstream: Arc<Upstream>,
+    metrics: Arc<Metrics>,
+}
+
+impl ProxyService {
+    pub fn new(upstream: Arc<Upstream>, metrics: Arc<Metrics>) -> Self {
+        ProxyService { upstream, metrics }
+    }
+}
+
+impl tower::Service<Request<Body>> for ProxyService {
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let upstream = self.upstream.clone();
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let ctx = req
+                .extensions()
+                .get::<RequestContext>()
+                .cloned()
+                .ok_or_else(Rejection::internal)?;
+            let route = req
+                .extensions()
+                .get::<RouteId>()
+                .cloned()
+                .ok_or_else(Rejection::internal)?;
+            let uri = upstream_uri(&upstream.target, req.uri(), &route)?;
+            *req.uri_mut() = uri;
+            let h = req.headers_mut();
+            let kept = headers::sanitize_request(h);
+            headers::set_forwarding(h, &ctx, kept);
+            // The upstream sees its own name as Host; the client's is in X-Forwarded-Host.
+            if let Ok(v) = HeaderValue::from_str(upstream.target.authority.as_str()) {
+                h.insert(http::header::HOST, v);
+            }
+            // Let the client pool pick the upstream's protocol (ALPN), independent of the
+            // client's.
+            *req.version_mut() = http::Version::HTTP_11;
+            req.extensions_mut().clear();
+            let mut resp = upstream.send(req, &metrics).await?;
+            headers::sanitize_response(resp.headers_mut());
+            Ok(resp)
+        })
+    }
+}
+
+/// Replace the route prefix by `rewrite_prefix` and point at the upstream.
+fn upstream_uri(t: &UpstreamTarget, uri: &Uri, route: &RouteId) -> Result<Uri, Rejection> {
+    let path = uri.path();
+    let r = &route.0;
+    let new_path = match &r.rewrite_prefix {
+        Some(rw) if r.path_prefix != "/" || rw != "/" => {
+            let rest = path.strip_prefix(r.path_prefix.as_str()).unwrap_or(path);
+            let rest = if r.path_prefix == "/" { path } else { rest };
+            let mut p = if rw == "/" { String::new() } else { rw.clone() };
+            p.push_str(rest);
+            if p.is_empty() {
+                p.push('/');
+            }
+            p
+        }
+        _ => path.to_owned(),
+    };
+    let pq = match uri.query() {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+    let pq = PathAndQuery::try_from(pq).map_err(|_| Rejection::internal())?;
+    Uri::builder()
+        .scheme(t.scheme.clone())
+        .authority(t.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| Rejection::internal())
+}
+
+/// Upstream response body with an idle limit between frames, so a stalled upstream cannot
+/// hold a client connection forever.
+pub struct UpstreamBody<B> {
+    inner: B,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    errors: IntCounter,
+}
+
+impl<B> UpstreamBody<B> {
+    fn new(inner: B, idle: Duration, errors: IntCounter) -> Self {
+        UpstreamBody {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            errors,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body stalled")]
+struct Stalled;
+
+impl<B> HttpBody for UpstreamBody<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.errors.inc();
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.errors.inc();
+                    Poll::Ready(Some(Err(Box::new(Stalled))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::RouteInfo;
+
+    fn route(prefix: &str, rw: Option<&str>) -> RouteId {
+        RouteId(Arc::new(RouteInfo {
+            name: Arc::from("r"),
+            fhir: false,
+            path_prefix: prefix.into(),
+            rewrite_prefix: rw.map(Into::into),
+            upstream: Arc::from("u"),
+        }))
+    }
+
+    #[test]
+    fn targets() {
+        assert!(UpstreamTarget::parse("http://127.0.0.1:8080").is_ok());
+        assert!(UpstreamTarget::parse("https://ehr.local/").unwrap().https);
+        assert!(UpstreamTarget::parse("ftp://x").is_err());
+        assert!(UpstreamTarget::parse("http://u:p@x").is_err());
+        assert!(UpstreamTarget::parse("http://x/base").is_err());
+    }
+
+    #[test]
+    fn rewrites() {
+        let t = UpstreamTarget::parse("http://up:81").unwrap();
+        let u = |p: &str, r: &RouteId| {
+            upstream_uri(&t, &p.parse().unwrap(), r)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            u("/fhir/Patient?x=1", &route("/fhir", None)),
+            "http://up:81/fhir/Patient?x=1"
+        );
+        assert_eq!(
+            u("/fhir/Patient", &route("/fhir", Some("/baseR4"))),
+            "http://up:81/baseR4/Patient"
+        );
+        assert_eq!(u("/fhir", &route("/fhir", Some("/"))), "http://up:81/");
+        assert_eq!(u("/fhir/x", &route("/fhir", Some("/"))), "http://up:81/x");
+        assert_eq!(u("/x", &route("/", Some("/api"))), "http://up:81/api/x");
+    }
+}

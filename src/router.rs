@@ -1,0 +1,69 @@
+//! Route selection: (listener, Host, canonical path, method) → route. The longest matching
+//! prefix wins; for equal prefixes a route naming the host beats a host-less one. A miss is
+//! a 404 that names nothing; a path that exists for other methods is a 405.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::context::RouteInfo;
+use crate::stack::RouteService;
+
+pub struct Route {
+    pub info: Arc<RouteInfo>,
+    pub host: Option<String>,
+    pub methods: Vec<Method>,
+    pub service: RouteService,
+}
+
+pub enum Match<'a> {
+    Found(&'a Route),
+    /// Path and host match a route, the method does not; carries whether it is FHIR.
+    MethodNotAllowed(bool),
+    NotFound,
+}
+
+#[derive(Default)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by(|a, b| {
+            b.info
+                .path_prefix
+                .len()
+                .cmp(&a.info.path_prefix.len())
+                .then(b.host.is_some().cmp(&a.host.is_some()))
+        });
+        Router { routes }
+    }
+
+    /// `host` is lower-case without port; `path` is canonical.
+    pub fn find(&self, host: &str, path: &str, method: &Method) -> Match<'_> {
+        let mut wrong_method: Option<bool> = None;
+        for r in &self.routes {
+            if r.host.as_deref().is_some_and(|h| h != host) {
+                continue;
+            }
+            if !crate::path::under_prefix(path, &r.info.path_prefix) {
+                continue;
+            }
+            if r.methods.contains(method) {
+                return Match::Found(r);
+            }
+            wrong_method.get_or_insert(r.info.fhir);
+        }
+        match wrong_method {
+            Some(fhir) => Match::MethodNotAllowed(fhir),
+            None => Match::NotFound,
+        }
+    }
+
+    /// Is any route on this listener a FHIR route? Used to pick the error format of
+    /// requests refused before routing.
+    pub fn all_fhir(&self) -> bool {
+        !self.routes.is_empty() && self.routes.iter().all(|r| r.info.fhir)
+    }
+}

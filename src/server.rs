@@ -1,0 +1,515 @@
+//! Listeners: accept loop, connection cap, TLS handshake (with a deadline), protocol choice
+//! by ALPN, hyper connection settings, the per-request ingress, and graceful drain.
+//!
+//! Plaintext listeners speak HTTP/1.1 only (no h2c: an `Upgrade: h2c` is never honoured).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Method, Request, Response, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use ipnet::IpNet;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::config::ListenerLimits;
+use crate::conn_guard::{ConnShared, FrameError, GuardSettings, GuardedIo, Verdict};
+use crate::context::{RequestContext, RouteId};
+use crate::error::{self, Rejection};
+use crate::metrics::{method_label, status_class, Metrics};
+use crate::router::{Match, Router};
+use crate::stack::RouteService;
+use crate::{Body, BoxError};
+
+pub struct ListenerCtx {
+    pub name: Arc<str>,
+    pub router: Router,
+    pub limits: ListenerLimits,
+    pub trusted: Vec<IpNet>,
+    pub metrics: Arc<Metrics>,
+    pub tls: Option<TlsAcceptor>,
+    pub handshake_timeout: Duration,
+    pub conn_limit: Arc<Semaphore>,
+}
+
+struct ConnInfo {
+    peer: SocketAddr,
+    tls: bool,
+    h2: bool,
+    trusted: bool,
+    shared: Arc<ConnShared>,
+}
+
+/// Accept until shutdown, then drain: stop accepting, let in-flight requests finish within
+/// `grace`, then close what is left.
+pub async fn serve_listener(
+    ctx: Arc<ListenerCtx>,
+    tcp: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            acc = tcp.accept() => match acc {
+                Ok((stream, peer)) => {
+                    let Ok(permit) = ctx.conn_limit.clone().try_acquire_owned() else {
+                        // Closing at once beats leaving clients hanging in the backlog.
+                        ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "max_connections"]).inc();
+                        drop(stream);
+                        continue;
+                    };
+                    conns.spawn(handle_conn(ctx.clone(), stream, peer, permit, graceful.watcher()));
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(tcp);
+    tracing::info!(listener = %ctx.name, open = graceful.count(), "draining connections");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(listener = %ctx.name, "grace period over; closing remaining connections");
+    }
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+}
+
+/// Resolves once shutdown is signalled (or the sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.is_ok();
+}
+
+struct ActiveGuard(Arc<ListenerCtx>);
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0
+            .metrics
+            .active_connections
+            .with_label_values(&[&self.0.name])
+            .dec();
+    }
+}
+
+async fn handle_conn(
+    ctx: Arc<ListenerCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+    watcher: Watcher,
+) {
+    ctx.metrics
+        .connections
+        .with_label_values(&[&ctx.name])
+        .inc();
+    ctx.metrics
+        .active_connections
+        .with_label_values(&[&ctx.name])
+        .inc();
+    let _active = ActiveGuard(ctx.clone());
+    let _ = stream.set_nodelay(true);
+    let trusted = crate::proxy::headers::is_trusted(peer.ip(), &ctx.trusted);
+    match ctx.tls.clone() {
+        Some(acceptor) => {
+            let fail = |reason: &str| {
+                ctx.metrics
+                    .tls_handshake_failures
+                    .with_label_values(&[&ctx.name, reason])
+                    .inc();
+            };
+            let tls = match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(stream))
+                .await
+            {
+                Err(_) => return fail("timeout"),
+                Ok(Err(e)) => {
+                    let reason = crate::tls::handshake_failure_reason(&e);
+                    tracing::debug!(listener = %ctx.name, %peer, reason, "TLS handshake failed");
+                    return fail(reason);
+                }
+                Ok(Ok(s)) => s,
+            };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_io(ctx, tls, peer, true, h2, trusted, watcher).await;
+        }
+        None => serve_io(ctx, stream, peer, false, false, trusted, watcher).await,
+    }
+}
+
+async fn serve_io<IO>(
+    ctx: Arc<ListenerCtx>,
+    io: IO,
+    peer: SocketAddr,
+    tls: bool,
+    h2: bool,
+    trusted: bool,
+    watcher: Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let lim = ctx.limits.clone();
+    let shared = Arc::new(ConnShared::default());
+    let settings = GuardSettings {
+        max_header_bytes: lim.max_header_bytes,
+        max_headers: lim.max_headers,
+        header_read_timeout: lim.header_read_timeout.0,
+        idle_timeout: lim.idle_timeout.0,
+    };
+    let io = TokioIo::new(GuardedIo::new(io, !h2, shared.clone(), settings));
+    let info = Arc::new(ConnInfo {
+        peer,
+        tls,
+        h2,
+        trusted,
+        shared,
+    });
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let ctx = svc_ctx.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handle(ctx, info, req).await) }
+    });
+    if h2 {
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(lim.h2_max_concurrent_streams)
+            // Rapid-reset (CVE-2023-44487) and error-reset floods: cap resets per connection.
+            .max_pending_accept_reset_streams(lim.h2_max_pending_reset_streams)
+            .max_local_error_reset_streams(lim.h2_max_local_error_reset_streams)
+            // Backstop only: the ingress answers oversized headers with a 431 body first.
+            .max_header_list_size(
+                u32::try_from(lim.max_header_bytes.saturating_mul(2) + 4096).unwrap_or(u32::MAX),
+            )
+            .keep_alive_interval(Some(lim.idle_timeout.0))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let conn = b.serve_connection(io, svc);
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(listener = %ctx.name, error = %e, "h2 connection ended with error");
+        }
+    } else {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            // The guard enforces the real limits; hyper's are a backstop above them.
+            .max_headers(lim.max_headers + 1)
+            .max_buf_size((lim.max_header_bytes * 2 + 16 * 1024).max(8192))
+            .header_read_timeout(lim.header_read_timeout.0 + lim.idle_timeout.0)
+            .keep_alive(true);
+        let conn = b.serve_connection(io, svc);
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(listener = %ctx.name, error = %e, "h1 connection ended with error");
+        }
+    }
+}
+
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+}
+
+/// Per-request ingress: everything between hyper and the route stack.
+async fn handle(
+    ctx: Arc<ListenerCtx>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    conn.shared.begin();
+    let method = req.method().clone();
+    let version = req.version();
+    let request_id = match req.headers().get("x-request-id") {
+        Some(v) if conn.trusted && valid_request_id(v) => v.clone(),
+        _ => HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("-")),
+    };
+    let mut route: Option<Arc<str>> = None;
+    let mut fhir = ctx.router.all_fhir();
+    let result = match prepare(&ctx, &conn, req, &request_id, &mut route, &mut fhir) {
+        Ok((svc, req)) => call_route(svc, req).await,
+        Err(rej) => Err(rej),
+    };
+    let route_label: Arc<str> = route.unwrap_or_else(|| Arc::from("-"));
+    let head_time = started.elapsed();
+    let (mut resp, code) = match result {
+        Ok(r) => (r, None),
+        Err(rej) => {
+            ctx.metrics
+                .rejections
+                .with_label_values(&[&route_label, rej.code])
+                .inc();
+            (
+                error::into_response(&rej, fhir, request_id.to_str().unwrap_or("-")),
+                Some(rej.code),
+            )
+        }
+    };
+    let h = resp.headers_mut();
+    h.insert("x-request-id", request_id.clone());
+    if conn.h2 {
+        // Connection-specific headers are illegal in HTTP/2.
+        h.remove(CONNECTION);
+    }
+    let record = AccessRecord {
+        ctx,
+        conn,
+        request_id,
+        route: route_label,
+        method,
+        version,
+        status: resp.status(),
+        code,
+        started,
+        head_time,
+        bytes: 0,
+        completed: false,
+    };
+    resp.map(|b| {
+        LoggedBody {
+            inner: b,
+            record: Some(record),
+        }
+        .boxed_unsync()
+    })
+}
+
+/// Boxed with an explicit `'static` type: works around rustc's higher-ranked lifetime
+/// inference on the `dyn Error` inside the body type when the future is nested in hyper's.
+fn call_route(
+    svc: RouteService,
+    req: Request<Body>,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<Body>, Rejection>> + Send + 'static>,
+> {
+    Box::pin(svc.oneshot(req))
+}
+
+/// Everything before the route stack, synchronously: framing verdict, header limits, host,
+/// path canonicalisation, routing. Returns the route's service and the request to give it.
+fn prepare(
+    ctx: &ListenerCtx,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    route_name: &mut Option<Arc<str>>,
+    fhir: &mut bool,
+) -> Result<(RouteService, Request<Body>), Rejection> {
+    if !conn.h2 {
+        match conn.shared.next_verdict() {
+            Some(Verdict::Ok) => {}
+            Some(Verdict::Reject(e)) => return Err(e.into()),
+            // Every HTTP/1 head passes the guard; no verdict means the stream is out of step.
+            None => return Err(FrameError::Malformed.into()),
+        }
+    }
+    let headers = req.headers();
+    if headers.get_all(CONTENT_LENGTH).iter().count() > 1 {
+        return Err(FrameError::DuplicateContentLength.into());
+    }
+    if conn.h2 && headers.contains_key(TRANSFER_ENCODING) {
+        return Err(FrameError::InvalidTransferEncoding.into());
+    }
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if headers.len() > ctx.limits.max_headers || header_bytes > ctx.limits.max_header_bytes {
+        return Err(Rejection::headers_too_large());
+    }
+    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+        return Err(Rejection::method_not_allowed());
+    }
+    let host = resolve_host(&req)?;
+    let canonical = crate::path::normalize(req.uri().path())?.into_owned();
+    let host_name = host.host().trim_end_matches('.').to_ascii_lowercase();
+    let route = match ctx.router.find(&host_name, &canonical, req.method()) {
+        Match::Found(r) => r,
+        Match::MethodNotAllowed(f) => {
+            *fhir = f;
+            return Err(Rejection::method_not_allowed());
+        }
+        Match::NotFound => return Err(Rejection::not_found()),
+    };
+    *fhir = route.info.fhir;
+    *route_name = Some(route.info.name.clone());
+    if route.info.fhir {
+        crate::path::check_fhir(&canonical)?;
+    }
+    let pq = match req.uri().query() {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical,
+    };
+    let pq = PathAndQuery::try_from(pq)
+        .map_err(|_| Rejection::bad_request("path_invalid", "invalid request target"))?;
+    let (mut parts, body) = req.into_parts();
+    parts.uri = Uri::from(pq);
+    parts.extensions.insert(RequestContext {
+        request_id: request_id.clone(),
+        peer: conn.peer,
+        listener: ctx.name.clone(),
+        tls: conn.tls,
+        trusted_peer: conn.trusted,
+        host: host.as_str().to_ascii_lowercase(),
+    });
+    parts.extensions.insert(RouteId(route.info.clone()));
+    let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+    Ok((route.service.clone(), req))
+}
+
+/// The host the client addressed: the URI authority (HTTP/2, absolute-form) or the Host
+/// header; when both are present they must agree.
+fn resolve_host(req: &Request<Incoming>) -> Result<Authority, Rejection> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Rejection::bad_request(
+            "host_invalid",
+            "several Host headers",
+        ));
+    }
+    let parsed = header
+        .map(|h| {
+            Authority::try_from(h.as_bytes())
+                .map_err(|_| Rejection::bad_request("host_invalid", "invalid Host header"))
+        })
+        .transpose()?;
+    let auth = match (req.uri().authority(), parsed) {
+        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h.as_str()) => {
+            return Err(Rejection::bad_request(
+                "host_mismatch",
+                "Host header disagrees with the request target",
+            ))
+        }
+        (Some(a), _) => a.clone(),
+        (None, Some(h)) => h,
+        (None, None) => {
+            return Err(Rejection::bad_request(
+                "host_missing",
+                "missing Host header",
+            ))
+        }
+    };
+    if auth.as_str().contains('@') || auth.host().is_empty() {
+        return Err(Rejection::bad_request(
+            "host_invalid",
+            "invalid Host header",
+        ));
+    }
+    Ok(auth)
+}
+
+/// What the access log line and the request metrics say about one request.
+struct AccessRecord {
+    ctx: Arc<ListenerCtx>,
+    conn: Arc<ConnInfo>,
+    request_id: HeaderValue,
+    route: Arc<str>,
+    method: Method,
+    version: http::Version,
+    status: http::StatusCode,
+    code: Option<&'static str>,
+    started: Instant,
+    head_time: Duration,
+    bytes: u64,
+    completed: bool,
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        let m = &self.ctx.metrics;
+        let elapsed = self.started.elapsed();
+        m.requests
+            .with_label_values(&[
+                &self.ctx.name,
+                &self.route,
+                method_label(&self.method),
+                status_class(self.status),
+            ])
+            .inc();
+        m.request_duration
+            .with_label_values(&[&self.route])
+            .observe(elapsed.as_secs_f64());
+        m.bytes.with_label_values(&[&self.route]).inc_by(self.bytes);
+        self.conn.shared.end();
+        // Method is logged as its label form so a junk method cannot flood the log.
+        tracing::info!(
+            target: "ward::access",
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            listener = %self.ctx.name,
+            route = %self.route,
+            method = method_label(&self.method),
+            protocol = ?self.version,
+            status = self.status.as_u16(),
+            code = self.code.unwrap_or(""),
+            head_ms = self.head_time.as_secs_f64() * 1000.0,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes_out = self.bytes,
+            completed = self.completed,
+            client_ip = %self.conn.peer.ip(),
+            tls = self.conn.tls,
+        );
+    }
+}
+
+/// Response body that writes the access record when it ends — or is dropped early
+/// (client gone, upstream reset), which the record then says (`completed=false`).
+struct LoggedBody {
+    inner: Body,
+    record: Option<AccessRecord>,
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let r = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(d), Some(rec)) = (f.data_ref(), this.record.as_mut()) {
+                    rec.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut rec) = this.record.take() {
+                    rec.completed = true;
+                }
+            }
+            _ => {}
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
