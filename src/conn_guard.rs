@@ -522,9 +522,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let poisoned = this.h1.as_ref().is_some_and(|h| h.poisoned);
-            if this.eof || poisoned {
+            if this.eof {
                 return Poll::Ready(Ok(()));
+            }
+            if this.h1.as_ref().is_some_and(|h| h.poisoned) {
+                // Nothing more is read from a poisoned stream. Not EOF: hyper would drop the
+                // connection before writing the 400; the placeholder's `Connection: close`
+                // ends it once the answer is out (the idle timer is the backstop).
+                return this.poll_timer(cx);
             }
             let mut scratch = std::mem::take(&mut this.scratch);
             let mut rb = ReadBuf::new(&mut scratch);

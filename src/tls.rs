@@ -161,13 +161,14 @@ pub fn upstream_client_config(
         .with_protocol_versions(VERSIONS)
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
-    let mut cfg = match client {
+    let cfg = match client {
         Some((cert, key)) => builder
             .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
             .map_err(|e| format!("upstream client certificate unusable: {e}"))?,
         None => builder.with_no_client_auth(),
     };
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // ALPN is left empty on purpose: hyper-rustls fills it from the enabled protocols (and
+    // panics if it is preset).
     Ok(cfg)
 }
 

@@ -390,9 +390,19 @@ pub fn load_str(
     }
     let get = |k: &str| entries.iter().find(|(n, _, _)| n == k).map(|(_, _, v)| v);
 
-    let listeners: Vec<ListenerConfig> = decode_list(&mut e, get("listeners"), "listeners", vars);
-    let upstreams: Vec<UpstreamConfig> = decode_list(&mut e, get("upstreams"), "upstreams", vars);
-    let routes: Vec<RouteConfig> = decode_list(&mut e, get("routes"), "routes", vars);
+    // Decoded items keep their position in the file, for error paths.
+    let (listener_pos, listeners): (Vec<usize>, Vec<ListenerConfig>) =
+        decode_list(&mut e, get("listeners"), "listeners", vars)
+            .into_iter()
+            .unzip();
+    let (upstream_pos, upstreams): (Vec<usize>, Vec<UpstreamConfig>) =
+        decode_list(&mut e, get("upstreams"), "upstreams", vars)
+            .into_iter()
+            .unzip();
+    let (route_pos, routes): (Vec<usize>, Vec<RouteConfig>) =
+        decode_list(&mut e, get("routes"), "routes", vars)
+            .into_iter()
+            .unzip();
     let admin: AdminConfig = decode_one(&mut e, get("admin"), "admin", vars).unwrap_or_default();
     let log: LogConfig = decode_one(&mut e, get("log"), "log", vars).unwrap_or_default();
     let shutdown_grace: Dur =
@@ -420,6 +430,47 @@ pub fn load_str(
         );
     }
 
+    // Names of items that failed to decode still count as defined, so one typo does not
+    // cascade into "no listener with this name" on every route.
+    let raw_names = |key: &str| -> Vec<String> {
+        match get(key).map(|n| &n.node) {
+            Some(Node::Seq(items)) => items
+                .iter()
+                .filter_map(|it| match &it.node {
+                    Node::Map(m) => m
+                        .iter()
+                        .find(|(k, _, _)| k == "name")
+                        .and_then(|(_, _, v)| match &v.node {
+                            Node::Str(s) => Some(s.clone()),
+                            _ => None,
+                        }),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let policy_files: Vec<String> = std::fs::read_dir(&pdir)
+        .map(|rd| {
+            rd.filter_map(|d| d.ok().map(|d| d.path()))
+                .filter(|p| {
+                    matches!(
+                        p.extension().and_then(|x| x.to_str()),
+                        Some("yaml") | Some("yml")
+                    )
+                })
+                .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let known = KnownNames {
+        listeners: raw_names("listeners"),
+        upstreams: raw_names("upstreams"),
+        policies: policy_files,
+        listener_pos,
+        upstream_pos,
+        route_pos,
+    };
     let cfg = Config {
         source: PathBuf::from(file),
         base_dir: base.to_path_buf(),
@@ -431,7 +482,7 @@ pub fn load_str(
         log,
         policies,
     };
-    validate(&cfg, &mut e);
+    validate(&cfg, &known, &mut e);
     if out.is_empty() {
         Ok(cfg)
     } else {
@@ -444,7 +495,7 @@ fn decode_list<T: serde::de::DeserializeOwned>(
     node: Option<&Located>,
     key: &str,
     vars: &dyn Fn(&str) -> Option<String>,
-) -> Vec<T> {
+) -> Vec<(usize, T)> {
     let Some(node) = node else {
         return Vec::new();
     };
@@ -458,7 +509,7 @@ fn decode_list<T: serde::de::DeserializeOwned>(
     for (i, item) in items.iter().enumerate() {
         let path = format!("{key}[{i}]");
         if let Some(v) = decode_node(e, item, &path, vars) {
-            out.push(v);
+            out.push((i, v));
         }
     }
     out
@@ -488,7 +539,7 @@ fn decode_node<T: serde::de::DeserializeOwned>(
     if had_env_err {
         return None;
     }
-    match yaml::decode::<T>(json, path) {
+    match yaml::decode::<T>(json, path, e.idx) {
         Ok(v) => Some(v),
         Err((p, msg)) => {
             e.at(&p, msg);
@@ -612,11 +663,22 @@ pub fn load_policy_file(
 pub const DEFAULT_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
-fn validate(cfg: &Config, e: &mut Errs<'_>) {
+/// What the file defines, even where an item failed to decode, and where each decoded
+/// item sits in its list.
+struct KnownNames {
+    listeners: Vec<String>,
+    upstreams: Vec<String>,
+    policies: Vec<String>,
+    listener_pos: Vec<usize>,
+    upstream_pos: Vec<usize>,
+    route_pos: Vec<usize>,
+}
+
+fn validate(cfg: &Config, known: &KnownNames, e: &mut Errs<'_>) {
     let mut names = HashSet::new();
     let mut binds: Vec<(SocketAddr, String)> = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
-        let p = format!("listeners[{i}]");
+        let p = format!("listeners[{}]", known.listener_pos[i]);
         if l.name.is_empty() || !names.insert(l.name.as_str()) {
             e.at(
                 &format!("{p}.name"),
@@ -705,7 +767,7 @@ fn validate(cfg: &Config, e: &mut Errs<'_>) {
 
     let mut unames = HashSet::new();
     for (i, u) in cfg.upstreams.iter().enumerate() {
-        let p = format!("upstreams[{i}]");
+        let p = format!("upstreams[{}]", known.upstream_pos[i]);
         if u.name.is_empty() || !unames.insert(u.name.as_str()) {
             e.at(
                 &format!("{p}.name"),
@@ -761,19 +823,21 @@ fn validate(cfg: &Config, e: &mut Errs<'_>) {
     }
 
     let mut rnames = HashSet::new();
-    let mut keys: Vec<(String, Option<String>, String, Vec<String>, usize)> = Vec::new();
+    // (listener, host, prefix, methods, index) of every route seen so far.
+    type RouteKey = (String, Option<String>, String, Vec<String>, usize);
+    let mut keys: Vec<RouteKey> = Vec::new();
     for (i, r) in cfg.routes.iter().enumerate() {
-        let p = format!("routes[{i}]");
+        let p = format!("routes[{}]", known.route_pos[i]);
         if r.name.is_empty() || !rnames.insert(r.name.as_str()) {
             e.at(
                 &format!("{p}.name"),
                 "route names must be unique and non-empty",
             );
         }
-        if !cfg.listeners.iter().any(|l| l.name == r.listener) {
+        if !known.listeners.contains(&r.listener) {
             e.at(&format!("{p}.listener"), "no listener with this name");
         }
-        if !cfg.upstreams.iter().any(|u| u.name == r.upstream) {
+        if !known.upstreams.contains(&r.upstream) {
             e.at(&format!("{p}.upstream"), "no upstream with this name");
         }
         for (k, v) in [
@@ -818,7 +882,7 @@ fn validate(cfg: &Config, e: &mut Errs<'_>) {
             None => DEFAULT_METHODS.iter().map(|s| s.to_string()).collect(),
         };
         for (j, pol) in r.policies.iter().enumerate() {
-            if !cfg.policies.contains_key(pol) {
+            if !known.policies.contains(pol) {
                 e.at(
                     &format!("{p}.policies[{j}]"),
                     "no policy file with this name in the policies folder",

@@ -202,6 +202,22 @@ impl LineIndex {
             _ => {}
         }
     }
+    /// The first key named `field` at or below `prefix` (for decoder errors, which name the
+    /// field but not where it sits).
+    pub fn find_key(&self, prefix: &str, field: &str) -> Option<String> {
+        let suffix = format!(".{field}");
+        let mut hits: Vec<&String> = self
+            .0
+            .keys()
+            .filter(|k| {
+                k.starts_with(prefix)
+                    && (k.ends_with(&suffix) || (prefix.is_empty() && *k == field))
+            })
+            .collect();
+        hits.sort_by_key(|k| (self.0.get(*k).copied().unwrap_or(u32::MAX), k.len()));
+        hits.first().map(|k| (*k).clone())
+    }
+
     /// Line of `path`, or of its nearest ancestor that exists.
     pub fn line(&self, path: &str) -> Option<u32> {
         let mut p = path;
@@ -303,6 +319,7 @@ pub fn expand_env(s: &str, vars: &dyn Fn(&str) -> Option<String>) -> Result<Stri
 pub fn decode<T: serde::de::DeserializeOwned>(
     v: serde_json::Value,
     path: &str,
+    idx: &LineIndex,
 ) -> Result<T, (String, String)> {
     serde_json::from_value::<T>(v).map_err(|e| {
         let msg = e.to_string();
@@ -310,11 +327,13 @@ pub fn decode<T: serde::de::DeserializeOwned>(
             .strip_prefix("unknown field `")
             .and_then(|r| r.split('`').next())
             .map(|f| {
-                if path.is_empty() {
-                    f.to_owned()
-                } else {
-                    format!("{path}.{f}")
-                }
+                idx.find_key(path, f).unwrap_or_else(|| {
+                    if path.is_empty() {
+                        f.to_owned()
+                    } else {
+                        format!("{path}.{f}")
+                    }
+                })
             })
             .unwrap_or_else(|| path.to_owned());
         (field_path, scrub(&msg))

@@ -1,0 +1,382 @@
+//! Shared test harness: a recording upstream, certificates made at test time, the gateway
+//! booted in-process on 127.0.0.1:0, and clients (hyper over rustls, and raw TLS bytes for
+//! the cases a well-behaved client library refuses to send).
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use ward::demo::Pki;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    /// The body arrived complete (not aborted mid-way).
+    pub complete: bool,
+}
+
+#[derive(Default)]
+pub struct UpstreamState {
+    pub seen: Mutex<Vec<Seen>>,
+    /// Requests to `/gate` wait here.
+    pub gate: Notify,
+    pub gate_entered: Notify,
+}
+
+impl UpstreamState {
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
+    }
+}
+
+async fn upstream_handler(
+    state: Arc<UpstreamState>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let (bytes, complete) = match body.collect().await {
+        Ok(b) => (b.to_bytes(), true),
+        Err(_) => (Bytes::new(), false),
+    };
+    state.seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        path_and_query: pq.clone(),
+        headers: parts.headers.clone(),
+        body: bytes.clone(),
+        complete,
+    });
+    if pq.starts_with("/stall") {
+        std::future::pending::<()>().await;
+    }
+    if pq.starts_with("/gate") {
+        state.gate_entered.notify_one();
+        state.gate.notified().await;
+    }
+    let json = serde_json::json!({
+        "method": parts.method.to_string(),
+        "path": pq,
+        "body_len": bytes.len(),
+    });
+    let mut r = Response::new(Full::new(Bytes::from(json.to_string())));
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("server", "LegacyEHR/1.0".parse().unwrap());
+    r
+}
+
+/// A recording HTTP/1.1 upstream on 127.0.0.1:0.
+pub async fn upstream() -> (SocketAddr, Arc<UpstreamState>) {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let state = Arc::new(UpstreamState::default());
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = tcp.accept().await else {
+                continue;
+            };
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let st = st.clone();
+                    async move { Ok::<_, Infallible>(upstream_handler(st, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, state)
+}
+
+/// An upstream that promises 1000 bytes, sends 10 and closes the connection.
+pub async fn truncating_upstream() -> SocketAddr {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = tcp.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\ncontent-type: text/plain\r\n\r\n0123456789")
+                    .await;
+                let _ = s.flush().await;
+                drop(s);
+            });
+        }
+    });
+    addr
+}
+
+/// An address where nothing listens (bound, then closed).
+pub async fn dead_addr() -> SocketAddr {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = tcp.local_addr().unwrap();
+    drop(tcp);
+    a
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&["localhost"]).unwrap();
+        pki.write(&dir.path().join("certs")).unwrap();
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        Env { dir, pki }
+    }
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    /// Write and load a config; panics with every error if it does not load.
+    pub fn config(&self, yaml: &str) -> ward::config::Config {
+        let p = self.write("ward.yaml", yaml);
+        match ward::config::load_with(&p, &|_| None) {
+            Ok(c) => c,
+            Err(errs) => panic!("config errors: {errs:#?}"),
+        }
+    }
+    pub async fn start(&self, yaml: &str) -> ward::Gateway {
+        ward::Gateway::start(self.config(yaml))
+            .await
+            .expect("gateway starts")
+    }
+}
+
+/// A standard config: one TLS listener, one upstream, a FHIR route and a plain route.
+/// `extra_listener` lines are spliced into the listener (e.g. limits).
+pub fn basic_config(upstream: SocketAddr, listener_extra: &str, upstream_extra: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - name: public
+    bind: 127.0.0.1:0
+    tls:
+      certificates:
+        - cert: certs/server.pem
+          key: certs/server.key
+          server_names: [localhost]
+{listener_extra}
+upstreams:
+  - name: ehr
+    url: http://{upstream}
+{upstream_extra}
+routes:
+  - name: fhir
+    listener: public
+    path_prefix: /fhir
+    upstream: ehr
+    fhir: true
+  - name: api
+    listener: public
+    path_prefix: /api
+    upstream: ehr
+  - name: slow
+    listener: public
+    path_prefix: /stall
+    upstream: ehr
+  - name: gate
+    listener: public
+    path_prefix: /gate
+    upstream: ehr
+admin:
+  bind: 127.0.0.1:0
+shutdown_grace: 30s
+"#
+    )
+}
+
+pub fn client_tls(pki: &Pki, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    client_tls_versions(
+        pki,
+        alpn,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    )
+}
+
+pub fn client_tls_versions(
+    pki: &Pki,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca_cert.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    cfg
+}
+
+pub type TestClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A hyper client that speaks only HTTP/1.1 or only HTTP/2 to the gateway.
+pub fn client(pki: &Pki, h2: bool) -> TestClient {
+    // hyper-rustls sets ALPN itself from the enabled protocols.
+    let tls = client_tls(pki, &[]);
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only();
+    let conn = if h2 {
+        b.enable_http2().build()
+    } else {
+        b.enable_http1().build()
+    };
+    let mut cb = Client::builder(TokioExecutor::new());
+    cb.http2_only(h2);
+    cb.build(conn)
+}
+
+pub fn url(gw: &ward::Gateway, path: &str) -> String {
+    let a = gw.addr("public").unwrap();
+    format!("https://localhost:{}{}", a.port(), path)
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {:?}", self.body))
+    }
+    /// The stable error code in a JSON error or an OperationOutcome.
+    pub fn code(&self) -> String {
+        let v = self.json();
+        if v["resourceType"] == "OperationOutcome" {
+            v["issue"][0]["details"]["coding"][0]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            v["error"]["code"].as_str().unwrap_or_default().to_owned()
+        }
+    }
+}
+
+pub async fn send(c: &TestClient, req: Request<Full<Bytes>>) -> Reply {
+    let resp = tokio::time::timeout(Duration::from_secs(30), c.request(req))
+        .await
+        .expect("request did not hang")
+        .expect("request succeeded at the transport level");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn get(url: &str) -> Request<Full<Bytes>> {
+    Request::get(url).body(Full::new(Bytes::new())).unwrap()
+}
+
+/// Open a TLS connection to the gateway (HTTP/1.1 ALPN).
+pub async fn tls_connect(
+    pki: &Pki,
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let cfg = client_tls(pki, &[b"http/1.1"]);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// Send raw bytes over TLS and read until the server closes (bounded, so a hang fails
+/// the test instead of stalling the suite).
+pub async fn raw(pki: &Pki, addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = tls_connect(pki, addr).await;
+    s.write_all(bytes).await.unwrap();
+    s.flush().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+        .await
+        .expect("server closed the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn status_of(raw: &str) -> u16 {
+    raw.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn body_of(raw: &str) -> serde_json::Value {
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+pub async fn admin_get(gw: &ward::Gateway, path: &str) -> (u16, String) {
+    let c: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let url = format!("http://{}{}", gw.admin_addr(), path);
+    let resp = c.request(get(&url)).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}

@@ -1,0 +1,155 @@
+//! Config loading as an operator meets it: `ward check` output with file:line, every
+//! example config and every policy file in the repository loads.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn ward() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ward"))
+}
+
+#[test]
+fn check_lists_every_error_with_file_and_line() {
+    let env = Env::new();
+    env.write(
+        "policies/strict.yaml",
+        "limits:\n  max_body_bytes: 100\nauth:\n  providers: []\n",
+    );
+    env.write("policies/typo.yaml", "limts:\n  max_body_bytes: 1\n");
+    let cfg = env.write(
+        "ward.yaml",
+        concat!(
+            "listeners:\n",                             // 1
+            "  - name: public\n",                       // 2
+            "    bind: 0.0.0.0:8443\n",                 // 3
+            "    plaintext: true\n",                    // 4
+            "    limits:\n",                            // 5
+            "      max_body_byte: 10\n",                // 6
+            "  - name: internal\n",                     // 7
+            "    bind: 0.0.0.0:8444\n",                 // 8
+            "    tls:\n",                               // 9
+            "      certificates:\n",                    // 10
+            "        - cert: certs/server.pem\n",       // 11
+            "          key: certs/missing.key\n",       // 12
+            "upstreams:\n",                             // 13
+            "  - name: ehr\n",                          // 14
+            "    url: https://ehr.local\n",             // 15
+            "    client_secret: ${WARD_TEST_SECRET}\n", // 16
+            "routes:\n",                                // 17
+            "  - name: r\n",                            // 18
+            "    listener: public\n",                   // 19
+            "    path_prefix: /fhir\n",                 // 20
+            "    upstream: nope\n",                     // 21
+            "    policies: [strict, absent]\n",         // 22
+        ),
+    );
+    let out = ward()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env("WARD_TEST_SECRET", "hunter2-very-secret")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let f = cfg.display().to_string();
+    for want in [
+        format!("{f}:6: listeners[0].limits.max_body_byte: unknown field `max_body_byte`"),
+        format!("{f}:11: listeners[1].tls.certificates[0]: cannot read private key"),
+        format!("{f}:16: upstreams[0].client_secret: unknown field `client_secret`"),
+        format!("{f}:21: routes[0].upstream: no upstream with this name"),
+        format!("{f}:22: routes[0].policies[1]: no policy file with this name"),
+        format!(
+            "{}:3: auth: policy section `auth` is not implemented",
+            env.path("policies/strict.yaml").display()
+        ),
+        format!(
+            "{}:1: limts: unknown policy section",
+            env.path("policies/typo.yaml").display()
+        ),
+    ] {
+        assert!(stderr.contains(&want), "missing `{want}` in:\n{stderr}");
+    }
+    assert!(!stderr.contains("hunter2"), "secret echoed:\n{stderr}");
+    // A typo in one item does not cascade into errors about references to it.
+    assert!(!stderr.contains("routes[0].listener"), "{stderr}");
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let env = Env::new();
+    let cfg = env.write(
+        "ward.yaml",
+        &basic_config("127.0.0.1:9".parse().unwrap(), "", ""),
+    );
+    let out = ward()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_have_lines() {
+    let env = Env::new();
+    let cfg = env.write(
+        "ward.yaml",
+        "listeners:\n  - name: a\n    bind: [unclosed\nroutes: []\n",
+    );
+    let out = ward()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}:", cfg.display())),
+        "{stderr}"
+    );
+    let line: String = stderr.split(':').nth(1).unwrap_or_default().to_owned();
+    assert!(line.parse::<u32>().is_ok(), "no line number: {stderr}");
+}
+
+#[test]
+fn every_policy_file_in_the_repository_loads() {
+    let dir = policies_dir();
+    let policies =
+        ward::config::load_policies(&dir, &|_| None).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert!(!policies.is_empty(), "policies/ has no example files");
+}
+
+#[test]
+fn example_config_loads() {
+    // ward.example.yaml refers to the demo certificates and to policies/; lay both out
+    // beside a copy of it.
+    let env = Env::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("ward.example.yaml")).unwrap();
+    env.pki.write(&env.path("certs-example/demo")).unwrap();
+    for entry in std::fs::read_dir(root.join("policies")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, env.path("policies").join(p.file_name().unwrap())).unwrap();
+    }
+    let p = env.write("ward.example.yaml", &text);
+    let vars = |n: &str| (n == "WARD_UPSTREAM_CA").then(|| "certs-example/demo/ca.pem".to_owned());
+    if let Err(errs) = ward::config::load_with(&p, &vars) {
+        panic!("{errs:#?}");
+    }
+    // The demo's generated config goes through the same loader.
+    let demo = ward::demo::demo_config(
+        &env.path("certs-example/demo"),
+        "127.0.0.1:9".parse().unwrap(),
+        Some(&env.path("policies")),
+    );
+    let p = env.write("demo.yaml", &demo);
+    ward::config::load_with(&p, &|_| None).unwrap_or_else(|e| panic!("{e:#?}"));
+}
