@@ -209,13 +209,21 @@ impl<T> GuardedIo<T> {
             let Some((at, idle)) = self.deadline() else {
                 return Poll::Pending;
             };
-            if self.timer_at != Some(at) {
+            // Activity only ever moves a deadline later, so the timer is re-armed lazily:
+            // when it fires early, or when the deadline moved earlier (a new head started).
+            // Resetting it on every read would touch the timer wheel per packet.
+            if self.timer_at.is_none_or(|t| at < t) {
                 self.timer.as_mut().reset(at);
                 self.timer_at = Some(at);
             }
             match self.timer.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(()) => {
+                    if Instant::now() < at {
+                        self.timer.as_mut().reset(at);
+                        self.timer_at = Some(at);
+                        continue;
+                    }
                     if idle && self.shared.busy() {
                         // A request is being answered; the connection is not idle.
                         self.last_activity = Instant::now();
@@ -428,8 +436,16 @@ fn trim(v: &[u8]) -> &[u8] {
 }
 
 fn parse_head(buf: &[u8], s: &GuardSettings) -> HeadParse {
-    let mut headers = vec![httparse::EMPTY_HEADER; s.max_headers];
-    let mut req = httparse::Request::new(&mut headers);
+    // Stack storage for the usual limit; a heap one only for unusually large limits.
+    let mut stack = [httparse::EMPTY_HEADER; 128];
+    let mut heap;
+    let headers: &mut [httparse::Header<'_>] = if s.max_headers <= stack.len() {
+        &mut stack[..s.max_headers]
+    } else {
+        heap = vec![httparse::EMPTY_HEADER; s.max_headers];
+        &mut heap
+    };
+    let mut req = httparse::Request::new(headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return HeadParse::Partial,

@@ -69,7 +69,7 @@ impl Gateway {
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         for u in &cfg.upstreams {
             let up =
-                Upstream::new(u, &cfg).map_err(|e| anyhow::anyhow!("upstream {}: {e}", u.name))?;
+                Upstream::new(u, &cfg, &metrics).map_err(|e| anyhow::anyhow!("upstream {}: {e}", u.name))?;
             upstreams.insert(u.name.clone(), Arc::new(up));
         }
 
@@ -109,6 +109,10 @@ impl Gateway {
                     .filter_map(|m| m.parse().ok())
                     .collect();
                 routes.push(Route {
+                    metrics: router::RouteMetrics {
+                        duration: metrics.request_duration.with_label_values(&[&r.name]),
+                        bytes: metrics.bytes.with_label_values(&[&r.name]),
+                    },
                     info: Arc::new(RouteInfo {
                         name: Arc::from(r.name.as_str()),
                         fhir: r.fhir,

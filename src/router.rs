@@ -9,8 +9,16 @@ use http::Method;
 use crate::context::RouteInfo;
 use crate::stack::RouteService;
 
+/// Metric children of one route, resolved once at start-up.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    pub duration: prometheus::Histogram,
+    pub bytes: prometheus::IntCounter,
+}
+
 pub struct Route {
     pub info: Arc<RouteInfo>,
+    pub metrics: RouteMetrics,
     pub host: Option<String>,
     pub methods: Vec<Method>,
     pub service: RouteService,

@@ -32,7 +32,7 @@ use crate::conn_guard::{ConnShared, FrameError, GuardSettings, GuardedIo, Verdic
 use crate::context::{RequestContext, RouteId};
 use crate::error::{self, Rejection};
 use crate::metrics::{method_label, status_class, Metrics};
-use crate::router::{Match, Router};
+use crate::router::{Match, RouteMetrics, Router};
 use crate::stack::RouteService;
 use crate::{Body, BoxError};
 
@@ -224,6 +224,24 @@ async fn serve_io<IO>(
     }
 }
 
+/// Request ids: a random per-process prefix and a counter. Unique without a syscall or a
+/// lock per request (a v4 UUID costs a getrandom call each), and they sort by arrival.
+fn new_request_id() -> HeaderValue {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut buf = [0u8; 32];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in prefix.to_be_bytes().iter().chain(n.to_be_bytes().iter()).enumerate() {
+        buf[2 * i] = HEX[(b >> 4) as usize];
+        buf[2 * i + 1] = HEX[(b & 15) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
 fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
@@ -244,16 +262,24 @@ async fn handle(
     let version = req.version();
     let request_id = match req.headers().get("x-request-id") {
         Some(v) if conn.trusted && valid_request_id(v) => v.clone(),
-        _ => HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("-")),
+        _ => new_request_id(),
     };
-    let mut route: Option<Arc<str>> = None;
+    let mut route: Option<(Arc<str>, RouteMetrics)> = None;
     let mut fhir = ctx.router.all_fhir();
     let result = match prepare(&ctx, &conn, req, &request_id, &mut route, &mut fhir) {
         Ok((svc, req)) => call_route(svc, req).await,
         Err(rej) => Err(rej),
     };
-    let route_label: Arc<str> = route.unwrap_or_else(|| Arc::from("-"));
+    let (route_label, route_metrics) = match route {
+        Some((name, m)) => (name, m),
+        None => (
+            Arc::from("-"),
+            RouteMetrics {
+                duration: ctx.metrics.request_duration.with_label_values(&["-"]),
+                bytes: ctx.metrics.bytes.with_label_values(&["-"]),
+            },
+        ),
+    };
     let head_time = started.elapsed();
     let (mut resp, code) = match result {
         Ok(r) => (r, None),
@@ -279,6 +305,7 @@ async fn handle(
         conn,
         request_id,
         route: route_label,
+        route_metrics,
         method,
         version,
         status: resp.status(),
@@ -315,7 +342,7 @@ fn prepare(
     conn: &ConnInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
-    route_name: &mut Option<Arc<str>>,
+    route_name: &mut Option<(Arc<str>, RouteMetrics)>,
     fhir: &mut bool,
 ) -> Result<(RouteService, Request<Body>), Rejection> {
     if !conn.h2 {
@@ -355,7 +382,7 @@ fn prepare(
         Match::NotFound => return Err(Rejection::not_found()),
     };
     *fhir = route.info.fhir;
-    *route_name = Some(route.info.name.clone());
+    *route_name = Some((route.info.name.clone(), route.metrics.clone()));
     if route.info.fhir {
         crate::path::check_fhir(&canonical)?;
     }
@@ -428,6 +455,7 @@ struct AccessRecord {
     conn: Arc<ConnInfo>,
     request_id: HeaderValue,
     route: Arc<str>,
+    route_metrics: RouteMetrics,
     method: Method,
     version: http::Version,
     status: http::StatusCode,
@@ -450,10 +478,8 @@ impl Drop for AccessRecord {
                 status_class(self.status),
             ])
             .inc();
-        m.request_duration
-            .with_label_values(&[&self.route])
-            .observe(elapsed.as_secs_f64());
-        m.bytes.with_label_values(&[&self.route]).inc_by(self.bytes);
+        self.route_metrics.duration.observe(elapsed.as_secs_f64());
+        self.route_metrics.bytes.inc_by(self.bytes);
         self.conn.shared.end();
         // Method is logged as its label form so a junk method cannot flood the log.
         tracing::info!(

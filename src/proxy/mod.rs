@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper_rustls::HttpsConnector;
@@ -94,10 +94,13 @@ pub struct Upstream {
     response_timeout: Duration,
     pub cfg: UpstreamConfig,
     health: AtomicU8,
+    // Metric children resolved once: label lookups hash on every call.
+    duration: prometheus::Histogram,
+    body_errors: IntCounter,
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, config: &Config) -> Result<Self, String> {
+    pub fn new(cfg: &UpstreamConfig, config: &Config, metrics: &Metrics) -> Result<Self, String> {
         let target = UpstreamTarget::parse(&cfg.url)?;
         let tls = if target.https {
             let ca = cfg.ca.as_ref().ok_or("https upstream without `ca`")?;
@@ -146,6 +149,8 @@ impl Upstream {
             response_timeout: cfg.response_timeout.0,
             cfg: cfg.clone(),
             health: AtomicU8::new(Health::Unknown as u8),
+            duration: metrics.upstream_duration.with_label_values(&[&cfg.name]),
+            body_errors: metrics.upstream_errors.with_label_values(&[&cfg.name, "body"]),
         })
     }
 
@@ -214,79 +219,31 @@ impl Upstream {
     }
 
     /// Send `req` (already sanitised, URI pointing at the upstream).
-    async fn send(
-        &self,
-        req: Request<Body>,
-        metrics: &Metrics,
-    ) -> Result<Response<Body>, Rejection> {
-        let idempotent_empty = matches!(
-            *req.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT
-        ) && req.body().is_end_stream();
-        // Keep what is needed to re-send a body-less idempotent request that never reached
-        // the upstream (connect failure). Anything else is never retried.
-        let retry_parts = idempotent_empty.then(|| {
-            (
-                req.method().clone(),
-                req.uri().clone(),
-                req.headers().clone(),
-                req.version(),
-            )
-        });
+    ///
+    /// Retries: only what never reached the upstream. hyper-util's pool re-sends a request
+    /// whose pooled connection closed before the request was written
+    /// (`retry_canceled_requests`, on by default); nothing else is retried, so a
+    /// non-idempotent request is never sent twice.
+    async fn send(&self, req: Request<Body>, metrics: &Metrics) -> Result<Response<Body>, Rejection> {
         let started = Instant::now();
-        let mut result = self.attempt(req).await;
-        if let (Err(AttemptError::Client(e)), Some((m, u, h, v))) = (&result, retry_parts) {
-            if e.is_connect() {
-                metrics
-                    .upstream_errors
-                    .with_label_values(&[&self.name, "connect"])
-                    .inc();
-                let mut again = Request::new(crate::empty_body());
-                *again.method_mut() = m;
-                *again.uri_mut() = u;
-                *again.headers_mut() = h;
-                *again.version_mut() = v;
-                result = self.attempt(again).await;
-            }
-        }
-        metrics
-            .upstream_duration
-            .with_label_values(&[&self.name])
-            .observe(started.elapsed().as_secs_f64());
+        let result = self.attempt(req).await;
+        self.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(resp) => {
-                let body_errors = metrics
-                    .upstream_errors
-                    .with_label_values(&[&self.name, "body"]);
-                Ok(resp.map(|b| {
-                    UpstreamBody::new(
-                        b.map_err(BoxError::from),
-                        self.response_timeout,
-                        body_errors,
-                    )
-                    .boxed_unsync()
-                }))
+                let body_errors = self.body_errors.clone();
+                let idle = self.response_timeout;
+                Ok(resp.map(|b| UpstreamBody::new(b.map_err(BoxError::from), idle, body_errors).boxed_unsync()))
             }
             Err(AttemptError::Timeout) => {
-                metrics
-                    .upstream_errors
-                    .with_label_values(&[&self.name, "timeout"])
-                    .inc();
+                metrics.upstream_errors.with_label_values(&[&self.name, "timeout"]).inc();
                 Err(Rejection::upstream_timeout())
             }
             Err(AttemptError::Client(e)) => {
                 if let Some(le) = find_source::<LimitError>(&e) {
                     return Err((*le).into());
                 }
-                let kind = if e.is_connect() {
-                    "connect"
-                } else {
-                    "protocol"
-                };
-                metrics
-                    .upstream_errors
-                    .with_label_values(&[&self.name, kind])
-                    .inc();
+                let kind = if e.is_connect() { "connect" } else { "protocol" };
+                metrics.upstream_errors.with_label_values(&[&self.name, kind]).inc();
                 tracing::warn!(upstream = %self.name, kind, error = %error_chain(&e), "upstream request failed");
                 Err(if e.is_connect() {
                     Rejection::upstream_unavailable()
