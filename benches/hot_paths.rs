@@ -40,7 +40,7 @@ fn headers(c: &mut Criterion) {
     c.bench_function("headers/sanitize_and_forward", |b| {
         b.iter(|| {
             let mut h = base.clone();
-            let kept = ward::proxy::headers::sanitize_request(&mut h);
+            let kept = ward::proxy::headers::sanitize_request(&mut h, false);
             ward::proxy::headers::set_forwarding(&mut h, &ctx, kept);
             black_box(h)
         })

@@ -68,8 +68,8 @@ impl Gateway {
 
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         for u in &cfg.upstreams {
-            let up =
-                Upstream::new(u, &cfg, &metrics).map_err(|e| anyhow::anyhow!("upstream {}: {e}", u.name))?;
+            let up = Upstream::new(u, &cfg, &metrics)
+                .map_err(|e| anyhow::anyhow!("upstream {}: {e}", u.name))?;
             upstreams.insert(u.name.clone(), Arc::new(up));
         }
 

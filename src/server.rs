@@ -235,7 +235,12 @@ fn new_request_id() -> HeaderValue {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut buf = [0u8; 32];
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in prefix.to_be_bytes().iter().chain(n.to_be_bytes().iter()).enumerate() {
+    for (i, b) in prefix
+        .to_be_bytes()
+        .iter()
+        .chain(n.to_be_bytes().iter())
+        .enumerate()
+    {
         buf[2 * i] = HEX[(b >> 4) as usize];
         buf[2 * i + 1] = HEX[(b & 15) as usize];
     }

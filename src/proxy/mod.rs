@@ -150,7 +150,9 @@ impl Upstream {
             cfg: cfg.clone(),
             health: AtomicU8::new(Health::Unknown as u8),
             duration: metrics.upstream_duration.with_label_values(&[&cfg.name]),
-            body_errors: metrics.upstream_errors.with_label_values(&[&cfg.name, "body"]),
+            body_errors: metrics
+                .upstream_errors
+                .with_label_values(&[&cfg.name, "body"]),
         })
     }
 
@@ -224,7 +226,11 @@ impl Upstream {
     /// whose pooled connection closed before the request was written
     /// (`retry_canceled_requests`, on by default); nothing else is retried, so a
     /// non-idempotent request is never sent twice.
-    async fn send(&self, req: Request<Body>, metrics: &Metrics) -> Result<Response<Body>, Rejection> {
+    async fn send(
+        &self,
+        req: Request<Body>,
+        metrics: &Metrics,
+    ) -> Result<Response<Body>, Rejection> {
         let started = Instant::now();
         let result = self.attempt(req).await;
         self.duration.observe(started.elapsed().as_secs_f64());
@@ -232,18 +238,30 @@ impl Upstream {
             Ok(resp) => {
                 let body_errors = self.body_errors.clone();
                 let idle = self.response_timeout;
-                Ok(resp.map(|b| UpstreamBody::new(b.map_err(BoxError::from), idle, body_errors).boxed_unsync()))
+                Ok(resp.map(|b| {
+                    UpstreamBody::new(b.map_err(BoxError::from), idle, body_errors).boxed_unsync()
+                }))
             }
             Err(AttemptError::Timeout) => {
-                metrics.upstream_errors.with_label_values(&[&self.name, "timeout"]).inc();
+                metrics
+                    .upstream_errors
+                    .with_label_values(&[&self.name, "timeout"])
+                    .inc();
                 Err(Rejection::upstream_timeout())
             }
             Err(AttemptError::Client(e)) => {
                 if let Some(le) = find_source::<LimitError>(&e) {
                     return Err((*le).into());
                 }
-                let kind = if e.is_connect() { "connect" } else { "protocol" };
-                metrics.upstream_errors.with_label_values(&[&self.name, kind]).inc();
+                let kind = if e.is_connect() {
+                    "connect"
+                } else {
+                    "protocol"
+                };
+                metrics
+                    .upstream_errors
+                    .with_label_values(&[&self.name, kind])
+                    .inc();
                 tracing::warn!(upstream = %self.name, kind, error = %error_chain(&e), "upstream request failed");
                 Err(if e.is_connect() {
                     Rejection::upstream_unavailable()
@@ -335,7 +353,7 @@ impl tower::Service<Request<Body>> for ProxyService {
             let uri = upstream_uri(&upstream.target, req.uri(), &route)?;
             *req.uri_mut() = uri;
             let h = req.headers_mut();
-            let kept = headers::sanitize_request(h);
+            let kept = headers::sanitize_request(h, ctx.trusted_peer);
             headers::set_forwarding(h, &ctx, kept);
             // The upstream sees its own name as Host; the client's is in X-Forwarded-Host.
             if let Ok(v) = HeaderValue::from_str(upstream.target.authority.as_str()) {
@@ -387,7 +405,9 @@ fn upstream_uri(t: &UpstreamTarget, uri: &Uri, route: &RouteId) -> Result<Uri, R
 pub struct UpstreamBody<B> {
     inner: B,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Armed only once the body actually has to wait: small responses usually arrive
+    /// with their head and never touch the timer wheel.
+    timer: Option<Pin<Box<Sleep>>>,
     errors: IntCounter,
 }
 
@@ -396,7 +416,7 @@ impl<B> UpstreamBody<B> {
         UpstreamBody {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
             errors,
         }
     }
@@ -420,8 +440,9 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.timer.as_mut().reset(next);
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(tokio::time::Instant::now() + this.idle);
+                }
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -429,7 +450,12 @@ where
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
+            Poll::Pending => match this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.idle)))
+                .as_mut()
+                .poll(cx)
+            {
                 Poll::Ready(()) => {
                     this.errors.inc();
                     Poll::Ready(Some(Err(Box::new(Stalled))))
