@@ -146,8 +146,13 @@ async fn demo() -> anyhow::Result<()> {
         println!("reusing demo certificates in {}", dir.display());
     }
     let upstream = ward::demo::sample_upstream(([127, 0, 0, 1], 0).into()).await?;
-    let policies = Path::new("policies");
-    let text = ward::demo::demo_config(&dir, upstream, policies.is_dir().then_some(policies));
+    // The generated config sits inside the certs folder; absolute paths keep it valid
+    // wherever it is loaded from.
+    let dir = std::fs::canonicalize(&dir)?;
+    let policies = std::fs::canonicalize(Path::new("policies"))
+        .ok()
+        .filter(|p| p.is_dir());
+    let text = ward::demo::demo_config(&dir, upstream, policies.as_deref());
     let cfg_path = dir.join("ward-demo.yaml");
     std::fs::write(&cfg_path, &text)?;
     let cfg = config::load(&cfg_path).map_err(|errs| {

@@ -324,6 +324,7 @@ async fn handle(
         LoggedBody {
             inner: b,
             record: Some(record),
+            ended: std::cell::Cell::new(false),
         }
         .boxed_unsync()
     })
@@ -511,6 +512,17 @@ impl Drop for AccessRecord {
 struct LoggedBody {
     inner: Body,
     record: Option<AccessRecord>,
+    /// hyper stops polling once `is_end_stream` says so (it never sees `None`), so the end
+    /// is also noted there.
+    ended: std::cell::Cell<bool>,
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(rec) = self.record.as_mut() {
+            rec.completed = self.ended.get() || self.inner.is_end_stream();
+        }
+    }
 }
 
 impl HttpBody for LoggedBody {
@@ -538,7 +550,11 @@ impl HttpBody for LoggedBody {
         r
     }
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        if end {
+            self.ended.set(true);
+        }
+        end
     }
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()

@@ -446,3 +446,52 @@ async fn admin_endpoints() {
     assert_eq!(not_ready.0, 503, "{}", not_ready.1);
     assert!(not_ready.1.contains("\"ehr\":\"down\""));
 }
+
+#[tokio::test]
+async fn slow_body_gets_408_and_is_not_completed_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new();
+    let (up, state) = upstream().await;
+    let limits = "    limits:\n      body_timeout: 300ms\n";
+    let gw = env.start(&basic_config(up, limits, "")).await;
+    let mut s = tls_connect(&env.pki, gw.addr("public").unwrap()).await;
+    // Promise 100 bytes, send 10, then stall.
+    s.write_all(
+        b"POST /api/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "stalled body: connection not closed");
+    let resp = String::from_utf8_lossy(&buf);
+    assert_eq!(status_of(&resp), 408, "{resp}");
+    assert_eq!(body_of(&resp)["error"]["code"], "body_timeout");
+    assert!(state.seen.lock().unwrap().iter().all(|s| !s.complete));
+}
+
+#[tokio::test]
+async fn connection_cap_per_listener() {
+    use tokio::io::AsyncReadExt;
+    let env = Env::new();
+    let (up, _state) = upstream().await;
+    let limits = "    limits:\n      max_connections: 1\n";
+    let gw = env.start(&basic_config(up, limits, "")).await;
+    let addr = gw.addr("public").unwrap();
+    // The first connection holds the only slot (an open TLS session).
+    let _first = tls_connect(&env.pki, addr).await;
+    // The next is closed at once, before any TLS byte is sent back.
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(30), second.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "over-cap connection was left hanging");
+    assert!(buf.is_empty());
+    let (_, m) = admin_get(&gw, "/metrics").await;
+    assert!(
+        m.contains(
+            "ward_connections_refused_total{listener=\"public\",reason=\"max_connections\"} 1"
+        ),
+        "{m}"
+    );
+}

@@ -1,0 +1,97 @@
+//! The `ward run` binary as an operator runs it: JSON logs with one access line per
+//! request (no query strings), and SIGTERM drains then exits 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn run_logs_access_lines_and_exits_cleanly_on_sigterm() {
+    let env = Env::new();
+    let (up, state) = upstream().await;
+    let cfg = env.write("ward.yaml", &basic_config(up, "", ""));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The bound address comes from the "listening" log line.
+    let mut lines = Vec::new();
+    let port = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("ward logged its listener");
+        lines.push(line.clone());
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
+        if v["message"] == "listening" && v["listener"] == "public" {
+            break v["addr"]
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse::<u16>()
+                .unwrap();
+        }
+    };
+    let c = client(&env.pki, false);
+    let r = send(
+        &c,
+        get(&format!(
+            "https://localhost:{port}/api/x?patient=SECRET-MRN-123&access_token=tok"
+        )),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(state.count(), 1);
+    let rid = r.headers["x-request-id"].to_str().unwrap().to_owned();
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "ward must exit 0 after draining");
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(5)) {
+        lines.push(l);
+    }
+    let all = lines.join("\n");
+    let access: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "ward::access")
+        .collect();
+    assert_eq!(access.len(), 1, "{all}");
+    let a = &access[0];
+    assert_eq!(a["request_id"], rid.as_str());
+    assert_eq!(a["route"], "api");
+    assert_eq!(a["status"], 200);
+    assert_eq!(a["completed"], true);
+    assert!(a["duration_ms"].as_f64().is_some());
+    assert!(
+        !all.contains("SECRET-MRN-123") && !all.contains("access_token"),
+        "query string logged:\n{all}"
+    );
+    assert!(all.contains("drained"), "{all}");
+}
