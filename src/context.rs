@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 
 /// Set by the ingress for every request that reaches a route stack.
 #[derive(Debug, Clone)]
@@ -32,3 +32,34 @@ pub struct RouteInfo {
 
 #[derive(Debug, Clone)]
 pub struct RouteId(pub Arc<RouteInfo>);
+
+/// Headers that policies want the upstream to receive, written by the proxy step after it
+/// has stripped every client-sent copy of the same names. `None` means "strip only" (the
+/// policy had no value to send, and the client must not supply one either).
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamHeaders(pub Vec<(HeaderName, Option<HeaderValue>)>);
+
+impl UpstreamHeaders {
+    pub fn push<B>(req: &mut http::Request<B>, name: HeaderName, value: Option<HeaderValue>) {
+        match req.extensions_mut().get_mut::<UpstreamHeaders>() {
+            Some(h) => h.0.push((name, value)),
+            None => {
+                req.extensions_mut().insert(UpstreamHeaders(vec![(name, value)]));
+            }
+        }
+    }
+}
+
+/// A header name a policy may set for the upstream: valid, and not one whose meaning the
+/// proxy owns.
+pub fn check_forward_header(h: &str) -> Result<(), String> {
+    let name = HeaderName::try_from(h).map_err(|_| format!("`{h}` is not a valid header name"))?;
+    const OWNED: &[&str] = &[
+        "host", "connection", "content-length", "transfer-encoding", "te", "upgrade", "authorization",
+        "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-request-id",
+    ];
+    if OWNED.contains(&name.as_str()) {
+        return Err(format!("`{h}` is set by the gateway itself"));
+    }
+    Ok(())
+}

@@ -112,6 +112,70 @@ impl Pki {
     }
 }
 
+pub const DEMO_ISSUER: &str = "https://ward.demo/issuer";
+pub const DEMO_AUDIENCE: &str = "ward-demo";
+
+/// What `ward token` (and the tests) put in a token.
+pub struct TokenSpec<'a> {
+    pub iss: &'a str,
+    pub aud: &'a str,
+    pub sub: &'a str,
+    pub scope: &'a str,
+    pub patient: Option<&'a str>,
+    pub ttl: std::time::Duration,
+    pub kid: Option<&'a str>,
+    pub cnf_x5t: Option<&'a str>,
+}
+
+/// Sign a token with a PEM private key. The algorithm defaults from the key type.
+pub fn mint_token(pem: &[u8], alg: Option<&str>, spec: &TokenSpec<'_>) -> Result<String, String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use std::str::FromStr;
+    let (key, default_alg) = if let Ok(k) = EncodingKey::from_ec_pem(pem) {
+        // The curve decides the algorithm: look for the secp384r1 OID (1.3.132.0.34).
+        use rustls_pki_types::pem::PemObject;
+        const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+        let p384 = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem)
+            .map(|d| d.secret_der().windows(P384.len()).any(|w| w == P384))
+            .unwrap_or(false);
+        (k, if p384 { Algorithm::ES384 } else { Algorithm::ES256 })
+    } else if let Ok(k) = EncodingKey::from_rsa_pem(pem) {
+        (k, Algorithm::RS256)
+    } else if let Ok(k) = EncodingKey::from_ed_pem(pem) {
+        (k, Algorithm::EdDSA)
+    } else {
+        return Err("the key is not a PEM private key (EC, RSA or Ed25519)".into());
+    };
+    let alg = match alg {
+        Some(a) => Algorithm::from_str(a).map_err(|_| format!("unknown algorithm {a}"))?,
+        None => default_alg,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "clock before 1970")?
+        .as_secs();
+    let mut claims = serde_json::json!({
+        "iss": spec.iss,
+        "aud": spec.aud,
+        "sub": spec.sub,
+        "iat": now,
+        "nbf": now,
+        "exp": now + spec.ttl.as_secs(),
+    });
+    if !spec.scope.is_empty() {
+        claims["scope"] = spec.scope.into();
+    }
+    if let Some(p) = spec.patient {
+        claims["patient"] = p.into();
+    }
+    if let Some(x) = spec.cnf_x5t {
+        claims["cnf"] = serde_json::json!({ "x5t#S256": x });
+    }
+    let mut header = Header::new(alg);
+    header.kid = spec.kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| format!("signing failed: {e}"))
+}
+
 /// Make the demo PKI in `dir` unless a complete one is already there.
 pub fn ensure_certs(dir: &Path) -> anyhow::Result<bool> {
     if PKI_FILES.iter().all(|f| dir.join(f).is_file()) {

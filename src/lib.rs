@@ -13,6 +13,7 @@ pub mod conn_guard;
 pub mod context;
 pub mod demo;
 pub mod error;
+pub mod identity;
 pub mod metrics;
 pub mod path;
 pub mod policy;
@@ -57,6 +58,128 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     pub metrics: Arc<Metrics>,
+    reloaders: Arc<Vec<TlsReloader>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// Rebuilds one listener's TLS config from its files (certificates, client CAs, CRLs) and
+/// swaps it in; new connections use the new one. On error the last good config stays.
+struct TlsReloader {
+    listener: String,
+    tls: config::TlsConfig,
+    base: std::path::PathBuf,
+    swap: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+}
+
+impl TlsReloader {
+    fn resolve(&self, p: &str) -> std::path::PathBuf {
+        let path = std::path::Path::new(p);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    fn reload(&self, metrics: &Metrics) -> Result<(), String> {
+        let res = tls::server_config(&self.tls, &|p| self.resolve(p));
+        let result = if res.is_ok() { "ok" } else { "error" };
+        metrics.tls_reloads.with_label_values(&[&self.listener, result]).inc();
+        let sc = res.map_err(|e| format!("listener {}: {e}", self.listener))?;
+        self.swap.store(Arc::new(sc));
+        self.record_expiry(metrics);
+        Ok(())
+    }
+
+    /// Days to expiry of the server certificates and client CAs (labels are config file
+    /// names, so bounded).
+    fn record_expiry(&self, metrics: &Metrics) {
+        let files = self
+            .tls
+            .certificates
+            .iter()
+            .map(|c| ("server", &c.cert))
+            .chain(self.tls.client_auth.ca.iter().map(|c| ("client_ca", c)));
+        for (kind, file) in files {
+            let Ok(certs) = tls::load_certs(&self.resolve(file)) else { continue };
+            if let Some(days) = certs.iter().filter_map(|c| identity::not_after(c)).min().map(identity::days_left) {
+                metrics.cert_expiry_days.with_label_values(&[&self.listener, kind, file]).set(days);
+            }
+        }
+    }
+
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        let t = &self.tls;
+        t.certificates
+            .iter()
+            .flat_map(|c| [&c.cert, &c.key])
+            .chain(t.client_auth.ca.iter())
+            .chain(t.client_auth.crls.iter())
+            .map(|f| self.resolve(f))
+            .collect()
+    }
+}
+
+fn reload_all(reloaders: &[TlsReloader], metrics: &Metrics) -> Vec<String> {
+    let mut errs = Vec::new();
+    for r in reloaders {
+        match r.reload(metrics) {
+            Ok(()) => tracing::info!(listener = %r.listener, "TLS configuration reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed; keeping the previous configuration");
+                errs.push(e);
+            }
+        }
+    }
+    errs
+}
+
+/// Watch the folders of every TLS file; reload after a burst of changes settles (editors
+/// and Kubernetes replace files by rename, which shows up as several events).
+fn watch_tls_files(
+    reloaders: &Arc<Vec<TlsReloader>>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let files: Vec<std::path::PathBuf> = reloaders.iter().flat_map(|r| r.files()).collect();
+    if files.is_empty() {
+        return None;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let watched = files.clone();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            let relevant = ev.paths.iter().any(|p| watched.iter().any(|f| f == p || f.file_name() == p.file_name()));
+            if relevant && !ev.kind.is_access() {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch TLS files; reload with SIGHUP"))
+    .ok()?;
+    let mut dirs: Vec<std::path::PathBuf> = files.iter().filter_map(|f| f.parent().map(|p| p.to_path_buf())).collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        if let Err(e) = watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %d.display(), error = %e, "cannot watch folder; reload with SIGHUP");
+        }
+    }
+    let reloaders = reloaders.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                got = rx.recv() => if got.is_none() { break },
+                _ = server::stopped(&mut stop) => break,
+            }
+            // Debounce: let the burst finish, then reload once.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            reload_all(&reloaders, &metrics);
+        }
+    });
+    Some(watcher)
 }
 
 impl Gateway {
@@ -75,16 +198,27 @@ impl Gateway {
 
         let mut bound = Vec::new();
         let mut addrs = HashMap::new();
+        let mut reloaders = Vec::new();
         for l in &cfg.listeners {
             let tcp = TcpListener::bind(&l.bind)
                 .await
                 .with_context(|| format!("listener {}: cannot bind {}", l.name, l.bind))?;
             addrs.insert(l.name.clone(), tcp.local_addr()?);
             let tls = match &l.tls {
-                Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                    tls::server_config(t, &|p| cfg.resolve(p))
-                        .map_err(|e| anyhow::anyhow!("listener {}: {e}", l.name))?,
-                ))),
+                Some(t) => {
+                    let sc = tls::server_config(t, &|p| cfg.resolve(p))
+                        .map_err(|e| anyhow::anyhow!("listener {}: {e}", l.name))?;
+                    let swap = Arc::new(arc_swap::ArcSwap::from_pointee(sc));
+                    let r = TlsReloader {
+                        listener: l.name.clone(),
+                        tls: t.clone(),
+                        base: cfg.base_dir.clone(),
+                        swap: swap.clone(),
+                    };
+                    r.record_expiry(&metrics);
+                    reloaders.push(r);
+                    Some(swap)
+                }
                 None => {
                     tracing::warn!(listener = %l.name, bind = %l.bind, "plaintext listener: traffic is NOT encrypted");
                     None
@@ -122,7 +256,8 @@ impl Gateway {
                     }),
                     host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                     methods,
-                    service: stack::build(r, &cfg, &l.limits, up, metrics.clone()),
+                    service: stack::build(r, &cfg, &l.limits, up, metrics.clone(), shutdown_rx.clone())
+                        .map_err(|e| anyhow::anyhow!("route {}: {e}", r.name))?,
                 });
             }
             let trusted = l
@@ -194,6 +329,8 @@ impl Gateway {
             let _keep = admin_stop_tx;
             std::future::pending::<()>().await;
         });
+        let reloaders = Arc::new(reloaders);
+        let watcher = watch_tls_files(&reloaders, metrics.clone(), shutdown_rx.clone());
         metrics.config_loaded.with_label_values(&[VERSION]).set(1);
         for (name, addr) in &addrs {
             tracing::info!(listener = %name, %addr, "listening");
@@ -205,6 +342,8 @@ impl Gateway {
             shutdown: shutdown_tx,
             tasks,
             metrics,
+            reloaders,
+            _watcher: watcher,
         })
     }
 
@@ -214,6 +353,12 @@ impl Gateway {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// Re-read every listener's certificates, client CAs and CRLs (what SIGHUP does).
+    /// Returns the errors; a listener whose files are broken keeps its previous config.
+    pub fn reload_tls(&self) -> Vec<String> {
+        reload_all(&self.reloaders, &self.metrics)
     }
 
     /// Stop accepting and start draining.
@@ -239,6 +384,26 @@ impl Gateway {
 /// Run until `signal` resolves, then drain and return.
 pub async fn run(cfg: Config, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let gw = Gateway::start(cfg).await?;
+    let signal = std::pin::pin!(signal);
+    #[cfg(unix)]
+    {
+        // SIGHUP: re-read certificates, client CAs and CRLs.
+        use tokio::signal::unix::{signal as unix_signal, SignalKind};
+        let mut signal = signal;
+        match unix_signal(SignalKind::hangup()) {
+            Ok(mut hup) => loop {
+                tokio::select! {
+                    _ = &mut signal => break,
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading TLS material");
+                        gw.reload_tls();
+                    }
+                }
+            },
+            Err(_) => signal.await,
+        }
+    }
+    #[cfg(not(unix))]
     signal.await;
     tracing::info!("shutdown requested; draining");
     gw.begin_shutdown();

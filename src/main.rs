@@ -36,6 +36,36 @@ enum Cmd {
     /// Start a demo: example certificates, a sample FHIR upstream, and the gateway on
     /// https://127.0.0.1:8443 (admin on 127.0.0.1:9901).
     Demo,
+    /// Mint a signed JWT for demos and tests (never for production identities).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Private key (PEM: EC P-256/P-384, RSA, or Ed25519).
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    sub: String,
+    #[arg(long, default_value = "")]
+    scope: String,
+    /// SMART launch context patient id.
+    #[arg(long)]
+    patient: Option<String>,
+    #[arg(long, default_value = "15m")]
+    ttl: String,
+    #[arg(long)]
+    kid: Option<String>,
+    #[arg(long, default_value = ward::demo::DEMO_ISSUER)]
+    iss: String,
+    #[arg(long, default_value = ward::demo::DEMO_AUDIENCE)]
+    aud: String,
+    /// Algorithm; by default ES256 (EC P-256), ES384 (P-384), RS256 (RSA) or EdDSA.
+    #[arg(long)]
+    alg: Option<String>,
+    /// Bind the token to this client certificate (RFC 8705 cnf.x5t#S256).
+    #[arg(long)]
+    bind_cert: Option<PathBuf>,
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -125,6 +155,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Token(t) => match mint(&t) {
+            Ok(tok) => {
+                println!("{tok}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ward token: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Demo => {
             init_logging(LogFormat::Text, "info");
             match rt.block_on(demo()) {
@@ -136,6 +176,33 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn mint(t: &TokenArgs) -> Result<String, String> {
+    let ttl = config::parse_duration(&t.ttl).ok_or("--ttl: use e.g. 15m, 1h")?;
+    let pem = std::fs::read(&t.key).map_err(|e| format!("cannot read {}: {}", t.key.display(), e.kind()))?;
+    let cnf = match &t.bind_cert {
+        Some(p) => {
+            let certs = ward::tls::load_certs(p)?;
+            let id = ward::identity::ClientIdentity::from_der(&certs[0]).ok_or("cannot parse --bind-cert")?;
+            Some(id.x5t_s256)
+        }
+        None => None,
+    };
+    ward::demo::mint_token(
+        &pem,
+        t.alg.as_deref(),
+        &ward::demo::TokenSpec {
+            iss: &t.iss,
+            aud: &t.aud,
+            sub: &t.sub,
+            scope: &t.scope,
+            patient: t.patient.as_deref(),
+            ttl,
+            kid: t.kid.as_deref(),
+            cnf_x5t: cnf.as_deref(),
+        },
+    )
 }
 
 async fn demo() -> anyhow::Result<()> {

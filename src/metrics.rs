@@ -22,6 +22,10 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     pub bytes: IntCounterVec,
     pub config_loaded: IntGaugeVec,
+    pub tls_reloads: IntCounterVec,
+    pub cert_expiry_days: IntGaugeVec,
+    pub authn: IntCounterVec,
+    pub jwks_refresh: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -131,6 +135,10 @@ impl Metrics {
                 "1 once a valid configuration is serving.",
                 &["version"],
             ),
+            tls_reloads: counter(&r, "ward_tls_reloads_total", "TLS configuration reloads (certificates, client CAs, CRLs) by result.", &["listener", "result"]),
+            cert_expiry_days: gauge(&r, "ward_certificate_expiry_days", "Days until the earliest expiry in each configured server certificate / client CA file.", &["listener", "kind", "file"]),
+            authn: counter(&r, "ward_authn_total", "Authentication decisions by route, provider, result and code.", &["route", "provider", "result", "code"]),
+            jwks_refresh: counter(&r, "ward_jwks_refresh_total", "JWKS fetches by provider and result.", &["provider", "result"]),
             registry: r,
         }
     }

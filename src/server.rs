@@ -31,6 +31,7 @@ use crate::config::ListenerLimits;
 use crate::conn_guard::{ConnShared, FrameError, GuardSettings, GuardedIo, Verdict};
 use crate::context::{RequestContext, RouteId};
 use crate::error::{self, Rejection};
+use crate::identity::ClientIdentity;
 use crate::metrics::{method_label, status_class, Metrics};
 use crate::router::{Match, RouteMetrics, Router};
 use crate::stack::RouteService;
@@ -42,7 +43,8 @@ pub struct ListenerCtx {
     pub limits: ListenerLimits,
     pub trusted: Vec<IpNet>,
     pub metrics: Arc<Metrics>,
-    pub tls: Option<TlsAcceptor>,
+    /// Swapped on reload; each handshake uses the config current at accept time.
+    pub tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
     pub handshake_timeout: Duration,
     pub conn_limit: Arc<Semaphore>,
 }
@@ -53,6 +55,7 @@ struct ConnInfo {
     h2: bool,
     trusted: bool,
     shared: Arc<ConnShared>,
+    identity: Option<Arc<ClientIdentity>>,
 }
 
 /// Accept until shutdown, then drain: stop accepting, let in-flight requests finish within
@@ -133,7 +136,7 @@ async fn handle_conn(
     let _active = ActiveGuard(ctx.clone());
     let _ = stream.set_nodelay(true);
     let trusted = crate::proxy::headers::is_trusted(peer.ip(), &ctx.trusted);
-    match ctx.tls.clone() {
+    match ctx.tls.as_ref().map(|s| TlsAcceptor::from(s.load_full())) {
         Some(acceptor) => {
             let fail = |reason: &str| {
                 ctx.metrics
@@ -152,10 +155,19 @@ async fn handle_conn(
                 }
                 Ok(Ok(s)) => s,
             };
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve_io(ctx, tls, peer, true, h2, trusted, watcher).await;
+            let (_, session) = tls.get_ref();
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            // rustls has verified the chain and revocation; parse the leaf once for policies.
+            let identity = match session.peer_certificates().and_then(|c| c.first()) {
+                Some(der) => match ClientIdentity::from_der(der) {
+                    Some(id) => Some(Arc::new(id)),
+                    None => return fail("unparsable_client_certificate"),
+                },
+                None => None,
+            };
+            serve_io(ctx, tls, peer, true, h2, trusted, identity, watcher).await;
         }
-        None => serve_io(ctx, stream, peer, false, false, trusted, watcher).await,
+        None => serve_io(ctx, stream, peer, false, false, trusted, None, watcher).await,
     }
 }
 
@@ -166,6 +178,7 @@ async fn serve_io<IO>(
     tls: bool,
     h2: bool,
     trusted: bool,
+    identity: Option<Arc<ClientIdentity>>,
     watcher: Watcher,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -185,6 +198,7 @@ async fn serve_io<IO>(
         h2,
         trusted,
         shared,
+        identity,
     });
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
@@ -409,6 +423,9 @@ fn prepare(
         host: host.as_str().to_ascii_lowercase(),
     });
     parts.extensions.insert(RouteId(route.info.clone()));
+    if let Some(id) = &conn.identity {
+        parts.extensions.insert(id.clone());
+    }
     let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
     Ok((route.service.clone(), req))
 }
@@ -502,6 +519,7 @@ impl Drop for AccessRecord {
             bytes_out = self.bytes,
             completed = self.completed,
             client_ip = %self.conn.peer.ip(),
+            client_cert = self.conn.identity.as_deref().map(ClientIdentity::display_name).unwrap_or(""),
             tls = self.conn.tls,
         );
     }

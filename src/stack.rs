@@ -24,9 +24,13 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use tower::util::BoxCloneSyncService;
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt};
 
-use crate::config::{Config, ListenerLimits, RouteConfig};
+use tokio::sync::watch;
+
+use crate::config::{Config, ListenerLimits, PolicyConfig, RouteConfig};
+use crate::policy::auth::AuthLayer;
+use crate::policy::mtls::MtlsLayer;
 use crate::error::Rejection;
 use crate::metrics::Metrics;
 use crate::policy::limits::{LimitsConfig, LimitsLayer};
@@ -58,15 +62,32 @@ pub fn route_limits(route: &RouteConfig, cfg: &Config, listener: &ListenerLimits
     l
 }
 
+/// The section `pick` of the (at most one) policy of this route that defines it.
+fn section<'a, T>(route: &RouteConfig, cfg: &'a Config, pick: impl Fn(&'a PolicyConfig) -> Option<&'a T>) -> Option<&'a T> {
+    route.policies.iter().filter_map(|n| cfg.policies.get(n)).find_map(pick)
+}
+
 pub fn build(
     route: &RouteConfig,
     cfg: &Config,
     listener: &ListenerLimits,
     upstream: Arc<Upstream>,
     metrics: Arc<Metrics>,
-) -> RouteService {
+    stop: watch::Receiver<bool>,
+) -> Result<RouteService, String> {
+    let mtls = section(route, cfg, |p| p.mtls.as_ref()).map(MtlsLayer::try_from).transpose()?;
+    let auth = section(route, cfg, |p| p.auth.as_ref())
+        .map(|a| AuthLayer::new(a, &|f| cfg.resolve(f), metrics.clone(), stop.clone()))
+        .transpose()?;
     let svc = ServiceBuilder::new()
+        // identity (mTLS): who is calling, before anything else looks at the request
+        .option_layer(mtls)
+        // rate limit: reserved (keyed by that identity)
+        // limits: refuse oversized/slow bodies before any policy reads them
         .layer(LimitsLayer::from(route_limits(route, cfg, listener)))
+        // authn: bearer token → verified `Claims`
+        .option_layer(auth)
+        // FHIR authz, validate, DLP: reserved, in that order
         .service(ProxyService::new(upstream, metrics));
-    BoxCloneSyncService::new(svc)
+    Ok(BoxCloneSyncService::new(svc.map_err(|e: Rejection| e)))
 }

@@ -16,7 +16,11 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::TlsConfig;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls_pki_types::CertificateRevocationListDer;
+
+use crate::config::{ClientAuthConfig, ClientAuthMode, TlsConfig};
 
 /// The only suites Ward negotiates: forward-secret key exchange with AEAD ciphers.
 pub fn provider() -> CryptoProvider {
@@ -139,16 +143,65 @@ pub fn server_config(
         default.get_or_insert(ck);
     }
     let default = default.ok_or("no certificate configured")?;
-    let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider()))
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(VERSIONS)
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
+        .map_err(|e| e.to_string())?;
+    let builder = match tls.client_auth.mode {
+        ClientAuthMode::None => builder.with_no_client_auth(),
+        _ => builder.with_client_cert_verifier(client_verifier(&tls.client_auth, resolve)?),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(SniResolver { by_name, default }));
+    if tls.client_auth.mode != ClientAuthMode::None {
+        // rustls does not re-run the client verifier on a resumed session, so a certificate
+        // revoked by a newly loaded CRL could ride an old session. No resumption on
+        // listeners that verify clients: no session cache, no tickets.
+        cfg.session_storage = Arc::new(NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+    }
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // No 0-RTT: early data is replayable, and a replayed POST to an EHR is a real harm.
     cfg.max_early_data_size = 0;
     cfg.ignore_client_order = true;
     Ok(cfg)
+}
+
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let iter = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read CRL file {}: {}", path.display(), short(&e)))?;
+    let crls: Vec<_> = iter
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("invalid PEM in {}: {}", path.display(), short(&e)))?;
+    if crls.is_empty() {
+        return Err(format!("no CRL found in {}", path.display()));
+    }
+    Ok(crls)
+}
+
+/// The client-certificate verifier of a listener: chain to one of the CAs, EKU clientAuth
+/// when an EKU is present, and not revoked by any configured CRL (unknown revocation
+/// status is refused: fail closed).
+pub fn client_verifier(
+    cfg: &ClientAuthConfig,
+    resolve: &dyn Fn(&str) -> std::path::PathBuf,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let mut roots = RootCertStore::empty();
+    for ca in &cfg.ca {
+        let path = resolve(ca);
+        for c in load_certs(&path)? {
+            roots
+                .add(c)
+                .map_err(|e| format!("unusable CA certificate in {}: {e}", path.display()))?;
+        }
+    }
+    let mut crls = Vec::new();
+    for f in &cfg.crls {
+        crls.extend(load_crls(&resolve(f))?);
+    }
+    let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider())).with_crls(crls);
+    if cfg.mode == ClientAuthMode::Optional {
+        b = b.allow_unauthenticated();
+    }
+    b.build().map_err(|e| format!("client certificate verifier: {e}"))
 }
 
 /// Client config for an https upstream.
@@ -180,6 +233,7 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
             E::PeerIncompatible(_) => "incompatible",
             E::InvalidCertificate(_) => "bad_certificate",
             E::NoCertificatesPresented => "no_client_certificate",
+            E::InvalidCertRevocationList(_) => "bad_crl",
             E::AlertReceived(_) => "alert_received",
             E::InvalidMessage(_)
             | E::InappropriateHandshakeMessage { .. }

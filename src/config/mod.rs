@@ -79,6 +79,36 @@ pub struct TlsConfig {
     pub certificates: Vec<CertConfig>,
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: Dur,
+    #[serde(default)]
+    pub client_auth: ClientAuthConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    /// No client certificates are requested.
+    #[default]
+    None,
+    /// Requested; a connection without one is allowed, a bad one is refused. Routes that
+    /// need one say so with an `mtls` policy.
+    Optional,
+    /// The handshake fails without a valid client certificate.
+    Required,
+}
+
+/// Client certificate verification for a listener. CAs and CRLs are re-read on SIGHUP and
+/// when the files change.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+    /// CA bundles (PEM) that client certificates must chain to.
+    #[serde(default)]
+    pub ca: Vec<String>,
+    /// CRLs (PEM). A certificate listed is refused on its next connection.
+    #[serde(default)]
+    pub crls: Vec<String>,
 }
 fn default_handshake_timeout() -> Dur {
     secs(10)
@@ -259,13 +289,35 @@ pub struct PolicyConfig {
     pub description: Option<String>,
     #[serde(default)]
     pub limits: Option<LimitsPolicyConfig>,
+    #[serde(default)]
+    pub mtls: Option<crate::policy::mtls::MtlsConfig>,
+    #[serde(default)]
+    pub auth: Option<crate::policy::auth::AuthConfig>,
+    /// Where the file is, for messages.
+    #[serde(skip)]
+    pub file: String,
+}
+
+impl PolicyConfig {
+    /// The sections this policy defines, by name.
+    pub fn sections(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.limits.is_some() {
+            v.push("limits");
+        }
+        if self.mtls.is_some() {
+            v.push("mtls");
+        }
+        if self.auth.is_some() {
+            v.push("auth");
+        }
+        v
+    }
 }
 
 /// Policy sections that the design reserves and that later releases implement. Naming
 /// one is an error: a policy the binary cannot enforce must not be silently skipped.
 pub const RESERVED_POLICY_SECTIONS: &[&str] = &[
-    "mtls",
-    "auth",
     "fhir_authz",
     "validate",
     "rate_limit",
@@ -419,7 +471,7 @@ pub fn load_str(
         .flat_map(|r| r.policies.iter().map(String::as_str))
         .collect();
     if pdir.is_dir() {
-        match load_policies(&pdir, vars) {
+        match load_policies(&pdir, base, vars) {
             Ok(p) => policies = p,
             Err(mut perrs) => e.out.append(&mut perrs),
         }
@@ -549,8 +601,11 @@ fn decode_node<T: serde::de::DeserializeOwned>(
 }
 
 /// Load every `*.yaml` / `*.yml` file in `dir` as a named policy.
+/// Load every policy file; paths inside them are relative to `base` (the main config's
+/// folder), like every other path.
 pub fn load_policies(
     dir: &Path,
+    base: &Path,
     vars: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<String, PolicyConfig>, Vec<ConfigError>> {
     let mut out = BTreeMap::new();
@@ -581,7 +636,7 @@ pub fn load_policies(
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_owned();
-        match load_policy_file(&f, vars) {
+        match load_policy_file(&f, base, vars) {
             Ok(p) => {
                 out.insert(name, p);
             }
@@ -597,6 +652,7 @@ pub fn load_policies(
 
 pub fn load_policy_file(
     path: &Path,
+    base: &Path,
     vars: &dyn Fn(&str) -> Option<String>,
 ) -> Result<PolicyConfig, Vec<ConfigError>> {
     let file = path.display().to_string();
@@ -616,7 +672,11 @@ pub fn load_policy_file(
         idx: &idx,
         out: &mut out,
     };
-    let mut policy = PolicyConfig::default();
+    let mut policy = PolicyConfig {
+        file: path.display().to_string(),
+        ..Default::default()
+    };
+    let resolve = |p: &str| resolve_in(base, p);
     match &root.node {
         Node::Map(entries) => {
             for (k, _, v) in entries {
@@ -633,6 +693,22 @@ pub fn load_policy_file(
                             }
                         }
                     }
+                    "mtls" => {
+                        policy.mtls = decode_node(&mut e, v, k, vars);
+                        if let Some(m) = &policy.mtls {
+                            for (key, msg) in m.problems() {
+                                e.at(&format!("mtls.{key}"), msg);
+                            }
+                        }
+                    }
+                    "auth" => {
+                        policy.auth = decode_node(&mut e, v, k, vars);
+                        if let Some(a) = &policy.auth {
+                            for (key, msg) in a.problems(&resolve) {
+                                e.at(&format!("auth.{key}"), msg);
+                            }
+                        }
+                    }
                     s if RESERVED_POLICY_SECTIONS.contains(&s) => e.at(
                         k,
                         format!(
@@ -643,7 +719,7 @@ pub fn load_policy_file(
                     _ => e.at(
                         k,
                         format!(
-                            "unknown policy section `{k}` (expected description, limits, or one of: {})",
+                            "unknown policy section `{k}` (expected description, limits, mtls, auth, or one of: {})",
                             RESERVED_POLICY_SECTIONS.join(", ")
                         ),
                     ),
@@ -721,6 +797,18 @@ fn validate(cfg: &Config, known: &KnownNames, e: &mut Errs<'_>) {
                     crate::tls::check_cert_pair(&cfg.resolve(&c.cert), &cfg.resolve(&c.key))
                 {
                     e.at(&cp, msg);
+                }
+            }
+            let ca = &tls.client_auth;
+            if ca.mode != ClientAuthMode::None && ca.ca.is_empty() {
+                e.at(&format!("{p}.tls.client_auth.ca"), "client certificates need at least one CA bundle");
+            }
+            if ca.mode == ClientAuthMode::None && (!ca.ca.is_empty() || !ca.crls.is_empty()) {
+                e.at(&format!("{p}.tls.client_auth.mode"), "CAs/CRLs given but mode is none (use optional or required)");
+            }
+            if ca.mode != ClientAuthMode::None {
+                if let Err(msg) = crate::tls::client_verifier(ca, &|f| cfg.resolve(f)) {
+                    e.at(&format!("{p}.tls.client_auth"), msg);
                 }
             }
             if tls.handshake_timeout.0.is_zero() {

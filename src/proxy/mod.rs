@@ -29,7 +29,7 @@ use prometheus::IntCounter;
 use tokio::time::Sleep;
 
 use crate::config::{Config, UpstreamConfig};
-use crate::context::{RequestContext, RouteId};
+use crate::context::{RequestContext, RouteId, UpstreamHeaders};
 use crate::error::Rejection;
 use crate::metrics::Metrics;
 use crate::policy::limits::LimitError;
@@ -352,9 +352,21 @@ impl tower::Service<Request<Body>> for ProxyService {
                 .ok_or_else(Rejection::internal)?;
             let uri = upstream_uri(&upstream.target, req.uri(), &route)?;
             *req.uri_mut() = uri;
+            let policy_headers = req.extensions_mut().remove::<UpstreamHeaders>();
             let h = req.headers_mut();
             let kept = headers::sanitize_request(h, ctx.trusted_peer);
             headers::set_forwarding(h, &ctx, kept);
+            // Policy-set headers: every client copy goes, then the gateway's value.
+            if let Some(UpstreamHeaders(set)) = policy_headers {
+                for (name, _) in &set {
+                    h.remove(name);
+                }
+                for (name, value) in set {
+                    if let Some(v) = value {
+                        h.append(name, v);
+                    }
+                }
+            }
             // The upstream sees its own name as Host; the client's is in X-Forwarded-Host.
             if let Ok(v) = HeaderValue::from_str(upstream.target.authority.as_str()) {
                 h.insert(http::header::HOST, v);

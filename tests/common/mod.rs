@@ -380,3 +380,128 @@ pub async fn admin_get(gw: &ward::Gateway, path: &str) -> (u16, String) {
 pub fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
 }
+
+// ---------------------------------------------------------------- client PKI for mTLS tests
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber,
+};
+
+/// A CA that issues client certificates and CRLs.
+pub struct ClientCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    pub pem: String,
+}
+
+pub struct ClientOpts {
+    pub serial: u64,
+    pub eku: Vec<ExtendedKeyUsagePurpose>,
+    pub sans: Vec<SanType>,
+    pub expired: bool,
+}
+
+impl Default for ClientOpts {
+    fn default() -> Self {
+        ClientOpts { serial: 1, eku: vec![ExtendedKeyUsagePurpose::ClientAuth], sans: vec![], expired: false }
+    }
+}
+
+/// A client certificate and key, PEM.
+pub struct ClientCert {
+    pub cert: String,
+    pub key: String,
+}
+
+impl ClientCa {
+    pub fn new(cn: &str) -> ClientCa {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let issuer = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+        let pem = issuer.pem();
+        ClientCa { issuer, pem }
+    }
+
+    pub fn issue(&self, cn: &str, o: ClientOpts) -> ClientCert {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = o.eku;
+        p.subject_alt_names = o.sans;
+        p.serial_number = Some(SerialNumber::from(o.serial));
+        if o.expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        ClientCert { cert: cert.pem(), key: key.serialize_pem() }
+    }
+
+    pub fn crl(&self, number: u64, revoked: &[u64]) -> String {
+        CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+}
+
+/// rustls client config that trusts the gateway's CA and presents `cert`.
+pub fn client_tls_with_cert(pki: &Pki, cert: &ClientCert, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca_cert.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert.cert.as_bytes()).map(|c| c.unwrap()).collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.key.as_bytes()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    cfg
+}
+
+/// One HTTP/1.1 request over a fresh TLS connection with the given client config.
+/// `Err` when the handshake (or the connection) fails.
+pub async fn request_with(cfg: Arc<rustls::ClientConfig>, addr: SocketAddr, req: &str) -> Result<String, std::io::Error> {
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = connector.connect(name, tcp).await?;
+    s.write_all(req.as_bytes()).await?;
+    s.flush().await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+    if out.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without answer"));
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+pub fn get_req(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+}

@@ -1,0 +1,859 @@
+//! `auth` policy: bearer tokens (JWT) from named providers — OAuth2 / SMART on FHIR
+//! authorization servers — verified before anything reaches the upstream.
+//!
+//! Hard rules, each a known way tokens get forged or replayed:
+//! - the algorithm is pinned per provider (no `none`, no RS→HS confusion: HS* only for an
+//!   explicit shared-secret provider), and the key comes from *our* key set by `kid`;
+//!   embedded `jwk`/`jku`/`x5u`/`x5c` headers are never used; unknown `crit` is refused;
+//! - `exp`, `iss`, `aud`, `sub` are required (setting an audience alone would accept a token
+//!   without `aud`), `nbf` and `iat` are honoured with a configurable leeway;
+//! - tokens only from `Authorization: Bearer`; a token in the query string is refused;
+//! - certificate-bound tokens (RFC 8705 `cnf.x5t#S256`) must arrive on a connection with
+//!   that client certificate;
+//! - tokens are never logged; the verified-token cache is keyed by a hash of the token and
+//!   never serves an entry past its `exp`.
+//!
+//! A JWKS provider refreshes on an interval and on an unknown `kid` (rate-limited). If no
+//! usable key can be had because the JWKS endpoint is down, the answer is 503, not 401:
+//! the client's token may be fine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::Dur;
+use crate::context::{RouteId, UpstreamHeaders};
+use crate::error::Rejection;
+use crate::identity::ClientIdentity;
+use crate::metrics::Metrics;
+use crate::Body;
+
+// ---------------------------------------------------------------- configuration
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamAuthorization {
+    /// Pass the client's `Authorization` header on.
+    Forward,
+    /// Remove it (default: the EHR does not need the client's token in its logs).
+    #[default]
+    Strip,
+    /// Replace it with `upstream_credential`.
+    Replace,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default = "default_max_token")]
+    pub max_token_bytes: usize,
+    #[serde(default = "default_cache")]
+    pub cache_entries: usize,
+    /// Refuse tokens that are not bound to the client certificate (RFC 8705). Bound tokens
+    /// are always checked against the connection's certificate.
+    #[serde(default)]
+    pub require_certificate_binding: bool,
+    /// Claim name → header sent to the upstream (client copies always stripped).
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    #[serde(default)]
+    pub upstream_authorization: UpstreamAuthorization,
+    /// The full `Authorization` value for `replace`, e.g. `Bearer ${EHR_TOKEN}`.
+    #[serde(default)]
+    pub upstream_credential: Option<String>,
+}
+
+fn default_max_token() -> usize {
+    8192
+}
+fn default_cache() -> usize {
+    10_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    /// A PEM public key, or a JWKS document (`.json`).
+    #[serde(default)]
+    pub keys_file: Option<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// CA bundle for the JWKS endpoint's certificate.
+    #[serde(default)]
+    pub jwks_ca: Option<String>,
+    #[serde(default = "default_refresh")]
+    pub jwks_refresh: Dur,
+    /// Minimum time between two fetches triggered by unknown `kid`s.
+    #[serde(default = "default_min_refetch")]
+    pub jwks_min_refetch: Dur,
+    /// HS256/384/512 only, and only when written here explicitly.
+    #[serde(default)]
+    pub shared_secret: Option<String>,
+    #[serde(default = "default_leeway")]
+    pub leeway: Dur,
+}
+
+fn default_refresh() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_min_refetch() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_leeway() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+const ASYMMETRIC: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+const HMAC: &[&str] = &["HS256", "HS384", "HS512"];
+
+impl AuthConfig {
+    /// Problems for `ward check`, as (key path below `auth`, message). Never echoes values.
+    pub fn problems(&self, resolve: &dyn Fn(&str) -> std::path::PathBuf) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.providers.is_empty() {
+            out.push(("providers".into(), "at least one provider is required".into()));
+        }
+        let mut issuers = std::collections::HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let k = |f: &str| format!("providers[{i}].{f}");
+            if p.name.is_empty() {
+                out.push((k("name"), "must not be empty".into()));
+            }
+            if p.issuer.is_empty() || !issuers.insert(p.issuer.as_str()) {
+                out.push((k("issuer"), "issuers must be unique and non-empty".into()));
+            }
+            if p.audiences.is_empty() {
+                out.push((k("audiences"), "list the audiences this gateway accepts".into()));
+            }
+            if p.algorithms.is_empty() {
+                out.push((k("algorithms"), "pin at least one algorithm".into()));
+            }
+            let sources = [p.keys_file.is_some(), p.jwks_url.is_some(), p.shared_secret.is_some()];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                out.push((k("keys_file"), "exactly one of keys_file, jwks_url, shared_secret".into()));
+            }
+            for (j, a) in p.algorithms.iter().enumerate() {
+                let hmac = HMAC.contains(&a.as_str());
+                if !hmac && !ASYMMETRIC.contains(&a.as_str()) {
+                    out.push((format!("providers[{i}].algorithms[{j}]"), format!("unsupported algorithm (expected one of {}, {})", ASYMMETRIC.join(" "), HMAC.join(" "))));
+                } else if hmac != p.shared_secret.is_some() {
+                    out.push((format!("providers[{i}].algorithms[{j}]"), "HS* algorithms need a shared_secret provider, and a shared_secret provider allows only HS*".into()));
+                }
+            }
+            if let Some(s) = &p.shared_secret {
+                if s.len() < 32 {
+                    out.push((k("shared_secret"), "must be at least 32 bytes".into()));
+                }
+            }
+            if let Some(u) = &p.jwks_url {
+                match u.parse::<http::Uri>() {
+                    Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {
+                        if p.jwks_ca.is_none() {
+                            out.push((k("jwks_ca"), "the CA bundle of the JWKS endpoint is required".into()));
+                        }
+                    }
+                    _ => out.push((k("jwks_url"), "must be an https:// URL".into())),
+                }
+            }
+            if let Some(f) = &p.keys_file {
+                if let Err(e) = load_keys_file(&resolve(f)) {
+                    out.push((k("keys_file"), e));
+                }
+            }
+            if let Some(ca) = &p.jwks_ca {
+                if let Err(e) = crate::tls::check_ca_bundle(&resolve(ca)) {
+                    out.push((k("jwks_ca"), e));
+                }
+            }
+        }
+        if self.max_token_bytes == 0 || self.max_token_bytes > 64 * 1024 {
+            out.push(("max_token_bytes".into(), "between 1 and 65536".into()));
+        }
+        if self.cache_entries > 1_000_000 {
+            out.push(("cache_entries".into(), "at most 1000000".into()));
+        }
+        for h in self.forward_claims.values() {
+            if let Err(m) = crate::context::check_forward_header(h) {
+                out.push((format!("forward_claims.{h}"), m));
+            }
+        }
+        match (self.upstream_authorization, &self.upstream_credential) {
+            (UpstreamAuthorization::Replace, None) => out.push(("upstream_credential".into(), "required with upstream_authorization: replace".into())),
+            (UpstreamAuthorization::Replace, Some(c)) if HeaderValue::from_str(c).is_err() => {
+                out.push(("upstream_credential".into(), "not a valid header value".into()))
+            }
+            (UpstreamAuthorization::Forward | UpstreamAuthorization::Strip, Some(_)) => {
+                out.push(("upstream_credential".into(), "only used with upstream_authorization: replace".into()))
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------- keys
+
+struct KeyEntry {
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+#[derive(Default)]
+struct KeySet {
+    keys: Vec<KeyEntry>,
+}
+
+impl KeySet {
+    fn from_jwks(set: &JwkSet) -> KeySet {
+        let keys = set
+            .keys
+            .iter()
+            .filter(|j| j.is_supported())
+            .filter_map(|j| {
+                DecodingKey::from_jwk(j).ok().map(|key| KeyEntry { kid: j.common.key_id.clone(), key })
+            })
+            .collect();
+        KeySet { keys }
+    }
+
+    /// Candidate keys for a token: by `kid` when the token names one; otherwise keys
+    /// without a kid, or the only key. Only keys of the algorithm's family.
+    fn candidates(&self, kid: Option<&str>, family: AlgorithmFamily) -> Vec<&DecodingKey> {
+        let fam = |e: &&KeyEntry| e.key.family() == family;
+        match kid {
+            Some(k) => self.keys.iter().filter(|e| e.kid.as_deref() == Some(k)).filter(fam).map(|e| &e.key).collect(),
+            None => {
+                let unnamed: Vec<&DecodingKey> = self.keys.iter().filter(|e| e.kid.is_none()).filter(fam).map(|e| &e.key).collect();
+                if !unnamed.is_empty() {
+                    unnamed
+                } else if self.keys.len() == 1 {
+                    self.keys.iter().filter(fam).map(|e| &e.key).collect()
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+}
+
+fn load_keys_file(path: &std::path::Path) -> Result<KeySet, String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
+    if data.trim_ascii_start().starts_with(b"{") {
+        let set: JwkSet = serde_json::from_slice(&data).map_err(|_| format!("{} is not a JWKS document", path.display()))?;
+        let ks = KeySet::from_jwks(&set);
+        if ks.keys.is_empty() {
+            return Err(format!("{} has no usable key", path.display()));
+        }
+        return Ok(ks);
+    }
+    let key = DecodingKey::from_rsa_pem(&data)
+        .or_else(|_| DecodingKey::from_ec_pem(&data))
+        .or_else(|_| DecodingKey::from_ed_pem(&data))
+        .map_err(|_| format!("{} is not a PEM public key (RSA, EC or Ed25519) or JWKS", path.display()))?;
+    Ok(KeySet { keys: vec![KeyEntry { kid: None, key }] })
+}
+
+type JwksClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Empty<Bytes>>;
+
+struct Jwks {
+    url: http::Uri,
+    client: JwksClient,
+    min_refetch: Duration,
+    last_attempt: tokio::sync::Mutex<Option<Instant>>,
+    /// Result of the last fetch (for 503 vs 401).
+    healthy: std::sync::atomic::AtomicBool,
+}
+
+pub struct Provider {
+    pub name: Arc<str>,
+    issuer: String,
+    audiences: Vec<String>,
+    algorithms: Vec<Algorithm>,
+    leeway: u64,
+    keys: ArcSwap<KeySet>,
+    jwks: Option<Jwks>,
+    refresh: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// Largest JWKS document accepted.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+impl Provider {
+    fn new(cfg: &ProviderConfig, resolve: &dyn Fn(&str) -> std::path::PathBuf, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let algorithms = cfg
+            .algorithms
+            .iter()
+            .map(|a| Algorithm::from_str(a).map_err(|_| format!("unsupported algorithm {a}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut jwks = None;
+        let keys = if let Some(f) = &cfg.keys_file {
+            load_keys_file(&resolve(f))?
+        } else if let Some(secret) = &cfg.shared_secret {
+            KeySet { keys: vec![KeyEntry { kid: None, key: DecodingKey::from_secret(secret.as_bytes()).map_err(|_| "bad shared secret")? }] }
+        } else if let (Some(url), Some(ca)) = (&cfg.jwks_url, &cfg.jwks_ca) {
+            let tls = crate::tls::upstream_client_config(&resolve(ca), None)?;
+            let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+            http.enforce_http(false);
+            http.set_connect_timeout(Some(Duration::from_secs(5)));
+            let conn = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().wrap_connector(http);
+            jwks = Some(Jwks {
+                url: url.parse().map_err(|_| "bad jwks_url")?,
+                client: Client::builder(TokioExecutor::new()).build(conn),
+                min_refetch: cfg.jwks_min_refetch.0,
+                last_attempt: tokio::sync::Mutex::new(None),
+                healthy: std::sync::atomic::AtomicBool::new(false),
+            });
+            KeySet::default()
+        } else {
+            return Err("provider has no key source".into());
+        };
+        Ok(Provider {
+            name: Arc::from(cfg.name.as_str()),
+            issuer: cfg.issuer.clone(),
+            audiences: cfg.audiences.clone(),
+            algorithms,
+            leeway: cfg.leeway.0.as_secs(),
+            keys: ArcSwap::from_pointee(keys),
+            jwks,
+            refresh: cfg.jwks_refresh.0,
+            metrics,
+        })
+    }
+
+    /// Fetch the JWKS unless one was attempted less than `min_refetch` ago (`force` skips
+    /// that check, for the periodic refresh). Fetches are serialised.
+    async fn fetch(&self, force: bool) {
+        let Some(j) = &self.jwks else { return };
+        let mut last = j.last_attempt.lock().await;
+        if !force && last.is_some_and(|t| t.elapsed() < j.min_refetch) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let result = async {
+            let req = Request::get(j.url.clone()).body(Empty::<Bytes>::new()).map_err(|_| "request")?;
+            let resp = tokio::time::timeout(Duration::from_secs(10), j.client.request(req))
+                .await
+                .map_err(|_| "timeout")?
+                .map_err(|_| "connect")?;
+            if !resp.status().is_success() {
+                return Err("status");
+            }
+            let body = tokio::time::timeout(Duration::from_secs(10), Limited::new(resp.into_body(), MAX_JWKS_BYTES).collect())
+                .await
+                .map_err(|_| "timeout")?
+                .map_err(|_| "body")?
+                .to_bytes();
+            let set: JwkSet = serde_json::from_slice(&body).map_err(|_| "parse")?;
+            let ks = KeySet::from_jwks(&set);
+            if ks.keys.is_empty() {
+                return Err("no_usable_key");
+            }
+            Ok(ks)
+        }
+        .await;
+        match result {
+            Ok(ks) => {
+                self.keys.store(Arc::new(ks));
+                j.healthy.store(true, std::sync::atomic::Ordering::Release);
+                self.metrics.jwks_refresh.with_label_values(&[&self.name, "ok"]).inc();
+            }
+            Err(why) => {
+                j.healthy.store(false, std::sync::atomic::Ordering::Release);
+                self.metrics.jwks_refresh.with_label_values(&[&self.name, why]).inc();
+                tracing::warn!(provider = %self.name, reason = why, "JWKS fetch failed; keeping the previous keys");
+            }
+        }
+    }
+
+    fn jwks_down(&self) -> bool {
+        self.jwks.as_ref().is_some_and(|j| !j.healthy.load(std::sync::atomic::Ordering::Acquire))
+    }
+}
+
+// ---------------------------------------------------------------- verified claims
+
+/// Verified token claims, as a typed request extension (`Arc<Claims>`).
+#[derive(Debug, Clone)]
+pub struct Claims {
+    pub provider: Arc<str>,
+    pub iss: String,
+    pub sub: String,
+    pub client_id: Option<String>,
+    /// Space-separated `scope`, or `scp` as a string or array.
+    pub scopes: Vec<String>,
+    /// SMART launch context `patient`, when present.
+    pub patient: Option<String>,
+    pub exp: u64,
+    /// RFC 8705 certificate thumbprint the token is bound to.
+    pub cnf_x5t: Option<String>,
+    pub raw: serde_json::Map<String, Value>,
+}
+
+impl Claims {
+    fn from_raw(provider: Arc<str>, raw: serde_json::Map<String, Value>) -> Option<Claims> {
+        let s = |k: &str| raw.get(k).and_then(Value::as_str).map(str::to_owned);
+        let scopes = match raw.get("scope").or_else(|| raw.get("scp")) {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            _ => Vec::new(),
+        };
+        Some(Claims {
+            provider,
+            iss: s("iss")?,
+            sub: s("sub")?,
+            client_id: s("client_id").or_else(|| s("azp")),
+            scopes,
+            patient: s("patient"),
+            exp: raw.get("exp").and_then(Value::as_u64)?,
+            cnf_x5t: raw.get("cnf").and_then(|c| c.get("x5t#S256")).and_then(Value::as_str).map(str::to_owned),
+            raw,
+        })
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Verified tokens by SHA-256 of the token. Bounded; an entry is never served at or after
+/// its `exp` (the leeway applies only to the first verification).
+struct TokenCache {
+    max: usize,
+    map: Mutex<HashMap<[u8; 32], Arc<Claims>>>,
+}
+
+impl TokenCache {
+    fn get(&self, key: &[u8; 32], now: u64) -> Option<Arc<Claims>> {
+        if self.max == 0 {
+            return None;
+        }
+        let mut m = self.map.lock().ok()?;
+        match m.get(key) {
+            Some(c) if c.exp > now => Some(c.clone()),
+            Some(_) => {
+                m.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+    fn put(&self, key: [u8; 32], c: Arc<Claims>, now: u64) {
+        if self.max == 0 || c.exp <= now {
+            return;
+        }
+        let Ok(mut m) = self.map.lock() else { return };
+        if m.len() >= self.max {
+            m.retain(|_, v| v.exp > now);
+            if m.len() >= self.max {
+                // Still full of live tokens: start over rather than grow. Costs a re-verify
+                // per token, never correctness.
+                m.clear();
+            }
+        }
+        m.insert(key, c);
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+fn invalid(code: &'static str, detail: &'static str) -> Rejection {
+    Rejection::new(StatusCode::UNAUTHORIZED, code, detail).with_header(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ward\", error=\"invalid_token\""),
+    )
+}
+
+fn missing() -> Rejection {
+    // RFC 6750 §3.1: no error code when the request carried no credentials.
+    Rejection::new(StatusCode::UNAUTHORIZED, "token_missing", "a bearer token is required")
+        .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ward\""))
+}
+
+fn bad_request(code: &'static str, detail: &'static str) -> Rejection {
+    Rejection::new(StatusCode::BAD_REQUEST, code, detail).with_header(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ward\", error=\"invalid_request\""),
+    )
+}
+
+fn jwks_unavailable() -> Rejection {
+    Rejection::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "jwks_unavailable",
+        "token keys are temporarily unavailable",
+    )
+    .with_header(RETRY_AFTER, HeaderValue::from_static("5"))
+}
+
+fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> Rejection {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => invalid("token_expired", "token has expired"),
+        ErrorKind::ImmatureSignature => invalid("token_not_yet_valid", "token is not valid yet"),
+        ErrorKind::InvalidAudience => invalid("token_audience", "token audience not accepted"),
+        ErrorKind::InvalidIssuer => invalid("token_issuer", "token issuer not accepted"),
+        ErrorKind::MissingRequiredClaim(_) => invalid("token_claim_missing", "token lacks a required claim"),
+        ErrorKind::InvalidClaimFormat(_) => invalid("token_claim_invalid", "token has a malformed claim"),
+        ErrorKind::InvalidSignature => invalid("token_signature", "token signature is invalid"),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+            invalid("token_algorithm", "token algorithm not accepted")
+        }
+        ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidKeyFormat => {
+            invalid("token_signature", "token signature is invalid")
+        }
+        _ => invalid("token_malformed", "token is malformed"),
+    }
+}
+
+// ---------------------------------------------------------------- the layer
+
+struct Inner {
+    providers: Vec<Arc<Provider>>,
+    max_token: usize,
+    require_binding: bool,
+    forward: Vec<(String, HeaderName)>,
+    upstream_auth: UpstreamAuthorization,
+    credential: Option<HeaderValue>,
+    cache: TokenCache,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Clone)]
+pub struct AuthLayer(Arc<Inner>);
+
+impl AuthLayer {
+    /// Build a checked policy object; starts JWKS refresh tasks (stopped with `stop`).
+    pub fn new(
+        cfg: &AuthConfig,
+        resolve: &dyn Fn(&str) -> std::path::PathBuf,
+        metrics: Arc<Metrics>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Self, String> {
+        if let Some((k, m)) = cfg.problems(resolve).into_iter().next() {
+            return Err(format!("{k}: {m}"));
+        }
+        let providers = cfg
+            .providers
+            .iter()
+            .map(|p| Provider::new(p, resolve, metrics.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        for p in &providers {
+            if p.jwks.is_some() {
+                let p = p.clone();
+                let mut stop = stop.clone();
+                tokio::spawn(async move {
+                    loop {
+                        p.fetch(true).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(p.refresh) => {}
+                            _ = crate::server::stopped(&mut stop) => break,
+                        }
+                    }
+                });
+            }
+        }
+        let forward = cfg
+            .forward_claims
+            .iter()
+            .filter_map(|(claim, h)| HeaderName::try_from(h.as_str()).ok().map(|n| (claim.clone(), n)))
+            .collect();
+        Ok(AuthLayer(Arc::new(Inner {
+            providers,
+            max_token: cfg.max_token_bytes,
+            require_binding: cfg.require_certificate_binding,
+            forward,
+            upstream_auth: cfg.upstream_authorization,
+            credential: cfg.upstream_credential.as_ref().and_then(|c| HeaderValue::from_str(c).ok()),
+            cache: TokenCache { max: cfg.cache_entries, map: Mutex::new(HashMap::new()) },
+            metrics,
+        })))
+    }
+}
+
+#[derive(Deserialize)]
+struct IssOnly {
+    iss: Option<String>,
+}
+
+impl Inner {
+    fn bearer<'a>(&self, req: &'a Request<Body>) -> Result<&'a str, Rejection> {
+        if let Some(q) = req.uri().query() {
+            if q.split('&').any(|kv| kv.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case("access_token"))) {
+                return Err(bad_request("token_in_query", "tokens are not accepted in the query string"));
+            }
+        }
+        let mut values = req.headers().get_all(AUTHORIZATION).iter();
+        let Some(v) = values.next() else { return Err(missing()) };
+        if values.next().is_some() {
+            return Err(bad_request("token_ambiguous", "several Authorization headers"));
+        }
+        let v = v.to_str().map_err(|_| invalid("token_malformed", "token is malformed"))?;
+        let (scheme, token) = v.split_once(' ').ok_or_else(|| invalid("token_malformed", "token is malformed"))?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(missing());
+        }
+        let token = token.trim();
+        if token.len() > self.max_token {
+            return Err(invalid("token_too_large", "token exceeds the size limit"));
+        }
+        if token.is_empty() || token.split('.').count() != 3 {
+            return Err(invalid("token_malformed", "token is malformed"));
+        }
+        Ok(token)
+    }
+
+    fn provider_for(&self, token: &str) -> Result<&Arc<Provider>, Rejection> {
+        if self.providers.len() == 1 {
+            return Ok(&self.providers[0]);
+        }
+        // Choosing by the unverified issuer is safe: that provider then verifies the
+        // signature *and* the issuer.
+        let iss = jsonwebtoken::dangerous::insecure_decode_claims::<IssOnly>(token)
+            .ok()
+            .and_then(|c| c.iss)
+            .ok_or_else(|| invalid("token_issuer", "token issuer not accepted"))?;
+        self.providers
+            .iter()
+            .find(|p| p.issuer == iss)
+            .ok_or_else(|| invalid("token_issuer", "token issuer not accepted"))
+    }
+
+    async fn verify(&self, token: &str) -> Result<(Arc<Claims>, Arc<str>), (Rejection, Arc<str>)> {
+        let unknown: Arc<str> = Arc::from("-");
+        let provider = self.provider_for(token).map_err(|r| (r, unknown.clone()))?;
+        let pname = provider.name.clone();
+        let fail = |r: Rejection| (r, pname.clone());
+        // Header checks (`crit`, `b64`) happen in jsonwebtoken; `alg: none` does not parse.
+        let header = jsonwebtoken::decode_header(token).map_err(|e| fail(map_jwt_error(&e)))?;
+        if !provider.algorithms.contains(&header.alg) {
+            return Err(fail(invalid("token_algorithm", "token algorithm not accepted")));
+        }
+        let family = header.alg.family();
+        let kid = header.kid.as_deref();
+        let mut keys = provider.keys.load_full();
+        if keys.candidates(kid, family).is_empty() && provider.jwks.is_some() {
+            // Unknown kid: maybe a rotation. Refetch (rate-limited) and look again.
+            provider.fetch(false).await;
+            keys = provider.keys.load_full();
+        }
+        let candidates = keys.candidates(kid, family);
+        if candidates.is_empty() {
+            if keys.keys.is_empty() && provider.jwks_down() {
+                return Err(fail(jwks_unavailable()));
+            }
+            return Err(fail(invalid("token_key_unknown", "token signing key is not known")));
+        }
+        let mut v = Validation::new(header.alg);
+        v.algorithms = vec![header.alg];
+        v.set_audience(&provider.audiences);
+        v.set_issuer(&[provider.issuer.as_str()]);
+        v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        v.leeway = provider.leeway;
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        let mut last_err = None;
+        for key in candidates {
+            match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, &v) {
+                Ok(data) => {
+                    let now = now_secs();
+                    if let Some(iat) = data.claims.get("iat") {
+                        match iat.as_u64() {
+                            Some(t) if t > now + provider.leeway => {
+                                return Err(fail(invalid("token_not_yet_valid", "token is not valid yet")))
+                            }
+                            Some(_) => {}
+                            None => return Err(fail(invalid("token_claim_invalid", "token has a malformed claim"))),
+                        }
+                    }
+                    let claims = Claims::from_raw(pname.clone(), data.claims)
+                        .ok_or_else(|| fail(invalid("token_claim_invalid", "token has a malformed claim")))?;
+                    return Ok((Arc::new(claims), pname));
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(fail(last_err.map(|e| map_jwt_error(&e)).unwrap_or_else(|| invalid("token_signature", "token signature is invalid"))))
+    }
+
+    fn hash(token: &str) -> [u8; 32] {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut k = [0u8; 32];
+        k.copy_from_slice(d.as_ref());
+        k
+    }
+
+    /// `token` is what [`Inner::bearer`] extracted; `cert` the connection's certificate.
+    async fn authenticate(
+        &self,
+        token: Result<String, Rejection>,
+        cert: Option<Arc<ClientIdentity>>,
+    ) -> Result<Arc<Claims>, (Rejection, Arc<str>)> {
+        let none: Arc<str> = Arc::from("-");
+        let token = token.map_err(|r| (r, none.clone()))?;
+        let token = token.as_str();
+        let key = Self::hash(token);
+        let now = now_secs();
+        let (claims, provider) = match self.cache.get(&key, now) {
+            Some(c) => {
+                let p = c.provider.clone();
+                (c, p)
+            }
+            None => {
+                let (c, p) = self.verify(token).await?;
+                self.cache.put(key, c.clone(), now);
+                (c, p)
+            }
+        };
+        // RFC 8705: checked on every request — the cache is per token, not per connection.
+        match (&claims.cnf_x5t, cert) {
+            (Some(want), Some(id)) if *want == id.x5t_s256 => {}
+            (Some(_), _) => return Err((invalid("token_binding", "token is bound to another client certificate"), provider)),
+            (None, _) if self.require_binding => {
+                return Err((invalid("token_unbound", "token is not bound to a client certificate"), provider))
+            }
+            (None, _) => {}
+        }
+        Ok(claims)
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth { inner, a: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    a: Arc<Inner>,
+}
+
+impl<S> tower::Service<Request<Body>> for Auth<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let a = self.a.clone();
+        // Take the ready inner service, leave a fresh clone (tower's clone-and-swap).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let token = a.bearer(&req).map(str::to_owned);
+        let cert = req.extensions().get::<Arc<ClientIdentity>>().cloned();
+        let route = req.extensions().get::<RouteId>().map(|r| r.0.name.clone()).unwrap_or_else(|| Arc::from("-"));
+        Box::pin(async move {
+            let result = a.authenticate(token, cert).await;
+            let claims = match result {
+                Ok(c) => {
+                    a.metrics.authn.with_label_values(&[&route, &c.provider, "allow", "ok"]).inc();
+                    c
+                }
+                Err((rej, provider)) => {
+                    a.metrics.authn.with_label_values(&[&route, &provider, "deny", rej.code]).inc();
+                    return Err(rej);
+                }
+            };
+            for (claim, header) in &a.forward {
+                let value = match claims.raw.get(claim) {
+                    Some(Value::String(s)) => HeaderValue::from_str(s).ok(),
+                    Some(Value::Number(n)) => HeaderValue::from_str(&n.to_string()).ok(),
+                    _ => None,
+                };
+                UpstreamHeaders::push(&mut req, header.clone(), value);
+            }
+            match a.upstream_auth {
+                UpstreamAuthorization::Forward => {}
+                UpstreamAuthorization::Strip => {
+                    req.headers_mut().remove(AUTHORIZATION);
+                }
+                UpstreamAuthorization::Replace => match &a.credential {
+                    Some(c) => {
+                        req.headers_mut().insert(AUTHORIZATION, c.clone());
+                    }
+                    None => {
+                        req.headers_mut().remove(AUTHORIZATION);
+                    }
+                },
+            }
+            req.extensions_mut().insert(claims);
+            crate::policy::call_next(inner, req).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: u64) -> Arc<Claims> {
+        Arc::new(Claims {
+            provider: Arc::from("p"),
+            iss: "i".into(),
+            sub: "s".into(),
+            client_id: None,
+            scopes: vec![],
+            patient: None,
+            exp,
+            cnf_x5t: None,
+            raw: Default::default(),
+        })
+    }
+
+    #[test]
+    fn cache_never_serves_past_exp_and_stays_bounded() {
+        let c = TokenCache { max: 2, map: Mutex::new(HashMap::new()) };
+        c.put([1; 32], claims(100), 50);
+        assert!(c.get(&[1; 32], 99).is_some());
+        assert!(c.get(&[1; 32], 100).is_none(), "served at exp");
+        c.put([2; 32], claims(100), 50);
+        c.put([3; 32], claims(100), 50);
+        c.put([4; 32], claims(100), 50);
+        assert!(c.map.lock().unwrap().len() <= 2);
+        c.put([5; 32], claims(10), 50);
+        assert!(c.get(&[5; 32], 50).is_none(), "expired token cached");
+    }
+
+    #[test]
+    fn scopes_from_scope_or_scp() {
+        let raw = |v: Value| match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let c = Claims::from_raw(Arc::from("p"), raw(serde_json::json!({"iss":"i","sub":"s","exp":1,"scope":"patient/*.read openid"}))).unwrap();
+        assert_eq!(c.scopes, vec!["patient/*.read", "openid"]);
+        let c = Claims::from_raw(Arc::from("p"), raw(serde_json::json!({"iss":"i","sub":"s","exp":1,"scp":["a","b"]}))).unwrap();
+        assert_eq!(c.scopes, vec!["a", "b"]);
+    }
+}
