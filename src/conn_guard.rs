@@ -71,10 +71,24 @@ pub enum Verdict {
 }
 
 /// State shared between the guard (socket side) and the request handler.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnShared {
     verdicts: Mutex<VecDeque<Verdict>>,
     inflight: AtomicUsize,
+    born: Instant,
+    /// Milliseconds after `born` when the connection last became idle.
+    idle_since_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for ConnShared {
+    fn default() -> Self {
+        ConnShared {
+            verdicts: Mutex::default(),
+            inflight: AtomicUsize::new(0),
+            born: Instant::now(),
+            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
 }
 
 impl ConnShared {
@@ -91,7 +105,13 @@ impl ConnShared {
         self.inflight.fetch_add(1, Ordering::AcqRel);
     }
     pub fn end(&self) {
-        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let ms = self.born.elapsed().as_millis() as u64;
+            self.idle_since_ms.store(ms, Ordering::Release);
+        }
+    }
+    fn idle_since(&self) -> Instant {
+        self.born + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
     }
     fn busy(&self) -> bool {
         self.inflight.load(Ordering::Acquire) > 0
@@ -126,9 +146,12 @@ enum ChunkPhase {
     Data(u64),
     DataCr,
     DataLf,
+    /// Trailer section after the last chunk: lines end in CRLF (a bare LF is refused: hyper
+    /// would read it differently), an empty line ends the message.
     Trailer {
         line: usize,
         total: usize,
+        cr: bool,
     },
 }
 
@@ -192,7 +215,9 @@ impl<T> GuardedIo<T> {
     /// idle cut (postponed while a request is in flight).
     fn deadline(&self) -> Option<(Instant, bool)> {
         match &self.h1 {
-            None => Some((self.last_activity + self.settings.idle_timeout, true)),
+            // HTTP/2: idle means no request in flight since the last one ended; bytes are
+            // no measure (keep-alive PINGs and their PONGs flow on idle connections).
+            None => Some((self.shared.idle_since() + self.settings.idle_timeout, true)),
             Some(h) => match (h.state, h.head_started) {
                 (State::Head, Some(t)) => Some((t + self.settings.header_read_timeout, false)),
                 (State::Head, None) => {
@@ -224,9 +249,19 @@ impl<T> GuardedIo<T> {
                         self.timer_at = Some(at);
                         continue;
                     }
-                    if idle && self.shared.busy() {
-                        // A request is being answered; the connection is not idle.
-                        self.last_activity = Instant::now();
+                    if self.shared.busy() {
+                        // A request is being answered: neither idle, nor a slow head (a
+                        // pipelined head waits for the answer). Check again later.
+                        let later = Instant::now()
+                            + self
+                                .settings
+                                .header_read_timeout
+                                .min(self.settings.idle_timeout);
+                        self.timer.as_mut().reset(later);
+                        self.timer_at = Some(later);
+                        if idle {
+                            self.last_activity = Instant::now();
+                        }
                         continue;
                     }
                     let what = if idle {
@@ -264,15 +299,27 @@ impl H1 {
                 return Ok(());
             }
             if let State::Head = self.state {
+                // A head can only complete on a LF: skip re-parsing otherwise (a head sent
+                // byte by byte would cost a full parse per byte). Leftover bytes from a
+                // pipelined message are parsed once when they arrive here with `cur` empty.
+                let worth_parsing = cur.is_empty() || cur.contains(&b'\n');
                 self.head_buf.extend_from_slice(cur);
                 cur = &[];
                 if self.head_buf.is_empty() {
                     return Ok(());
                 }
-                if self.head_started.is_none() {
+                // Empty lines before a request (RFC 9112 §2.2) do not start the header clock.
+                if self.head_started.is_none()
+                    && self.head_buf.iter().any(|b| *b != b'\r' && *b != b'\n')
+                {
                     self.head_started = Some(Instant::now());
                 }
-                match parse_head(&self.head_buf, s) {
+                let parsed = if worth_parsing {
+                    parse_head(&self.head_buf, s)
+                } else {
+                    HeadParse::Partial
+                };
+                match parsed {
                     HeadParse::Partial => {
                         if self.head_buf.len() > s.max_header_bytes + REQUEST_LINE_ALLOWANCE {
                             self.reject(out, shared, FrameError::HeadersTooLarge);
@@ -372,7 +419,11 @@ impl H1 {
                                 return Err(lost("empty chunk size"));
                             }
                             *phase = if *value == 0 {
-                                ChunkPhase::Trailer { line: 0, total: 0 }
+                                ChunkPhase::Trailer {
+                                    line: 0,
+                                    total: 0,
+                                    cr: false,
+                                }
                             } else {
                                 ChunkPhase::Data(*value)
                             };
@@ -395,18 +446,29 @@ impl H1 {
                             return Err(lost("bad chunk size"));
                         }
                     }
-                    ChunkPhase::Trailer { line, total } => {
+                    ChunkPhase::Trailer { line, total, cr } => {
                         let c = input[i];
                         i += 1;
                         *total += 1;
                         if *total > MAX_CHUNK_META {
                             return Err(lost("trailers too large"));
                         }
-                        match c {
-                            b'\n' if *line == 0 => self.state = State::Head,
-                            b'\n' => *line = 0,
-                            b'\r' => {}
-                            _ => *line += 1,
+                        if *cr {
+                            if c != b'\n' {
+                                return Err(lost("bad trailer line ending"));
+                            }
+                            *cr = false;
+                            if *line == 0 {
+                                self.state = State::Head;
+                            } else {
+                                *line = 0;
+                            }
+                        } else if c == b'\r' {
+                            *cr = true;
+                        } else if c == b'\n' {
+                            return Err(lost("bare LF in trailers"));
+                        } else {
+                            *line += 1;
                         }
                     }
                 },
@@ -720,6 +782,22 @@ mod tests {
         req.extend_from_slice(b"\r\n");
         let (_, v, _) = run(&[&req]);
         assert_eq!(v, vec![Verdict::Reject(FrameError::TooManyHeaders)]);
+    }
+
+    #[test]
+    fn bare_lf_in_trailers_cuts_the_connection() {
+        // hyper reads `\n` after the last chunk as the start of a trailer block; agreeing
+        // on a message end there would let the next head slip past unchecked.
+        let (_, _, r) = run(&[b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nGET /x HTTP/1.1\r\nHost: h\r\nContent-Length: 90\r\n\r\n"]);
+        assert!(r.is_err());
+        let (_, _, r) = run(&[
+            b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\n\r\n",
+        ]);
+        assert!(r.is_err());
+        let (out, v, r) = run(&[b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n"]);
+        r.unwrap();
+        assert_eq!(v, vec![Verdict::Ok, Verdict::Ok]);
+        assert!(out.ends_with(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n"));
     }
 
     #[test]

@@ -44,7 +44,8 @@ impl UpstreamHeaders {
         match req.extensions_mut().get_mut::<UpstreamHeaders>() {
             Some(h) => h.0.push((name, value)),
             None => {
-                req.extensions_mut().insert(UpstreamHeaders(vec![(name, value)]));
+                req.extensions_mut()
+                    .insert(UpstreamHeaders(vec![(name, value)]));
             }
         }
     }
@@ -55,8 +56,18 @@ impl UpstreamHeaders {
 pub fn check_forward_header(h: &str) -> Result<(), String> {
     let name = HeaderName::try_from(h).map_err(|_| format!("`{h}` is not a valid header name"))?;
     const OWNED: &[&str] = &[
-        "host", "connection", "content-length", "transfer-encoding", "te", "upgrade", "authorization",
-        "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-request-id",
+        "host",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "authorization",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-request-id",
     ];
     if OWNED.contains(&name.as_str()) {
         return Err(format!("`{h}` is set by the gateway itself"));

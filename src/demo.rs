@@ -138,7 +138,14 @@ pub fn mint_token(pem: &[u8], alg: Option<&str>, spec: &TokenSpec<'_>) -> Result
         let p384 = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem)
             .map(|d| d.secret_der().windows(P384.len()).any(|w| w == P384))
             .unwrap_or(false);
-        (k, if p384 { Algorithm::ES384 } else { Algorithm::ES256 })
+        (
+            k,
+            if p384 {
+                Algorithm::ES384
+            } else {
+                Algorithm::ES256
+            },
+        )
     } else if let Ok(k) = EncodingKey::from_rsa_pem(pem) {
         (k, Algorithm::RS256)
     } else if let Ok(k) = EncodingKey::from_ed_pem(pem) {

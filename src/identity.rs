@@ -48,7 +48,10 @@ impl ClientIdentity {
     pub fn from_der(der: &[u8]) -> Option<ClientIdentity> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
         let cn = |name: &x509_parser::x509::X509Name<'_>| {
-            name.iter_common_name().next().and_then(|a| a.as_str().ok()).map(str::to_owned)
+            name.iter_common_name()
+                .next()
+                .and_then(|a| a.as_str().ok())
+                .map(str::to_owned)
         };
         let (mut dns, mut uri, mut email) = (Vec::new(), Vec::new(), Vec::new());
         if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -56,12 +59,15 @@ impl ClientIdentity {
                 match g {
                     x509_parser::extensions::GeneralName::DNSName(s) => dns.push(s.to_string()),
                     x509_parser::extensions::GeneralName::URI(s) => uri.push(s.to_string()),
-                    x509_parser::extensions::GeneralName::RFC822Name(s) => email.push(s.to_string()),
+                    x509_parser::extensions::GeneralName::RFC822Name(s) => {
+                        email.push(s.to_string())
+                    }
                     _ => {}
                 }
             }
         }
-        let client_auth_eku = matches!(cert.extended_key_usage(), Ok(Some(e)) if e.value.client_auth);
+        let client_auth_eku =
+            matches!(cert.extended_key_usage(), Ok(Some(e)) if e.value.client_auth);
         Some(ClientIdentity {
             subject_cn: cn(cert.subject()),
             subject: cert.subject().to_string(),
@@ -112,7 +118,8 @@ mod tests {
     fn parses_demo_client_certificate() {
         let pki = crate::demo::Pki::generate(&["localhost"]).unwrap();
         use rustls_pki_types::pem::PemObject;
-        let der = rustls_pki_types::CertificateDer::from_pem_slice(pki.client_cert.as_bytes()).unwrap();
+        let der =
+            rustls_pki_types::CertificateDer::from_pem_slice(pki.client_cert.as_bytes()).unwrap();
         let id = ClientIdentity::from_der(&der).unwrap();
         assert_eq!(id.subject_cn.as_deref(), Some("demo-client"));
         assert!(id.client_auth_eku);

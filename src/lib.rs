@@ -84,7 +84,10 @@ impl TlsReloader {
     fn reload(&self, metrics: &Metrics) -> Result<(), String> {
         let res = tls::server_config(&self.tls, &|p| self.resolve(p));
         let result = if res.is_ok() { "ok" } else { "error" };
-        metrics.tls_reloads.with_label_values(&[&self.listener, result]).inc();
+        metrics
+            .tls_reloads
+            .with_label_values(&[&self.listener, result])
+            .inc();
         let sc = res.map_err(|e| format!("listener {}: {e}", self.listener))?;
         self.swap.store(Arc::new(sc));
         self.record_expiry(metrics);
@@ -101,9 +104,19 @@ impl TlsReloader {
             .map(|c| ("server", &c.cert))
             .chain(self.tls.client_auth.ca.iter().map(|c| ("client_ca", c)));
         for (kind, file) in files {
-            let Ok(certs) = tls::load_certs(&self.resolve(file)) else { continue };
-            if let Some(days) = certs.iter().filter_map(|c| identity::not_after(c)).min().map(identity::days_left) {
-                metrics.cert_expiry_days.with_label_values(&[&self.listener, kind, file]).set(days);
+            let Ok(certs) = tls::load_certs(&self.resolve(file)) else {
+                continue;
+            };
+            if let Some(days) = certs
+                .iter()
+                .filter_map(|c| identity::not_after(c))
+                .min()
+                .map(identity::days_left)
+            {
+                metrics
+                    .cert_expiry_days
+                    .with_label_values(&[&self.listener, kind, file])
+                    .set(days);
             }
         }
     }
@@ -150,7 +163,11 @@ fn watch_tls_files(
     let watched = files.clone();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
-            let relevant = ev.paths.iter().any(|p| watched.iter().any(|f| f == p || f.file_name() == p.file_name()));
+            let relevant = ev.paths.iter().any(|p| {
+                watched
+                    .iter()
+                    .any(|f| f == p || f.file_name() == p.file_name())
+            });
             if relevant && !ev.kind.is_access() {
                 let _ = tx.send(());
             }
@@ -158,7 +175,10 @@ fn watch_tls_files(
     })
     .map_err(|e| tracing::warn!(error = %e, "cannot watch TLS files; reload with SIGHUP"))
     .ok()?;
-    let mut dirs: Vec<std::path::PathBuf> = files.iter().filter_map(|f| f.parent().map(|p| p.to_path_buf())).collect();
+    let mut dirs: Vec<std::path::PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(|p| p.to_path_buf()))
+        .collect();
     dirs.sort();
     dirs.dedup();
     for d in dirs {
@@ -256,8 +276,15 @@ impl Gateway {
                     }),
                     host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                     methods,
-                    service: stack::build(r, &cfg, &l.limits, up, metrics.clone(), shutdown_rx.clone())
-                        .map_err(|e| anyhow::anyhow!("route {}: {e}", r.name))?,
+                    service: stack::build(
+                        r,
+                        &cfg,
+                        &l.limits,
+                        up,
+                        metrics.clone(),
+                        shutdown_rx.clone(),
+                    )
+                    .map_err(|e| anyhow::anyhow!("route {}: {e}", r.name))?,
                 });
             }
             let trusted = l

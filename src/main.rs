@@ -37,7 +37,7 @@ enum Cmd {
     /// https://127.0.0.1:8443 (admin on 127.0.0.1:9901).
     Demo,
     /// Mint a signed JWT for demos and tests (never for production identities).
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
 }
 
 #[derive(clap::Args)]
@@ -180,11 +180,13 @@ fn main() -> ExitCode {
 
 fn mint(t: &TokenArgs) -> Result<String, String> {
     let ttl = config::parse_duration(&t.ttl).ok_or("--ttl: use e.g. 15m, 1h")?;
-    let pem = std::fs::read(&t.key).map_err(|e| format!("cannot read {}: {}", t.key.display(), e.kind()))?;
+    let pem = std::fs::read(&t.key)
+        .map_err(|e| format!("cannot read {}: {}", t.key.display(), e.kind()))?;
     let cnf = match &t.bind_cert {
         Some(p) => {
             let certs = ward::tls::load_certs(p)?;
-            let id = ward::identity::ClientIdentity::from_der(&certs[0]).ok_or("cannot parse --bind-cert")?;
+            let id = ward::identity::ClientIdentity::from_der(&certs[0])
+                .ok_or("cannot parse --bind-cert")?;
             Some(id.x5t_s256)
         }
         None => None,

@@ -118,11 +118,21 @@ pub fn normalize(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
         Some(v) => std::borrow::Cow::Owned(String::from_utf8(v).map_err(|_| PathError::BadEscape)?),
         None => std::borrow::Cow::Borrowed(raw),
     };
+    // Escaped bytes must decode to UTF-8: overlong forms such as %C0%AE are how lenient
+    // decoders are tricked into seeing `.` or `/`.
+    if path.contains('%') && !decodes_to_utf8(path.as_bytes()) {
+        return Err(PathError::BadEscape);
+    }
     let segs: Vec<&str> = path[1..].split('/').collect();
     let n = segs.len();
     for (i, s) in segs.iter().enumerate() {
-        if *s == "." || *s == ".." {
+        // Servlet containers drop `;params` per segment, so `..;x` is `..` to them.
+        let bare = s.split(';').next().unwrap_or("");
+        if bare == "." || bare == ".." {
             return Err(PathError::DotSegment);
+        }
+        if bare.is_empty() && s.contains(';') {
+            return Err(PathError::EmptySegment);
         }
         // A trailing slash is fine ("/fhir/"); "//" anywhere else is not.
         if s.is_empty() && i + 1 != n {
@@ -130,6 +140,23 @@ pub fn normalize(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
         }
     }
     Ok(path)
+}
+
+fn decodes_to_utf8(b: &[u8]) -> bool {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    std::str::from_utf8(&out).is_ok()
 }
 
 /// FHIR routes also refuse matrix parameters: `Patient;x=1/123` means different things to
@@ -165,6 +192,8 @@ mod tests {
         assert_eq!(normalize("/a%20b").unwrap(), "/a%20b");
         assert_eq!(normalize("/fhir/").unwrap(), "/fhir/");
         assert_eq!(normalize("/").unwrap(), "/");
+        assert_eq!(normalize("/caf%C3%A9").unwrap(), "/caf%C3%A9");
+        assert_eq!(normalize("/a;v=1/b").unwrap(), "/a;v=1/b");
     }
 
     #[test]
@@ -189,6 +218,11 @@ mod tests {
             ("//fhir", EmptySegment),
             ("/fhir//Patient", EmptySegment),
             ("fhir", NotOrigin),
+            ("/public/..;/admin", DotSegment),
+            ("/public/.;x/admin", DotSegment),
+            ("/public/;x/admin", EmptySegment),
+            ("/a%C0%AE%C0%AE/b", BadEscape),
+            ("/a%C0%AF", BadEscape),
             ("*", NotOrigin),
         ] {
             assert_eq!(normalize(p).unwrap_err(), e, "{p}");

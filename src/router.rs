@@ -49,8 +49,12 @@ impl Router {
     }
 
     /// `host` is lower-case without port; `path` is canonical.
+    ///
+    /// Only the most specific group (same prefix and host as the first match) is
+    /// considered: a method refused there is a 405, never a fall-through to a shorter
+    /// prefix with looser policies.
     pub fn find(&self, host: &str, path: &str, method: &Method) -> Match<'_> {
-        let mut wrong_method: Option<bool> = None;
+        let mut group: Option<(&str, Option<&str>, bool)> = None;
         for r in &self.routes {
             if r.host.as_deref().is_some_and(|h| h != host) {
                 continue;
@@ -58,13 +62,17 @@ impl Router {
             if !crate::path::under_prefix(path, &r.info.path_prefix) {
                 continue;
             }
+            match group {
+                None => group = Some((&r.info.path_prefix, r.host.as_deref(), r.info.fhir)),
+                Some((p, h, _)) if p != r.info.path_prefix || h != r.host.as_deref() => break,
+                Some(_) => {}
+            }
             if r.methods.contains(method) {
                 return Match::Found(r);
             }
-            wrong_method.get_or_insert(r.info.fhir);
         }
-        match wrong_method {
-            Some(fhir) => Match::MethodNotAllowed(fhir),
+        match group {
+            Some((_, _, fhir)) => Match::MethodNotAllowed(fhir),
             None => Match::NotFound,
         }
     }

@@ -165,26 +165,42 @@ async fn handle_conn(
                 },
                 None => None,
             };
-            serve_io(ctx, tls, peer, true, h2, trusted, identity, watcher).await;
+            let info = ConnInfo::new(peer, true, h2, trusted, identity);
+            serve_io(ctx, tls, info, watcher).await;
         }
-        None => serve_io(ctx, stream, peer, false, false, trusted, None, watcher).await,
+        None => {
+            let info = ConnInfo::new(peer, false, false, trusted, None);
+            serve_io(ctx, stream, info, watcher).await
+        }
     }
 }
 
-async fn serve_io<IO>(
-    ctx: Arc<ListenerCtx>,
-    io: IO,
-    peer: SocketAddr,
-    tls: bool,
-    h2: bool,
-    trusted: bool,
-    identity: Option<Arc<ClientIdentity>>,
-    watcher: Watcher,
-) where
+impl ConnInfo {
+    fn new(
+        peer: SocketAddr,
+        tls: bool,
+        h2: bool,
+        trusted: bool,
+        identity: Option<Arc<ClientIdentity>>,
+    ) -> Arc<Self> {
+        Arc::new(ConnInfo {
+            peer,
+            tls,
+            h2,
+            trusted,
+            shared: Arc::new(ConnShared::default()),
+            identity,
+        })
+    }
+}
+
+async fn serve_io<IO>(ctx: Arc<ListenerCtx>, io: IO, info: Arc<ConnInfo>, watcher: Watcher)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let lim = ctx.limits.clone();
-    let shared = Arc::new(ConnShared::default());
+    let shared = info.shared.clone();
+    let h2 = info.h2;
     let settings = GuardSettings {
         max_header_bytes: lim.max_header_bytes,
         max_headers: lim.max_headers,
@@ -192,14 +208,6 @@ async fn serve_io<IO>(
         idle_timeout: lim.idle_timeout.0,
     };
     let io = TokioIo::new(GuardedIo::new(io, !h2, shared.clone(), settings));
-    let info = Arc::new(ConnInfo {
-        peer,
-        tls,
-        h2,
-        trusted,
-        shared,
-        identity,
-    });
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = svc_ctx.clone();
@@ -283,29 +291,36 @@ async fn handle(
         Some(v) if conn.trusted && valid_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
-    let mut route: Option<(Arc<str>, RouteMetrics)> = None;
+    // The record exists before anything is awaited: if the client goes away mid-request
+    // (the future is dropped), it is still written — as 499 — and the in-flight count is
+    // released. An auditor sees every request that may have reached the upstream.
+    let mut record = AccessRecord {
+        ctx: ctx.clone(),
+        conn: conn.clone(),
+        request_id: request_id.clone(),
+        route: None,
+        method,
+        version,
+        status: http::StatusCode::from_u16(499).unwrap_or(http::StatusCode::BAD_REQUEST),
+        code: Some("client_closed"),
+        started,
+        head_time: Duration::ZERO,
+        bytes: 0,
+        completed: false,
+    };
     let mut fhir = ctx.router.all_fhir();
-    let result = match prepare(&ctx, &conn, req, &request_id, &mut route, &mut fhir) {
+    let result = match prepare(&ctx, &conn, req, &request_id, &mut record.route, &mut fhir) {
         Ok((svc, req)) => call_route(svc, req).await,
         Err(rej) => Err(rej),
     };
-    let (route_label, route_metrics) = match route {
-        Some((name, m)) => (name, m),
-        None => (
-            Arc::from("-"),
-            RouteMetrics {
-                duration: ctx.metrics.request_duration.with_label_values(&["-"]),
-                bytes: ctx.metrics.bytes.with_label_values(&["-"]),
-            },
-        ),
-    };
-    let head_time = started.elapsed();
+    record.head_time = started.elapsed();
     let (mut resp, code) = match result {
         Ok(r) => (r, None),
         Err(rej) => {
+            let route_label = record.route.as_ref().map(|(n, _)| &**n).unwrap_or("-");
             ctx.metrics
                 .rejections
-                .with_label_values(&[&route_label, rej.code])
+                .with_label_values(&[route_label, rej.code])
                 .inc();
             (
                 error::into_response(&rej, fhir, request_id.to_str().unwrap_or("-")),
@@ -314,26 +329,13 @@ async fn handle(
         }
     };
     let h = resp.headers_mut();
-    h.insert("x-request-id", request_id.clone());
+    h.insert("x-request-id", request_id);
     if conn.h2 {
         // Connection-specific headers are illegal in HTTP/2.
         h.remove(CONNECTION);
     }
-    let record = AccessRecord {
-        ctx,
-        conn,
-        request_id,
-        route: route_label,
-        route_metrics,
-        method,
-        version,
-        status: resp.status(),
-        code,
-        started,
-        head_time,
-        bytes: 0,
-        completed: false,
-    };
+    record.status = resp.status();
+    record.code = code;
     resp.map(|b| {
         LoggedBody {
             inner: b,
@@ -426,7 +428,11 @@ fn prepare(
     if let Some(id) = &conn.identity {
         parts.extensions.insert(id.clone());
     }
-    let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+    let req = Request::from_parts(
+        parts,
+        body.map_err(|e| BoxError::from(crate::proxy::ClientBodyError(e)))
+            .boxed_unsync(),
+    );
     Ok((route.service.clone(), req))
 }
 
@@ -477,8 +483,8 @@ struct AccessRecord {
     ctx: Arc<ListenerCtx>,
     conn: Arc<ConnInfo>,
     request_id: HeaderValue,
-    route: Arc<str>,
-    route_metrics: RouteMetrics,
+    /// Route name and its metric handles, once routed.
+    route: Option<(Arc<str>, RouteMetrics)>,
     method: Method,
     version: http::Version,
     status: http::StatusCode,
@@ -493,23 +499,33 @@ impl Drop for AccessRecord {
     fn drop(&mut self) {
         let m = &self.ctx.metrics;
         let elapsed = self.started.elapsed();
+        let (route, route_metrics) = match &self.route {
+            Some((n, rm)) => (n.clone(), rm.clone()),
+            None => (
+                Arc::from("-"),
+                RouteMetrics {
+                    duration: m.request_duration.with_label_values(&["-"]),
+                    bytes: m.bytes.with_label_values(&["-"]),
+                },
+            ),
+        };
         m.requests
             .with_label_values(&[
                 &self.ctx.name,
-                &self.route,
+                &route,
                 method_label(&self.method),
                 status_class(self.status),
             ])
             .inc();
-        self.route_metrics.duration.observe(elapsed.as_secs_f64());
-        self.route_metrics.bytes.inc_by(self.bytes);
+        route_metrics.duration.observe(elapsed.as_secs_f64());
+        route_metrics.bytes.inc_by(self.bytes);
         self.conn.shared.end();
         // Method is logged as its label form so a junk method cannot flood the log.
         tracing::info!(
             target: "ward::access",
             request_id = self.request_id.to_str().unwrap_or("-"),
             listener = %self.ctx.name,
-            route = %self.route,
+            route = %route,
             method = method_label(&self.method),
             protocol = ?self.version,
             status = self.status.as_u16(),

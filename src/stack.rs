@@ -29,11 +29,11 @@ use tower::{ServiceBuilder, ServiceExt};
 use tokio::sync::watch;
 
 use crate::config::{Config, ListenerLimits, PolicyConfig, RouteConfig};
-use crate::policy::auth::AuthLayer;
-use crate::policy::mtls::MtlsLayer;
 use crate::error::Rejection;
 use crate::metrics::Metrics;
+use crate::policy::auth::AuthLayer;
 use crate::policy::limits::{LimitsConfig, LimitsLayer};
+use crate::policy::mtls::MtlsLayer;
 use crate::proxy::{ProxyService, Upstream};
 use crate::Body;
 
@@ -63,8 +63,16 @@ pub fn route_limits(route: &RouteConfig, cfg: &Config, listener: &ListenerLimits
 }
 
 /// The section `pick` of the (at most one) policy of this route that defines it.
-fn section<'a, T>(route: &RouteConfig, cfg: &'a Config, pick: impl Fn(&'a PolicyConfig) -> Option<&'a T>) -> Option<&'a T> {
-    route.policies.iter().filter_map(|n| cfg.policies.get(n)).find_map(pick)
+fn section<'a, T>(
+    route: &RouteConfig,
+    cfg: &'a Config,
+    pick: impl Fn(&'a PolicyConfig) -> Option<&'a T>,
+) -> Option<&'a T> {
+    route
+        .policies
+        .iter()
+        .filter_map(|n| cfg.policies.get(n))
+        .find_map(pick)
 }
 
 pub fn build(
@@ -75,7 +83,9 @@ pub fn build(
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> Result<RouteService, String> {
-    let mtls = section(route, cfg, |p| p.mtls.as_ref()).map(MtlsLayer::try_from).transpose()?;
+    let mtls = section(route, cfg, |p| p.mtls.as_ref())
+        .map(MtlsLayer::try_from)
+        .transpose()?;
     let auth = section(route, cfg, |p| p.auth.as_ref())
         .map(|a| AuthLayer::new(a, &|f| cfg.resolve(f), metrics.clone(), stop.clone()))
         .transpose()?;

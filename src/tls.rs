@@ -197,11 +197,13 @@ pub fn client_verifier(
     for f in &cfg.crls {
         crls.extend(load_crls(&resolve(f))?);
     }
-    let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider())).with_crls(crls);
+    let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()))
+        .with_crls(crls);
     if cfg.mode == ClientAuthMode::Optional {
         b = b.allow_unauthenticated();
     }
-    b.build().map_err(|e| format!("client certificate verifier: {e}"))
+    b.build()
+        .map_err(|e| format!("client certificate verifier: {e}"))
 }
 
 /// Client config for an https upstream.

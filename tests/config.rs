@@ -16,7 +16,7 @@ fn check_lists_every_error_with_file_and_line() {
     let env = Env::new();
     env.write(
         "policies/strict.yaml",
-        "limits:\n  max_body_bytes: 100\nauth:\n  providers: []\n",
+        "limits:\n  max_body_bytes: 100\nfhir_authz:\n  scopes: []\nauth:\n  providers: []\n",
     );
     env.write("policies/typo.yaml", "limts:\n  max_body_bytes: 1\n");
     let cfg = env.write(
@@ -62,7 +62,7 @@ fn check_lists_every_error_with_file_and_line() {
         format!("{f}:21: routes[0].upstream: no upstream with this name"),
         format!("{f}:22: routes[0].policies[1]: no policy file with this name"),
         format!(
-            "{}:3: auth: policy section `auth` is not implemented",
+            "{}:3: fhir_authz: policy section `fhir_authz` is not implemented",
             env.path("policies/strict.yaml").display()
         ),
         format!(
@@ -72,6 +72,13 @@ fn check_lists_every_error_with_file_and_line() {
     ] {
         assert!(stderr.contains(&want), "missing `{want}` in:\n{stderr}");
     }
+    assert!(
+        stderr.contains(&format!(
+            "{}:6: auth.providers: at least one provider",
+            env.path("policies/strict.yaml").display()
+        )),
+        "{stderr}"
+    );
     assert!(!stderr.contains("hunter2"), "secret echoed:\n{stderr}");
     // A typo in one item does not cascade into errors about references to it.
     assert!(!stderr.contains("routes[0].listener"), "{stderr}");
@@ -122,8 +129,8 @@ fn yaml_syntax_errors_have_lines() {
 #[test]
 fn every_policy_file_in_the_repository_loads() {
     let dir = policies_dir();
-    let policies =
-        ward::config::load_policies(&dir, dir.parent().unwrap(), &|_| None).unwrap_or_else(|e| panic!("{e:#?}"));
+    let policies = ward::config::load_policies(&dir, dir.parent().unwrap(), &|_| None)
+        .unwrap_or_else(|e| panic!("{e:#?}"));
     assert!(!policies.is_empty(), "policies/ has no example files");
 }
 

@@ -47,7 +47,11 @@ fn lab_cert(ca: &ClientCa, serial: u64) -> ClientCert {
         "lab-system",
         ClientOpts {
             serial,
-            sans: vec![SanType::URI("spiffe://hospital.example/ns/lab/sa/analyzer".try_into().unwrap())],
+            sans: vec![SanType::URI(
+                "spiffe://hospital.example/ns/lab/sa/analyzer"
+                    .try_into()
+                    .unwrap(),
+            )],
             ..Default::default()
         },
     )
@@ -65,7 +69,11 @@ async fn optional_mode_routes_decide() {
     assert_eq!(body_of(&resp)["error"]["code"], "client_cert_required");
 
     // The allowed client; its identity reaches the upstream, a forged header does not.
-    let cfg = Arc::new(client_tls_with_cert(&s.env.pki, &lab_cert(&s.ca, 10), &[b"http/1.1"]));
+    let cfg = Arc::new(client_tls_with_cert(
+        &s.env.pki,
+        &lab_cert(&s.ca, 10),
+        &[b"http/1.1"],
+    ));
     let req = "GET /secure/x HTTP/1.1\r\nHost: localhost\r\nX-Client-Identity: admin\r\nConnection: close\r\n\r\n";
     let resp = request_with(cfg.clone(), addr, req).await.unwrap();
     assert_eq!(status_of(&resp), 200, "{resp}");
@@ -76,10 +84,20 @@ async fn optional_mode_routes_decide() {
     // A valid certificate with another name / SAN: 403.
     let other = s.ca.issue(
         "billing",
-        ClientOpts { serial: 11, sans: vec![SanType::URI("spiffe://hospital.example/ns/billing/sa/x".try_into().unwrap())], ..Default::default() },
+        ClientOpts {
+            serial: 11,
+            sans: vec![SanType::URI(
+                "spiffe://hospital.example/ns/billing/sa/x"
+                    .try_into()
+                    .unwrap(),
+            )],
+            ..Default::default()
+        },
     );
     let cfg = Arc::new(client_tls_with_cert(&s.env.pki, &other, &[b"http/1.1"]));
-    let resp = request_with(cfg.clone(), addr, &get_req("/secure/x")).await.unwrap();
+    let resp = request_with(cfg.clone(), addr, &get_req("/secure/x"))
+        .await
+        .unwrap();
     assert_eq!(status_of(&resp), 403);
     assert_eq!(body_of(&resp)["error"]["code"], "client_cert_denied");
     // ... but any verified client passes a route without allow-lists.
@@ -97,23 +115,65 @@ async fn handshake_refuses_bad_certificates() {
     };
     // Signed by another CA.
     let rogue = ClientCa::new("Rogue CA");
-    assert!(refused(rogue.issue("lab-system", ClientOpts::default())).await.is_err(), "foreign CA accepted");
+    assert!(
+        refused(rogue.issue("lab-system", ClientOpts::default()))
+            .await
+            .is_err(),
+        "foreign CA accepted"
+    );
     // Expired.
-    assert!(refused(s.ca.issue("lab-system", ClientOpts { serial: 20, expired: true, ..Default::default() })).await.is_err(), "expired accepted");
+    assert!(
+        refused(s.ca.issue(
+            "lab-system",
+            ClientOpts {
+                serial: 20,
+                expired: true,
+                ..Default::default()
+            }
+        ))
+        .await
+        .is_err(),
+        "expired accepted"
+    );
     // Revoked in the CRL loaded at start.
-    assert!(refused(lab_cert(&s.ca, 666)).await.is_err(), "revoked accepted");
+    assert!(
+        refused(lab_cert(&s.ca, 666)).await.is_err(),
+        "revoked accepted"
+    );
     // An EKU without clientAuth (serverAuth only).
-    let server_only = s.ca.issue("lab-system", ClientOpts { serial: 21, eku: vec![ExtendedKeyUsagePurpose::ServerAuth], ..Default::default() });
-    assert!(refused(server_only).await.is_err(), "serverAuth-only certificate accepted");
+    let server_only = s.ca.issue(
+        "lab-system",
+        ClientOpts {
+            serial: 21,
+            eku: vec![ExtendedKeyUsagePurpose::ServerAuth],
+            ..Default::default()
+        },
+    );
+    assert!(
+        refused(server_only).await.is_err(),
+        "serverAuth-only certificate accepted"
+    );
     // No EKU extension at all passes the handshake but not an mtls route.
-    let no_eku = s.ca.issue("lab-system", ClientOpts { serial: 22, eku: vec![], ..Default::default() });
+    let no_eku = s.ca.issue(
+        "lab-system",
+        ClientOpts {
+            serial: 22,
+            eku: vec![],
+            ..Default::default()
+        },
+    );
     let cfg = Arc::new(client_tls_with_cert(&s.env.pki, &no_eku, &[b"http/1.1"]));
     let resp = request_with(cfg, addr, &get_req("/any/x")).await.unwrap();
     assert_eq!(status_of(&resp), 403);
     assert_eq!(body_of(&resp)["error"]["code"], "client_cert_eku");
     assert_eq!(s.state.count(), 0);
     let (_, m) = admin_get(&s.gw, "/metrics").await;
-    assert!(m.contains("ward_tls_handshake_failures_total{listener=\"public\",reason=\"bad_certificate\"}"), "{m}");
+    assert!(
+        m.contains(
+            "ward_tls_handshake_failures_total{listener=\"public\",reason=\"bad_certificate\"}"
+        ),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -122,8 +182,15 @@ async fn required_mode_refuses_clients_without_certificates() {
     let addr = s.gw.addr("public").unwrap();
     let cfg = Arc::new(client_tls(&s.env.pki, &[b"http/1.1"]));
     assert!(request_with(cfg, addr, &get_req("/api/x")).await.is_err());
-    let cfg = Arc::new(client_tls_with_cert(&s.env.pki, &lab_cert(&s.ca, 30), &[b"http/1.1"]));
-    assert_eq!(status_of(&request_with(cfg, addr, &get_req("/api/x")).await.unwrap()), 200);
+    let cfg = Arc::new(client_tls_with_cert(
+        &s.env.pki,
+        &lab_cert(&s.ca, 30),
+        &[b"http/1.1"],
+    ));
+    assert_eq!(
+        status_of(&request_with(cfg, addr, &get_req("/api/x")).await.unwrap()),
+        200
+    );
 }
 
 #[tokio::test]
@@ -132,28 +199,68 @@ async fn crl_reload_revokes_without_restart_and_without_resumption() {
     let addr = s.gw.addr("public").unwrap();
     // One client config for every connection: rustls would resume its session if the
     // server allowed it.
-    let cfg = Arc::new(client_tls_with_cert(&s.env.pki, &lab_cert(&s.ca, 40), &[b"http/1.1"]));
+    let cfg = Arc::new(client_tls_with_cert(
+        &s.env.pki,
+        &lab_cert(&s.ca, 40),
+        &[b"http/1.1"],
+    ));
     for _ in 0..2 {
-        assert_eq!(status_of(&request_with(cfg.clone(), addr, &get_req("/secure/x")).await.unwrap()), 200);
+        assert_eq!(
+            status_of(
+                &request_with(cfg.clone(), addr, &get_req("/secure/x"))
+                    .await
+                    .unwrap()
+            ),
+            200
+        );
     }
     // Revoke serial 40 and reload (what SIGHUP does).
     s.env.write("clients/revoked.crl", &s.ca.crl(2, &[666, 40]));
     assert!(s.gw.reload_tls().is_empty());
-    assert!(request_with(cfg.clone(), addr, &get_req("/secure/x")).await.is_err(), "revoked certificate still accepted (resumption?)");
+    assert!(
+        request_with(cfg.clone(), addr, &get_req("/secure/x"))
+            .await
+            .is_err(),
+        "revoked certificate still accepted (resumption?)"
+    );
     // Another client is unaffected.
-    let cfg2 = Arc::new(client_tls_with_cert(&s.env.pki, &lab_cert(&s.ca, 41), &[b"http/1.1"]));
-    assert_eq!(status_of(&request_with(cfg2.clone(), addr, &get_req("/secure/x")).await.unwrap()), 200);
+    let cfg2 = Arc::new(client_tls_with_cert(
+        &s.env.pki,
+        &lab_cert(&s.ca, 41),
+        &[b"http/1.1"],
+    ));
+    assert_eq!(
+        status_of(
+            &request_with(cfg2.clone(), addr, &get_req("/secure/x"))
+                .await
+                .unwrap()
+        ),
+        200
+    );
     // A broken CRL file keeps the last good configuration.
     s.env.write("clients/revoked.crl", "not a crl");
     assert!(!s.gw.reload_tls().is_empty());
-    assert_eq!(status_of(&request_with(cfg2.clone(), addr, &get_req("/secure/x")).await.unwrap()), 200);
-    assert!(request_with(cfg.clone(), addr, &get_req("/secure/x")).await.is_err());
+    assert_eq!(
+        status_of(
+            &request_with(cfg2.clone(), addr, &get_req("/secure/x"))
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    assert!(request_with(cfg.clone(), addr, &get_req("/secure/x"))
+        .await
+        .is_err());
 
     // The file watcher picks up a change by itself: revoke 41 and wait (bounded) for it.
-    s.env.write("clients/revoked.crl", &s.ca.crl(3, &[666, 40, 41]));
+    s.env
+        .write("clients/revoked.crl", &s.ca.crl(3, &[666, 40, 41]));
     let mut revoked = false;
     for _ in 0..300 {
-        if request_with(cfg2.clone(), addr, &get_req("/secure/x")).await.is_err() {
+        if request_with(cfg2.clone(), addr, &get_req("/secure/x"))
+            .await
+            .is_err()
+        {
             revoked = true;
             break;
         }
@@ -161,6 +268,9 @@ async fn crl_reload_revokes_without_restart_and_without_resumption() {
     }
     assert!(revoked, "CRL change on disk was not picked up");
     let (_, m) = admin_get(&s.gw, "/metrics").await;
-    assert!(m.contains("ward_tls_reloads_total{listener=\"public\",result=\"error\"} 1"), "{m}");
+    assert!(
+        m.contains("ward_tls_reloads_total{listener=\"public\",result=\"error\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("ward_certificate_expiry_days{file=\"clients/ca.pem\",kind=\"client_ca\",listener=\"public\"}"), "{m}");
 }

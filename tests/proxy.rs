@@ -176,6 +176,8 @@ async fn path_bypass_forms_rejected() {
         ("/fhir//Patient", "path_empty_segment"),
         ("/fhir/Patient;jsessionid=x/1", "path_parameters"),
         ("/fhir/Patient/1;x", "path_parameters"),
+        ("/api/..;/fhir/Patient", "path_dot_segment"),
+        ("/api/%C0%AE%C0%AE/x", "path_bad_escape"),
     ];
     for (path, code) in cases {
         let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
@@ -494,4 +496,30 @@ async fn connection_cap_per_listener() {
         ),
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn refused_method_never_falls_through_to_a_shorter_prefix() {
+    let env = Env::new();
+    let (up, state) = upstream().await;
+    let cfg = basic_config(up, "", "").replace(
+        "  - name: api\n    listener: public\n    path_prefix: /api\n    upstream: ehr\n",
+        "  - name: api\n    listener: public\n    path_prefix: /api\n    upstream: ehr\n  - name: api-readonly\n    listener: public\n    path_prefix: /api/records\n    methods: [GET]\n    upstream: ehr\n",
+    );
+    let gw = env.start(&cfg).await;
+    let c = client(&env.pki, false);
+    let del = Request::delete(url(&gw, "/api/records/1"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(&c, del).await;
+    assert_eq!(
+        r.status, 405,
+        "DELETE fell through to the broader /api route"
+    );
+    assert_eq!(state.count(), 0);
+    assert_eq!(send(&c, get(&url(&gw, "/api/records/1"))).await.status, 200);
+    let del = Request::delete(url(&gw, "/api/other"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&c, del).await.status, 200);
 }

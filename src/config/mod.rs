@@ -30,15 +30,28 @@ impl<'de> Deserialize<'de> for Dur {
             S(String),
         }
         match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Dur(Duration::from_secs(n))),
+            Raw::N(n) if n <= MAX_DURATION.as_secs() => Ok(Dur(Duration::from_secs(n))),
+            Raw::N(_) => Err(serde::de::Error::custom(
+                "duration too long (at most 7 days)",
+            )),
             Raw::S(s) => parse_duration(&s).map(Dur).ok_or_else(|| {
-                serde::de::Error::custom("invalid duration (use e.g. 500ms, 10s, 5m, 1h)")
+                serde::de::Error::custom(
+                    "invalid duration (use e.g. 500ms, 10s, 5m, 1h; at most 7 days)",
+                )
             }),
         }
     }
 }
 
+/// Longest duration any setting takes: larger values are typos, and would overflow timer
+/// arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 pub fn parse_duration(s: &str) -> Option<Duration> {
+    parse_duration_unbounded(s).filter(|d| *d <= MAX_DURATION)
+}
+
+fn parse_duration_unbounded(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let (num, unit) = s.split_at(split);
@@ -317,13 +330,8 @@ impl PolicyConfig {
 
 /// Policy sections that the design reserves and that later releases implement. Naming
 /// one is an error: a policy the binary cannot enforce must not be silently skipped.
-pub const RESERVED_POLICY_SECTIONS: &[&str] = &[
-    "fhir_authz",
-    "validate",
-    "rate_limit",
-    "dlp",
-    "audit",
-];
+pub const RESERVED_POLICY_SECTIONS: &[&str] =
+    &["fhir_authz", "validate", "rate_limit", "dlp", "audit"];
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -801,10 +809,16 @@ fn validate(cfg: &Config, known: &KnownNames, e: &mut Errs<'_>) {
             }
             let ca = &tls.client_auth;
             if ca.mode != ClientAuthMode::None && ca.ca.is_empty() {
-                e.at(&format!("{p}.tls.client_auth.ca"), "client certificates need at least one CA bundle");
+                e.at(
+                    &format!("{p}.tls.client_auth.ca"),
+                    "client certificates need at least one CA bundle",
+                );
             }
             if ca.mode == ClientAuthMode::None && (!ca.ca.is_empty() || !ca.crls.is_empty()) {
-                e.at(&format!("{p}.tls.client_auth.mode"), "CAs/CRLs given but mode is none (use optional or required)");
+                e.at(
+                    &format!("{p}.tls.client_auth.mode"),
+                    "CAs/CRLs given but mode is none (use optional or required)",
+                );
             }
             if ca.mode != ClientAuthMode::None {
                 if let Err(msg) = crate::tls::client_verifier(ca, &|f| cfg.resolve(f)) {
@@ -847,6 +861,12 @@ fn validate(cfg: &Config, known: &KnownNames, e: &mut Errs<'_>) {
         }
         if lim.max_header_bytes > 1024 * 1024 {
             e.at(&format!("{lp}.max_header_bytes"), "at most 1 MiB");
+        }
+        if lim.max_connections > 1_000_000 {
+            e.at(&format!("{lp}.max_connections"), "at most 1000000");
+        }
+        if lim.max_body_bytes > 1 << 40 {
+            e.at(&format!("{lp}.max_body_bytes"), "at most 1 TiB");
         }
         if lim.max_headers > 1000 {
             e.at(&format!("{lp}.max_headers"), "at most 1000");
@@ -1032,6 +1052,8 @@ mod tests {
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("5d"), None);
+        assert_eq!(parse_duration("9999999999999h"), None);
+        assert_eq!(parse_duration("169h"), None);
     }
 
     #[test]

@@ -125,7 +125,9 @@ fn default_leeway() -> Dur {
     Dur(Duration::from_secs(30))
 }
 
-const ASYMMETRIC: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+const ASYMMETRIC: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 const HMAC: &[&str] = &["HS256", "HS384", "HS512"];
 
 impl AuthConfig {
@@ -133,7 +135,10 @@ impl AuthConfig {
     pub fn problems(&self, resolve: &dyn Fn(&str) -> std::path::PathBuf) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if self.providers.is_empty() {
-            out.push(("providers".into(), "at least one provider is required".into()));
+            out.push((
+                "providers".into(),
+                "at least one provider is required".into(),
+            ));
         }
         let mut issuers = std::collections::HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
@@ -145,19 +150,36 @@ impl AuthConfig {
                 out.push((k("issuer"), "issuers must be unique and non-empty".into()));
             }
             if p.audiences.is_empty() {
-                out.push((k("audiences"), "list the audiences this gateway accepts".into()));
+                out.push((
+                    k("audiences"),
+                    "list the audiences this gateway accepts".into(),
+                ));
             }
             if p.algorithms.is_empty() {
                 out.push((k("algorithms"), "pin at least one algorithm".into()));
             }
-            let sources = [p.keys_file.is_some(), p.jwks_url.is_some(), p.shared_secret.is_some()];
+            let sources = [
+                p.keys_file.is_some(),
+                p.jwks_url.is_some(),
+                p.shared_secret.is_some(),
+            ];
             if sources.iter().filter(|s| **s).count() != 1 {
-                out.push((k("keys_file"), "exactly one of keys_file, jwks_url, shared_secret".into()));
+                out.push((
+                    k("keys_file"),
+                    "exactly one of keys_file, jwks_url, shared_secret".into(),
+                ));
             }
             for (j, a) in p.algorithms.iter().enumerate() {
                 let hmac = HMAC.contains(&a.as_str());
                 if !hmac && !ASYMMETRIC.contains(&a.as_str()) {
-                    out.push((format!("providers[{i}].algorithms[{j}]"), format!("unsupported algorithm (expected one of {}, {})", ASYMMETRIC.join(" "), HMAC.join(" "))));
+                    out.push((
+                        format!("providers[{i}].algorithms[{j}]"),
+                        format!(
+                            "unsupported algorithm (expected one of {}, {})",
+                            ASYMMETRIC.join(" "),
+                            HMAC.join(" ")
+                        ),
+                    ));
                 } else if hmac != p.shared_secret.is_some() {
                     out.push((format!("providers[{i}].algorithms[{j}]"), "HS* algorithms need a shared_secret provider, and a shared_secret provider allows only HS*".into()));
                 }
@@ -171,7 +193,10 @@ impl AuthConfig {
                 match u.parse::<http::Uri>() {
                     Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {
                         if p.jwks_ca.is_none() {
-                            out.push((k("jwks_ca"), "the CA bundle of the JWKS endpoint is required".into()));
+                            out.push((
+                                k("jwks_ca"),
+                                "the CA bundle of the JWKS endpoint is required".into(),
+                            ));
                         }
                     }
                     _ => out.push((k("jwks_url"), "must be an https:// URL".into())),
@@ -200,13 +225,19 @@ impl AuthConfig {
             }
         }
         match (self.upstream_authorization, &self.upstream_credential) {
-            (UpstreamAuthorization::Replace, None) => out.push(("upstream_credential".into(), "required with upstream_authorization: replace".into())),
-            (UpstreamAuthorization::Replace, Some(c)) if HeaderValue::from_str(c).is_err() => {
-                out.push(("upstream_credential".into(), "not a valid header value".into()))
-            }
-            (UpstreamAuthorization::Forward | UpstreamAuthorization::Strip, Some(_)) => {
-                out.push(("upstream_credential".into(), "only used with upstream_authorization: replace".into()))
-            }
+            (UpstreamAuthorization::Replace, None) => out.push((
+                "upstream_credential".into(),
+                "required with upstream_authorization: replace".into(),
+            )),
+            (UpstreamAuthorization::Replace, Some(c)) if HeaderValue::from_str(c).is_err() => out
+                .push((
+                    "upstream_credential".into(),
+                    "not a valid header value".into(),
+                )),
+            (UpstreamAuthorization::Forward | UpstreamAuthorization::Strip, Some(_)) => out.push((
+                "upstream_credential".into(),
+                "only used with upstream_authorization: replace".into(),
+            )),
             _ => {}
         }
         out
@@ -232,7 +263,10 @@ impl KeySet {
             .iter()
             .filter(|j| j.is_supported())
             .filter_map(|j| {
-                DecodingKey::from_jwk(j).ok().map(|key| KeyEntry { kid: j.common.key_id.clone(), key })
+                DecodingKey::from_jwk(j).ok().map(|key| KeyEntry {
+                    kid: j.common.key_id.clone(),
+                    key,
+                })
             })
             .collect();
         KeySet { keys }
@@ -243,9 +277,21 @@ impl KeySet {
     fn candidates(&self, kid: Option<&str>, family: AlgorithmFamily) -> Vec<&DecodingKey> {
         let fam = |e: &&KeyEntry| e.key.family() == family;
         match kid {
-            Some(k) => self.keys.iter().filter(|e| e.kid.as_deref() == Some(k)).filter(fam).map(|e| &e.key).collect(),
+            Some(k) => self
+                .keys
+                .iter()
+                .filter(|e| e.kid.as_deref() == Some(k))
+                .filter(fam)
+                .map(|e| &e.key)
+                .collect(),
             None => {
-                let unnamed: Vec<&DecodingKey> = self.keys.iter().filter(|e| e.kid.is_none()).filter(fam).map(|e| &e.key).collect();
+                let unnamed: Vec<&DecodingKey> = self
+                    .keys
+                    .iter()
+                    .filter(|e| e.kid.is_none())
+                    .filter(fam)
+                    .map(|e| &e.key)
+                    .collect();
                 if !unnamed.is_empty() {
                     unnamed
                 } else if self.keys.len() == 1 {
@@ -259,9 +305,11 @@ impl KeySet {
 }
 
 fn load_keys_file(path: &std::path::Path) -> Result<KeySet, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
+    let data =
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
     if data.trim_ascii_start().starts_with(b"{") {
-        let set: JwkSet = serde_json::from_slice(&data).map_err(|_| format!("{} is not a JWKS document", path.display()))?;
+        let set: JwkSet = serde_json::from_slice(&data)
+            .map_err(|_| format!("{} is not a JWKS document", path.display()))?;
         let ks = KeySet::from_jwks(&set);
         if ks.keys.is_empty() {
             return Err(format!("{} has no usable key", path.display()));
@@ -271,11 +319,21 @@ fn load_keys_file(path: &std::path::Path) -> Result<KeySet, String> {
     let key = DecodingKey::from_rsa_pem(&data)
         .or_else(|_| DecodingKey::from_ec_pem(&data))
         .or_else(|_| DecodingKey::from_ed_pem(&data))
-        .map_err(|_| format!("{} is not a PEM public key (RSA, EC or Ed25519) or JWKS", path.display()))?;
-    Ok(KeySet { keys: vec![KeyEntry { kid: None, key }] })
+        .map_err(|_| {
+            format!(
+                "{} is not a PEM public key (RSA, EC or Ed25519) or JWKS",
+                path.display()
+            )
+        })?;
+    Ok(KeySet {
+        keys: vec![KeyEntry { kid: None, key }],
+    })
 }
 
-type JwksClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Empty<Bytes>>;
+type JwksClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
 
 struct Jwks {
     url: http::Uri,
@@ -302,7 +360,11 @@ pub struct Provider {
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 impl Provider {
-    fn new(cfg: &ProviderConfig, resolve: &dyn Fn(&str) -> std::path::PathBuf, metrics: Arc<Metrics>) -> Result<Self, String> {
+    fn new(
+        cfg: &ProviderConfig,
+        resolve: &dyn Fn(&str) -> std::path::PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let algorithms = cfg
             .algorithms
             .iter()
@@ -312,13 +374,23 @@ impl Provider {
         let keys = if let Some(f) = &cfg.keys_file {
             load_keys_file(&resolve(f))?
         } else if let Some(secret) = &cfg.shared_secret {
-            KeySet { keys: vec![KeyEntry { kid: None, key: DecodingKey::from_secret(secret.as_bytes()).map_err(|_| "bad shared secret")? }] }
+            KeySet {
+                keys: vec![KeyEntry {
+                    kid: None,
+                    key: DecodingKey::from_secret(secret.as_bytes())
+                        .map_err(|_| "bad shared secret")?,
+                }],
+            }
         } else if let (Some(url), Some(ca)) = (&cfg.jwks_url, &cfg.jwks_ca) {
             let tls = crate::tls::upstream_client_config(&resolve(ca), None)?;
             let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
             http.enforce_http(false);
             http.set_connect_timeout(Some(Duration::from_secs(5)));
-            let conn = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().wrap_connector(http);
+            let conn = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_only()
+                .enable_http1()
+                .wrap_connector(http);
             jwks = Some(Jwks {
                 url: url.parse().map_err(|_| "bad jwks_url")?,
                 client: Client::builder(TokioExecutor::new()).build(conn),
@@ -353,7 +425,9 @@ impl Provider {
         }
         *last = Some(Instant::now());
         let result = async {
-            let req = Request::get(j.url.clone()).body(Empty::<Bytes>::new()).map_err(|_| "request")?;
+            let req = Request::get(j.url.clone())
+                .body(Empty::<Bytes>::new())
+                .map_err(|_| "request")?;
             let resp = tokio::time::timeout(Duration::from_secs(10), j.client.request(req))
                 .await
                 .map_err(|_| "timeout")?
@@ -361,11 +435,14 @@ impl Provider {
             if !resp.status().is_success() {
                 return Err("status");
             }
-            let body = tokio::time::timeout(Duration::from_secs(10), Limited::new(resp.into_body(), MAX_JWKS_BYTES).collect())
-                .await
-                .map_err(|_| "timeout")?
-                .map_err(|_| "body")?
-                .to_bytes();
+            let body = tokio::time::timeout(
+                Duration::from_secs(10),
+                Limited::new(resp.into_body(), MAX_JWKS_BYTES).collect(),
+            )
+            .await
+            .map_err(|_| "timeout")?
+            .map_err(|_| "body")?
+            .to_bytes();
             let set: JwkSet = serde_json::from_slice(&body).map_err(|_| "parse")?;
             let ks = KeySet::from_jwks(&set);
             if ks.keys.is_empty() {
@@ -378,18 +455,26 @@ impl Provider {
             Ok(ks) => {
                 self.keys.store(Arc::new(ks));
                 j.healthy.store(true, std::sync::atomic::Ordering::Release);
-                self.metrics.jwks_refresh.with_label_values(&[&self.name, "ok"]).inc();
+                self.metrics
+                    .jwks_refresh
+                    .with_label_values(&[&self.name, "ok"])
+                    .inc();
             }
             Err(why) => {
                 j.healthy.store(false, std::sync::atomic::Ordering::Release);
-                self.metrics.jwks_refresh.with_label_values(&[&self.name, why]).inc();
+                self.metrics
+                    .jwks_refresh
+                    .with_label_values(&[&self.name, why])
+                    .inc();
                 tracing::warn!(provider = %self.name, reason = why, "JWKS fetch failed; keeping the previous keys");
             }
         }
     }
 
     fn jwks_down(&self) -> bool {
-        self.jwks.as_ref().is_some_and(|j| !j.healthy.load(std::sync::atomic::Ordering::Acquire))
+        self.jwks
+            .as_ref()
+            .is_some_and(|j| !j.healthy.load(std::sync::atomic::Ordering::Acquire))
     }
 }
 
@@ -417,7 +502,10 @@ impl Claims {
         let s = |k: &str| raw.get(k).and_then(Value::as_str).map(str::to_owned);
         let scopes = match raw.get("scope").or_else(|| raw.get("scp")) {
             Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
             _ => Vec::new(),
         };
         Some(Claims {
@@ -428,14 +516,21 @@ impl Claims {
             scopes,
             patient: s("patient"),
             exp: raw.get("exp").and_then(Value::as_u64)?,
-            cnf_x5t: raw.get("cnf").and_then(|c| c.get("x5t#S256")).and_then(Value::as_str).map(str::to_owned),
+            cnf_x5t: raw
+                .get("cnf")
+                .and_then(|c| c.get("x5t#S256"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             raw,
         })
     }
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Verified tokens by SHA-256 of the token. Bounded; an entry is never served at or after
@@ -488,8 +583,15 @@ fn invalid(code: &'static str, detail: &'static str) -> Rejection {
 
 fn missing() -> Rejection {
     // RFC 6750 §3.1: no error code when the request carried no credentials.
-    Rejection::new(StatusCode::UNAUTHORIZED, "token_missing", "a bearer token is required")
-        .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ward\""))
+    Rejection::new(
+        StatusCode::UNAUTHORIZED,
+        "token_missing",
+        "a bearer token is required",
+    )
+    .with_header(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ward\""),
+    )
 }
 
 fn bad_request(code: &'static str, detail: &'static str) -> Rejection {
@@ -514,15 +616,22 @@ fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> Rejection {
         ErrorKind::ImmatureSignature => invalid("token_not_yet_valid", "token is not valid yet"),
         ErrorKind::InvalidAudience => invalid("token_audience", "token audience not accepted"),
         ErrorKind::InvalidIssuer => invalid("token_issuer", "token issuer not accepted"),
-        ErrorKind::MissingRequiredClaim(_) => invalid("token_claim_missing", "token lacks a required claim"),
-        ErrorKind::InvalidClaimFormat(_) => invalid("token_claim_invalid", "token has a malformed claim"),
+        ErrorKind::MissingRequiredClaim(_) => {
+            invalid("token_claim_missing", "token lacks a required claim")
+        }
+        ErrorKind::InvalidClaimFormat(_) => {
+            invalid("token_claim_invalid", "token has a malformed claim")
+        }
         ErrorKind::InvalidSignature => invalid("token_signature", "token signature is invalid"),
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::UnsupportedAlgorithm => {
             invalid("token_algorithm", "token algorithm not accepted")
         }
-        ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidKeyFormat => {
-            invalid("token_signature", "token signature is invalid")
-        }
+        ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidKeyFormat => invalid("token_signature", "token signature is invalid"),
         _ => invalid("token_malformed", "token is malformed"),
     }
 }
@@ -577,7 +686,11 @@ impl AuthLayer {
         let forward = cfg
             .forward_claims
             .iter()
-            .filter_map(|(claim, h)| HeaderName::try_from(h.as_str()).ok().map(|n| (claim.clone(), n)))
+            .filter_map(|(claim, h)| {
+                HeaderName::try_from(h.as_str())
+                    .ok()
+                    .map(|n| (claim.clone(), n))
+            })
             .collect();
         Ok(AuthLayer(Arc::new(Inner {
             providers,
@@ -585,8 +698,14 @@ impl AuthLayer {
             require_binding: cfg.require_certificate_binding,
             forward,
             upstream_auth: cfg.upstream_authorization,
-            credential: cfg.upstream_credential.as_ref().and_then(|c| HeaderValue::from_str(c).ok()),
-            cache: TokenCache { max: cfg.cache_entries, map: Mutex::new(HashMap::new()) },
+            credential: cfg
+                .upstream_credential
+                .as_ref()
+                .and_then(|c| HeaderValue::from_str(c).ok()),
+            cache: TokenCache {
+                max: cfg.cache_entries,
+                map: Mutex::new(HashMap::new()),
+            },
             metrics,
         })))
     }
@@ -600,17 +719,33 @@ struct IssOnly {
 impl Inner {
     fn bearer<'a>(&self, req: &'a Request<Body>) -> Result<&'a str, Rejection> {
         if let Some(q) = req.uri().query() {
-            if q.split('&').any(|kv| kv.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case("access_token"))) {
-                return Err(bad_request("token_in_query", "tokens are not accepted in the query string"));
+            if q.split('&').any(|kv| {
+                kv.split('=')
+                    .next()
+                    .is_some_and(|k| k.eq_ignore_ascii_case("access_token"))
+            }) {
+                return Err(bad_request(
+                    "token_in_query",
+                    "tokens are not accepted in the query string",
+                ));
             }
         }
         let mut values = req.headers().get_all(AUTHORIZATION).iter();
-        let Some(v) = values.next() else { return Err(missing()) };
+        let Some(v) = values.next() else {
+            return Err(missing());
+        };
         if values.next().is_some() {
-            return Err(bad_request("token_ambiguous", "several Authorization headers"));
+            return Err(bad_request(
+                "token_ambiguous",
+                "several Authorization headers",
+            ));
         }
-        let v = v.to_str().map_err(|_| invalid("token_malformed", "token is malformed"))?;
-        let (scheme, token) = v.split_once(' ').ok_or_else(|| invalid("token_malformed", "token is malformed"))?;
+        let v = v
+            .to_str()
+            .map_err(|_| invalid("token_malformed", "token is malformed"))?;
+        let (scheme, token) = v
+            .split_once(' ')
+            .ok_or_else(|| invalid("token_malformed", "token is malformed"))?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(missing());
         }
@@ -648,7 +783,10 @@ impl Inner {
         // Header checks (`crit`, `b64`) happen in jsonwebtoken; `alg: none` does not parse.
         let header = jsonwebtoken::decode_header(token).map_err(|e| fail(map_jwt_error(&e)))?;
         if !provider.algorithms.contains(&header.alg) {
-            return Err(fail(invalid("token_algorithm", "token algorithm not accepted")));
+            return Err(fail(invalid(
+                "token_algorithm",
+                "token algorithm not accepted",
+            )));
         }
         let family = header.alg.family();
         let kid = header.kid.as_deref();
@@ -663,7 +801,10 @@ impl Inner {
             if keys.keys.is_empty() && provider.jwks_down() {
                 return Err(fail(jwks_unavailable()));
             }
-            return Err(fail(invalid("token_key_unknown", "token signing key is not known")));
+            return Err(fail(invalid(
+                "token_key_unknown",
+                "token signing key is not known",
+            )));
         }
         let mut v = Validation::new(header.alg);
         v.algorithms = vec![header.alg];
@@ -681,20 +822,34 @@ impl Inner {
                     if let Some(iat) = data.claims.get("iat") {
                         match iat.as_u64() {
                             Some(t) if t > now + provider.leeway => {
-                                return Err(fail(invalid("token_not_yet_valid", "token is not valid yet")))
+                                return Err(fail(invalid(
+                                    "token_not_yet_valid",
+                                    "token is not valid yet",
+                                )))
                             }
                             Some(_) => {}
-                            None => return Err(fail(invalid("token_claim_invalid", "token has a malformed claim"))),
+                            None => {
+                                return Err(fail(invalid(
+                                    "token_claim_invalid",
+                                    "token has a malformed claim",
+                                )))
+                            }
                         }
                     }
-                    let claims = Claims::from_raw(pname.clone(), data.claims)
-                        .ok_or_else(|| fail(invalid("token_claim_invalid", "token has a malformed claim")))?;
+                    let claims = Claims::from_raw(pname.clone(), data.claims).ok_or_else(|| {
+                        fail(invalid(
+                            "token_claim_invalid",
+                            "token has a malformed claim",
+                        ))
+                    })?;
                     return Ok((Arc::new(claims), pname));
                 }
                 Err(e) => last_err = Some(e),
             }
         }
-        Err(fail(last_err.map(|e| map_jwt_error(&e)).unwrap_or_else(|| invalid("token_signature", "token signature is invalid"))))
+        Err(fail(last_err.map(|e| map_jwt_error(&e)).unwrap_or_else(
+            || invalid("token_signature", "token signature is invalid"),
+        )))
     }
 
     fn hash(token: &str) -> [u8; 32] {
@@ -729,9 +884,23 @@ impl Inner {
         // RFC 8705: checked on every request — the cache is per token, not per connection.
         match (&claims.cnf_x5t, cert) {
             (Some(want), Some(id)) if *want == id.x5t_s256 => {}
-            (Some(_), _) => return Err((invalid("token_binding", "token is bound to another client certificate"), provider)),
+            (Some(_), _) => {
+                return Err((
+                    invalid(
+                        "token_binding",
+                        "token is bound to another client certificate",
+                    ),
+                    provider,
+                ))
+            }
             (None, _) if self.require_binding => {
-                return Err((invalid("token_unbound", "token is not bound to a client certificate"), provider))
+                return Err((
+                    invalid(
+                        "token_unbound",
+                        "token is not bound to a client certificate",
+                    ),
+                    provider,
+                ))
             }
             (None, _) => {}
         }
@@ -742,7 +911,10 @@ impl Inner {
 impl<S> tower::Layer<S> for AuthLayer {
     type Service = Auth<S>;
     fn layer(&self, inner: S) -> Auth<S> {
-        Auth { inner, a: self.0.clone() }
+        Auth {
+            inner,
+            a: self.0.clone(),
+        }
     }
 }
 
@@ -754,7 +926,10 @@ pub struct Auth<S> {
 
 impl<S> tower::Service<Request<Body>> for Auth<S>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection> + Clone + Send + 'static,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -772,16 +947,26 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let token = a.bearer(&req).map(str::to_owned);
         let cert = req.extensions().get::<Arc<ClientIdentity>>().cloned();
-        let route = req.extensions().get::<RouteId>().map(|r| r.0.name.clone()).unwrap_or_else(|| Arc::from("-"));
+        let route = req
+            .extensions()
+            .get::<RouteId>()
+            .map(|r| r.0.name.clone())
+            .unwrap_or_else(|| Arc::from("-"));
         Box::pin(async move {
             let result = a.authenticate(token, cert).await;
             let claims = match result {
                 Ok(c) => {
-                    a.metrics.authn.with_label_values(&[&route, &c.provider, "allow", "ok"]).inc();
+                    a.metrics
+                        .authn
+                        .with_label_values(&[&route, &c.provider, "allow", "ok"])
+                        .inc();
                     c
                 }
                 Err((rej, provider)) => {
-                    a.metrics.authn.with_label_values(&[&route, &provider, "deny", rej.code]).inc();
+                    a.metrics
+                        .authn
+                        .with_label_values(&[&route, &provider, "deny", rej.code])
+                        .inc();
                     return Err(rej);
                 }
             };
@@ -833,7 +1018,10 @@ mod tests {
 
     #[test]
     fn cache_never_serves_past_exp_and_stays_bounded() {
-        let c = TokenCache { max: 2, map: Mutex::new(HashMap::new()) };
+        let c = TokenCache {
+            max: 2,
+            map: Mutex::new(HashMap::new()),
+        };
         c.put([1; 32], claims(100), 50);
         assert!(c.get(&[1; 32], 99).is_some());
         assert!(c.get(&[1; 32], 100).is_none(), "served at exp");
@@ -851,9 +1039,17 @@ mod tests {
             Value::Object(m) => m,
             _ => unreachable!(),
         };
-        let c = Claims::from_raw(Arc::from("p"), raw(serde_json::json!({"iss":"i","sub":"s","exp":1,"scope":"patient/*.read openid"}))).unwrap();
+        let c = Claims::from_raw(
+            Arc::from("p"),
+            raw(serde_json::json!({"iss":"i","sub":"s","exp":1,"scope":"patient/*.read openid"})),
+        )
+        .unwrap();
         assert_eq!(c.scopes, vec!["patient/*.read", "openid"]);
-        let c = Claims::from_raw(Arc::from("p"), raw(serde_json::json!({"iss":"i","sub":"s","exp":1,"scp":["a","b"]}))).unwrap();
+        let c = Claims::from_raw(
+            Arc::from("p"),
+            raw(serde_json::json!({"iss":"i","sub":"s","exp":1,"scp":["a","b"]})),
+        )
+        .unwrap();
         assert_eq!(c.scopes, vec!["a", "b"]);
     }
 }

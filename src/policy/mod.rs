@@ -14,7 +14,8 @@ use http::{Request, Response};
 use crate::error::Rejection;
 use crate::Body;
 
-pub type PolicyFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send + 'static>>;
+pub type PolicyFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send + 'static>>;
 
 /// Call the next service and erase its future's type. Policies that await before calling
 /// on need this: with the `dyn Error` inside the body type, rustc cannot prove the inner

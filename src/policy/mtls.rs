@@ -74,7 +74,11 @@ impl MtlsConfig {
 }
 
 fn normalize_hex(s: &str) -> Option<String> {
-    let h: String = s.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    let h: String = s
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
     (h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit())).then_some(h)
 }
 
@@ -95,8 +99,15 @@ impl TryFrom<&MtlsConfig> for MtlsLayer {
             return Err(format!("{k}: {m}"));
         }
         Ok(MtlsLayer(Arc::new(Compiled {
-            spki: cfg.spki_sha256.iter().filter_map(|s| normalize_hex(s)).collect(),
-            header: cfg.forward_header.as_ref().and_then(|h| HeaderName::try_from(h.as_str()).ok()),
+            spki: cfg
+                .spki_sha256
+                .iter()
+                .filter_map(|s| normalize_hex(s))
+                .collect(),
+            header: cfg
+                .forward_header
+                .as_ref()
+                .and_then(|h| HeaderName::try_from(h.as_str()).ok()),
             cfg: cfg.clone(),
         })))
     }
@@ -128,12 +139,22 @@ impl Compiled {
                 "client certificate lacks the clientAuth extended key usage",
             ));
         }
-        let any = |list: &[String], f: &dyn Fn(&str) -> bool| list.is_empty() || list.iter().any(|p| f(p));
+        let any = |list: &[String], f: &dyn Fn(&str) -> bool| {
+            list.is_empty() || list.iter().any(|p| f(p))
+        };
         let ok = any(&c.subjects, &|p| id.subject_cn.as_deref() == Some(p))
-            && any(&c.dns_sans, &|p| id.dns_sans.iter().any(|n| dns_match(p, n)))
-            && any(&c.uri_sans, &|p| id.uri_sans.iter().any(|u| uri_match(p, u)))
-            && any(&c.email_sans, &|p| id.email_sans.iter().any(|e| e.eq_ignore_ascii_case(p)))
-            && any(&c.issuers, &|p| id.issuer == p || id.issuer_cn.as_deref() == Some(p))
+            && any(&c.dns_sans, &|p| {
+                id.dns_sans.iter().any(|n| dns_match(p, n))
+            })
+            && any(&c.uri_sans, &|p| {
+                id.uri_sans.iter().any(|u| uri_match(p, u))
+            })
+            && any(&c.email_sans, &|p| {
+                id.email_sans.iter().any(|e| e.eq_ignore_ascii_case(p))
+            })
+            && any(&c.issuers, &|p| {
+                id.issuer == p || id.issuer_cn.as_deref() == Some(p)
+            })
             && (self.spki.is_empty() || self.spki.contains(&id.spki_sha256));
         if ok {
             Ok(())
@@ -148,13 +169,20 @@ impl Compiled {
 }
 
 pub fn cert_required() -> Rejection {
-    Rejection::new(StatusCode::UNAUTHORIZED, "client_cert_required", "a client certificate is required")
+    Rejection::new(
+        StatusCode::UNAUTHORIZED,
+        "client_cert_required",
+        "a client certificate is required",
+    )
 }
 
 impl<S> tower::Layer<S> for MtlsLayer {
     type Service = Mtls<S>;
     fn layer(&self, inner: S) -> Mtls<S> {
-        Mtls { inner, c: self.0.clone() }
+        Mtls {
+            inner,
+            c: self.0.clone(),
+        }
     }
 }
 
@@ -188,7 +216,9 @@ where
             return Box::pin(async move { Err(rej) });
         }
         if let Some(name) = &self.c.header {
-            let value = id.as_deref().and_then(|i| HeaderValue::from_str(i.display_name()).ok());
+            let value = id
+                .as_deref()
+                .and_then(|i| HeaderValue::from_str(i.display_name()).ok());
             UpstreamHeaders::push(&mut req, name.clone(), value);
         }
         Box::pin(self.inner.call(req))
@@ -228,15 +258,28 @@ mod tests {
         assert!(cfg("subjects: [other]").admit(&id()).is_err());
         assert!(cfg("dns_sans: ['*.hospital.example']").admit(&id()).is_ok());
         assert!(cfg("dns_sans: ['*.example']").admit(&id()).is_err());
-        assert!(cfg("uri_sans: ['spiffe://hospital.example/ns/lab/*']").admit(&id()).is_ok());
-        assert!(cfg("uri_sans: ['spiffe://hospital.example/ns/er/*']").admit(&id()).is_err());
+        assert!(cfg("uri_sans: ['spiffe://hospital.example/ns/lab/*']")
+            .admit(&id())
+            .is_ok());
+        assert!(cfg("uri_sans: ['spiffe://hospital.example/ns/er/*']")
+            .admit(&id())
+            .is_err());
         assert!(cfg("issuers: [Hospital CA]").admit(&id()).is_ok());
-        assert!(cfg(&format!("spki_sha256: ['{}']", "AB".repeat(32))).admit(&id()).is_ok());
-        assert!(cfg(&format!("spki_sha256: ['{}']", "cd".repeat(32))).admit(&id()).is_err());
+        assert!(cfg(&format!("spki_sha256: ['{}']", "AB".repeat(32)))
+            .admit(&id())
+            .is_ok());
+        assert!(cfg(&format!("spki_sha256: ['{}']", "cd".repeat(32)))
+            .admit(&id())
+            .is_err());
         // All lists must hold.
-        assert!(cfg("subjects: [lab-system]\nissuers: [Other CA]").admit(&id()).is_err());
+        assert!(cfg("subjects: [lab-system]\nissuers: [Other CA]")
+            .admit(&id())
+            .is_err());
         let mut no_eku = id();
         no_eku.client_auth_eku = false;
-        assert_eq!(cfg("{}").admit(&no_eku).unwrap_err().code, "client_cert_eku");
+        assert_eq!(
+            cfg("{}").admit(&no_eku).unwrap_err().code,
+            "client_cert_eku"
+        );
     }
 }

@@ -44,6 +44,30 @@ const METHOD_OVERRIDES: &[&str] = &[
     "x-method-override",
 ];
 
+/// Headers some frameworks and servers treat as authoritative for the request path, the
+/// client address or the scheme/host. Ward sets the standard forwarding headers itself;
+/// these variants never pass (a client could otherwise pick the path an EHR serves, or the
+/// IP it logs).
+const SPOOFABLE: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
+    "x-originating-ip",
+    "cf-connecting-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "front-end-https",
+    "x-url-scheme",
+];
+
 /// Headers only the gateway may set for the upstream.
 const GATEWAY_SET: &[&str] = &[
     "x-forwarded-for",
@@ -98,6 +122,7 @@ pub fn sanitize_request(h: &mut HeaderMap, trusted: bool) -> ClientForwarded {
         HOP_BY_HOP.contains(&n)
             || METHOD_OVERRIDES.contains(&n)
             || GATEWAY_SET.contains(&n)
+            || SPOOFABLE.contains(&n)
             // Our own namespace: a client must never be able to speak for the gateway.
             || n.starts_with("x-ward-")
             || listed.iter().any(|l| l == n)
@@ -220,6 +245,8 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
         h.insert("x-ward-identity", HeaderValue::from_static("admin"));
+        h.insert("x-original-url", HeaderValue::from_static("/admin/purge"));
+        h.insert("true-client-ip", HeaderValue::from_static("1.2.3.4"));
         h.insert("accept", HeaderValue::from_static("application/fhir+json"));
         h
     }

@@ -253,6 +253,13 @@ impl Upstream {
                 if let Some(le) = find_source::<LimitError>(&e) {
                     return Err((*le).into());
                 }
+                if find_source::<ClientBodyError>(&e).is_some() {
+                    return Err(Rejection::bad_request(
+                        "client_body_error",
+                        "the request body could not be read",
+                    )
+                    .closing());
+                }
                 let kind = if e.is_connect() {
                     "connect"
                 } else {
@@ -283,6 +290,12 @@ impl Upstream {
         }
     }
 }
+
+/// The client's request body failed (client reset, framing error mid-body): the client's
+/// fault, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
 
 enum AttemptError {
     Timeout,
@@ -370,6 +383,20 @@ impl tower::Service<Request<Body>> for ProxyService {
             // The upstream sees its own name as Host; the client's is in X-Forwarded-Host.
             if let Ok(v) = HeaderValue::from_str(upstream.target.authority.as_str()) {
                 h.insert(http::header::HOST, v);
+            }
+            // Client trailers are not sanitised headers: never forward them (an h2 upstream
+            // would receive them verbatim).
+            if !req.body().is_end_stream() {
+                req = req.map(|b| {
+                    b.map_frame(|f| {
+                        if f.is_trailers() {
+                            Frame::data(Bytes::new())
+                        } else {
+                            f
+                        }
+                    })
+                    .boxed_unsync()
+                });
             }
             // Let the client pool pick the upstream's protocol (ALPN), independent of the
             // client's.

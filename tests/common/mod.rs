@@ -404,7 +404,12 @@ pub struct ClientOpts {
 
 impl Default for ClientOpts {
     fn default() -> Self {
-        ClientOpts { serial: 1, eku: vec![ExtendedKeyUsagePurpose::ClientAuth], sans: vec![], expired: false }
+        ClientOpts {
+            serial: 1,
+            eku: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            sans: vec![],
+            expired: false,
+        }
     }
 }
 
@@ -419,7 +424,11 @@ impl ClientCa {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.distinguished_name.push(DnType::CommonName, cn);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let issuer = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
         let pem = issuer.pem();
         ClientCa { issuer, pem }
@@ -437,7 +446,10 @@ impl ClientCa {
         }
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.issuer).unwrap();
-        ClientCert { cert: cert.pem(), key: key.serialize_pem() }
+        ClientCert {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
     }
 
     pub fn crl(&self, number: u64, revoked: &[u64]) -> String {
@@ -471,21 +483,29 @@ pub fn client_tls_with_cert(pki: &Pki, cert: &ClientCert, alpn: &[&[u8]]) -> rus
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca_cert.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert.cert.as_bytes()).map(|c| c.unwrap()).collect();
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert.cert.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
     let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.key.as_bytes()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     cfg
 }
 
 /// One HTTP/1.1 request over a fresh TLS connection with the given client config.
 /// `Err` when the handshake (or the connection) fails.
-pub async fn request_with(cfg: Arc<rustls::ClientConfig>, addr: SocketAddr, req: &str) -> Result<String, std::io::Error> {
+pub async fn request_with(
+    cfg: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    req: &str,
+) -> Result<String, std::io::Error> {
     let connector = tokio_rustls::TlsConnector::from(cfg);
     let tcp = TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
@@ -497,7 +517,10 @@ pub async fn request_with(cfg: Arc<rustls::ClientConfig>, addr: SocketAddr, req:
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
     if out.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without answer"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed without answer",
+        ));
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
