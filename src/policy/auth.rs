@@ -766,8 +766,8 @@ impl Inner {
         // Choosing by the unverified issuer is safe: that provider then verifies the
         // signature *and* the issuer.
         let iss = jsonwebtoken::dangerous::insecure_decode_claims::<IssOnly>(token)
-            .ok()
-            .and_then(|c| c.iss)
+            .map_err(|_| invalid("token_malformed", "token is malformed"))?
+            .iss
             .ok_or_else(|| invalid("token_issuer", "token issuer not accepted"))?;
         self.providers
             .iter()
