@@ -2,7 +2,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -210,43 +210,70 @@ fn mint(t: &TokenArgs) -> Result<String, String> {
 async fn demo() -> anyhow::Result<()> {
     let dir = ward::demo::demo_dir();
     if ward::demo::ensure_certs(&dir)? {
-        println!("made demo certificates in {}", dir.display());
+        println!("made demo certificates and token keys in {}", dir.display());
     } else {
         println!("reusing demo certificates in {}", dir.display());
     }
-    let upstream = ward::demo::sample_upstream(([127, 0, 0, 1], 0).into()).await?;
-    // The generated config sits inside the certs folder; absolute paths keep it valid
-    // wherever it is loaded from.
+    // Absolute paths keep the generated config valid wherever it is loaded from.
     let dir = std::fs::canonicalize(&dir)?;
-    let policies = std::fs::canonicalize(Path::new("policies"))
-        .ok()
-        .filter(|p| p.is_dir());
-    let text = ward::demo::demo_config(&dir, upstream, policies.as_deref());
+    ward::demo::write_demo_policies(&dir.join("policies"))?;
+    let upstream = ward::demo::sample_upstream(([127, 0, 0, 1], 0).into()).await?;
     let cfg_path = dir.join("ward-demo.yaml");
-    std::fs::write(&cfg_path, &text)?;
+    std::fs::write(&cfg_path, ward::demo::demo_config(&dir, upstream))?;
     let cfg = config::load(&cfg_path).map_err(|errs| {
         print_errors(&errs);
         anyhow::anyhow!("demo config invalid")
     })?;
-    let ca = dir.join("ca.pem");
-    let ca = ca.display();
+    let token_key = dir.join(ward::demo::TOKEN_KEY);
+    let token = ward::demo::mint_token(
+        &std::fs::read(&token_key)?,
+        None,
+        &ward::demo::TokenSpec {
+            iss: ward::demo::DEMO_ISSUER,
+            aud: ward::demo::DEMO_AUDIENCE,
+            sub: "demo-clinician",
+            scope: "patient/*.read",
+            patient: None,
+            ttl: std::time::Duration::from_secs(3600),
+            kid: None,
+            cnf_x5t: None,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "ward".into());
+    let d = dir.display();
     println!(
         r#"
 Ward demo: gateway https://127.0.0.1:8443 -> sample FHIR upstream http://{upstream} (fictitious data)
 Config written to {cfg}. Try:
 
-  curl --cacert {ca} https://localhost:8443/fhir/Patient/example-1
-  curl --cacert {ca} --http2 https://localhost:8443/fhir/Observation
-  curl --cacert {ca} -X POST -H 'content-type: application/fhir+json' \
+  # open route
+  curl --cacert {d}/ca.pem https://localhost:8443/fhir/Patient/example-1
+  curl --cacert {d}/ca.pem --http2 https://localhost:8443/fhir/Observation
+  curl --cacert {d}/ca.pem -X POST -H 'content-type: application/fhir+json' \
        -d '{{"resourceType":"Patient","name":[{{"family":"Demo"}}]}}' https://localhost:8443/fhir/Patient
-  curl --cacert {ca} 'https://localhost:8443/fhir/%2e%2e/admin'      # 400 path_encoded_dot
-  curl --cacert {ca} https://localhost:8443/nothing-here             # 404, OperationOutcome
+  curl --cacert {d}/ca.pem 'https://localhost:8443/fhir/%2e%2e/admin'      # 400 path_encoded_dot
+  curl --cacert {d}/ca.pem https://localhost:8443/nothing-here             # 404, OperationOutcome
+
+  # client certificate required (401 client_cert_required without --cert)
+  curl --cacert {d}/ca.pem --cert {d}/client.pem --key {d}/client.key https://localhost:8443/mtls/fhir/Patient/example-1
+
+  # bearer token required (401 token_missing without it); valid for 1 hour:
+  TOKEN={token}
+  curl --cacert {d}/ca.pem -H "Authorization: Bearer $TOKEN" https://localhost:8443/secure/fhir/Patient
+  # mint another:
+  TOKEN=$({exe} token --key {d}/{key} --sub demo-clinician --scope 'patient/*.read')
+
+  # operations
   curl http://127.0.0.1:9901/readyz
   curl -s http://127.0.0.1:9901/metrics | grep ^ward_requests_total
 
 Ctrl-C to stop.
 "#,
         cfg = cfg_path.display(),
+        key = ward::demo::TOKEN_KEY,
     );
     ward::run(cfg, shutdown_signal()).await
 }

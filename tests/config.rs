@@ -151,12 +151,12 @@ fn example_config_loads() {
     if let Err(errs) = ward::config::load_with(&p, &vars) {
         panic!("{errs:#?}");
     }
-    // The demo's generated config goes through the same loader.
-    let demo = ward::demo::demo_config(
-        &env.path("certs-example/demo"),
-        "127.0.0.1:9".parse().unwrap(),
-        Some(&env.path("policies")),
-    );
-    let p = env.write("demo.yaml", &demo);
-    ward::config::load_with(&p, &|_| None).unwrap_or_else(|e| panic!("{e:#?}"));
+    // The demo's generated config and policies go through the same loader.
+    let demo_dir = env.path("certs-example/demo");
+    ward::demo::write_token_keys(&demo_dir).unwrap();
+    ward::demo::write_demo_policies(&demo_dir.join("policies")).unwrap();
+    let demo = ward::demo::demo_config(&demo_dir, "127.0.0.1:9".parse().unwrap());
+    let p = env.write("certs-example/demo/ward-demo.yaml", &demo);
+    let cfg = ward::config::load_with(&p, &|_| None).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(cfg.routes.len(), 3);
 }

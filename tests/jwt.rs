@@ -527,3 +527,77 @@ async fn certificate_bound_tokens() {
         401
     );
 }
+
+#[tokio::test]
+async fn upstream_authorization_modes() {
+    let s = setup(
+        "https://localhost:1/jwks",
+        "30s",
+        "  upstream_authorization: replace\n  upstream_credential: Bearer upstream-service-credential\n",
+    )
+    .await;
+    assert_eq!(
+        call(&s, Some(&es256(&s.key, &claims(ISS)))).await.status,
+        200
+    );
+    assert_eq!(
+        s.state.last().headers["authorization"],
+        "Bearer upstream-service-credential"
+    );
+
+    let s = setup(
+        "https://localhost:1/jwks",
+        "30s",
+        "  upstream_authorization: forward\n",
+    )
+    .await;
+    let t = es256(&s.key, &claims(ISS));
+    assert_eq!(call(&s, Some(&t)).await.status, 200);
+    assert_eq!(
+        s.state.last().headers["authorization"].to_str().unwrap(),
+        format!("Bearer {t}")
+    );
+}
+
+#[tokio::test]
+async fn ward_token_command_mints_accepted_tokens() {
+    let s = setup("https://localhost:1/jwks", "30s", "").await;
+    let key_file = s.env.write("keys/signing.key", &s.key.serialize_pem());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["token", "--key"])
+        .arg(&key_file)
+        .args([
+            "--sub",
+            "nurse-3",
+            "--scope",
+            "patient/Observation.rs",
+            "--patient",
+            "example-1",
+            "--ttl",
+            "5m",
+            "--iss",
+            ISS,
+            "--aud",
+            AUD,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(call(&s, Some(&token)).await.status, 200);
+    assert_eq!(s.state.last().headers["x-user-sub"], "nurse-3");
+    // A bad key file is a clear error, not a panic.
+    let bad = s.env.write("keys/bad.key", "not a key");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["token", "--key"])
+        .arg(&bad)
+        .args(["--sub", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a PEM private key"));
+}

@@ -601,6 +601,19 @@ fn bad_request(code: &'static str, detail: &'static str) -> Rejection {
     )
 }
 
+/// For authorization policies that run after `auth`: 403 with the RFC 6750 error.
+pub fn insufficient_scope() -> Rejection {
+    Rejection::new(
+        StatusCode::FORBIDDEN,
+        "scope_denied",
+        "the token does not grant this access",
+    )
+    .with_header(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ward\", error=\"insufficient_scope\""),
+    )
+}
+
 fn jwks_unavailable() -> Rejection {
     Rejection::new(
         StatusCode::SERVICE_UNAVAILABLE,
