@@ -63,8 +63,9 @@ async fn run_logs_access_lines_and_exits_cleanly_on_sigterm() {
     assert_eq!(state.count(), 1);
     let rid = r.headers["x-request-id"].to_str().unwrap().to_owned();
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+    // The shell's builtin `kill`: no dependency on a procps binary.
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
         .status()
         .unwrap();
     assert!(status.success());

@@ -865,13 +865,6 @@ impl Inner {
         )))
     }
 
-    fn hash(token: &str) -> [u8; 32] {
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-        let mut k = [0u8; 32];
-        k.copy_from_slice(d.as_ref());
-        k
-    }
-
     /// `token` is what [`Inner::bearer`] extracted; `cert` the connection's certificate.
     async fn authenticate(
         &self,
@@ -881,7 +874,7 @@ impl Inner {
         let none: Arc<str> = Arc::from("-");
         let token = token.map_err(|r| (r, none.clone()))?;
         let token = token.as_str();
-        let key = Self::hash(token);
+        let key = crate::identity::sha256(token.as_bytes());
         let now = now_secs();
         let (claims, provider) = match self.cache.get(&key, now) {
             Some(c) => {
