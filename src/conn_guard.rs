@@ -178,7 +178,6 @@ pub struct GuardedIo<T> {
     out_pos: usize,
     eof: bool,
     scratch: Vec<u8>,
-    last_activity: Instant,
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
 }
@@ -205,7 +204,6 @@ impl<T> GuardedIo<T> {
             } else {
                 Vec::new()
             },
-            last_activity: now,
             timer: Box::pin(tokio::time::sleep_until(now + settings.idle_timeout)),
             timer_at: None,
         }
@@ -220,8 +218,9 @@ impl<T> GuardedIo<T> {
             None => Some((self.shared.idle_since() + self.settings.idle_timeout, true)),
             Some(h) => match (h.state, h.head_started) {
                 (State::Head, Some(t)) => Some((t + self.settings.header_read_timeout, false)),
+                // Between requests: idle since the last response ended (or since accept).
                 (State::Head, None) => {
-                    Some((self.last_activity + self.settings.idle_timeout, true))
+                    Some((self.shared.idle_since() + self.settings.idle_timeout, true))
                 }
                 // Body pace is enforced per request (body deadline in the limits layer).
                 _ => None,
@@ -259,9 +258,6 @@ impl<T> GuardedIo<T> {
                                 .min(self.settings.idle_timeout);
                         self.timer.as_mut().reset(later);
                         self.timer_at = Some(later);
-                        if idle {
-                            self.last_activity = Instant::now();
-                        }
                         continue;
                     }
                     let what = if idle {
@@ -577,16 +573,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.h1.is_none() {
-            let before = buf.filled().len();
             return match Pin::new(&mut this.io).poll_read(cx, buf) {
-                Poll::Ready(Ok(())) => {
-                    if buf.filled().len() > before {
-                        this.last_activity = Instant::now();
-                    }
-                    Poll::Ready(Ok(()))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                 Poll::Pending => this.poll_timer(cx),
+                ready => ready,
             };
         }
         loop {
@@ -625,7 +614,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
                     Some(Ok(()))
                 }
                 Poll::Ready(Ok(())) => {
-                    this.last_activity = Instant::now();
                     let settings = this.settings;
                     let shared = this.shared.clone();
                     let fed = match this.h1.as_mut() {
@@ -651,24 +639,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.last_activity = Instant::now();
-        }
-        r
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.last_activity = Instant::now();
-        }
-        r
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()

@@ -266,6 +266,11 @@ impl Gateway {
                     metrics: router::RouteMetrics {
                         duration: metrics.request_duration.with_label_values(&[&r.name]),
                         bytes: metrics.bytes.with_label_values(&[&r.name]),
+                        requests: Some(Arc::new(metrics::RequestCounters::new(
+                            metrics.requests.clone(),
+                            Arc::from(l.name.as_str()),
+                            Arc::from(r.name.as_str()),
+                        ))),
                     },
                     info: Arc::new(RouteInfo {
                         name: Arc::from(r.name.as_str()),

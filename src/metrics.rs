@@ -159,6 +159,48 @@ impl Default for Metrics {
     }
 }
 
+const METHOD_LABELS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
+];
+const STATUS_LABELS: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// `ward_requests_total` children of one route, resolved on first use: the label lookup
+/// (hashing four strings under a lock) otherwise runs on every request.
+pub struct RequestCounters {
+    vec: IntCounterVec,
+    listener: std::sync::Arc<str>,
+    route: std::sync::Arc<str>,
+    cells: [[std::sync::OnceLock<prometheus::IntCounter>; 5]; 8],
+}
+
+impl RequestCounters {
+    pub fn new(
+        vec: IntCounterVec,
+        listener: std::sync::Arc<str>,
+        route: std::sync::Arc<str>,
+    ) -> Self {
+        RequestCounters {
+            vec,
+            listener,
+            route,
+            cells: Default::default(),
+        }
+    }
+
+    pub fn inc(&self, m: &http::Method, s: http::StatusCode) {
+        let label = method_label(m);
+        let mi = METHOD_LABELS.iter().position(|l| *l == label).unwrap_or(7);
+        let class = status_class(s);
+        let si = STATUS_LABELS.iter().position(|l| *l == class).unwrap_or(4);
+        self.cells[mi][si]
+            .get_or_init(|| {
+                self.vec
+                    .with_label_values(&[&self.listener, &self.route, label, class])
+            })
+            .inc();
+    }
+}
+
 /// Fold a method to a bounded label.
 pub fn method_label(m: &http::Method) -> &'static str {
     match *m {

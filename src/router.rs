@@ -14,6 +14,8 @@ use crate::stack::RouteService;
 pub struct RouteMetrics {
     pub duration: prometheus::Histogram,
     pub bytes: prometheus::IntCounter,
+    /// `None` for unrouted requests (the label lookup is done at the time).
+    pub requests: Option<Arc<crate::metrics::RequestCounters>>,
 }
 
 pub struct Route {

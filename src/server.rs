@@ -506,17 +506,22 @@ impl Drop for AccessRecord {
                 RouteMetrics {
                     duration: m.request_duration.with_label_values(&["-"]),
                     bytes: m.bytes.with_label_values(&["-"]),
+                    requests: None,
                 },
             ),
         };
-        m.requests
-            .with_label_values(&[
-                &self.ctx.name,
-                &route,
-                method_label(&self.method),
-                status_class(self.status),
-            ])
-            .inc();
+        match &route_metrics.requests {
+            Some(c) => c.inc(&self.method, self.status),
+            None => m
+                .requests
+                .with_label_values(&[
+                    &self.ctx.name,
+                    &route,
+                    method_label(&self.method),
+                    status_class(self.status),
+                ])
+                .inc(),
+        }
         route_metrics.duration.observe(elapsed.as_secs_f64());
         route_metrics.bytes.inc_by(self.bytes);
         self.conn.shared.end();

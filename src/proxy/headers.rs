@@ -154,16 +154,21 @@ pub fn set_forwarding(h: &mut HeaderMap, ctx: &RequestContext, client: ClientFor
     let peer = peer_ip.to_string();
     let proto = if ctx.tls { "https" } else { "http" };
     let trusted = ctx.trusted_peer;
-    let xff = match (trusted, client.xff) {
-        (true, Some(prev)) => format!("{prev}, {peer}"),
-        _ => peer.clone(),
-    };
-    insert(h, "x-forwarded-for", &xff);
+    match (trusted, client.xff) {
+        (true, Some(mut prev)) => {
+            prev.push_str(", ");
+            prev.push_str(&peer);
+            insert(h, "x-forwarded-for", &prev);
+        }
+        _ => insert(h, "x-forwarded-for", &peer),
+    }
     match (trusted, client.proto) {
         (true, Some(v)) => {
             h.insert("x-forwarded-proto", v);
         }
-        _ => insert(h, "x-forwarded-proto", proto),
+        _ => {
+            h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        }
     }
     match (trusted, client.host) {
         (true, Some(v)) => {
@@ -171,27 +176,37 @@ pub fn set_forwarding(h: &mut HeaderMap, ctx: &RequestContext, client: ClientFor
         }
         _ => insert(h, "x-forwarded-host", &ctx.host),
     }
-    let for_node = match peer_ip {
-        IpAddr::V6(_) => format!("\"[{peer}]\""),
-        IpAddr::V4(_) => peer,
-    };
-    let host_q = quote_if_needed(&ctx.host);
-    let this_hop = format!("for={for_node};proto={proto};host={host_q}");
-    let fwd = match (trusted, client.forwarded) {
-        (true, Some(prev)) => format!("{prev}, {this_hop}"),
-        _ => this_hop,
-    };
+    // RFC 7239: for=<node>;proto=<scheme>;host=<host>, IPv6 nodes quoted and bracketed.
+    let mut fwd = String::with_capacity(64);
+    if let (true, Some(prev)) = (trusted, client.forwarded) {
+        fwd.push_str(&prev);
+        fwd.push_str(", ");
+    }
+    fwd.push_str("for=");
+    if peer_ip.is_ipv6() {
+        fwd.push_str("\"[");
+        fwd.push_str(&peer);
+        fwd.push_str("]\"");
+    } else {
+        fwd.push_str(&peer);
+    }
+    fwd.push_str(";proto=");
+    fwd.push_str(proto);
+    fwd.push_str(";host=");
+    push_quoted_if_needed(&mut fwd, &ctx.host);
     insert(h, "forwarded", &fwd);
     h.insert("x-request-id", ctx.request_id.clone());
 }
 
-fn quote_if_needed(s: &str) -> String {
+fn push_quoted_if_needed(out: &mut String, s: &str) {
     if s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
     {
-        s.to_owned()
+        out.push_str(s);
     } else {
-        format!("\"{}\"", s.replace(['"', '\\'], ""))
+        out.push('"');
+        out.extend(s.chars().filter(|c| *c != '"' && *c != '\\'));
+        out.push('"');
     }
 }
 

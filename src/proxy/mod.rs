@@ -353,15 +353,14 @@ impl tower::Service<Request<Body>> for ProxyService {
         let upstream = self.upstream.clone();
         let metrics = self.metrics.clone();
         Box::pin(async move {
+            // Taken, not cloned: the upstream request carries no extensions anyway.
             let ctx = req
-                .extensions()
-                .get::<RequestContext>()
-                .cloned()
+                .extensions_mut()
+                .remove::<RequestContext>()
                 .ok_or_else(Rejection::internal)?;
             let route = req
-                .extensions()
-                .get::<RouteId>()
-                .cloned()
+                .extensions_mut()
+                .remove::<RouteId>()
                 .ok_or_else(Rejection::internal)?;
             let uri = upstream_uri(&upstream.target, req.uri(), &route)?;
             *req.uri_mut() = uri;
