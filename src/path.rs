@@ -243,4 +243,30 @@ mod tests {
         assert!(check_fhir("/fhir/Patient;x=1/1").is_err());
         assert!(check_fhir("/fhir/Patient/1").is_ok());
     }
+
+    /// Deterministic fuzzing: canonicalisation never panics, is idempotent, and its output
+    /// contains none of the forms it refuses.
+    #[test]
+    fn random_paths() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pieces = ["/", "a", ".", "..", "%", "2e", "2E", "2f", "5c", "25", "41", "c0", "ae", ";", "\\", "%00", "~", "fhir", "%C3%A9", "//"];
+        for _ in 0..20000 {
+            let mut p = String::from("/");
+            for _ in 0..(rnd() % 8) {
+                p.push_str(pieces[(rnd() % pieces.len() as u64) as usize]);
+            }
+            if let Ok(n) = normalize(&p) {
+                assert_eq!(normalize(&n).as_deref().ok(), Some(&*n), "not idempotent: {p} -> {n}");
+                let lower = n.to_ascii_lowercase();
+                assert!(!lower.contains("%2f") && !lower.contains("%2e") && !lower.contains("%25") && !n.contains('\\'), "{p} -> {n}");
+                assert!(!n.contains("//") && !n.split('/').any(|s| s == ".." || s == "."), "{p} -> {n}");
+            }
+        }
+    }
 }
