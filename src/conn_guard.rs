@@ -78,6 +78,8 @@ pub struct ConnShared {
     born: Instant,
     /// Milliseconds after `born` when the connection last became idle.
     idle_since_ms: std::sync::atomic::AtomicU64,
+    /// A request asked for this connection to be retired (graceful shutdown).
+    close: tokio::sync::Notify,
 }
 
 impl Default for ConnShared {
@@ -87,6 +89,7 @@ impl Default for ConnShared {
             inflight: AtomicUsize::new(0),
             born: Instant::now(),
             idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+            close: tokio::sync::Notify::new(),
         }
     }
 }
@@ -109,6 +112,13 @@ impl ConnShared {
             let ms = self.born.elapsed().as_millis() as u64;
             self.idle_since_ms.store(ms, Ordering::Release);
         }
+    }
+    /// Ask the connection's driver to shut it down gracefully.
+    pub fn request_close(&self) {
+        self.close.notify_one();
+    }
+    pub async fn close_requested(&self) {
+        self.close.notified().await;
     }
     fn idle_since(&self) -> Instant {
         self.born + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
@@ -805,7 +815,8 @@ mod tests {
             b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;e\r\nabc\r\n0\r\nT: v\r\n\r\n",
             b"\r\nGET /b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
         ];
-        let alphabet: &[u8] = b"\r\n:; 0123456789abcdefABCDEF-Content-LengthTransfer-Encodingchunked\t\x00\x0b";
+        let alphabet: &[u8] =
+            b"\r\n:; 0123456789abcdefABCDEF-Content-LengthTransfer-Encodingchunked\t\x00\x0b";
         for _ in 0..3000 {
             let mut input = Vec::new();
             for _ in 0..(1 + rnd() % 4) {

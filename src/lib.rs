@@ -69,6 +69,9 @@ struct TlsReloader {
     tls: config::TlsConfig,
     base: std::path::PathBuf,
     swap: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+    /// Bumped on every successful reload; connections made under an older one carry a
+    /// client identity that was verified against superseded CAs/CRLs.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TlsReloader {
@@ -90,6 +93,8 @@ impl TlsReloader {
             .inc();
         let sc = res.map_err(|e| format!("listener {}: {e}", self.listener))?;
         self.swap.store(Arc::new(sc));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.record_expiry(metrics);
         Ok(())
     }
@@ -148,7 +153,8 @@ fn reload_all(reloaders: &[TlsReloader], metrics: &Metrics) -> Vec<String> {
 }
 
 /// Watch the folders of every TLS file; reload after a burst of changes settles (editors
-/// and Kubernetes replace files by rename, which shows up as several events).
+/// and Kubernetes replace files by rename or symlink swap, which shows up as several
+/// events).
 fn watch_tls_files(
     reloaders: &Arc<Vec<TlsReloader>>,
     metrics: Arc<Metrics>,
@@ -160,15 +166,11 @@ fn watch_tls_files(
         return None;
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let watched = files.clone();
+    // Any change in a watched folder counts: Kubernetes swaps a `..data` symlink, so the
+    // events name neither the file nor its target. A spurious reload is cheap.
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
-            let relevant = ev.paths.iter().any(|p| {
-                watched
-                    .iter()
-                    .any(|f| f == p || f.file_name() == p.file_name())
-            });
-            if relevant && !ev.kind.is_access() {
+            if !ev.kind.is_access() {
                 let _ = tx.send(());
             }
         }
@@ -216,6 +218,7 @@ impl Gateway {
             upstreams.insert(u.name.clone(), Arc::new(up));
         }
 
+        let mut stack_shared = stack::StackShared::new(&cfg, metrics.clone(), shutdown_rx.clone());
         let mut bound = Vec::new();
         let mut addrs = HashMap::new();
         let mut reloaders = Vec::new();
@@ -224,6 +227,7 @@ impl Gateway {
                 .await
                 .with_context(|| format!("listener {}: cannot bind {}", l.name, l.bind))?;
             addrs.insert(l.name.clone(), tcp.local_addr()?);
+            let tls_generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let tls = match &l.tls {
                 Some(t) => {
                     let sc = tls::server_config(t, &|p| cfg.resolve(p))
@@ -234,6 +238,7 @@ impl Gateway {
                         tls: t.clone(),
                         base: cfg.base_dir.clone(),
                         swap: swap.clone(),
+                        generation: tls_generation.clone(),
                     };
                     r.record_expiry(&metrics);
                     reloaders.push(r);
@@ -281,15 +286,8 @@ impl Gateway {
                     }),
                     host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                     methods,
-                    service: stack::build(
-                        r,
-                        &cfg,
-                        &l.limits,
-                        up,
-                        metrics.clone(),
-                        shutdown_rx.clone(),
-                    )
-                    .map_err(|e| anyhow::anyhow!("route {}: {e}", r.name))?,
+                    service: stack::build(r, &cfg, &l.limits, up, &mut stack_shared)
+                        .map_err(|e| anyhow::anyhow!("route {}: {e}", r.name))?,
                 });
             }
             let trusted = l
@@ -306,6 +304,7 @@ impl Gateway {
                     trusted,
                     metrics: metrics.clone(),
                     tls,
+                    tls_generation,
                     handshake_timeout: l
                         .tls
                         .as_ref()

@@ -255,17 +255,33 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let pieces = ["/", "a", ".", "..", "%", "2e", "2E", "2f", "5c", "25", "41", "c0", "ae", ";", "\\", "%00", "~", "fhir", "%C3%A9", "//"];
+        let pieces = [
+            "/", "a", ".", "..", "%", "2e", "2E", "2f", "5c", "25", "41", "c0", "ae", ";", "\\",
+            "%00", "~", "fhir", "%C3%A9", "//",
+        ];
         for _ in 0..20000 {
             let mut p = String::from("/");
             for _ in 0..(rnd() % 8) {
                 p.push_str(pieces[(rnd() % pieces.len() as u64) as usize]);
             }
             if let Ok(n) = normalize(&p) {
-                assert_eq!(normalize(&n).as_deref().ok(), Some(&*n), "not idempotent: {p} -> {n}");
+                assert_eq!(
+                    normalize(&n).as_deref().ok(),
+                    Some(&*n),
+                    "not idempotent: {p} -> {n}"
+                );
                 let lower = n.to_ascii_lowercase();
-                assert!(!lower.contains("%2f") && !lower.contains("%2e") && !lower.contains("%25") && !n.contains('\\'), "{p} -> {n}");
-                assert!(!n.contains("//") && !n.split('/').any(|s| s == ".." || s == "."), "{p} -> {n}");
+                assert!(
+                    !lower.contains("%2f")
+                        && !lower.contains("%2e")
+                        && !lower.contains("%25")
+                        && !n.contains('\\'),
+                    "{p} -> {n}"
+                );
+                assert!(
+                    !n.contains("//") && !n.split('/').any(|s| s == ".." || s == "."),
+                    "{p} -> {n}"
+                );
             }
         }
     }

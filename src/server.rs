@@ -18,7 +18,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,6 +44,8 @@ pub struct ListenerCtx {
     pub metrics: Arc<Metrics>,
     /// Swapped on reload; each handshake uses the config current at accept time.
     pub tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
+    /// Incremented by each TLS reload (see `TlsReloader`).
+    pub tls_generation: Arc<std::sync::atomic::AtomicU64>,
     pub handshake_timeout: Duration,
     pub conn_limit: Arc<Semaphore>,
 }
@@ -56,6 +57,8 @@ struct ConnInfo {
     trusted: bool,
     shared: Arc<ConnShared>,
     identity: Option<Arc<ClientIdentity>>,
+    /// TLS generation the client certificate was verified under.
+    tls_generation: u64,
 }
 
 /// Accept until shutdown, then drain: stop accepting, let in-flight requests finish within
@@ -66,7 +69,6 @@ pub async fn serve_listener(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -79,7 +81,7 @@ pub async fn serve_listener(
                         drop(stream);
                         continue;
                     };
-                    conns.spawn(handle_conn(ctx.clone(), stream, peer, permit, graceful.watcher()));
+                    conns.spawn(handle_conn(ctx.clone(), stream, peer, permit, shutdown.clone()));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning.
@@ -91,11 +93,11 @@ pub async fn serve_listener(
         }
     }
     drop(tcp);
-    tracing::info!(listener = %ctx.name, open = graceful.count(), "draining connections");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Every connection task saw the same signal and is shutting down gracefully (HTTP/1:
+    // after the current response; HTTP/2: GOAWAY, then in-flight streams finish).
+    tracing::info!(listener = %ctx.name, open = conns.len(), "draining connections");
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drain).await.is_err() {
         tracing::warn!(listener = %ctx.name, "grace period over; closing remaining connections");
     }
     conns.abort_all();
@@ -123,7 +125,7 @@ async fn handle_conn(
     stream: TcpStream,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
-    watcher: Watcher,
+    stop: watch::Receiver<bool>,
 ) {
     ctx.metrics
         .connections
@@ -136,6 +138,10 @@ async fn handle_conn(
     let _active = ActiveGuard(ctx.clone());
     let _ = stream.set_nodelay(true);
     let trusted = crate::proxy::headers::is_trusted(peer.ip(), &ctx.trusted);
+    // Read before the config: a reload in between only makes this connection look stale.
+    let generation = ctx
+        .tls_generation
+        .load(std::sync::atomic::Ordering::Acquire);
     match ctx.tls.as_ref().map(|s| TlsAcceptor::from(s.load_full())) {
         Some(acceptor) => {
             let fail = |reason: &str| {
@@ -165,12 +171,12 @@ async fn handle_conn(
                 },
                 None => None,
             };
-            let info = ConnInfo::new(peer, true, h2, trusted, identity);
-            serve_io(ctx, tls, info, watcher).await;
+            let info = ConnInfo::new(peer, true, h2, trusted, identity, generation);
+            serve_io(ctx, tls, info, stop).await;
         }
         None => {
-            let info = ConnInfo::new(peer, false, false, trusted, None);
-            serve_io(ctx, stream, info, watcher).await
+            let info = ConnInfo::new(peer, false, false, trusted, None, generation);
+            serve_io(ctx, stream, info, stop).await
         }
     }
 }
@@ -182,6 +188,7 @@ impl ConnInfo {
         h2: bool,
         trusted: bool,
         identity: Option<Arc<ClientIdentity>>,
+        tls_generation: u64,
     ) -> Arc<Self> {
         Arc::new(ConnInfo {
             peer,
@@ -190,12 +197,17 @@ impl ConnInfo {
             trusted,
             shared: Arc::new(ConnShared::default()),
             identity,
+            tls_generation,
         })
     }
 }
 
-async fn serve_io<IO>(ctx: Arc<ListenerCtx>, io: IO, info: Arc<ConnInfo>, watcher: Watcher)
-where
+async fn serve_io<IO>(
+    ctx: Arc<ListenerCtx>,
+    io: IO,
+    info: Arc<ConnInfo>,
+    stop: watch::Receiver<bool>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let lim = ctx.limits.clone();
@@ -228,9 +240,7 @@ where
             .keep_alive_interval(Some(lim.idle_timeout.0))
             .keep_alive_timeout(Duration::from_secs(20));
         let conn = b.serve_connection(io, svc);
-        if let Err(e) = watcher.watch(conn).await {
-            tracing::debug!(listener = %ctx.name, error = %e, "h2 connection ended with error");
-        }
+        drive(conn, &shared, stop, &ctx.name).await;
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
@@ -240,8 +250,68 @@ where
             .header_read_timeout(lim.header_read_timeout.0 + lim.idle_timeout.0)
             .keep_alive(true);
         let conn = b.serve_connection(io, svc);
-        if let Err(e) = watcher.watch(conn).await {
-            tracing::debug!(listener = %ctx.name, error = %e, "h1 connection ended with error");
+        drive(conn, &shared, stop, &ctx.name).await;
+    }
+}
+
+/// The hyper connection types' common ground: a future with a graceful shutdown.
+trait Graceful: std::future::Future<Output = Result<(), hyper::Error>> {
+    fn shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: HttpBody + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn shutdown(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: HttpBody + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn shutdown(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Run a connection to its end; shut it down gracefully on the gateway's shutdown signal
+/// or when a request asked for the connection to be retired (stale TLS identity).
+async fn drive<C: Graceful>(
+    conn: C,
+    shared: &ConnShared,
+    mut stop: watch::Receiver<bool>,
+    listener: &str,
+) {
+    let mut conn = std::pin::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(listener, error = %e, "connection ended with error");
+                }
+                return;
+            }
+            _ = stopped(&mut stop), if !closing => {
+                closing = true;
+                conn.as_mut().shutdown();
+            }
+            _ = shared.close_requested(), if !closing => {
+                closing = true;
+                conn.as_mut().shutdown();
+            }
         }
     }
 }
@@ -374,6 +444,23 @@ fn prepare(
             // Every HTTP/1 head passes the guard; no verdict means the stream is out of step.
             None => return Err(FrameError::Malformed.into()),
         }
+    }
+    // A client certificate verified before the last CA/CRL reload may since have been
+    // revoked: such a connection is not used again (421 lets clients retry on a new one,
+    // whose handshake meets the current CRLs).
+    if conn.identity.is_some()
+        && ctx
+            .tls_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+            != conn.tls_generation
+    {
+        conn.shared.request_close();
+        return Err(Rejection::new(
+            http::StatusCode::MISDIRECTED_REQUEST,
+            "connection_stale",
+            "TLS settings changed; retry on a new connection",
+        )
+        .closing());
     }
     let headers = req.headers();
     if headers.get_all(CONTENT_LENGTH).iter().count() > 1 {

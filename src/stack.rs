@@ -26,6 +26,9 @@ use http::{Request, Response};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
+use std::collections::HashMap;
+
+use http::HeaderName;
 use tokio::sync::watch;
 
 use crate::config::{Config, ListenerLimits, PolicyConfig, RouteConfig};
@@ -64,15 +67,53 @@ pub fn route_limits(route: &RouteConfig, cfg: &Config, listener: &ListenerLimits
 
 /// The section `pick` of the (at most one) policy of this route that defines it.
 fn section<'a, T>(
-    route: &RouteConfig,
+    route: &'a RouteConfig,
     cfg: &'a Config,
     pick: impl Fn(&'a PolicyConfig) -> Option<&'a T>,
-) -> Option<&'a T> {
+) -> Option<(&'a str, &'a T)> {
     route
         .policies
         .iter()
-        .filter_map(|n| cfg.policies.get(n))
-        .find_map(pick)
+        .filter_map(|n| cfg.policies.get(n).map(|p| (n.as_str(), p)))
+        .find_map(|(n, p)| pick(p).map(|t| (n, t)))
+}
+
+/// Shared per-gateway state the route stacks are built from.
+pub struct StackShared {
+    pub metrics: Arc<Metrics>,
+    pub stop: watch::Receiver<bool>,
+    /// One `auth` layer per policy name: routes sharing a policy share its JWKS fetcher,
+    /// rate limit and token cache.
+    pub auth: HashMap<String, AuthLayer>,
+    /// Every header any policy sets for upstreams; stripped from client requests on all
+    /// routes, so a route without the policy cannot be used to smuggle one in.
+    pub policy_headers: Arc<[HeaderName]>,
+}
+
+impl StackShared {
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>, stop: watch::Receiver<bool>) -> Self {
+        let mut names: Vec<HeaderName> = Vec::new();
+        for p in cfg.policies.values() {
+            let mtls = p.mtls.iter().filter_map(|m| m.forward_header.as_deref());
+            let auth = p
+                .auth
+                .iter()
+                .flat_map(|a| a.forward_claims.values().map(String::as_str));
+            for h in mtls.chain(auth) {
+                if let Ok(n) = HeaderName::try_from(h) {
+                    if !names.contains(&n) {
+                        names.push(n);
+                    }
+                }
+            }
+        }
+        StackShared {
+            metrics,
+            stop,
+            auth: HashMap::new(),
+            policy_headers: names.into(),
+        }
+    }
 }
 
 pub fn build(
@@ -80,15 +121,27 @@ pub fn build(
     cfg: &Config,
     listener: &ListenerLimits,
     upstream: Arc<Upstream>,
-    metrics: Arc<Metrics>,
-    stop: watch::Receiver<bool>,
+    shared: &mut StackShared,
 ) -> Result<RouteService, String> {
     let mtls = section(route, cfg, |p| p.mtls.as_ref())
-        .map(MtlsLayer::try_from)
+        .map(|(_, m)| MtlsLayer::try_from(m))
         .transpose()?;
-    let auth = section(route, cfg, |p| p.auth.as_ref())
-        .map(|a| AuthLayer::new(a, &|f| cfg.resolve(f), metrics.clone(), stop.clone()))
-        .transpose()?;
+    let auth = match section(route, cfg, |p| p.auth.as_ref()) {
+        Some((name, a)) => Some(match shared.auth.get(name) {
+            Some(layer) => layer.clone(),
+            None => {
+                let layer = AuthLayer::new(
+                    a,
+                    &|f| cfg.resolve(f),
+                    shared.metrics.clone(),
+                    shared.stop.clone(),
+                )?;
+                shared.auth.insert(name.to_owned(), layer.clone());
+                layer
+            }
+        }),
+        None => None,
+    };
     let svc = ServiceBuilder::new()
         // identity (mTLS): who is calling, before anything else looks at the request
         .option_layer(mtls)
@@ -98,6 +151,11 @@ pub fn build(
         // authn: bearer token → verified `Claims`
         .option_layer(auth)
         // FHIR authz, validate, DLP: reserved, in that order
-        .service(ProxyService::new(upstream, metrics));
+        // proxy: header hygiene, gateway-set headers, upstream call
+        .service(ProxyService::new(
+            upstream,
+            shared.metrics.clone(),
+            shared.policy_headers.clone(),
+        ));
     Ok(BoxCloneSyncService::new(svc.map_err(|e: Rejection| e)))
 }

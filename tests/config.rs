@@ -160,3 +160,53 @@ fn example_config_loads() {
     let cfg = ward::config::load_with(&p, &|_| None).unwrap_or_else(|e| panic!("{e:#?}"));
     assert_eq!(cfg.routes.len(), 3);
 }
+
+#[test]
+fn route_policy_combinations_are_checked() {
+    let env = Env::new();
+    env.write("policies/a.yaml", "mtls:\n  subjects: [x]\n");
+    env.write("policies/b.yaml", "mtls:\n  subjects: [y]\n");
+    env.write(
+        "policies/tok.yaml",
+        "auth:\n  providers:\n    - name: p\n      issuer: https://i\n      audiences: [a]\n      algorithms: [ES256]\n      jwks_url: https://idp.example/jwks\n      jwks_ca: certs/ca.pem\n  require_certificate_binding: true\n",
+    );
+    env.write(
+        "policies/bounds.yaml",
+        "auth:\n  providers:\n    - name: p\n      issuer: https://i\n      audiences: [a]\n      algorithms: [ES256]\n      jwks_url: https://idp.example/jwks\n      jwks_ca: certs/ca.pem\n      jwks_refresh: 1s\n      leeway: 1h\n",
+    );
+    let cfg = basic_config("127.0.0.1:9".parse().unwrap(), "", "")
+        .replace(
+            "    upstream: ehr\n    fhir: true\n",
+            "    upstream: ehr\n    fhir: true\n    policies: [a, b]\n",
+        )
+        .replace(
+            "    path_prefix: /api\n    upstream: ehr\n",
+            "    path_prefix: /api\n    upstream: ehr\n    policies: [tok]\n",
+        );
+    let p = env.write("ward.yaml", &cfg);
+    let errs: Vec<String> = ward::config::load_with(&p, &|_| None)
+        .unwrap_err()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let all = errs.join("\n");
+    assert!(all.contains("`b` and `a` both define `mtls`"), "{all}");
+    assert!(
+        all.contains(
+            "has an mtls section but listener `public` does not request client certificates"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.contains("requires certificate-bound tokens but listener `public`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("auth.providers[0].jwks_refresh: at least 10s"),
+        "{all}"
+    );
+    assert!(
+        all.contains("auth.providers[0].leeway: at most 5m"),
+        "{all}"
+    );
+}

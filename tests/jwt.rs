@@ -407,18 +407,25 @@ async fn jwks_rotation_is_picked_up_without_restart() {
     let b = KeyPair::generate().unwrap();
     let server = jwks_server(&pki_env.pki, json!({"keys": [jwk(&a, "key-a")]})).await;
     let url_ = format!("https://localhost:{}/jwks", server.addr.port());
-    let s = setup_with_ca(&url_, "0s", &pki_env.pki.ca_cert).await;
-    assert_eq!(
-        call(&s, Some(&with_kid(&a, "key-a", &claims(JWKS_ISS))))
-            .await
-            .status,
-        200
-    );
-    // Rotate: the IdP now publishes only key B.
+    let s = setup_with_ca(&url_, "1s", &pki_env.pki.ca_cert).await;
+    let tok_a = with_kid(&a, "key-a", &claims(JWKS_ISS));
+    assert_eq!(call(&s, Some(&tok_a)).await.status, 200);
+    // Rotate: the IdP now publishes only key B. An unknown kid refetches at most once per
+    // jwks_min_refetch (1s), so keep asking (bounded) until the new key is seen.
     *server.doc.lock().unwrap() = json!({"keys": [jwk(&b, "key-b")]}).to_string();
-    let r = call(&s, Some(&with_kid(&b, "key-b", &claims(JWKS_ISS)))).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    let tok_b = with_kid(&b, "key-b", &claims(JWKS_ISS));
+    let mut status = 0;
+    for _ in 0..100 {
+        status = call(&s, Some(&tok_b)).await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "rotated key never accepted");
     assert!(server.hits.load(Ordering::SeqCst) >= 2);
+    // Key A was withdrawn: its token, though cached as valid, is verified again and refused.
+    expect_401(&s, &tok_a, "token_key_unknown").await;
 }
 
 /// Like `setup`, but the JWKS CA is `ca_pem` (a JWKS server with its own PKI).
@@ -464,7 +471,7 @@ async fn unknown_kid_refetch_is_rate_limited() {
 #[tokio::test]
 async fn jwks_down_is_503_not_401() {
     let dead = dead_addr().await;
-    let s = setup(&format!("https://localhost:{}/jwks", dead.port()), "0s", "").await;
+    let s = setup(&format!("https://localhost:{}/jwks", dead.port()), "1s", "").await;
     let r = call(&s, Some(&with_kid(&s.key, "k", &claims(JWKS_ISS)))).await;
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert_eq!(r.code(), "jwks_unavailable");
@@ -511,6 +518,11 @@ async fn certificate_bound_tokens() {
     let mut c = claims(ISS);
     c["cnf"] = json!({"x5t#S256": x5t});
     let t = es256(&s.key, &c);
+    // A DPoP-style binding Ward cannot check is refused, not treated as a bearer token.
+    let mut dpop = claims(ISS);
+    dpop["cnf"] = json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"});
+    let dpop = es256(&s.key, &dpop);
+    let req_dpop = format!("GET /fhir/Patient/1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {dpop}\r\nConnection: close\r\n\r\n");
     let req = format!("GET /fhir/Patient/1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n");
     let with_mine = Arc::new(client_tls_with_cert(&s.env.pki, &mine, &[b"http/1.1"]));
     assert_eq!(

@@ -34,7 +34,7 @@ async fn setup(mode: &str) -> Setup {
     env.write("clients/revoked.crl", &ca.crl(1, &[666]));
     env.write(
         "policies/lab-only.yaml",
-        "mtls:\n  subjects: [lab-system]\n  uri_sans: ['spiffe://hospital.example/ns/lab/*']\n  forward_header: x-client-identity\n",
+        "mtls:\n  subjects: [lab-system]\n  uri_sans: ['spiffe://hospital.example/ns/lab/*']\n  issuers: ['CN=Hospital Client CA']\n  forward_header: x-client-identity\n  forward_field: cn\n",
     );
     env.write("policies/any-client.yaml", "mtls:\n  require: true\n");
     let (up, state) = upstream().await;
@@ -273,4 +273,41 @@ async fn crl_reload_revokes_without_restart_and_without_resumption() {
         "{m}"
     );
     assert!(m.contains("ward_certificate_expiry_days{file=\"clients/ca.pem\",kind=\"client_ca\",listener=\"public\"}"), "{m}");
+}
+
+#[tokio::test]
+async fn connections_verified_before_a_reload_are_not_reused() {
+    let s = setup("optional").await;
+    for h2 in [false, true] {
+        let c = client_with_cert(&s.env.pki, &lab_cert(&s.ca, 50), h2);
+        let url_ = url(&s.gw, "/secure/x");
+        assert_eq!(send(&c, get(&url_)).await.status, 200, "h2={h2}");
+        // The CRL now revokes 50; the kept-alive connection must not carry on.
+        s.env
+            .write("clients/revoked.crl", &s.ca.crl(10 + h2 as u64, &[666, 50]));
+        assert!(s.gw.reload_tls().is_empty());
+        let r = send(&c, get(&url_)).await;
+        assert_eq!(r.status, 421, "h2={h2}: stale connection reused");
+        assert_eq!(r.code(), "connection_stale");
+        // Retrying opens a new connection, whose handshake meets the new CRL.
+        assert!(
+            c.request(get(&url_)).await.is_err(),
+            "h2={h2}: revoked certificate accepted"
+        );
+        s.env
+            .write("clients/revoked.crl", &s.ca.crl(20 + h2 as u64, &[666]));
+        assert!(s.gw.reload_tls().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn policy_headers_cannot_be_injected_through_other_routes() {
+    let s = setup("optional").await;
+    // /api has no mtls policy, but x-client-identity is a gateway-owned header everywhere.
+    let req = "GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Client-Identity: lab-system\r\nX_Client_Identity: lab-system\r\nConnection: close\r\n\r\n";
+    let resp = raw(&s.env.pki, s.gw.addr("public").unwrap(), req.as_bytes()).await;
+    assert_eq!(status_of(&resp), 200);
+    let seen = s.state.last();
+    assert!(!seen.headers.contains_key("x-client-identity"));
+    assert!(!seen.headers.contains_key("x_client_identity"));
 }

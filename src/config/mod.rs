@@ -479,10 +479,9 @@ pub fn load_str(
         .flat_map(|r| r.policies.iter().map(String::as_str))
         .collect();
     if pdir.is_dir() {
-        match load_policies(&pdir, base, vars) {
-            Ok(p) => policies = p,
-            Err(mut perrs) => e.out.append(&mut perrs),
-        }
+        let (ok, mut perrs) = load_policies_partial(&pdir, base, vars);
+        policies = ok;
+        e.out.append(&mut perrs);
     } else if !referenced.is_empty() {
         e.at(
             "policies_dir",
@@ -616,6 +615,21 @@ pub fn load_policies(
     base: &Path,
     vars: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<String, PolicyConfig>, Vec<ConfigError>> {
+    let (ok, errs) = load_policies_partial(dir, base, vars);
+    if errs.is_empty() {
+        Ok(ok)
+    } else {
+        Err(errs)
+    }
+}
+
+/// The policies that load, and the errors of those that do not (so route checks still run
+/// over the good ones and every error is reported in one go).
+fn load_policies_partial(
+    dir: &Path,
+    base: &Path,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> (BTreeMap<String, PolicyConfig>, Vec<ConfigError>) {
     let mut out = BTreeMap::new();
     let mut errs = Vec::new();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -629,12 +643,13 @@ pub fn load_policies(
             })
             .collect(),
         Err(err) => {
-            return Err(vec![ConfigError {
+            let e = ConfigError {
                 file: dir.display().to_string(),
                 line: None,
                 path: String::new(),
                 message: format!("cannot read policies folder: {}", err.kind()),
-            }])
+            };
+            return (out, vec![e]);
         }
     };
     files.sort();
@@ -651,11 +666,7 @@ pub fn load_policies(
             Err(mut e) => errs.append(&mut e),
         }
     }
-    if errs.is_empty() {
-        Ok(out)
-    } else {
-        Err(errs)
-    }
+    (out, errs)
 }
 
 pub fn load_policy_file(
@@ -746,6 +757,60 @@ pub fn load_policy_file(
 
 pub const DEFAULT_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Checks across the policies one route combines, and against its listener.
+fn validate_route_policies(cfg: &Config, r: &RouteConfig, p: &str, e: &mut Errs<'_>) {
+    let listener = cfg.listeners.iter().find(|l| l.name == r.listener);
+    let client_auth = listener
+        .and_then(|l| l.tls.as_ref())
+        .map(|t| t.client_auth.mode)
+        .unwrap_or(ClientAuthMode::None);
+    let plaintext = listener.is_some_and(|l| l.tls.is_none());
+    let mut seen: Vec<(&'static str, &str)> = Vec::new();
+    let mut headers: Vec<(String, &str)> = Vec::new();
+    for (j, name) in r.policies.iter().enumerate() {
+        let Some(pc) = cfg.policies.get(name) else {
+            continue;
+        };
+        let at = format!("{p}.policies[{j}]");
+        // A route takes each policy kind once: a second `mtls` or `auth` would otherwise
+        // be silently ignored, and a policy must never be skipped.
+        // (`limits` sections compose: each can only tighten.)
+        for sec in pc.sections().into_iter().filter(|s| *s != "limits") {
+            if let Some((_, other)) = seen.iter().find(|(s, _)| *s == sec) {
+                e.at(&at, format!("`{name}` and `{other}` both define `{sec}`; a route takes each policy kind once"));
+            }
+            seen.push((sec, name.as_str()));
+        }
+        if let Some(m) = &pc.mtls {
+            if listener.is_some() && client_auth == ClientAuthMode::None {
+                e.at(&at, format!("`{name}` has an mtls section but listener `{}` does not request client certificates (tls.client_auth.mode)", r.listener));
+            }
+            if let Some(h) = &m.forward_header {
+                headers.push((h.to_ascii_lowercase(), name.as_str()));
+            }
+        }
+        if let Some(a) = &pc.auth {
+            if plaintext {
+                e.at(&at, format!("`{name}` has an auth section but listener `{}` is plaintext: tokens would cross the network in clear", r.listener));
+            }
+            if a.require_certificate_binding && client_auth == ClientAuthMode::None {
+                e.at(&at, format!("`{name}` requires certificate-bound tokens but listener `{}` does not request client certificates", r.listener));
+            }
+            for h in a.forward_claims.values() {
+                headers.push((h.to_ascii_lowercase(), name.as_str()));
+            }
+        }
+    }
+    for (i, (h, pol)) in headers.iter().enumerate() {
+        if headers[..i].iter().any(|(o, _)| o == h) {
+            e.at(
+                p,
+                format!("header `{h}` is set by more than one policy (`{pol}`)"),
+            );
+        }
+    }
+}
 
 /// What the file defines, even where an item failed to decode, and where each decoded
 /// item sits in its list.
@@ -997,6 +1062,7 @@ fn validate(cfg: &Config, known: &KnownNames, e: &mut Errs<'_>) {
                 );
             }
         }
+        validate_route_policies(cfg, r, &p, e);
         let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
         for (ol, oh, op, om, oi) in &keys {
             if *ol == r.listener

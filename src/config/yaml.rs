@@ -150,7 +150,10 @@ impl<'de> Deserialize<'de> for Located {
 /// Parse YAML text into a located tree. Errors carry the parser's line.
 pub fn parse(file: &str, text: &str) -> Result<Located, ConfigError> {
     // Default options keep serde-saphyr's parsing budget (depth, alias expansion, size).
-    serde_saphyr::from_str::<Located>(text).map_err(|e| {
+    // YAML 1.2 booleans only: `y`, `no`, `off` stay strings (a subject list with a `NO`
+    // country code must not turn into `false`).
+    let options = serde_saphyr::options! { strict_booleans: true };
+    serde_saphyr::from_str_with_options::<Located>(text, options).map_err(|e| {
         let line = e.location().map(|l| l.line() as u32);
         // The parser's own message (syntax position, budget exceeded, ...) never contains
         // scalar values beyond what scrub() removes.
@@ -412,6 +415,18 @@ mod tests {
     fn syntax_error_has_line() {
         let e = parse("t.yaml", "a: 1\nb: [1, 2\nc: 3\n").unwrap_err();
         assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_stay_strings() {
+        let root = parse("t.yaml", "a: [y, no, off, true]\n").unwrap();
+        let Node::Map(m) = root.node else { panic!() };
+        let Node::Seq(items) = &m[0].2.node else {
+            panic!()
+        };
+        assert!(matches!(&items[0].node, Node::Str(s) if s == "y"));
+        assert!(matches!(&items[1].node, Node::Str(s) if s == "no"));
+        assert!(matches!(items[3].node, Node::Bool(true)));
     }
 
     #[test]

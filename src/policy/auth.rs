@@ -184,6 +184,18 @@ impl AuthConfig {
                     out.push((format!("providers[{i}].algorithms[{j}]"), "HS* algorithms need a shared_secret provider, and a shared_secret provider allows only HS*".into()));
                 }
             }
+            if p.jwks_url.is_some() && p.jwks_refresh.0 < Duration::from_secs(10) {
+                out.push((k("jwks_refresh"), "at least 10s".into()));
+            }
+            if p.jwks_url.is_some() && p.jwks_min_refetch.0 < Duration::from_secs(1) {
+                out.push((
+                    k("jwks_min_refetch"),
+                    "at least 1s (it bounds the fetches unknown kids can cause)".into(),
+                ));
+            }
+            if p.leeway.0 > Duration::from_secs(300) {
+                out.push((k("leeway"), "at most 5m".into()));
+            }
             if let Some(s) = &p.shared_secret {
                 if s.len() < 32 {
                     out.push((k("shared_secret"), "must be at least 32 bytes".into()));
@@ -248,6 +260,9 @@ impl AuthConfig {
 
 struct KeyEntry {
     kid: Option<String>,
+    /// The JWK's `alg`, when it names one: the key then verifies only that algorithm
+    /// (a key published for RS256 must not verify an RS512 or PS256 token).
+    alg: Option<String>,
     key: DecodingKey,
 }
 
@@ -261,10 +276,17 @@ impl KeySet {
         let keys = set
             .keys
             .iter()
-            .filter(|j| j.is_supported())
+            // `alg` is optional in a JWK (RFC 7517 §4.4); encryption keys never verify.
+            .filter(|j| {
+                !matches!(
+                    j.common.public_key_use,
+                    Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+                )
+            })
             .filter_map(|j| {
                 DecodingKey::from_jwk(j).ok().map(|key| KeyEntry {
                     kid: j.common.key_id.clone(),
+                    alg: j.common.key_algorithm.map(|a| format!("{a:?}")),
                     key,
                 })
             })
@@ -274,8 +296,11 @@ impl KeySet {
 
     /// Candidate keys for a token: by `kid` when the token names one; otherwise keys
     /// without a kid, or the only key. Only keys of the algorithm's family.
-    fn candidates(&self, kid: Option<&str>, family: AlgorithmFamily) -> Vec<&DecodingKey> {
-        let fam = |e: &&KeyEntry| e.key.family() == family;
+    fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> Vec<&DecodingKey> {
+        let family: AlgorithmFamily = alg.family();
+        let name = format!("{alg:?}");
+        let fam =
+            |e: &&KeyEntry| e.key.family() == family && e.alg.as_ref().is_none_or(|a| *a == name);
         match kid {
             Some(k) => self
                 .keys
@@ -326,7 +351,11 @@ fn load_keys_file(path: &std::path::Path) -> Result<KeySet, String> {
             )
         })?;
     Ok(KeySet {
-        keys: vec![KeyEntry { kid: None, key }],
+        keys: vec![KeyEntry {
+            kid: None,
+            alg: None,
+            key,
+        }],
     })
 }
 
@@ -351,6 +380,9 @@ pub struct Provider {
     algorithms: Vec<Algorithm>,
     leeway: u64,
     keys: ArcSwap<KeySet>,
+    /// Bumped whenever the key set is replaced; cached tokens of older generations are
+    /// re-verified.
+    generation: std::sync::atomic::AtomicU64,
     jwks: Option<Jwks>,
     refresh: Duration,
     metrics: Arc<Metrics>,
@@ -377,6 +409,7 @@ impl Provider {
             KeySet {
                 keys: vec![KeyEntry {
                     kid: None,
+                    alg: None,
                     key: DecodingKey::from_secret(secret.as_bytes())
                         .map_err(|_| "bad shared secret")?,
                 }],
@@ -409,6 +442,7 @@ impl Provider {
             algorithms,
             leeway: cfg.leeway.0.as_secs(),
             keys: ArcSwap::from_pointee(keys),
+            generation: std::sync::atomic::AtomicU64::new(0),
             jwks,
             refresh: cfg.jwks_refresh.0,
             metrics,
@@ -454,6 +488,8 @@ impl Provider {
         match result {
             Ok(ks) => {
                 self.keys.store(Arc::new(ks));
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 j.healthy.store(true, std::sync::atomic::Ordering::Release);
                 self.metrics
                     .jwks_refresh
@@ -469,6 +505,10 @@ impl Provider {
                 tracing::warn!(provider = %self.name, reason = why, "JWKS fetch failed; keeping the previous keys");
             }
         }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn jwks_down(&self) -> bool {
@@ -494,6 +534,8 @@ pub struct Claims {
     pub exp: u64,
     /// RFC 8705 certificate thumbprint the token is bound to.
     pub cnf_x5t: Option<String>,
+    /// The token has a `cnf` claim (of any form).
+    pub cnf_present: bool,
     pub raw: serde_json::Map<String, Value>,
 }
 
@@ -521,6 +563,7 @@ impl Claims {
                 .and_then(|c| c.get("x5t#S256"))
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            cnf_present: raw.contains_key("cnf"),
             raw,
         })
     }
@@ -535,19 +578,24 @@ fn now_secs() -> u64 {
 
 /// Verified tokens by SHA-256 of the token. Bounded; an entry is never served at or after
 /// its `exp` (the leeway applies only to the first verification).
+type TokenHash = [u8; 32];
+
 struct TokenCache {
     max: usize,
-    map: Mutex<HashMap<[u8; 32], Arc<Claims>>>,
+    /// Token hash → claims and the key-set generation they were verified against.
+    map: Mutex<HashMap<TokenHash, (Arc<Claims>, u64)>>,
 }
 
 impl TokenCache {
-    fn get(&self, key: &[u8; 32], now: u64) -> Option<Arc<Claims>> {
+    /// A cached entry still valid at `now`, verified against key-set generation `gen`
+    /// (after a JWKS change — say a leaked key was withdrawn — tokens are re-verified).
+    fn get(&self, key: &[u8; 32], now: u64, gen: impl Fn(&str) -> u64) -> Option<Arc<Claims>> {
         if self.max == 0 {
             return None;
         }
         let mut m = self.map.lock().ok()?;
         match m.get(key) {
-            Some(c) if c.exp > now => Some(c.clone()),
+            Some((c, g)) if c.exp > now && *g == gen(&c.provider) => Some(c.clone()),
             Some(_) => {
                 m.remove(key);
                 None
@@ -555,20 +603,20 @@ impl TokenCache {
             None => None,
         }
     }
-    fn put(&self, key: [u8; 32], c: Arc<Claims>, now: u64) {
+    fn put(&self, key: [u8; 32], c: Arc<Claims>, gen: u64, now: u64) {
         if self.max == 0 || c.exp <= now {
             return;
         }
         let Ok(mut m) = self.map.lock() else { return };
         if m.len() >= self.max {
-            m.retain(|_, v| v.exp > now);
+            m.retain(|_, (v, _)| v.exp > now);
             if m.len() >= self.max {
                 // Still full of live tokens: start over rather than grow. Costs a re-verify
                 // per token, never correctness.
                 m.clear();
             }
         }
-        m.insert(key, c);
+        m.insert(key, (c, gen));
     }
 }
 
@@ -801,15 +849,14 @@ impl Inner {
                 "token algorithm not accepted",
             )));
         }
-        let family = header.alg.family();
         let kid = header.kid.as_deref();
         let mut keys = provider.keys.load_full();
-        if keys.candidates(kid, family).is_empty() && provider.jwks.is_some() {
+        if keys.candidates(kid, header.alg).is_empty() && provider.jwks.is_some() {
             // Unknown kid: maybe a rotation. Refetch (rate-limited) and look again.
             provider.fetch(false).await;
             keys = provider.keys.load_full();
         }
-        let candidates = keys.candidates(kid, family);
+        let candidates = keys.candidates(kid, header.alg);
         if candidates.is_empty() {
             if keys.keys.is_empty() && provider.jwks_down() {
                 return Err(fail(jwks_unavailable()));
@@ -876,21 +923,31 @@ impl Inner {
         let token = token.as_str();
         let key = crate::identity::sha256(token.as_bytes());
         let now = now_secs();
-        let (claims, provider) = match self.cache.get(&key, now) {
+        let gen_of = |name: &str| {
+            self.providers
+                .iter()
+                .find(|p| &*p.name == name)
+                .map_or(u64::MAX, |p| p.generation())
+        };
+        let (claims, provider) = match self.cache.get(&key, now, gen_of) {
             Some(c) => {
                 let p = c.provider.clone();
                 (c, p)
             }
             None => {
                 let (c, p) = self.verify(token).await?;
-                self.cache.put(key, c.clone(), now);
+                // The generation read after verifying: a refresh racing this request only
+                // makes the entry stale sooner, never accepts a withdrawn key.
+                self.cache.put(key, c.clone(), gen_of(&p), now);
                 (c, p)
             }
         };
         // RFC 8705: checked on every request — the cache is per token, not per connection.
-        match (&claims.cnf_x5t, cert) {
-            (Some(want), Some(id)) if *want == id.x5t_s256 => {}
-            (Some(_), _) => {
+        // Any `cnf` other than a matching `x5t#S256` (e.g. DPoP's `jkt`, which Ward cannot
+        // check) is refused rather than treated as a plain bearer token.
+        match (claims.cnf_present, &claims.cnf_x5t, cert) {
+            (true, Some(want), Some(id)) if *want == id.x5t_s256 => {}
+            (true, _, _) => {
                 return Err((
                     invalid(
                         "token_binding",
@@ -899,7 +956,7 @@ impl Inner {
                     provider,
                 ))
             }
-            (None, _) if self.require_binding => {
+            (false, _, _) if self.require_binding => {
                 return Err((
                     invalid(
                         "token_unbound",
@@ -908,7 +965,7 @@ impl Inner {
                     provider,
                 ))
             }
-            (None, _) => {}
+            (false, _, _) => {}
         }
         Ok(claims)
     }
@@ -1018,6 +1075,7 @@ mod tests {
             patient: None,
             exp,
             cnf_x5t: None,
+            cnf_present: false,
             raw: Default::default(),
         })
     }
@@ -1028,15 +1086,21 @@ mod tests {
             max: 2,
             map: Mutex::new(HashMap::new()),
         };
-        c.put([1; 32], claims(100), 50);
-        assert!(c.get(&[1; 32], 99).is_some());
-        assert!(c.get(&[1; 32], 100).is_none(), "served at exp");
-        c.put([2; 32], claims(100), 50);
-        c.put([3; 32], claims(100), 50);
-        c.put([4; 32], claims(100), 50);
+        let g0 = |_: &str| 0;
+        c.put([1; 32], claims(100), 0, 50);
+        assert!(c.get(&[1; 32], 99, g0).is_some());
+        assert!(
+            c.get(&[1; 32], 99, |_: &str| 1).is_none(),
+            "served across a key-set change"
+        );
+        c.put([1; 32], claims(100), 0, 50);
+        assert!(c.get(&[1; 32], 100, g0).is_none(), "served at exp");
+        c.put([2; 32], claims(100), 0, 50);
+        c.put([3; 32], claims(100), 0, 50);
+        c.put([4; 32], claims(100), 0, 50);
         assert!(c.map.lock().unwrap().len() <= 2);
-        c.put([5; 32], claims(10), 50);
-        assert!(c.get(&[5; 32], 50).is_none(), "expired token cached");
+        c.put([5; 32], claims(10), 0, 50);
+        assert!(c.get(&[5; 32], 50, g0).is_none(), "expired token cached");
     }
 
     #[test]

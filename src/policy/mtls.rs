@@ -40,7 +40,9 @@ pub struct MtlsConfig {
     pub uri_sans: Vec<String>,
     #[serde(default)]
     pub email_sans: Vec<String>,
-    /// Issuer common name or full issuer DN as printed by `ward` (e.g. `CN=Hospital CA`).
+    /// Full issuer DN, e.g. `CN=Hospital Client CA, O=General Hospital`. Names are not
+    /// proof of identity: when a listener trusts several CAs, one of them can issue under
+    /// another's name; give each trust domain its own listener.
     #[serde(default)]
     pub issuers: Vec<String>,
     /// SHA-256 of the SubjectPublicKeyInfo, hex (colons allowed).
@@ -50,9 +52,39 @@ pub struct MtlsConfig {
     /// EKU extension).
     #[serde(default = "yes")]
     pub require_client_auth_eku: bool,
-    /// Header that carries the verified identity (CN, else first SAN) to the upstream.
+    /// Header that carries the verified identity to the upstream.
     #[serde(default)]
     pub forward_header: Option<String>,
+    /// Which attribute `forward_header` carries (default `auto`: the CN, else the first
+    /// SAN). Name the attribute the allow-list checks, so the upstream sees what was
+    /// verified.
+    #[serde(default)]
+    pub forward_field: ForwardField,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardField {
+    #[default]
+    Auto,
+    Cn,
+    UriSan,
+    DnsSan,
+    EmailSan,
+    SpkiSha256,
+}
+
+impl ForwardField {
+    fn pick<'a>(&self, id: &'a ClientIdentity) -> Option<&'a str> {
+        match self {
+            ForwardField::Auto => Some(id.display_name()),
+            ForwardField::Cn => id.subject_cn.as_deref(),
+            ForwardField::UriSan => id.uri_sans.first().map(String::as_str),
+            ForwardField::DnsSan => id.dns_sans.first().map(String::as_str),
+            ForwardField::EmailSan => id.email_sans.first().map(String::as_str),
+            ForwardField::SpkiSha256 => Some(&id.spki_sha256),
+        }
+    }
 }
 
 impl MtlsConfig {
@@ -152,9 +184,7 @@ impl Compiled {
             && any(&c.email_sans, &|p| {
                 id.email_sans.iter().any(|e| e.eq_ignore_ascii_case(p))
             })
-            && any(&c.issuers, &|p| {
-                id.issuer == p || id.issuer_cn.as_deref() == Some(p)
-            })
+            && any(&c.issuers, &|p| id.issuer == p)
             && (self.spki.is_empty() || self.spki.contains(&id.spki_sha256));
         if ok {
             Ok(())
@@ -216,9 +246,11 @@ where
             return Box::pin(async move { Err(rej) });
         }
         if let Some(name) = &self.c.header {
+            let field = self.c.cfg.forward_field;
             let value = id
                 .as_deref()
-                .and_then(|i| HeaderValue::from_str(i.display_name()).ok());
+                .and_then(|i| field.pick(i))
+                .and_then(|v| HeaderValue::from_str(v).ok());
             UpstreamHeaders::push(&mut req, name.clone(), value);
         }
         Box::pin(self.inner.call(req))
@@ -264,7 +296,9 @@ mod tests {
         assert!(cfg("uri_sans: ['spiffe://hospital.example/ns/er/*']")
             .admit(&id())
             .is_err());
-        assert!(cfg("issuers: [Hospital CA]").admit(&id()).is_ok());
+        assert!(cfg("issuers: ['CN=Hospital CA']").admit(&id()).is_ok());
+        // A CN alone is not an issuer identity.
+        assert!(cfg("issuers: [Hospital CA]").admit(&id()).is_err());
         assert!(cfg(&format!("spki_sha256: ['{}']", "AB".repeat(32)))
             .admit(&id())
             .is_ok());

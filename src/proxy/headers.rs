@@ -125,6 +125,9 @@ pub fn sanitize_request(h: &mut HeaderMap, trusted: bool) -> ClientForwarded {
             || SPOOFABLE.contains(&n)
             // Our own namespace: a client must never be able to speak for the gateway.
             || n.starts_with("x-ward-")
+            // CGI-style servers read `x_ward_id` as `X-Ward-Id`: names with `_` would dodge
+            // every rule above (nginx drops them by default for the same reason).
+            || n.contains('_')
             || listed.iter().any(|l| l == n)
     });
     kept
@@ -262,6 +265,7 @@ mod tests {
         h.insert("x-ward-identity", HeaderValue::from_static("admin"));
         h.insert("x-original-url", HeaderValue::from_static("/admin/purge"));
         h.insert("true-client-ip", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x_ward_identity", HeaderValue::from_static("admin"));
         h.insert("accept", HeaderValue::from_static("application/fhir+json"));
         h
     }
@@ -277,6 +281,9 @@ mod tests {
             "upgrade",
             "x-http-method-override",
             "x-ward-identity",
+            "x-original-url",
+            "true-client-ip",
+            "x_ward_identity",
         ] {
             assert!(!h.contains_key(gone), "{gone}");
         }

@@ -332,11 +332,20 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 pub struct ProxyService {
     upstream: Arc<Upstream>,
     metrics: Arc<Metrics>,
+    policy_headers: Arc<[http::HeaderName]>,
 }
 
 impl ProxyService {
-    pub fn new(upstream: Arc<Upstream>, metrics: Arc<Metrics>) -> Self {
-        ProxyService { upstream, metrics }
+    pub fn new(
+        upstream: Arc<Upstream>,
+        metrics: Arc<Metrics>,
+        policy_headers: Arc<[http::HeaderName]>,
+    ) -> Self {
+        ProxyService {
+            upstream,
+            metrics,
+            policy_headers,
+        }
     }
 }
 
@@ -352,6 +361,7 @@ impl tower::Service<Request<Body>> for ProxyService {
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let upstream = self.upstream.clone();
         let metrics = self.metrics.clone();
+        let owned_headers = self.policy_headers.clone();
         Box::pin(async move {
             // Taken, not cloned: the upstream request carries no extensions anyway.
             let ctx = req
@@ -368,6 +378,10 @@ impl tower::Service<Request<Body>> for ProxyService {
             let h = req.headers_mut();
             let kept = headers::sanitize_request(h, ctx.trusted_peer);
             headers::set_forwarding(h, &ctx, kept);
+            // Headers any policy sets are the gateway's on every route.
+            for name in owned_headers.iter() {
+                h.remove(name);
+            }
             // Policy-set headers: every client copy goes, then the gateway's value.
             if let Some(UpstreamHeaders(set)) = policy_headers {
                 for (name, _) in &set {

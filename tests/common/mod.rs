@@ -528,3 +528,19 @@ pub async fn request_with(
 pub fn get_req(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
 }
+
+/// A pooled hyper client presenting a client certificate (keeps connections alive).
+pub fn client_with_cert(pki: &Pki, cert: &ClientCert, h2: bool) -> TestClient {
+    let tls = client_tls_with_cert(pki, cert, &[]);
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only();
+    let conn = if h2 {
+        b.enable_http2().build()
+    } else {
+        b.enable_http1().build()
+    };
+    let mut cb = Client::builder(TokioExecutor::new());
+    cb.http2_only(h2);
+    cb.build(conn)
+}
