@@ -535,9 +535,12 @@ async fn certificate_bound_tokens() {
     assert!(resp.contains("token_binding"));
     let no_cert = Arc::new(client_tls(&s.env.pki, &[b"http/1.1"]));
     assert_eq!(
-        status_of(&request_with(no_cert, addr, &req).await.unwrap()),
+        status_of(&request_with(no_cert.clone(), addr, &req).await.unwrap()),
         401
     );
+    let resp = request_with(no_cert, addr, &req_dpop).await.unwrap();
+    assert_eq!(status_of(&resp), 401, "{resp}");
+    assert!(resp.contains("token_binding"));
 }
 
 #[tokio::test]
