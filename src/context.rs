@@ -55,22 +55,8 @@ impl UpstreamHeaders {
 /// proxy owns.
 pub fn check_forward_header(h: &str) -> Result<(), String> {
     let name = HeaderName::try_from(h).map_err(|_| format!("`{h}` is not a valid header name"))?;
-    const OWNED: &[&str] = &[
-        "host",
-        "connection",
-        "content-length",
-        "transfer-encoding",
-        "te",
-        "upgrade",
-        "authorization",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "forwarded",
-        "x-request-id",
-    ];
-    if OWNED.contains(&name.as_str()) {
-        return Err(format!("`{h}` is set by the gateway itself"));
+    if crate::proxy::headers::is_gateway_managed(name.as_str()) {
+        return Err(format!("`{h}` is managed by the gateway itself"));
     }
     Ok(())
 }

@@ -197,8 +197,11 @@ pub fn client_verifier(
     for f in &cfg.crls {
         crls.extend(load_crls(&resolve(f))?);
     }
+    // A CRL past its nextUpdate is refused rather than trusted forever: fail closed, and the
+    // handshake failures (reason bad_certificate) make a stale CRL visible at once.
     let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()))
-        .with_crls(crls);
+        .with_crls(crls)
+        .enforce_revocation_expiration();
     if cfg.mode == ClientAuthMode::Optional {
         b = b.allow_unauthenticated();
     }

@@ -128,10 +128,22 @@ fn yaml_syntax_errors_have_lines() {
 
 #[test]
 fn every_policy_file_in_the_repository_loads() {
+    // Policies name files relative to the config's folder; lay out the demo PKI the
+    // example files refer to in a scratch folder used as that base (a fresh clone has no
+    // certs-example/demo/).
+    let env = Env::new();
+    env.pki.write(&env.path("certs-example/demo")).unwrap();
     let dir = policies_dir();
-    let policies = ward::config::load_policies(&dir, dir.parent().unwrap(), &|_| None)
+    let policies = ward::config::load_policies(&dir, env.dir.path(), &|_| None)
         .unwrap_or_else(|e| panic!("{e:#?}"));
-    assert!(!policies.is_empty(), "policies/ has no example files");
+    for expected in ["baseline", "uploads", "lab-systems", "smart-on-fhir"] {
+        assert!(
+            policies.contains_key(expected),
+            "policies/{expected}.yaml missing"
+        );
+    }
+    assert!(policies["lab-systems"].mtls.is_some());
+    assert!(policies["smart-on-fhir"].auth.is_some());
 }
 
 #[test]

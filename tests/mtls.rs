@@ -311,3 +311,30 @@ async fn policy_headers_cannot_be_injected_through_other_routes() {
     assert!(!seen.headers.contains_key("x-client-identity"));
     assert!(!seen.headers.contains_key("x_client_identity"));
 }
+
+#[tokio::test]
+async fn an_expired_crl_fails_closed() {
+    let s = setup("optional").await;
+    let addr = s.gw.addr("public").unwrap();
+    let cfg = Arc::new(client_tls_with_cert(
+        &s.env.pki,
+        &lab_cert(&s.ca, 60),
+        &[b"http/1.1"],
+    ));
+    assert_eq!(
+        status_of(
+            &request_with(cfg.clone(), addr, &get_req("/secure/x"))
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    s.env.write("clients/revoked.crl", &s.ca.expired_crl(5));
+    assert!(s.gw.reload_tls().is_empty());
+    assert!(
+        request_with(cfg, addr, &get_req("/secure/x"))
+            .await
+            .is_err(),
+        "a stale CRL was trusted"
+    );
+}

@@ -142,6 +142,24 @@ fn join_all(h: &HeaderMap, name: &str) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
+/// Headers whose meaning the gateway owns: a policy may not choose one of these as the
+/// name it forwards an identity or claim in.
+pub fn is_gateway_managed(name: &str) -> bool {
+    const OWNED: &[&str] = &[
+        "host",
+        "content-length",
+        "authorization",
+        "cookie",
+        "expect",
+    ];
+    HOP_BY_HOP.contains(&name)
+        || METHOD_OVERRIDES.contains(&name)
+        || GATEWAY_SET.contains(&name)
+        || SPOOFABLE.contains(&name)
+        || OWNED.contains(&name)
+        || name.contains('_')
+}
+
 /// Forwarding headers the client sent, used only if the peer is trusted.
 #[derive(Debug, Default)]
 pub struct ClientForwarded {

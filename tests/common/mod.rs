@@ -453,9 +453,22 @@ impl ClientCa {
     }
 
     pub fn crl(&self, number: u64, revoked: &[u64]) -> String {
+        self.make_crl(number, revoked, false)
+    }
+
+    /// A CRL whose nextUpdate has passed.
+    pub fn expired_crl(&self, number: u64) -> String {
+        self.make_crl(number, &[], true)
+    }
+
+    fn make_crl(&self, number: u64, revoked: &[u64], expired: bool) -> String {
         CertificateRevocationListParams {
             this_update: rcgen::date_time_ymd(2024, 1, 1),
-            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            next_update: if expired {
+                rcgen::date_time_ymd(2024, 6, 1)
+            } else {
+                rcgen::date_time_ymd(2099, 1, 1)
+            },
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: revoked
