@@ -13,6 +13,7 @@ pub mod conn_guard;
 pub mod context;
 pub mod demo;
 pub mod error;
+pub mod fhir;
 pub mod identity;
 pub mod metrics;
 pub mod path;

@@ -492,9 +492,22 @@ fn prepare(
     };
     *fhir = route.info.fhir;
     *route_name = Some((route.info.name.clone(), route.metrics.clone()));
-    if route.info.fhir {
+    let fhir_request = if route.info.fhir {
         crate::path::check_fhir(&canonical)?;
-    }
+        // Classify the FHIR interaction once; policies read the typed result. A shape that
+        // cannot be classified never reaches the EHR.
+        let rel = canonical
+            .strip_prefix(route.info.path_prefix.as_str())
+            .unwrap_or(&canonical)
+            .trim_start_matches('/');
+        Some(crate::fhir::request::parse(
+            req.method(),
+            rel,
+            req.uri().query(),
+        )?)
+    } else {
+        None
+    };
     let pq = match req.uri().query() {
         Some(q) => format!("{canonical}?{q}"),
         None => canonical,
@@ -512,6 +525,9 @@ fn prepare(
         host: host.as_str().to_ascii_lowercase(),
     });
     parts.extensions.insert(RouteId(route.info.clone()));
+    if let Some(f) = fhir_request {
+        parts.extensions.insert(Arc::new(f));
+    }
     if let Some(id) = &conn.identity {
         parts.extensions.insert(id.clone());
     }

@@ -523,3 +523,38 @@ async fn refused_method_never_falls_through_to_a_shorter_prefix() {
         .unwrap();
     assert_eq!(send(&c, del).await.status, 200);
 }
+
+#[tokio::test]
+async fn fhir_routes_refuse_unclassifiable_requests() {
+    let env = Env::new();
+    let (up, state) = upstream().await;
+    let gw = env.start(&basic_config(up, "", "")).await;
+    let addr = gw.addr("public").unwrap();
+    for (req, code) in [
+        ("GET /fhir/NotAType/1", "fhir_unknown_type"),
+        ("GET /fhir/patient/1", "fhir_unknown_type"),
+        ("GET /fhir/Patient/a_b", "fhir_bad_id"),
+        ("GET /fhir/Observation/1/Condition", "fhir_unsupported"),
+        ("DELETE /fhir/Patient", "fhir_unsupported"),
+        ("GET /fhir/Patient?name=%zz", "fhir_bad_query"),
+    ] {
+        let raw_req = format!("{req} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let resp = raw(&env.pki, addr, raw_req.as_bytes()).await;
+        assert_eq!(status_of(&resp), 400, "{req}: {resp}");
+        let v = body_of(&resp);
+        assert_eq!(v["resourceType"], "OperationOutcome", "{req}");
+        assert_eq!(v["issue"][0]["details"]["coding"][0]["code"], code, "{req}");
+    }
+    assert_eq!(state.count(), 0);
+    // Valid shapes pass, including operations, history and compartment searches.
+    let c = client(&env.pki, false);
+    for path in [
+        "/fhir/metadata",
+        "/fhir/Patient/1/$everything",
+        "/fhir/Patient/1/_history/2",
+        "/fhir/Patient/1/Observation?code=x",
+        "/fhir?_type=Patient",
+    ] {
+        assert_eq!(send(&c, get(&url(&gw, path))).await.status, 200, "{path}");
+    }
+}
