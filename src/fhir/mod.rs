@@ -2,7 +2,9 @@
 //! definitions, see `tables.rs`), and the REST request model every FHIR-aware policy
 //! reads (`request.rs`).
 
+pub mod compartment;
 pub mod request;
+pub mod scopes;
 #[rustfmt::skip]
 pub mod tables;
 
