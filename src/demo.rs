@@ -226,6 +226,10 @@ pub fn write_demo_policies(dir: &Path) -> std::io::Result<()> {
         "description: Only the demo client certificate\nmtls:\n  subjects: [demo-client]\n  forward_header: x-client-identity\n",
     )?;
     std::fs::write(
+        dir.join("demo-patient.yaml"),
+        "description: Patient compartment guard\nfhir_authz:\n  allowed_operations: [everything]\n",
+    )?;
+    std::fs::write(
         dir.join("demo-token.yaml"),
         format!(
             "description: Tokens from the demo issuer (ward token)\nauth:\n  providers:\n    - name: demo-issuer\n      issuer: {DEMO_ISSUER}\n      audiences: [{DEMO_AUDIENCE}]\n      algorithms: [ES256]\n      keys_file: {TOKEN_PUB}\n  forward_claims:\n    sub: x-user-sub\n"
@@ -374,6 +378,14 @@ routes:
     rewrite_prefix: /fhir
     fhir: true
     policies: [baseline, demo-mtls]
+  - name: fhir-patient
+    listener: public
+    path_prefix: /patient/fhir
+    methods: [GET]
+    upstream: sample-ehr
+    rewrite_prefix: /fhir
+    fhir: true
+    policies: [baseline, demo-token, demo-patient]
   - name: fhir-token
     listener: public
     path_prefix: /secure/fhir

@@ -240,6 +240,21 @@ async fn demo() -> anyhow::Result<()> {
         },
     )
     .map_err(|e| anyhow::anyhow!(e))?;
+    let patient_token = ward::demo::mint_token(
+        &std::fs::read(&token_key)?,
+        None,
+        &ward::demo::TokenSpec {
+            iss: ward::demo::DEMO_ISSUER,
+            aud: ward::demo::DEMO_AUDIENCE,
+            sub: "demo-patient-app",
+            scope: "launch/patient patient/*.read",
+            patient: Some("example-1"),
+            ttl: std::time::Duration::from_secs(3600),
+            kid: None,
+            cnf_x5t: None,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "ward".into());
@@ -265,6 +280,12 @@ Config written to {cfg}. Try:
   curl --cacert {d}/ca.pem -H "Authorization: Bearer $TOKEN" https://localhost:8443/secure/fhir/Patient
   # mint another:
   TOKEN=$({exe} token --key {d}/{key} --sub demo-clinician --scope 'patient/*.read')
+
+  # patient-facing app for example-1 (SMART patient scope + launch context):
+  PTOKEN={patient_token}
+  curl --cacert {d}/ca.pem -H "Authorization: Bearer $PTOKEN" https://localhost:8443/patient/fhir/Observation        # only example-1's
+  curl --cacert {d}/ca.pem -H "Authorization: Bearer $PTOKEN" https://localhost:8443/patient/fhir/Observation/obs-2  # 404: example-2's record
+  curl --cacert {d}/ca.pem -H "Authorization: Bearer $PTOKEN" 'https://localhost:8443/patient/fhir/Observation?patient=example-2'  # 403
 
   # operations
   curl http://127.0.0.1:9901/readyz

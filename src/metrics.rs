@@ -26,6 +26,7 @@ pub struct Metrics {
     pub cert_expiry_days: IntGaugeVec,
     pub authn: IntCounterVec,
     pub jwks_refresh: IntCounterVec,
+    pub fhir_authz: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -139,6 +140,7 @@ impl Metrics {
             cert_expiry_days: gauge(&r, "ward_certificate_expiry_days", "Days until the earliest expiry in each configured server certificate / client CA file.", &["listener", "kind", "file"]),
             authn: counter(&r, "ward_authn_total", "Authentication decisions by route, provider, result and code.", &["route", "provider", "result", "code"]),
             jwks_refresh: counter(&r, "ward_jwks_refresh_total", "JWKS fetches by provider and result.", &["provider", "result"]),
+            fhir_authz: counter(&r, "ward_fhir_authz_total", "FHIR authorization decisions by route, resource type, interaction, decision and code.", &["route", "resource_type", "interaction", "decision", "code"]),
             registry: r,
         }
     }

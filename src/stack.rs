@@ -15,7 +15,7 @@
 //!   limits           — body size and deadline: refuse oversized bodies before any policy
 //!                      reads them
 //!   authn (JWT)      — reserved
-//!   FHIR authz       — reserved: needs the verified claims
+//!   FHIR authz       — SMART scopes, patient compartment: needs the verified claims
 //!   validate         — reserved: only authorised bodies are worth parsing
 //!   DLP              — reserved: closest to the upstream, sees exactly what is forwarded
 //!   proxy            — header hygiene, forwarding headers, upstream call (`proxy/`)
@@ -35,6 +35,7 @@ use crate::config::{Config, ListenerLimits, PolicyConfig, RouteConfig};
 use crate::error::Rejection;
 use crate::metrics::Metrics;
 use crate::policy::auth::AuthLayer;
+use crate::policy::fhir_authz::FhirAuthzLayer;
 use crate::policy::limits::{LimitsConfig, LimitsLayer};
 use crate::policy::mtls::MtlsLayer;
 use crate::proxy::{ProxyService, Upstream};
@@ -142,6 +143,9 @@ pub fn build(
         }),
         None => None,
     };
+    let fhir_authz = section(route, cfg, |p| p.fhir_authz.as_ref())
+        .map(|(_, f)| FhirAuthzLayer::new(f, shared.metrics.clone()))
+        .transpose()?;
     let svc = ServiceBuilder::new()
         // identity (mTLS): who is calling, before anything else looks at the request
         .option_layer(mtls)
@@ -150,7 +154,9 @@ pub fn build(
         .layer(LimitsLayer::from(route_limits(route, cfg, listener)))
         // authn: bearer token → verified `Claims`
         .option_layer(auth)
-        // FHIR authz, validate, DLP: reserved, in that order
+        // FHIR authz: SMART scopes and the patient-compartment guard (needs the claims)
+        .option_layer(fhir_authz)
+        // validate, DLP: reserved, in that order
         // proxy: header hygiene, gateway-set headers, upstream call
         .service(ProxyService::new(
             upstream,

@@ -136,7 +136,13 @@ fn every_policy_file_in_the_repository_loads() {
     let dir = policies_dir();
     let policies = ward::config::load_policies(&dir, env.dir.path(), &|_| None)
         .unwrap_or_else(|e| panic!("{e:#?}"));
-    for expected in ["baseline", "uploads", "lab-systems", "smart-on-fhir"] {
+    for expected in [
+        "baseline",
+        "uploads",
+        "lab-systems",
+        "smart-on-fhir",
+        "patient-access",
+    ] {
         assert!(
             policies.contains_key(expected),
             "policies/{expected}.yaml missing"
@@ -144,6 +150,7 @@ fn every_policy_file_in_the_repository_loads() {
     }
     assert!(policies["lab-systems"].mtls.is_some());
     assert!(policies["smart-on-fhir"].auth.is_some());
+    assert!(policies["patient-access"].fhir_authz.is_some());
 }
 
 #[test]
@@ -170,7 +177,7 @@ fn example_config_loads() {
     let demo = ward::demo::demo_config(&demo_dir, "127.0.0.1:9".parse().unwrap());
     let p = env.write("certs-example/demo/ward-demo.yaml", &demo);
     let cfg = ward::config::load_with(&p, &|_| None).unwrap_or_else(|e| panic!("{e:#?}"));
-    assert_eq!(cfg.routes.len(), 3);
+    assert_eq!(cfg.routes.len(), 4);
 }
 
 #[test]

@@ -306,6 +306,8 @@ pub struct PolicyConfig {
     pub mtls: Option<crate::policy::mtls::MtlsConfig>,
     #[serde(default)]
     pub auth: Option<crate::policy::auth::AuthConfig>,
+    #[serde(default)]
+    pub fhir_authz: Option<crate::policy::fhir_authz::FhirAuthzConfig>,
     /// Where the file is, for messages.
     #[serde(skip)]
     pub file: String,
@@ -324,14 +326,16 @@ impl PolicyConfig {
         if self.auth.is_some() {
             v.push("auth");
         }
+        if self.fhir_authz.is_some() {
+            v.push("fhir_authz");
+        }
         v
     }
 }
 
 /// Policy sections that the design reserves and that later releases implement. Naming
 /// one is an error: a policy the binary cannot enforce must not be silently skipped.
-pub const RESERVED_POLICY_SECTIONS: &[&str] =
-    &["fhir_authz", "validate", "rate_limit", "dlp", "audit"];
+pub const RESERVED_POLICY_SECTIONS: &[&str] = &["validate", "rate_limit", "dlp", "audit"];
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -720,6 +724,14 @@ pub fn load_policy_file(
                             }
                         }
                     }
+                    "fhir_authz" => {
+                        policy.fhir_authz = decode_node(&mut e, v, k, vars);
+                        if let Some(f) = &policy.fhir_authz {
+                            for (key, msg) in f.problems() {
+                                e.at(&format!("fhir_authz.{key}"), msg);
+                            }
+                        }
+                    }
                     "auth" => {
                         policy.auth = decode_node(&mut e, v, k, vars);
                         if let Some(a) = &policy.auth {
@@ -738,7 +750,7 @@ pub fn load_policy_file(
                     _ => e.at(
                         k,
                         format!(
-                            "unknown policy section `{k}` (expected description, limits, mtls, auth, or one of: {})",
+                            "unknown policy section `{k}` (expected description, limits, mtls, auth, fhir_authz, or one of: {})",
                             RESERVED_POLICY_SECTIONS.join(", ")
                         ),
                     ),
@@ -800,6 +812,15 @@ fn validate_route_policies(cfg: &Config, r: &RouteConfig, p: &str, e: &mut Errs<
             for h in a.forward_claims.values() {
                 headers.push((h.to_ascii_lowercase(), name.as_str()));
             }
+        }
+    }
+    let has = |sec: &str| seen.iter().any(|(s, _)| *s == sec);
+    if has("fhir_authz") {
+        if !r.fhir {
+            e.at(p, "a fhir_authz policy needs a `fhir: true` route");
+        }
+        if !has("auth") {
+            e.at(p, "a fhir_authz policy needs an auth policy on the same route (it reads the token's scopes)");
         }
     }
     for (i, (h, pol)) in headers.iter().enumerate() {

@@ -3,6 +3,7 @@
 //! FHIR authorization, validation and DLP plug in at their reserved places in the stack.
 
 pub mod auth;
+pub mod fhir_authz;
 pub mod limits;
 pub mod mtls;
 

@@ -1,0 +1,852 @@
+//! `fhir_authz` policy: SMART on FHIR scopes and the patient-compartment guard against
+//! broken object-level authorization (a valid token reading another patient's records).
+//!
+//! Runs after `auth` (it reads the verified `Claims`) on `fhir: true` routes (it reads the
+//! parsed `FhirRequest`). With `user/` or `system/` scopes only per-type permissions apply.
+//! With patient-level access (a `patient/` scope, or the patient launch-context claim) every
+//! interaction is confined to the token's patient, before the request and again on the
+//! response:
+//! - `Patient/{id}` only for the token's patient; other compartment resources read by id
+//!   are checked in the upstream's answer; anything else answers the same 404 a missing
+//!   resource gets (existence is never revealed);
+//! - searches only on compartment types; the patient restriction is checked when present
+//!   (a conflicting value is 403) and added when absent; every entry of the returned
+//!   Bundle must belong to the patient (removed, or the response fails closed);
+//! - `_has`, chained parameters, `_include`/`_revinclude` are refused unless allowed;
+//! - creates and updates must carry the token's patient and match the URL;
+//! - what cannot be confined here yet fails closed with a stable code: batch/transaction
+//!   Bundles (`batch_unsupported`), patches, deletes and conditional writes in patient
+//!   context, system-wide searches and history in patient context.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::Rejection;
+use crate::fhir::compartment::{in_patient_compartment, references_patient};
+use crate::fhir::request::{parse_params, FhirRequest, Interaction, SearchParam};
+use crate::fhir::scopes::{self, Context as ScopeContext, Perm, Scope};
+use crate::metrics::Metrics;
+use crate::policy::auth::{insufficient_scope, Claims};
+use crate::policy::PolicyFuture;
+use crate::Body;
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BundleMode {
+    /// Remove entries of other patients (and lower `Bundle.total` accordingly).
+    #[default]
+    Filter,
+    /// Refuse the whole response.
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CountMode {
+    /// Rewrite `_count` down to the maximum.
+    #[default]
+    Cap,
+    /// Refuse requests over the maximum.
+    Reject,
+}
+
+fn default_claim() -> String {
+    "patient".into()
+}
+fn default_buffer() -> usize {
+    8 * 1024 * 1024
+}
+fn default_max_count() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirAuthzConfig {
+    /// Claim carrying the SMART launch-context patient id.
+    #[serde(default = "default_claim")]
+    pub patient_claim: String,
+    #[serde(default)]
+    pub allow_include: bool,
+    #[serde(default)]
+    pub allow_has: bool,
+    #[serde(default)]
+    pub allow_chained: bool,
+    /// Operations (without `$`) allowed on this route, e.g. `[everything]`.
+    #[serde(default)]
+    pub allowed_operations: Vec<String>,
+    #[serde(default)]
+    pub bundle_mode: BundleMode,
+    /// Largest upstream response (or request body) buffered for a check; beyond it the
+    /// request fails closed.
+    #[serde(default = "default_buffer")]
+    pub max_buffer_bytes: usize,
+    /// Search-parameter firewall: if not empty, only these parameters (and the `_`
+    /// result parameters `_count`, `_sort`, `_format`, `_elements`, `_summary`).
+    #[serde(default)]
+    pub allowed_params: Vec<String>,
+    #[serde(default = "default_max_count")]
+    pub max_count: u32,
+    #[serde(default)]
+    pub count_mode: CountMode,
+}
+
+impl FhirAuthzConfig {
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.patient_claim.is_empty() {
+            out.push(("patient_claim", "must not be empty".into()));
+        }
+        if self.max_buffer_bytes == 0 || self.max_buffer_bytes > 256 * 1024 * 1024 {
+            out.push(("max_buffer_bytes", "between 1 and 268435456".into()));
+        }
+        if self.max_count == 0 {
+            out.push(("max_count", "must be greater than 0".into()));
+        }
+        out
+    }
+}
+
+const RESULT_PARAMS: &[&str] = &[
+    "_count",
+    "_sort",
+    "_format",
+    "_elements",
+    "_summary",
+    "_total",
+    "_pretty",
+];
+
+struct Inner {
+    cfg: FhirAuthzConfig,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Clone)]
+pub struct FhirAuthzLayer(Arc<Inner>);
+
+impl FhirAuthzLayer {
+    pub fn new(cfg: &FhirAuthzConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        if let Some((k, m)) = cfg.problems().into_iter().next() {
+            return Err(format!("{k}: {m}"));
+        }
+        Ok(FhirAuthzLayer(Arc::new(Inner {
+            cfg: cfg.clone(),
+            metrics,
+        })))
+    }
+}
+
+impl<S> tower::Layer<S> for FhirAuthzLayer {
+    type Service = FhirAuthz<S>;
+    fn layer(&self, inner: S) -> FhirAuthz<S> {
+        FhirAuthz {
+            inner,
+            a: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct FhirAuthz<S> {
+    inner: S,
+    a: Arc<Inner>,
+}
+
+fn denied(code: &'static str, detail: &'static str) -> Rejection {
+    Rejection::new(StatusCode::FORBIDDEN, code, detail)
+}
+
+/// What a missing resource answers: used whenever the truth would reveal existence.
+fn hidden() -> Rejection {
+    Rejection::new(StatusCode::NOT_FOUND, "not_found", "resource not found")
+}
+
+/// The decision before the upstream is called.
+enum Plan {
+    /// No compartment restriction (user/system scope, capabilities, non-compartment read).
+    Pass,
+    /// Patient context: check the response resource (read/vread) or Bundle (search/history).
+    CheckResponse {
+        patient: String,
+        bundle: bool,
+        hide: bool,
+    },
+}
+
+fn patient_value_ok(value: &str, pid: &str) -> bool {
+    // OR-lists (`a,b`) must all be the token's patient.
+    value
+        .split(',')
+        .all(|v| v == pid || references_patient(v, pid))
+}
+
+impl Inner {
+    fn decide(
+        &self,
+        f: &FhirRequest,
+        claims: &Claims,
+        params: &mut Vec<SearchParam>,
+    ) -> Result<Plan, Rejection> {
+        use Interaction::*;
+        if f.interaction == Capabilities {
+            return Ok(Plan::Pass);
+        }
+        // Search-parameter firewall and `_count` cap apply to everyone.
+        self.firewall(params)?;
+        let scopes = scopes::parse_all(claims.scopes.iter().map(String::as_str));
+        let rtype = f.resource_type.unwrap_or("*");
+        let perm = scopes::needed(f.interaction);
+        let ops_perm = match f.interaction {
+            OperationSystem | OperationType | OperationInstance => {
+                let op = f.operation.as_deref().unwrap_or("");
+                if !self.cfg.allowed_operations.iter().any(|o| o == op) {
+                    return Err(denied(
+                        "operation_denied",
+                        "this operation is not allowed on this route",
+                    ));
+                }
+                Some(Perm::Read)
+            }
+            BatchOrTransaction => {
+                return Err(denied(
+                    "batch_unsupported",
+                    "batch and transaction Bundles are not accepted on this route",
+                ))
+            }
+            _ => None,
+        };
+        let Some(perm) = perm.or(ops_perm) else {
+            return Ok(Plan::Pass);
+        };
+        let grants = |s: &&Scope| match f.resource_type {
+            Some(t) => s.grants(t, perm, params),
+            // System-level interactions need a wildcard scope.
+            None => s.resource_type.is_none() && s.grants("Patient", perm, params),
+        };
+        let broad = scopes
+            .iter()
+            .filter(|s| s.context != ScopeContext::Patient)
+            .any(|s| grants(&s));
+        let narrow = scopes
+            .iter()
+            .filter(|s| s.context == ScopeContext::Patient)
+            .any(|s| grants(&s));
+        let launch_patient = claims
+            .raw
+            .get(&self.cfg.patient_claim)
+            .and_then(Value::as_str);
+        if broad && launch_patient.is_none() {
+            return Ok(Plan::Pass);
+        }
+        if !broad && !narrow {
+            return Err(insufficient_scope());
+        }
+        // Patient-level access from here on.
+        let pid = launch_patient
+            .ok_or_else(|| {
+                denied(
+                    "patient_context_missing",
+                    "patient-level access needs a patient launch context",
+                )
+            })?
+            .to_owned();
+        let in_compartment =
+            crate::fhir::patient_compartment(rtype).is_some() || rtype == "Patient";
+        match f.interaction {
+            Read | Vread | HistoryInstance => {
+                if rtype == "Patient" && f.id.as_deref() != Some(pid.as_str()) {
+                    return Err(hidden());
+                }
+                if !in_compartment {
+                    // Not patient data (Medication, Organization, ...): the scope decides.
+                    return Ok(Plan::Pass);
+                }
+                // The history of another patient's resource must look like a missing one.
+                let history = f.interaction == HistoryInstance;
+                Ok(Plan::CheckResponse {
+                    patient: pid,
+                    bundle: history,
+                    hide: history,
+                })
+            }
+            OperationInstance if f.operation.as_deref() == Some("everything") => {
+                if rtype != "Patient" || f.id.as_deref() != Some(pid.as_str()) {
+                    return Err(hidden());
+                }
+                Ok(Plan::CheckResponse {
+                    patient: pid,
+                    bundle: true,
+                    hide: false,
+                })
+            }
+            OperationSystem | OperationType | OperationInstance => Err(denied(
+                "operation_denied",
+                "operations other than $everything are not allowed in patient context",
+            )),
+            SearchCompartment => {
+                let (ct, cid) = f.compartment.as_ref().ok_or_else(Rejection::internal)?;
+                if *ct != "Patient" || *cid != pid {
+                    return Err(hidden());
+                }
+                self.search_rules(params)?;
+                Ok(Plan::CheckResponse {
+                    patient: pid,
+                    bundle: true,
+                    hide: false,
+                })
+            }
+            SearchType => {
+                if !in_compartment {
+                    return Err(denied(
+                        "search_outside_compartment",
+                        "patient-level search is limited to the patient's compartment",
+                    ));
+                }
+                self.search_rules(params)?;
+                self.restrict_to_patient(rtype, &pid, params)?;
+                Ok(Plan::CheckResponse {
+                    patient: pid,
+                    bundle: true,
+                    hide: false,
+                })
+            }
+            Create | Update => {
+                if f.conditional {
+                    return Err(denied(
+                        "conditional_denied",
+                        "conditional writes are not allowed in patient context",
+                    ));
+                }
+                // The body is checked by the caller (it has to be read first).
+                Ok(Plan::Pass)
+            }
+            _ => Err(denied(
+                "interaction_denied",
+                "this interaction is not allowed in patient context",
+            )),
+        }
+    }
+
+    fn firewall(&self, params: &mut [SearchParam]) -> Result<(), Rejection> {
+        if !self.cfg.allowed_params.is_empty() {
+            for p in params.iter() {
+                let ok = RESULT_PARAMS.contains(&p.name.as_str())
+                    || self.cfg.allowed_params.contains(&p.name);
+                if !ok {
+                    return Err(denied(
+                        "search_param_denied",
+                        "search parameter not allowed on this route",
+                    ));
+                }
+            }
+        }
+        for p in params.iter_mut().filter(|p| p.name == "_count") {
+            let n: u64 = p.value.parse().map_err(|_| {
+                Rejection::bad_request("fhir_bad_query", "malformed search parameters")
+            })?;
+            if n > u64::from(self.cfg.max_count) {
+                match self.cfg.count_mode {
+                    CountMode::Cap => p.value = self.cfg.max_count.to_string(),
+                    CountMode::Reject => {
+                        return Err(denied(
+                            "search_count_exceeded",
+                            "_count exceeds the route's maximum",
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn search_rules(&self, params: &[SearchParam]) -> Result<(), Rejection> {
+        for p in params {
+            let include = matches!(p.name.as_str(), "_include" | "_revinclude");
+            if (include && !self.cfg.allow_include)
+                || (p.name == "_has" && !self.cfg.allow_has)
+                || (p.chain.is_some() && !self.cfg.allow_chained)
+                // `_include:iterate` reaches arbitrarily far: never in patient context.
+                || (include && p.modifier.as_deref() == Some("iterate"))
+            {
+                return Err(denied(
+                    "search_param_denied",
+                    "search parameter not allowed in patient context",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check the patient restriction of a search, or add one.
+    fn restrict_to_patient(
+        &self,
+        rtype: &str,
+        pid: &str,
+        params: &mut Vec<SearchParam>,
+    ) -> Result<(), Rejection> {
+        let compartment: Vec<&str> = match crate::fhir::patient_compartment(rtype) {
+            Some(ps) => ps.iter().map(|(p, _)| *p).collect(),
+            None if rtype == "Patient" => Vec::new(),
+            None => {
+                return Err(denied(
+                    "search_outside_compartment",
+                    "patient-level search is limited to the patient's compartment",
+                ))
+            }
+        };
+        let mut restricted = false;
+        for p in params.iter() {
+            let is_restriction = (rtype == "Patient" && matches!(p.name.as_str(), "_id" | "link"))
+                || p.name == "patient"
+                || compartment.contains(&p.name.as_str());
+            if !is_restriction {
+                continue;
+            }
+            // Only plain references (or `:Patient`); `:missing`, `:not`, `:identifier`
+            // would widen the search.
+            if !matches!(p.modifier.as_deref(), None | Some("Patient")) {
+                return Err(denied(
+                    "search_param_denied",
+                    "modifier not allowed on the patient restriction",
+                ));
+            }
+            if !patient_value_ok(&p.value, pid) {
+                return Err(denied(
+                    "patient_mismatch",
+                    "the search names another patient",
+                ));
+            }
+            restricted = true;
+        }
+        if !restricted {
+            let (name, value) = if rtype == "Patient" {
+                ("_id", pid.to_owned())
+            } else {
+                (
+                    compartment.first().copied().unwrap_or("patient"),
+                    format!("Patient/{pid}"),
+                )
+            };
+            params.push(SearchParam {
+                name: name.to_owned(),
+                modifier: None,
+                chain: None,
+                value,
+            });
+        }
+        Ok(())
+    }
+
+    fn record(&self, route: &str, f: &FhirRequest, decision: &str, code: &str) {
+        self.metrics
+            .fhir_authz
+            .with_label_values(&[
+                route,
+                f.resource_type.unwrap_or("-"),
+                f.interaction.label(),
+                decision,
+                code,
+            ])
+            .inc();
+    }
+}
+
+/// Re-encode search parameters into a query string.
+fn encode_params(params: &[SearchParam]) -> String {
+    fn enc(s: &str, out: &mut String) {
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~:/|,$*".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    let mut q = String::new();
+    for (i, p) in params.iter().enumerate() {
+        if i > 0 {
+            q.push('&');
+        }
+        enc(&p.name, &mut q);
+        if let Some(m) = &p.modifier {
+            q.push(':');
+            enc(m, &mut q);
+        }
+        if let Some(c) = &p.chain {
+            q.push('.');
+            enc(c, &mut q);
+        }
+        q.push('=');
+        enc(&p.value, &mut q);
+    }
+    q
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|n| match n {}).boxed_unsync()
+}
+
+type BytesFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, Rejection>> + Send + 'static>>;
+
+/// Read a whole body up to `max` bytes. Boxed with an explicit `'static` type for the same
+/// rustc lifetime-inference reason as `policy::call_next`.
+fn read_limited(body: Body, max: usize) -> BytesFuture {
+    Box::pin(async move {
+        let mut body = body;
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| Rejection::upstream_error())?;
+            if let Ok(d) = frame.into_data() {
+                if buf.len() + d.len() > max {
+                    return Err(Rejection::new(
+                        StatusCode::BAD_GATEWAY,
+                        "response_too_large",
+                        "response too large to authorize",
+                    ));
+                }
+                buf.extend_from_slice(&d);
+            }
+        }
+        Ok(buf.freeze())
+    })
+}
+
+impl<S> tower::Service<Request<Body>> for FhirAuthz<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = PolicyFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let a = self.a.clone();
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let route = req
+                .extensions()
+                .get::<crate::context::RouteId>()
+                .map(|r| r.0.name.clone())
+                .unwrap_or_else(|| Arc::from("-"));
+            let (Some(f), Some(claims)) = (
+                req.extensions().get::<Arc<FhirRequest>>().cloned(),
+                req.extensions().get::<Arc<Claims>>().cloned(),
+            ) else {
+                // Config validation puts this policy only behind `auth` on FHIR routes.
+                return Err(Rejection::internal());
+            };
+            let result = authorize(a.clone(), f.clone(), claims, req, inner).await;
+            match &result {
+                Ok(_) => a.record(&route, &f, "allow", "ok"),
+                Err(r) => a.record(&route, &f, "deny", r.code),
+            }
+            result
+        })
+    }
+}
+
+fn authorize<S>(
+    a: Arc<Inner>,
+    f: Arc<FhirRequest>,
+    claims: Arc<Claims>,
+    req: Request<Body>,
+    inner: S,
+) -> PolicyFuture
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    Box::pin(authorize_inner(a, f, claims, req, inner))
+}
+
+async fn authorize_inner<S>(
+    a: Arc<Inner>,
+    f: Arc<FhirRequest>,
+    claims: Arc<Claims>,
+    req: Request<Body>,
+    inner: S,
+) -> Result<Response<Body>, Rejection>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let f = &*f;
+    let claims = &*claims;
+    let (mut parts, body) = req.into_parts();
+    let mut params = f.params.clone();
+    let max = a.cfg.max_buffer_bytes;
+    // `POST _search`: the form body's parameters count exactly like the query's.
+    let mut body_bytes: Option<Bytes> = None;
+    let form_search = parts.method == http::Method::POST
+        && matches!(
+            f.interaction,
+            Interaction::SearchType | Interaction::SearchCompartment
+        );
+    if form_search {
+        let b = read_limited(body, max.min(1024 * 1024))
+            .await
+            .map_err(|_| Rejection::body_too_large())?;
+        let text = std::str::from_utf8(&b)
+            .map_err(|_| Rejection::bad_request("fhir_bad_query", "malformed search parameters"))?;
+        params.extend(parse_params(text).map_err(Rejection::from)?);
+        body_bytes = Some(Bytes::new());
+        // All parameters travel in the query from here on.
+    } else if matches!(f.interaction, Interaction::Create | Interaction::Update) {
+        body_bytes = Some(
+            read_limited(body, max)
+                .await
+                .map_err(|_| Rejection::body_too_large())?,
+        );
+    }
+    let plan = a.decide(f, claims, &mut params)?;
+    // Patient-context writes: the body must name this patient and match the URL.
+    if let (Some(b), Some(pid)) = (
+        &body_bytes,
+        claims.raw.get(&a.cfg.patient_claim).and_then(Value::as_str),
+    ) {
+        if matches!(f.interaction, Interaction::Create | Interaction::Update)
+            && patient_scoped(claims, f)
+        {
+            check_write(f, b, pid)?;
+        }
+    }
+    // Rebuild the URI when parameters changed (added restriction, capped `_count`, form).
+    if params != f.params || form_search {
+        let q = encode_params(&params);
+        // A form search is forwarded as the equivalent GET: the checked parameters are then
+        // exactly the ones the upstream sees, in one place.
+        let path = if form_search {
+            parts
+                .uri
+                .path()
+                .strip_suffix("/_search")
+                .unwrap_or(parts.uri.path())
+                .to_owned()
+        } else {
+            parts.uri.path().to_owned()
+        };
+        let pq = if q.is_empty() {
+            path
+        } else {
+            format!("{path}?{q}")
+        };
+        let pq = PathAndQuery::try_from(pq).map_err(|_| Rejection::internal())?;
+        parts.uri = Uri::from(pq);
+        if form_search {
+            parts.method = http::Method::GET;
+            parts.headers.remove(CONTENT_TYPE);
+            parts.headers.remove(CONTENT_LENGTH);
+        }
+    }
+    if let Plan::CheckResponse { .. } = plan {
+        // Ask for an identity-encoded answer: it has to be read to be checked.
+        parts.headers.remove(ACCEPT_ENCODING);
+    }
+    let body = match body_bytes {
+        Some(b) => full(b),
+        None => crate::empty_body(),
+    };
+    let req = Request::from_parts(parts, body);
+    let resp = crate::policy::call_next(inner, req).await?;
+    match plan {
+        Plan::Pass => Ok(resp),
+        Plan::CheckResponse {
+            patient,
+            bundle,
+            hide,
+        } => check_response(&a, resp, &patient, bundle, hide).await,
+    }
+}
+
+/// Is this request authorized through patient-level scopes (rather than user/system)?
+fn patient_scoped(claims: &Claims, f: &FhirRequest) -> bool {
+    let Some(perm) = scopes::needed(f.interaction) else {
+        return false;
+    };
+    let scopes = scopes::parse_all(claims.scopes.iter().map(String::as_str));
+    let rtype = f.resource_type.unwrap_or("*");
+    !scopes
+        .iter()
+        .any(|s| s.context != ScopeContext::Patient && s.grants(rtype, perm, &f.params))
+}
+
+fn check_write(f: &FhirRequest, body: &[u8], pid: &str) -> Result<(), Rejection> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| {
+        Rejection::bad_request("fhir_invalid", "the body is not a FHIR JSON resource")
+    })?;
+    let rt = v.get("resourceType").and_then(Value::as_str);
+    if rt != f.resource_type {
+        return Err(Rejection::bad_request(
+            "fhir_type_mismatch",
+            "resourceType does not match the URL",
+        ));
+    }
+    if f.interaction == Interaction::Update
+        && v.get("id").and_then(Value::as_str) != f.id.as_deref()
+    {
+        return Err(Rejection::bad_request(
+            "fhir_id_mismatch",
+            "resource id does not match the URL",
+        ));
+    }
+    if rt == Some("Patient") {
+        // A patient-context token creates no patients and updates only its own.
+        if f.interaction == Interaction::Create || f.id.as_deref() != Some(pid) {
+            return Err(denied(
+                "patient_mismatch",
+                "the resource belongs to another patient",
+            ));
+        }
+        return Ok(());
+    }
+    if !in_patient_compartment(&v, pid) {
+        return Err(denied(
+            "patient_mismatch",
+            "the resource belongs to another patient",
+        ));
+    }
+    Ok(())
+}
+
+async fn check_response(
+    a: &Inner,
+    resp: Response<Body>,
+    pid: &str,
+    bundle: bool,
+    hide: bool,
+) -> Result<Response<Body>, Rejection> {
+    let status = resp.status();
+    if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+        // Same answer as a resource of another patient.
+        return Err(hidden());
+    }
+    if !status.is_success() {
+        return Ok(resp);
+    }
+    let (mut parts, body) = resp.into_parts();
+    if parts
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v != "identity")
+    {
+        return Err(Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            "response_encoded",
+            "the upstream answered with an encoding the gateway cannot check",
+        ));
+    }
+    let bytes = read_limited(body, a.cfg.max_buffer_bytes).await?;
+    let mut v: Value = serde_json::from_slice(&bytes).map_err(|_| {
+        Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            "response_unverifiable",
+            "the upstream's answer could not be checked",
+        )
+    })?;
+    let changed = if hide {
+        filter_bundle(&mut v, pid, BundleMode::Fail).map_err(|_| hidden())?
+    } else if bundle || v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+        filter_bundle(&mut v, pid, a.cfg.bundle_mode)?
+    } else if in_patient_compartment(&v, pid) {
+        false
+    } else {
+        return Err(hidden());
+    };
+    let out = if changed {
+        Bytes::from(v.to_string())
+    } else {
+        bytes
+    };
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+    if changed {
+        parts.headers.remove(ETAG);
+    }
+    Ok(Response::from_parts(parts, full(out)))
+}
+
+/// Keep only entries of this patient (OperationOutcome entries of a search stay). Returns
+/// whether the Bundle changed.
+fn filter_bundle(v: &mut Value, pid: &str, mode: BundleMode) -> Result<bool, Rejection> {
+    if v.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            "response_unverifiable",
+            "the upstream's answer could not be checked",
+        ));
+    }
+    let Some(entries) = v.get_mut("entry").and_then(Value::as_array_mut) else {
+        return Ok(false);
+    };
+    let before = entries.len();
+    let keep = |e: &Value| match e.get("resource") {
+        Some(r) if r.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome") => {
+            true
+        }
+        Some(r) => in_patient_compartment(r, pid),
+        // History entries of deletions carry no resource: nothing to leak.
+        None => e.get("request").is_some(),
+    };
+    if mode == BundleMode::Fail && !entries.iter().all(keep) {
+        return Err(denied(
+            "patient_mismatch",
+            "the response contains another patient's data",
+        ));
+    }
+    entries.retain(keep);
+    let removed = before - entries.len();
+    if removed > 0 {
+        if let Some(t) = v.get_mut("total").and_then(|t| t.as_u64().map(|n| (t, n))) {
+            *t.0 = Value::from(t.1.saturating_sub(removed as u64));
+        }
+    }
+    Ok(removed > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bundle_filtering() {
+        let mut b = json!({"resourceType": "Bundle", "type": "searchset", "total": 3, "entry": [
+            {"resource": {"resourceType": "Observation", "subject": {"reference": "Patient/a"}}},
+            {"resource": {"resourceType": "Observation", "subject": {"reference": "Patient/b"}}},
+            {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}}
+        ]});
+        assert!(filter_bundle(&mut b.clone(), "a", BundleMode::Fail).is_err());
+        assert!(filter_bundle(&mut b, "a", BundleMode::Filter).unwrap());
+        assert_eq!(b["entry"].as_array().unwrap().len(), 2);
+        assert_eq!(b["total"], 2);
+    }
+
+    #[test]
+    fn query_encoding_round_trips() {
+        let ps = parse_params(
+            "subject=Patient%2Fa&code=http%3A%2F%2Floinc.org%7C1234-5&name:exact=A%20B",
+        )
+        .unwrap();
+        assert_eq!(parse_params(&encode_params(&ps)).unwrap(), ps);
+    }
+}

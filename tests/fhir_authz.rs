@@ -1,0 +1,499 @@
+//! The patient-compartment guard end to end: a FHIR upstream with two patients' records,
+//! a token for patient A, and every way of reaching patient B's data.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rcgen::KeyPair;
+use serde_json::{json, Value};
+
+#[derive(Default)]
+struct Ehr {
+    seen: Mutex<Vec<String>>,
+    /// Ignore search parameters (a buggy or hostile upstream).
+    leaky: AtomicBool,
+}
+
+fn records() -> Vec<Value> {
+    vec![
+        json!({"resourceType": "Patient", "id": "a", "name": [{"family": "Alpha"}]}),
+        json!({"resourceType": "Patient", "id": "b", "name": [{"family": "Beta"}]}),
+        json!({"resourceType": "Observation", "id": "oa1", "status": "final", "code": {"text": "hr"}, "subject": {"reference": "Patient/a"}}),
+        json!({"resourceType": "Observation", "id": "ob1", "status": "final", "code": {"text": "hr"}, "subject": {"reference": "Patient/b"}}),
+        json!({"resourceType": "Condition", "id": "ca1", "subject": {"reference": "Patient/a"}}),
+        json!({"resourceType": "Condition", "id": "cb1", "subject": {"reference": "Patient/b"}}),
+        json!({"resourceType": "Encounter", "id": "ea1", "status": "finished", "subject": {"reference": "Patient/a"}}),
+        json!({"resourceType": "MedicationRequest", "id": "mb1", "subject": {"reference": "Patient/b"}}),
+    ]
+}
+
+fn owner(r: &Value) -> Option<String> {
+    if r["resourceType"] == "Patient" {
+        return r["id"].as_str().map(str::to_owned);
+    }
+    r["subject"]["reference"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("Patient/"))
+        .map(str::to_owned)
+}
+
+fn fhir(status: u16, v: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    r.headers_mut()
+        .insert("content-type", "application/fhir+json".parse().unwrap());
+    r
+}
+
+fn bundle(kind: &str, rs: Vec<Value>) -> Value {
+    json!({"resourceType": "Bundle", "type": kind, "total": rs.len(), "entry": rs.into_iter().map(|r| json!({"resource": r})).collect::<Vec<_>>()})
+}
+
+async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    ehr.seen
+        .lock()
+        .unwrap()
+        .push(format!("{} {pq}", req.method()));
+    let method = req.method().clone();
+    let path = req.uri().path().trim_start_matches("/fhir/").to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let segs: Vec<&str> = path.split('/').collect();
+    let all = records();
+    let not_found = || {
+        fhir(
+            404,
+            json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found", "diagnostics": "upstream"}]}),
+        )
+    };
+    match (method.as_str(), segs.as_slice()) {
+        ("GET", [t, id]) => match all
+            .iter()
+            .find(|r| r["resourceType"] == *t && r["id"] == *id)
+        {
+            Some(r) => fhir(200, r.clone()),
+            None => not_found(),
+        },
+        ("GET", [t, id, "_history"]) => match all
+            .iter()
+            .find(|r| r["resourceType"] == *t && r["id"] == *id)
+        {
+            Some(r) => fhir(200, bundle("history", vec![r.clone()])),
+            None => not_found(),
+        },
+        ("GET", ["Patient", id, "$everything"]) => fhir(
+            200,
+            bundle(
+                "searchset",
+                all.into_iter()
+                    .filter(|r| owner(r).as_deref() == Some(id))
+                    .collect(),
+            ),
+        ),
+        ("GET", ["Patient", id, t]) => fhir(
+            200,
+            bundle(
+                "searchset",
+                all.into_iter()
+                    .filter(|r| r["resourceType"] == *t && owner(r).as_deref() == Some(id))
+                    .collect(),
+            ),
+        ),
+        ("GET", [t]) => {
+            let want: Option<String> = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| ["subject", "patient", "_id"].contains(k))
+                .map(|(_, v)| {
+                    v.replace("%2F", "/")
+                        .trim_start_matches("Patient/")
+                        .to_owned()
+                });
+            let leaky = ehr.leaky.load(Ordering::SeqCst);
+            let rs = all
+                .into_iter()
+                .filter(|r| {
+                    r["resourceType"] == *t && (leaky || want.is_none() || owner(r) == want)
+                })
+                .collect();
+            fhir(200, bundle("searchset", rs))
+        }
+        ("POST", [_t]) | ("PUT", [_t, _]) => {
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            fhir(if method == "POST" { 201 } else { 200 }, v)
+        }
+        _ => not_found(),
+    }
+}
+
+async fn ehr() -> (std::net::SocketAddr, Arc<Ehr>) {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let state = Arc::new(Ehr::default());
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = tcp.accept().await else {
+                continue;
+            };
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let st = st.clone();
+                    async move { Ok::<_, Infallible>(handle(st, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, state)
+}
+
+struct Setup {
+    env: Env,
+    gw: ward::Gateway,
+    ehr: Arc<Ehr>,
+    key: KeyPair,
+}
+
+async fn setup(guard: &str) -> Setup {
+    let env = Env::new();
+    let key = KeyPair::generate().unwrap();
+    env.write("keys/idp.pub.pem", &key.public_key_pem());
+    env.write(
+        "policies/token.yaml",
+        "auth:\n  providers:\n    - name: idp\n      issuer: https://idp.test\n      audiences: [ehr]\n      algorithms: [ES256]\n      keys_file: keys/idp.pub.pem\n",
+    );
+    env.write(
+        "policies/guard.yaml",
+        &format!("fhir_authz:\n  allowed_operations: [everything]\n  max_count: 50\n{guard}"),
+    );
+    let (up, ehr) = ehr().await;
+    let cfg = basic_config(up, "", "").replace(
+        "    path_prefix: /fhir\n    upstream: ehr\n    fhir: true\n",
+        "    path_prefix: /fhir\n    upstream: ehr\n    fhir: true\n    policies: [token, guard]\n",
+    );
+    let gw = env.start(&cfg).await;
+    Setup { env, gw, ehr, key }
+}
+
+fn token(key: &KeyPair, scope: &str, patient: Option<&str>) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut c = json!({"iss": "https://idp.test", "aud": "ehr", "sub": "app-1", "exp": now + 600, "scope": scope});
+    if let Some(p) = patient {
+        c["patient"] = p.into();
+    }
+    let k = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    jsonwebtoken::encode(&Header::new(Algorithm::ES256), &c, &k).unwrap()
+}
+
+async fn req(s: &Setup, tok: &str, method: &str, path: &str, body: Option<(&str, Value)>) -> Reply {
+    let c = client(&s.env.pki, false);
+    let mut b = Request::builder()
+        .method(method)
+        .uri(url(&s.gw, path))
+        .header("authorization", format!("Bearer {tok}"));
+    let body = match body {
+        Some((ct, v)) => {
+            b = b.header("content-type", ct);
+            match v {
+                Value::String(text) => Bytes::from(text),
+                v => Bytes::from(v.to_string()),
+            }
+        }
+        None => Bytes::new(),
+    };
+    send(&c, b.body(Full::new(body)).unwrap()).await
+}
+
+fn ids(r: &Reply) -> Vec<String> {
+    r.json()["entry"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const PATIENT_SCOPES: &str = "launch/patient patient/*.read patient/*.write";
+
+#[tokio::test]
+async fn reads_are_confined_to_the_patient() {
+    let s = setup("").await;
+    let t = token(&s.key, PATIENT_SCOPES, Some("a"));
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir/Observation/oa1", None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir/Patient/a", None).await.status,
+        200
+    );
+    // Another patient's records look exactly like records that do not exist.
+    let missing = req(&s, &t, "GET", "/fhir/Observation/nope", None).await;
+    for path in [
+        "/fhir/Observation/ob1",
+        "/fhir/Patient/b",
+        "/fhir/Observation/ob1/_history",
+        "/fhir/Patient/b/$everything",
+        "/fhir/Patient/b/Observation",
+    ] {
+        let r = req(&s, &t, "GET", path, None).await;
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.code(), missing.code(), "{path}");
+        assert_eq!(
+            r.json()["issue"][0]["code"],
+            missing.json()["issue"][0]["code"],
+            "{path}"
+        );
+    }
+    // $everything and compartment search on the own patient, filtered.
+    let r = req(&s, &t, "GET", "/fhir/Patient/a/$everything", None).await;
+    assert_eq!(r.status, 200);
+    assert!(ids(&r).contains(&"oa1".to_owned()) && !ids(&r).contains(&"ob1".to_owned()));
+    assert_eq!(
+        ids(&req(&s, &t, "GET", "/fhir/Patient/a/Observation", None).await),
+        vec!["oa1"]
+    );
+    // user/ scopes without a patient context are not confined.
+    let u = token(&s.key, "user/*.read", None);
+    assert_eq!(
+        req(&s, &u, "GET", "/fhir/Observation/ob1", None)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn searches_are_restricted_and_filtered() {
+    let s = setup("").await;
+    let t = token(&s.key, PATIENT_SCOPES, Some("a"));
+    // No patient parameter: the gateway adds one.
+    let r = req(&s, &t, "GET", "/fhir/Observation?code=hr&_count=1000", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(ids(&r), vec!["oa1"]);
+    let last = s.ehr.seen.lock().unwrap().last().cloned().unwrap();
+    assert!(last.contains("subject=Patient/a"), "{last}");
+    assert!(last.contains("_count=50"), "_count not capped: {last}");
+    // Naming another patient, any way: 403.
+    for q in [
+        "patient=b",
+        "subject=Patient/b",
+        "patient=a,b",
+        "subject=https://ehr.example/fhir/Patient/b",
+        "subject:missing=true",
+        "patient:identifier=x|1",
+    ] {
+        let r = req(&s, &t, "GET", &format!("/fhir/Observation?{q}"), None).await;
+        assert_eq!(r.status, 403, "{q}: {:?}", r.body);
+    }
+    // Widening parameters: 403 unless the route allows them.
+    for q in [
+        "patient=a&_include=Observation:subject",
+        "patient=a&_revinclude=Observation:focus",
+        "_has:Observation:patient:code=1234",
+        "subject:Patient.name=Alpha",
+        "patient=a&_include:iterate=Observation:subject",
+    ] {
+        let r = req(&s, &t, "GET", &format!("/fhir/Observation?{q}"), None).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "search_param_denied"),
+            "{q}"
+        );
+    }
+    // POST _search with the patient in the form body.
+    let r = req(
+        &s,
+        &t,
+        "POST",
+        "/fhir/Observation/_search",
+        Some((
+            "application/x-www-form-urlencoded",
+            Value::String("patient=b".into()),
+        )),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = req(
+        &s,
+        &t,
+        "POST",
+        "/fhir/Observation/_search",
+        Some((
+            "application/x-www-form-urlencoded",
+            Value::String("code=hr".into()),
+        )),
+    )
+    .await;
+    assert_eq!((r.status, ids(&r)), (200, vec!["oa1".to_owned()]));
+    // Types outside the compartment and system-wide searches: 403.
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir/Organization", None).await.status,
+        403
+    );
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir?_type=Observation", None)
+            .await
+            .status,
+        403
+    );
+    // An upstream that ignores the restriction still cannot leak: entries are removed.
+    s.ehr.leaky.store(true, Ordering::SeqCst);
+    let r = req(&s, &t, "GET", "/fhir/Condition", None).await;
+    assert_eq!(ids(&r), vec!["ca1"]);
+    assert_eq!(r.json()["total"], 1);
+}
+
+#[tokio::test]
+async fn leaky_upstream_fails_closed_when_configured() {
+    let s = setup("  bundle_mode: fail\n").await;
+    s.ehr.leaky.store(true, Ordering::SeqCst);
+    let t = token(&s.key, PATIENT_SCOPES, Some("a"));
+    let r = req(&s, &t, "GET", "/fhir/Condition", None).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "patient_mismatch"));
+}
+
+#[tokio::test]
+async fn writes_and_bundles() {
+    let s = setup("").await;
+    let t = token(&s.key, PATIENT_SCOPES, Some("a"));
+    let obs = |p: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{p}")}});
+    let r = req(
+        &s,
+        &t,
+        "POST",
+        "/fhir/Observation",
+        Some(("application/fhir+json", obs("b"))),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (403, "patient_mismatch"));
+    assert_eq!(
+        req(
+            &s,
+            &t,
+            "POST",
+            "/fhir/Observation",
+            Some(("application/fhir+json", obs("a")))
+        )
+        .await
+        .status,
+        201
+    );
+    let r = req(
+        &s,
+        &t,
+        "POST",
+        "/fhir/Condition",
+        Some(("application/fhir+json", obs("a"))),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (400, "fhir_type_mismatch"));
+    let mut upd = obs("a");
+    upd["id"] = "other".into();
+    assert_eq!(
+        req(
+            &s,
+            &t,
+            "PUT",
+            "/fhir/Observation/oa1",
+            Some(("application/fhir+json", upd))
+        )
+        .await
+        .code(),
+        "fhir_id_mismatch"
+    );
+    // Batch / transaction Bundles (nested or not) are refused on patient routes.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": obs("b"), "request": {"method": "POST", "url": "Observation"}}]});
+    let r = req(&s, &t, "POST", "/fhir", Some(("application/fhir+json", tx))).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "batch_unsupported"));
+    // Deletes and operations other than $everything in patient context.
+    assert_eq!(
+        req(&s, &t, "DELETE", "/fhir/Observation/oa1", None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir/$export", None).await.code(),
+        "operation_denied"
+    );
+    let seen = s.ehr.seen.lock().unwrap().clone();
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.starts_with("DELETE") || l.contains("$export")),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn scopes_are_enforced_per_type() {
+    let s = setup("").await;
+    let t = token(&s.key, "patient/Observation.rs", Some("a"));
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir/Observation/oa1", None)
+            .await
+            .status,
+        200
+    );
+    let r = req(&s, &t, "GET", "/fhir/Condition/ca1", None).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "scope_denied"));
+    assert!(r.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("insufficient_scope"));
+    let r = req(
+        &s,
+        &t,
+        "POST",
+        "/fhir/Observation",
+        Some((
+            "application/fhir+json",
+            json!({"resourceType": "Observation", "subject": {"reference": "Patient/a"}}),
+        )),
+    )
+    .await;
+    assert_eq!(r.status, 403, "read scope allowed a create");
+    // A patient scope without a patient context cannot be confined: refused.
+    let t = token(&s.key, "patient/*.read", None);
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir/Observation/oa1", None)
+            .await
+            .code(),
+        "patient_context_missing"
+    );
+    let (_, m) = admin_get(&s.gw, "/metrics").await;
+    assert!(m.contains("ward_fhir_authz_total{code=\"scope_denied\",decision=\"deny\",interaction=\"read\",resource_type=\"Condition\",route=\"fhir\"} 1"), "{m}");
+}
