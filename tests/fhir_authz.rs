@@ -79,6 +79,12 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    if method == "POST" && path == "/fhir" {
+        return fhir(
+            200,
+            json!({"resourceType": "Bundle", "type": "transaction-response"}),
+        );
+    }
     let segs: Vec<&str> = path.split('/').collect();
     let all = records();
     let not_found = || {
@@ -434,10 +440,74 @@ async fn writes_and_bundles() {
         .code(),
         "fhir_id_mismatch"
     );
-    // Batch / transaction Bundles (nested or not) are refused on patient routes.
-    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": obs("b"), "request": {"method": "POST", "url": "Observation"}}]});
-    let r = req(&s, &t, "POST", "/fhir", Some(("application/fhir+json", tx))).await;
-    assert_eq!((r.status, r.code().as_str()), (403, "batch_unsupported"));
+    // Transactions: each entry authorized as its own request.
+    let tx = |entries: Vec<Value>| json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let post =
+        |r: Value| json!({"resource": r, "request": {"method": "POST", "url": "Observation"}});
+    let r = req(
+        &s,
+        &t,
+        "POST",
+        "/fhir",
+        Some((
+            "application/fhir+json",
+            tx(vec![post(obs("a")), post(obs("b"))]),
+        )),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "patient_mismatch"),
+        "an entry for B slipped through"
+    );
+    assert_eq!(
+        req(
+            &s,
+            &t,
+            "POST",
+            "/fhir",
+            Some(("application/fhir+json", tx(vec![post(obs("a"))])))
+        )
+        .await
+        .status,
+        200
+    );
+    let nested = json!({"resource": tx(vec![post(obs("b"))]), "request": {"method": "POST", "url": "Bundle"}});
+    let r = req(
+        &s,
+        &t,
+        "POST",
+        "/fhir",
+        Some(("application/fhir+json", tx(vec![nested]))),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (400, "fhir_nested_bundle"));
+    let read = json!({"request": {"method": "GET", "url": "Observation/ob1"}});
+    let r = req(
+        &s,
+        &t,
+        "POST",
+        "/fhir",
+        Some(("application/fhir+json", tx(vec![read]))),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "batch_read_unsupported")
+    );
+    let abs = json!({"resource": obs("a"), "request": {"method": "POST", "url": "https://elsewhere.example/Observation"}});
+    assert_eq!(
+        req(
+            &s,
+            &t,
+            "POST",
+            "/fhir",
+            Some(("application/fhir+json", tx(vec![abs])))
+        )
+        .await
+        .status,
+        400
+    );
     // Deletes and operations other than $everything in patient context.
     assert_eq!(
         req(&s, &t, "DELETE", "/fhir/Observation/oa1", None)
@@ -496,4 +566,64 @@ async fn scopes_are_enforced_per_type() {
     );
     let (_, m) = admin_get(&s.gw, "/metrics").await;
     assert!(m.contains("ward_fhir_authz_total{code=\"scope_denied\",decision=\"deny\",interaction=\"read\",resource_type=\"Condition\",route=\"fhir\"} 1"), "{m}");
+}
+
+#[tokio::test]
+async fn route_allow_lists() {
+    let s = setup("  allowed_includes: [\"Observation:subject\"]\n  allowed_params: [code, \"date:*\", patient, subject]\n  count_mode: reject\n").await;
+    let t = token(&s.key, PATIENT_SCOPES, Some("a"));
+    assert_eq!(
+        req(
+            &s,
+            &t,
+            "GET",
+            "/fhir/Observation?patient=a&_include=Observation:subject",
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        req(
+            &s,
+            &t,
+            "GET",
+            "/fhir/Observation?patient=a&_include=Observation:performer",
+            None
+        )
+        .await
+        .code(),
+        "search_param_denied"
+    );
+    assert_eq!(
+        req(
+            &s,
+            &t,
+            "GET",
+            "/fhir/Observation?code=x&date:missing=true",
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir/Observation?code:not=x", None)
+            .await
+            .code(),
+        "search_param_denied"
+    );
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir/Observation?status=final", None)
+            .await
+            .code(),
+        "search_param_denied"
+    );
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir/Observation?_count=51", None)
+            .await
+            .code(),
+        "search_count_exceeded"
+    );
 }

@@ -74,8 +74,10 @@ pub struct FhirAuthzConfig {
     /// Claim carrying the SMART launch-context patient id.
     #[serde(default = "default_claim")]
     pub patient_claim: String,
+    /// `_include` / `_revinclude` values allowed in patient context, e.g.
+    /// `Observation:subject`; included resources are still checked one by one.
     #[serde(default)]
-    pub allow_include: bool,
+    pub allowed_includes: Vec<String>,
     #[serde(default)]
     pub allow_has: bool,
     #[serde(default)]
@@ -115,6 +117,8 @@ impl FhirAuthzConfig {
     }
 }
 
+/// Always allowed by the parameter firewall: result controls, and the include parameters
+/// (governed by `allowed_includes` in patient context).
 const RESULT_PARAMS: &[&str] = &[
     "_count",
     "_sort",
@@ -123,6 +127,8 @@ const RESULT_PARAMS: &[&str] = &[
     "_summary",
     "_total",
     "_pretty",
+    "_include",
+    "_revinclude",
 ];
 
 struct Inner {
@@ -216,12 +222,8 @@ impl Inner {
                 }
                 Some(Perm::Read)
             }
-            BatchOrTransaction => {
-                return Err(denied(
-                    "batch_unsupported",
-                    "batch and transaction Bundles are not accepted on this route",
-                ))
-            }
+            // Each entry is authorized on its own by `authorize_bundle`.
+            BatchOrTransaction => return Ok(Plan::Pass),
             _ => None,
         };
         let Some(perm) = perm.or(ops_perm) else {
@@ -336,11 +338,117 @@ impl Inner {
         }
     }
 
+    /// Authorize every entry of a batch/transaction Bundle as its own request. In patient
+    /// context only writes are accepted (their bodies are checked); reads inside a batch
+    /// would need their results checked inside the batch response, which is not done yet.
+    fn authorize_bundle(&self, body: &[u8], claims: &Claims) -> Result<(), Rejection> {
+        let invalid =
+            |code: &'static str, detail: &'static str| Rejection::bad_request(code, detail);
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|_| invalid("fhir_invalid", "the body is not a FHIR JSON resource"))?;
+        if v.get("resourceType").and_then(Value::as_str) != Some("Bundle")
+            || !matches!(
+                v.get("type").and_then(Value::as_str),
+                Some("batch" | "transaction")
+            )
+        {
+            return Err(invalid(
+                "fhir_invalid",
+                "expected a batch or transaction Bundle",
+            ));
+        }
+        let pid = claims
+            .raw
+            .get(&self.cfg.patient_claim)
+            .and_then(Value::as_str);
+        for e in v
+            .get("entry")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let resource = e.get("resource");
+            if resource
+                .and_then(|r| r.get("resourceType"))
+                .and_then(Value::as_str)
+                == Some("Bundle")
+            {
+                return Err(invalid(
+                    "fhir_nested_bundle",
+                    "Bundles inside a batch or transaction are not accepted",
+                ));
+            }
+            let req = e
+                .get("request")
+                .ok_or_else(|| invalid("fhir_invalid", "a Bundle entry has no request"))?;
+            let method = req
+                .get("method")
+                .and_then(Value::as_str)
+                .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
+            let url = req.get("url").and_then(Value::as_str);
+            let (Some(method), Some(url)) = (method, url) else {
+                return Err(invalid(
+                    "fhir_invalid",
+                    "a Bundle entry has no method or url",
+                ));
+            };
+            // Entry URLs are relative to the base; an absolute one must not point elsewhere.
+            if url.contains("://") || url.starts_with('/') {
+                return Err(invalid(
+                    "fhir_invalid",
+                    "Bundle entry urls must be relative",
+                ));
+            }
+            let (path, query) = match url.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (url, None),
+            };
+            let er = crate::fhir::request::parse(&method, path, query).map_err(Rejection::from)?;
+            if matches!(er.interaction, Interaction::BatchOrTransaction) {
+                return Err(invalid(
+                    "fhir_nested_bundle",
+                    "Bundles inside a batch or transaction are not accepted",
+                ));
+            }
+            let mut params = er.params.clone();
+            let plan = self.decide(&er, claims, &mut params)?;
+            let patient_level = patient_scoped(claims, &er);
+            if let (Some(pid), true) = (pid, patient_level) {
+                match er.interaction {
+                    Interaction::Create | Interaction::Update => {
+                        let body = resource.map(Value::to_string).unwrap_or_default();
+                        check_write(&er, body.as_bytes(), pid)?;
+                    }
+                    _ => {
+                        return Err(denied(
+                            "batch_read_unsupported",
+                            "only writes are accepted in a batch in patient context",
+                        ))
+                    }
+                }
+            } else if matches!(plan, Plan::CheckResponse { .. }) {
+                return Err(denied(
+                    "batch_read_unsupported",
+                    "only writes are accepted in a batch in patient context",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn firewall(&self, params: &mut [SearchParam]) -> Result<(), Rejection> {
         if !self.cfg.allowed_params.is_empty() {
             for p in params.iter() {
+                // `name` allows the plain parameter, `name:modifier` one modifier, `name:*` any.
                 let ok = RESULT_PARAMS.contains(&p.name.as_str())
-                    || self.cfg.allowed_params.contains(&p.name);
+                    || self.cfg.allowed_params.iter().any(|a| {
+                        match (a.split_once(':'), &p.modifier) {
+                            (None, None) => *a == p.name,
+                            (Some((n, "*")), _) => n == p.name,
+                            (Some((n, m)), Some(pm)) => n == p.name && m == pm,
+                            _ => false,
+                        }
+                    });
                 if !ok {
                     return Err(denied(
                         "search_param_denied",
@@ -371,7 +479,7 @@ impl Inner {
     fn search_rules(&self, params: &[SearchParam]) -> Result<(), Rejection> {
         for p in params {
             let include = matches!(p.name.as_str(), "_include" | "_revinclude");
-            if (include && !self.cfg.allow_include)
+            if (include && !self.cfg.allowed_includes.contains(&p.value))
                 || (p.name == "_has" && !self.cfg.allow_has)
                 || (p.chain.is_some() && !self.cfg.allow_chained)
                 // `_include:iterate` reaches arbitrarily far: never in patient context.
@@ -610,6 +718,12 @@ where
         params.extend(parse_params(text).map_err(Rejection::from)?);
         body_bytes = Some(Bytes::new());
         // All parameters travel in the query from here on.
+    } else if f.interaction == Interaction::BatchOrTransaction {
+        let b = read_limited(body, max)
+            .await
+            .map_err(|_| Rejection::body_too_large())?;
+        a.authorize_bundle(&b, claims)?;
+        body_bytes = Some(b);
     } else if matches!(f.interaction, Interaction::Create | Interaction::Update) {
         body_bytes = Some(
             read_limited(body, max)
