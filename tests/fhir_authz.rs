@@ -145,6 +145,24 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
                 .collect();
             fhir(200, bundle("searchset", rs))
         }
+        ("DELETE", [t, id]) => match all
+            .iter()
+            .find(|r| r["resourceType"] == *t && r["id"] == *id)
+        {
+            Some(_) => {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = http::StatusCode::NO_CONTENT;
+                r
+            }
+            None => not_found(),
+        },
+        ("PATCH", [t, id]) => match all
+            .iter()
+            .find(|r| r["resourceType"] == *t && r["id"] == *id)
+        {
+            Some(r) => fhir(200, r.clone()),
+            None => not_found(),
+        },
         ("POST", [_t]) | ("PUT", [_t, _]) => {
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             fhir(if method == "POST" { 201 } else { 200 }, v)
@@ -508,13 +526,70 @@ async fn writes_and_bundles() {
         .status,
         400
     );
-    // Deletes and operations other than $everything in patient context.
+    // Deletes and patches of the patient's own records (checked by reading them first).
     assert_eq!(
         req(&s, &t, "DELETE", "/fhir/Observation/oa1", None)
             .await
             .status,
+        204
+    );
+    assert_eq!(
+        req(&s, &t, "DELETE", "/fhir/Observation/ob1", None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        req(&s, &t, "DELETE", "/fhir/Patient/a", None).await.status,
         403
     );
+    let patch = |ops: Value| Some(("application/json-patch+json", ops));
+    assert_eq!(
+        req(
+            &s,
+            &t,
+            "PATCH",
+            "/fhir/Observation/oa1",
+            patch(json!([{"op": "replace", "path": "/status", "value": "amended"}]))
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        req(
+            &s,
+            &t,
+            "PATCH",
+            "/fhir/Observation/ob1",
+            patch(json!([{"op": "replace", "path": "/status", "value": "amended"}]))
+        )
+        .await
+        .status,
+        404
+    );
+    let r = req(
+        &s,
+        &t,
+        "PATCH",
+        "/fhir/Observation/oa1",
+        patch(json!([{"op": "replace", "path": "/subject/reference", "value": "Patient/b"}])),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (403, "patient_mismatch"));
+    let r = req(
+        &s,
+        &t,
+        "PATCH",
+        "/fhir/Observation/oa1",
+        Some((
+            "application/fhir+json",
+            json!({"resourceType": "Parameters"}),
+        )),
+    )
+    .await;
+    assert_eq!(r.status, 415);
+    // Operations other than $everything are refused.
     assert_eq!(
         req(&s, &t, "GET", "/fhir/$export", None).await.code(),
         "operation_denied"
@@ -523,7 +598,20 @@ async fn writes_and_bundles() {
     assert!(
         !seen
             .iter()
-            .any(|l| l.starts_with("DELETE") || l.contains("$export")),
+            .any(|l| l.starts_with("DELETE /fhir/Observation/ob1")
+                || l.starts_with("DELETE /fhir/Patient")
+                || l.contains("$export")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.starts_with("PATCH /fhir/Observation/ob1")),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with("PATCH")).count(),
+        1,
         "{seen:?}"
     );
 }

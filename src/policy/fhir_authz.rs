@@ -186,6 +186,9 @@ enum Plan {
         bundle: bool,
         hide: bool,
     },
+    /// Patient context, change to an existing resource (delete, patch): read it first
+    /// through the same upstream and proceed only if it is the patient's.
+    PreRead { patient: String },
 }
 
 fn patient_value_ok(value: &str, pid: &str) -> bool {
@@ -330,6 +333,27 @@ impl Inner {
                 }
                 // The body is checked by the caller (it has to be read first).
                 Ok(Plan::Pass)
+            }
+            Delete | Patch => {
+                if f.conditional {
+                    return Err(denied(
+                        "conditional_denied",
+                        "conditional writes are not allowed in patient context",
+                    ));
+                }
+                match (rtype, f.interaction) {
+                    ("Patient", Patch) if f.id.as_deref() == Some(pid.as_str()) => Ok(Plan::Pass),
+                    ("Patient", Patch) => Err(hidden()),
+                    ("Patient", _) => Err(denied(
+                        "interaction_denied",
+                        "a patient-context token cannot delete patients",
+                    )),
+                    _ if !in_compartment => Err(denied(
+                        "interaction_denied",
+                        "this interaction is not allowed in patient context",
+                    )),
+                    _ => Ok(Plan::PreRead { patient: pid }),
+                }
             }
             _ => Err(denied(
                 "interaction_denied",
@@ -680,7 +704,10 @@ fn authorize<S>(
     inner: S,
 ) -> PolicyFuture
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection> + Send + 'static,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     Box::pin(authorize_inner(a, f, claims, req, inner))
@@ -694,12 +721,15 @@ async fn authorize_inner<S>(
     inner: S,
 ) -> Result<Response<Body>, Rejection>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection> + Send + 'static,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     let f = &*f;
     let claims = &*claims;
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
     let mut params = f.params.clone();
     let max = a.cfg.max_buffer_bytes;
     // `POST _search`: the form body's parameters count exactly like the query's.
@@ -710,23 +740,29 @@ where
             Interaction::SearchType | Interaction::SearchCompartment
         );
     if form_search {
-        let b = read_limited(body, max.min(1024 * 1024))
-            .await
-            .map_err(|_| Rejection::body_too_large())?;
+        let b = read_limited(
+            std::mem::replace(&mut body, crate::empty_body()),
+            max.min(1024 * 1024),
+        )
+        .await
+        .map_err(|_| Rejection::body_too_large())?;
         let text = std::str::from_utf8(&b)
             .map_err(|_| Rejection::bad_request("fhir_bad_query", "malformed search parameters"))?;
         params.extend(parse_params(text).map_err(Rejection::from)?);
         body_bytes = Some(Bytes::new());
         // All parameters travel in the query from here on.
     } else if f.interaction == Interaction::BatchOrTransaction {
-        let b = read_limited(body, max)
+        let b = read_limited(std::mem::replace(&mut body, crate::empty_body()), max)
             .await
             .map_err(|_| Rejection::body_too_large())?;
         a.authorize_bundle(&b, claims)?;
         body_bytes = Some(b);
-    } else if matches!(f.interaction, Interaction::Create | Interaction::Update) {
+    } else if matches!(
+        f.interaction,
+        Interaction::Create | Interaction::Update | Interaction::Patch
+    ) {
         body_bytes = Some(
-            read_limited(body, max)
+            read_limited(std::mem::replace(&mut body, crate::empty_body()), max)
                 .await
                 .map_err(|_| Rejection::body_too_large())?,
         );
@@ -737,10 +773,12 @@ where
         &body_bytes,
         claims.raw.get(&a.cfg.patient_claim).and_then(Value::as_str),
     ) {
-        if matches!(f.interaction, Interaction::Create | Interaction::Update)
-            && patient_scoped(claims, f)
-        {
-            check_write(f, b, pid)?;
+        if patient_scoped(claims, f) {
+            match f.interaction {
+                Interaction::Create | Interaction::Update => check_write(f, b, pid)?,
+                Interaction::Patch => check_patch(f, &parts.headers, b)?,
+                _ => {}
+            }
         }
     }
     // Rebuild the URI when parameters changed (added restriction, capped `_count`, form).
@@ -775,20 +813,125 @@ where
         // Ask for an identity-encoded answer: it has to be read to be checked.
         parts.headers.remove(ACCEPT_ENCODING);
     }
+    if let Plan::PreRead { patient } = &plan {
+        pre_read(&parts, inner.clone(), patient).await?;
+    }
     let body = match body_bytes {
         Some(b) => full(b),
-        None => crate::empty_body(),
+        None => body,
     };
     let req = Request::from_parts(parts, body);
     let resp = crate::policy::call_next(inner, req).await?;
     match plan {
-        Plan::Pass => Ok(resp),
+        Plan::Pass | Plan::PreRead { .. } => Ok(resp),
         Plan::CheckResponse {
             patient,
             bundle,
             hide,
         } => check_response(&a, resp, &patient, bundle, hide).await,
     }
+}
+
+/// Read the target of a patient-context delete/patch through the same route (same
+/// upstream, same gateway headers) and allow the change only if it is the patient's.
+async fn pre_read<S>(parts: &http::request::Parts, inner: S, pid: &str) -> Result<(), Rejection>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let unverifiable = || {
+        Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            "response_unverifiable",
+            "the upstream's answer could not be checked",
+        )
+    };
+    let mut get = Request::new(crate::empty_body());
+    *get.method_mut() = http::Method::GET;
+    *get.uri_mut() =
+        Uri::from(PathAndQuery::try_from(parts.uri.path()).map_err(|_| Rejection::internal())?);
+    *get.headers_mut() = parts.headers.clone();
+    for h in [
+        CONTENT_TYPE,
+        CONTENT_LENGTH,
+        ACCEPT_ENCODING,
+        http::header::IF_MATCH,
+    ] {
+        get.headers_mut().remove(h);
+    }
+    copy_extensions(parts, get.extensions_mut());
+    let resp = crate::policy::call_next(inner, get).await?;
+    if resp.status() == StatusCode::NOT_FOUND || resp.status() == StatusCode::GONE {
+        return Err(hidden());
+    }
+    if !resp.status().is_success() {
+        return Err(unverifiable());
+    }
+    let bytes = read_limited(resp.into_body(), 8 * 1024 * 1024).await?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| unverifiable())?;
+    if in_patient_compartment(&v, pid) {
+        Ok(())
+    } else {
+        Err(hidden())
+    }
+}
+
+/// The typed extensions the proxy step needs, copied onto a request the policy makes.
+fn copy_extensions(from: &http::request::Parts, to: &mut http::Extensions) {
+    if let Some(c) = from.extensions.get::<crate::context::RequestContext>() {
+        to.insert(c.clone());
+    }
+    if let Some(r) = from.extensions.get::<crate::context::RouteId>() {
+        to.insert(r.clone());
+    }
+    if let Some(h) = from.extensions.get::<crate::context::UpstreamHeaders>() {
+        to.insert(h.clone());
+    }
+}
+
+/// A patient-context JSON Patch may not touch the elements that tie the resource to its
+/// patient (it would move the record to someone else). FHIRPath Patch is not accepted.
+fn check_patch(f: &FhirRequest, headers: &http::HeaderMap, body: &[u8]) -> Result<(), Rejection> {
+    let json_patch = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json-patch+json"));
+    if !json_patch {
+        return Err(Rejection::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "patch_format_unsupported",
+            "only JSON Patch is accepted in patient context",
+        ));
+    }
+    let ops: Vec<Value> = serde_json::from_slice(body)
+        .map_err(|_| Rejection::bad_request("fhir_invalid", "malformed JSON Patch"))?;
+    let rtype = f.resource_type.unwrap_or("");
+    let guarded: Vec<&str> = match crate::fhir::patient_compartment(rtype) {
+        Some(ps) => ps
+            .iter()
+            .flat_map(|(_, paths)| paths.iter().map(|p| p.split('.').next().unwrap_or(p)))
+            .collect(),
+        None => vec!["link"],
+    };
+    for op in &ops {
+        for key in ["path", "from"] {
+            let Some(path) = op.get(key).and_then(Value::as_str) else {
+                continue;
+            };
+            let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+            if first.is_empty()
+                || first == "resourceType"
+                || first == "id"
+                || guarded.contains(&first)
+            {
+                return Err(denied(
+                    "patient_mismatch",
+                    "the patch would change what ties the resource to its patient",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Is this request authorized through patient-level scopes (rather than user/system)?
