@@ -80,9 +80,31 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     if method == "POST" && path == "/fhir" {
+        // A batch processor that answers reads by id and searches (ignoring parameters).
+        let b: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        ehr.seen.lock().unwrap().push(format!("BATCH {b}"));
+        let all = records();
+        let entries: Vec<Value> = b["entry"].as_array().cloned().unwrap_or_default().iter().map(|e| {
+            let url = e["request"]["url"].as_str().unwrap_or("");
+            match e["request"]["method"].as_str() {
+                Some("GET") => {
+                    let (p, _) = url.split_once('?').unwrap_or((url, ""));
+                    let segs: Vec<&str> = p.split('/').collect();
+                    match segs.as_slice() {
+                        [t, id] => match all.iter().find(|r| r["resourceType"] == *t && r["id"] == *id) {
+                            Some(r) => json!({"resource": r, "response": {"status": "200 OK"}}),
+                            None => json!({"response": {"status": "404 Not Found"}}),
+                        },
+                        [t] => json!({"resource": bundle("searchset", all.iter().filter(|r| r["resourceType"] == *t).cloned().collect()), "response": {"status": "200 OK"}}),
+                        _ => json!({"response": {"status": "400 Bad Request"}}),
+                    }
+                }
+                _ => json!({"resource": e["resource"], "response": {"status": "201 Created"}}),
+            }
+        }).collect();
         return fhir(
             200,
-            json!({"resourceType": "Bundle", "type": "transaction-response"}),
+            json!({"resourceType": "Bundle", "type": "batch-response", "entry": entries}),
         );
     }
     let segs: Vec<&str> = path.split('/').collect();
@@ -500,18 +522,61 @@ async fn writes_and_bundles() {
     )
     .await;
     assert_eq!((r.status, r.code().as_str()), (400, "fhir_nested_bundle"));
-    let read = json!({"request": {"method": "GET", "url": "Observation/ob1"}});
+    // Reads and searches inside a batch: restricted, and their results checked.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Observation/ob1"}},
+        {"request": {"method": "GET", "url": "Observation/oa1"}},
+        {"request": {"method": "GET", "url": "Condition?code=x"}},
+    ]});
     let r = req(
         &s,
         &t,
         "POST",
         "/fhir",
-        Some(("application/fhir+json", tx(vec![read]))),
+        Some(("application/fhir+json", batch)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let v = r.json();
+    assert_eq!(
+        v["entry"][0]["response"]["status"], "404 Not Found",
+        "B's record leaked through a batch read"
+    );
+    assert!(v["entry"][0].get("resource").is_none());
+    assert_eq!(v["entry"][1]["resource"]["id"], "oa1");
+    let found: Vec<&str> = v["entry"][2]["resource"]["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect();
+    assert_eq!(found, vec!["ca1"]);
+    let sent = s
+        .ehr
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("BATCH"))
+        .cloned()
+        .unwrap();
+    assert!(
+        sent.contains("Condition?code=x&patient=Patient/a"),
+        "entry URL not restricted: {sent}"
+    );
+    let del = json!({"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "DELETE", "url": "Observation/ob1"}}]});
+    let r = req(
+        &s,
+        &t,
+        "POST",
+        "/fhir",
+        Some(("application/fhir+json", del)),
     )
     .await;
     assert_eq!(
         (r.status, r.code().as_str()),
-        (403, "batch_read_unsupported")
+        (403, "batch_change_unsupported")
     );
     let abs = json!({"resource": obs("a"), "request": {"method": "POST", "url": "https://elsewhere.example/Observation"}});
     assert_eq!(

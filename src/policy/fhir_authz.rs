@@ -14,9 +14,10 @@
 //!   Bundle must belong to the patient (removed, or the response fails closed);
 //! - `_has`, chained parameters, `_include`/`_revinclude` are refused unless allowed;
 //! - creates and updates must carry the token's patient and match the URL;
-//! - what cannot be confined here yet fails closed with a stable code: batch/transaction
-//!   Bundles (`batch_unsupported`), patches, deletes and conditional writes in patient
-//!   context, system-wide searches and history in patient context.
+//! - batch/transaction entries are authorized one by one (and their results checked);
+//!   deletes and patches read the target first;
+//! - what cannot be confined fails closed with a stable code: conditional writes,
+//!   system-wide searches and history in patient context.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -362,14 +363,21 @@ impl Inner {
         }
     }
 
-    /// Authorize every entry of a batch/transaction Bundle as its own request. In patient
-    /// context only writes are accepted (their bodies are checked); reads inside a batch
-    /// would need their results checked inside the batch response, which is not done yet.
-    fn authorize_bundle(&self, body: &[u8], claims: &Claims) -> Result<(), Rejection> {
+    /// Authorize every entry of a batch/transaction Bundle as its own request: writes'
+    /// bodies are checked, reads and searches get the patient restriction (the entry URL is
+    /// rewritten when one is added) and their results are checked in the batch response.
+    /// Returns the body to forward (rewritten if needed) and what to check per entry.
+    fn authorize_bundle(
+        &self,
+        body: &[u8],
+        claims: &Claims,
+    ) -> Result<(Option<Bytes>, Vec<EntryCheck>), Rejection> {
         let invalid =
             |code: &'static str, detail: &'static str| Rejection::bad_request(code, detail);
-        let v: Value = serde_json::from_slice(body)
+        let mut v: Value = serde_json::from_slice(body)
             .map_err(|_| invalid("fhir_invalid", "the body is not a FHIR JSON resource"))?;
+        let mut checks = Vec::new();
+        let mut rewritten = false;
         if v.get("resourceType").and_then(Value::as_str) != Some("Bundle")
             || !matches!(
                 v.get("type").and_then(Value::as_str),
@@ -385,12 +393,11 @@ impl Inner {
             .raw
             .get(&self.cfg.patient_claim)
             .and_then(Value::as_str);
-        for e in v
-            .get("entry")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
+        let mut entries: Vec<Value> = match v.get_mut("entry").map(Value::take) {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        };
+        for e in entries.iter_mut() {
             let resource = e.get("resource");
             if resource
                 .and_then(|r| r.get("resourceType"))
@@ -424,10 +431,11 @@ impl Inner {
                 ));
             }
             let (path, query) = match url.split_once('?') {
-                Some((p, q)) => (p, Some(q)),
-                None => (url, None),
+                Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+                None => (url.to_owned(), None),
             };
-            let er = crate::fhir::request::parse(&method, path, query).map_err(Rejection::from)?;
+            let er = crate::fhir::request::parse(&method, &path, query.as_deref())
+                .map_err(Rejection::from)?;
             if matches!(er.interaction, Interaction::BatchOrTransaction) {
                 return Err(invalid(
                     "fhir_nested_bundle",
@@ -437,27 +445,42 @@ impl Inner {
             let mut params = er.params.clone();
             let plan = self.decide(&er, claims, &mut params)?;
             let patient_level = patient_scoped(claims, &er);
-            if let (Some(pid), true) = (pid, patient_level) {
-                match er.interaction {
-                    Interaction::Create | Interaction::Update => {
-                        let body = resource.map(Value::to_string).unwrap_or_default();
-                        check_write(&er, body.as_bytes(), pid)?;
-                    }
-                    _ => {
-                        return Err(denied(
-                            "batch_read_unsupported",
-                            "only writes are accepted in a batch in patient context",
-                        ))
-                    }
+            if let (Some(pid), true, Interaction::Create | Interaction::Update) =
+                (pid, patient_level, er.interaction)
+            {
+                let body = resource.map(Value::to_string).unwrap_or_default();
+                check_write(&er, body.as_bytes(), pid)?;
+            }
+            checks.push(match plan {
+                Plan::Pass => EntryCheck::None,
+                Plan::CheckResponse {
+                    patient,
+                    bundle,
+                    hide,
+                } => EntryCheck::Result {
+                    patient,
+                    bundle,
+                    hide,
+                },
+                // A delete or patch inside a batch cannot be pre-read here.
+                Plan::PreRead { .. } => {
+                    return Err(denied(
+                        "batch_change_unsupported",
+                        "deletes and patches inside a batch are not accepted in patient context",
+                    ))
                 }
-            } else if matches!(plan, Plan::CheckResponse { .. }) {
-                return Err(denied(
-                    "batch_read_unsupported",
-                    "only writes are accepted in a batch in patient context",
-                ));
+            });
+            if params != er.params {
+                let url = format!("{path}?{}", encode_params(&params));
+                if let Some(r) = e.get_mut("request") {
+                    r["url"] = Value::from(url);
+                    rewritten = true;
+                }
             }
         }
-        Ok(())
+        v["entry"] = Value::Array(entries);
+        let body = rewritten.then(|| Bytes::from(v.to_string()));
+        Ok((body, checks))
     }
 
     fn firewall(&self, params: &mut [SearchParam]) -> Result<(), Rejection> {
@@ -734,6 +757,7 @@ where
     let max = a.cfg.max_buffer_bytes;
     // `POST _search`: the form body's parameters count exactly like the query's.
     let mut body_bytes: Option<Bytes> = None;
+    let mut batch_checks: Vec<EntryCheck> = Vec::new();
     let form_search = parts.method == http::Method::POST
         && matches!(
             f.interaction,
@@ -755,8 +779,9 @@ where
         let b = read_limited(std::mem::replace(&mut body, crate::empty_body()), max)
             .await
             .map_err(|_| Rejection::body_too_large())?;
-        a.authorize_bundle(&b, claims)?;
-        body_bytes = Some(b);
+        let (rewritten, checks) = a.authorize_bundle(&b, claims)?;
+        batch_checks = checks;
+        body_bytes = Some(rewritten.unwrap_or(b));
     } else if matches!(
         f.interaction,
         Interaction::Create | Interaction::Update | Interaction::Patch
@@ -809,7 +834,8 @@ where
             parts.headers.remove(CONTENT_LENGTH);
         }
     }
-    if let Plan::CheckResponse { .. } = plan {
+    let check_batch = batch_checks.iter().any(|c| !matches!(c, EntryCheck::None));
+    if matches!(plan, Plan::CheckResponse { .. }) || check_batch {
         // Ask for an identity-encoded answer: it has to be read to be checked.
         parts.headers.remove(ACCEPT_ENCODING);
     }
@@ -817,11 +843,24 @@ where
         pre_read(&parts, inner.clone(), patient).await?;
     }
     let body = match body_bytes {
-        Some(b) => full(b),
+        Some(b) => {
+            // The body may have been rewritten: its length is the gateway's to state.
+            if b.is_empty() {
+                parts.headers.remove(CONTENT_LENGTH);
+            } else {
+                parts
+                    .headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
+            }
+            full(b)
+        }
         None => body,
     };
     let req = Request::from_parts(parts, body);
     let resp = crate::policy::call_next(inner, req).await?;
+    if check_batch {
+        return check_batch_response(&a, resp, &batch_checks).await;
+    }
     match plan {
         Plan::Pass | Plan::PreRead { .. } => Ok(resp),
         Plan::CheckResponse {
@@ -1039,6 +1078,83 @@ async fn check_response(
     if changed {
         parts.headers.remove(ETAG);
     }
+    Ok(Response::from_parts(parts, full(out)))
+}
+
+/// What to verify in the batch response for one request entry.
+enum EntryCheck {
+    None,
+    Result {
+        patient: String,
+        bundle: bool,
+        hide: bool,
+    },
+}
+
+/// Check the results of read/search entries inside a batch/transaction response. A read of
+/// another patient's resource becomes the entry a missing resource gets; search results are
+/// filtered like any search.
+async fn check_batch_response(
+    a: &Inner,
+    resp: Response<Body>,
+    checks: &[EntryCheck],
+) -> Result<Response<Body>, Rejection> {
+    let unverifiable = || {
+        Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            "response_unverifiable",
+            "the upstream's answer could not be checked",
+        )
+    };
+    if !resp.status().is_success() {
+        return Ok(resp);
+    }
+    let (mut parts, body) = resp.into_parts();
+    if parts
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v != "identity")
+    {
+        return Err(unverifiable());
+    }
+    let bytes = read_limited(body, a.cfg.max_buffer_bytes).await?;
+    let mut v: Value = serde_json::from_slice(&bytes).map_err(|_| unverifiable())?;
+    let entries = v
+        .get_mut("entry")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(unverifiable)?;
+    if entries.len() != checks.len() {
+        return Err(unverifiable());
+    }
+    let not_found = || serde_json::json!({"response": {"status": "404 Not Found"}});
+    for (e, c) in entries.iter_mut().zip(checks) {
+        let EntryCheck::Result {
+            patient,
+            bundle,
+            hide,
+        } = c
+        else {
+            continue;
+        };
+        let Some(r) = e.get_mut("resource") else {
+            continue;
+        };
+        let is_bundle = r.get("resourceType").and_then(Value::as_str) == Some("Bundle");
+        if *hide && is_bundle {
+            if filter_bundle(r, patient, BundleMode::Fail).is_err() {
+                *e = not_found();
+            }
+        } else if *bundle || is_bundle {
+            filter_bundle(r, patient, a.cfg.bundle_mode)?;
+        } else if !in_patient_compartment(r, patient) {
+            *e = not_found();
+        }
+    }
+    let out = Bytes::from(v.to_string());
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+    parts.headers.remove(ETAG);
     Ok(Response::from_parts(parts, full(out)))
 }
 
