@@ -295,6 +295,28 @@ const PATIENT_SCOPES: &str = "launch/patient patient/*.read patient/*.write";
 async fn reads_are_confined_to_the_patient() {
     let s = setup("").await;
     let t = token(&s.key, PATIENT_SCOPES, Some("a"));
+    // A's own records come back exactly as the upstream sent them.
+    for (path, id) in [
+        ("/fhir/Observation/oa1", "oa1"),
+        ("/fhir/Encounter/ea1", "ea1"),
+        ("/fhir/Condition/ca1", "ca1"),
+        ("/fhir/Patient/a", "a"),
+    ] {
+        let r = req(&s, &t, "GET", path, None).await;
+        assert_eq!(r.status, 200, "{path}");
+        let upstream = records().into_iter().find(|x| x["id"] == id).unwrap();
+        assert_eq!(
+            r.body,
+            Bytes::from(upstream.to_string()),
+            "{path}: response changed"
+        );
+    }
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir/MedicationRequest/mb1", None)
+            .await
+            .status,
+        404
+    );
     assert_eq!(
         req(&s, &t, "GET", "/fhir/Observation/oa1", None)
             .await
@@ -692,7 +714,7 @@ async fn scopes_are_enforced_per_type() {
         200
     );
     let r = req(&s, &t, "GET", "/fhir/Condition/ca1", None).await;
-    assert_eq!((r.status, r.code().as_str()), (403, "scope_denied"));
+    assert_eq!((r.status, r.code().as_str()), (403, "insufficient_scope"));
     assert!(r.headers["www-authenticate"]
         .to_str()
         .unwrap()
@@ -718,7 +740,7 @@ async fn scopes_are_enforced_per_type() {
         "patient_context_missing"
     );
     let (_, m) = admin_get(&s.gw, "/metrics").await;
-    assert!(m.contains("ward_fhir_authz_total{code=\"scope_denied\",decision=\"deny\",interaction=\"read\",resource_type=\"Condition\",route=\"fhir\"} 1"), "{m}");
+    assert!(m.contains("ward_fhir_authz_total{code=\"insufficient_scope\",decision=\"deny\",interaction=\"read\",resource_type=\"Condition\",route=\"fhir\"} 1"), "{m}");
 }
 
 #[tokio::test]

@@ -653,7 +653,7 @@ fn bad_request(code: &'static str, detail: &'static str) -> Rejection {
 pub fn insufficient_scope() -> Rejection {
     Rejection::new(
         StatusCode::FORBIDDEN,
-        "scope_denied",
+        "insufficient_scope",
         "the token does not grant this access",
     )
     .with_header(
