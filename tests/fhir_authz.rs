@@ -802,3 +802,123 @@ async fn route_allow_lists() {
         "search_count_exceeded"
     );
 }
+
+/// Regressions from a review of the guard: each of these once reached patient B's data.
+#[tokio::test]
+async fn guard_bypass_regressions() {
+    let s = setup("").await;
+    let t = token(&s.key, PATIENT_SCOPES, Some("a"));
+    let obs = |subject: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": subject}});
+    let fhir_json = |v: Value| Some(("application/fhir+json", v));
+    // A batch POST entry whose URL looks like a search is still a create.
+    let sneaky = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "POST", "url": "Observation/_search"}, "resource": obs("Patient/b")}]});
+    assert_eq!(
+        req(&s, &t, "POST", "/fhir", fhir_json(sneaky)).await.code(),
+        "fhir_batch_entry_invalid"
+    );
+    // `entry` given as an object.
+    let object = json!({"resourceType": "Bundle", "type": "batch", "entry": {"request": {"method": "GET", "url": "Observation?subject=Patient/b"}}});
+    assert_eq!(
+        req(&s, &t, "POST", "/fhir", fhir_json(object)).await.status,
+        400
+    );
+    // Conditional create searches across patients.
+    let c = client(&s.env.pki, false);
+    let r = send(
+        &c,
+        Request::post(url(&s.gw, "/fhir/Observation"))
+            .header("authorization", format!("Bearer {t}"))
+            .header("content-type", "application/fhir+json")
+            .header("if-none-exist", "subject=Patient/b")
+            .body(Full::new(Bytes::from(obs("Patient/a").to_string())))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (403, "conditional_denied"));
+    // Overwriting B's record by id: the target is read first and hidden.
+    let mut upd = obs("Patient/a");
+    upd["id"] = "ob1".into();
+    assert_eq!(
+        req(&s, &t, "PUT", "/fhir/Observation/ob1", fhir_json(upd))
+            .await
+            .status,
+        404
+    );
+    let mut own = obs("Patient/a");
+    own["id"] = "oa1".into();
+    assert_eq!(
+        req(&s, &t, "PUT", "/fhir/Observation/oa1", fhir_json(own))
+            .await
+            .status,
+        200
+    );
+    // Types outside the compartment table that may hold patient data.
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir/Binary/1", None).await.code(),
+        "type_outside_compartment"
+    );
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir/Bundle/1", None).await.code(),
+        "type_outside_compartment"
+    );
+    // Writes must be the patient's by their primary link, and name no other patient.
+    let mut perf = obs("Patient/b");
+    perf["performer"] = json!([{"reference": "Patient/a"}]);
+    assert_eq!(
+        req(&s, &t, "POST", "/fhir/Observation", fhir_json(perf))
+            .await
+            .code(),
+        "patient_mismatch"
+    );
+    for subject in [
+        "Patient/b/Patient/a",
+        "https://evil.example/Patient/a",
+        "Patient?identifier=mrn|b&x=/Patient/a",
+    ] {
+        assert_eq!(
+            req(&s, &t, "POST", "/fhir/Observation", fhir_json(obs(subject)))
+                .await
+                .code(),
+            "patient_mismatch",
+            "{subject}"
+        );
+    }
+    // Parameters on deletes reach beyond the resource.
+    assert_eq!(
+        req(
+            &s,
+            &t,
+            "DELETE",
+            "/fhir/Observation/oa1?_cascade=delete",
+            None
+        )
+        .await
+        .code(),
+        "conditional_denied"
+    );
+    // Existence oracles: HEAD and non-JSON formats.
+    let head = Request::head(url(&s.gw, "/fhir/Observation/ob1"))
+        .header("authorization", format!("Bearer {t}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&c, head).await.status, 405);
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir/Observation/ob1?_format=xml", None)
+            .await
+            .code(),
+        "format_denied"
+    );
+    let seen = s.ehr.seen.lock().unwrap().clone();
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.starts_with("PUT /fhir/Observation/ob1")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("Binary") || l.contains("_cascade")),
+        "{seen:?}"
+    );
+}

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::Rejection;
-use crate::fhir::compartment::{in_patient_compartment, references_patient};
+use crate::fhir::compartment::{in_patient_compartment, owned_by, references_patient};
 use crate::fhir::request::{parse_params, FhirRequest, Interaction, SearchParam};
 use crate::fhir::scopes::{self, Context as ScopeContext, Perm, Scope};
 use crate::metrics::Metrics;
@@ -117,6 +117,37 @@ impl FhirAuthzConfig {
         out
     }
 }
+
+/// Definitional or shared resource types that carry no patient's data: readable by id with
+/// patient-level access when the scope allows. Every other type outside the Patient
+/// compartment table is refused in patient context.
+const SHARED_TYPES: &[&str] = &[
+    "ActivityDefinition",
+    "CapabilityStatement",
+    "CodeSystem",
+    "ConceptMap",
+    "DeviceDefinition",
+    "Endpoint",
+    "HealthcareService",
+    "Library",
+    "Location",
+    "Measure",
+    "Medication",
+    "MedicationKnowledge",
+    "NamingSystem",
+    "ObservationDefinition",
+    "OperationDefinition",
+    "Organization",
+    "PlanDefinition",
+    "Practitioner",
+    "PractitionerRole",
+    "Questionnaire",
+    "SearchParameter",
+    "SpecimenDefinition",
+    "StructureDefinition",
+    "Substance",
+    "ValueSet",
+];
 
 /// Always allowed by the parameter firewall: result controls, and the include parameters
 /// (governed by `allowed_includes` in patient context).
@@ -265,6 +296,14 @@ impl Inner {
                 )
             })?
             .to_owned();
+        // Answers are checked as JSON: another format could not be (and would differ from
+        // the 404 a hidden record gets).
+        if f.format.as_deref().is_some_and(|fmt| !fmt.contains("json")) {
+            return Err(denied(
+                "format_denied",
+                "only JSON is available with patient-level access",
+            ));
+        }
         let in_compartment =
             crate::fhir::patient_compartment(rtype).is_some() || rtype == "Patient";
         match f.interaction {
@@ -273,8 +312,16 @@ impl Inner {
                     return Err(hidden());
                 }
                 if !in_compartment {
-                    // Not patient data (Medication, Organization, ...): the scope decides.
-                    return Ok(Plan::Pass);
+                    // Shared, definitional data (Medication, Organization, ...) is not about
+                    // a patient: the scope decides. Anything else outside the compartment
+                    // table (Binary, Bundle, Device, ...) may well be, and cannot be checked.
+                    if SHARED_TYPES.contains(&rtype) {
+                        return Ok(Plan::Pass);
+                    }
+                    return Err(denied(
+                        "type_outside_compartment",
+                        "this resource type is not available with patient-level access",
+                    ));
                 }
                 // The history of another patient's resource must look like a missing one.
                 let history = f.interaction == HistoryInstance;
@@ -325,16 +372,25 @@ impl Inner {
                     hide: false,
                 })
             }
-            Create | Update => {
-                if f.conditional {
-                    return Err(denied(
-                        "conditional_denied",
-                        "conditional writes are not allowed in patient context",
-                    ));
-                }
+            Create | Update | Delete | Patch if f.conditional || !params.is_empty() => Err(denied(
+                // Conditional writes search across all patients; parameters such as
+                // `_cascade` reach beyond the addressed resource.
+                "conditional_denied",
+                "conditional writes and write parameters are not allowed in patient context",
+            )),
+            Create => {
                 // The body is checked by the caller (it has to be read first).
                 Ok(Plan::Pass)
             }
+            Update if rtype == "Patient" => {
+                if f.id.as_deref() != Some(pid.as_str()) {
+                    return Err(hidden());
+                }
+                Ok(Plan::Pass)
+            }
+            // An update replaces a resource that must already be the patient's (no
+            // update-as-create: it would reveal which ids exist, and chose ids for others).
+            Update => Ok(Plan::PreRead { patient: pid }),
             Delete | Patch => {
                 if f.conditional {
                     return Err(denied(
@@ -395,7 +451,9 @@ impl Inner {
             .and_then(Value::as_str);
         let mut entries: Vec<Value> = match v.get_mut("entry").map(Value::take) {
             Some(Value::Array(a)) => a,
-            _ => Vec::new(),
+            None => Vec::new(),
+            // Lenient servers read an object as a one-entry list: it must be a list here.
+            Some(_) => return Err(invalid("fhir_invalid", "Bundle.entry must be a list")),
         };
         for e in entries.iter_mut() {
             let resource = e.get("resource");
@@ -442,6 +500,27 @@ impl Inner {
                     "Bundles inside a batch or transaction are not accepted",
                 ));
             }
+            // Servers act on the method and the resource, not on what the URL looks like:
+            // a POST entry is a create (whatever its URL), and only creates and updates
+            // carry a resource.
+            let is_write = matches!(er.interaction, Interaction::Create | Interaction::Update);
+            if (method == http::Method::POST && er.interaction != Interaction::Create)
+                || (resource.is_some() && !is_write)
+            {
+                return Err(invalid(
+                    "fhir_batch_entry_invalid",
+                    "Bundle entry method, url and resource disagree",
+                ));
+            }
+            let conditional = ["ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince"]
+                .iter()
+                .any(|k| req.get(*k).is_some());
+            if conditional && pid.is_some() {
+                return Err(denied(
+                    "conditional_denied",
+                    "conditional entries are not allowed in patient context",
+                ));
+            }
             let mut params = er.params.clone();
             let plan = self.decide(&er, claims, &mut params)?;
             let patient_level = patient_scoped(claims, &er);
@@ -479,8 +558,9 @@ impl Inner {
             }
         }
         v["entry"] = Value::Array(entries);
-        let body = rewritten.then(|| Bytes::from(v.to_string()));
-        Ok((body, checks))
+        // Always forward exactly what was checked, re-serialised.
+        let _ = rewritten;
+        Ok((Some(Bytes::from(v.to_string())), checks))
     }
 
     fn firewall(&self, params: &mut [SearchParam]) -> Result<(), Rejection> {
@@ -560,10 +640,13 @@ impl Inner {
         };
         let mut restricted = false;
         for p in params.iter() {
-            let is_restriction = (rtype == "Patient" && matches!(p.name.as_str(), "_id" | "link"))
-                || p.name == "patient"
-                || compartment.contains(&p.name.as_str());
-            if !is_restriction {
+            // Parameters that name a patient must name this one (`patient` included, on
+            // any type). Only the type's compartment parameters — which the upstream is
+            // sure to know; a lenient server ignores unknown ones — count as the
+            // restriction itself.
+            let counts =
+                (rtype == "Patient" && p.name == "_id") || compartment.contains(&p.name.as_str());
+            if !counts && p.name != "patient" {
                 continue;
             }
             // Only plain references (or `:Patient`); `:missing`, `:not`, `:identifier`
@@ -580,7 +663,7 @@ impl Inner {
                     "the search names another patient",
                 ));
             }
-            restricted = true;
+            restricted |= counts;
         }
         if !restricted {
             let (name, value) = if rtype == "Patient" {
@@ -793,6 +876,18 @@ where
         );
     }
     let plan = a.decide(f, claims, &mut params)?;
+    let patient_ctx = claims
+        .raw
+        .get(&a.cfg.patient_claim)
+        .and_then(Value::as_str)
+        .is_some();
+    if patient_ctx && parts.headers.contains_key("if-none-exist") {
+        // A conditional create searches across all patients (and answers with the match).
+        return Err(denied(
+            "conditional_denied",
+            "conditional writes are not allowed in patient context",
+        ));
+    }
     // Patient-context writes: the body must name this patient and match the URL.
     if let (Some(b), Some(pid)) = (
         &body_bytes,
@@ -836,11 +931,31 @@ where
     }
     let check_batch = batch_checks.iter().any(|c| !matches!(c, EntryCheck::None));
     if matches!(plan, Plan::CheckResponse { .. }) || check_batch {
-        // Ask for an identity-encoded answer: it has to be read to be checked.
-        parts.headers.remove(ACCEPT_ENCODING);
+        if parts.method == http::Method::HEAD {
+            // No body, nothing to check: a HEAD would tell existence apart.
+            return Err(Rejection::method_not_allowed());
+        }
+        // The answer has to be read to be checked: identity-encoded JSON, complete (no
+        // 304 from conditional headers), and no lenient handling of our restriction.
+        for h in [
+            ACCEPT_ENCODING,
+            http::header::IF_NONE_MATCH,
+            http::header::IF_MODIFIED_SINCE,
+            http::header::HeaderName::from_static("prefer"),
+        ] {
+            parts.headers.remove(h);
+        }
+        parts.headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/fhir+json"),
+        );
     }
     if let Plan::PreRead { patient } = &plan {
-        pre_read(&parts, inner.clone(), patient).await?;
+        let etag = pre_read(&parts, inner.clone(), patient).await?;
+        // Pin the write to the version that was checked (no change in between).
+        if let (Some(tag), false) = (etag, parts.headers.contains_key(http::header::IF_MATCH)) {
+            parts.headers.insert(http::header::IF_MATCH, tag);
+        }
     }
     let body = match body_bytes {
         Some(b) => {
@@ -873,7 +988,11 @@ where
 
 /// Read the target of a patient-context delete/patch through the same route (same
 /// upstream, same gateway headers) and allow the change only if it is the patient's.
-async fn pre_read<S>(parts: &http::request::Parts, inner: S, pid: &str) -> Result<(), Rejection>
+async fn pre_read<S>(
+    parts: &http::request::Parts,
+    inner: S,
+    pid: &str,
+) -> Result<Option<HeaderValue>, Rejection>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection> + Send + 'static,
     S::Future: Send + 'static,
@@ -895,9 +1014,16 @@ where
         CONTENT_LENGTH,
         ACCEPT_ENCODING,
         http::header::IF_MATCH,
+        http::header::IF_NONE_MATCH,
+        http::header::IF_MODIFIED_SINCE,
+        http::header::HeaderName::from_static("prefer"),
     ] {
         get.headers_mut().remove(h);
     }
+    get.headers_mut().insert(
+        http::header::ACCEPT,
+        HeaderValue::from_static("application/fhir+json"),
+    );
     copy_extensions(parts, get.extensions_mut());
     let resp = crate::policy::call_next(inner, get).await?;
     if resp.status() == StatusCode::NOT_FOUND || resp.status() == StatusCode::GONE {
@@ -906,10 +1032,11 @@ where
     if !resp.status().is_success() {
         return Err(unverifiable());
     }
+    let etag = resp.headers().get(ETAG).cloned();
     let bytes = read_limited(resp.into_body(), 8 * 1024 * 1024).await?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| unverifiable())?;
-    if in_patient_compartment(&v, pid) {
-        Ok(())
+    if owned_by(&v, pid) {
+        Ok(etag)
     } else {
         Err(hidden())
     }
@@ -1014,7 +1141,7 @@ fn check_write(f: &FhirRequest, body: &[u8], pid: &str) -> Result<(), Rejection>
         }
         return Ok(());
     }
-    if !in_patient_compartment(&v, pid) {
+    if !owned_by(&v, pid) {
         return Err(denied(
             "patient_mismatch",
             "the resource belongs to another patient",
@@ -1031,8 +1158,12 @@ async fn check_response(
     hide: bool,
 ) -> Result<Response<Body>, Rejection> {
     let status = resp.status();
-    if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
-        // Same answer as a resource of another patient.
+    if status == StatusCode::NOT_FOUND
+        || status == StatusCode::GONE
+        || (!bundle && !status.is_success())
+    {
+        // Same answer as a resource of another patient: on reads, no other status may
+        // tell an existing record of someone else apart from a missing one.
         return Err(hidden());
     }
     if !status.is_success() {
@@ -1044,20 +1175,31 @@ async fn check_response(
         .get(http::header::CONTENT_ENCODING)
         .is_some_and(|v| v != "identity")
     {
-        return Err(Rejection::new(
-            StatusCode::BAD_GATEWAY,
-            "response_encoded",
-            "the upstream answered with an encoding the gateway cannot check",
-        ));
+        return Err(if bundle {
+            Rejection::new(
+                StatusCode::BAD_GATEWAY,
+                "response_encoded",
+                "the upstream answered with an encoding the gateway cannot check",
+            )
+        } else {
+            hidden()
+        });
     }
     let bytes = read_limited(body, a.cfg.max_buffer_bytes).await?;
-    let mut v: Value = serde_json::from_slice(&bytes).map_err(|_| {
-        Rejection::new(
-            StatusCode::BAD_GATEWAY,
-            "response_unverifiable",
-            "the upstream's answer could not be checked",
-        )
-    })?;
+    // An answer that cannot be checked is hidden like a missing record on reads (a 502
+    // would tell existence apart), and refused on searches.
+    let unverifiable = || {
+        if bundle {
+            Rejection::new(
+                StatusCode::BAD_GATEWAY,
+                "response_unverifiable",
+                "the upstream's answer could not be checked",
+            )
+        } else {
+            hidden()
+        }
+    };
+    let mut v: Value = serde_json::from_slice(&bytes).map_err(|_| unverifiable())?;
     let changed = if hide {
         filter_bundle(&mut v, pid, BundleMode::Fail).map_err(|_| hidden())?
     } else if bundle || v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
