@@ -123,9 +123,8 @@ pub fn normalize(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
     if path.contains('%') && !decodes_to_utf8(path.as_bytes()) {
         return Err(PathError::BadEscape);
     }
-    let segs: Vec<&str> = path[1..].split('/').collect();
-    let n = segs.len();
-    for (i, s) in segs.iter().enumerate() {
+    let mut segs = path[1..].split('/').peekable();
+    while let Some(s) = segs.next() {
         // Servlet containers drop `;params` per segment, so `..;x` is `..` to them.
         let bare = s.split(';').next().unwrap_or("");
         if bare == "." || bare == ".." {
@@ -135,7 +134,7 @@ pub fn normalize(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
             return Err(PathError::EmptySegment);
         }
         // A trailing slash is fine ("/fhir/"); "//" anywhere else is not.
-        if s.is_empty() && i + 1 != n {
+        if s.is_empty() && segs.peek().is_some() {
             return Err(PathError::EmptySegment);
         }
     }
