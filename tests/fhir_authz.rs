@@ -79,6 +79,19 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    if method == "GET" && path == "/fhir" && query.contains("_getpages") {
+        // A continuation page of some search: everyone's Observations.
+        return fhir(
+            200,
+            bundle(
+                "searchset",
+                records()
+                    .into_iter()
+                    .filter(|r| r["resourceType"] == "Observation")
+                    .collect(),
+            ),
+        );
+    }
     if method == "POST" && path == "/fhir" {
         // A batch processor that answers reads by id and searches (ignoring parameters).
         let b: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -165,7 +178,15 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
                     r["resourceType"] == *t && (leaky || want.is_none() || owner(r) == want)
                 })
                 .collect();
-            fhir(200, bundle("searchset", rs))
+            {
+                let mut b = bundle("searchset", rs);
+                b["link"] = json!([
+                    {"relation": "self", "url": format!("http://ehr.internal:8080/fhir/{t}?{query}")},
+                    {"relation": "next", "url": format!("http://ehr.internal:8080/fhir?_getpages=abc&_getpagesoffset=10")},
+                    {"relation": "other", "url": "https://elsewhere.example/x"},
+                ]);
+                fhir(200, b)
+            }
         }
         ("DELETE", [t, id]) => match all
             .iter()
@@ -920,5 +941,47 @@ async fn guard_bypass_regressions() {
             .iter()
             .any(|l| l.contains("Binary") || l.contains("_cascade")),
         "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn paging_links_lead_back_through_the_gateway() {
+    let s = setup("").await;
+    let t = token(&s.key, PATIENT_SCOPES, Some("a"));
+    let r = req(&s, &t, "GET", "/fhir/Observation?code=hr", None).await;
+    assert_eq!(r.status, 200);
+    let links = r.json()["link"].as_array().cloned().unwrap();
+    let base = format!(
+        "https://localhost:{}/fhir",
+        s.gw.addr("public").unwrap().port()
+    );
+    assert_eq!(
+        links.len(),
+        2,
+        "the link leading elsewhere must go: {links:?}"
+    );
+    for l in &links {
+        assert!(l["url"].as_str().unwrap().starts_with(&base), "{l}");
+    }
+    // Following `next` goes through the guard: the page is filtered like any search.
+    let next = links.iter().find(|l| l["relation"] == "next").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = next
+        .strip_prefix(&format!(
+            "https://localhost:{}",
+            s.gw.addr("public").unwrap().port()
+        ))
+        .unwrap()
+        .to_owned();
+    let page = req(&s, &t, "GET", &path, None).await;
+    assert_eq!((page.status, ids(&page)), (200, vec!["oa1".to_owned()]));
+    // Page requests carry nothing but paging parameters.
+    assert_eq!(
+        req(&s, &t, "GET", "/fhir?_getpages=abc&_type=Patient", None)
+            .await
+            .code(),
+        "search_param_denied"
     );
 }

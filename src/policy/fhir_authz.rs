@@ -345,6 +345,31 @@ impl Inner {
                 "operation_denied",
                 "operations other than $everything are not allowed in patient context",
             )),
+            // A page of an earlier search (HAPI-style `[base]?_getpages=…`): its entries are
+            // checked like any search result.
+            SearchSystem if params.iter().any(|p| p.name == "_getpages") => {
+                if params.iter().any(|p| {
+                    !matches!(
+                        p.name.as_str(),
+                        "_getpages"
+                            | "_getpagesoffset"
+                            | "_count"
+                            | "_format"
+                            | "_pretty"
+                            | "_bundletype"
+                    )
+                }) {
+                    return Err(denied(
+                        "search_param_denied",
+                        "a page request carries only paging parameters",
+                    ));
+                }
+                Ok(Plan::CheckResponse {
+                    patient: pid,
+                    bundle: true,
+                    hide: false,
+                })
+            }
             SearchCompartment => {
                 let (ct, cid) = f.compartment.as_ref().ok_or_else(Rejection::internal)?;
                 if *ct != "Patient" || *cid != pid {
@@ -971,6 +996,7 @@ where
         }
         None => body,
     };
+    let links = LinkBase::from_parts(&parts);
     let req = Request::from_parts(parts, body);
     let resp = crate::policy::call_next(inner, req).await?;
     if check_batch {
@@ -982,7 +1008,7 @@ where
             patient,
             bundle,
             hide,
-        } => check_response(&a, resp, &patient, bundle, hide).await,
+        } => check_response(&a, resp, &patient, bundle, hide, links.as_ref()).await,
     }
 }
 
@@ -1156,6 +1182,7 @@ async fn check_response(
     pid: &str,
     bundle: bool,
     hide: bool,
+    links: Option<&LinkBase>,
 ) -> Result<Response<Body>, Rejection> {
     let status = resp.status();
     if status == StatusCode::NOT_FOUND
@@ -1209,6 +1236,12 @@ async fn check_response(
     } else {
         return Err(hidden());
     };
+    // Paging links point at the upstream; pointed back at the gateway, every next page
+    // goes through this guard too.
+    let changed = match links {
+        Some(l) if bundle => l.rewrite(&mut v) || changed,
+        _ => changed,
+    };
     let out = if changed {
         Bytes::from(v.to_string())
     } else {
@@ -1221,6 +1254,62 @@ async fn check_response(
         parts.headers.remove(ETAG);
     }
     Ok(Response::from_parts(parts, full(out)))
+}
+
+/// Where the client reached this route, to point a Bundle's paging links back at it.
+struct LinkBase {
+    /// `https://host:port/prefix` as the client addressed the gateway.
+    gateway: String,
+    /// The upstream's base path for this route (the rewrite prefix, or the route prefix).
+    upstream_path: String,
+}
+
+impl LinkBase {
+    fn from_parts(parts: &http::request::Parts) -> Option<LinkBase> {
+        let ctx = parts.extensions.get::<crate::context::RequestContext>()?;
+        let route = parts.extensions.get::<crate::context::RouteId>()?;
+        let scheme = if ctx.tls { "https" } else { "http" };
+        let prefix = route.0.path_prefix.trim_end_matches('/');
+        let upstream = route
+            .0
+            .rewrite_prefix
+            .as_deref()
+            .unwrap_or(&route.0.path_prefix);
+        Some(LinkBase {
+            gateway: format!("{scheme}://{}{prefix}", ctx.host),
+            upstream_path: upstream.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Rewrite `Bundle.link[].url` from the upstream's base to the gateway's. A link outside
+    /// the upstream's base is dropped (it could only lead around the gateway).
+    fn rewrite(&self, v: &mut Value) -> bool {
+        let Some(links) = v.get_mut("link").and_then(Value::as_array_mut) else {
+            return false;
+        };
+        let before = links.len();
+        let mut changed = false;
+        links.retain_mut(|l| {
+            let Some(url) = l.get("url").and_then(Value::as_str) else {
+                return false;
+            };
+            // Path and query after the authority (absolute), or the URL itself (relative).
+            let path = match url.split_once("://") {
+                Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+                None => url,
+            };
+            let Some(rest) = path.strip_prefix(self.upstream_path.as_str()) else {
+                return false;
+            };
+            if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')) {
+                return false;
+            }
+            l["url"] = Value::from(format!("{}{rest}", self.gateway));
+            changed = true;
+            true
+        });
+        changed || links.len() != before
+    }
 }
 
 /// What to verify in the batch response for one request entry.
