@@ -766,7 +766,7 @@ async fn scopes_are_enforced_per_type() {
 
 #[tokio::test]
 async fn route_allow_lists() {
-    let s = setup("  allowed_includes: [\"Observation:subject\"]\n  allowed_params: [code, \"date:*\", patient, subject]\n  count_mode: reject\n").await;
+    let s = setup("  allowed_includes: [\"Observation:subject\", \"iterate:Observation:subject\"]\n  allowed_params: [code, \"date:*\", patient, subject]\n  count_mode: reject\n").await;
     let t = token(&s.key, PATIENT_SCOPES, Some("a"));
     assert_eq!(
         req(
@@ -821,6 +821,30 @@ async fn route_allow_lists() {
             .await
             .code(),
         "search_count_exceeded"
+    );
+    assert_eq!(
+        req(
+            &s,
+            &t,
+            "GET",
+            "/fhir/Observation?patient=a&_include:iterate=Observation:subject",
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        req(
+            &s,
+            &t,
+            "GET",
+            "/fhir/Observation?patient=a&_include:iterate=Observation:performer",
+            None
+        )
+        .await
+        .code(),
+        "search_param_denied"
     );
 }
 

@@ -630,12 +630,21 @@ impl Inner {
 
     fn search_rules(&self, params: &[SearchParam]) -> Result<(), Rejection> {
         for p in params {
+            // `_include:iterate` reaches arbitrarily far, so it needs its own allow-list entry
+            // (`iterate:Observation:subject`); whatever it pulls in is still checked.
             let include = matches!(p.name.as_str(), "_include" | "_revinclude");
-            if (include && !self.cfg.allowed_includes.contains(&p.value))
+            let allowed_include = match p.modifier.as_deref() {
+                None => self.cfg.allowed_includes.contains(&p.value),
+                Some("iterate") => self
+                    .cfg
+                    .allowed_includes
+                    .iter()
+                    .any(|a| a.strip_prefix("iterate:") == Some(p.value.as_str())),
+                Some(_) => false,
+            };
+            if (include && !allowed_include)
                 || (p.name == "_has" && !self.cfg.allow_has)
                 || (p.chain.is_some() && !self.cfg.allow_chained)
-                // `_include:iterate` reaches arbitrarily far: never in patient context.
-                || (include && p.modifier.as_deref() == Some("iterate"))
             {
                 return Err(denied(
                     "search_param_denied",
