@@ -102,13 +102,23 @@ pub fn in_patient_compartment(resource: &Value, patient_id: &str) -> bool {
     let Some(params) = super::patient_compartment(rtype) else {
         return false;
     };
+    compartment_refs(resource, params)
+        .iter()
+        .any(|r| references_patient(r, patient_id))
+}
+
+/// Every reference at any of the compartment parameters' element paths.
+fn compartment_refs<'a>(
+    resource: &'a Value,
+    params: &[super::tables::CompartmentParam],
+) -> Vec<&'a str> {
     let mut refs = Vec::new();
     for (_, paths) in params {
         for p in *paths {
             references_at(resource, p, &mut refs);
         }
     }
-    refs.iter().any(|r| references_patient(r, patient_id))
+    refs
 }
 
 /// For what a patient-context token writes or changes: the resource's primary link (the
@@ -135,13 +145,8 @@ pub fn owned_by(resource: &Value, patient_id: &str) -> bool {
     if !mine.iter().any(|r| relative_patient(r, patient_id)) {
         return false;
     }
-    let mut all = Vec::new();
-    for (_, paths) in params {
-        for p in *paths {
-            references_at(resource, p, &mut all);
-        }
-    }
-    all.iter()
+    compartment_refs(resource, params)
+        .iter()
         .all(|r| !is_patient_like(r) || relative_patient(r, patient_id))
 }
 
