@@ -36,16 +36,16 @@ async fn graceful_drain_finishes_in_flight_requests() {
     // Wait until the upstream holds the request.
     state.gate_entered.notified().await;
     gw.begin_shutdown();
-    // New connections are refused once the listener is closed. Connecting is retried a
-    // bounded number of times because closing races the signal.
+    // New connections are refused once the listener is closed. The listener task closes
+    // it asynchronously after the signal, so poll (bounded) until a connect fails.
     let mut refused = false;
-    for _ in 0..200 {
+    for _ in 0..3000 {
         match tokio::net::TcpStream::connect(addr).await {
             Err(_) => {
                 refused = true;
                 break;
             }
-            Ok(_) => tokio::task::yield_now().await,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
     assert!(refused, "listener still accepting after shutdown");
