@@ -256,7 +256,7 @@ async fn crl_reload_revokes_without_restart_and_without_resumption() {
     s.env
         .write("clients/revoked.crl", &s.ca.crl(3, &[666, 40, 41]));
     let mut revoked = false;
-    for _ in 0..300 {
+    for _ in 0..600 {
         if request_with(cfg2.clone(), addr, &get_req("/secure/x"))
             .await
             .is_err()

@@ -396,7 +396,7 @@ async fn admin_endpoints() {
     assert_eq!((s, body.contains("ok")), (200, true));
     // Readiness follows the probes: wait for the first probe result (bounded).
     let mut ready = (0, String::new());
-    for _ in 0..300 {
+    for _ in 0..1500 {
         ready = admin_get(&gw, "/readyz").await;
         if ready.0 == 200 {
             break;
@@ -438,7 +438,7 @@ async fn admin_endpoints() {
         ))
         .await;
     let mut not_ready = (0, String::new());
-    for _ in 0..300 {
+    for _ in 0..1500 {
         not_ready = admin_get(&gw, "/readyz").await;
         if not_ready.1.contains("down") {
             break;
