@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,8 +11,6 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::KeyPair;
 use serde_json::{json, Value};
@@ -215,27 +212,8 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
 }
 
 async fn ehr() -> (std::net::SocketAddr, Arc<Ehr>) {
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
     let state = Arc::new(Ehr::default());
-    let st = state.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = tcp.accept().await else {
-                continue;
-            };
-            let st = st.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let st = st.clone();
-                    async move { Ok::<_, Infallible>(handle(st, req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = serve_http1(state.clone(), handle).await;
     (addr, state)
 }
 

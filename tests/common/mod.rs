@@ -96,22 +96,25 @@ async fn upstream_handler(
     r
 }
 
-/// A recording HTTP/1.1 upstream on 127.0.0.1:0.
-pub async fn upstream() -> (SocketAddr, Arc<UpstreamState>) {
+/// Serve HTTP/1.1 on 127.0.0.1:0 with `handler(state, request)`; returns the address.
+pub async fn serve_http1<S, F, Fut>(state: Arc<S>, handler: F) -> SocketAddr
+where
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
-    let state = Arc::new(UpstreamState::default());
-    let st = state.clone();
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = tcp.accept().await else {
                 continue;
             };
-            let st = st.clone();
+            let (st, h) = (state.clone(), handler.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let st = st.clone();
-                    async move { Ok::<_, Infallible>(upstream_handler(st, req).await) }
+                    let (st, h) = (st.clone(), h.clone());
+                    async move { Ok::<_, Infallible>(h(st, req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
@@ -119,6 +122,13 @@ pub async fn upstream() -> (SocketAddr, Arc<UpstreamState>) {
             });
         }
     });
+    addr
+}
+
+/// A recording HTTP/1.1 upstream on 127.0.0.1:0.
+pub async fn upstream() -> (SocketAddr, Arc<UpstreamState>) {
+    let state = Arc::new(UpstreamState::default());
+    let addr = serve_http1(state.clone(), upstream_handler).await;
     (addr, state)
 }
 
