@@ -1205,23 +1205,6 @@ async fn check_response(
     if !status.is_success() {
         return Ok(resp);
     }
-    let (mut parts, body) = resp.into_parts();
-    if parts
-        .headers
-        .get(http::header::CONTENT_ENCODING)
-        .is_some_and(|v| v != "identity")
-    {
-        return Err(if bundle {
-            Rejection::new(
-                StatusCode::BAD_GATEWAY,
-                "response_encoded",
-                "the upstream answered with an encoding the gateway cannot check",
-            )
-        } else {
-            hidden()
-        });
-    }
-    let bytes = read_limited(body, a.cfg.max_buffer_bytes).await?;
     // An answer that cannot be checked is hidden like a missing record on reads (a 502
     // would tell existence apart), and refused on searches.
     let unverifiable = || {
@@ -1235,7 +1218,11 @@ async fn check_response(
             hidden()
         }
     };
-    let mut v: Value = serde_json::from_slice(&bytes).map_err(|_| unverifiable())?;
+    let (mut parts, bytes, mut v) = match json_answer(a, resp).await {
+        Ok(x) => x,
+        Err(Some(r)) => return Err(r),
+        Err(None) => return Err(unverifiable()),
+    };
     let changed = if hide {
         filter_bundle(&mut v, pid, BundleMode::Fail).map_err(|_| hidden())?
     } else if bundle || v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
@@ -1263,6 +1250,28 @@ async fn check_response(
         parts.headers.remove(ETAG);
     }
     Ok(Response::from_parts(parts, full(out)))
+}
+
+/// Read an upstream answer that is to be checked: identity-encoded JSON within the buffer
+/// cap. `Err(None)`: it cannot be checked (the caller decides how that looks);
+/// `Err(Some(_))`: a definite refusal (too large, unreadable).
+async fn json_answer(
+    a: &Inner,
+    resp: Response<Body>,
+) -> Result<(http::response::Parts, Bytes, Value), Option<Rejection>> {
+    let (parts, body) = resp.into_parts();
+    if parts
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v != "identity")
+    {
+        return Err(None);
+    }
+    let bytes = read_limited(body, a.cfg.max_buffer_bytes)
+        .await
+        .map_err(Some)?;
+    let v = serde_json::from_slice(&bytes).map_err(|_| None)?;
+    Ok((parts, bytes, v))
 }
 
 /// Where the client reached this route, to point a Bundle's paging links back at it.
@@ -1349,16 +1358,11 @@ async fn check_batch_response(
     if !resp.status().is_success() {
         return Ok(resp);
     }
-    let (mut parts, body) = resp.into_parts();
-    if parts
-        .headers
-        .get(http::header::CONTENT_ENCODING)
-        .is_some_and(|v| v != "identity")
-    {
-        return Err(unverifiable());
-    }
-    let bytes = read_limited(body, a.cfg.max_buffer_bytes).await?;
-    let mut v: Value = serde_json::from_slice(&bytes).map_err(|_| unverifiable())?;
+    let (mut parts, _, mut v) = match json_answer(a, resp).await {
+        Ok(x) => x,
+        Err(Some(r)) => return Err(r),
+        Err(None) => return Err(unverifiable()),
+    };
     let entries = v
         .get_mut("entry")
         .and_then(Value::as_array_mut)

@@ -279,7 +279,11 @@ pub type TestClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<B
 /// A hyper client that speaks only HTTP/1.1 or only HTTP/2 to the gateway.
 pub fn client(pki: &Pki, h2: bool) -> TestClient {
     // hyper-rustls sets ALPN itself from the enabled protocols.
-    let tls = client_tls(pki, &[]);
+    hyper_client(client_tls(pki, &[]), h2)
+}
+
+/// A pooled hyper client over `tls`, speaking only HTTP/1.1 or only HTTP/2.
+fn hyper_client(tls: rustls::ClientConfig, h2: bool) -> TestClient {
     let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only();
@@ -554,16 +558,5 @@ pub fn get_req(path: &str) -> String {
 
 /// A pooled hyper client presenting a client certificate (keeps connections alive).
 pub fn client_with_cert(pki: &Pki, cert: &ClientCert, h2: bool) -> TestClient {
-    let tls = client_tls_with_cert(pki, cert, &[]);
-    let b = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only();
-    let conn = if h2 {
-        b.enable_http2().build()
-    } else {
-        b.enable_http1().build()
-    };
-    let mut cb = Client::builder(TokioExecutor::new());
-    cb.http2_only(h2);
-    cb.build(conn)
+    hyper_client(client_tls_with_cert(pki, cert, &[]), h2)
 }
