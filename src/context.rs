@@ -16,6 +16,9 @@ pub struct RequestContext {
     pub tls: bool,
     /// The peer is in the listener's `trusted_proxies`.
     pub trusted_peer: bool,
+    /// The client's address: the peer, or behind trusted proxies the nearest untrusted
+    /// `X-Forwarded-For` entry.
+    pub client_ip: std::net::IpAddr,
     /// Host the client addressed (with port if it sent one), already validated.
     pub host: String,
 }

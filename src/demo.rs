@@ -230,6 +230,10 @@ pub fn write_demo_policies(dir: &Path) -> std::io::Result<()> {
         "description: Patient compartment guard\nfhir_authz:\n  allowed_operations: [everything]\n",
     )?;
     std::fs::write(
+        dir.join("demo-rate.yaml"),
+        "description: A deliberately low per-user limit, to see a 429\nrate_limit:\n  limits:\n    - name: demo-per-user\n      key: token_sub\n      rate: 10\n      per: minute\n      burst: 5\n      cost:\n        search: 2\n",
+    )?;
+    std::fs::write(
         dir.join("demo-token.yaml"),
         format!(
             "description: Tokens from the demo issuer (ward token)\nauth:\n  providers:\n    - name: demo-issuer\n      issuer: {DEMO_ISSUER}\n      audiences: [{DEMO_AUDIENCE}]\n      algorithms: [ES256]\n      keys_file: {TOKEN_PUB}\n  forward_claims:\n    sub: x-user-sub\n"
@@ -393,7 +397,7 @@ routes:
     upstream: sample-ehr
     rewrite_prefix: /fhir
     fhir: true
-    policies: [baseline, demo-token]
+    policies: [baseline, demo-token, demo-rate]
 admin:
   bind: 127.0.0.1:9901
 shutdown_grace: 5s

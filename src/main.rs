@@ -280,6 +280,12 @@ Config written to {cfg}. Try:
   curl --cacert {d}/ca.pem -H "Authorization: Bearer $TOKEN" https://localhost:8443/secure/fhir/Patient
   # mint another:
   TOKEN=$({exe} token --key {d}/{key} --sub demo-clinician --scope 'patient/*.read')
+  # this route allows each user a burst of 5 reads (a search costs 2; 10 per minute after):
+  LOOPTOKEN=$({exe} token --key {d}/{key} --sub demo-loop --scope 'patient/*.read')
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' --cacert {d}/ca.pem \
+    -H "Authorization: Bearer $LOOPTOKEN" https://localhost:8443/secure/fhir/Patient/example-1; done; echo
+  #   -> 200 200 200 200 200 429; the 429 carries Retry-After and RateLimit headers:
+  curl -si --cacert {d}/ca.pem -H "Authorization: Bearer $LOOPTOKEN" https://localhost:8443/secure/fhir/Patient/example-1 | grep -i -E '^(HTTP|retry-after|ratelimit)'
 
   # patient-facing app for example-1 (SMART patient scope + launch context):
   PTOKEN={patient_token}
@@ -290,6 +296,7 @@ Config written to {cfg}. Try:
   # operations
   curl http://127.0.0.1:9901/readyz
   curl -s http://127.0.0.1:9901/metrics | grep ^ward_requests_total
+  curl -s http://127.0.0.1:9901/metrics | grep ^ward_rate_limited_total
 
 Ctrl-C to stop.
 "#,

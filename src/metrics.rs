@@ -27,6 +27,13 @@ pub struct Metrics {
     pub authn: IntCounterVec,
     pub jwks_refresh: IntCounterVec,
     pub fhir_authz: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_keys: IntGaugeVec,
+    pub rate_limit_overflow: IntCounterVec,
+    pub rate_limit_fallback: IntCounterVec,
+    pub rate_limit_backend_errors: IntCounterVec,
+    pub upstream_shed: IntCounterVec,
+    pub upstream_inflight: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -141,6 +148,13 @@ impl Metrics {
             authn: counter(&r, "ward_authn_total", "Authentication decisions by route, provider, result and code.", &["route", "provider", "result", "code"]),
             jwks_refresh: counter(&r, "ward_jwks_refresh_total", "JWKS fetches by provider and result.", &["provider", "result"]),
             fhir_authz: counter(&r, "ward_fhir_authz_total", "FHIR authorization decisions by route, resource type, interaction, decision and code.", &["route", "resource_type", "interaction", "decision", "code"]),
+            rate_limited: counter(&r, "ward_rate_limited_total", "Requests refused with 429 by route and limit name.", &["route", "limit"]),
+            rate_limit_keys: gauge(&r, "ward_rate_limit_keys", "Keys tracked by each local limiter (after the last sweep).", &["route", "limit"]),
+            rate_limit_overflow: counter(&r, "ward_rate_limit_overflow_total", "Checks counted in a limit's shared overflow bucket because its key table was full.", &["route", "limit"]),
+            rate_limit_fallback: counter(&r, "ward_rate_limit_fallback_total", "Checks decided by the local fallback limiter because Redis did not answer (fail_open).", &["route", "limit"]),
+            rate_limit_backend_errors: counter(&r, "ward_rate_limit_backend_errors_total", "Redis rate-limit checks that failed, by policy and kind (timeout, error).", &["policy", "kind"]),
+            upstream_shed: counter(&r, "ward_upstream_shed_total", "Requests refused with 503 because the upstream's concurrency limit was reached.", &["upstream"]),
+            upstream_inflight: gauge(&r, "ward_upstream_inflight", "Requests in flight to each upstream (counted only where a concurrency limit is set).", &["upstream"]),
             registry: r,
         }
     }

@@ -516,12 +516,19 @@ fn prepare(
         .map_err(|_| Rejection::bad_request("path_invalid", "invalid request target"))?;
     let (mut parts, body) = req.into_parts();
     parts.uri = Uri::from(pq);
+    let client_ip = crate::proxy::headers::client_ip(
+        conn.peer.ip(),
+        conn.trusted,
+        &parts.headers,
+        &ctx.trusted,
+    );
     parts.extensions.insert(RequestContext {
         request_id: request_id.clone(),
         peer: conn.peer,
         listener: ctx.name.clone(),
         tls: conn.tls,
         trusted_peer: conn.trusted,
+        client_ip,
         host: host.as_str().to_ascii_lowercase(),
     });
     parts.extensions.insert(RouteId(route.info.clone()));

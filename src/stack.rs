@@ -10,11 +10,13 @@
 //!      routes refused; 404/405 without naming routes (`path.rs`, `router.rs`).
 //!
 //! Then the route stack, outermost first:
-//!   identity (mTLS)  — reserved: who is calling must be known before anything is counted
-//!   rate limit       — reserved: keyed by that identity, before costly token checks
+//!   identity (mTLS)  — who is calling must be known before anything is counted
+//!   rate limit       — limits keyed by certificate, address, route or header: before
+//!                      costly token checks, so a credential-stuffing flood is cheap
 //!   limits           — body size and deadline: refuse oversized bodies before any policy
 //!                      reads them
-//!   authn (JWT)      — reserved
+//!   authn (JWT)      — bearer token → verified claims
+//!   rate limit       — limits keyed by token claims (`sub`, `client_id`, patient)
 //!   FHIR authz       — SMART scopes, patient compartment: needs the verified claims
 //!   validate         — reserved: only authorised bodies are worth parsing
 //!   DLP              — reserved: closest to the upstream, sees exactly what is forwarded
@@ -38,7 +40,10 @@ use crate::policy::auth::AuthLayer;
 use crate::policy::fhir_authz::FhirAuthzLayer;
 use crate::policy::limits::{LimitsConfig, LimitsLayer};
 use crate::policy::mtls::MtlsLayer;
+use crate::policy::rate_limit::RateLimitBuild;
 use crate::proxy::{ProxyService, Upstream};
+use crate::ratelimit::cluster::RedisBackend;
+use crate::ratelimit::Housekeeper;
 use crate::Body;
 
 pub type RouteService = BoxCloneSyncService<Request<Body>, Response<Body>, Rejection>;
@@ -89,6 +94,10 @@ pub struct StackShared {
     /// Every header any policy sets for upstreams; stripped from client requests on all
     /// routes, so a route without the policy cannot be used to smuggle one in.
     pub policy_headers: Arc<[HeaderName]>,
+    /// One Redis client per rate-limit policy name (connections are shared by routes).
+    pub redis: HashMap<String, Arc<RedisBackend>>,
+    /// Sweeps the local rate-limit key tables; started with the first limit.
+    pub housekeeper: Option<Arc<Housekeeper>>,
 }
 
 impl StackShared {
@@ -113,6 +122,8 @@ impl StackShared {
             stop,
             auth: HashMap::new(),
             policy_headers: names.into(),
+            redis: HashMap::new(),
+            housekeeper: None,
         }
     }
 }
@@ -143,17 +154,48 @@ pub fn build(
         }),
         None => None,
     };
+    let rate = match section(route, cfg, |p| p.rate_limit.as_ref()) {
+        Some((name, rl)) => {
+            let redis = match &rl.redis {
+                Some(rc) => Some(match shared.redis.get(name) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = Arc::new(
+                            RedisBackend::new(name, rc, &|f| cfg.resolve(f))
+                                .map_err(|e| format!("rate_limit: {e}"))?,
+                        );
+                        shared.redis.insert(name.to_owned(), b.clone());
+                        b
+                    }
+                }),
+                None => None,
+            };
+            let hk = shared
+                .housekeeper
+                .get_or_insert_with(|| Housekeeper::start(shared.stop.clone()))
+                .clone();
+            crate::policy::rate_limit::build(rl, &route.name, redis, &shared.metrics, &hk)
+                .map_err(|e| format!("rate_limit: {e}"))?
+        }
+        None => RateLimitBuild {
+            before_auth: None,
+            after_auth: None,
+        },
+    };
     let fhir_authz = section(route, cfg, |p| p.fhir_authz.as_ref())
         .map(|(_, f)| FhirAuthzLayer::new(f, shared.metrics.clone()))
         .transpose()?;
     let svc = ServiceBuilder::new()
         // identity (mTLS): who is calling, before anything else looks at the request
         .option_layer(mtls)
-        // rate limit: reserved (keyed by that identity)
+        // rate limit (pre-auth keys): before any costly check
+        .option_layer(rate.before_auth)
         // limits: refuse oversized/slow bodies before any policy reads them
         .layer(LimitsLayer::from(route_limits(route, cfg, listener)))
         // authn: bearer token → verified `Claims`
         .option_layer(auth)
+        // rate limit (claim keys): needs the verified claims
+        .option_layer(rate.after_auth)
         // FHIR authz: SMART scopes and the patient-compartment guard (needs the claims)
         .option_layer(fhir_authz)
         // validate, DLP: reserved, in that order

@@ -134,7 +134,9 @@ fn every_policy_file_in_the_repository_loads() {
     let env = Env::new();
     env.pki.write(&env.path("certs-example/demo")).unwrap();
     let dir = policies_dir();
-    let policies = ward::config::load_policies(&dir, env.dir.path(), &|_| None)
+    let vars =
+        |n: &str| (n == "WARD_REDIS_URL").then(|| "rediss://redis.internal:6380/0".to_owned());
+    let policies = ward::config::load_policies(&dir, env.dir.path(), &vars)
         .unwrap_or_else(|e| panic!("{e:#?}"));
     for expected in [
         "baseline",
@@ -142,6 +144,8 @@ fn every_policy_file_in_the_repository_loads() {
         "lab-systems",
         "smart-on-fhir",
         "patient-access",
+        "rate-limits",
+        "cluster-rate-limits",
     ] {
         assert!(
             policies.contains_key(expected),
@@ -151,6 +155,17 @@ fn every_policy_file_in_the_repository_loads() {
     assert!(policies["lab-systems"].mtls.is_some());
     assert!(policies["smart-on-fhir"].auth.is_some());
     assert!(policies["patient-access"].fhir_authz.is_some());
+    assert_eq!(
+        policies["rate-limits"]
+            .rate_limit
+            .as_ref()
+            .map(|r| r.limits.len()),
+        Some(3)
+    );
+    assert!(policies["cluster-rate-limits"]
+        .rate_limit
+        .as_ref()
+        .is_some_and(|r| r.redis.is_some()));
 }
 
 #[test]
@@ -166,7 +181,11 @@ fn example_config_loads() {
         std::fs::copy(&p, env.path("policies").join(p.file_name().unwrap())).unwrap();
     }
     let p = env.write("ward.example.yaml", &text);
-    let vars = |n: &str| (n == "WARD_UPSTREAM_CA").then(|| "certs-example/demo/ca.pem".to_owned());
+    let vars = |n: &str| match n {
+        "WARD_UPSTREAM_CA" => Some("certs-example/demo/ca.pem".to_owned()),
+        "WARD_REDIS_URL" => Some("rediss://redis.internal:6380/0".to_owned()),
+        _ => None,
+    };
     if let Err(errs) = ward::config::load_with(&p, &vars) {
         panic!("{errs:#?}");
     }

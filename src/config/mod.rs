@@ -192,6 +192,11 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Most requests in flight to this upstream at once (from the request being sent
+    /// until its response body ends). Beyond it requests are shed with 503 and
+    /// `Retry-After` instead of queueing on an EHR that is already struggling.
+    #[serde(default)]
+    pub max_concurrent_requests: Option<usize>,
 }
 fn default_connect_timeout() -> Dur {
     secs(5)
@@ -308,6 +313,8 @@ pub struct PolicyConfig {
     pub auth: Option<crate::policy::auth::AuthConfig>,
     #[serde(default)]
     pub fhir_authz: Option<crate::policy::fhir_authz::FhirAuthzConfig>,
+    #[serde(default)]
+    pub rate_limit: Option<crate::policy::rate_limit::RateLimitConfig>,
     /// Where the file is, for messages.
     #[serde(skip)]
     pub file: String,
@@ -329,13 +336,16 @@ impl PolicyConfig {
         if self.fhir_authz.is_some() {
             v.push("fhir_authz");
         }
+        if self.rate_limit.is_some() {
+            v.push("rate_limit");
+        }
         v
     }
 }
 
 /// Policy sections that the design reserves and that later releases implement. Naming
 /// one is an error: a policy the binary cannot enforce must not be silently skipped.
-pub const RESERVED_POLICY_SECTIONS: &[&str] = &["validate", "rate_limit", "dlp", "audit"];
+pub const RESERVED_POLICY_SECTIONS: &[&str] = &["validate", "dlp", "audit"];
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -732,6 +742,14 @@ pub fn load_policy_file(
                             }
                         }
                     }
+                    "rate_limit" => {
+                        policy.rate_limit = decode_node(&mut e, v, k, vars);
+                        if let Some(r) = &policy.rate_limit {
+                            for (key, msg) in r.problems() {
+                                e.at(&format!("rate_limit.{key}"), msg);
+                            }
+                        }
+                    }
                     "auth" => {
                         policy.auth = decode_node(&mut e, v, k, vars);
                         if let Some(a) = &policy.auth {
@@ -750,7 +768,7 @@ pub fn load_policy_file(
                     _ => e.at(
                         k,
                         format!(
-                            "unknown policy section `{k}` (expected description, limits, mtls, auth, fhir_authz, or one of: {})",
+                            "unknown policy section `{k}` (expected description, limits, mtls, auth, fhir_authz, rate_limit, or one of: {})",
                             RESERVED_POLICY_SECTIONS.join(", ")
                         ),
                     ),
@@ -815,6 +833,26 @@ fn validate_route_policies(cfg: &Config, r: &RouteConfig, p: &str, e: &mut Errs<
         }
     }
     let has = |sec: &str| seen.iter().any(|(s, _)| *s == sec);
+    if let Some((name, rl)) = seen
+        .iter()
+        .find(|(s, _)| *s == "rate_limit")
+        .and_then(|(_, n)| {
+            cfg.policies
+                .get(*n)
+                .and_then(|pc| pc.rate_limit.as_ref())
+                .map(|rl| (*n, rl))
+        })
+    {
+        if rl.needs_auth() && !has("auth") {
+            e.at(
+                p,
+                format!("`{name}` counts by token claims but the route has no auth policy"),
+            );
+        }
+        if rl.needs_client_cert() && listener.is_some() && client_auth == ClientAuthMode::None {
+            e.at(p, format!("`{name}` counts by client certificate but listener `{}` does not request client certificates", r.listener));
+        }
+    }
     if has("fhir_authz") {
         if !r.fhir {
             e.at(p, "a fhir_authz policy needs a `fhir: true` route");
@@ -1008,6 +1046,10 @@ fn validate(cfg: &Config, known: &KnownNames, e: &mut Errs<'_>) {
             ("connect_timeout", u.connect_timeout.0.is_zero()),
             ("response_timeout", u.response_timeout.0.is_zero()),
             ("health.interval", u.health.interval.0.is_zero()),
+            (
+                "max_concurrent_requests",
+                u.max_concurrent_requests == Some(0),
+            ),
             ("health.timeout", u.health.timeout.0.is_zero()),
         ] {
             if zero {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod fhir_authz;
 pub mod limits;
 pub mod mtls;
+pub mod rate_limit;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -22,6 +22,44 @@ pub fn is_trusted(peer: IpAddr, nets: &[IpNet]) -> bool {
     nets.iter().any(|n| n.contains(&peer))
 }
 
+/// The client's address for limits and logs. Only a trusted proxy's `X-Forwarded-For` is
+/// believed, and only as far as the chain stays trusted: walking from the right (the
+/// entry our peer appended), the first address outside the trusted networks is the
+/// client. Anything a client could have written further left is ignored. An entry that
+/// does not parse stops the walk at the last trusted hop.
+pub fn client_ip(peer: IpAddr, trusted_peer: bool, h: &HeaderMap, nets: &[IpNet]) -> IpAddr {
+    let unmap = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    let peer = unmap(peer);
+    if !trusted_peer {
+        return peer;
+    }
+    let mut last = peer;
+    for value in h.get_all("x-forwarded-for").iter().rev() {
+        let Ok(v) = value.to_str() else { return last };
+        for entry in v.rsplit(',') {
+            let Some(ip) = parse_xff_entry(entry.trim()) else {
+                return last;
+            };
+            let ip = unmap(ip);
+            if !is_trusted(ip, nets) {
+                return ip;
+            }
+            last = ip;
+        }
+    }
+    last
+}
+
+/// `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` or `[2001:db8::1]:5678`.
+fn parse_xff_entry(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus legacy ones that some servers still honour.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -265,8 +303,56 @@ mod tests {
             listener: Arc::from("l"),
             tls: true,
             trusted_peer: trusted,
+            client_ip: "10.1.2.3".parse().unwrap(),
             host: "ehr.example:8443".into(),
         }
+    }
+
+    #[test]
+    fn client_ip_believes_only_the_trusted_part_of_the_chain() {
+        let nets = vec![parse_cidr("10.0.0.0/8").unwrap()];
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.9"),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.7"));
+        // Untrusted peer: its own address, whatever it claims.
+        let untrusted: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_ip(untrusted, false, &h, &nets), untrusted);
+        // Trusted peer: walk right to left past trusted hops; the spoofed 6.6.6.6 that
+        // the client wrote further left is never reached.
+        assert_eq!(
+            client_ip(peer, true, &h, &nets),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        // Ports and brackets are tolerated; garbage stops at the last trusted hop.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("[2001:db8::1]:443"),
+        );
+        assert_eq!(
+            client_ip(peer, true, &h, &nets),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.2.3.4, bogus, 10.0.0.9"),
+        );
+        assert_eq!(
+            client_ip(peer, true, &h, &nets),
+            "10.0.0.9".parse::<IpAddr>().unwrap()
+        );
+        // No header from a trusted peer: the peer.
+        assert_eq!(client_ip(peer, true, &HeaderMap::new(), &nets), peer);
+        // IPv4-mapped IPv6 peers are their IPv4 address.
+        let mapped: IpAddr = "::ffff:198.51.100.1".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped, false, &HeaderMap::new(), &nets),
+            untrusted
+        );
     }
 
     fn client_headers() -> HeaderMap {

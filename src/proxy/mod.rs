@@ -26,6 +26,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::IntCounter;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 use crate::config::{Config, UpstreamConfig};
@@ -97,6 +98,35 @@ pub struct Upstream {
     // Metric children resolved once: label lookups hash on every call.
     duration: prometheus::Histogram,
     body_errors: IntCounter,
+    /// Load shedding (`max_concurrent_requests`).
+    concurrency: Option<Concurrency>,
+}
+
+struct Concurrency {
+    permits: Arc<Semaphore>,
+    shed: IntCounter,
+    inflight: prometheus::IntGauge,
+}
+
+/// Held from sending a request until its response body ends or is dropped.
+struct InflightPermit {
+    _permit: OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for InflightPermit {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+pub fn upstream_overloaded() -> Rejection {
+    Rejection::new(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_overloaded",
+        "the upstream service is at its concurrency limit; retry later",
+    )
+    .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
 impl Upstream {
@@ -153,6 +183,11 @@ impl Upstream {
             body_errors: metrics
                 .upstream_errors
                 .with_label_values(&[&cfg.name, "body"]),
+            concurrency: cfg.max_concurrent_requests.map(|n| Concurrency {
+                permits: Arc::new(Semaphore::new(n)),
+                shed: metrics.upstream_shed.with_label_values(&[&cfg.name]),
+                inflight: metrics.upstream_inflight.with_label_values(&[&cfg.name]),
+            }),
         })
     }
 
@@ -231,6 +266,22 @@ impl Upstream {
         req: Request<Body>,
         metrics: &Metrics,
     ) -> Result<Response<Body>, Rejection> {
+        let permit = match &self.concurrency {
+            Some(c) => match c.permits.clone().try_acquire_owned() {
+                Ok(p) => {
+                    c.inflight.inc();
+                    Some(InflightPermit {
+                        _permit: p,
+                        gauge: c.inflight.clone(),
+                    })
+                }
+                Err(_) => {
+                    c.shed.inc();
+                    return Err(upstream_overloaded());
+                }
+            },
+            None => None,
+        };
         let started = Instant::now();
         let result = self.attempt(req).await;
         self.duration.observe(started.elapsed().as_secs_f64());
@@ -239,7 +290,8 @@ impl Upstream {
                 let body_errors = self.body_errors.clone();
                 let idle = self.response_timeout;
                 Ok(resp.map(|b| {
-                    UpstreamBody::new(b.map_err(BoxError::from), idle, body_errors).boxed_unsync()
+                    UpstreamBody::new(b.map_err(BoxError::from), idle, body_errors, permit)
+                        .boxed_unsync()
                 }))
             }
             Err(AttemptError::Timeout) => {
@@ -461,15 +513,18 @@ pub struct UpstreamBody<B> {
     /// with their head and never touch the timer wheel.
     timer: Option<Pin<Box<Sleep>>>,
     errors: IntCounter,
+    /// The upstream's concurrency slot, released when the body ends.
+    permit: Option<InflightPermit>,
 }
 
 impl<B> UpstreamBody<B> {
-    fn new(inner: B, idle: Duration, errors: IntCounter) -> Self {
+    fn new(inner: B, idle: Duration, errors: IntCounter, permit: Option<InflightPermit>) -> Self {
         UpstreamBody {
             inner,
             idle,
             timer: None,
             errors,
+            permit,
         }
     }
 }
@@ -501,7 +556,12 @@ where
                 this.errors.inc();
                 Poll::Ready(Some(Err(e)))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                // The upstream is done with this request even if the client is slow to
+                // let go of the body.
+                this.permit = None;
+                Poll::Ready(None)
+            }
             Poll::Pending => match this
                 .timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.idle)))

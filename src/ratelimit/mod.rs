@@ -1,0 +1,101 @@
+//! Rate-limit backends behind the `rate_limit` policy (`policy/rate_limit.rs`): the local
+//! governor limiter with a bounded key table, and the Redis GCRA shared by replicas. Also
+//! the housekeeping task that keeps the local key tables small.
+
+pub mod cluster;
+pub mod local;
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::{watch, Notify};
+
+use local::LocalLimiter;
+
+/// A local limiter with the metric children that report on it.
+pub struct Tracked {
+    pub limiter: Arc<LocalLimiter>,
+    pub keys: IntGauge,
+    pub overflow: IntCounter,
+    /// Overflow count already added to `overflow`.
+    reported: std::sync::atomic::AtomicU64,
+}
+
+/// Runs `retain_recent` + `shrink_to_fit` on every registered limiter on a timer, and
+/// early when a limiter's key table fills up.
+pub struct Housekeeper {
+    limiters: Mutex<Vec<Weak<Tracked>>>,
+    pub wake: Notify,
+}
+
+/// Often enough that idle keys leave well before a flood could fill a table, rarely
+/// enough that the sweep (a few ms per 100k keys) costs nothing measurable.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+impl Housekeeper {
+    pub fn start(stop: watch::Receiver<bool>) -> Arc<Housekeeper> {
+        let hk = Arc::new(Housekeeper {
+            limiters: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+        });
+        let weak = Arc::downgrade(&hk);
+        tokio::spawn(async move {
+            let mut stop = stop;
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let Some(hk) = weak.upgrade() else { return };
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = hk.wake.notified() => {}
+                    _ = stop.changed() => return,
+                }
+                hk.sweep();
+                drop(hk);
+            }
+        });
+        hk
+    }
+
+    pub fn register(
+        &self,
+        limiter: Arc<LocalLimiter>,
+        keys: IntGauge,
+        overflow: IntCounter,
+    ) -> Arc<Tracked> {
+        let t = Arc::new(Tracked {
+            limiter,
+            keys,
+            overflow,
+            reported: Default::default(),
+        });
+        if let Ok(mut v) = self.limiters.lock() {
+            v.retain(|w| w.strong_count() > 0);
+            v.push(Arc::downgrade(&t));
+        }
+        t
+    }
+
+    pub fn sweep(&self) {
+        let live: Vec<Arc<Tracked>> = match self.limiters.lock() {
+            Ok(v) => v.iter().filter_map(Weak::upgrade).collect(),
+            Err(_) => return,
+        };
+        for t in live {
+            t.limiter.housekeep();
+            t.report();
+        }
+    }
+}
+
+impl Tracked {
+    pub fn report(&self) {
+        use std::sync::atomic::Ordering;
+        self.keys
+            .set(i64::try_from(self.limiter.keys()).unwrap_or(i64::MAX));
+        let now = self.limiter.overflowed();
+        let before = self.reported.swap(now, Ordering::Relaxed);
+        self.overflow.inc_by(now.saturating_sub(before));
+    }
+}
