@@ -410,6 +410,8 @@ struct Redis {
     port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// TLS settings (`--tls-port` serves instead of `--port`).
+    tls: Vec<String>,
 }
 
 fn redis_binary() -> String {
@@ -427,19 +429,32 @@ fn redis_binary() -> String {
 
 impl Redis {
     async fn start() -> Redis {
+        Self::start_with(Vec::new()).await
+    }
+
+    async fn start_with(tls: Vec<String>) -> Redis {
         let port = dead_addr().await.port();
         let mut r = Redis {
             port,
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            tls,
         };
         r.spawn().await;
         r
     }
 
     async fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let ports: Vec<&str> = if self.tls.is_empty() {
+            vec!["--port", &port]
+        } else {
+            vec!["--port", "0", "--tls-port", &port]
+        };
         let child = Command::new(redis_binary())
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(&ports)
+            .args(&self.tls)
             .args([
                 "--save",
                 "",
@@ -470,6 +485,10 @@ impl Redis {
         let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
             return false;
         };
+        if !self.tls.is_empty() {
+            // Listening is enough; the gateway's own TLS handshake is what is under test.
+            return true;
+        }
         if s.write_all(b"PING\r\n").await.is_err() {
             return false;
         }
@@ -640,4 +659,50 @@ async fn two_gateways_share_one_redis_quota_and_survive_redis_restarts() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(back, "fail_closed route never recovered");
+}
+
+#[tokio::test]
+async fn the_redis_backend_speaks_mutual_tls() {
+    let env = Env::new();
+    let certs = env.path("certs");
+    let f = |n: &str| certs.join(n).display().to_string();
+    let redis = Redis::start_with(vec![
+        "--tls-cert-file".into(),
+        f("server.pem"),
+        "--tls-key-file".into(),
+        f("server.key"),
+        "--tls-ca-cert-file".into(),
+        f("ca.pem"),
+        // Redis refuses a client without a certificate from this CA.
+        "--tls-auth-clients".into(),
+        "yes".into(),
+    ])
+    .await;
+    // fail_closed: a TLS failure would show as 503, never as 200.
+    env.write(
+        "policies/tls-redis.yaml",
+        &format!(
+            "rate_limit:\n  backend: redis\n  redis:\n    url: rediss://127.0.0.1:{}/0\n    ca: certs/ca.pem\n    client_cert: certs/client.pem\n    client_key: certs/client.key\n    timeout: 5s\n    failure_mode: fail_closed\n  limits:\n    - name: per-route\n      key: route\n      rate: 4\n      per: hour\n",
+            redis.port
+        ),
+    );
+    let (up, state) = upstream().await;
+    let gw = env
+        .start(&with_policies(
+            basic_config(up, "", ""),
+            "tls-redis",
+            "tls-redis",
+        ))
+        .await;
+    let c = client(&env.pki, false);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(send(&c, get(&url(&gw, "/api/x"))).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+    assert_eq!(state.count(), 4);
+    assert_eq!(
+        metric(&gw, "ward_rate_limit_backend_errors_total").await,
+        0.0
+    );
 }
