@@ -25,6 +25,32 @@ pub struct Rejection {
     /// Close the client connection after answering (framing errors: the byte stream
     /// can no longer be trusted).
     pub close: bool,
+    /// Findings or a protocol-native body to add (validation).
+    pub extra: Option<Extra>,
+}
+
+/// What a refusal carries beyond its code, still rendered only here.
+#[derive(Debug, Clone)]
+pub enum Extra {
+    /// Validation findings: one OperationOutcome issue each (`error.issues` in JSON).
+    Issues(std::sync::Arc<[Finding]>),
+    /// A body in the client's own protocol (an HL7 v2 NAK for an ER7 request), sent as is.
+    Raw {
+        content_type: &'static str,
+        body: Bytes,
+    },
+}
+
+/// One validation finding. `message` is built by the validator from fixed texts and
+/// element names: it never contains a value from the request (PHI).
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub severity: &'static str,
+    /// FHIR IssueType code.
+    pub code: &'static str,
+    /// Where, as a FHIRPath-like path (`Patient.birthDate`).
+    pub expression: String,
+    pub message: String,
 }
 
 impl Rejection {
@@ -35,7 +61,13 @@ impl Rejection {
             detail,
             headers: Vec::new(),
             close: false,
+            extra: None,
         }
+    }
+
+    pub fn with_extra(mut self, extra: Extra) -> Self {
+        self.extra = Some(extra);
+        self
     }
 
     pub fn closing(mut self) -> Self {
@@ -147,10 +179,14 @@ impl Rejection {
 /// Render a rejection. `fhir` selects an `OperationOutcome` (`application/fhir+json`);
 /// otherwise a small JSON object. Both carry the stable code and the request id.
 pub fn into_response(rej: &Rejection, fhir: bool, request_id: &str) -> Response<Body> {
-    let body = if fhir {
-        serde_json::json!({
-            "resourceType": "OperationOutcome",
-            "issue": [{
+    let findings: &[Finding] = match &rej.extra {
+        Some(Extra::Issues(f)) => f,
+        _ => &[],
+    };
+    let (content_type, bytes) = match &rej.extra {
+        Some(Extra::Raw { content_type, body }) => (*content_type, body.clone()),
+        _ if fhir => {
+            let mut issues = vec![serde_json::json!({
                 "severity": "error",
                 "code": rej.fhir_issue_type(),
                 "details": {
@@ -158,19 +194,39 @@ pub fn into_response(rej: &Rejection, fhir: bool, request_id: &str) -> Response<
                     "text": rej.detail,
                 },
                 "diagnostics": format!("request id {request_id}"),
-            }]
-        })
-    } else {
-        serde_json::json!({
-            "error": {"code": rej.code, "message": rej.detail, "request_id": request_id}
-        })
+            })];
+            issues.extend(findings.iter().map(|f| {
+                serde_json::json!({
+                    "severity": f.severity,
+                    "code": f.code,
+                    "expression": [f.expression],
+                    "diagnostics": f.message,
+                })
+            }));
+            let body = serde_json::json!({"resourceType": "OperationOutcome", "issue": issues});
+            ("application/fhir+json", Bytes::from(body.to_string()))
+        }
+        _ => {
+            let mut err = serde_json::json!({"code": rej.code, "message": rej.detail, "request_id": request_id});
+            if !findings.is_empty() {
+                err["issues"] = findings
+                    .iter()
+                    .map(|f| {
+                        serde_json::json!({
+                            "severity": f.severity,
+                            "code": f.code,
+                            "expression": f.expression,
+                            "message": f.message,
+                        })
+                    })
+                    .collect();
+            }
+            (
+                "application/json",
+                Bytes::from(serde_json::json!({ "error": err }).to_string()),
+            )
+        }
     };
-    let content_type = if fhir {
-        "application/fhir+json"
-    } else {
-        "application/json"
-    };
-    let bytes = Bytes::from(body.to_string());
     let mut resp = Response::new(
         Full::new(bytes)
             .map_err(|never| match never {})

@@ -14,6 +14,7 @@ pub mod context;
 pub mod demo;
 pub mod error;
 pub mod fhir;
+pub mod hl7v2;
 pub mod identity;
 pub mod metrics;
 pub mod path;

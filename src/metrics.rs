@@ -34,6 +34,7 @@ pub struct Metrics {
     pub rate_limit_backend_errors: IntCounterVec,
     pub upstream_shed: IntCounterVec,
     pub upstream_inflight: IntGaugeVec,
+    pub validation_failures: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -155,6 +156,7 @@ impl Metrics {
             rate_limit_backend_errors: counter(&r, "ward_rate_limit_backend_errors_total", "Redis rate-limit checks that failed, by policy and kind (timeout, error).", &["policy", "kind"]),
             upstream_shed: counter(&r, "ward_upstream_shed_total", "Requests refused with 503 because the upstream's concurrency limit was reached.", &["upstream"]),
             upstream_inflight: gauge(&r, "ward_upstream_inflight", "Requests in flight to each upstream (counted only where a concurrency limit is set).", &["upstream"]),
+            validation_failures: counter(&r, "ward_validation_failures_total", "Request bodies refused by the validate policy, by route and kind (first FHIR issue type, media_type, format, unexpected_body, hl7v2_error, hl7v2_reject).", &["route", "kind"]),
             registry: r,
         }
     }

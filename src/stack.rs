@@ -18,7 +18,7 @@
 //!   authn (JWT)      — bearer token → verified claims
 //!   rate limit       — limits keyed by token claims (`sub`, `client_id`, patient)
 //!   FHIR authz       — SMART scopes, patient compartment: needs the verified claims
-//!   validate         — reserved: only authorised bodies are worth parsing
+//!   validate         — FHIR R4 / HL7 v2 bodies: only authorised bodies are worth parsing
 //!   DLP              — reserved: closest to the upstream, sees exactly what is forwarded
 //!   proxy            — header hygiene, forwarding headers, upstream call (`proxy/`)
 
@@ -182,6 +182,16 @@ pub fn build(
             after_auth: None,
         },
     };
+    let validate = section(route, cfg, |p| p.validate.as_ref())
+        .map(|(_, v)| {
+            crate::policy::validate::ValidateLayer::new(
+                v,
+                &route.name,
+                shared.metrics.validation_failures.clone(),
+            )
+        })
+        .transpose()
+        .map_err(|e| format!("validate: {e}"))?;
     let fhir_authz = section(route, cfg, |p| p.fhir_authz.as_ref())
         .map(|(_, f)| FhirAuthzLayer::new(f, shared.metrics.clone()))
         .transpose()?;
@@ -198,7 +208,10 @@ pub fn build(
         .option_layer(rate.after_auth)
         // FHIR authz: SMART scopes and the patient-compartment guard (needs the claims)
         .option_layer(fhir_authz)
-        // validate, DLP: reserved, in that order
+        // validate: FHIR / HL7 v2 bodies, after authorization (only authorised bodies are
+        // worth parsing), before anything is forwarded
+        .option_layer(validate)
+        // DLP: reserved
         // proxy: header hygiene, gateway-set headers, upstream call
         .service(ProxyService::new(
             upstream,

@@ -16,7 +16,7 @@ fn check_lists_every_error_with_file_and_line() {
     let env = Env::new();
     env.write(
         "policies/strict.yaml",
-        "limits:\n  max_body_bytes: 100\nvalidate:\n  resources: []\nauth:\n  providers: []\n",
+        "limits:\n  max_body_bytes: 100\ndlp:\n  resources: []\nauth:\n  providers: []\n",
     );
     env.write("policies/typo.yaml", "limts:\n  max_body_bytes: 1\n");
     let cfg = env.write(
@@ -62,7 +62,7 @@ fn check_lists_every_error_with_file_and_line() {
         format!("{f}:21: routes[0].upstream: no upstream with this name"),
         format!("{f}:22: routes[0].policies[1]: no policy file with this name"),
         format!(
-            "{}:3: validate: policy section `validate` is not implemented",
+            "{}:3: dlp: policy section `dlp` is not implemented",
             env.path("policies/strict.yaml").display()
         ),
         format!(

@@ -315,6 +315,8 @@ pub struct PolicyConfig {
     pub fhir_authz: Option<crate::policy::fhir_authz::FhirAuthzConfig>,
     #[serde(default)]
     pub rate_limit: Option<crate::policy::rate_limit::RateLimitConfig>,
+    #[serde(default)]
+    pub validate: Option<crate::policy::validate::ValidateConfig>,
     /// Where the file is, for messages.
     #[serde(skip)]
     pub file: String,
@@ -339,13 +341,16 @@ impl PolicyConfig {
         if self.rate_limit.is_some() {
             v.push("rate_limit");
         }
+        if self.validate.is_some() {
+            v.push("validate");
+        }
         v
     }
 }
 
 /// Policy sections that the design reserves and that later releases implement. Naming
 /// one is an error: a policy the binary cannot enforce must not be silently skipped.
-pub const RESERVED_POLICY_SECTIONS: &[&str] = &["validate", "dlp", "audit"];
+pub const RESERVED_POLICY_SECTIONS: &[&str] = &["dlp", "audit"];
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -742,6 +747,15 @@ pub fn load_policy_file(
                             }
                         }
                     }
+                    "validate" => {
+                        policy.validate = decode_node(&mut e, v, k, vars);
+                        if let Some(r) = &policy.validate {
+                            for (key, msg) in r.problems() {
+                                let at = if key.is_empty() { "validate".to_owned() } else { format!("validate.{key}") };
+                                e.at(&at, msg);
+                            }
+                        }
+                    }
                     "rate_limit" => {
                         policy.rate_limit = decode_node(&mut e, v, k, vars);
                         if let Some(r) = &policy.rate_limit {
@@ -768,7 +782,7 @@ pub fn load_policy_file(
                     _ => e.at(
                         k,
                         format!(
-                            "unknown policy section `{k}` (expected description, limits, mtls, auth, fhir_authz, rate_limit, or one of: {})",
+                            "unknown policy section `{k}` (expected description, limits, mtls, auth, fhir_authz, rate_limit, validate, or one of: {})",
                             RESERVED_POLICY_SECTIONS.join(", ")
                         ),
                     ),
@@ -851,6 +865,19 @@ fn validate_route_policies(cfg: &Config, r: &RouteConfig, p: &str, e: &mut Errs<
         }
         if rl.needs_client_cert() && listener.is_some() && client_auth == ClientAuthMode::None {
             e.at(p, format!("`{name}` counts by client certificate but listener `{}` does not request client certificates", r.listener));
+        }
+    }
+    if let Some(name) = seen.iter().find(|(s, _)| *s == "validate").map(|(_, n)| *n) {
+        let fhir = cfg
+            .policies
+            .get(name)
+            .and_then(|pc| pc.validate.as_ref())
+            .is_some_and(|v| v.fhir.is_some());
+        if fhir && !r.fhir {
+            e.at(
+                p,
+                format!("`{name}` validates FHIR bodies but the route is not `fhir: true`"),
+            );
         }
     }
     if has("fhir_authz") {

@@ -1,12 +1,13 @@
 //! Route policies: one file per policy, each `Config → Layer → Service`, composed in
-//! `stack.rs`. This release ships `limits`; identity, rate limits, authentication,
-//! FHIR authorization, validation and DLP plug in at their reserved places in the stack.
+//! `stack.rs`: mtls, rate_limit, limits, auth, fhir_authz, validate. DLP plugs in at its
+//! reserved place in the stack.
 
 pub mod auth;
 pub mod fhir_authz;
 pub mod limits;
 pub mod mtls;
 pub mod rate_limit;
+pub mod validate;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,4 +29,38 @@ where
     S::Future: Send + 'static,
 {
     Box::pin(inner.call(req))
+}
+
+pub type BytesFuture =
+    Pin<Box<dyn Future<Output = Result<bytes::Bytes, Rejection>> + Send + 'static>>;
+
+/// Read a client's request body whole, up to `max` bytes, for a policy that must see all
+/// of it. A body past `max` is 413; the `limits` policy's own refusals (size, deadline)
+/// keep their codes; any other body error is the client's (400, connection closed).
+pub fn read_request_body(body: Body, max: usize) -> BytesFuture {
+    use http_body_util::BodyExt;
+    Box::pin(async move {
+        let mut body = body;
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+                while let Some(err) = cur {
+                    if let Some(le) = err.downcast_ref::<limits::LimitError>() {
+                        return Rejection::from(*le);
+                    }
+                    cur = err.source();
+                }
+                Rejection::bad_request("client_body_error", "the request body could not be read")
+                    .closing()
+            })?;
+            if let Ok(d) = frame.into_data() {
+                if buf.len() + d.len() > max {
+                    return Err(Rejection::body_too_large());
+                }
+                buf.extend_from_slice(&d);
+            }
+        }
+        Ok(buf.freeze())
+    })
 }
