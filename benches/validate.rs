@@ -1,0 +1,65 @@
+//! Criterion benches of body validation: the R4 Patient example (US Core style, ~3 KB), a
+//! 1 MB searchset Bundle of Patients and Observations, and an HL7 v2 ADT^A01.
+//!
+//! `cargo bench --bench validate` (add `-- --quick` for a short run).
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+use ward::fhir::validate::{validate_resource, Limits};
+
+const PATIENT: &str = include_str!("data/patient.json");
+const OBSERVATION: &str = include_str!("data/observation.json");
+
+/// A searchset Bundle of about `target` bytes: one Patient to two Observations.
+fn bundle(target: usize) -> String {
+    let mut s = String::from(
+        r#"{"resourceType":"Bundle","id":"search","type":"searchset","total":0,"link":[{"relation":"self","url":"https://example.org/fhir/Observation?_include=Observation:subject"}],"entry":["#,
+    );
+    let mut i = 0usize;
+    while s.len() < target {
+        if i > 0 {
+            s.push(',');
+        }
+        let (res, rt) = match i % 3 {
+            0 => (PATIENT.trim().replace("\"example\"", &format!("\"pat-{i}\"")), "Patient"),
+            _ => (OBSERVATION.trim().replace("ID", &i.to_string()), "Observation"),
+        };
+        s.push_str(&format!(
+            r#"{{"fullUrl":"https://example.org/fhir/{rt}/{i}","resource":{res},"search":{{"mode":"match"}}}}"#
+        ));
+        i += 1;
+    }
+    s.push_str("]}");
+    s
+}
+
+const ADT_A01: &[u8] = b"MSH|^~\\&|EPICADT|STMARYS^1.2.840.114350^ISO|WARD|HUB|20240315083012.123+0100||ADT^A01^ADT_A01|MSG00001|P|2.5.1|||AL|NE||UNICODE UTF-8\rEVN|A01|20240315083000|||JSMITH^Smith^John\rPID|1||123456^^^STMARYS^MR~987-65-4321^^^USSSA^SS||O'Brien\\T\\Kelly^Mary^Anne^^Ms.^^L~Kelly^Mary^^^^^B||19800101|F|||12 Main St\\S\\Apt 4^^Springfield^IL^62701^USA||(555)555-1234|||M||ACC123\rPV1|1|I|WARD1^101^A^STMARYS||||1234^Welby^Marcus|||MED||||1|||1234^Welby^Marcus|IN||||||||||||||||||||||||||20240315080000\r";
+
+fn fhir(c: &mut Criterion) {
+    let limits = Limits {
+        max_bytes: 16 * 1024 * 1024,
+        ..Limits::default()
+    };
+    assert!(validate_resource(PATIENT.as_bytes(), &limits, None).is_ok());
+    let mut g = c.benchmark_group("validate");
+    g.throughput(Throughput::Bytes(PATIENT.len() as u64));
+    g.bench_function("fhir_patient_example", |b| {
+        b.iter(|| black_box(validate_resource(black_box(PATIENT.as_bytes()), &limits, None).is_ok()))
+    });
+    let big = bundle(1024 * 1024);
+    assert!(validate_resource(big.as_bytes(), &limits, None).is_ok());
+    g.throughput(Throughput::Bytes(big.len() as u64));
+    g.bench_function("fhir_searchset_bundle_1MB", |b| {
+        b.iter(|| black_box(validate_resource(black_box(big.as_bytes()), &limits, None).is_ok()))
+    });
+    let rules = ward::hl7v2::Rules::default();
+    assert!(ward::hl7v2::validate(ADT_A01, &rules).is_ok());
+    g.throughput(Throughput::Bytes(ADT_A01.len() as u64));
+    g.bench_function("hl7v2_adt_a01", |b| {
+        b.iter(|| black_box(ward::hl7v2::validate(black_box(ADT_A01), &rules).is_ok()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, fhir);
+criterion_main!(benches);
