@@ -21,8 +21,16 @@ fn bundle(target: usize) -> String {
             s.push(',');
         }
         let (res, rt) = match i % 3 {
-            0 => (PATIENT.trim().replace("\"example\"", &format!("\"pat-{i}\"")), "Patient"),
-            _ => (OBSERVATION.trim().replace("ID", &i.to_string()), "Observation"),
+            0 => (
+                PATIENT
+                    .trim()
+                    .replace("\"example\"", &format!("\"pat-{i}\"")),
+                "Patient",
+            ),
+            _ => (
+                OBSERVATION.trim().replace("ID", &i.to_string()),
+                "Observation",
+            ),
         };
         s.push_str(&format!(
             r#"{{"fullUrl":"https://example.org/fhir/{rt}/{i}","resource":{res},"search":{{"mode":"match"}}}}"#
@@ -44,7 +52,9 @@ fn fhir(c: &mut Criterion) {
     let mut g = c.benchmark_group("validate");
     g.throughput(Throughput::Bytes(PATIENT.len() as u64));
     g.bench_function("fhir_patient_example", |b| {
-        b.iter(|| black_box(validate_resource(black_box(PATIENT.as_bytes()), &limits, None).is_ok()))
+        b.iter(|| {
+            black_box(validate_resource(black_box(PATIENT.as_bytes()), &limits, None).is_ok())
+        })
     });
     let big = bundle(1024 * 1024);
     assert!(validate_resource(big.as_bytes(), &limits, None).is_ok());

@@ -230,6 +230,10 @@ pub fn write_demo_policies(dir: &Path) -> std::io::Result<()> {
         "description: Patient compartment guard\nfhir_authz:\n  allowed_operations: [everything]\n",
     )?;
     std::fs::write(
+        dir.join("demo-validate.yaml"),
+        "description: FHIR R4 validation, and Patients must have a name\nvalidate:\n  fhir:\n    required: [Patient.name]\n    max_bundle_entries: 100\n",
+    )?;
+    std::fs::write(
         dir.join("demo-rate.yaml"),
         "description: A deliberately low per-user limit, to see a 429\nrate_limit:\n  limits:\n    - name: demo-per-user\n      key: token_sub\n      rate: 10\n      per: minute\n      burst: 5\n      cost:\n        search: 2\n",
     )?;
@@ -373,7 +377,7 @@ routes:
     methods: [GET, POST]
     upstream: sample-ehr
     fhir: true
-    policies: [baseline]
+    policies: [baseline, demo-validate]
   - name: fhir-mtls
     listener: public
     path_prefix: /mtls/fhir

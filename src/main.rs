@@ -269,6 +269,11 @@ Config written to {cfg}. Try:
   curl --cacert {d}/ca.pem --http2 https://localhost:8443/fhir/Observation
   curl --cacert {d}/ca.pem -X POST -H 'content-type: application/fhir+json' \
        -d '{{"resourceType":"Patient","name":[{{"family":"Demo"}}]}}' https://localhost:8443/fhir/Patient
+  # validated before the EHR sees it: 400 with an OperationOutcome naming each problem
+  # (Patient.gender not in its value set, Patient.birthDate not a date, Patient.name required):
+  curl --cacert {d}/ca.pem -X POST -H 'content-type: application/fhir+json' \
+       -d '{{"resourceType":"Patient","gender":"robot","birthDate":"1970-13-01"}}' https://localhost:8443/fhir/Patient
+  curl --cacert {d}/ca.pem -X POST -H 'content-type: application/fhir+xml' -d '<Patient/>' https://localhost:8443/fhir/Patient  # 415
   curl --cacert {d}/ca.pem 'https://localhost:8443/fhir/%2e%2e/admin'      # 400 path_encoded_dot
   curl --cacert {d}/ca.pem https://localhost:8443/nothing-here             # 404, OperationOutcome
 

@@ -146,6 +146,8 @@ fn every_policy_file_in_the_repository_loads() {
         "patient-access",
         "rate-limits",
         "cluster-rate-limits",
+        "validation",
+        "hl7v2-feed",
     ] {
         assert!(
             policies.contains_key(expected),
@@ -162,6 +164,14 @@ fn every_policy_file_in_the_repository_loads() {
             .map(|r| r.limits.len()),
         Some(3)
     );
+    assert!(policies["validation"]
+        .validate
+        .as_ref()
+        .is_some_and(|v| v.fhir.is_some()));
+    assert!(policies["hl7v2-feed"]
+        .validate
+        .as_ref()
+        .is_some_and(|v| v.hl7v2.is_some()));
     assert!(policies["cluster-rate-limits"]
         .rate_limit
         .as_ref()

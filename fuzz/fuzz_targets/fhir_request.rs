@@ -1,0 +1,70 @@
+//! FHIR REST request classifier (`src/fhir/request.rs::parse`).
+//!
+//! Input format (readable seeds): `METHOD SP rel[?query]` — the bytes up to the first space are
+//! the method (any token `http::Method` accepts, so extension methods are covered too), the rest
+//! must be UTF-8; everything after the first `?` is the query (absent if there is no `?`).
+//! Checks that parse never panics and that an accepted request only carries identifiers that
+//! satisfy the grammar the module documents.
+#![no_main]
+
+use http::Method;
+use libfuzzer_sys::fuzz_target;
+use ward_fuzz::fhir::request::{parse, parse_params, Interaction};
+use ward_fuzz::fhir::tables::RESOURCE_TYPES;
+
+fn is_fhir_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some(sp) = data.iter().position(|&b| b == b' ') else {
+        return;
+    };
+    let Ok(method) = Method::from_bytes(&data[..sp]) else {
+        return;
+    };
+    let Ok(rest) = std::str::from_utf8(&data[sp + 1..]) else {
+        return;
+    };
+    let (rel, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+
+    let _ = parse_params(rest);
+
+    let Ok(r) = parse(&method, rel, query) else {
+        return;
+    };
+    let _ = r.interaction.label();
+    if let Some(t) = r.resource_type {
+        assert!(RESOURCE_TYPES.binary_search(&t).is_ok());
+    }
+    if let Some(id) = &r.id {
+        assert!(is_fhir_id(id), "bad id accepted: {id:?}");
+    }
+    if let Some(v) = &r.version {
+        assert!(is_fhir_id(v), "bad version accepted: {v:?}");
+    }
+    if let Some((ct, id)) = &r.compartment {
+        assert!(RESOURCE_TYPES.binary_search(ct).is_ok());
+        assert!(is_fhir_id(id));
+        assert_eq!(r.interaction, Interaction::SearchCompartment);
+    }
+    if let Some(op) = &r.operation {
+        assert!(
+            !op.is_empty()
+                && op.len() <= 64
+                && op.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "bad operation accepted: {op:?}"
+        );
+    }
+    for p in &r.params {
+        assert!(!p.name.is_empty());
+    }
+    if query.is_none() {
+        assert!(r.params.is_empty() && r.format.is_none());
+    }
+});
