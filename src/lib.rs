@@ -17,6 +17,7 @@ pub mod fhir;
 pub mod hl7v2;
 pub mod identity;
 pub mod metrics;
+pub mod mllp;
 pub mod path;
 pub mod policy;
 pub mod proxy;
@@ -75,6 +76,21 @@ struct TlsReloader {
     /// Bumped on every successful reload; connections made under an older one carry a
     /// client identity that was verified against superseded CAs/CRLs.
     generation: Arc<std::sync::atomic::AtomicU64>,
+    /// MLLP listeners offer no ALPN (HTTP's h2/http1.1 would be a lie).
+    mllp: bool,
+}
+
+/// A listener's TLS config; MLLP listeners offer no ALPN.
+fn listener_tls(
+    t: &config::TlsConfig,
+    resolve: &dyn Fn(&str) -> std::path::PathBuf,
+    mllp: bool,
+) -> Result<rustls::ServerConfig, String> {
+    let mut sc = tls::server_config(t, resolve)?;
+    if mllp {
+        sc.alpn_protocols.clear();
+    }
+    Ok(sc)
 }
 
 impl TlsReloader {
@@ -88,7 +104,7 @@ impl TlsReloader {
     }
 
     fn reload(&self, metrics: &Metrics) -> Result<(), String> {
-        let res = tls::server_config(&self.tls, &|p| self.resolve(p));
+        let res = listener_tls(&self.tls, &|p| self.resolve(p), self.mllp);
         let result = if res.is_ok() { "ok" } else { "error" };
         metrics
             .tls_reloads
@@ -233,7 +249,7 @@ impl Gateway {
             let tls_generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let tls = match &l.tls {
                 Some(t) => {
-                    let sc = tls::server_config(t, &|p| cfg.resolve(p))
+                    let sc = listener_tls(t, &|p| cfg.resolve(p), false)
                         .map_err(|e| anyhow::anyhow!("listener {}: {e}", l.name))?;
                     let swap = Arc::new(arc_swap::ArcSwap::from_pointee(sc));
                     let r = TlsReloader {
@@ -242,6 +258,7 @@ impl Gateway {
                         base: cfg.base_dir.clone(),
                         swap: swap.clone(),
                         generation: tls_generation.clone(),
+                        mllp: false,
                     };
                     r.record_expiry(&metrics);
                     reloaders.push(r);
@@ -317,6 +334,40 @@ impl Gateway {
                 }),
             ));
         }
+        let mut mllp_bound = Vec::new();
+        for m in &cfg.mllp {
+            let tcp = TcpListener::bind(&m.bind)
+                .await
+                .with_context(|| format!("mllp listener {}: cannot bind {}", m.name, m.bind))?;
+            addrs.insert(m.name.clone(), tcp.local_addr()?);
+            let tls = match &m.tls {
+                Some(t) => {
+                    let sc = listener_tls(t, &|p| cfg.resolve(p), true)
+                        .map_err(|e| anyhow::anyhow!("mllp listener {}: {e}", m.name))?;
+                    let swap = Arc::new(arc_swap::ArcSwap::from_pointee(sc));
+                    let r = TlsReloader {
+                        listener: m.name.clone(),
+                        tls: t.clone(),
+                        base: cfg.base_dir.clone(),
+                        swap: swap.clone(),
+                        // MLLP connections carry no per-request re-check; a reload
+                        // applies to new connections.
+                        generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+                        mllp: true,
+                    };
+                    r.record_expiry(&metrics);
+                    reloaders.push(r);
+                    Some(swap)
+                }
+                None => {
+                    tracing::warn!(listener = %m.name, bind = %m.bind, "plaintext MLLP listener: HL7 is NOT encrypted");
+                    None
+                }
+            };
+            let ctx = mllp::MllpCtx::new(m, &|p| cfg.resolve(p), tls, &metrics)
+                .map_err(|e| anyhow::anyhow!("mllp listener {}: {e}", m.name))?;
+            mllp_bound.push((tcp, Arc::new(ctx)));
+        }
         let admin_tcp = TcpListener::bind(&cfg.admin.bind)
             .await
             .with_context(|| format!("admin: cannot bind {}", cfg.admin.bind))?;
@@ -341,6 +392,14 @@ impl Gateway {
                     }
                 }
             });
+        }
+        for (tcp, ctx) in mllp_bound {
+            tasks.spawn(mllp::serve(
+                ctx,
+                tcp,
+                shutdown_rx.clone(),
+                cfg.shutdown_grace,
+            ));
         }
         for (tcp, ctx) in bound {
             tasks.spawn(server::serve_listener(

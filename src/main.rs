@@ -218,8 +218,17 @@ async fn demo() -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(&dir)?;
     ward::demo::write_demo_policies(&dir.join("policies"))?;
     let upstream = ward::demo::sample_upstream(([127, 0, 0, 1], 0).into()).await?;
+    let mllp_upstream = ward::demo::sample_mllp_upstream(([127, 0, 0, 1], 0).into()).await?;
     let cfg_path = dir.join("ward-demo.yaml");
-    std::fs::write(&cfg_path, ward::demo::demo_config(&dir, upstream))?;
+    std::fs::write(
+        &cfg_path,
+        ward::demo::demo_config(&dir, upstream, mllp_upstream),
+    )?;
+    // The sample message, framed for MLLP (0x0B … 0x1C 0x0D), ready to send.
+    let mut framed = vec![0x0b];
+    framed.extend_from_slice(ward::demo::DEMO_ADT_A01.as_bytes());
+    framed.extend_from_slice(&[0x1c, 0x0d]);
+    std::fs::write(dir.join("adt_a01.mllp"), framed)?;
     let cfg = config::load(&cfg_path).map_err(|errs| {
         print_errors(&errs);
         anyhow::anyhow!("demo config invalid")
@@ -297,6 +306,12 @@ Config written to {cfg}. Try:
   curl --cacert {d}/ca.pem -H "Authorization: Bearer $PTOKEN" https://localhost:8443/patient/fhir/Observation        # only example-1's
   curl --cacert {d}/ca.pem -H "Authorization: Bearer $PTOKEN" https://localhost:8443/patient/fhir/Observation/obs-2  # 404: example-2's record
   curl --cacert {d}/ca.pem -H "Authorization: Bearer $PTOKEN" 'https://localhost:8443/patient/fhir/Observation?patient=example-2'  # 403
+
+  # HL7 v2 over MLLP with mutual TLS (sample receiver behind; ADT^A01 framed in adt_a01.mllp):
+  openssl s_client -quiet -connect 127.0.0.1:2575 -CAfile {d}/ca.pem -cert {d}/client.pem \
+    -key {d}/client.key < {d}/adt_a01.mllp | tr '\r' '\n'        # MSA|AA|DEMO-0001; Ctrl-C
+  # or, with python-hl7 (pip install hl7) through a local TLS tunnel of your choice:
+  #   mllp_send --file {d}/adt_a01.mllp --port <tunnel port> 127.0.0.1
 
   # operations
   curl http://127.0.0.1:9901/readyz

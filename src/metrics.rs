@@ -35,6 +35,13 @@ pub struct Metrics {
     pub upstream_shed: IntCounterVec,
     pub upstream_inflight: IntGaugeVec,
     pub validation_failures: IntCounterVec,
+    pub mllp_messages: IntCounterVec,
+    pub mllp_acks: IntCounterVec,
+    pub mllp_connections: IntCounterVec,
+    pub mllp_active_connections: IntGaugeVec,
+    pub mllp_discarded_bytes: IntCounterVec,
+    pub mllp_frame_errors: IntCounterVec,
+    pub mllp_upstream_connects: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -157,6 +164,13 @@ impl Metrics {
             upstream_shed: counter(&r, "ward_upstream_shed_total", "Requests refused with 503 because the upstream's concurrency limit was reached.", &["upstream"]),
             upstream_inflight: gauge(&r, "ward_upstream_inflight", "Requests in flight to each upstream (counted only where a concurrency limit is set).", &["upstream"]),
             validation_failures: counter(&r, "ward_validation_failures_total", "Request bodies refused by the validate policy, by route and kind (first FHIR issue type, media_type, format, unexpected_body, hl7v2_error, hl7v2_reject).", &["route", "kind"]),
+            mllp_messages: counter(&r, "ward_mllp_messages_total", "HL7 v2 messages on MLLP listeners by listener, message type (allow-listed or common HL7 codes, else other) and result (delivered, invalid, sender_denied, rate_limited, upstream_failed, framing).", &["listener", "type", "result"]),
+            mllp_acks: counter(&r, "ward_mllp_acks_total", "ACKs sent to MLLP clients by listener and MSA-1 code (relayed upstream ACKs and the gateway's own).", &["listener", "code"]),
+            mllp_connections: counter(&r, "ward_mllp_connections_total", "MLLP client connections accepted.", &["listener"]),
+            mllp_active_connections: gauge(&r, "ward_mllp_active_connections", "Open MLLP client connections.", &["listener"]),
+            mllp_discarded_bytes: counter(&r, "ward_mllp_discarded_bytes_total", "Bytes received outside any MLLP frame and discarded.", &["listener"]),
+            mllp_frame_errors: counter(&r, "ward_mllp_frame_errors_total", "MLLP framing errors by listener and reason.", &["listener", "reason"]),
+            mllp_upstream_connects: counter(&r, "ward_mllp_upstream_connects_total", "Connections made to MLLP upstreams (first ones and reconnects) by result.", &["listener", "result"]),
             registry: r,
         }
     }

@@ -203,7 +203,11 @@ fn example_config_loads() {
     let demo_dir = env.path("certs-example/demo");
     ward::demo::write_token_keys(&demo_dir).unwrap();
     ward::demo::write_demo_policies(&demo_dir.join("policies")).unwrap();
-    let demo = ward::demo::demo_config(&demo_dir, "127.0.0.1:9".parse().unwrap());
+    let demo = ward::demo::demo_config(
+        &demo_dir,
+        "127.0.0.1:9".parse().unwrap(),
+        "127.0.0.1:10".parse().unwrap(),
+    );
     let p = env.write("certs-example/demo/ward-demo.yaml", &demo);
     let cfg = ward::config::load_with(&p, &|_| None).unwrap_or_else(|e| panic!("{e:#?}"));
     assert_eq!(cfg.routes.len(), 4);

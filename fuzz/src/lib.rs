@@ -7,14 +7,14 @@
 //! * `fhir::validate` — ../src/fhir/validate.rs (its `include_str!("schema.txt")` is resolved
 //!   relative to that file, so the real schema is embedded);
 //! * `fhir::request` + `fhir::tables` — ../src/fhir/request.rs and tables.rs;
-//! * `hl7v2` — ../src/hl7v2/{mod,er7,validate,ack}.rs;
+//! * `hl7v2::{er7, validate, ack}` — ../src/hl7v2/er7.rs, validate.rs, ack.rs (not mod.rs, which
+//!   also declares the tokio-based `mllp` module; see src/hl7v2/mod.rs here);
 //! * `path` — ../src/path.rs;
 //! * `error` — a shim (see below), because path.rs and request.rs convert their errors into
 //!   `crate::error::Rejection`, and the real error.rs drags in hyper/serde_json/bytes.
 
 pub mod fhir;
 
-#[path = "../../src/hl7v2/mod.rs"]
 pub mod hl7v2;
 
 #[path = "../../src/path.rs"]

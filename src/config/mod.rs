@@ -358,6 +358,8 @@ pub struct Config {
     pub source: PathBuf,
     pub base_dir: PathBuf,
     pub listeners: Vec<ListenerConfig>,
+    /// HL7 v2 MLLP listeners (`mllp.rs`).
+    pub mllp: Vec<crate::mllp::MllpConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub admin: AdminConfig,
@@ -429,6 +431,7 @@ impl Errs<'_> {
 
 const TOP_KEYS: &[&str] = &[
     "listeners",
+    "mllp",
     "upstreams",
     "routes",
     "admin",
@@ -476,6 +479,10 @@ pub fn load_str(
             .unzip();
     let (upstream_pos, upstreams): (Vec<usize>, Vec<UpstreamConfig>) =
         decode_list(&mut e, get("upstreams"), "upstreams", vars)
+            .into_iter()
+            .unzip();
+    let (mllp_pos, mllp): (Vec<usize>, Vec<crate::mllp::MllpConfig>) =
+        decode_list(&mut e, get("mllp"), "mllp", vars)
             .into_iter()
             .unzip();
     let (route_pos, routes): (Vec<usize>, Vec<RouteConfig>) =
@@ -546,6 +553,7 @@ pub fn load_str(
         upstreams: raw_names("upstreams"),
         policies: policy_files,
         listener_pos,
+        mllp_pos,
         upstream_pos,
         route_pos,
     };
@@ -553,6 +561,7 @@ pub fn load_str(
         source: PathBuf::from(file),
         base_dir: base.to_path_buf(),
         listeners,
+        mllp,
         upstreams,
         routes,
         admin,
@@ -898,6 +907,46 @@ fn validate_route_policies(cfg: &Config, r: &RouteConfig, p: &str, e: &mut Errs<
     }
 }
 
+/// Checks of a TLS server section (HTTP and MLLP listeners alike).
+fn check_tls(cfg: &Config, tls: &TlsConfig, p: &str, e: &mut Errs<'_>) {
+    if tls.certificates.is_empty() {
+        e.at(
+            &format!("{p}.tls.certificates"),
+            "at least one certificate is required",
+        );
+    }
+    for (j, c) in tls.certificates.iter().enumerate() {
+        let cp = format!("{p}.tls.certificates[{j}]");
+        if let Err(msg) = crate::tls::check_cert_pair(&cfg.resolve(&c.cert), &cfg.resolve(&c.key)) {
+            e.at(&cp, msg);
+        }
+    }
+    let ca = &tls.client_auth;
+    if ca.mode != ClientAuthMode::None && ca.ca.is_empty() {
+        e.at(
+            &format!("{p}.tls.client_auth.ca"),
+            "client certificates need at least one CA bundle",
+        );
+    }
+    if ca.mode == ClientAuthMode::None && (!ca.ca.is_empty() || !ca.crls.is_empty()) {
+        e.at(
+            &format!("{p}.tls.client_auth.mode"),
+            "CAs/CRLs given but mode is none (use optional or required)",
+        );
+    }
+    if ca.mode != ClientAuthMode::None {
+        if let Err(msg) = crate::tls::client_verifier(ca, &|f| cfg.resolve(f)) {
+            e.at(&format!("{p}.tls.client_auth"), msg);
+        }
+    }
+    if tls.handshake_timeout.0.is_zero() {
+        e.at(
+            &format!("{p}.tls.handshake_timeout"),
+            "must be greater than 0",
+        );
+    }
+}
+
 /// What the file defines, even where an item failed to decode, and where each decoded
 /// item sits in its list.
 struct KnownNames {
@@ -905,6 +954,7 @@ struct KnownNames {
     upstreams: Vec<String>,
     policies: Vec<String>,
     listener_pos: Vec<usize>,
+    mllp_pos: Vec<usize>,
     upstream_pos: Vec<usize>,
     route_pos: Vec<usize>,
 }
@@ -944,44 +994,7 @@ fn validate(cfg: &Config, known: &KnownNames, e: &mut Errs<'_>) {
             _ => {}
         }
         if let Some(tls) = &l.tls {
-            if tls.certificates.is_empty() {
-                e.at(
-                    &format!("{p}.tls.certificates"),
-                    "at least one certificate is required",
-                );
-            }
-            for (j, c) in tls.certificates.iter().enumerate() {
-                let cp = format!("{p}.tls.certificates[{j}]");
-                if let Err(msg) =
-                    crate::tls::check_cert_pair(&cfg.resolve(&c.cert), &cfg.resolve(&c.key))
-                {
-                    e.at(&cp, msg);
-                }
-            }
-            let ca = &tls.client_auth;
-            if ca.mode != ClientAuthMode::None && ca.ca.is_empty() {
-                e.at(
-                    &format!("{p}.tls.client_auth.ca"),
-                    "client certificates need at least one CA bundle",
-                );
-            }
-            if ca.mode == ClientAuthMode::None && (!ca.ca.is_empty() || !ca.crls.is_empty()) {
-                e.at(
-                    &format!("{p}.tls.client_auth.mode"),
-                    "CAs/CRLs given but mode is none (use optional or required)",
-                );
-            }
-            if ca.mode != ClientAuthMode::None {
-                if let Err(msg) = crate::tls::client_verifier(ca, &|f| cfg.resolve(f)) {
-                    e.at(&format!("{p}.tls.client_auth"), msg);
-                }
-            }
-            if tls.handshake_timeout.0.is_zero() {
-                e.at(
-                    &format!("{p}.tls.handshake_timeout"),
-                    "must be greater than 0",
-                );
-            }
+            check_tls(cfg, tls, &p, e);
         }
         for (j, cidr) in l.trusted_proxies.iter().enumerate() {
             if crate::proxy::headers::parse_cidr(cidr).is_none() {
@@ -1025,6 +1038,59 @@ fn validate(cfg: &Config, known: &KnownNames, e: &mut Errs<'_>) {
     }
 
     let mut unames = HashSet::new();
+    // MLLP listeners share the listener namespace and addresses.
+    for (i, m) in cfg.mllp.iter().enumerate() {
+        let p = format!("mllp[{}]", known.mllp_pos[i]);
+        if m.name.is_empty() || !names.insert(m.name.as_str()) {
+            e.at(
+                &format!("{p}.name"),
+                "listener names must be unique and non-empty",
+            );
+        }
+        match m.bind.parse::<SocketAddr>() {
+            Ok(a) => {
+                if a.port() != 0 && binds.iter().any(|(b, _)| *b == a) {
+                    e.at(
+                        &format!("{p}.bind"),
+                        "address already used by another listener",
+                    );
+                }
+                binds.push((a, m.name.clone()));
+            }
+            Err(_) => e.at(&format!("{p}.bind"), "expected ip:port, e.g. 0.0.0.0:2575"),
+        }
+        match (&m.tls, m.plaintext) {
+            (Some(_), true) => e.at(
+                &format!("{p}.plaintext"),
+                "a listener is either tls or plaintext, not both",
+            ),
+            (None, false) => e.at(
+                &format!("{p}.tls"),
+                "missing `tls` (plaintext HL7 needs an explicit `plaintext: true`)",
+            ),
+            _ => {}
+        }
+        if let Some(tls) = &m.tls {
+            check_tls(cfg, tls, &p, e);
+        }
+        for (k, msg) in m.problems() {
+            e.at(&format!("{p}.{k}"), msg);
+        }
+        let u = &m.upstream;
+        if let Some(ca) = &u.ca {
+            let client = u
+                .client_cert
+                .as_ref()
+                .zip(u.client_key.as_ref())
+                .map(|(c, k)| (cfg.resolve(c), cfg.resolve(k)));
+            if let Err(msg) = crate::tls::upstream_client_config(
+                &cfg.resolve(ca),
+                client.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            ) {
+                e.at(&format!("{p}.upstream"), msg);
+            }
+        }
+    }
     for (i, u) in cfg.upstreams.iter().enumerate() {
         let p = format!("upstreams[{}]", known.upstream_pos[i]);
         if u.name.is_empty() || !unames.insert(u.name.as_str()) {

@@ -25,6 +25,7 @@
 
 pub mod ack;
 pub mod er7;
+pub mod mllp;
 pub mod validate;
 
 pub use ack::{build_ack, build_rejection_ack, parse_ack, AckCode};

@@ -102,7 +102,7 @@ pub struct Hl7v2ValidateConfig {
 }
 
 /// HL7 versions as YAML writes them: `2.5.1` is a string, `2.5` a number.
-fn versions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub fn versions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum V {

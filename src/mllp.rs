@@ -1,0 +1,959 @@
+//! MLLP listeners: HL7 v2 over TCP, terminated with TLS (optionally mutual), checked, and
+//! forwarded to an MLLP upstream over a small pool of persistent connections.
+//!
+//! Per message, in order: frame (`hl7v2/mllp.rs`) → parse and validate (`hl7v2/validate.rs`)
+//! → sender identity (the client certificate may claim only its configured MSH-3/MSH-4)
+//! → rate limit → forward → relay the upstream's ACK unchanged. A message stopped at the
+//! gateway gets the gateway's own ACK: `AR` for policy and identity, `AE` for content, with
+//! MSA-2 = the message's MSH-10 and an ERR segment saying why. The gateway never writes an
+//! `AA`: only the upstream's own ACK, relayed, can acknowledge delivery, so a message that
+//! was not delivered is never acknowledged as if it were. Messages on one connection are
+//! answered in the order they came (each waits for the previous one's ACK), and are
+//! forwarded byte for byte: nothing is re-encoded, whatever the charset (MSH-18).
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Mutex, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::{Dur, TlsConfig};
+use crate::hl7v2::mllp::{write_frame, FrameError, FrameReader};
+use crate::hl7v2::{self, AckCode, ErrorLoc, HeaderInfo};
+use crate::identity::ClientIdentity;
+use crate::metrics::Metrics;
+use crate::ratelimit::local::LocalLimiter;
+
+fn secs(n: u64) -> Dur {
+    Dur(Duration::from_secs(n))
+}
+fn default_max_message() -> usize {
+    1024 * 1024
+}
+fn default_frame_timeout() -> Dur {
+    secs(30)
+}
+fn default_idle_timeout() -> Dur {
+    secs(300)
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_connect_timeout() -> Dur {
+    secs(5)
+}
+fn default_ack_timeout() -> Dur {
+    secs(30)
+}
+fn default_upstream_connections() -> usize {
+    4
+}
+fn default_handshake() -> Dur {
+    secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MllpConfig {
+    pub name: String,
+    pub bind: String,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Must be written explicitly to accept HL7 in clear.
+    #[serde(default)]
+    pub plaintext: bool,
+    pub upstream: MllpUpstreamConfig,
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Longest a frame may take from start block to end block.
+    #[serde(default = "default_frame_timeout")]
+    pub frame_timeout: Dur,
+    /// Longest a connection may sit between messages.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default)]
+    pub validate: MllpValidateConfig,
+    /// Who may send as whom. Empty: any sender may claim any MSH-3/MSH-4.
+    #[serde(default)]
+    pub senders: Vec<SenderRule>,
+    /// The gateway's ACK when the upstream cannot be reached or does not answer in time:
+    /// `AE` (the default: the sender should retry) or `AR`.
+    #[serde(default)]
+    pub on_upstream_failure: FailureAck,
+    #[serde(default)]
+    pub rate_limit: Option<MllpRateLimit>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum FailureAck {
+    #[default]
+    AE,
+    AR,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MllpValidateConfig {
+    #[serde(default)]
+    pub allowed_message_types: Vec<String>,
+    #[serde(default, deserialize_with = "crate::policy::validate::versions")]
+    pub allowed_versions: Vec<String>,
+    #[serde(default)]
+    pub required_segments: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub lenient_line_endings: bool,
+}
+
+/// One kind of sender: who it is (any field that matches; no field = anyone) and what it
+/// may claim in MSH-3.1 / MSH-4.1 (empty = anything).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderRule {
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    #[serde(default)]
+    pub uri_sans: Vec<String>,
+    #[serde(default)]
+    pub dns_sans: Vec<String>,
+    #[serde(default)]
+    pub spki_sha256: Vec<String>,
+    #[serde(default)]
+    pub sending_applications: Vec<String>,
+    #[serde(default)]
+    pub sending_facilities: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MllpRateLimit {
+    /// Messages per `per`, per sender (client certificate key, else address).
+    pub rate: u32,
+    pub per: crate::policy::rate_limit::Per,
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MllpUpstreamConfig {
+    /// `host:port` of the receiving system.
+    pub address: String,
+    /// CA bundle: set to speak TLS to the upstream.
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
+    /// Name checked in the upstream's certificate; default: the host of `address`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: Dur,
+    /// Most connections held to the upstream (also the most messages in flight to it).
+    #[serde(default = "default_upstream_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_handshake")]
+    pub handshake_timeout: Dur,
+}
+
+impl MllpConfig {
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut p = |k: &str, m: String| out.push((k.to_owned(), m));
+        match self.upstream.address.rsplit_once(':') {
+            Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0) => {}
+            _ => p("upstream.address", "expected host:port".into()),
+        }
+        if self.upstream.client_cert.is_some() != self.upstream.client_key.is_some() {
+            p(
+                "upstream.client_cert",
+                "client_cert and client_key go together".into(),
+            );
+        }
+        if self.upstream.client_cert.is_some() && self.upstream.ca.is_none() {
+            p(
+                "upstream.ca",
+                "a client certificate needs TLS: set `ca`".into(),
+            );
+        }
+        for (k, zero) in [
+            ("max_message_bytes", self.max_message_bytes == 0),
+            ("frame_timeout", self.frame_timeout.0.is_zero()),
+            ("idle_timeout", self.idle_timeout.0.is_zero()),
+            ("max_connections", self.max_connections == 0),
+            (
+                "upstream.max_connections",
+                self.upstream.max_connections == 0,
+            ),
+            (
+                "upstream.ack_timeout",
+                self.upstream.ack_timeout.0.is_zero(),
+            ),
+            (
+                "upstream.connect_timeout",
+                self.upstream.connect_timeout.0.is_zero(),
+            ),
+        ] {
+            if zero {
+                p(k, "must be greater than 0".into());
+            }
+        }
+        if let Some(r) = &self.rate_limit {
+            if r.rate == 0 || r.burst == Some(0) {
+                p("rate_limit", "rate and burst must be greater than 0".into());
+            }
+        }
+        let v = crate::policy::validate::ValidateConfig {
+            fhir: None,
+            hl7v2: Some(self.validate.as_policy()),
+        };
+        for (k, m) in v.problems() {
+            p(
+                &format!("validate{}", k.strip_prefix("hl7v2").unwrap_or(&k)),
+                m,
+            );
+        }
+        if self.senders.iter().any(|s| {
+            s.spki_sha256
+                .iter()
+                .any(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        }) {
+            p("senders", "spki_sha256 entries are 64 hex digits".into());
+        }
+        out
+    }
+}
+
+impl MllpValidateConfig {
+    fn as_policy(&self) -> crate::policy::validate::Hl7v2ValidateConfig {
+        crate::policy::validate::Hl7v2ValidateConfig {
+            max_body_bytes: default_max_message(),
+            allowed_message_types: self.allowed_message_types.clone(),
+            allowed_versions: self.allowed_versions.clone(),
+            required_segments: self.required_segments.clone(),
+            lenient_line_endings: self.lenient_line_endings,
+            media_types: vec!["x-application/hl7-v2+er7".into()],
+            all_bodies: true,
+        }
+    }
+    fn rules(&self) -> hl7v2::Rules {
+        hl7v2::Rules {
+            allowed_message_types: self.allowed_message_types.clone(),
+            allowed_versions: self.allowed_versions.clone(),
+            required_segments: self
+                .required_segments
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            lenient_line_endings: self.lenient_line_endings,
+            ..hl7v2::Rules::default()
+        }
+    }
+}
+
+impl SenderRule {
+    fn matches_identity(&self, id: Option<&ClientIdentity>) -> bool {
+        let constrained = !(self.subjects.is_empty()
+            && self.uri_sans.is_empty()
+            && self.dns_sans.is_empty()
+            && self.spki_sha256.is_empty());
+        if !constrained {
+            return true;
+        }
+        let Some(id) = id else { return false };
+        id.subject_cn
+            .as_ref()
+            .is_some_and(|cn| self.subjects.contains(cn))
+            || id.uri_sans.iter().any(|u| self.uri_sans.contains(u))
+            || id
+                .dns_sans
+                .iter()
+                .any(|d| self.dns_sans.iter().any(|p| p.eq_ignore_ascii_case(d)))
+            || self
+                .spki_sha256
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(&id.spki_sha256))
+    }
+
+    fn allows(&self, app: &[u8], facility: &[u8]) -> bool {
+        let ok =
+            |list: &[String], v: &[u8]| list.is_empty() || list.iter().any(|x| x.as_bytes() == v);
+        ok(&self.sending_applications, app) && ok(&self.sending_facilities, facility)
+    }
+}
+
+/// Message-type label values: bounded by the allow-list, or by HL7's common message codes.
+const KNOWN_CODES: &[&str] = &[
+    "ACK", "ADT", "BAR", "DFT", "MDM", "MFN", "OMG", "OML", "ORM", "ORU", "QBP", "RDE", "RAS",
+    "RSP", "SIU", "VXU",
+];
+
+/// Connection-independent state of one MLLP listener.
+pub struct MllpCtx {
+    pub name: Arc<str>,
+    cfg: MllpConfig,
+    rules: hl7v2::Rules,
+    upstream: MllpUpstream,
+    limiter: Option<LocalLimiter>,
+    tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
+    handshake_timeout: Duration,
+    conn_limit: Arc<Semaphore>,
+    m: MllpMetrics,
+}
+
+struct MllpMetrics {
+    messages: IntCounterVec,
+    acks: IntCounterVec,
+    connections: IntCounter,
+    active: IntGauge,
+    discarded: IntCounter,
+    frame_errors: IntCounterVec,
+    tls_failures: IntCounterVec,
+}
+
+impl MllpCtx {
+    pub fn new(
+        cfg: &MllpConfig,
+        resolve: &dyn Fn(&str) -> std::path::PathBuf,
+        tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
+        metrics: &Metrics,
+    ) -> Result<MllpCtx, String> {
+        if let Some((k, m)) = cfg.problems().into_iter().next() {
+            return Err(format!("{k}: {m}"));
+        }
+        let name = cfg.name.as_str();
+        let limiter = match &cfg.rate_limit {
+            Some(r) => {
+                let nz = |n: u32| NonZeroU32::new(n).ok_or("rate_limit: zero");
+                let interval = r.per_duration() / r.rate.max(1);
+                let q = governor::Quota::with_period(interval)
+                    .ok_or("rate_limit: rate too high")?
+                    .allow_burst(nz(r.burst.unwrap_or(r.rate))?);
+                Some(LocalLimiter::new(q, 100_000))
+            }
+            None => None,
+        };
+        Ok(MllpCtx {
+            name: Arc::from(name),
+            rules: cfg.validate.rules(),
+            upstream: MllpUpstream::new(&cfg.upstream, resolve, metrics, name)?,
+            limiter,
+            handshake_timeout: cfg
+                .tls
+                .as_ref()
+                .map(|t| t.handshake_timeout.0)
+                .unwrap_or(Duration::from_secs(10)),
+            tls,
+            conn_limit: Arc::new(Semaphore::new(cfg.max_connections)),
+            m: MllpMetrics {
+                messages: metrics.mllp_messages.clone(),
+                acks: metrics.mllp_acks.clone(),
+                connections: metrics.mllp_connections.with_label_values(&[name]),
+                active: metrics.mllp_active_connections.with_label_values(&[name]),
+                discarded: metrics.mllp_discarded_bytes.with_label_values(&[name]),
+                frame_errors: metrics.mllp_frame_errors.clone(),
+                tls_failures: metrics.tls_handshake_failures.clone(),
+            },
+            cfg: cfg.clone(),
+        })
+    }
+
+    fn type_label(&self, h: &HeaderInfo) -> String {
+        let code = String::from_utf8_lossy(&h.message_code).into_owned();
+        let full = format!("{code}^{}", String::from_utf8_lossy(&h.trigger_event));
+        if self.cfg.validate.allowed_message_types.is_empty() {
+            if KNOWN_CODES.contains(&code.as_str()) {
+                code
+            } else {
+                "other".into()
+            }
+        } else if self.rules.allowed_message_types.contains(&full) {
+            full
+        } else if self
+            .rules
+            .allowed_message_types
+            .iter()
+            .any(|t| *t == code || *t == format!("{code}^*"))
+        {
+            code
+        } else {
+            "other".into()
+        }
+    }
+}
+
+impl MllpRateLimit {
+    fn per_duration(&self) -> Duration {
+        match self.per {
+            crate::policy::rate_limit::Per::Second => Duration::from_secs(1),
+            crate::policy::rate_limit::Per::Minute => Duration::from_secs(60),
+            crate::policy::rate_limit::Per::Hour => Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What happened to one message (bounded: a metric label).
+#[derive(Clone, Copy)]
+enum Outcome {
+    Delivered,
+    Invalid,
+    SenderDenied,
+    RateLimited,
+    UpstreamFailed,
+    Framing,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Invalid => "invalid",
+            Outcome::SenderDenied => "sender_denied",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::Framing => "framing",
+        }
+    }
+}
+
+pub async fn serve(
+    ctx: Arc<MllpCtx>,
+    tcp: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = crate::server::stopped(&mut stop) => break,
+            acc = tcp.accept() => match acc {
+                Ok((stream, peer)) => {
+                    let Ok(permit) = ctx.conn_limit.clone().try_acquire_owned() else {
+                        drop(stream);
+                        continue;
+                    };
+                    let ctx = ctx.clone();
+                    let stop = stop.clone();
+                    conns.spawn(async move {
+                        let _permit = permit;
+                        ctx.m.connections.inc();
+                        ctx.m.active.inc();
+                        accept(&ctx, stream, peer, stop).await;
+                        ctx.m.active.dec();
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(tcp);
+    // Connections finish the message in hand (its ACK included), then close.
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(listener = %ctx.name, "grace period over; closing MLLP connections");
+    }
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+}
+
+async fn accept(ctx: &MllpCtx, stream: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    match &ctx.tls {
+        None => handle(ctx, stream, peer, None, stop).await,
+        Some(swap) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(swap.load_full());
+            let tls =
+                match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        let reason = crate::tls::handshake_failure_reason(&e);
+                        ctx.m
+                            .tls_failures
+                            .with_label_values(&[&*ctx.name, reason])
+                            .inc();
+                        return;
+                    }
+                    Err(_) => {
+                        ctx.m
+                            .tls_failures
+                            .with_label_values(&[&*ctx.name, "timeout"])
+                            .inc();
+                        return;
+                    }
+                };
+            let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                Some(der) => match ClientIdentity::from_der(der) {
+                    Some(id) => Some(Arc::new(id)),
+                    None => return,
+                },
+                None => None,
+            };
+            handle(ctx, tls, peer, identity, stop).await
+        }
+    }
+}
+
+async fn handle<S>(
+    ctx: &MllpCtx,
+    stream: S,
+    peer: SocketAddr,
+    identity: Option<Arc<ClientIdentity>>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut reader = FrameReader::new(stream, ctx.cfg.max_message_bytes);
+    let idle = ctx.cfg.idle_timeout.0;
+    let frame_timeout = ctx.cfg.frame_timeout.0;
+    // A sender's rate-limit key: its certificate's key, else its address.
+    let sender_key: Vec<u8> = match &identity {
+        Some(id) => id.spki_sha256.as_bytes().to_vec(),
+        None => peer.ip().to_string().into_bytes(),
+    };
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = crate::server::stopped(&mut stop) => break,
+            n = reader.next(idle, frame_timeout) => n,
+        };
+        let discarded = reader.take_discarded();
+        if discarded > 0 {
+            ctx.m.discarded.inc_by(discarded);
+        }
+        let (answer, close) = match next {
+            Ok(None) => break,
+            Ok(Some(msg)) => (
+                ctx.process(&msg, identity.as_deref(), &sender_key).await,
+                false,
+            ),
+            Err(e) => {
+                ctx.m
+                    .frame_errors
+                    .with_label_values(&[&*ctx.name, e.label()])
+                    .inc();
+                match e {
+                    FrameError::Idle | FrameError::Io(_) => break,
+                    // The sender can still use a NAK for what it sent; the stream is
+                    // resynchronised at the new start block.
+                    FrameError::NestedStart(partial) => {
+                        (
+                            Some(ctx.framing_nak(
+                                &partial,
+                                "MLLP frame interrupted by a new start block",
+                            )),
+                            false,
+                        )
+                    }
+                    FrameError::TooLarge(head) => (
+                        Some(ctx.framing_nak(&head, "message exceeds the size limit")),
+                        true,
+                    ),
+                    FrameError::BadEnd(partial) => (
+                        Some(ctx.framing_nak(&partial, "MLLP end block not followed by CR")),
+                        true,
+                    ),
+                    FrameError::Timeout(partial) | FrameError::Truncated(partial) => {
+                        // The sender is gone or stalled: nothing useful to answer.
+                        tracing::info!(target: "ward::mllp", listener = %ctx.name, peer = %peer.ip(), bytes = partial.len(), "incomplete MLLP frame dropped; connection closed");
+                        break;
+                    }
+                }
+            }
+        };
+        if let Some(ack) = answer {
+            if write_frame(reader.get_mut(), &ack).await.is_err() {
+                break;
+            }
+        }
+        if close {
+            break;
+        }
+    }
+}
+
+/// MSH-7 of gateway ACKs.
+fn now() -> String {
+    crate::policy::validate::hl7_now()
+}
+
+/// The gateway's own ACK control ids: unique per process, short enough for v2.3 (20).
+fn ack_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!("WARD{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+impl MllpCtx {
+    fn framing_nak(&self, partial: &[u8], text: &'static str) -> Vec<u8> {
+        self.m
+            .messages
+            .with_label_values(&[&*self.name, "other", Outcome::Framing.label()])
+            .inc();
+        let err = ErrorLoc {
+            segment: "MSH".into(),
+            sequence: 1,
+            field: 0,
+            component: None,
+            code: hl7v2::validate::SEGMENT_SEQUENCE_ERROR,
+            message: text,
+        };
+        let header = hl7v2::header(partial).unwrap_or_default();
+        let ack = hl7v2::build_ack(&header, AckCode::Reject, &[err], &now(), &ack_id());
+        self.m.acks.with_label_values(&[&*self.name, "AR"]).inc();
+        ack
+    }
+
+    /// One message in, one ACK out (`None` only if there is nothing to answer).
+    async fn process(
+        &self,
+        msg: &[u8],
+        identity: Option<&ClientIdentity>,
+        sender_key: &[u8],
+    ) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let (outcome, ack, header) = self.decide(msg, identity, sender_key).await;
+        let type_label = header
+            .as_ref()
+            .map_or_else(|| "other".to_owned(), |h| self.type_label(h));
+        self.m
+            .messages
+            .with_label_values(&[&*self.name, type_label.as_str(), outcome.label()])
+            .inc();
+        let ack_code = hl7v2::parse_ack(&ack).map_or("none", |(c, _)| c.as_str());
+        self.m
+            .acks
+            .with_label_values(&[&*self.name, ack_code])
+            .inc();
+        // One line per message: control id, type and result; never field content.
+        let control_id = header
+            .as_ref()
+            .map(|h| printable(&h.control_id))
+            .unwrap_or_default();
+        tracing::info!(
+            target: "ward::mllp",
+            listener = %self.name,
+            control_id = %control_id,
+            message_type = %type_label,
+            result = outcome.label(),
+            ack = ack_code,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "message"
+        );
+        Some(ack)
+    }
+
+    async fn decide(
+        &self,
+        msg: &[u8],
+        identity: Option<&ClientIdentity>,
+        sender_key: &[u8],
+    ) -> (Outcome, Vec<u8>, Option<HeaderInfo>) {
+        let validated = match hl7v2::validate(msg, &self.rules) {
+            Ok(v) => v,
+            Err(rej) => {
+                let ack = hl7v2::build_rejection_ack(&rej, &now(), &ack_id());
+                return (Outcome::Invalid, ack, rej.header);
+            }
+        };
+        let header = validated.header.clone();
+        let control_id = validated.control_id.clone();
+        drop(validated);
+        if !self.cfg.senders.is_empty() {
+            let app = header.sending_application_ns();
+            let fac = header.sending_facility_ns();
+            let known = self
+                .cfg
+                .senders
+                .iter()
+                .filter(|r| r.matches_identity(identity))
+                .collect::<Vec<_>>();
+            if !known.iter().any(|r| r.allows(app, fac)) {
+                let app_ok = known.iter().any(|r| {
+                    r.sending_applications.is_empty()
+                        || r.sending_applications.iter().any(|a| a.as_bytes() == app)
+                });
+                let (field, text) = if app_ok {
+                    (4, "sending facility (MSH-4) not permitted for this client")
+                } else {
+                    (
+                        3,
+                        "sending application (MSH-3) not permitted for this client",
+                    )
+                };
+                let err = ErrorLoc {
+                    segment: "MSH".into(),
+                    sequence: 1,
+                    field,
+                    component: Some(1),
+                    code: hl7v2::validate::APPLICATION_INTERNAL_ERROR,
+                    message: text,
+                };
+                let ack = hl7v2::build_ack(&header, AckCode::Reject, &[err], &now(), &ack_id());
+                return (Outcome::SenderDenied, ack, Some(header));
+            }
+        }
+        if let Some(l) = &self.limiter {
+            if l.check(sender_key, NonZeroU32::MIN).is_err() {
+                let err = ErrorLoc {
+                    segment: "MSH".into(),
+                    sequence: 1,
+                    field: 0,
+                    component: None,
+                    code: hl7v2::validate::APPLICATION_INTERNAL_ERROR,
+                    message: "message rate limit exceeded; retry later",
+                };
+                let ack = hl7v2::build_ack(&header, AckCode::Error, &[err], &now(), &ack_id());
+                return (Outcome::RateLimited, ack, Some(header));
+            }
+        }
+        match self.upstream.deliver(msg, &control_id).await {
+            Ok(upstream_ack) => (Outcome::Delivered, upstream_ack, Some(header)),
+            Err(why) => {
+                tracing::warn!(target: "ward::mllp", listener = %self.name, reason = why, "message not delivered upstream");
+                let err = ErrorLoc {
+                    segment: "MSH".into(),
+                    sequence: 1,
+                    field: 0,
+                    component: None,
+                    code: hl7v2::validate::APPLICATION_INTERNAL_ERROR,
+                    message: "message not delivered to the receiving system",
+                };
+                let code = match self.cfg.on_upstream_failure {
+                    FailureAck::AE => AckCode::Error,
+                    FailureAck::AR => AckCode::Reject,
+                };
+                let ack = hl7v2::build_ack(&header, code, &[err], &now(), &ack_id());
+                (Outcome::UpstreamFailed, ack, Some(header))
+            }
+        }
+    }
+}
+
+/// A control id for the log: printable ASCII only, bounded.
+fn printable(b: &[u8]) -> String {
+    b.iter()
+        .take(40)
+        .map(|&c| {
+            if (0x21..0x7f).contains(&c) {
+                c as char
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------ upstream
+
+type Io = Box<dyn AsyncReadWrite + Send + Unpin>;
+pub trait AsyncReadWrite: AsyncRead + AsyncWrite {}
+impl<T: AsyncRead + AsyncWrite> AsyncReadWrite for T {}
+
+struct Backoff {
+    failures: u32,
+    until: Option<tokio::time::Instant>,
+}
+
+/// Persistent connections to one MLLP receiver: at most `max_connections`, reused in turn,
+/// re-made after failures with exponential backoff (no connection storm against a
+/// receiver that is restarting).
+struct MllpUpstream {
+    address: String,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
+    idle: Mutex<Vec<FrameReader<Io>>>,
+    permits: Semaphore,
+    connect_timeout: Duration,
+    ack_timeout: Duration,
+    handshake_timeout: Duration,
+    backoff: std::sync::Mutex<Backoff>,
+    connects_ok: IntCounter,
+    connects_failed: IntCounter,
+}
+
+const MAX_ACK_BYTES: usize = 1024 * 1024;
+
+impl MllpUpstream {
+    fn new(
+        cfg: &MllpUpstreamConfig,
+        resolve: &dyn Fn(&str) -> std::path::PathBuf,
+        metrics: &Metrics,
+        listener: &str,
+    ) -> Result<Self, String> {
+        let tls = match &cfg.ca {
+            Some(ca) => {
+                let client = match (&cfg.client_cert, &cfg.client_key) {
+                    (Some(c), Some(k)) => Some((resolve(c), resolve(k))),
+                    _ => None,
+                };
+                let cc = crate::tls::upstream_client_config(
+                    &resolve(ca),
+                    client.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+                )?;
+                let host = cfg.server_name.clone().unwrap_or_else(|| {
+                    cfg.address
+                        .rsplit_once(':')
+                        .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
+                        .unwrap_or_default()
+                });
+                let name = rustls_pki_types::ServerName::try_from(host)
+                    .map_err(|_| "upstream: invalid server name".to_owned())?;
+                Some((tokio_rustls::TlsConnector::from(Arc::new(cc)), name))
+            }
+            None => None,
+        };
+        Ok(MllpUpstream {
+            address: cfg.address.clone(),
+            tls,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(cfg.max_connections),
+            connect_timeout: cfg.connect_timeout.0,
+            ack_timeout: cfg.ack_timeout.0,
+            handshake_timeout: cfg.handshake_timeout.0,
+            backoff: std::sync::Mutex::new(Backoff {
+                failures: 0,
+                until: None,
+            }),
+            connects_ok: metrics
+                .mllp_upstream_connects
+                .with_label_values(&[listener, "ok"]),
+            connects_failed: metrics
+                .mllp_upstream_connects
+                .with_label_values(&[listener, "error"]),
+        })
+    }
+
+    async fn connect(&self) -> Result<FrameReader<Io>, &'static str> {
+        if let Ok(b) = self.backoff.lock() {
+            if b.until.is_some_and(|u| tokio::time::Instant::now() < u) {
+                return Err("upstream unreachable (backing off)");
+            }
+        }
+        let result = async {
+            let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
+                .await
+                .map_err(|_| "connect timeout")?
+                .map_err(|_| "connect failed")?;
+            let _ = tcp.set_nodelay(true);
+            let io: Io = match &self.tls {
+                None => Box::new(tcp),
+                Some((connector, name)) => Box::new(
+                    tokio::time::timeout(
+                        self.handshake_timeout,
+                        connector.connect(name.clone(), tcp),
+                    )
+                    .await
+                    .map_err(|_| "TLS handshake timeout")?
+                    .map_err(|_| "TLS handshake failed")?,
+                ),
+            };
+            Ok::<_, &'static str>(FrameReader::new(io, MAX_ACK_BYTES))
+        }
+        .await;
+        if let Ok(mut b) = self.backoff.lock() {
+            match &result {
+                Ok(_) => {
+                    b.failures = 0;
+                    b.until = None;
+                }
+                Err(_) => {
+                    b.failures = b.failures.saturating_add(1);
+                    // 100 ms, 200 ms, … capped at 10 s.
+                    let wait = Duration::from_millis(100u64.saturating_mul(1 << b.failures.min(7)))
+                        .min(Duration::from_secs(10));
+                    b.until = Some(tokio::time::Instant::now() + wait);
+                }
+            }
+        }
+        match &result {
+            Ok(_) => self.connects_ok.inc(),
+            Err(_) => self.connects_failed.inc(),
+        }
+        result
+    }
+
+    /// Send one message and return the upstream's ACK for it, byte for byte.
+    async fn deliver(&self, msg: &[u8], control_id: &[u8]) -> Result<Vec<u8>, &'static str> {
+        let _permit = tokio::time::timeout(self.ack_timeout, self.permits.acquire())
+            .await
+            .map_err(|_| "no upstream connection free in time")?
+            .map_err(|_| "upstream closed")?;
+        let pooled = self.idle.lock().await.pop();
+        let (mut conn, reused) = match pooled {
+            Some(c) => (c, true),
+            None => (self.connect().await?, false),
+        };
+        let result = match self.exchange(&mut conn, msg, control_id).await {
+            // A pooled connection the receiver had already closed fails before anything
+            // was read back: the message was not taken, so it goes once more on a fresh
+            // connection. Anything later is not retried (it may have been processed).
+            Err(Exchange::Stale) if reused => {
+                conn = self.connect().await?;
+                self.exchange(&mut conn, msg, control_id).await
+            }
+            r => r,
+        };
+        match result {
+            Ok(ack) => {
+                self.idle.lock().await.push(conn);
+                Ok(ack)
+            }
+            Err(e) => Err(e.reason()),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        conn: &mut FrameReader<Io>,
+        msg: &[u8],
+        control_id: &[u8],
+    ) -> Result<Vec<u8>, Exchange> {
+        write_frame(conn.get_mut(), msg)
+            .await
+            .map_err(|_| Exchange::Stale)?;
+        match conn.next(self.ack_timeout, self.ack_timeout).await {
+            Ok(Some(ack)) => match hl7v2::parse_ack(&ack) {
+                // Only the ACK for this very message may be relayed as its answer.
+                Some((_, id)) if id == control_id => Ok(ack),
+                _ => Err(Exchange::BadAck),
+            },
+            Ok(None) => Err(Exchange::Stale),
+            Err(FrameError::Idle) => Err(Exchange::Timeout),
+            Err(_) => Err(Exchange::BadAck),
+        }
+    }
+}
+
+enum Exchange {
+    /// Failed before any answer byte: the receiver closed the connection.
+    Stale,
+    Timeout,
+    BadAck,
+}
+
+impl Exchange {
+    fn reason(&self) -> &'static str {
+        match self {
+            Exchange::Stale => "upstream closed the connection",
+            Exchange::Timeout => "no ACK from upstream in time",
+            Exchange::BadAck => "upstream answer is not an ACK for this message",
+        }
+    }
+}
