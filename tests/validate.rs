@@ -292,6 +292,43 @@ async fn media_types_format_and_request_shape_are_enforced() {
     )
     .await;
     assert_eq!(r.status, 200);
+    // Answers are FHIR JSON only: `_format` or `Accept` that admit nothing else get 406.
+    let c = client(&s.env.pki, false);
+    for (path, accept) in [
+        ("/fhir/Patient/p1?_format=xml", None),
+        ("/fhir/Patient/p1", Some("application/fhir+xml")),
+        (
+            "/fhir/Patient/p1",
+            Some("application/fhir+json;q=0, application/fhir+xml"),
+        ),
+    ] {
+        let mut b = Request::get(url(&s.gw, path));
+        if let Some(a) = accept {
+            b = b.header("accept", a);
+        }
+        let r = send(&c, b.body(Full::new(Bytes::new())).unwrap()).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (406, "format_not_acceptable"),
+            "{path} {accept:?}"
+        );
+    }
+    for accept in [
+        "application/fhir+json",
+        "application/json",
+        "*/*",
+        "text/html, */*;q=0.8",
+    ] {
+        let r = send(
+            &c,
+            Request::get(url(&s.gw, "/fhir/Patient/p1"))
+                .header("accept", accept)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{accept}");
+    }
     // The body must be what the URL addresses.
     let r = post_json(&s, "/fhir/Observation", &patient()).await;
     assert_eq!(r.status, 400);
@@ -311,7 +348,7 @@ async fn media_types_format_and_request_shape_are_enforced() {
         call(&s, "GET", "/fhir/Patient/p1", None, b"").await.status,
         200
     );
-    assert_eq!(s.state.count(), 2);
+    assert_eq!(s.state.count(), 6);
 }
 
 #[tokio::test]

@@ -309,6 +309,29 @@ fn is_json(mt: &str) -> bool {
     )
 }
 
+/// Does the `Accept` header (absent = anything) admit a JSON answer? Media ranges with
+/// `q=0` are refusals.
+fn accepts_json(req: &Request<Body>) -> bool {
+    let mut any_header = false;
+    for v in req.headers().get_all(http::header::ACCEPT) {
+        any_header = true;
+        let Ok(v) = v.to_str() else { continue };
+        for range in v.split(',') {
+            let mut parts = range.split(';');
+            let mt = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let refused = parts.any(|p| {
+                p.split_once('=').is_some_and(|(k, q)| {
+                    k.trim() == "q" && q.trim().parse::<f32>().is_ok_and(|q| q == 0.0)
+                })
+            });
+            if !refused && (is_json(&mt) || matches!(mt.as_str(), "*/*" | "application/*")) {
+                return true;
+            }
+        }
+    }
+    !any_header
+}
+
 fn unsupported(code: &'static str, detail: &'static str) -> Rejection {
     Rejection::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, code, detail)
 }
@@ -387,6 +410,20 @@ impl Compiled {
             | Interaction::SearchCompartment => req.method() == Method::POST,
             _ => false,
         };
+        // Answers: Ward's policies read FHIR JSON only, so a client that will take nothing
+        // else (by `_format` or by `Accept`) is told so rather than served XML that no
+        // policy could inspect. (`_format` on a request with a body is checked below.)
+        let format_json = format
+            .as_deref()
+            .map(|f| is_json(f.split(';').next().unwrap_or("").trim()));
+        if (format_json == Some(false) && !body) || !accepts_json(req) {
+            self.fail("format");
+            return Err(Rejection::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "format_not_acceptable",
+                "this route answers in FHIR JSON only",
+            ));
+        }
         if !body {
             return Ok(Check::None);
         }
