@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod conn_guard;
 pub mod context;
@@ -238,6 +239,12 @@ impl Gateway {
         }
 
         let mut stack_shared = stack::StackShared::new(&cfg, metrics.clone(), shutdown_rx.clone());
+        if let Some(a) = &cfg.audit {
+            stack_shared.audit = Some(
+                audit::AuditLog::start(a, &|p| cfg.resolve(p), &metrics)
+                    .map_err(|e| anyhow::anyhow!("audit: {e}"))?,
+            );
+        }
         let mut bound = Vec::new();
         let mut addrs = HashMap::new();
         let mut reloaders = Vec::new();
@@ -364,8 +371,14 @@ impl Gateway {
                     None
                 }
             };
-            let ctx = mllp::MllpCtx::new(m, &|p| cfg.resolve(p), tls, &metrics)
-                .map_err(|e| anyhow::anyhow!("mllp listener {}: {e}", m.name))?;
+            let ctx = mllp::MllpCtx::new(
+                m,
+                &|p| cfg.resolve(p),
+                tls,
+                &metrics,
+                stack_shared.audit.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("mllp listener {}: {e}", m.name))?;
             mllp_bound.push((tcp, Arc::new(ctx)));
         }
         let admin_tcp = TcpListener::bind(&cfg.admin.bind)

@@ -38,6 +38,25 @@ enum Cmd {
     Demo,
     /// Mint a signed JWT for demos and tests (never for production identities).
     Token(Box<TokenArgs>),
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain of audit files (oldest first: rotated files, then the current
+    /// one). Exit 0 intact, 1 a record was modified, 2 records reordered, 3 a record is
+    /// missing, 4 malformed or unreadable.
+    Verify {
+        /// HMAC key file, if the trail was written with `audit.key_file`.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -154,6 +173,18 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Cmd::Audit {
+            cmd: AuditCmd::Verify { key, files },
+        } => {
+            let verdict = ward::audit::verify(&files, key.as_deref());
+            match &verdict {
+                ward::audit::Verdict::Ok { records } => {
+                    println!("ok: {records} records, chain intact")
+                }
+                other => eprintln!("audit verify: {other:?}"),
+            }
+            ExitCode::from(verdict.exit_code())
         }
         Cmd::Token(t) => match mint(&t) {
             Ok(tok) => {

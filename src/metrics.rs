@@ -42,6 +42,9 @@ pub struct Metrics {
     pub mllp_discarded_bytes: IntCounterVec,
     pub mllp_frame_errors: IntCounterVec,
     pub mllp_upstream_connects: IntCounterVec,
+    pub audit_backlog: prometheus::IntGauge,
+    pub audit_records: IntCounterVec,
+    pub audit_write_errors: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -171,6 +174,19 @@ impl Metrics {
             mllp_discarded_bytes: counter(&r, "ward_mllp_discarded_bytes_total", "Bytes received outside any MLLP frame and discarded.", &["listener"]),
             mllp_frame_errors: counter(&r, "ward_mllp_frame_errors_total", "MLLP framing errors by listener and reason.", &["listener", "reason"]),
             mllp_upstream_connects: counter(&r, "ward_mllp_upstream_connects_total", "Connections made to MLLP upstreams (first ones and reconnects) by result.", &["listener", "result"]),
+            audit_backlog: {
+                let g = prometheus::IntGauge::new("ward_audit_backlog", "Audit records queued and not yet written.")
+                    .unwrap_or_else(|e| panic!("metric ward_audit_backlog: {e}"));
+                r.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("metric ward_audit_backlog: {e}"));
+                g
+            },
+            audit_records: counter(&r, "ward_audit_records_total", "Audit records by result: written (durable), queued (interval durability), refused (queue full or trail down: the request got 503), failed (write error).", &["result"]),
+            audit_write_errors: {
+                let c = prometheus::IntCounter::new("ward_audit_write_errors_total", "Failed writes, syncs or rotations of the audit file.")
+                    .unwrap_or_else(|e| panic!("metric ward_audit_write_errors_total: {e}"));
+                r.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("metric ward_audit_write_errors_total: {e}"));
+                c
+            },
             registry: r,
         }
     }

@@ -90,6 +90,9 @@ pub struct MllpConfig {
     pub on_upstream_failure: FailureAck,
     #[serde(default)]
     pub rate_limit: Option<MllpRateLimit>,
+    /// One audit record per message (needs the top-level `audit:`).
+    #[serde(default)]
+    pub audit: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -309,6 +312,7 @@ pub struct MllpCtx {
     tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
     handshake_timeout: Duration,
     conn_limit: Arc<Semaphore>,
+    audit: Option<crate::audit::AuditLog>,
     m: MllpMetrics,
 }
 
@@ -328,7 +332,11 @@ impl MllpCtx {
         resolve: &dyn Fn(&str) -> std::path::PathBuf,
         tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
         metrics: &Metrics,
+        audit: Option<crate::audit::AuditLog>,
     ) -> Result<MllpCtx, String> {
+        if cfg.audit && audit.is_none() {
+            return Err("audit: true needs the top-level `audit:`".into());
+        }
         if let Some((k, m)) = cfg.problems().into_iter().next() {
             return Err(format!("{k}: {m}"));
         }
@@ -356,6 +364,7 @@ impl MllpCtx {
                 .unwrap_or(Duration::from_secs(10)),
             tls,
             conn_limit: Arc::new(Semaphore::new(cfg.max_connections)),
+            audit: if cfg.audit { audit } else { None },
             m: MllpMetrics {
                 messages: metrics.mllp_messages.clone(),
                 acks: metrics.mllp_acks.clone(),
@@ -537,10 +546,12 @@ async fn handle<S>(
         }
         let (answer, close) = match next {
             Ok(None) => break,
-            Ok(Some(msg)) => (
-                ctx.process(&msg, identity.as_deref(), &sender_key).await,
-                false,
-            ),
+            Ok(Some(msg)) => {
+                let answer = ctx.process(&msg, identity.as_deref(), &sender_key).await;
+                // No answer (not recorded): close, so the sender resends elsewhere/later.
+                let close = answer.is_none();
+                (answer, close)
+            }
             Err(e) => {
                 ctx.m
                     .frame_errors
@@ -626,7 +637,29 @@ impl MllpCtx {
         sender_key: &[u8],
     ) -> Option<Vec<u8>> {
         let started = Instant::now();
-        let (outcome, ack, header) = self.decide(msg, identity, sender_key).await;
+        // A message the trail could not record is not forwarded (the sender retries).
+        let (outcome, ack, header) = match &self.audit {
+            Some(a) if !a.accepting() => {
+                let header = hl7v2::header(msg);
+                let err = ErrorLoc {
+                    segment: "MSH".into(),
+                    sequence: 1,
+                    field: 0,
+                    component: None,
+                    code: hl7v2::validate::APPLICATION_INTERNAL_ERROR,
+                    message: "audit trail unavailable; retry later",
+                };
+                let ack = hl7v2::build_ack(
+                    &header.clone().unwrap_or_default(),
+                    AckCode::Error,
+                    &[err],
+                    &now(),
+                    &ack_id(),
+                );
+                (Outcome::UpstreamFailed, ack, header)
+            }
+            _ => self.decide(msg, identity, sender_key).await,
+        };
         let type_label = header
             .as_ref()
             .map_or_else(|| "other".to_owned(), |h| self.type_label(h));
@@ -644,6 +677,27 @@ impl MllpCtx {
             .as_ref()
             .map(|h| printable(&h.control_id))
             .unwrap_or_default();
+        if let Some(a) = &self.audit {
+            let mut f = serde_json::Map::new();
+            let s = |v: &str| serde_json::Value::String(v.to_owned());
+            f.insert("time".into(), s(&crate::policy::audit::rfc3339_now()));
+            f.insert("kind".into(), s("mllp"));
+            f.insert("listener".into(), s(&self.name));
+            if let Some(id) = identity {
+                f.insert("cert_subject".into(), s(&id.subject));
+                f.insert("cert_sha256".into(), s(&id.x5t_s256));
+            }
+            f.insert("message_type".into(), s(&type_label));
+            f.insert("control_id".into(), s(&control_id));
+            f.insert("decision".into(), s(outcome.label()));
+            f.insert("ack".into(), s(ack_code));
+            if a.record(f).await.is_err() {
+                // Not recorded: the sender must not take the ACK as final. (The upstream
+                // may have the message already; the ACK is withheld and the sender resends.)
+                tracing::error!(target: "ward::mllp", listener = %self.name, "audit record failed; ACK withheld");
+                return None;
+            }
+        }
         tracing::info!(
             target: "ward::mllp",
             listener = %self.name,

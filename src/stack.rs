@@ -10,6 +10,8 @@
 //!      routes refused; 404/405 without naming routes (`path.rs`, `router.rs`).
 //!
 //! Then the route stack, outermost first:
+//!   audit            — one record per request whatever happens below; a request the
+//!                      trail cannot record is refused before anything else runs
 //!   identity (mTLS)  — who is calling must be known before anything is counted
 //!   rate limit       — limits keyed by certificate, address, route or header: before
 //!                      costly token checks, so a credential-stuffing flood is cheap
@@ -98,6 +100,8 @@ pub struct StackShared {
     pub redis: HashMap<String, Arc<RedisBackend>>,
     /// Sweeps the local rate-limit key tables; started with the first limit.
     pub housekeeper: Option<Arc<Housekeeper>>,
+    /// The audit trail, when the config has one.
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 impl StackShared {
@@ -124,6 +128,7 @@ impl StackShared {
             policy_headers: names.into(),
             redis: HashMap::new(),
             housekeeper: None,
+            audit: None,
         }
     }
 }
@@ -195,7 +200,18 @@ pub fn build(
     let fhir_authz = section(route, cfg, |p| p.fhir_authz.as_ref())
         .map(|(_, f)| FhirAuthzLayer::new(f, shared.metrics.clone()))
         .transpose()?;
+    let audit = match section(route, cfg, |p| p.audit.as_ref()) {
+        Some(_) => Some(crate::policy::audit::AuditLayer::new(
+            shared
+                .audit
+                .clone()
+                .ok_or("audit: the config has no top-level `audit:`")?,
+        )),
+        None => None,
+    };
     let svc = ServiceBuilder::new()
+        // audit: outermost, so that every decision of every layer below is recorded
+        .option_layer(audit)
         // identity (mTLS): who is calling, before anything else looks at the request
         .option_layer(mtls)
         // rate limit (pre-auth keys): before any costly check

@@ -317,6 +317,8 @@ pub struct PolicyConfig {
     pub rate_limit: Option<crate::policy::rate_limit::RateLimitConfig>,
     #[serde(default)]
     pub validate: Option<crate::policy::validate::ValidateConfig>,
+    #[serde(default)]
+    pub audit: Option<crate::audit::AuditPolicyConfig>,
     /// Where the file is, for messages.
     #[serde(skip)]
     pub file: String,
@@ -344,13 +346,16 @@ impl PolicyConfig {
         if self.validate.is_some() {
             v.push("validate");
         }
+        if self.audit.is_some() {
+            v.push("audit");
+        }
         v
     }
 }
 
 /// Policy sections that the design reserves and that later releases implement. Naming
 /// one is an error: a policy the binary cannot enforce must not be silently skipped.
-pub const RESERVED_POLICY_SECTIONS: &[&str] = &["dlp", "audit"];
+pub const RESERVED_POLICY_SECTIONS: &[&str] = &["dlp"];
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -365,6 +370,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub shutdown_grace: Duration,
     pub log: LogConfig,
+    /// Where audit records go; routes opt in with an `audit` policy section.
+    pub audit: Option<crate::audit::AuditConfig>,
     pub policies: BTreeMap<String, PolicyConfig>,
 }
 
@@ -438,6 +445,7 @@ const TOP_KEYS: &[&str] = &[
     "policies_dir",
     "shutdown_grace",
     "log",
+    "audit",
 ];
 
 pub fn load_str(
@@ -491,6 +499,7 @@ pub fn load_str(
             .unzip();
     let admin: AdminConfig = decode_one(&mut e, get("admin"), "admin", vars).unwrap_or_default();
     let log: LogConfig = decode_one(&mut e, get("log"), "log", vars).unwrap_or_default();
+    let audit: Option<crate::audit::AuditConfig> = decode_one(&mut e, get("audit"), "audit", vars);
     let shutdown_grace: Dur =
         decode_one(&mut e, get("shutdown_grace"), "shutdown_grace", vars).unwrap_or(secs(30));
     let policies_dir: String = decode_one(&mut e, get("policies_dir"), "policies_dir", vars)
@@ -567,6 +576,7 @@ pub fn load_str(
         admin,
         shutdown_grace: shutdown_grace.0,
         log,
+        audit,
         policies,
     };
     validate(&cfg, &known, &mut e);
@@ -756,6 +766,7 @@ pub fn load_policy_file(
                             }
                         }
                     }
+                    "audit" => policy.audit = decode_node(&mut e, v, k, vars),
                     "validate" => {
                         policy.validate = decode_node(&mut e, v, k, vars);
                         if let Some(r) = &policy.validate {
@@ -791,7 +802,7 @@ pub fn load_policy_file(
                     _ => e.at(
                         k,
                         format!(
-                            "unknown policy section `{k}` (expected description, limits, mtls, auth, fhir_authz, rate_limit, validate, or one of: {})",
+                            "unknown policy section `{k}` (expected description, limits, mtls, auth, fhir_authz, rate_limit, validate, audit, or one of: {})",
                             RESERVED_POLICY_SECTIONS.join(", ")
                         ),
                     ),
@@ -874,6 +885,11 @@ fn validate_route_policies(cfg: &Config, r: &RouteConfig, p: &str, e: &mut Errs<
         }
         if rl.needs_client_cert() && listener.is_some() && client_auth == ClientAuthMode::None {
             e.at(p, format!("`{name}` counts by client certificate but listener `{}` does not request client certificates", r.listener));
+        }
+    }
+    if let Some(name) = seen.iter().find(|(s, _)| *s == "audit").map(|(_, n)| *n) {
+        if cfg.audit.is_none() {
+            e.at(p, format!("`{name}` audits this route but the config has no top-level `audit:` (where records go)"));
         }
     }
     if let Some(name) = seen.iter().find(|(s, _)| *s == "validate").map(|(_, n)| *n) {
@@ -1075,6 +1091,12 @@ fn validate(cfg: &Config, known: &KnownNames, e: &mut Errs<'_>) {
         }
         for (k, msg) in m.problems() {
             e.at(&format!("{p}.{k}"), msg);
+        }
+        if m.audit && cfg.audit.is_none() {
+            e.at(
+                &format!("{p}.audit"),
+                "needs the top-level `audit:` (where records go)",
+            );
         }
         let u = &m.upstream;
         if let Some(ca) = &u.ca {

@@ -1055,6 +1055,9 @@ where
                     }
                 },
             }
+            if let Some(slot) = req.extensions().get::<crate::policy::audit::AuditSlot>() {
+                slot.set_claims(&claims);
+            }
             req.extensions_mut().insert(claims);
             crate::policy::call_next(inner, req).await
         })

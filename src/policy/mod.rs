@@ -2,6 +2,7 @@
 //! `stack.rs`: mtls, rate_limit, limits, auth, fhir_authz, validate. DLP plugs in at its
 //! reserved place in the stack.
 
+pub mod audit;
 pub mod auth;
 pub mod fhir_authz;
 pub mod limits;

@@ -1,0 +1,189 @@
+//! `audit` policy: one audit record (`audit.rs`) per request on the route, whatever the
+//! outcome — allowed and answered by the upstream, or refused by any policy.
+//!
+//! It is the outermost layer of the route stack so that it sees every decision. Inner
+//! layers only know some facts (the verified token, the upstream status); they leave them
+//! in an [`AuditSlot`] the request carries. If the trail is down or full (with
+//! `when_full: fail`), the request is refused before it reaches any policy or the
+//! upstream: an audited route never serves a request it could not record.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use serde_json::{Map, Value};
+
+use crate::audit::AuditLog;
+use crate::context::{RequestContext, RouteId};
+use crate::error::Rejection;
+use crate::fhir::request::FhirRequest;
+use crate::identity::ClientIdentity;
+use crate::policy::auth::Claims;
+use crate::Body;
+
+/// Facts inner layers learn, for the record.
+#[derive(Clone, Default)]
+pub struct AuditSlot(Arc<Mutex<Option<Arc<Claims>>>>);
+
+impl AuditSlot {
+    /// Called by the auth layer once the token is verified.
+    pub fn set_claims(&self, c: &Arc<Claims>) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some(c.clone());
+        }
+    }
+    fn claims(&self) -> Option<Arc<Claims>> {
+        self.0.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+#[derive(Clone)]
+pub struct AuditLayer {
+    log: AuditLog,
+}
+
+impl AuditLayer {
+    pub fn new(log: AuditLog) -> Self {
+        AuditLayer { log }
+    }
+}
+
+impl<S> tower::Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+    fn layer(&self, inner: S) -> Audit<S> {
+        Audit {
+            inner,
+            log: self.log.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Audit<S> {
+    inner: S,
+    log: AuditLog,
+}
+
+/// RFC 3339 UTC time with milliseconds.
+pub fn rfc3339_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (y, m, d) =
+        crate::policy::validate::civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+fn put(m: &mut Map<String, Value>, k: &str, v: Option<&str>) {
+    if let Some(v) = v {
+        m.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+}
+
+/// The request's part of the record (before it is handed on).
+fn request_fields(req: &Request<Body>) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("time".into(), Value::String(rfc3339_now()));
+    m.insert("kind".into(), Value::String("http".into()));
+    let ext = req.extensions();
+    if let Some(c) = ext.get::<RequestContext>() {
+        put(&mut m, "request_id", c.request_id.to_str().ok());
+        put(&mut m, "listener", Some(&c.listener));
+        m.insert("client_ip".into(), Value::String(c.client_ip.to_string()));
+    }
+    if let Some(r) = ext.get::<RouteId>() {
+        put(&mut m, "route", Some(&r.0.name));
+    }
+    m.insert(
+        "method".into(),
+        Value::String(req.method().as_str().to_owned()),
+    );
+    if let Some(id) = ext.get::<Arc<ClientIdentity>>() {
+        put(&mut m, "cert_subject", Some(&id.subject));
+        put(&mut m, "cert_sha256", Some(&id.x5t_s256));
+    }
+    if let Some(f) = ext.get::<Arc<FhirRequest>>() {
+        put(&mut m, "fhir_interaction", Some(f.interaction.label()));
+        put(&mut m, "resource_type", f.resource_type);
+        put(&mut m, "resource_id", f.id.as_deref());
+        if let Some(op) = &f.operation {
+            put(&mut m, "operation", Some(op));
+        }
+        if let Some((t, id)) = &f.compartment {
+            put(&mut m, "compartment", Some(&format!("{t}/{id}")));
+        }
+    }
+    m
+}
+
+impl<S> tower::Service<Request<Body>> for Audit<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let log = self.log.clone();
+        if !log.accepting() {
+            return Box::pin(async move { Err(crate::audit::unavailable()) });
+        }
+        let slot = AuditSlot::default();
+        req.extensions_mut().insert(slot.clone());
+        let mut fields = request_fields(&req);
+        let inner = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, inner);
+        Box::pin(async move {
+            let result = crate::policy::call_next(inner, req).await;
+            if let Some(c) = slot.claims() {
+                put(&mut fields, "iss", Some(&c.iss));
+                put(&mut fields, "sub", Some(&c.sub));
+                put(&mut fields, "client_id", c.client_id.as_deref());
+                put(&mut fields, "patient", c.patient.as_deref());
+            }
+            match &result {
+                Ok(resp) => {
+                    fields.insert("decision".into(), Value::String("allow".into()));
+                    fields.insert("status".into(), Value::from(resp.status().as_u16()));
+                    fields.insert(
+                        "upstream_status".into(),
+                        Value::from(resp.status().as_u16()),
+                    );
+                }
+                Err(rej) => {
+                    // Refused by a policy, or failed at the upstream (5xx).
+                    let decision = if rej.status.is_server_error() {
+                        "error"
+                    } else {
+                        "refuse"
+                    };
+                    fields.insert("decision".into(), Value::String(decision.into()));
+                    fields.insert("status".into(), Value::from(rej.status.as_u16()));
+                    fields.insert("code".into(), Value::String(rej.code.to_owned()));
+                }
+            }
+            // With fsync durability the answer waits for its record.
+            log.record(fields).await?;
+            result
+        })
+    }
+}
