@@ -127,6 +127,22 @@ async fn header_keys_have_their_own_buckets_and_a_missing_header_shares_one() {
     assert_eq!(status(None).await, 200);
     assert_eq!(status(None).await, 200);
     assert_eq!(status(None).await, 429);
+    // Several values (or a list) could be read differently upstream: they share one
+    // bucket instead of each value list being a fresh key.
+    let c = client(&env.pki, false);
+    let u = url(&gw, "/api/x");
+    let mut codes = Vec::new();
+    for extra in ["x1", "x2", "x3"] {
+        let r = send(
+            &c,
+            get_with(&u, &[("x-api-key", "c"), ("x-api-key", extra)]),
+        )
+        .await;
+        codes.push(r.status);
+    }
+    let r = send(&c, get_with(&u, &[("x-api-key", "c, x4")])).await;
+    codes.push(r.status);
+    assert_eq!(codes, [200, 200, 429, 429]);
 }
 
 #[tokio::test]

@@ -292,6 +292,57 @@ async fn media_types_format_and_request_shape_are_enforced() {
     )
     .await;
     assert_eq!(r.status, 200);
+    // Ways the EHR could read the body differently than the gateway did.
+    let r = call(
+        &s,
+        "POST",
+        "/fhir/Patient",
+        Some("application/fhir+json; fhirVersion=3.0"),
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (415, "fhir_version_unsupported")
+    );
+    assert_eq!(
+        call(
+            &s,
+            "POST",
+            "/fhir/Patient",
+            Some("application/fhir+json; fhirVersion=4.0"),
+            body.as_bytes()
+        )
+        .await
+        .status,
+        200
+    );
+    let r = call(
+        &s,
+        "POST",
+        "/fhir/Patient?_format=json&_format=xml",
+        Some("application/fhir+json"),
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (400, "format_conflict"));
+    let c = client(&s.env.pki, false);
+    let two_types = Request::post(url(&s.gw, "/fhir/Patient"))
+        .header("content-type", "application/fhir+json")
+        .header("content-type", "application/fhir+xml")
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    assert_eq!(send(&c, two_types).await.status, 415);
+    let gz = Request::post(url(&s.gw, "/fhir/Patient"))
+        .header("content-type", "application/fhir+json")
+        .header("content-encoding", "gzip")
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    let r = send(&c, gz).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (415, "unsupported_content_encoding")
+    );
     // Answers are FHIR JSON only: `_format` or `Accept` that admit nothing else get 406.
     let c = client(&s.env.pki, false);
     for (path, accept) in [
@@ -348,7 +399,7 @@ async fn media_types_format_and_request_shape_are_enforced() {
         call(&s, "GET", "/fhir/Patient/p1", None, b"").await.status,
         200
     );
-    assert_eq!(s.state.count(), 6);
+    assert_eq!(s.state.count(), 7);
 }
 
 #[tokio::test]

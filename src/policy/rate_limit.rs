@@ -244,6 +244,10 @@ impl RateLimitConfig {
             if l.rate == 0 {
                 p(at("rate"), "must be greater than 0".into());
             }
+            // Keeps the Redis script's microsecond arithmetic exact (below 2^53).
+            if l.rate > 1_000_000 || l.burst.is_some_and(|b| b > 1_000_000) {
+                p(at("rate"), "rate and burst are at most 1000000".into());
+            }
             let burst = l.burst.unwrap_or(l.rate);
             if l.burst == Some(0) {
                 p(at("burst"), "must be greater than 0".into());
@@ -335,27 +339,35 @@ impl Limit {
                 k.extend_from_slice(c.sub.as_bytes());
                 k
             }),
+            // Client ids and patient ids are only unique per issuer.
             KeySource::ClientId => ext
                 .get::<Arc<Claims>>()
-                .and_then(|c| c.client_id.as_ref())
-                .map(|s| s.as_bytes().to_vec()),
+                .and_then(|c| c.client_id.as_ref().map(|v| issuer_scoped(&c.iss, v))),
             KeySource::TokenPatient => ext
                 .get::<Arc<Claims>>()
-                .and_then(|c| c.patient.as_ref())
-                .map(|s| s.as_bytes().to_vec()),
-            KeySource::ClientIp => ext
-                .get::<RequestContext>()
-                .map(|c| c.client_ip.to_string().into_bytes()),
+                .and_then(|c| c.patient.as_ref().map(|v| issuer_scoped(&c.iss, v))),
+            KeySource::ClientIp => ext.get::<RequestContext>().map(|c| match c.client_ip {
+                std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                // One IPv6 client usually holds a whole /64: counting single addresses
+                // would let it rotate through 2^64 keys.
+                std::net::IpAddr::V6(v6) => v6.octets().get(..8).unwrap_or_default().to_vec(),
+            }),
             KeySource::Route => Some(Vec::new()),
             KeySource::Header => {
-                let mut k = Vec::new();
-                if let Some(name) = &self.header {
-                    for v in req.headers().get_all(name) {
-                        k.extend_from_slice(v.as_bytes());
-                        k.push(0);
-                    }
+                let mut values = self
+                    .header
+                    .as_ref()
+                    .map(|name| req.headers().get_all(name).iter())
+                    .into_iter()
+                    .flatten();
+                match (values.next(), values.next()) {
+                    (None, _) => None,
+                    // Exactly one value without a list separator; anything else could be
+                    // read differently upstream (first value, last value, split on ','),
+                    // so it is counted in one shared bucket, whatever `when_absent` says.
+                    (Some(v), None) if !v.as_bytes().contains(&b',') => Some(v.as_bytes().to_vec()),
+                    _ => return Some(vec![2]),
                 }
-                (!k.is_empty()).then_some(k)
             }
         };
         match value {
@@ -389,6 +401,13 @@ impl Limit {
         }
         rej
     }
+}
+
+fn issuer_scoped(iss: &str, v: &str) -> Vec<u8> {
+    let mut k = iss.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(v.as_bytes());
+    k
 }
 
 pub fn backend_unavailable() -> Rejection {

@@ -225,7 +225,8 @@ impl FhirValidateConfig {
 }
 
 struct Compiled {
-    fhir: Option<(Limits, Option<Profile>)>,
+    /// The profile is compiled once here, not per request.
+    fhir: Option<(Limits, Option<fhirv::CompiledProfile>)>,
     hl7: Option<(hl7v2::Rules, Hl7v2ValidateConfig)>,
     failures: IntCounterVec,
     route: Arc<str>,
@@ -239,21 +240,27 @@ impl ValidateLayer {
         if let Some((k, m)) = cfg.problems().into_iter().next() {
             return Err(format!("{k}: {m}"));
         }
-        let fhir = cfg.fhir.as_ref().map(|f| {
-            let p = f.profile();
-            let has_rules = p.allowed_types.is_some()
-                || !p.required.is_empty()
-                || !p.forbidden.is_empty()
-                || p.max_bundle_entries.is_some();
-            (
-                Limits {
+        let fhir = match cfg.fhir.as_ref() {
+            Some(f) => {
+                let p = f.profile();
+                let has_rules = p.allowed_types.is_some()
+                    || !p.required.is_empty()
+                    || !p.forbidden.is_empty()
+                    || p.max_bundle_entries.is_some();
+                let compiled = if has_rules {
+                    Some(fhirv::compile_profile(&p)?)
+                } else {
+                    None
+                };
+                let limits = Limits {
                     max_bytes: f.max_body_bytes,
                     max_depth: f.max_depth,
                     max_issues: 100,
-                },
-                has_rules.then_some(p),
-            )
-        });
+                };
+                Some((limits, compiled))
+            }
+            None => None,
+        };
         let hl7 = cfg.hl7v2.as_ref().map(|h| {
             let defaults = hl7v2::Rules::default();
             (
@@ -281,19 +288,46 @@ impl ValidateLayer {
 }
 
 /// A request body's media type, lower-cased, without parameters; and its charset.
-fn media_type(req: &Request<Body>) -> Option<(String, Option<String>)> {
-    let v = req.headers().get(CONTENT_TYPE)?.to_str().ok()?;
+/// The parameters of a body's Content-Type that change how it is read.
+struct MediaType {
+    essence: String,
+    charset: Option<String>,
+    fhir_version: Option<String>,
+}
+
+/// The body's media type. `Err` when the body could be read differently than the gateway
+/// reads it: several Content-Type fields, or one that is not text.
+fn media_type(req: &Request<Body>) -> Result<Option<MediaType>, Rejection> {
+    let mut all = req.headers().get_all(CONTENT_TYPE).iter();
+    let Some(v) = all.next() else { return Ok(None) };
+    let ambiguous = || {
+        unsupported(
+            "unsupported_media_type",
+            "exactly one valid Content-Type is required",
+        )
+    };
+    if all.next().is_some() {
+        return Err(ambiguous());
+    }
+    let v = v.to_str().map_err(|_| ambiguous())?;
     let mut parts = v.split(';');
-    let mt = parts.next()?.trim().to_ascii_lowercase();
-    let mut charset = None;
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let (mut charset, mut fhir_version) = (None, None);
     for p in parts {
         if let Some((k, val)) = p.split_once('=') {
-            if k.trim().eq_ignore_ascii_case("charset") {
-                charset = Some(val.trim().trim_matches('"').to_ascii_lowercase());
+            let val = val.trim().trim_matches('"').to_ascii_lowercase();
+            match k.trim().to_ascii_lowercase().as_str() {
+                "charset" => charset = Some(val),
+                "fhirversion" => fhir_version = Some(val),
+                _ => {}
             }
         }
     }
-    Some((mt, charset))
+    Ok(Some(MediaType {
+        essence,
+        charset,
+        fhir_version,
+    }))
 }
 
 fn is_xml(mt: &str) -> bool {
@@ -364,11 +398,36 @@ impl Compiled {
     /// Decide from the head alone; refusals here never read the body.
     fn plan(&self, req: &Request<Body>) -> Result<Check, Rejection> {
         let body = has_body(req);
-        let mt = media_type(req);
+        let mt = match media_type(req) {
+            Ok(m) => m,
+            Err(rej) if body => {
+                self.fail("media_type");
+                return Err(rej);
+            }
+            Err(_) => None,
+        };
+        if body {
+            // Compressed bytes are not what the validator would see after the EHR
+            // inflates them.
+            let encoded = req
+                .headers()
+                .get_all(http::header::CONTENT_ENCODING)
+                .iter()
+                .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+            if encoded {
+                self.fail("media_type");
+                return Err(unsupported(
+                    "unsupported_content_encoding",
+                    "request bodies must not be compressed on this route",
+                ));
+            }
+        }
         if let Some((_, cfg)) = &self.hl7 {
             let er7 = cfg.all_bodies
-                || mt.as_ref().is_some_and(|(m, _)| {
-                    cfg.media_types.iter().any(|t| t.eq_ignore_ascii_case(m))
+                || mt.as_ref().is_some_and(|m| {
+                    cfg.media_types
+                        .iter()
+                        .any(|t| t.eq_ignore_ascii_case(&m.essence))
                 });
             if body && er7 {
                 return Ok(Check::Er7);
@@ -434,7 +493,12 @@ impl Compiled {
                 "this FHIR interaction takes no request body",
             ));
         }
-        let Some((mt, charset)) = mt else {
+        let Some(MediaType {
+            essence: mt,
+            charset,
+            fhir_version,
+        }) = mt
+        else {
             self.fail("media_type");
             return Err(unsupported(
                 "unsupported_media_type",
@@ -465,7 +529,20 @@ impl Compiled {
                 "FHIR JSON bodies must be UTF-8",
             ));
         }
-        if let Some(fmt) = &format {
+        // Only R4 is validated; a body declared as another FHIR version would be read by
+        // different rules upstream.
+        if fhir_version
+            .as_deref()
+            .is_some_and(|v| v != "4.0" && v != "4.0.1")
+        {
+            self.fail("media_type");
+            return Err(unsupported(
+                "fhir_version_unsupported",
+                "this route validates FHIR R4 (fhirVersion=4.0) only",
+            ));
+        }
+        let formats = f.params.iter().filter(|p| p.name == "_format").count();
+        if let (Some(fmt), true) = (&format, formats <= 1) {
             let fmt_mt = fmt.split(';').next().unwrap_or("").trim();
             if !is_json(fmt_mt) {
                 self.fail("format");
@@ -474,6 +551,12 @@ impl Compiled {
                     "_format does not match the JSON request body",
                 ));
             }
+        } else if formats > 1 {
+            self.fail("format");
+            return Err(Rejection::bad_request(
+                "format_conflict",
+                "_format given more than once",
+            ));
         }
         if is_xml(&mt) || mt == "application/xml-patch+xml" {
             self.fail("media_type");
@@ -511,7 +594,7 @@ impl Compiled {
                 };
                 let result = match check {
                     Check::JsonPatch => fhirv::validate_json_patch(body, limits).map(|()| None),
-                    _ => fhirv::validate_resource(body, limits, profile.as_ref()).map(Some),
+                    _ => fhirv::validate_resource_with(body, limits, profile.as_ref()).map(Some),
                 };
                 match result {
                     Ok(Some(summary)) => {

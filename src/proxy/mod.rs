@@ -108,15 +108,25 @@ struct Concurrency {
     inflight: prometheus::IntGauge,
 }
 
-/// Held from sending a request until its response body ends or is dropped.
+/// Held from sending a request until its response body ends or is dropped — but never
+/// longer than the upstream's `response_timeout`: a client that stops reading (an HTTP/2
+/// stream with a closed window, say) must not keep a slot, or one client could shed
+/// everyone else. Dropping this releases the slot at once.
 struct InflightPermit {
-    _permit: OwnedSemaphorePermit,
-    gauge: prometheus::IntGauge,
+    _release: tokio::sync::oneshot::Sender<()>,
 }
 
-impl Drop for InflightPermit {
-    fn drop(&mut self) {
-        self.gauge.dec();
+impl InflightPermit {
+    fn new(permit: OwnedSemaphorePermit, gauge: prometheus::IntGauge, max_hold: Duration) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        gauge.inc();
+        tokio::spawn(async move {
+            // Ends when the permit holder is dropped (the channel closes) or at max_hold.
+            let _ = tokio::time::timeout(max_hold, rx).await;
+            drop(permit);
+            gauge.dec();
+        });
+        InflightPermit { _release: tx }
     }
 }
 
@@ -268,13 +278,11 @@ impl Upstream {
     ) -> Result<Response<Body>, Rejection> {
         let permit = match &self.concurrency {
             Some(c) => match c.permits.clone().try_acquire_owned() {
-                Ok(p) => {
-                    c.inflight.inc();
-                    Some(InflightPermit {
-                        _permit: p,
-                        gauge: c.inflight.clone(),
-                    })
-                }
+                Ok(p) => Some(InflightPermit::new(
+                    p,
+                    c.inflight.clone(),
+                    self.response_timeout,
+                )),
                 Err(_) => {
                     c.shed.inc();
                     return Err(upstream_overloaded());

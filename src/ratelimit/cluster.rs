@@ -75,6 +75,10 @@ impl RedisConfig {
             }
             _ => out.push(("url", "must start with redis:// or rediss://".to_owned())),
         }
+        if self.url.contains('#') {
+            // `#insecure` would switch certificate checks off (and is not built in).
+            out.push(("url", "URL fragments (#...) are not accepted".to_owned()));
+        }
         if self.client_cert.is_some() != self.client_key.is_some() {
             out.push((
                 "client_cert",

@@ -32,6 +32,7 @@ pub struct Housekeeper {
 /// Often enough that idle keys leave well before a flood could fill a table, rarely
 /// enough that the sweep (a few ms per 100k keys) costs nothing measurable.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+const EARLY_SWEEP_GAP: Duration = Duration::from_secs(1);
 
 impl Housekeeper {
     pub fn start(stop: watch::Receiver<bool>) -> Arc<Housekeeper> {
@@ -44,14 +45,24 @@ impl Housekeeper {
             let mut stop = stop;
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = tokio::time::Instant::now();
             loop {
                 let Some(hk) = weak.upgrade() else { return };
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = hk.wake.notified() => {}
+                    _ = hk.wake.notified() => {
+                        // A table kept full by a flood would otherwise wake the sweep on
+                        // every request: early sweeps at most once a second.
+                        let next = last + EARLY_SWEEP_GAP;
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(next) => {}
+                            _ = stop.changed() => return,
+                        }
+                    }
                     _ = stop.changed() => return,
                 }
                 hk.sweep();
+                last = tokio::time::Instant::now();
                 drop(hk);
             }
         });
