@@ -347,6 +347,7 @@ impl Gateway {
                 .await
                 .with_context(|| format!("mllp listener {}: cannot bind {}", m.name, m.bind))?;
             addrs.insert(m.name.clone(), tcp.local_addr()?);
+            let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let tls = match &m.tls {
                 Some(t) => {
                     let sc = listener_tls(t, &|p| cfg.resolve(p), true)
@@ -357,9 +358,9 @@ impl Gateway {
                         tls: t.clone(),
                         base: cfg.base_dir.clone(),
                         swap: swap.clone(),
-                        // MLLP connections carry no per-request re-check; a reload
-                        // applies to new connections.
-                        generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+                        // MLLP connections verified before a reload carry no further
+                        // message (see `mllp::handle`).
+                        generation: generation.clone(),
                         mllp: true,
                     };
                     r.record_expiry(&metrics);
@@ -371,14 +372,18 @@ impl Gateway {
                     None
                 }
             };
-            let ctx = mllp::MllpCtx::new(
+            let mut ctx = mllp::MllpCtx::new(
                 m,
                 &|p| cfg.resolve(p),
                 tls,
                 &metrics,
                 stack_shared.audit.clone(),
+                stack_shared
+                    .housekeeper
+                    .get_or_insert_with(|| ratelimit::Housekeeper::start(shutdown_rx.clone())),
             )
             .map_err(|e| anyhow::anyhow!("mllp listener {}: {e}", m.name))?;
+            ctx.tls_generation = generation;
             mllp_bound.push((tcp, Arc::new(ctx)));
         }
         let admin_tcp = TcpListener::bind(&cfg.admin.bind)

@@ -13,6 +13,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -116,7 +117,9 @@ pub struct MllpValidateConfig {
 }
 
 /// One kind of sender: who it is (any field that matches; no field = anyone) and what it
-/// may claim in MSH-3.1 / MSH-4.1 (empty = anything).
+/// may claim as the whole MSH-3 / MSH-4 field, components included (`LAB` matches only a
+/// field that is exactly `LAB`; write `LAB^1.2.3^ISO` for one with a universal id; empty
+/// = anything).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SenderRule {
@@ -308,10 +311,12 @@ pub struct MllpCtx {
     cfg: MllpConfig,
     rules: hl7v2::Rules,
     upstream: MllpUpstream,
-    limiter: Option<LocalLimiter>,
+    limiter: Option<Arc<crate::ratelimit::Tracked>>,
     tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
     handshake_timeout: Duration,
     conn_limit: Arc<Semaphore>,
+    /// Bumped by each TLS reload of this listener (see `handle`).
+    pub tls_generation: Arc<AtomicU64>,
     audit: Option<crate::audit::AuditLog>,
     m: MllpMetrics,
 }
@@ -333,6 +338,7 @@ impl MllpCtx {
         tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
         metrics: &Metrics,
         audit: Option<crate::audit::AuditLog>,
+        housekeeper: &Arc<crate::ratelimit::Housekeeper>,
     ) -> Result<MllpCtx, String> {
         if cfg.audit && audit.is_none() {
             return Err("audit: true needs the top-level `audit:`".into());
@@ -343,12 +349,14 @@ impl MllpCtx {
         let name = cfg.name.as_str();
         let limiter = match &cfg.rate_limit {
             Some(r) => {
-                let nz = |n: u32| NonZeroU32::new(n).ok_or("rate_limit: zero");
-                let interval = r.per_duration() / r.rate.max(1);
-                let q = governor::Quota::with_period(interval)
-                    .ok_or("rate_limit: rate too high")?
-                    .allow_burst(nz(r.burst.unwrap_or(r.rate))?);
-                Some(LocalLimiter::new(q, 100_000))
+                let (q, _) = crate::policy::rate_limit::quota(r.rate, r.per, r.burst)
+                    .map_err(|e| format!("rate_limit: {e}"))?;
+                let labels = [name, "mllp"];
+                Some(housekeeper.register(
+                    Arc::new(LocalLimiter::new(q, 100_000)),
+                    metrics.rate_limit_keys.with_label_values(&labels),
+                    metrics.rate_limit_overflow.with_label_values(&labels),
+                ))
             }
             None => None,
         };
@@ -364,6 +372,7 @@ impl MllpCtx {
                 .unwrap_or(Duration::from_secs(10)),
             tls,
             conn_limit: Arc::new(Semaphore::new(cfg.max_connections)),
+            tls_generation: Arc::new(AtomicU64::new(0)),
             audit: if cfg.audit { audit } else { None },
             m: MllpMetrics {
                 messages: metrics.mllp_messages.clone(),
@@ -398,16 +407,6 @@ impl MllpCtx {
             code
         } else {
             "other".into()
-        }
-    }
-}
-
-impl MllpRateLimit {
-    fn per_duration(&self) -> Duration {
-        match self.per {
-            crate::policy::rate_limit::Per::Second => Duration::from_secs(1),
-            crate::policy::rate_limit::Per::Minute => Duration::from_secs(60),
-            crate::policy::rate_limit::Per::Hour => Duration::from_secs(3600),
         }
     }
 }
@@ -534,6 +533,8 @@ async fn handle<S>(
         Some(id) => id.spki_sha256.as_bytes().to_vec(),
         None => peer.ip().to_string().into_bytes(),
     };
+    let generation = ctx.tls_generation.load(Ordering::Acquire);
+    let mut framing_errors = 0u32;
     loop {
         let next = tokio::select! {
             biased;
@@ -543,6 +544,13 @@ async fn handle<S>(
         let discarded = reader.take_discarded();
         if discarded > 0 {
             ctx.m.discarded.inc_by(discarded);
+        }
+        // A certificate verified before the last CA/CRL reload may since have been revoked:
+        // such a connection carries no further message (the sender reconnects, and its
+        // new handshake meets the current CRLs).
+        if identity.is_some() && ctx.tls_generation.load(Ordering::Acquire) != generation {
+            tracing::info!(target: "ward::mllp", listener = %ctx.name, "TLS settings reloaded; closing a connection verified under the old ones");
+            break;
         }
         let (answer, close) = match next {
             Ok(None) => break,
@@ -557,10 +565,20 @@ async fn handle<S>(
                     .frame_errors
                     .with_label_values(&[&*ctx.name, e.label()])
                     .inc();
+                framing_errors += 1;
+                if framing_errors > MAX_FRAMING_ERRORS {
+                    // A stream of broken frames is not a sender worth answering.
+                    break;
+                }
                 match e {
                     FrameError::Idle | FrameError::Io(_) => break,
                     // The sender can still use a NAK for what it sent; the stream is
                     // resynchronised at the new start block.
+                    // Without a header there is no one to address a NAK to (a run of
+                    // start-block bytes would otherwise buy one NAK per byte).
+                    FrameError::NestedStart(partial) if hl7v2::header(&partial).is_none() => {
+                        (None, false)
+                    }
                     FrameError::NestedStart(partial) => {
                         (
                             Some(ctx.framing_nak(
@@ -587,7 +605,9 @@ async fn handle<S>(
             }
         };
         if let Some(ack) = answer {
-            if write_frame(reader.get_mut(), &ack).await.is_err() {
+            // A client that does not read its ACKs must not hold the connection forever.
+            let write = tokio::time::timeout(idle, write_frame(reader.get_mut(), &ack)).await;
+            if !matches!(write, Ok(Ok(()))) {
                 break;
             }
         }
@@ -597,6 +617,9 @@ async fn handle<S>(
     }
 }
 
+/// Framing errors tolerated on one connection before it is closed.
+const MAX_FRAMING_ERRORS: u32 = 10;
+
 /// MSH-7 of gateway ACKs.
 fn now() -> String {
     crate::policy::validate::hl7_now()
@@ -604,7 +627,6 @@ fn now() -> String {
 
 /// The gateway's own ACK control ids: unique per process, short enough for v2.3 (20).
 fn ack_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(1);
     format!("WARD{}", N.fetch_add(1, Ordering::Relaxed))
 }
@@ -717,6 +739,28 @@ impl MllpCtx {
         identity: Option<&ClientIdentity>,
         sender_key: &[u8],
     ) -> (Outcome, Vec<u8>, Option<HeaderInfo>) {
+        // First, before any parsing: a flood of (possibly invalid) messages is limited too.
+        if let Some(l) = &self.limiter {
+            if l.limiter.check(sender_key, NonZeroU32::MIN).is_err() {
+                let header = hl7v2::header(msg);
+                let err = ErrorLoc {
+                    segment: "MSH".into(),
+                    sequence: 1,
+                    field: 0,
+                    component: None,
+                    code: hl7v2::validate::APPLICATION_INTERNAL_ERROR,
+                    message: "message rate limit exceeded; retry later",
+                };
+                let ack = hl7v2::build_ack(
+                    &header.clone().unwrap_or_default(),
+                    AckCode::Error,
+                    &[err],
+                    &now(),
+                    &ack_id(),
+                );
+                return (Outcome::RateLimited, ack, header);
+            }
+        }
         let validated = match hl7v2::validate(msg, &self.rules) {
             Ok(v) => v,
             Err(rej) => {
@@ -728,8 +772,10 @@ impl MllpCtx {
         let control_id = validated.control_id.clone();
         drop(validated);
         if !self.cfg.senders.is_empty() {
-            let app = header.sending_application_ns();
-            let fac = header.sending_facility_ns();
+            // Whole fields, not just the first component: a receiver that routes on the
+            // universal id (MSH-4.2) must not see one this sender may not claim.
+            let app = header.sending_application.as_slice();
+            let fac = header.sending_facility.as_slice();
             let known = self
                 .cfg
                 .senders
@@ -761,21 +807,15 @@ impl MllpCtx {
                 return (Outcome::SenderDenied, ack, Some(header));
             }
         }
-        if let Some(l) = &self.limiter {
-            if l.check(sender_key, NonZeroU32::MIN).is_err() {
-                let err = ErrorLoc {
-                    segment: "MSH".into(),
-                    sequence: 1,
-                    field: 0,
-                    component: None,
-                    code: hl7v2::validate::APPLICATION_INTERNAL_ERROR,
-                    message: "message rate limit exceeded; retry later",
-                };
-                let ack = hl7v2::build_ack(&header, AckCode::Error, &[err], &now(), &ack_id());
-                return (Outcome::RateLimited, ack, Some(header));
-            }
-        }
-        match self.upstream.deliver(msg, &control_id).await {
+        // One deadline for the whole delivery (slot, connect, write, ACK): a sender waits
+        // `ack_timeout` at most, never the sum of every step's own timeout.
+        let delivered = tokio::time::timeout(
+            self.cfg.upstream.ack_timeout.0,
+            self.upstream.deliver(msg, &control_id),
+        )
+        .await
+        .unwrap_or(Err("no ACK from upstream in time"));
+        match delivered {
             Ok(upstream_ack) => (Outcome::Delivered, upstream_ack, Some(header)),
             Err(why) => {
                 tracing::warn!(target: "ward::mllp", listener = %self.name, reason = why, "message not delivered upstream");
@@ -949,7 +989,14 @@ impl MllpUpstream {
             .await
             .map_err(|_| "no upstream connection free in time")?
             .map_err(|_| "upstream closed")?;
-        let pooled = self.idle.lock().await.pop();
+        let mut pooled = None;
+        while let Some(mut c) = self.idle.lock().await.pop() {
+            if c.idle_clean().await {
+                pooled = Some(c);
+                break;
+            }
+            // Late ACK, extra frame or closed: never reused.
+        }
         let (mut conn, reused) = match pooled {
             Some(c) => (c, true),
             None => (self.connect().await?, false),

@@ -21,6 +21,8 @@ use ward::hl7v2::AckCode;
 enum UpMode {
     Ack,
     WrongControlId,
+    /// Every ACK sent twice (a receiver in enhanced mode, or a buggy one).
+    DoubleAck,
 }
 
 #[derive(Default)]
@@ -93,6 +95,9 @@ async fn receive<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         }
         let ack = ward::hl7v2::build_ack(&h, AckCode::Accept, &[], "20240101000000", "UP1");
         if write_frame(r.get_mut(), &ack).await.is_err() {
+            return;
+        }
+        if mode == UpMode::DoubleAck && write_frame(r.get_mut(), &ack).await.is_err() {
             return;
         }
     }
@@ -458,4 +463,67 @@ async fn assert_closed(s: &mut TcpStream) {
             Err(_) => panic!("connection not closed"),
         }
     }
+}
+
+#[tokio::test]
+async fn a_late_extra_ack_never_answers_the_next_message() {
+    let env = Env::new();
+    let (up, got) = mllp_upstream(None, UpMode::DoubleAck).await;
+    let gw = plain_gateway(&env, &format!("127.0.0.1:{}", up.port()), "").await;
+    let tcp = TcpStream::connect(mllp_addr(&gw)).await.unwrap();
+    let mut r = FrameReader::new(tcp, 1 << 20);
+    for id in ["FIRST", "SECOND", "THIRD"] {
+        write_frame(r.get_mut(), &adt(id, "HOSP")).await.unwrap();
+        let ack = read_acks(&mut r, 1).await.remove(0);
+        assert_eq!(
+            msa(&ack),
+            ("AA".into(), id.into()),
+            "each message gets its own ACK"
+        );
+    }
+    assert_eq!(got.all().len(), 3);
+}
+
+#[tokio::test]
+async fn senders_are_rate_limited_and_matched_on_whole_fields() {
+    let env = Env::new();
+    let (up, got) = mllp_upstream(None, UpMode::Ack).await;
+    let gw = plain_gateway(
+        &env,
+        &format!("127.0.0.1:{}", up.port()),
+        "    rate_limit: {rate: 3, per: hour}\n    senders:\n      - sending_facilities: [HOSP]\n",
+    )
+    .await;
+    let tcp = TcpStream::connect(mllp_addr(&gw)).await.unwrap();
+    let mut r = FrameReader::new(tcp, 1 << 20);
+    write_frame(r.get_mut(), &adt("RL-1", "HOSP"))
+        .await
+        .unwrap();
+    assert_eq!(
+        msa(&read_acks(&mut r, 1).await[0]),
+        ("AA".into(), "RL-1".into())
+    );
+    // `HOSP` allows exactly `HOSP`, not HOSP with another universal id.
+    write_frame(r.get_mut(), &adt("RL-2", "HOSP^9.9.9^ISO"))
+        .await
+        .unwrap();
+    assert_eq!(
+        msa(&read_acks(&mut r, 1).await[0]),
+        ("AR".into(), "RL-2".into())
+    );
+    write_frame(r.get_mut(), &adt("RL-3", "HOSP"))
+        .await
+        .unwrap();
+    assert_eq!(
+        msa(&read_acks(&mut r, 1).await[0]),
+        ("AA".into(), "RL-3".into())
+    );
+    // The quota (3 per hour) is spent: AE, retry later; nothing forwarded.
+    write_frame(r.get_mut(), &adt("RL-4", "HOSP"))
+        .await
+        .unwrap();
+    let ack = read_acks(&mut r, 1).await.remove(0);
+    assert_eq!(msa(&ack), ("AE".into(), "RL-4".into()));
+    assert!(String::from_utf8_lossy(&ack).contains("rate limit"));
+    assert_eq!(got.all().len(), 2);
 }

@@ -1092,6 +1092,19 @@ fn validate(cfg: &Config, known: &KnownNames, e: &mut Errs<'_>) {
         for (k, msg) in m.problems() {
             e.at(&format!("{p}.{k}"), msg);
         }
+        let certs = m
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_auth.mode != ClientAuthMode::None);
+        let names_certs = m.senders.iter().any(|s| {
+            !(s.subjects.is_empty()
+                && s.uri_sans.is_empty()
+                && s.dns_sans.is_empty()
+                && s.spki_sha256.is_empty())
+        });
+        if names_certs && !certs {
+            e.at(&format!("{p}.senders"), "senders are identified by client certificate, but this listener does not request one (tls.client_auth.mode)");
+        }
         if m.audit && cfg.audit.is_none() {
             e.at(
                 &format!("{p}.audit"),

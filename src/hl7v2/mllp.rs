@@ -75,6 +75,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &mut self.inner
     }
 
+    /// Nothing buffered and nothing waiting on the connection (checked without waiting):
+    /// a pooled upstream connection with a late or extra ACK pending, or already closed by
+    /// the peer, must not carry the next message.
+    pub async fn idle_clean(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        // `timeout` polls the read once before looking at the (already expired) deadline.
+        tokio::time::timeout(Duration::ZERO, self.inner.read(&mut b))
+            .await
+            .is_err()
+    }
+
     pub fn take_discarded(&mut self) -> u64 {
         std::mem::take(&mut self.discarded)
     }

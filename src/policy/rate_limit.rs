@@ -108,8 +108,21 @@ pub enum Per {
     Hour,
 }
 
+/// The GCRA quota of `rate` cells per `per` with `burst` (default `rate`), and its
+/// emission interval (one cell every `per / rate`).
+pub fn quota(rate: u32, per: Per, burst: Option<u32>) -> Result<(Quota, Duration), String> {
+    let nz = |n: u32| {
+        NonZeroU32::new(n).ok_or_else(|| "rate and burst must be greater than 0".to_owned())
+    };
+    let interval = per.duration() / nz(rate)?.get();
+    let q = Quota::with_period(interval)
+        .ok_or("rate too high")?
+        .allow_burst(nz(burst.unwrap_or(rate))?);
+    Ok((q, interval))
+}
+
 impl Per {
-    fn duration(self) -> Duration {
+    pub fn duration(self) -> Duration {
         Duration::from_secs(match self {
             Per::Second => 1,
             Per::Minute => 60,
@@ -510,12 +523,9 @@ pub fn build(
     let mut after = Vec::new();
     for l in &cfg.limits {
         let burst = l.burst.unwrap_or(l.rate);
-        let nz = |n: u32| NonZeroU32::new(n).ok_or_else(|| format!("limit `{}`: zero", l.name));
         let period = l.per.duration();
-        let interval = period / l.rate.max(1);
-        let quota = Quota::with_period(interval)
-            .ok_or_else(|| format!("limit `{}`: rate too high", l.name))?
-            .allow_burst(nz(burst)?);
+        let (quota, interval) =
+            quota(l.rate, l.per, l.burst).map_err(|e| format!("limit `{}`: {e}", l.name))?;
         let local = Arc::new(LocalLimiter::new(quota, cfg.max_keys));
         let labels = [route, l.name.as_str()];
         let tracked = housekeeper.register(
@@ -532,7 +542,8 @@ pub fn build(
         .map_err(|_| format!("limit `{}`: invalid name", l.name))?;
         let mut cost = BTreeMap::new();
         for (k, c) in &l.cost {
-            cost.insert(k.clone(), nz(*c)?);
+            let c = NonZeroU32::new(*c).ok_or_else(|| format!("limit `{}`: cost 0", l.name))?;
+            cost.insert(k.clone(), c);
         }
         let limit = Limit {
             name: Arc::from(l.name.as_str()),
