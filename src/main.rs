@@ -38,6 +38,11 @@ enum Cmd {
     Demo,
     /// Mint a signed JWT for demos and tests (never for production identities).
     Token(Box<TokenArgs>),
+    /// Serve the demo's fictitious FHIR server alone (a stand-in EHR for compose setups).
+    SampleUpstream {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: std::net::SocketAddr,
+    },
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
@@ -185,6 +190,22 @@ fn main() -> ExitCode {
                 other => eprintln!("audit verify: {other:?}"),
             }
             ExitCode::from(verdict.exit_code())
+        }
+        Cmd::SampleUpstream { bind } => {
+            init_logging(LogFormat::Json, "info");
+            let served = rt.block_on(async {
+                let addr = ward::demo::sample_upstream(bind).await?;
+                tracing::info!(%addr, "sample FHIR upstream (fictitious data) listening");
+                shutdown_signal().await;
+                Ok::<_, std::io::Error>(())
+            });
+            match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sample-upstream: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Cmd::Token(t) => match mint(&t) {
             Ok(tok) => {
