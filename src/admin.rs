@@ -21,7 +21,8 @@ use crate::Body;
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    pub upstreams: Vec<Arc<Upstream>>,
+    /// Swapped by a config reload.
+    pub upstreams: arc_swap::ArcSwap<Vec<Arc<Upstream>>>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -76,8 +77,8 @@ fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         ),
         "/readyz" => {
             let draining = *state.shutdown.borrow();
-            let ups: serde_json::Map<String, serde_json::Value> = state
-                .upstreams
+            let upstreams = state.upstreams.load();
+            let ups: serde_json::Map<String, serde_json::Value> = upstreams
                 .iter()
                 .map(|u| {
                     let h = match u.health() {
@@ -88,7 +89,7 @@ fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                     (u.name.to_string(), serde_json::Value::from(h))
                 })
                 .collect();
-            let ready = !draining && state.upstreams.iter().all(|u| u.health() == Health::Up);
+            let ready = !draining && upstreams.iter().all(|u| u.health() == Health::Up);
             let body = serde_json::json!({
                 "status": if ready { "ready" } else if draining { "draining" } else { "not_ready" },
                 "config": "loaded",

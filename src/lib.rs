@@ -23,6 +23,7 @@ pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod stack;
@@ -40,10 +41,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::context::RouteInfo;
 use crate::metrics::Metrics;
-use crate::proxy::Upstream;
-use crate::router::{Route, Router};
+use crate::router::Router;
 use crate::server::ListenerCtx;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -65,6 +64,68 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     reloaders: Arc<Vec<TlsReloader>>,
     _watcher: Option<notify::RecommendedWatcher>,
+    _config_watcher: Option<notify::RecommendedWatcher>,
+    live: Arc<Live>,
+}
+
+/// What a config reload swaps, and what it must leave alone.
+struct Live {
+    source: std::path::PathBuf,
+    /// `reload::restart_only` of the running config.
+    fixed: String,
+    ctxs: Vec<Arc<ListenerCtx>>,
+    admin: Arc<admin::AdminState>,
+    current: std::sync::Mutex<reload::Generation>,
+    audit: Option<audit::AuditLog>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Live {
+    /// Load the config file again and, if all of it is valid and builds, serve it.
+    fn reload(&self, metrics: &Arc<Metrics>) -> Result<(), Vec<String>> {
+        let result = self.try_reload(metrics);
+        let label = if result.is_ok() { "ok" } else { "error" };
+        metrics.config_reloads.with_label_values(&[label]).inc();
+        if result.is_ok() {
+            tracing::info!(config = %self.source.display(), "config reloaded");
+        }
+        result
+    }
+
+    fn try_reload(&self, metrics: &Arc<Metrics>) -> Result<(), Vec<String>> {
+        let cfg = config::load(&self.source)
+            .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        if reload::restart_only(&cfg) != self.fixed {
+            return Err(vec![
+                "listeners, mllp, admin, audit, log or shutdown_grace changed: these need a restart".into(),
+            ]);
+        }
+        // One reload at a time; the lock is held while the new generation is built so
+        // that two reloads cannot interleave their swaps.
+        let mut current = self
+            .current
+            .lock()
+            .map_err(|_| vec!["reload state poisoned".to_owned()])?;
+        let mut next = reload::build(
+            &cfg,
+            metrics,
+            self.audit.clone(),
+            &self.shutdown,
+            Some(&current.upstreams),
+        )
+        .map_err(|e| vec![e])?;
+        for ctx in &self.ctxs {
+            let router = next
+                .routers
+                .remove(ctx.name.as_ref())
+                .unwrap_or_else(|| Router::new(Vec::new()));
+            ctx.router.store(Arc::new(router));
+        }
+        self.admin.upstreams.store(Arc::new(next.upstreams.clone()));
+        let old = std::mem::replace(&mut *current, next);
+        old.retire();
+        Ok(())
+    }
 }
 
 /// Rebuilds one listener's TLS config from its files (certificates, client CAs, CRLs) and
@@ -175,6 +236,35 @@ fn reload_all(reloaders: &[TlsReloader], metrics: &Metrics) -> Vec<String> {
 /// Watch the folders of every TLS file; reload after a burst of changes settles (editors
 /// and Kubernetes replace files by rename or symlink swap, which shows up as several
 /// events).
+/// Watch the config file's folder and the policies folder; any change asks for a reload
+/// (debounced by the receiver).
+fn watch_config_files(
+    cfg: &Config,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    if cfg.source.as_os_str().is_empty() {
+        return None;
+    }
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if !ev.kind.is_access() {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch the config; reload with SIGHUP"))
+    .ok()?;
+    let mut dirs = vec![cfg.base_dir.clone(), cfg.policies_dir.clone()];
+    dirs.dedup();
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        if let Err(e) = watcher.watch(d, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %d.display(), error = %e, "cannot watch folder; reload with SIGHUP");
+        }
+    }
+    Some(watcher)
+}
+
 fn watch_tls_files(
     reloaders: &Arc<Vec<TlsReloader>>,
     metrics: Arc<Metrics>,
@@ -231,20 +321,17 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-        let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
-        for u in &cfg.upstreams {
-            let up = Upstream::new(u, &cfg, &metrics)
-                .map_err(|e| anyhow::anyhow!("upstream {}: {e}", u.name))?;
-            upstreams.insert(u.name.clone(), Arc::new(up));
-        }
-
-        let mut stack_shared = stack::StackShared::new(&cfg, metrics.clone(), shutdown_rx.clone());
-        if let Some(a) = &cfg.audit {
-            stack_shared.audit = Some(
+        let audit_log = match &cfg.audit {
+            Some(a) => Some(
                 audit::AuditLog::start(a, &|p| cfg.resolve(p), &metrics)
                     .map_err(|e| anyhow::anyhow!("audit: {e}"))?,
-            );
-        }
+            ),
+            None => None,
+        };
+        let mut generation = reload::build(&cfg, &metrics, audit_log.clone(), &shutdown_rx, None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // MLLP limiters live as long as their listeners (MLLP changes need a restart).
+        let mllp_housekeeper = ratelimit::Housekeeper::start(shutdown_rx.clone());
         let mut bound = Vec::new();
         let mut addrs = HashMap::new();
         let mut reloaders = Vec::new();
@@ -276,47 +363,10 @@ impl Gateway {
                     None
                 }
             };
-            let mut routes = Vec::new();
-            for r in cfg.routes.iter().filter(|r| r.listener == l.name) {
-                let up = upstreams
-                    .get(&r.upstream)
-                    .cloned()
-                    .ok_or_else(|| anyhow::anyhow!("route {}: unknown upstream", r.name))?;
-                let methods = r
-                    .methods
-                    .clone()
-                    .unwrap_or_else(|| {
-                        config::DEFAULT_METHODS
-                            .iter()
-                            .map(|s| s.to_string())
-                            .collect()
-                    })
-                    .iter()
-                    .filter_map(|m| m.parse().ok())
-                    .collect();
-                routes.push(Route {
-                    metrics: router::RouteMetrics {
-                        duration: metrics.request_duration.with_label_values(&[&r.name]),
-                        bytes: metrics.bytes.with_label_values(&[&r.name]),
-                        requests: Some(Arc::new(metrics::RequestCounters::new(
-                            metrics.requests.clone(),
-                            Arc::from(l.name.as_str()),
-                            Arc::from(r.name.as_str()),
-                        ))),
-                    },
-                    info: Arc::new(RouteInfo {
-                        name: Arc::from(r.name.as_str()),
-                        fhir: r.fhir,
-                        path_prefix: r.path_prefix.clone(),
-                        rewrite_prefix: r.rewrite_prefix.clone(),
-                        upstream: Arc::from(r.upstream.as_str()),
-                    }),
-                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
-                    methods,
-                    service: stack::build(r, &cfg, &l.limits, up, &mut stack_shared)
-                        .map_err(|e| anyhow::anyhow!("route {}: {e}", r.name))?,
-                });
-            }
+            let router = generation
+                .routers
+                .remove(&l.name)
+                .unwrap_or_else(|| Router::new(Vec::new()));
             let trusted = l
                 .trusted_proxies
                 .iter()
@@ -326,7 +376,7 @@ impl Gateway {
                 tcp,
                 Arc::new(ListenerCtx {
                     name: Arc::from(l.name.as_str()),
-                    router: Router::new(routes),
+                    router: arc_swap::ArcSwap::from_pointee(router),
                     limits: l.limits.clone(),
                     trusted,
                     metrics: metrics.clone(),
@@ -377,10 +427,8 @@ impl Gateway {
                 &|p| cfg.resolve(p),
                 tls,
                 &metrics,
-                stack_shared.audit.clone(),
-                stack_shared
-                    .housekeeper
-                    .get_or_insert_with(|| ratelimit::Housekeeper::start(shutdown_rx.clone())),
+                audit_log.clone(),
+                &mllp_housekeeper,
             )
             .map_err(|e| anyhow::anyhow!("mllp listener {}: {e}", m.name))?;
             ctx.tls_generation = generation;
@@ -395,22 +443,6 @@ impl Gateway {
         }
 
         let mut tasks = JoinSet::new();
-        let ups: Vec<Arc<Upstream>> = upstreams.values().cloned().collect();
-        for up in &ups {
-            let up = up.clone();
-            let metrics = metrics.clone();
-            let mut stop = shutdown_rx.clone();
-            // Probes run detached from the drain: they stop with the shutdown signal.
-            tokio::spawn(async move {
-                loop {
-                    up.probe(&metrics).await;
-                    tokio::select! {
-                        _ = tokio::time::sleep(up.cfg.health.interval.0) => {}
-                        _ = server::stopped(&mut stop) => break,
-                    }
-                }
-            });
-        }
         for (tcp, ctx) in mllp_bound {
             tasks.spawn(mllp::serve(
                 ctx,
@@ -419,6 +451,7 @@ impl Gateway {
                 cfg.shutdown_grace,
             ));
         }
+        let ctxs: Vec<Arc<ListenerCtx>> = bound.iter().map(|(_, c)| c.clone()).collect();
         for (tcp, ctx) in bound {
             tasks.spawn(server::serve_listener(
                 ctx,
@@ -429,25 +462,27 @@ impl Gateway {
         }
         let admin_state = Arc::new(admin::AdminState {
             metrics: metrics.clone(),
-            upstreams: ups,
+            upstreams: arc_swap::ArcSwap::from_pointee(generation.upstreams.clone()),
             shutdown: shutdown_rx.clone(),
         });
         // The admin listener keeps answering (readyz: draining) until the drain is done.
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-        tokio::spawn(admin::serve(admin_tcp, admin_state, admin_stop_rx));
+        tokio::spawn(admin::serve(admin_tcp, admin_state.clone(), admin_stop_rx));
         tasks.spawn(async move {
             // Keeps the admin stop sender alive for as long as the gateway runs.
             let _keep = admin_stop_tx;
             std::future::pending::<()>().await;
         });
         let reloaders = Arc::new(reloaders);
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let watcher = watch_tls_files(&reloaders, metrics.clone(), shutdown_rx.clone());
         metrics.config_loaded.with_label_values(&[VERSION]).set(1);
         for (name, addr) in &addrs {
             tracing::info!(listener = %name, %addr, "listening");
         }
         tracing::info!(%admin_addr, "admin listening");
-        Ok(Gateway {
+        let config_watcher = watch_config_files(&cfg, reload_tx.clone());
+        let gw = Gateway {
             listeners: addrs,
             admin: admin_addr,
             shutdown: shutdown_tx,
@@ -455,7 +490,39 @@ impl Gateway {
             metrics,
             reloaders,
             _watcher: watcher,
-        })
+            _config_watcher: config_watcher,
+            live: Arc::new(Live {
+                source: cfg.source.clone(),
+                fixed: reload::restart_only(&cfg),
+                ctxs,
+                admin: admin_state,
+                current: std::sync::Mutex::new(generation),
+                audit: audit_log,
+                shutdown: shutdown_rx.clone(),
+            }),
+        };
+        // File-change reloads run here, one at a time.
+        let live = gw.live.clone();
+        let metrics = gw.metrics.clone();
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let mut rx = reload_rx;
+            loop {
+                tokio::select! {
+                    got = rx.recv() => if got.is_none() { break },
+                    _ = server::stopped(&mut stop) => break,
+                }
+                // Debounce: editors and Kubernetes write in bursts.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                while rx.try_recv().is_ok() {}
+                if let Err(errs) = live.reload(&metrics) {
+                    for e in errs {
+                        tracing::error!(error = %e, "config reload refused; still serving the previous config");
+                    }
+                }
+            }
+        });
+        Ok(gw)
     }
 
     pub fn addr(&self, listener: &str) -> Option<SocketAddr> {
@@ -464,6 +531,12 @@ impl Gateway {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// Re-read the config file and its policies and, if everything is valid, serve them
+    /// (what SIGHUP and a change to the files do). On error nothing changes.
+    pub fn reload_config(&self) -> Result<(), Vec<String>> {
+        self.live.reload(&self.metrics)
     }
 
     /// Re-read every listener's certificates, client CAs and CRLs (what SIGHUP does).
@@ -506,7 +579,12 @@ pub async fn run(cfg: Config, signal: impl std::future::Future<Output = ()>) -> 
                 tokio::select! {
                     _ = &mut signal => break,
                     _ = hup.recv() => {
-                        tracing::info!("SIGHUP: reloading TLS material");
+                        tracing::info!("SIGHUP: reloading config, policies and TLS material");
+                        if let Err(errs) = gw.reload_config() {
+                            for e in errs {
+                                tracing::error!(error = %e, "config reload refused; still serving the previous config");
+                            }
+                        }
                         gw.reload_tls();
                     }
                 }

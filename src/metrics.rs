@@ -45,6 +45,7 @@ pub struct Metrics {
     pub audit_backlog: prometheus::IntGauge,
     pub audit_records: IntCounterVec,
     pub audit_write_errors: prometheus::IntCounter,
+    pub config_reloads: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -187,6 +188,7 @@ impl Metrics {
                 r.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("metric ward_audit_write_errors_total: {e}"));
                 c
             },
+            config_reloads: counter(&r, "ward_config_reloads_total", "Config and policy reloads (SIGHUP or file change) by result; on error the previous config keeps serving.", &["result"]),
             registry: r,
         }
     }

@@ -38,7 +38,8 @@ use crate::{Body, BoxError};
 
 pub struct ListenerCtx {
     pub name: Arc<str>,
-    pub router: Router,
+    /// Swapped by a config reload; each request routes on the one current at its start.
+    pub router: arc_swap::ArcSwap<Router>,
     pub limits: ListenerLimits,
     pub trusted: Vec<IpNet>,
     pub metrics: Arc<Metrics>,
@@ -378,7 +379,7 @@ async fn handle(
         bytes: 0,
         completed: false,
     };
-    let mut fhir = ctx.router.all_fhir();
+    let mut fhir = ctx.router.load().all_fhir();
     let result = match prepare(&ctx, &conn, req, &request_id, &mut record.route, &mut fhir) {
         Ok((svc, req)) => call_route(svc, req).await,
         Err(rej) => Err(rej),
@@ -482,7 +483,8 @@ fn prepare(
     let host = resolve_host(&req)?;
     let canonical = crate::path::normalize(req.uri().path())?.into_owned();
     let host_name = host.host().trim_end_matches('.').to_ascii_lowercase();
-    let route = match ctx.router.find(&host_name, &canonical, req.method()) {
+    let router = ctx.router.load();
+    let route = match router.find(&host_name, &canonical, req.method()) {
         Match::Found(r) => r,
         Match::MethodNotAllowed(f) => {
             *fhir = f;

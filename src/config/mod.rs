@@ -372,6 +372,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Where audit records go; routes opt in with an `audit` policy section.
     pub audit: Option<crate::audit::AuditConfig>,
+    /// The policies folder, resolved (watched for hot reload).
+    pub policies_dir: PathBuf,
     pub policies: BTreeMap<String, PolicyConfig>,
 }
 
@@ -577,6 +579,7 @@ pub fn load_str(
         shutdown_grace: shutdown_grace.0,
         log,
         audit,
+        policies_dir: pdir.clone(),
         policies,
     };
     validate(&cfg, &known, &mut e);

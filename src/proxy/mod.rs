@@ -201,6 +201,13 @@ impl Upstream {
         })
     }
 
+    /// Start from another upstream's last known health (the same upstream, rebuilt by a
+    /// config reload).
+    pub fn inherit_health(&self, old: &Upstream) {
+        self.health
+            .store(old.health.load(Ordering::Acquire), Ordering::Release);
+    }
+
     pub fn health(&self) -> Health {
         match self.health.load(Ordering::Acquire) {
             1 => Health::Up,

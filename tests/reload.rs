@@ -1,0 +1,186 @@
+//! Hot reload: continuous load on several routes while the config is reloaded 50 times
+//! fails no request; a changed policy applies to the next request; a request in flight
+//! finishes on the config it started with; a broken config (or one changing what needs a
+//! restart) changes nothing; editing a policy file is picked up without a signal.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::Full;
+
+fn config(up: std::net::SocketAddr) -> String {
+    basic_config(up, "", "")
+        .replace(
+            "    path_prefix: /fhir\n    upstream: ehr\n    fhir: true\n",
+            "    path_prefix: /fhir\n    upstream: ehr\n    fhir: true\n    policies: [toggle]\n",
+        )
+        .replace(
+            "    path_prefix: /api\n    upstream: ehr\n",
+            "    path_prefix: /api\n    upstream: ehr\n    policies: [toggle]\n",
+        )
+}
+
+const SMALL: &str = "limits:\n  max_body_bytes: 10\n";
+const LARGE: &str = "limits:\n  max_body_bytes: 100000\n";
+
+fn post(url: &str, n: usize) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .body(Full::new(Bytes::from(vec![b'x'; n])))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn fifty_reloads_under_load_fail_no_request() {
+    let env = Env::new();
+    env.write("policies/toggle.yaml", LARGE);
+    let (up, _state) = upstream().await;
+    let gw = Arc::new(env.start(&config(up)).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for t in 0..4 {
+        let c = client(&env.pki, t % 2 == 0);
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let u = url(&gw, if t < 2 { "/fhir/Patient" } else { "/api/x" });
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                // Bodies under both limits: every request must succeed under either config.
+                match tokio::time::timeout(Duration::from_secs(30), c.request(post(&u, 5))).await {
+                    Ok(Ok(r)) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for i in 0..50 {
+        env.write(
+            "policies/toggle.yaml",
+            if i % 2 == 0 { SMALL } else { LARGE },
+        );
+        gw.reload_config()
+            .unwrap_or_else(|e| panic!("reload {i}: {e:?}"));
+        // Let some requests through on each generation.
+        let before = ok.load(Ordering::Relaxed);
+        for _ in 0..1000 {
+            if ok.load(Ordering::Relaxed) >= before + 4 {
+                break;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request may fail during reloads"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) >= 100,
+        "load ran: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    // 50 explicit reloads, plus whatever the file watcher added for the same edits.
+    assert!(reloads(&gw, "ok").await >= 50.0);
+}
+
+#[tokio::test]
+async fn a_changed_policy_applies_to_the_next_request_and_a_broken_one_changes_nothing() {
+    let env = Env::new();
+    env.write("policies/toggle.yaml", LARGE);
+    let (up, state) = upstream().await;
+    let gw = env.start(&config(up)).await;
+    let c = client(&env.pki, false);
+    assert_eq!(send(&c, post(&url(&gw, "/api/x"), 50)).await.status, 200);
+
+    env.write("policies/toggle.yaml", SMALL);
+    gw.reload_config().unwrap();
+    let r = send(&c, post(&url(&gw, "/api/x"), 50)).await;
+    assert_eq!((r.status, r.code().as_str()), (413, "body_too_large"));
+
+    // A broken policy: refused with its file and line; the running config is untouched.
+    env.write("policies/toggle.yaml", "limits:\n  max_body_byte: 100000\n");
+    let errs = gw.reload_config().unwrap_err();
+    assert!(errs.iter().any(|e| e.contains("toggle.yaml:2")), "{errs:?}");
+    assert_eq!(send(&c, post(&url(&gw, "/api/x"), 50)).await.status, 413);
+    assert_eq!(send(&c, post(&url(&gw, "/api/x"), 5)).await.status, 200);
+    // A config that changes what only a restart can change: refused, nothing changes.
+    let cfg = env.path("ward.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    env.write("policies/toggle.yaml", LARGE);
+    std::fs::write(
+        &cfg,
+        text.replace("shutdown_grace: 30s", "shutdown_grace: 5s"),
+    )
+    .unwrap();
+    let errs = gw.reload_config().unwrap_err();
+    assert!(errs[0].contains("need a restart"), "{errs:?}");
+    assert_eq!(send(&c, post(&url(&gw, "/api/x"), 50)).await.status, 413);
+    std::fs::write(&cfg, text).unwrap();
+    assert!(reloads(&gw, "error").await >= 2.0);
+    assert!(state.count() >= 2);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_its_config() {
+    let env = Env::new();
+    env.write("policies/toggle.yaml", LARGE);
+    let (up, state) = upstream().await;
+    // The gated route takes the toggle policy too.
+    let cfg = config(up).replace(
+        "    path_prefix: /gate\n    upstream: ehr\n",
+        "    path_prefix: /gate\n    upstream: ehr\n    policies: [toggle]\n",
+    );
+    let gw = env.start(&cfg).await;
+    let c = client(&env.pki, true);
+    let held = {
+        let (c, u) = (c.clone(), url(&gw, "/gate/x"));
+        tokio::spawn(async move { send(&c, post(&u, 50)).await.status })
+    };
+    state.gate_entered.notified().await;
+    env.write("policies/toggle.yaml", SMALL);
+    gw.reload_config().unwrap();
+    // New requests see the new limit…
+    assert_eq!(send(&c, post(&url(&gw, "/api/x"), 50)).await.status, 413);
+    // …the one in flight completes under the old one.
+    state.gate.notify_one();
+    assert_eq!(held.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn editing_a_policy_file_reloads_without_a_signal() {
+    let env = Env::new();
+    env.write("policies/toggle.yaml", LARGE);
+    let (up, _) = upstream().await;
+    let gw = env.start(&config(up)).await;
+    let c = client(&env.pki, false);
+    assert_eq!(send(&c, post(&url(&gw, "/api/x"), 50)).await.status, 200);
+    env.write("policies/toggle.yaml", SMALL);
+    // The watcher debounces; wait (bounded) for the new limit to show.
+    let mut status = 0;
+    for _ in 0..300 {
+        status = send(&c, post(&url(&gw, "/api/x"), 50)).await.status;
+        if status == 413 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 413, "the file change was not picked up");
+}
+
+async fn reloads(gw: &ward::Gateway, result: &str) -> f64 {
+    let (_, m) = admin_get(gw, "/metrics").await;
+    let prefix = format!("ward_config_reloads_total{{result=\"{result}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or(0.0)
+}
