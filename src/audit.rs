@@ -85,6 +85,74 @@ pub struct AuditConfig {
     /// also recompute plain SHA-256 links.
     #[serde(default)]
     pub key_file: Option<String>,
+    /// Second sink: every written record, forwarded as RFC 5424 syslog over TLS.
+    #[serde(default)]
+    pub syslog: Option<SyslogConfig>,
+}
+
+fn default_forward_buffer() -> usize {
+    10_000
+}
+
+/// RFC 5424 messages over TLS (RFC 5425 octet-counted framing) to a SIEM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogConfig {
+    /// `host:port` (6514 is the registered port).
+    pub address: String,
+    /// CA bundle for the collector's certificate.
+    pub ca: String,
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
+    /// Name in the collector's certificate; default: the host of `address`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Records waiting to be forwarded. Beyond it the oldest are not forwarded (counted
+    /// in `ward_audit_forward_total{result="dropped"}`; the file still has them).
+    #[serde(default = "default_forward_buffer")]
+    pub buffer: usize,
+}
+
+fn start_syslog(
+    cfg: &SyslogConfig,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Forwarder, String> {
+    let client = match (&cfg.client_cert, &cfg.client_key) {
+        (Some(c), Some(k)) => Some((resolve(c), resolve(k))),
+        _ => None,
+    };
+    let cc = crate::tls::upstream_client_config(
+        &resolve(&cfg.ca),
+        client.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )
+    .map_err(|e| format!("syslog: {e}"))?;
+    let host = cfg.server_name.clone().unwrap_or_else(|| {
+        cfg.address
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
+            .unwrap_or_default()
+    });
+    let name = rustls_pki_types::ServerName::try_from(host)
+        .map_err(|_| "syslog: invalid server name".to_owned())?;
+    let (tx, rx) = mpsc::channel(cfg.buffer.max(1));
+    let backlog = metrics.audit_forward_backlog.clone();
+    tokio::spawn(syslog_sink(
+        cfg.clone(),
+        tokio_rustls::TlsConnector::from(Arc::new(cc)),
+        name,
+        rx,
+        backlog.clone(),
+        metrics.audit_forward.with_label_values(&["sent"]),
+        metrics.audit_forward.with_label_values(&["error"]),
+    ));
+    Ok(Forwarder {
+        tx,
+        backlog,
+        dropped: metrics.audit_forward.with_label_values(&["dropped"]),
+    })
 }
 
 /// The `audit` policy section: present = the route's requests are audited.
@@ -251,6 +319,10 @@ impl AuditLog {
             healthy,
             backlog: metrics.audit_backlog.clone(),
             errors: metrics.audit_write_errors.clone(),
+            forward: match &cfg.syslog {
+                Some(s) => Some(start_syslog(s, resolve, metrics)?),
+                None => None,
+            },
         };
         // A thread, not a task: file writes and fsync block.
         std::thread::Builder::new()
@@ -319,6 +391,113 @@ struct Writer {
     healthy: Arc<AtomicBool>,
     backlog: prometheus::IntGauge,
     errors: prometheus::IntCounter,
+    forward: Option<Forwarder>,
+}
+
+/// The second sink's queue, fed by the writer thread.
+struct Forwarder {
+    tx: mpsc::Sender<String>,
+    backlog: prometheus::IntGauge,
+    dropped: prometheus::IntCounter,
+}
+
+impl Forwarder {
+    fn offer(&self, line: String) {
+        match self.tx.try_send(line) {
+            Ok(()) => self.backlog.inc(),
+            Err(_) => self.dropped.inc(),
+        }
+    }
+}
+
+/// Send forwarded records to the syslog collector, reconnecting with backoff; a record
+/// is taken off the queue only once written to a connection.
+async fn syslog_sink(
+    cfg: SyslogConfig,
+    tls: tokio_rustls::TlsConnector,
+    name: rustls_pki_types::ServerName<'static>,
+    mut rx: mpsc::Receiver<String>,
+    backlog: prometheus::IntGauge,
+    sent: prometheus::IntCounter,
+    failed: prometheus::IntCounter,
+) {
+    use tokio::io::AsyncWriteExt;
+    let host = hostname();
+    let mut conn: Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> = None;
+    let mut pending: Option<String> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let line = match pending.take() {
+            Some(l) => l,
+            None => match rx.recv().await {
+                Some(l) => l,
+                None => return,
+            },
+        };
+        if conn.is_none() {
+            let attempt = async {
+                let tcp = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::net::TcpStream::connect(&cfg.address),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                tokio::time::timeout(Duration::from_secs(10), tls.connect(name.clone(), tcp))
+                    .await
+                    .ok()?
+                    .ok()
+            };
+            match attempt.await {
+                Some(c) => {
+                    conn = Some(c);
+                    backoff = Duration::from_millis(100);
+                }
+                None => {
+                    failed.inc();
+                    pending = Some(line);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            }
+        }
+        let msg = syslog_frame(&host, line.trim_end());
+        let written = match conn.as_mut() {
+            Some(c) => tokio::time::timeout(Duration::from_secs(10), async {
+                c.write_all(&msg).await?;
+                c.flush().await
+            })
+            .await
+            .is_ok_and(|r| r.is_ok()),
+            None => false,
+        };
+        if written {
+            sent.inc();
+            backlog.dec();
+        } else {
+            failed.inc();
+            conn = None;
+            pending = Some(line);
+        }
+    }
+}
+
+/// RFC 5424 message (facility authpriv, severity notice) with RFC 5425 octet counting.
+fn syslog_frame(host: &str, record: &str) -> Vec<u8> {
+    let msg = format!(
+        "<85>1 {} {host} ward - audit - {record}",
+        crate::policy::audit::rfc3339_now()
+    );
+    format!("{} {msg}", msg.len()).into_bytes()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "-".into())
 }
 
 impl Writer {
@@ -362,9 +541,14 @@ impl Writer {
             self.backlog.sub(batch.len() as i64);
             let mut ok = true;
             let mut buf = Vec::with_capacity(batch.len() * 512);
+            let mut lines = Vec::new();
             for job in &mut batch {
                 let fields = std::mem::take(&mut job.fields);
-                buf.extend_from_slice(self.chain.seal(fields).as_bytes());
+                let line = self.chain.seal(fields);
+                buf.extend_from_slice(line.as_bytes());
+                if self.forward.is_some() {
+                    lines.push(line);
+                }
             }
             if let Err(e) = self.file.write_all(&buf) {
                 ok = false;
@@ -389,6 +573,13 @@ impl Writer {
             if ok {
                 self.healthy.store(true, Ordering::Release);
                 self.maybe_rotate();
+                // Only what is on disk is forwarded, seq and hash included, so the
+                // collector can check the chain too.
+                if let Some(f) = &self.forward {
+                    for line in lines {
+                        f.offer(line);
+                    }
+                }
             }
         }
     }

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub audit_records: IntCounterVec,
     pub audit_write_errors: prometheus::IntCounter,
     pub config_reloads: IntCounterVec,
+    pub audit_forward_backlog: prometheus::IntGauge,
+    pub audit_forward: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -189,6 +191,13 @@ impl Metrics {
                 c
             },
             config_reloads: counter(&r, "ward_config_reloads_total", "Config and policy reloads (SIGHUP or file change) by result; on error the previous config keeps serving.", &["result"]),
+            audit_forward_backlog: {
+                let g = prometheus::IntGauge::new("ward_audit_forward_backlog", "Audit records written but not yet forwarded to the syslog collector.")
+                    .unwrap_or_else(|e| panic!("metric ward_audit_forward_backlog: {e}"));
+                r.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("metric ward_audit_forward_backlog: {e}"));
+                g
+            },
+            audit_forward: counter(&r, "ward_audit_forward_total", "Audit records forwarded to the syslog collector by result: sent, error (connect or write failed; retried), dropped (buffer full; the file keeps them).", &["result"]),
             registry: r,
         }
     }

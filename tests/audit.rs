@@ -268,3 +268,115 @@ async fn mllp_messages_are_audited_too() {
         "no PHI"
     );
 }
+
+/// A syslog-over-TLS collector (RFC 5425 octet counting) on `addr`; returns the messages.
+async fn collector(
+    pki: &ward::demo::Pki,
+    addr: std::net::SocketAddr,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::AsyncReadExt;
+    let chain: Vec<_> =
+        rustls_pki_types::CertificateDer::pem_slice_iter(pki.server_cert.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = tcp.accept().await else {
+                continue;
+            };
+            let (acceptor, g) = (acceptor.clone(), g.clone());
+            tokio::spawn(async move {
+                let Ok(mut t) = acceptor.accept(s).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = t.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    // Octet counting: "LEN SP MSG".
+                    while let Some(sp) = buf.iter().position(|&b| b == b' ') {
+                        let len: usize = std::str::from_utf8(&buf[..sp]).unwrap().parse().unwrap();
+                        if buf.len() < sp + 1 + len {
+                            break;
+                        }
+                        let msg = String::from_utf8(buf[sp + 1..sp + 1 + len].to_vec()).unwrap();
+                        buf.drain(..sp + 1 + len);
+                        g.lock().unwrap().push(msg);
+                    }
+                }
+            });
+        }
+    });
+    got
+}
+
+#[tokio::test]
+async fn records_are_forwarded_to_a_syslog_collector_over_tls_with_retry() {
+    let env = Env::new();
+    write_policies(&env);
+    let (up, _state) = upstream().await;
+    // The collector is down when the gateway starts: records wait and are retried.
+    let siem = dead_addr().await;
+    let cfg = audited_config(up, "audit/audit.jsonl").replace(
+        "  durability: fsync\n",
+        &format!(
+            "  durability: fsync\n  syslog:\n    address: 127.0.0.1:{}\n    ca: certs/ca.pem\n",
+            siem.port()
+        ),
+    );
+    let gw = env.start(&cfg).await;
+    let c = client(&env.pki, false);
+    for i in 0..3 {
+        assert_eq!(
+            send(&c, get(&url(&gw, &format!("/api/x{i}")))).await.status,
+            200
+        );
+    }
+    let got = collector(&env.pki, siem).await;
+    let mut msgs = Vec::new();
+    for _ in 0..600 {
+        msgs = got.lock().unwrap().clone();
+        if msgs.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    for (i, m) in msgs.iter().enumerate() {
+        // RFC 5424: <PRI>VERSION TIMESTAMP HOST APP PROCID MSGID SD MSG
+        assert!(m.starts_with("<85>1 "), "{m}");
+        let json = m.split_once(" ward - audit - ").unwrap().1;
+        let v: Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["seq"], (i + 1) as u64);
+        assert!(v["hash"].as_str().is_some_and(|h| h.len() == 64));
+    }
+    let (_, metrics) = admin_get(&gw, "/metrics").await;
+    assert!(
+        metrics.contains("ward_audit_forward_total{result=\"sent\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ward_audit_forward_backlog 0"),
+        "{metrics}"
+    );
+}
