@@ -142,6 +142,39 @@ struct TlsReloader {
     mllp: bool,
 }
 
+/// A listener's TLS: the swappable server config, and its reloader (pushed to
+/// `reloaders`). `None` for a plaintext listener (warned about).
+fn bind_tls(
+    name: &str,
+    tls: Option<&config::TlsConfig>,
+    cfg: &Config,
+    mllp: bool,
+    generation: &Arc<std::sync::atomic::AtomicU64>,
+    metrics: &Metrics,
+    reloaders: &mut Vec<TlsReloader>,
+) -> anyhow::Result<Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>> {
+    let Some(t) = tls else {
+        tracing::warn!(listener = %name, mllp, "plaintext listener: traffic is NOT encrypted");
+        return Ok(None);
+    };
+    let sc = listener_tls(t, &|p| cfg.resolve(p), mllp)
+        .map_err(|e| anyhow::anyhow!("listener {name}: {e}"))?;
+    let swap = Arc::new(arc_swap::ArcSwap::from_pointee(sc));
+    let r = TlsReloader {
+        listener: name.to_owned(),
+        tls: t.clone(),
+        base: cfg.base_dir.clone(),
+        swap: swap.clone(),
+        // Connections verified under an older generation are retired (HTTP: 421; MLLP:
+        // no further message).
+        generation: generation.clone(),
+        mllp,
+    };
+    r.record_expiry(metrics);
+    reloaders.push(r);
+    Ok(Some(swap))
+}
+
 /// A listener's TLS config; MLLP listeners offer no ALPN.
 fn listener_tls(
     t: &config::TlsConfig,
@@ -341,28 +374,15 @@ impl Gateway {
                 .with_context(|| format!("listener {}: cannot bind {}", l.name, l.bind))?;
             addrs.insert(l.name.clone(), tcp.local_addr()?);
             let tls_generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let tls = match &l.tls {
-                Some(t) => {
-                    let sc = listener_tls(t, &|p| cfg.resolve(p), false)
-                        .map_err(|e| anyhow::anyhow!("listener {}: {e}", l.name))?;
-                    let swap = Arc::new(arc_swap::ArcSwap::from_pointee(sc));
-                    let r = TlsReloader {
-                        listener: l.name.clone(),
-                        tls: t.clone(),
-                        base: cfg.base_dir.clone(),
-                        swap: swap.clone(),
-                        generation: tls_generation.clone(),
-                        mllp: false,
-                    };
-                    r.record_expiry(&metrics);
-                    reloaders.push(r);
-                    Some(swap)
-                }
-                None => {
-                    tracing::warn!(listener = %l.name, bind = %l.bind, "plaintext listener: traffic is NOT encrypted");
-                    None
-                }
-            };
+            let tls = bind_tls(
+                &l.name,
+                l.tls.as_ref(),
+                &cfg,
+                false,
+                &tls_generation,
+                &metrics,
+                &mut reloaders,
+            )?;
             let router = generation
                 .routers
                 .remove(&l.name)
@@ -398,30 +418,15 @@ impl Gateway {
                 .with_context(|| format!("mllp listener {}: cannot bind {}", m.name, m.bind))?;
             addrs.insert(m.name.clone(), tcp.local_addr()?);
             let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let tls = match &m.tls {
-                Some(t) => {
-                    let sc = listener_tls(t, &|p| cfg.resolve(p), true)
-                        .map_err(|e| anyhow::anyhow!("mllp listener {}: {e}", m.name))?;
-                    let swap = Arc::new(arc_swap::ArcSwap::from_pointee(sc));
-                    let r = TlsReloader {
-                        listener: m.name.clone(),
-                        tls: t.clone(),
-                        base: cfg.base_dir.clone(),
-                        swap: swap.clone(),
-                        // MLLP connections verified before a reload carry no further
-                        // message (see `mllp::handle`).
-                        generation: generation.clone(),
-                        mllp: true,
-                    };
-                    r.record_expiry(&metrics);
-                    reloaders.push(r);
-                    Some(swap)
-                }
-                None => {
-                    tracing::warn!(listener = %m.name, bind = %m.bind, "plaintext MLLP listener: HL7 is NOT encrypted");
-                    None
-                }
-            };
+            let tls = bind_tls(
+                &m.name,
+                m.tls.as_ref(),
+                &cfg,
+                true,
+                &generation,
+                &metrics,
+                &mut reloaders,
+            )?;
             let mut ctx = mllp::MllpCtx::new(
                 m,
                 &|p| cfg.resolve(p),

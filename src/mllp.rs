@@ -620,6 +620,27 @@ async fn handle<S>(
 /// Framing errors tolerated on one connection before it is closed.
 const MAX_FRAMING_ERRORS: u32 = 10;
 
+/// The gateway's own ACK for `header`: `code` (never AA), one ERR at MSH-`field`
+/// (0 = the segment) with a table 0357 `err` code and a fixed text.
+fn gateway_ack(
+    header: &HeaderInfo,
+    code: AckCode,
+    field: usize,
+    component: Option<usize>,
+    err: u16,
+    text: &'static str,
+) -> Vec<u8> {
+    let loc = ErrorLoc {
+        segment: "MSH".into(),
+        sequence: 1,
+        field,
+        component,
+        code: err,
+        message: text,
+    };
+    hl7v2::build_ack(header, code, &[loc], &now(), &ack_id())
+}
+
 /// MSH-7 of gateway ACKs.
 fn now() -> String {
     crate::policy::validate::hl7_now()
@@ -637,16 +658,15 @@ impl MllpCtx {
             .messages
             .with_label_values(&[&*self.name, "other", Outcome::Framing.label()])
             .inc();
-        let err = ErrorLoc {
-            segment: "MSH".into(),
-            sequence: 1,
-            field: 0,
-            component: None,
-            code: hl7v2::validate::SEGMENT_SEQUENCE_ERROR,
-            message: text,
-        };
         let header = hl7v2::header(partial).unwrap_or_default();
-        let ack = hl7v2::build_ack(&header, AckCode::Reject, &[err], &now(), &ack_id());
+        let ack = gateway_ack(
+            &header,
+            AckCode::Reject,
+            0,
+            None,
+            hl7v2::validate::SEGMENT_SEQUENCE_ERROR,
+            text,
+        );
         self.m.acks.with_label_values(&[&*self.name, "AR"]).inc();
         ack
     }
@@ -663,20 +683,13 @@ impl MllpCtx {
         let (outcome, ack, header) = match &self.audit {
             Some(a) if !a.accepting() => {
                 let header = hl7v2::header(msg);
-                let err = ErrorLoc {
-                    segment: "MSH".into(),
-                    sequence: 1,
-                    field: 0,
-                    component: None,
-                    code: hl7v2::validate::APPLICATION_INTERNAL_ERROR,
-                    message: "audit trail unavailable; retry later",
-                };
-                let ack = hl7v2::build_ack(
+                let ack = gateway_ack(
                     &header.clone().unwrap_or_default(),
                     AckCode::Error,
-                    &[err],
-                    &now(),
-                    &ack_id(),
+                    0,
+                    None,
+                    hl7v2::validate::APPLICATION_INTERNAL_ERROR,
+                    "audit trail unavailable; retry later",
                 );
                 (Outcome::UpstreamFailed, ack, header)
             }
@@ -743,20 +756,13 @@ impl MllpCtx {
         if let Some(l) = &self.limiter {
             if l.limiter.check(sender_key, NonZeroU32::MIN).is_err() {
                 let header = hl7v2::header(msg);
-                let err = ErrorLoc {
-                    segment: "MSH".into(),
-                    sequence: 1,
-                    field: 0,
-                    component: None,
-                    code: hl7v2::validate::APPLICATION_INTERNAL_ERROR,
-                    message: "message rate limit exceeded; retry later",
-                };
-                let ack = hl7v2::build_ack(
+                let ack = gateway_ack(
                     &header.clone().unwrap_or_default(),
                     AckCode::Error,
-                    &[err],
-                    &now(),
-                    &ack_id(),
+                    0,
+                    None,
+                    hl7v2::validate::APPLICATION_INTERNAL_ERROR,
+                    "message rate limit exceeded; retry later",
                 );
                 return (Outcome::RateLimited, ack, header);
             }
@@ -795,15 +801,14 @@ impl MllpCtx {
                         "sending application (MSH-3) not permitted for this client",
                     )
                 };
-                let err = ErrorLoc {
-                    segment: "MSH".into(),
-                    sequence: 1,
+                let ack = gateway_ack(
+                    &header,
+                    AckCode::Reject,
                     field,
-                    component: Some(1),
-                    code: hl7v2::validate::APPLICATION_INTERNAL_ERROR,
-                    message: text,
-                };
-                let ack = hl7v2::build_ack(&header, AckCode::Reject, &[err], &now(), &ack_id());
+                    Some(1),
+                    hl7v2::validate::APPLICATION_INTERNAL_ERROR,
+                    text,
+                );
                 return (Outcome::SenderDenied, ack, Some(header));
             }
         }
@@ -819,19 +824,18 @@ impl MllpCtx {
             Ok(upstream_ack) => (Outcome::Delivered, upstream_ack, Some(header)),
             Err(why) => {
                 tracing::warn!(target: "ward::mllp", listener = %self.name, reason = why, "message not delivered upstream");
-                let err = ErrorLoc {
-                    segment: "MSH".into(),
-                    sequence: 1,
-                    field: 0,
-                    component: None,
-                    code: hl7v2::validate::APPLICATION_INTERNAL_ERROR,
-                    message: "message not delivered to the receiving system",
-                };
                 let code = match self.cfg.on_upstream_failure {
                     FailureAck::AE => AckCode::Error,
                     FailureAck::AR => AckCode::Reject,
                 };
-                let ack = hl7v2::build_ack(&header, code, &[err], &now(), &ack_id());
+                let ack = gateway_ack(
+                    &header,
+                    code,
+                    0,
+                    None,
+                    hl7v2::validate::APPLICATION_INTERNAL_ERROR,
+                    "message not delivered to the receiving system",
+                );
                 (Outcome::UpstreamFailed, ack, Some(header))
             }
         }

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -135,40 +133,9 @@ async fn sigkill_under_load_loses_no_record_of_an_answered_request() {
     write_policies(&env);
     let (up, _state) = upstream().await;
     let cfg = env.write("ward.yaml", &audited_config(up, "audit/audit.jsonl"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let port = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("ward logged its listener");
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if v["message"] == "listening" && v["listener"] == "public" {
-            break v["addr"]
-                .as_str()
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .parse::<u16>()
-                .unwrap();
-        }
-    };
+    let WardProcess {
+        mut child, port, ..
+    } = spawn_ward(&cfg);
     // Load from several concurrent clients; the kill lands while requests are in flight.
     let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut tasks = Vec::new();

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -15,42 +13,13 @@ async fn run_logs_access_lines_and_exits_cleanly_on_sigterm() {
     let env = Env::new();
     let (up, state) = upstream().await;
     let cfg = env.write("ward.yaml", &basic_config(up, "", ""));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    // The bound address comes from the "listening" log line.
-    let mut lines = Vec::new();
-    let port = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("ward logged its listener");
-        lines.push(line.clone());
-        let v: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
-        if v["message"] == "listening" && v["listener"] == "public" {
-            break v["addr"]
-                .as_str()
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .parse::<u16>()
-                .unwrap();
-        }
-    };
+    let WardProcess {
+        mut child,
+        port,
+        lines: rx,
+        seen,
+    } = spawn_ward(&cfg);
+    let mut lines = seen;
     let c = client(&env.pki, false);
     let r = send(
         &c,

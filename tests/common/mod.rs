@@ -560,3 +560,61 @@ pub fn get_req(path: &str) -> String {
 pub fn client_with_cert(pki: &Pki, cert: &ClientCert, h2: bool) -> TestClient {
     hyper_client(client_tls_with_cert(pki, cert, &[]), h2)
 }
+
+/// The `ward` binary running `run --config cfg`, its stderr (JSON log lines) on a channel,
+/// and the public listener's port read from its "listening" line.
+pub struct WardProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    /// Lines read before the port was known.
+    pub seen: Vec<String>,
+}
+
+pub fn spawn_ward(cfg: &std::path::Path) -> WardProcess {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let port = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("ward logged its listener");
+        seen.push(line.clone());
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
+        if v["message"] == "listening" && v["listener"] == "public" {
+            break v["addr"]
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse::<u16>()
+                .unwrap();
+        }
+    };
+    WardProcess {
+        child,
+        port,
+        lines: rx,
+        seen,
+    }
+}
