@@ -279,9 +279,22 @@ fn watch_config_files(
     if cfg.source.as_os_str().is_empty() {
         return None;
     }
+    let source = cfg.source.clone();
+    let policies = cfg.policies_dir.clone();
+    // Only changes to the config file, to policy files, or Kubernetes' atomic ConfigMap
+    // swap (`..data` and friends) count: other files in those folders — an audit file
+    // kept beside the config, say — must not set off reloads.
+    let relevant = move |p: &std::path::Path| {
+        p.file_name() == source.file_name()
+            || p.parent() == Some(policies.as_path())
+            || p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".."))
+    };
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
-            if !ev.kind.is_access() {
+            if !ev.kind.is_access() && (ev.paths.is_empty() || ev.paths.iter().any(|p| relevant(p)))
+            {
                 let _ = tx.send(());
             }
         }
