@@ -26,7 +26,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -109,7 +109,7 @@ pub struct SyslogConfig {
     /// Name in the collector's certificate; default: the host of `address`.
     #[serde(default)]
     pub server_name: Option<String>,
-    /// Records waiting to be forwarded. Beyond it the oldest are not forwarded (counted
+    /// Records waiting to be forwarded. Beyond it new records are not forwarded (counted
     /// in `ward_audit_forward_total{result="dropped"}`; the file still has them).
     #[serde(default = "default_forward_buffer")]
     pub buffer: usize,
@@ -155,6 +155,27 @@ fn start_syslog(
     })
 }
 
+impl AuditConfig {
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        for (k, zero) in [
+            ("queue", self.queue == 0),
+            ("max_bytes", self.max_bytes == 0),
+            ("sync_interval", self.sync_interval.0.is_zero()),
+            ("max_age", self.max_age.is_some_and(|a| a.0.is_zero())),
+            (
+                "syslog.buffer",
+                self.syslog.as_ref().is_some_and(|s| s.buffer == 0),
+            ),
+        ] {
+            if zero {
+                out.push((k, "must be greater than 0".to_owned()));
+            }
+        }
+        out
+    }
+}
+
 /// The `audit` policy section: present = the route's requests are audited.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +185,8 @@ pub struct AuditPolicyConfig {}
 struct Job {
     fields: Map<String, Value>,
     done: Option<oneshot::Sender<bool>>,
+    /// No record: answered once everything queued before it is on disk (shutdown).
+    flush: bool,
 }
 
 #[derive(Clone)]
@@ -189,6 +212,9 @@ pub fn unavailable() -> Rejection {
         http::HeaderValue::from_static("1"),
     )
 }
+
+/// How often a failed trail is probed for recovery.
+const RECOVERY_PROBE: Duration = Duration::from_secs(1);
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -249,15 +275,58 @@ fn load_key(path: &Path) -> Result<aws_lc_rs::hmac::Key, String> {
 /// Resume the chain from the current file: drop a torn last line (a record that was never
 /// acknowledged), and read the last record's seq and hash.
 fn resume(path: &Path) -> Result<(u64, String), String> {
-    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+    if let Some(last) = last_record(path, true)? {
+        return Ok(last);
+    }
+    // An empty or missing current file right after a rotation: the chain continues from
+    // the newest rotated file (names sort by the last seq they hold).
+    let newest = rotated_files(path).into_iter().next_back();
+    match newest {
+        Some(p) => Ok(last_record(&p, false)?.unwrap_or((0, GENESIS.into()))),
+        None => Ok((0, GENESIS.into())),
+    }
+}
+
+/// Rotated files of `path` (`<path>.<last seq, 20 digits>`), oldest first.
+pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let prefix = format!("{name}.");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })
+    .map(|rd| {
+        rd.filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix(&prefix))
+                    .is_some_and(|rest| {
+                        rest.len() == 20 && rest.bytes().all(|b| b.is_ascii_digit())
+                    })
+            })
+            .collect()
+    })
+    .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The last record's (seq, hash) of a file; `truncate` drops a torn last line (a record
+/// that was never acknowledged) from the current file.
+fn last_record(path: &Path, truncate: bool) -> Result<Option<(u64, String)>, String> {
+    let mut f = match OpenOptions::new().read(true).write(truncate).open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, GENESIS.into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("audit file {}: {e}", path.display())),
     };
     let mut data = Vec::new();
     f.read_to_end(&mut data).map_err(|e| e.to_string())?;
     let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if keep < data.len() {
+    if truncate && keep < data.len() {
         f.set_len(keep as u64).map_err(|e| e.to_string())?;
         tracing::warn!(file = %path.display(), bytes = data.len() - keep, "audit: dropped an incomplete last record");
     }
@@ -265,7 +334,7 @@ fn resume(path: &Path) -> Result<(u64, String), String> {
         .get(..keep)
         .and_then(|d| d.split(|&b| b == b'\n').rfind(|l| !l.is_empty()))
     else {
-        return Ok((0, GENESIS.into()));
+        return Ok(None);
     };
     let v: Value = serde_json::from_slice(last)
         .map_err(|_| format!("audit file {}: last record is not JSON", path.display()))?;
@@ -274,7 +343,7 @@ fn resume(path: &Path) -> Result<(u64, String), String> {
         .as_str()
         .ok_or("audit: last record has no hash")?
         .to_owned();
-    Ok((seq, hash))
+    Ok(Some((seq, hash)))
 }
 
 impl AuditLog {
@@ -339,6 +408,38 @@ impl AuditLog {
             && (self.when_full == WhenFull::Block || self.tx.capacity() > 0)
     }
 
+    /// Record without waiting (a request that was cancelled: there is no one to answer).
+    /// Refused only when the queue is full or the trail down, and then loudly.
+    pub fn record_detached(&self, fields: Map<String, Value>) {
+        let job = Job {
+            fields,
+            done: None,
+            flush: false,
+        };
+        if self.healthy.load(Ordering::Acquire) && self.tx.try_send(job).is_ok() {
+            self.backlog.inc();
+            self.records.with_label_values(&["queued"]).inc();
+        } else {
+            self.records.with_label_values(&["failed"]).inc();
+            tracing::error!("audit: the record of a cancelled request could not be queued");
+        }
+    }
+
+    /// Wait until every record queued so far is on disk (at shutdown; `interval`
+    /// durability would otherwise leave the last records unsynced).
+    pub async fn flush(&self) {
+        let (t, r) = oneshot::channel();
+        let job = Job {
+            fields: Map::new(),
+            done: Some(t),
+            flush: true,
+        };
+        if self.tx.send(job).await.is_ok() {
+            self.backlog.inc();
+            let _ = r.await;
+        }
+    }
+
     /// Record one event. With `fsync` durability this returns once the record is on disk.
     pub async fn record(&self, fields: Map<String, Value>) -> Result<(), Rejection> {
         if !self.healthy.load(Ordering::Acquire) {
@@ -352,7 +453,11 @@ impl AuditLog {
             }
             Durability::Interval => (None, None),
         };
-        let job = Job { fields, done };
+        let job = Job {
+            fields,
+            done,
+            flush: false,
+        };
         let sent = match self.when_full {
             WhenFull::Block => self.tx.send(job).await.is_ok(),
             WhenFull::Fail => self.tx.try_send(job).is_ok(),
@@ -449,10 +554,7 @@ async fn syslog_sink(
                     .ok()
             };
             match attempt.await {
-                Some(c) => {
-                    conn = Some(c);
-                    backoff = Duration::from_millis(100);
-                }
+                Some(c) => conn = Some(c),
                 None => {
                     failed.inc();
                     pending = Some(line);
@@ -460,6 +562,20 @@ async fn syslog_sink(
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
                 }
+            }
+        }
+        // A collector never writes back: anything readable (EOF, close_notify, a reset)
+        // means the connection is gone, and a write would vanish into its buffer.
+        if let Some(c) = conn.as_mut() {
+            use tokio::io::AsyncReadExt;
+            let mut probe = [0u8; 1];
+            if tokio::time::timeout(Duration::ZERO, c.read(&mut probe))
+                .await
+                .is_ok()
+            {
+                conn = None;
+                pending = Some(line);
+                continue;
             }
         }
         let msg = syslog_frame(&host, line.trim_end());
@@ -475,10 +591,14 @@ async fn syslog_sink(
         if written {
             sent.inc();
             backlog.dec();
+            backoff = Duration::from_millis(100);
         } else {
+            // A collector that accepts and then resets must not be hammered either.
             failed.inc();
             conn = None;
             pending = Some(line);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 }
@@ -507,7 +627,18 @@ impl Writer {
         let mut dirty = false;
         loop {
             // Group commit: everything queued now is written, then synced once.
+            let unhealthy = !self.healthy.load(Ordering::Acquire);
             let first = match self.cfg.durability {
+                // While the trail is refusing records no job arrives to prove it works
+                // again: probe the file every second instead.
+                Durability::Fsync if unhealthy => match recv_timeout(&mut rx, RECOVERY_PROBE) {
+                    Recv::Job(j) => j,
+                    Recv::Timeout => {
+                        self.try_recover();
+                        continue;
+                    }
+                    Recv::Closed => return,
+                },
                 Durability::Fsync => match rx.blocking_recv() {
                     Some(j) => j,
                     None => return,
@@ -520,6 +651,9 @@ impl Writer {
                             if dirty {
                                 self.sync();
                                 dirty = false;
+                            }
+                            if unhealthy {
+                                self.try_recover();
                             }
                             last_sync = std::time::Instant::now();
                             continue;
@@ -540,9 +674,13 @@ impl Writer {
             }
             self.backlog.sub(batch.len() as i64);
             let mut ok = true;
+            // A failed write is rolled back (file length and chain), so a torn batch never
+            // stays in the middle of the file.
+            let saved = (self.size, self.chain.seq, self.chain.prev.clone());
             let mut buf = Vec::with_capacity(batch.len() * 512);
             let mut lines = Vec::new();
-            for job in &mut batch {
+            let flushing = batch.iter().any(|j| j.flush);
+            for job in batch.iter_mut().filter(|j| !j.flush) {
                 let fields = std::mem::take(&mut job.fields);
                 let line = self.chain.seal(fields);
                 buf.extend_from_slice(line.as_bytes());
@@ -553,15 +691,18 @@ impl Writer {
             if let Err(e) = self.file.write_all(&buf) {
                 ok = false;
                 self.fail(&e.to_string());
+                let _ = self.file.set_len(saved.0);
+                self.chain.seq = saved.1;
+                self.chain.prev = saved.2;
             } else {
                 self.size += buf.len() as u64;
                 dirty = true;
             }
-            if ok && self.cfg.durability == Durability::Fsync {
+            if ok && (self.cfg.durability == Durability::Fsync || flushing) {
                 ok = self.sync();
                 dirty = false;
             } else if ok && last_sync.elapsed() >= self.cfg.sync_interval.0 {
-                self.sync();
+                ok = self.sync();
                 dirty = false;
                 last_sync = std::time::Instant::now();
             }
@@ -581,6 +722,21 @@ impl Writer {
                     }
                 }
             }
+        }
+    }
+
+    /// Reopen the file and sync it; if that works, take records again.
+    fn try_recover(&mut self) {
+        let reopened = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|f| f.sync_data().map(|()| f));
+        if let Ok(f) = reopened {
+            self.size = f.metadata().map(|m| m.len()).unwrap_or(self.size);
+            self.file = f;
+            self.healthy.store(true, Ordering::Release);
+            tracing::info!(file = %self.path.display(), "audit trail writable again");
         }
     }
 
@@ -610,11 +766,8 @@ impl Writer {
         if !(too_big || too_old) {
             return;
         }
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let rotated = PathBuf::from(format!("{}.{stamp:013}", self.path.display()));
+        // Named by the last seq it holds: unique, and sorted in chain order.
+        let rotated = PathBuf::from(format!("{}.{:020}", self.path.display(), self.chain.seq));
         let result = self
             .file
             .sync_all()
@@ -663,8 +816,12 @@ fn recv_timeout(rx: &mut mpsc::Receiver<Job>, wait: Duration) -> Recv {
 /// What `verify` found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
+    /// Intact from seq `first` to `last` (a trail whose oldest files were archived away
+    /// starts above 1: compare `first` with what you expect).
     Ok {
         records: u64,
+        first: u64,
+        last: u64,
     },
     /// A record's hash does not match its content or the previous record: edited.
     Modified {
@@ -714,9 +871,13 @@ impl Verdict {
 /// The records of the given files, in file order: (file, line number, line without
 /// its newline). A torn final line (a write cut by a crash, never acknowledged) is left
 /// out.
-fn read_lines(files: &[PathBuf]) -> Result<Vec<(String, usize, Vec<u8>)>, Verdict> {
-    let mut out = Vec::new();
+/// A record line: (file, line number, bytes without the newline).
+type Line = (String, usize, Vec<u8>);
+
+fn read_lines(files: &[PathBuf]) -> Result<Vec<Line>, Verdict> {
+    let mut groups: Vec<(u64, Vec<Line>)> = Vec::new();
     for path in files {
+        let mut out = Vec::new();
         let name = path.display().to_string();
         let f = File::open(path).map_err(|e| Verdict::Unreadable {
             file: name.clone(),
@@ -742,8 +903,16 @@ fn read_lines(files: &[PathBuf]) -> Result<Vec<(String, usize, Vec<u8>)>, Verdic
             }
             out.push((name.clone(), n, line));
         }
+        // Files are taken in chain order whatever order they were given in (a shell glob
+        // lists the current file before its rotations).
+        let first = out
+            .first()
+            .and_then(|(_, _, l)| serde_json::from_slice::<Value>(l).ok()?["seq"].as_u64())
+            .unwrap_or(u64::MAX);
+        groups.push((first, out));
     }
-    Ok(out)
+    groups.sort_by_key(|(first, _)| *first);
+    Ok(groups.into_iter().flat_map(|(_, g)| g).collect())
 }
 
 /// Check files (oldest first: rotated files, then the current one) as one chain.
@@ -808,8 +977,14 @@ pub fn verify(files: &[PathBuf], key: Option<&Path>) -> Verdict {
                 }
             };
         }
+        // The line must end right after the hash: members appended after it would not be
+        // covered by it (and a JSON reader would take the last duplicate).
+        let tail = format!(",\"hash\":\"{hash}\"}}");
+        let well_formed = hash.len() == 64
+            && hash.bytes().all(|b| b.is_ascii_hexdigit())
+            && text.get(cut..) == Some(tail.as_bytes());
         let body = text.get(..cut).unwrap_or_default();
-        if prev != chain.prev || chain.digest(body) != hash {
+        if !well_formed || prev != chain.prev || chain.digest(body) != hash {
             return Verdict::Modified {
                 file,
                 line,
@@ -819,8 +994,11 @@ pub fn verify(files: &[PathBuf], key: Option<&Path>) -> Verdict {
         chain.seq = seq;
         chain.prev = hash.to_owned();
     }
+    let records = lines.len() as u64;
     Verdict::Ok {
-        records: lines.len() as u64,
+        records,
+        first: (chain.seq + 1).saturating_sub(records),
+        last: chain.seq,
     }
 }
 
@@ -861,10 +1039,10 @@ mod tests {
     #[test]
     fn intact_chain_verifies_and_every_kind_of_tampering_is_named() {
         let (_d, p) = write_chain(5, None);
-        assert_eq!(
+        assert!(matches!(
             verify(std::slice::from_ref(&p), None),
-            Verdict::Ok { records: 5 }
-        );
+            Verdict::Ok { records: 5, .. }
+        ));
         let orig = lines(&p);
         // Edited value.
         let mut l = orig.clone();
@@ -895,6 +1073,14 @@ mod tests {
             verify(std::slice::from_ref(&p), None),
             Verdict::Reordered { line: 2, .. }
         ));
+        // A member appended after the hash is not covered by it.
+        let mut l = orig.clone();
+        l[3] = l[3].trim_end_matches('}').to_owned() + ",\"decision\":\"deny\"}";
+        put(&p, &l);
+        assert!(matches!(
+            verify(std::slice::from_ref(&p), None),
+            Verdict::Modified { line: 4, .. }
+        ));
         // Garbage.
         let mut l = orig.clone();
         l[4] = "not json".into();
@@ -904,16 +1090,16 @@ mod tests {
         put(&p, &orig);
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(b"{\"seq\":6,\"prev").unwrap();
-        assert_eq!(
+        assert!(matches!(
             verify(std::slice::from_ref(&p), None),
-            Verdict::Ok { records: 5 }
-        );
+            Verdict::Ok { records: 5, .. }
+        ));
         // resume() drops it and continues the chain.
         assert_eq!(resume(&p).unwrap().0, 5);
-        assert_eq!(
+        assert!(matches!(
             verify(std::slice::from_ref(&p), None),
-            Verdict::Ok { records: 5 }
-        );
+            Verdict::Ok { records: 5, .. }
+        ));
     }
 
     #[test]
@@ -922,10 +1108,10 @@ mod tests {
         let kp = dir.path().join("k");
         std::fs::write(&kp, "0123456789abcdef0123456789abcdef-secret").unwrap();
         let (_d, p) = write_chain(3, Some(load_key(&kp).unwrap()));
-        assert_eq!(
+        assert!(matches!(
             verify(std::slice::from_ref(&p), Some(&kp)),
-            Verdict::Ok { records: 3 }
-        );
+            Verdict::Ok { records: 3, .. }
+        ));
         assert!(matches!(
             verify(std::slice::from_ref(&p), None),
             Verdict::Modified { .. }

@@ -76,14 +76,19 @@ struct Live {
     ctxs: Vec<Arc<ListenerCtx>>,
     admin: Arc<admin::AdminState>,
     current: std::sync::Mutex<reload::Generation>,
+    /// The running config, for telling a file rewritten unchanged from a real change.
+    running: std::sync::Mutex<String>,
     audit: Option<audit::AuditLog>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Live {
     /// Load the config file again and, if all of it is valid and builds, serve it.
-    fn reload(&self, metrics: &Arc<Metrics>) -> Result<(), Vec<String>> {
-        let result = self.try_reload(metrics);
+    /// `force` rebuilds even an unchanged config (SIGHUP: key and CA files it names may
+    /// have changed); a file-change reload of an identical config keeps the running
+    /// generation, rate-limit buckets included.
+    fn reload(&self, metrics: &Arc<Metrics>, force: bool) -> Result<(), Vec<String>> {
+        let result = self.try_reload(metrics, force);
         let label = if result.is_ok() { "ok" } else { "error" };
         metrics.config_reloads.with_label_values(&[label]).inc();
         if result.is_ok() {
@@ -92,9 +97,13 @@ impl Live {
         result
     }
 
-    fn try_reload(&self, metrics: &Arc<Metrics>) -> Result<(), Vec<String>> {
+    fn try_reload(&self, metrics: &Arc<Metrics>, force: bool) -> Result<(), Vec<String>> {
         let cfg = config::load(&self.source)
             .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        let text = format!("{cfg:?}");
+        if !force && self.running.lock().is_ok_and(|r| *r == text) {
+            return Ok(());
+        }
         if reload::restart_only(&cfg) != self.fixed {
             return Err(vec![
                 "listeners, mllp, admin, audit, log or shutdown_grace changed: these need a restart".into(),
@@ -124,6 +133,9 @@ impl Live {
         self.admin.upstreams.store(Arc::new(next.upstreams.clone()));
         let old = std::mem::replace(&mut *current, next);
         old.retire();
+        if let Ok(mut r) = self.running.lock() {
+            *r = text;
+        }
         Ok(())
     }
 }
@@ -140,6 +152,8 @@ struct TlsReloader {
     generation: Arc<std::sync::atomic::AtomicU64>,
     /// MLLP listeners offer no ALPN (HTTP's h2/http1.1 would be a lie).
     mllp: bool,
+    /// SHA-256 over the client CA and CRL files as last loaded.
+    trust: std::sync::Mutex<Option<[u8; 32]>>,
 }
 
 /// A listener's TLS: the swappable server config, and its reloader (pushed to
@@ -169,7 +183,11 @@ fn bind_tls(
         // no further message).
         generation: generation.clone(),
         mllp,
+        trust: std::sync::Mutex::new(None),
     };
+    if let Ok(mut t) = r.trust.lock() {
+        *t = r.trust_digest();
+    }
     r.record_expiry(metrics);
     reloaders.push(r);
     Ok(Some(swap))
@@ -198,6 +216,21 @@ impl TlsReloader {
         }
     }
 
+    fn trust_digest(&self) -> Option<[u8; 32]> {
+        let mut all = Vec::new();
+        for f in self
+            .tls
+            .client_auth
+            .ca
+            .iter()
+            .chain(self.tls.client_auth.crls.iter())
+        {
+            all.extend_from_slice(&std::fs::read(self.resolve(f)).ok()?);
+            all.push(0);
+        }
+        Some(identity::sha256(&all))
+    }
+
     fn reload(&self, metrics: &Metrics) -> Result<(), String> {
         let res = listener_tls(&self.tls, &|p| self.resolve(p), self.mllp);
         let result = if res.is_ok() { "ok" } else { "error" };
@@ -207,8 +240,19 @@ impl TlsReloader {
             .inc();
         let sc = res.map_err(|e| format!("listener {}: {e}", self.listener))?;
         self.swap.store(Arc::new(sc));
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        // Connections are retired only when what verified their client certificates
+        // changed (CAs, CRLs): a reload that changes nothing must not drop every mTLS
+        // keep-alive connection.
+        let trust = self.trust_digest();
+        let changed = self.trust.lock().map(|mut t| {
+            let changed = *t != trust;
+            *t = trust;
+            changed
+        });
+        if changed.unwrap_or(true) {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         self.record_expiry(metrics);
         Ok(())
     }
@@ -322,11 +366,22 @@ fn watch_tls_files(
         return None;
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    // Any change in a watched folder counts: Kubernetes swaps a `..data` symlink, so the
-    // events name neither the file nor its target. A spurious reload is cheap.
+    // The TLS files themselves, and Kubernetes' atomic Secret swap (`..data` and its
+    // timestamped folder, named in the events instead of the files). Other files in the
+    // same folders — an audit file, say — must not set off reloads.
+    let names: Vec<std::ffi::OsString> = files
+        .iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_os_string()))
+        .collect();
+    let relevant = move |p: &std::path::Path| {
+        p.file_name().is_some_and(|n| {
+            names.iter().any(|x| x == n) || n.to_str().is_some_and(|s| s.starts_with(".."))
+        })
+    };
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
-            if !ev.kind.is_access() {
+            if !ev.kind.is_access() && (ev.paths.is_empty() || ev.paths.iter().any(|p| relevant(p)))
+            {
                 let _ = tx.send(());
             }
         }
@@ -515,6 +570,7 @@ impl Gateway {
                 ctxs,
                 admin: admin_state,
                 current: std::sync::Mutex::new(generation),
+                running: std::sync::Mutex::new(format!("{cfg:?}")),
                 audit: audit_log,
                 shutdown: shutdown_rx.clone(),
             }),
@@ -533,7 +589,7 @@ impl Gateway {
                 // Debounce: editors and Kubernetes write in bursts.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 while rx.try_recv().is_ok() {}
-                if let Err(errs) = live.reload(&metrics) {
+                if let Err(errs) = live.reload(&metrics, false) {
                     for e in errs {
                         tracing::error!(error = %e, "config reload refused; still serving the previous config");
                     }
@@ -554,7 +610,7 @@ impl Gateway {
     /// Re-read the config file and its policies and, if everything is valid, serve them
     /// (what SIGHUP and a change to the files do). On error nothing changes.
     pub fn reload_config(&self) -> Result<(), Vec<String>> {
-        self.live.reload(&self.metrics)
+        self.live.reload(&self.metrics, true)
     }
 
     /// Re-read every listener's certificates, client CAs and CRLs (what SIGHUP does).
@@ -580,6 +636,10 @@ impl Gateway {
             }
         }
         self.tasks.abort_all();
+        // Answered requests' records reach the disk before the process exits.
+        if let Some(a) = &self.live.audit {
+            a.flush().await;
+        }
     }
 }
 

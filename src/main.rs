@@ -184,9 +184,11 @@ fn main() -> ExitCode {
         } => {
             let verdict = ward::audit::verify(&files, key.as_deref());
             match &verdict {
-                ward::audit::Verdict::Ok { records } => {
-                    println!("ok: {records} records, chain intact")
-                }
+                ward::audit::Verdict::Ok {
+                    records,
+                    first,
+                    last,
+                } => println!("ok: {records} records, seq {first} to {last}, chain intact"),
                 other => eprintln!("audit verify: {other:?}"),
             }
             ExitCode::from(verdict.exit_code())

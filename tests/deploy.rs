@@ -279,8 +279,10 @@ fn deploy_files_parse_and_name_only_existing_files() {
         }
         for v in svc["volumes"].as_array().into_iter().flatten() {
             let src = v.as_str().unwrap().split(':').next().unwrap();
-            // ./ward.yaml and ./certs are the operator's; everything else is ours.
-            if !["./ward.yaml", "./certs"].contains(&src) {
+            // ./ward.yaml and ./certs are the operator's; named volumes are compose's;
+            // every other path is ours.
+            let named = compose["volumes"].get(src).is_some();
+            if !named && !["./ward.yaml", "./certs"].contains(&src) {
                 assert!(d.join(src).exists(), "{name}: volume {src} does not exist");
             }
         }
@@ -316,7 +318,7 @@ fn deploy_files_parse_and_name_only_existing_files() {
     for e in std::fs::read_dir(d.join("k8s")).unwrap() {
         let m = yaml(&e.unwrap().path());
         kinds.insert(m["kind"].as_str().unwrap().to_owned());
-        if m["kind"] == "Deployment" && m["metadata"]["name"] == "ward" {
+        if m["kind"] == "StatefulSet" && m["metadata"]["name"] == "ward" {
             let c = &m["spec"]["template"]["spec"]["containers"][0];
             assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
             assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
@@ -333,6 +335,7 @@ fn deploy_files_parse_and_name_only_existing_files() {
         "Namespace",
         "ConfigMap",
         "Secret",
+        "StatefulSet",
         "Deployment",
         "Service",
         "HorizontalPodAutoscaler",

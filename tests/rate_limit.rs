@@ -567,8 +567,10 @@ async fn two_gateways_share_one_redis_quota_and_survive_redis_restarts() {
     write_cluster_policies(&env, redis.port);
     let (up, state) = upstream().await;
     let cfg = cluster_config(up);
-    let gw1 = env.start(&cfg).await;
-    let gw2 = env.start(&cfg).await;
+    // One config, two gateways (writing it twice would have the first reload it).
+    let cfg = env.config(&cfg);
+    let gw1 = ward::Gateway::start(cfg.clone()).await.unwrap();
+    let gw2 = ward::Gateway::start(cfg).await.unwrap();
     let c = client(&env.pki, false);
     wait_for_redis(&gw1, &c, "a").await;
     wait_for_redis(&gw2, &c, "b").await;
@@ -626,8 +628,11 @@ async fn two_gateways_share_one_redis_quota_and_survive_redis_restarts() {
         }
     }
     assert_eq!(
-        open_ok, 5,
-        "the local fallback enforces the quota per replica"
+        open_ok,
+        5,
+        "the local fallback enforces the quota per replica; fallback={} errors={}",
+        metric(&gw1, "ward_rate_limit_fallback_total").await,
+        metric(&gw1, "ward_rate_limit_backend_errors_total").await
     );
     assert!(metric(&gw1, "ward_rate_limit_fallback_total").await >= 7.0);
     assert!(metric(&gw1, "ward_rate_limit_backend_errors_total").await >= 7.0);

@@ -502,6 +502,11 @@ pub fn load_str(
     let admin: AdminConfig = decode_one(&mut e, get("admin"), "admin", vars).unwrap_or_default();
     let log: LogConfig = decode_one(&mut e, get("log"), "log", vars).unwrap_or_default();
     let audit: Option<crate::audit::AuditConfig> = decode_one(&mut e, get("audit"), "audit", vars);
+    if let Some(a) = &audit {
+        for (k, m) in a.problems() {
+            e.at(&format!("audit.{k}"), m);
+        }
+    }
     let shutdown_grace: Dur =
         decode_one(&mut e, get("shutdown_grace"), "shutdown_grace", vars).unwrap_or(secs(30));
     let policies_dir: String = decode_one(&mut e, get("policies_dir"), "policies_dir", vars)

@@ -39,6 +39,25 @@ impl AuditSlot {
     }
 }
 
+/// Records a request whose future was dropped before it finished (client gone, stream
+/// reset, shutdown grace over) as `cancelled`.
+struct Unfinished {
+    log: AuditLog,
+    slot: AuditSlot,
+    fields: Option<Map<String, Value>>,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(mut f) = self.fields.take() {
+            add_claims(&mut f, &self.slot);
+            f.insert("decision".into(), Value::String("cancelled".into()));
+            f.insert("status".into(), Value::from(499));
+            self.log.record_detached(f);
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct AuditLayer {
     log: AuditLog,
@@ -87,6 +106,16 @@ pub fn rfc3339_now() -> String {
 fn put(m: &mut Map<String, Value>, k: &str, v: Option<&str>) {
     if let Some(v) = v {
         m.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+}
+
+/// Who the token said the caller is, if a token was verified.
+fn add_claims(fields: &mut Map<String, Value>, slot: &AuditSlot) {
+    if let Some(c) = slot.claims() {
+        put(fields, "iss", Some(&c.iss));
+        put(fields, "sub", Some(&c.sub));
+        put(fields, "client_id", c.client_id.as_deref());
+        put(fields, "patient", c.patient.as_deref());
     }
 }
 
@@ -149,17 +178,20 @@ where
         }
         let slot = AuditSlot::default();
         req.extensions_mut().insert(slot.clone());
-        let mut fields = request_fields(&req);
+        let fields = request_fields(&req);
         let inner = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, inner);
         Box::pin(async move {
+            // If the client goes away mid-request the future is dropped here, possibly
+            // after the upstream acted: the guard still records the request.
+            let mut guard = Unfinished {
+                log: log.clone(),
+                slot: slot.clone(),
+                fields: Some(fields),
+            };
             let result = crate::policy::call_next(inner, req).await;
-            if let Some(c) = slot.claims() {
-                put(&mut fields, "iss", Some(&c.iss));
-                put(&mut fields, "sub", Some(&c.sub));
-                put(&mut fields, "client_id", c.client_id.as_deref());
-                put(&mut fields, "patient", c.patient.as_deref());
-            }
+            let mut fields = guard.fields.take().unwrap_or_default();
+            add_claims(&mut fields, &slot);
             match &result {
                 Ok(resp) => {
                     fields.insert("decision".into(), Value::String("allow".into()));
