@@ -385,12 +385,7 @@ async fn rate_limit_config_mistakes_are_reported_with_file_and_line() {
         "ward.yaml",
         &with_policies(basic_config(up, "", ""), "bad", "bad"),
     );
-    let errs = ward::config::load_with(&p, &|_| None).unwrap_err();
-    let all = errs
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let all = config_errors(&p);
     for want in [
         "rate_limit.limits[0].header: key `header` needs `header`",
         "rate_limit.limits[0].cost.search: cost 4 is above the burst (3)",
@@ -407,12 +402,7 @@ async fn rate_limit_config_mistakes_are_reported_with_file_and_line() {
         "policies/bad.yaml",
         "rate_limit:\n  limits:\n    - name: per-user\n      key: token_sub\n      rate: 5\n      per: minute\n",
     );
-    let errs = ward::config::load_with(&p, &|_| None).unwrap_err();
-    let all = errs
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let all = config_errors(&p);
     assert!(
         all.contains("counts by token claims but the route has no auth policy"),
         "{all}"

@@ -560,12 +560,7 @@ async fn validate_config_mistakes_are_reported() {
         "ward.yaml",
         &with_policy(basic_config(up, "", ""), "bad", "bad"),
     );
-    let errs = ward::config::load_with(&p, &|_| None).unwrap_err();
-    let all = errs
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let all = config_errors(&p);
     for want in [
         "validate.fhir.allowed_types: `Pateint` is not an R4 resource type",
         "validate.fhir: ",
@@ -576,12 +571,7 @@ async fn validate_config_mistakes_are_reported() {
     assert!(all.contains("nmae"), "{all}");
     // FHIR validation on a non-FHIR route.
     env.write("policies/bad.yaml", "validate:\n  fhir: {}\n");
-    let errs = ward::config::load_with(&p, &|_| None).unwrap_err();
-    let all = errs
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let all = config_errors(&p);
     assert!(
         all.contains("validates FHIR bodies but the route is not `fhir: true`"),
         "{all}"

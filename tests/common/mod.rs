@@ -618,3 +618,15 @@ pub fn spawn_ward(cfg: &std::path::Path) -> WardProcess {
         seen,
     }
 }
+
+/// Every error loading the config at `p` reports, one per line (the config must fail).
+pub fn config_errors(p: &std::path::Path) -> String {
+    match ward::config::load_with(p, &|_| None) {
+        Ok(_) => panic!("{} loaded, but errors were expected", p.display()),
+        Err(errs) => errs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
