@@ -120,7 +120,7 @@ impl Live {
             metrics,
             self.audit.clone(),
             &self.shutdown,
-            Some(&current.upstreams),
+            Some(&*current),
         )
         .map_err(|e| vec![e])?;
         for ctx in &self.ctxs {

@@ -28,6 +28,8 @@ use crate::{metrics, router, server, stack};
 pub struct Generation {
     pub routers: HashMap<String, Router>,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Local rate limiters by definition, for the next generation to carry over.
+    pub limiters: HashMap<String, Arc<crate::ratelimit::local::LocalLimiter>>,
     /// Stops this generation's background tasks (JWKS refresh, health probes, key sweeps).
     stop: Arc<watch::Sender<bool>>,
 }
@@ -55,7 +57,7 @@ pub fn build(
     metrics: &Arc<Metrics>,
     audit: Option<crate::audit::AuditLog>,
     global_stop: &watch::Receiver<bool>,
-    previous: Option<&[Arc<Upstream>]>,
+    previous: Option<&Generation>,
 ) -> Result<Generation, String> {
     let (tx, rx) = watch::channel(false);
     let tx = Arc::new(tx);
@@ -65,6 +67,7 @@ pub fn build(
         // Keep the last known health of an unchanged upstream, so that a reload does not
         // flip /readyz to not-ready until the next probe.
         if let Some(old) = previous
+            .map(|g| g.upstreams.as_slice())
             .into_iter()
             .flatten()
             .find(|o| o.name.as_ref() == u.name && format!("{:?}", o.cfg) == format!("{u:?}"))
@@ -75,6 +78,7 @@ pub fn build(
     }
     let mut shared = stack::StackShared::new(cfg, metrics.clone(), rx.clone());
     shared.audit = audit;
+    shared.carry.previous = previous.map(|g| g.limiters.clone()).unwrap_or_default();
     let mut routers = HashMap::new();
     for l in &cfg.listeners {
         let mut routes = Vec::new();
@@ -150,6 +154,7 @@ pub fn build(
     Ok(Generation {
         routers,
         upstreams: ups,
+        limiters: std::mem::take(&mut shared.carry.current),
         stop: tx,
     })
 }

@@ -102,6 +102,8 @@ pub struct StackShared {
     pub housekeeper: Option<Arc<Housekeeper>>,
     /// The audit trail, when the config has one.
     pub audit: Option<crate::audit::AuditLog>,
+    /// Rate-limit state carried over from the previous config generation.
+    pub carry: crate::ratelimit::Carry,
 }
 
 impl StackShared {
@@ -129,6 +131,7 @@ impl StackShared {
             redis: HashMap::new(),
             housekeeper: None,
             audit: None,
+            carry: Default::default(),
         }
     }
 }
@@ -179,8 +182,15 @@ pub fn build(
                 .housekeeper
                 .get_or_insert_with(|| Housekeeper::start(shared.stop.clone()))
                 .clone();
-            crate::policy::rate_limit::build(rl, &route.name, redis, &shared.metrics, &hk)
-                .map_err(|e| format!("rate_limit: {e}"))?
+            crate::policy::rate_limit::build(
+                rl,
+                &route.name,
+                redis,
+                &shared.metrics,
+                &hk,
+                &mut shared.carry,
+            )
+            .map_err(|e| format!("rate_limit: {e}"))?
         }
         None => RateLimitBuild {
             before_auth: None,

@@ -184,3 +184,39 @@ async fn reloads(gw: &ward::Gateway, result: &str) -> f64 {
         .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
         .unwrap_or(0.0)
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_buckets_of_unchanged_limits() {
+    let env = Env::new();
+    env.write("policies/toggle.yaml", LARGE);
+    env.write(
+        "policies/limit.yaml",
+        "rate_limit:\n  limits:\n    - name: per-route\n      key: route\n      rate: 2\n      per: hour\n",
+    );
+    let (up, _) = upstream().await;
+    let cfg = config(up).replace(
+        "    policies: [toggle]\n",
+        "    policies: [toggle, limit]\n",
+    );
+    let gw = env.start(&cfg).await;
+    let c = client(&env.pki, false);
+    let get_api = || send(&c, get(&url(&gw, "/api/x")));
+    assert_eq!(get_api().await.status, 200);
+    assert_eq!(get_api().await.status, 200);
+    assert_eq!(get_api().await.status, 429);
+    // Another policy changes; the limit does not: its spent bucket stays spent.
+    env.write("policies/toggle.yaml", SMALL);
+    gw.reload_config().unwrap();
+    assert_eq!(
+        get_api().await.status,
+        429,
+        "a reload must not reset a limit"
+    );
+    // A changed limit is a new limit, with a fresh bucket.
+    env.write(
+        "policies/limit.yaml",
+        "rate_limit:\n  limits:\n    - name: per-route\n      key: route\n      rate: 3\n      per: hour\n",
+    );
+    gw.reload_config().unwrap();
+    assert_eq!(get_api().await.status, 200);
+}

@@ -514,6 +514,7 @@ pub fn build(
     redis: Option<Arc<RedisBackend>>,
     metrics: &Metrics,
     housekeeper: &Arc<Housekeeper>,
+    carry: &mut crate::ratelimit::Carry,
 ) -> Result<RateLimitBuild, String> {
     if let Some((k, m)) = cfg.problems().into_iter().next() {
         return Err(format!("{k}: {m}"));
@@ -526,7 +527,11 @@ pub fn build(
         let period = l.per.duration();
         let (quota, interval) =
             quota(l.rate, l.per, l.burst).map_err(|e| format!("limit `{}`: {e}", l.name))?;
-        let local = Arc::new(LocalLimiter::new(quota, cfg.max_keys));
+        let definition = format!(
+            "{route}\0{}\0{}\0{:?}\0{:?}\0{}",
+            l.name, l.rate, l.per, l.burst, cfg.max_keys
+        );
+        let local = carry.get_or_make(definition, || LocalLimiter::new(quota, cfg.max_keys));
         let labels = [route, l.name.as_str()];
         let tracked = housekeeper.register(
             local,

@@ -22,6 +22,31 @@ pub struct Tracked {
     reported: std::sync::atomic::AtomicU64,
 }
 
+/// Local limiters by definition (route, limit, quota, key cap), handed from one config
+/// generation to the next: a reload that leaves a limit unchanged keeps its buckets, so
+/// reloading is never a way to reset anyone's limit.
+#[derive(Default)]
+pub struct Carry {
+    pub previous: std::collections::HashMap<String, Arc<LocalLimiter>>,
+    pub current: std::collections::HashMap<String, Arc<LocalLimiter>>,
+}
+
+impl Carry {
+    /// The limiter for `definition`: the previous generation's if it had the same one.
+    pub fn get_or_make(
+        &mut self,
+        definition: String,
+        make: impl FnOnce() -> LocalLimiter,
+    ) -> Arc<LocalLimiter> {
+        let l = self
+            .previous
+            .remove(&definition)
+            .unwrap_or_else(|| Arc::new(make()));
+        self.current.insert(definition, l.clone());
+        l
+    }
+}
+
 /// Runs `retain_recent` + `shrink_to_fit` on every registered limiter on a timer, and
 /// early when a limiter's key table fills up.
 pub struct Housekeeper {
@@ -75,11 +100,14 @@ impl Housekeeper {
         keys: IntGauge,
         overflow: IntCounter,
     ) -> Arc<Tracked> {
+        // A limiter carried over from an earlier generation has already reported its
+        // overflow count.
+        let reported = std::sync::atomic::AtomicU64::new(limiter.overflowed());
         let t = Arc::new(Tracked {
             limiter,
             keys,
             overflow,
-            reported: Default::default(),
+            reported,
         });
         if let Ok(mut v) = self.limiters.lock() {
             v.retain(|w| w.strong_count() > 0);
