@@ -87,8 +87,25 @@ impl Live {
     /// `force` rebuilds even an unchanged config (SIGHUP: key and CA files it names may
     /// have changed); a file-change reload of an identical config keeps the running
     /// generation, rate-limit buckets included.
-    fn reload(&self, metrics: &Arc<Metrics>, force: bool) -> Result<(), Vec<String>> {
-        let result = self.try_reload(metrics, force);
+    async fn reload(
+        self: &Arc<Self>,
+        metrics: &Arc<Metrics>,
+        force: bool,
+    ) -> Result<(), Vec<String>> {
+        // Loading YAML, reading keys and compiling profiles block: off the runtime's
+        // workers. A panic in there is a refused reload, never a dead reload path.
+        let (live, m) = (self.clone(), metrics.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| live.try_reload(&m, force)))
+                .unwrap_or_else(|_| {
+                    Err(vec![
+                        "config reload failed unexpectedly (panic); previous config kept"
+                            .to_owned(),
+                    ])
+                })
+        })
+        .await
+        .unwrap_or_else(|_| Err(vec!["config reload task failed".to_owned()]));
         let label = if result.is_ok() { "ok" } else { "error" };
         metrics.config_reloads.with_label_values(&[label]).inc();
         if result.is_ok() {
@@ -111,10 +128,12 @@ impl Live {
         }
         // One reload at a time; the lock is held while the new generation is built so
         // that two reloads cannot interleave their swaps.
+        // A panic while building (caught by `reload`) leaves the lock poisoned but the
+        // generation inside intact: it is only replaced after a successful build.
         let mut current = self
             .current
             .lock()
-            .map_err(|_| vec!["reload state poisoned".to_owned()])?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut next = reload::build(
             &cfg,
             metrics,
@@ -589,7 +608,7 @@ impl Gateway {
                 // Debounce: editors and Kubernetes write in bursts.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 while rx.try_recv().is_ok() {}
-                if let Err(errs) = live.reload(&metrics, false) {
+                if let Err(errs) = live.reload(&metrics, false).await {
                     for e in errs {
                         tracing::error!(error = %e, "config reload refused; still serving the previous config");
                     }
@@ -609,8 +628,8 @@ impl Gateway {
 
     /// Re-read the config file and its policies and, if everything is valid, serve them
     /// (what SIGHUP and a change to the files do). On error nothing changes.
-    pub fn reload_config(&self) -> Result<(), Vec<String>> {
-        self.live.reload(&self.metrics, true)
+    pub async fn reload_config(&self) -> Result<(), Vec<String>> {
+        self.live.reload(&self.metrics, true).await
     }
 
     /// Re-read every listener's certificates, client CAs and CRLs (what SIGHUP does).
@@ -658,7 +677,7 @@ pub async fn run(cfg: Config, signal: impl std::future::Future<Output = ()>) -> 
                     _ = &mut signal => break,
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading config, policies and TLS material");
-                        if let Err(errs) = gw.reload_config() {
+                        if let Err(errs) = gw.reload_config().await {
                             for e in errs {
                                 tracing::error!(error = %e, "config reload refused; still serving the previous config");
                             }

@@ -64,6 +64,7 @@ async fn fifty_reloads_under_load_fail_no_request() {
             if i % 2 == 0 { SMALL } else { LARGE },
         );
         gw.reload_config()
+            .await
             .unwrap_or_else(|e| panic!("reload {i}: {e:?}"));
         // Let some requests through on each generation.
         let before = ok.load(Ordering::Relaxed);
@@ -103,13 +104,13 @@ async fn a_changed_policy_applies_to_the_next_request_and_a_broken_one_changes_n
     assert_eq!(send(&c, post(&url(&gw, "/api/x"), 50)).await.status, 200);
 
     env.write("policies/toggle.yaml", SMALL);
-    gw.reload_config().unwrap();
+    gw.reload_config().await.unwrap();
     let r = send(&c, post(&url(&gw, "/api/x"), 50)).await;
     assert_eq!((r.status, r.code().as_str()), (413, "body_too_large"));
 
     // A broken policy: refused with its file and line; the running config is untouched.
     env.write("policies/toggle.yaml", "limits:\n  max_body_byte: 100000\n");
-    let errs = gw.reload_config().unwrap_err();
+    let errs = gw.reload_config().await.unwrap_err();
     assert!(errs.iter().any(|e| e.contains("toggle.yaml:2")), "{errs:?}");
     assert_eq!(send(&c, post(&url(&gw, "/api/x"), 50)).await.status, 413);
     assert_eq!(send(&c, post(&url(&gw, "/api/x"), 5)).await.status, 200);
@@ -122,7 +123,7 @@ async fn a_changed_policy_applies_to_the_next_request_and_a_broken_one_changes_n
         text.replace("shutdown_grace: 30s", "shutdown_grace: 5s"),
     )
     .unwrap();
-    let errs = gw.reload_config().unwrap_err();
+    let errs = gw.reload_config().await.unwrap_err();
     assert!(errs[0].contains("need a restart"), "{errs:?}");
     assert_eq!(send(&c, post(&url(&gw, "/api/x"), 50)).await.status, 413);
     std::fs::write(&cfg, text).unwrap();
@@ -148,7 +149,7 @@ async fn a_request_in_flight_finishes_on_its_config() {
     };
     state.gate_entered.notified().await;
     env.write("policies/toggle.yaml", SMALL);
-    gw.reload_config().unwrap();
+    gw.reload_config().await.unwrap();
     // New requests see the new limit…
     assert_eq!(send(&c, post(&url(&gw, "/api/x"), 50)).await.status, 413);
     // …the one in flight completes under the old one.
@@ -206,7 +207,7 @@ async fn a_reload_keeps_the_buckets_of_unchanged_limits() {
     assert_eq!(get_api().await.status, 429);
     // Another policy changes; the limit does not: its spent bucket stays spent.
     env.write("policies/toggle.yaml", SMALL);
-    gw.reload_config().unwrap();
+    gw.reload_config().await.unwrap();
     assert_eq!(
         get_api().await.status,
         429,
@@ -217,6 +218,6 @@ async fn a_reload_keeps_the_buckets_of_unchanged_limits() {
         "policies/limit.yaml",
         "rate_limit:\n  limits:\n    - name: per-route\n      key: route\n      rate: 3\n      per: hour\n",
     );
-    gw.reload_config().unwrap();
+    gw.reload_config().await.unwrap();
     assert_eq!(get_api().await.status, 200);
 }
