@@ -10,35 +10,11 @@ use ward::fhir::validate::{validate_resource, Limits};
 const PATIENT: &str = include_str!("data/patient.json");
 const OBSERVATION: &str = include_str!("data/observation.json");
 
-/// A searchset Bundle of about `target` bytes: one Patient to two Observations.
+#[path = "data/bundle.rs"]
+mod data;
+
 fn bundle(target: usize) -> String {
-    let mut s = String::from(
-        r#"{"resourceType":"Bundle","id":"search","type":"searchset","total":0,"link":[{"relation":"self","url":"https://example.org/fhir/Observation?_include=Observation:subject"}],"entry":["#,
-    );
-    let mut i = 0usize;
-    while s.len() < target {
-        if i > 0 {
-            s.push(',');
-        }
-        let (res, rt) = match i % 3 {
-            0 => (
-                PATIENT
-                    .trim()
-                    .replace("\"example\"", &format!("\"pat-{i}\"")),
-                "Patient",
-            ),
-            _ => (
-                OBSERVATION.trim().replace("ID", &i.to_string()),
-                "Observation",
-            ),
-        };
-        s.push_str(&format!(
-            r#"{{"fullUrl":"https://example.org/fhir/{rt}/{i}","resource":{res},"search":{{"mode":"match"}}}}"#
-        ));
-        i += 1;
-    }
-    s.push_str("]}");
-    s
+    data::bundle(target, PATIENT, OBSERVATION)
 }
 
 const ADT_A01: &[u8] = b"MSH|^~\\&|EPICADT|STMARYS^1.2.840.114350^ISO|WARD|HUB|20240315083012.123+0100||ADT^A01^ADT_A01|MSG00001|P|2.5.1|||AL|NE||UNICODE UTF-8\rEVN|A01|20240315083000|||JSMITH^Smith^John\rPID|1||123456^^^STMARYS^MR~987-65-4321^^^USSSA^SS||O'Brien\\T\\Kelly^Mary^Anne^^Ms.^^L~Kelly^Mary^^^^^B||19800101|F|||12 Main St\\S\\Apt 4^^Springfield^IL^62701^USA||(555)555-1234|||M||ACC123\rPV1|1|I|WARD1^101^A^STMARYS||||1234^Welby^Marcus|||MED||||1|||1234^Welby^Marcus|IN||||||||||||||||||||||||||20240315080000\r";

@@ -234,6 +234,10 @@ pub fn write_demo_policies(dir: &Path) -> std::io::Result<()> {
         "description: FHIR R4 validation, and Patients must have a name\nvalidate:\n  fhir:\n    required: [Patient.name]\n    max_bundle_entries: 100\n",
     )?;
     std::fs::write(
+        dir.join("demo-dlp.yaml"),
+        "description: HIPAA Safe Harbor de-identification of responses\ndlp:\n  preset: safe_harbor\n  detectors:\n    card: { action: mask, keep_last: 4 }\n",
+    )?;
+    std::fs::write(
         dir.join("demo-rate.yaml"),
         "description: A deliberately low per-user limit, to see a 429\nrate_limit:\n  limits:\n    - name: demo-per-user\n      key: token_sub\n      rate: 10\n      per: minute\n      burst: 5\n      cost:\n        search: 2\n",
     )?;
@@ -254,6 +258,13 @@ const PATIENTS: &[(&str, &str)] = &[
     (
         "example-2",
         r#"{"resourceType":"Patient","id":"example-2","meta":{"versionId":"1"},"name":[{"family":"Sampleton","given":["Bo"]}],"gender":"male","birthDate":"1985-06-15"}"#,
+    ),
+    // PHI for the DLP demo: an SSN identifier, a phone number, and a note carrying an SSN,
+    // a phone number and a (test) card number. 123-45-6789 and 4111 1111 1111 1111 are
+    // well-known example values; 555-01xx numbers are reserved for fiction.
+    (
+        "example-3",
+        r#"{"resourceType":"Patient","id":"example-3","meta":{"versionId":"1"},"text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">Cleo Fictive, SSN 123-45-6789</div>"},"extension":[{"url":"http://example.org/fhir/StructureDefinition/note","valueString":"Called from 555-234-0123 about card 4111 1111 1111 1111; SSN 123-45-6789 on file."}],"identifier":[{"system":"http://hl7.org/fhir/sid/us-ssn","value":"123-45-6789"}],"name":[{"family":"Fictive","given":["Cleo"]}],"telecom":[{"system":"phone","value":"555-234-0123","use":"mobile"}],"gender":"female","birthDate":"1931-07-04","address":[{"line":["1 Example Way"],"city":"Springfield","state":"MA","postalCode":"01103"}]}"#,
     ),
 ];
 const OBSERVATIONS: &[(&str, &str)] = &[
@@ -384,7 +395,7 @@ pub const DEMO_ADT_A01: &str = "MSH|^~\\&|REGISTRATION|DEMO-HOSP|EHR|DEMO-HOSP|2
 
 /// The demo's config text (to be written into `certs`, next to `policies/` made by
 /// [`write_demo_policies`]); it goes through the same loader as any operator's file.
-/// Four routes onto the sample upstream, and an MLLP listener onto the sample receiver.
+/// Five routes onto the sample upstream, and an MLLP listener onto the sample receiver.
 pub fn demo_config(certs: &Path, upstream: SocketAddr, mllp_upstream: SocketAddr) -> String {
     let c = |f: &str| certs.join(f).display().to_string();
     format!(
@@ -430,6 +441,14 @@ routes:
     rewrite_prefix: /fhir
     fhir: true
     policies: [baseline, demo-token, demo-patient]
+  - name: fhir-deid
+    listener: public
+    path_prefix: /deid/fhir
+    methods: [GET]
+    upstream: sample-ehr
+    rewrite_prefix: /fhir
+    fhir: true
+    policies: [baseline, demo-dlp]
   - name: fhir-token
     listener: public
     path_prefix: /secure/fhir

@@ -9,10 +9,12 @@
 
 pub mod admin;
 pub mod audit;
+pub mod calendar;
 pub mod config;
 pub mod conn_guard;
 pub mod context;
 pub mod demo;
+pub mod dlp;
 pub mod error;
 pub mod fhir;
 pub mod hl7v2;
@@ -521,6 +523,10 @@ impl Gateway {
                 &metrics,
                 audit_log.clone(),
                 &mllp_housekeeper,
+                m.dlp
+                    .as_ref()
+                    .and_then(|d| cfg.policies.get(d))
+                    .and_then(|p| p.dlp.as_ref()),
             )
             .map_err(|e| anyhow::anyhow!("mllp listener {}: {e}", m.name))?;
             ctx.tls_generation = generation;

@@ -340,6 +340,13 @@ Config written to {cfg}. Try:
   curl --cacert {d}/ca.pem 'https://localhost:8443/fhir/%2e%2e/admin'      # 400 path_encoded_dot
   curl --cacert {d}/ca.pem https://localhost:8443/nothing-here             # 404, OperationOutcome
 
+  # data-loss prevention (HIPAA Safe Harbor preset): the same Patient, raw and de-identified
+  curl --cacert {d}/ca.pem https://localhost:8443/fhir/Patient/example-3
+  curl --cacert {d}/ca.pem https://localhost:8443/deid/fhir/Patient/example-3
+  #   -> SSN, phone, name, street gone; card **** **** **** 1111; ZIP 011; birth year only
+  #      (1931 is more than 89 years ago: aggregated); meta.security REDACTED
+  curl -s http://127.0.0.1:9901/metrics | grep ^ward_dlp_findings_total
+
   # client certificate required (401 client_cert_required without --cert)
   curl --cacert {d}/ca.pem --cert {d}/client.pem --key {d}/client.key https://localhost:8443/mtls/fhir/Patient/example-1
 

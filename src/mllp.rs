@@ -94,6 +94,10 @@ pub struct MllpConfig {
     /// One audit record per message (needs the top-level `audit:`).
     #[serde(default)]
     pub audit: bool,
+    /// Name of a policy whose `dlp` section applies to every message before it is
+    /// forwarded (the HL7 field rules and detectors; `mode: report` only counts).
+    #[serde(default)]
+    pub dlp: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -318,7 +322,16 @@ pub struct MllpCtx {
     /// Bumped by each TLS reload of this listener (see `handle`).
     pub tls_generation: Arc<AtomicU64>,
     audit: Option<crate::audit::AuditLog>,
+    /// DLP on messages (engine, report-only).
+    dlp: Option<(Arc<crate::dlp::Engine>, bool)>,
+    metrics: DlpMetrics,
     m: MllpMetrics,
+}
+
+struct DlpMetrics {
+    dlp_findings: IntCounterVec,
+    dlp_messages: IntCounterVec,
+    dlp_scanned_bytes: IntCounterVec,
 }
 
 struct MllpMetrics {
@@ -339,7 +352,15 @@ impl MllpCtx {
         metrics: &Metrics,
         audit: Option<crate::audit::AuditLog>,
         housekeeper: &Arc<crate::ratelimit::Housekeeper>,
+        dlp: Option<&crate::dlp::DlpConfig>,
     ) -> Result<MllpCtx, String> {
+        let dlp = match dlp {
+            Some(d) => Some((
+                Arc::new(crate::dlp::Engine::compile(d, resolve).map_err(|e| format!("dlp: {e}"))?),
+                d.mode == crate::dlp::Mode::Report,
+            )),
+            None => None,
+        };
         if cfg.audit && audit.is_none() {
             return Err("audit: true needs the top-level `audit:`".into());
         }
@@ -374,6 +395,12 @@ impl MllpCtx {
             conn_limit: Arc::new(Semaphore::new(cfg.max_connections)),
             tls_generation: Arc::new(AtomicU64::new(0)),
             audit: if cfg.audit { audit } else { None },
+            dlp,
+            metrics: DlpMetrics {
+                dlp_findings: metrics.dlp_findings.clone(),
+                dlp_messages: metrics.dlp_messages.clone(),
+                dlp_scanned_bytes: metrics.dlp_scanned_bytes.clone(),
+            },
             m: MllpMetrics {
                 messages: metrics.mllp_messages.clone(),
                 acks: metrics.mllp_acks.clone(),
@@ -420,6 +447,7 @@ enum Outcome {
     RateLimited,
     UpstreamFailed,
     Framing,
+    DlpBlocked,
 }
 
 impl Outcome {
@@ -431,6 +459,7 @@ impl Outcome {
             Outcome::RateLimited => "rate_limited",
             Outcome::UpstreamFailed => "upstream_failed",
             Outcome::Framing => "framing",
+            Outcome::DlpBlocked => "dlp_blocked",
         }
     }
 }
@@ -680,6 +709,7 @@ impl MllpCtx {
     ) -> Option<Vec<u8>> {
         let started = Instant::now();
         // A message the trail could not record is not forwarded (the sender retries).
+        let mut dlp_counts: Option<serde_json::Value> = None;
         let (outcome, ack, header) = match &self.audit {
             Some(a) if !a.accepting() => {
                 let header = hl7v2::header(msg);
@@ -693,7 +723,10 @@ impl MllpCtx {
                 );
                 (Outcome::UpstreamFailed, ack, header)
             }
-            _ => self.decide(msg, identity, sender_key).await,
+            _ => {
+                self.decide(msg, identity, sender_key, &mut dlp_counts)
+                    .await
+            }
         };
         let type_label = header
             .as_ref()
@@ -726,6 +759,9 @@ impl MllpCtx {
             f.insert("control_id".into(), s(&control_id));
             f.insert("decision".into(), s(outcome.label()));
             f.insert("ack".into(), s(ack_code));
+            if let Some(d) = dlp_counts {
+                f.insert("dlp_findings".into(), d);
+            }
             if a.record(f).await.is_err() {
                 // Not recorded: the sender must not take the ACK as final. (The upstream
                 // may have the message already; the ACK is withheld and the sender resends.)
@@ -751,6 +787,7 @@ impl MllpCtx {
         msg: &[u8],
         identity: Option<&ClientIdentity>,
         sender_key: &[u8],
+        dlp_counts: &mut Option<serde_json::Value>,
     ) -> (Outcome, Vec<u8>, Option<HeaderInfo>) {
         // First, before any parsing: a flood of (possibly invalid) messages is limited too.
         if let Some(l) = &self.limiter {
@@ -812,6 +849,61 @@ impl MllpCtx {
                 return (Outcome::SenderDenied, ack, Some(header));
             }
         }
+        // DLP: after the message is known valid and from a permitted sender, on exactly
+        // the bytes that will be forwarded. The ACK still answers the sender's MSH-10.
+        let mut rewritten: Option<Vec<u8>> = None;
+        if let Some((eng, report_only)) = &self.dlp {
+            let mut rep = crate::dlp::Report::default();
+            let out = crate::dlp::hl7::process(eng, msg, &mut rep);
+            let m = &self.metrics;
+            for &(label, act, n) in &rep.counts {
+                m.dlp_findings
+                    .with_label_values(&[&*self.name, eng.label(label), act.label()])
+                    .inc_by(u64::from(n));
+            }
+            m.dlp_scanned_bytes
+                .with_label_values(&[&*self.name, "request"])
+                .inc_by(u64::try_from(msg.len()).unwrap_or(u64::MAX));
+            if !rep.is_empty() {
+                *dlp_counts = Some(serde_json::json!({
+                    "request": crate::policy::audit::dlp_counts(eng, &rep)
+                }));
+                tracing::info!(target: "ward::dlp", listener = %self.name, findings = rep.total(), by_detector = %crate::policy::dlp::summary(eng, &rep), "dlp findings");
+            }
+            let outcome = match (&out, report_only) {
+                (_, true) => "reported",
+                (Ok(crate::dlp::hl7::Hl7Outcome::Unchanged), _) => "clean",
+                (Ok(crate::dlp::hl7::Hl7Outcome::Rewritten(_)), _) => "rewritten",
+                (Ok(crate::dlp::hl7::Hl7Outcome::Blocked), _) => "blocked",
+                (Err(_), _) => "error",
+            };
+            let outcome = if *report_only && rep.is_empty() {
+                "clean"
+            } else {
+                outcome
+            };
+            m.dlp_messages
+                .with_label_values(&[&*self.name, "request", outcome])
+                .inc();
+            if !report_only {
+                match out {
+                    Ok(crate::dlp::hl7::Hl7Outcome::Unchanged) => {}
+                    Ok(crate::dlp::hl7::Hl7Outcome::Rewritten(b)) => rewritten = Some(b),
+                    Ok(crate::dlp::hl7::Hl7Outcome::Blocked) | Err(_) => {
+                        let ack = gateway_ack(
+                            &header,
+                            AckCode::Reject,
+                            0,
+                            None,
+                            hl7v2::validate::APPLICATION_INTERNAL_ERROR,
+                            "message refused by data-loss prevention",
+                        );
+                        return (Outcome::DlpBlocked, ack, Some(header));
+                    }
+                }
+            }
+        }
+        let msg: &[u8] = rewritten.as_deref().unwrap_or(msg);
         // One deadline for the whole delivery (slot, connect, write, ACK): a sender waits
         // `ack_timeout` at most, never the sum of every step's own timeout.
         let delivered = tokio::time::timeout(

@@ -21,7 +21,8 @@
 //!   rate limit       — limits keyed by token claims (`sub`, `client_id`, patient)
 //!   FHIR authz       — SMART scopes, patient compartment: needs the verified claims
 //!   validate         — FHIR R4 / HL7 v2 bodies: only authorised bodies are worth parsing
-//!   DLP              — reserved: closest to the upstream, sees exactly what is forwarded
+//!   DLP              — PHI detection/redaction (`policy/dlp.rs`): closest to the upstream,
+//!                      sees exactly what is forwarded and first reads what comes back
 //!   proxy            — header hygiene, forwarding headers, upstream call (`proxy/`)
 
 use std::sync::Arc;
@@ -207,6 +208,17 @@ pub fn build(
         })
         .transpose()
         .map_err(|e| format!("validate: {e}"))?;
+    let dlp = section(route, cfg, |p| p.dlp.as_ref())
+        .map(|(_, d)| {
+            crate::policy::dlp::DlpLayer::new(
+                d,
+                &route.name,
+                &|f| cfg.resolve(f),
+                shared.metrics.clone(),
+            )
+        })
+        .transpose()
+        .map_err(|e| format!("dlp: {e}"))?;
     let fhir_authz = section(route, cfg, |p| p.fhir_authz.as_ref())
         .map(|(_, f)| FhirAuthzLayer::new(f, shared.metrics.clone()))
         .transpose()?;
@@ -237,7 +249,9 @@ pub fn build(
         // validate: FHIR / HL7 v2 bodies, after authorization (only authorised bodies are
         // worth parsing), before anything is forwarded
         .option_layer(validate)
-        // DLP: reserved
+        // DLP: closest to the upstream — the request body it sees is exactly what is
+        // forwarded, and it is the first to read the upstream's answer
+        .option_layer(dlp)
         // proxy: header hygiene, gateway-set headers, upstream call
         .service(ProxyService::new(
             upstream,

@@ -62,7 +62,7 @@ fn check_lists_every_error_with_file_and_line() {
         format!("{f}:21: routes[0].upstream: no upstream with this name"),
         format!("{f}:22: routes[0].policies[1]: no policy file with this name"),
         format!(
-            "{}:3: dlp: policy section `dlp` is not implemented",
+            "{}:4: dlp.resources: unknown field `resources`",
             env.path("policies/strict.yaml").display()
         ),
         format!(
@@ -148,12 +148,16 @@ fn every_policy_file_in_the_repository_loads() {
         "cluster-rate-limits",
         "validation",
         "hl7v2-feed",
+        "deidentify",
+        "phi-guard",
     ] {
         assert!(
             policies.contains_key(expected),
             "policies/{expected}.yaml missing"
         );
     }
+    assert!(policies["deidentify"].dlp.is_some());
+    assert!(policies["phi-guard"].dlp.is_some());
     assert!(policies["lab-systems"].mtls.is_some());
     assert!(policies["smart-on-fhir"].auth.is_some());
     assert!(policies["patient-access"].fhir_authz.is_some());
@@ -210,7 +214,8 @@ fn example_config_loads() {
     );
     let p = env.write("certs-example/demo/ward-demo.yaml", &demo);
     let cfg = ward::config::load_with(&p, &|_| None).unwrap_or_else(|e| panic!("{e:#?}"));
-    assert_eq!(cfg.routes.len(), 4);
+    assert_eq!(cfg.routes.len(), 5);
+    assert!(cfg.policies["demo-dlp"].dlp.is_some());
 }
 
 #[test]

@@ -77,7 +77,10 @@ async fn busy_gateway(env: &Env) -> ward::Gateway {
     );
     env.write("policies/guard.yaml", "fhir_authz: {}\n");
     env.write("policies/audited.yaml", "audit: {}\n");
-    env.write("policies/strict.yaml", "validate:\n  fhir: {}\n");
+    env.write(
+        "policies/strict.yaml",
+        "validate:\n  fhir: {}\ndlp:\n  detectors:\n    ssn: {}\n",
+    );
     env.write(
         "policies/tight.yaml",
         "rate_limit:\n  limits:\n    - name: one\n      key: route\n      rate: 1\n      per: hour\n",
@@ -117,6 +120,10 @@ async fn busy_gateway(env: &Env) -> ward::Gateway {
     let c = client(&env.pki, false);
     let u = |p: &str| url(&gw, p);
     assert_eq!(send(&c, get(&u("/fhir/Patient/1"))).await.status, 200);
+    // The sample upstream echoes the path: DLP finds (and redacts) the SSN-shaped id.
+    let r = send(&c, get(&u("/fhir/Patient/123-45-6789"))).await;
+    assert_eq!(r.status, 200);
+    assert!(!String::from_utf8_lossy(&r.body).contains("123-45-6789"));
     let bad = Request::post(u("/fhir/Patient"))
         .header("content-type", "application/fhir+json")
         .body(Full::new(Bytes::from_static(

@@ -527,3 +527,60 @@ async fn senders_are_rate_limited_and_matched_on_whole_fields() {
     assert!(String::from_utf8_lossy(&ack).contains("rate limit"));
     assert_eq!(got.all().len(), 2);
 }
+
+#[tokio::test]
+async fn dlp_rewrites_messages_before_they_are_forwarded_and_blocks_with_ar() {
+    let env = Env::new();
+    env.write(
+        "policies/hl7-deid.yaml",
+        "dlp:\n  detectors:\n    ssn: {}\n    card: { action: block }\n  hl7v2:\n    - field: PID-5\n      action: redact\n    - field: PID-7\n      action: generalize\n",
+    );
+    let (up, got) = mllp_upstream(None, UpMode::Ack).await;
+    let gw = plain_gateway(
+        &env,
+        &format!("127.0.0.1:{}", up.port()),
+        "    dlp: hl7-deid\n",
+    )
+    .await;
+    let tcp = TcpStream::connect(mllp_addr(&gw)).await.unwrap();
+    let mut r = FrameReader::new(tcp, 1 << 20);
+    let with_ssn = String::from_utf8(adt("DLP-1", "HOSP")).unwrap().replace(
+        "PV1|1|I|WARD1^101^A\r",
+        "PV1|1|I|WARD1^101^A\rNTE|1||SSN 123-45-6789 on file\r",
+    );
+    let with_card = String::from_utf8(adt("DLP-2", "HOSP")).unwrap().replace(
+        "PV1|1|I|WARD1^101^A\r",
+        "PV1|1|I|WARD1^101^A\rNTE|1||card 4111 1111 1111 1111\r",
+    );
+    let mut burst = framed(with_ssn.as_bytes());
+    burst.extend(framed(with_card.as_bytes()));
+    r.get_mut().write_all(&burst).await.unwrap();
+    let acks = read_acks(&mut r, 2).await;
+    // The receiver's own AA for the rewritten message; the gateway's AR for the blocked one.
+    assert_eq!(msa(&acks[0]), ("AA".into(), "DLP-1".into()));
+    assert_eq!(msa(&acks[1]), ("AR".into(), "DLP-2".into()));
+    let all = got.all();
+    assert_eq!(all.len(), 1, "the blocked message must not be forwarded");
+    let sent = String::from_utf8(all[0].clone()).unwrap();
+    assert!(!sent.contains("123-45-6789"), "{sent:?}");
+    assert!(sent.contains("NTE|1||SSN [REDACTED] on file\r"), "{sent:?}");
+    let pid = sent.split('\r').find(|l| l.starts_with("PID")).unwrap();
+    let f: Vec<&str> = pid.split('|').collect();
+    assert_eq!(f[5], "");
+    assert_eq!(f[7], "1970");
+    assert_eq!(f[3], "123456^^^HOSP^MR");
+    // MSH is untouched, so the ACK still matches.
+    assert!(sent.starts_with("MSH|^~\\&|LAB|HOSP|EHR|HOSP|20240315083012||ADT^A01^ADT_A01|DLP-1|"));
+    let (_, m) = admin_get(&gw, "/metrics").await;
+    assert!(
+        m.contains("ward_dlp_findings_total{action=\"redact\",detector=\"ssn\",route=\"hl7\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            "ward_mllp_messages_total{listener=\"hl7\",result=\"dlp_blocked\",type=\"ADT\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(!m.contains("123-45-6789"));
+}

@@ -51,6 +51,11 @@ panel("Rate-limited and shed requests",
        ("sum by (policy, kind) (rate(ward_rate_limit_backend_errors_total[5m]))", "redis {{policy}} {{kind}}")], "reqps")
 panel("Validation failures by route and kind",
       [("sum by (route, kind) (rate(ward_validation_failures_total[5m]))", "{{route}} {{kind}}")], "reqps")
+panel("DLP findings by detector and action",
+      [("sum by (detector, action) (rate(ward_dlp_findings_total[5m]))", "{{detector}} {{action}}")], "short",
+      desc="PHI found in bodies (counts, never values); a rising `block` or a new detector is worth a look.")
+panel("DLP outcomes by route",
+      [("sum by (route, direction, outcome) (rate(ward_dlp_messages_total[5m]))", "{{route}} {{direction}} {{outcome}}")], "reqps")
 panel("Refusals by code",
       [("sum by (code) (rate(ward_rejections_total[5m]))", "{{code}}")], "reqps")
 panel("TLS handshake failures",

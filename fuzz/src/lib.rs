@@ -10,10 +10,18 @@
 //! * `hl7v2::{er7, validate, ack}` — ../src/hl7v2/er7.rs, validate.rs, ack.rs (not mod.rs, which
 //!   also declares the tokio-based `mllp` module; see src/hl7v2/mod.rs here);
 //! * `path` — ../src/path.rs;
+//! * `dlp` (and `calendar`) — ../src/dlp/ and ../src/calendar.rs: the DLP engine (detectors,
+//!   FHIR path rules, JSON walker, HL7 v2 rules);
 //! * `error` — a shim (see below), because path.rs and request.rs convert their errors into
 //!   `crate::error::Rejection`, and the real error.rs drags in hyper/serde_json/bytes.
 
 pub mod fhir;
+
+#[path = "../../src/calendar.rs"]
+pub mod calendar;
+
+#[path = "../../src/dlp/mod.rs"]
+pub mod dlp;
 
 pub mod hl7v2;
 

@@ -319,6 +319,8 @@ pub struct PolicyConfig {
     pub validate: Option<crate::policy::validate::ValidateConfig>,
     #[serde(default)]
     pub audit: Option<crate::audit::AuditPolicyConfig>,
+    #[serde(default)]
+    pub dlp: Option<crate::dlp::DlpConfig>,
     /// Where the file is, for messages.
     #[serde(skip)]
     pub file: String,
@@ -349,13 +351,12 @@ impl PolicyConfig {
         if self.audit.is_some() {
             v.push("audit");
         }
+        if self.dlp.is_some() {
+            v.push("dlp");
+        }
         v
     }
 }
-
-/// Policy sections that the design reserves and that later releases implement. Naming
-/// one is an error: a policy the binary cannot enforce must not be silently skipped.
-pub const RESERVED_POLICY_SECTIONS: &[&str] = &["dlp"];
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -800,18 +801,19 @@ pub fn load_policy_file(
                             }
                         }
                     }
-                    s if RESERVED_POLICY_SECTIONS.contains(&s) => e.at(
-                        k,
-                        format!(
-                            "policy section `{s}` is not implemented in this build of ward; \
-                             refusing to start rather than skip it"
-                        ),
-                    ),
+                    "dlp" => {
+                        policy.dlp = decode_node(&mut e, v, k, vars);
+                        if let Some(d) = &policy.dlp {
+                            for (key, msg) in d.problems(&resolve) {
+                                let at = if key.is_empty() { "dlp".to_owned() } else { format!("dlp.{key}") };
+                                e.at(&at, msg);
+                            }
+                        }
+                    }
                     _ => e.at(
                         k,
                         format!(
-                            "unknown policy section `{k}` (expected description, limits, mtls, auth, fhir_authz, rate_limit, validate, audit, or one of: {})",
-                            RESERVED_POLICY_SECTIONS.join(", ")
+                            "unknown policy section `{k}` (expected description, limits, mtls, auth, fhir_authz, rate_limit, validate, audit or dlp)"
                         ),
                     ),
                 }
@@ -1099,6 +1101,16 @@ fn validate(cfg: &Config, known: &KnownNames, e: &mut Errs<'_>) {
         }
         for (k, msg) in m.problems() {
             e.at(&format!("{p}.{k}"), msg);
+        }
+        if let Some(d) = &m.dlp {
+            match cfg.policies.get(d) {
+                None => e.at(&format!("{p}.dlp"), "no policy file with this name"),
+                Some(pc) if pc.dlp.is_none() => e.at(
+                    &format!("{p}.dlp"),
+                    format!("policy `{d}` has no `dlp` section"),
+                ),
+                Some(_) => {}
+            }
         }
         let certs = m
             .tls

@@ -25,18 +25,51 @@ use crate::Body;
 
 /// Facts inner layers learn, for the record.
 #[derive(Clone, Default)]
-pub struct AuditSlot(Arc<Mutex<Option<Arc<Claims>>>>);
+pub struct AuditSlot(Arc<Mutex<SlotFacts>>);
+
+#[derive(Default)]
+struct SlotFacts {
+    claims: Option<Arc<Claims>>,
+    /// DLP finding counts by direction, then detector or rule, then action. Never values.
+    dlp: Map<String, Value>,
+}
 
 impl AuditSlot {
     /// Called by the auth layer once the token is verified.
     pub fn set_claims(&self, c: &Arc<Claims>) {
         if let Ok(mut g) = self.0.lock() {
-            *g = Some(c.clone());
+            g.claims = Some(c.clone());
         }
     }
     fn claims(&self) -> Option<Arc<Claims>> {
-        self.0.lock().ok().and_then(|g| g.clone())
+        self.0.lock().ok().and_then(|g| g.claims.clone())
     }
+
+    /// Called by the DLP layer with what it found in one direction.
+    pub fn add_dlp(&self, dir: &str, eng: &crate::dlp::Engine, report: &crate::dlp::Report) {
+        if let Ok(mut g) = self.0.lock() {
+            g.dlp.insert(dir.to_owned(), dlp_counts(eng, report));
+        }
+    }
+
+    fn dlp(&self) -> Option<Value> {
+        let g = self.0.lock().ok()?;
+        (!g.dlp.is_empty()).then(|| Value::Object(g.dlp.clone()))
+    }
+}
+
+/// `{"ssn":{"redact":2}}`: counts by detector or rule and action.
+pub fn dlp_counts(eng: &crate::dlp::Engine, report: &crate::dlp::Report) -> Value {
+    let mut m = Map::new();
+    for &(label, act, n) in &report.counts {
+        let e = m
+            .entry(eng.label(label).to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(o) = e {
+            o.insert(act.label().to_owned(), Value::from(n));
+        }
+    }
+    Value::Object(m)
 }
 
 /// Records a request whose future was dropped before it finished (client gone, stream
@@ -109,8 +142,11 @@ fn put(m: &mut Map<String, Value>, k: &str, v: Option<&str>) {
     }
 }
 
-/// Who the token said the caller is, if a token was verified.
+/// Who the token said the caller is, if a token was verified; and what DLP found.
 fn add_claims(fields: &mut Map<String, Value>, slot: &AuditSlot) {
+    if let Some(d) = slot.dlp() {
+        fields.insert("dlp_findings".into(), d);
+    }
     if let Some(c) = slot.claims() {
         put(fields, "iss", Some(&c.iss));
         put(fields, "sub", Some(&c.sub));

@@ -1,9 +1,9 @@
 //! Route policies: one file per policy, each `Config → Layer → Service`, composed in
-//! `stack.rs`: mtls, rate_limit, limits, auth, fhir_authz, validate. DLP plugs in at its
-//! reserved place in the stack.
+//! `stack.rs`: mtls, rate_limit, limits, auth, fhir_authz, validate, dlp.
 
 pub mod audit;
 pub mod auth;
+pub mod dlp;
 pub mod fhir_authz;
 pub mod limits;
 pub mod mtls;

@@ -1,0 +1,789 @@
+//! Data-loss prevention: the engine shared by the HTTP `dlp` policy (`policy/dlp.rs`) and
+//! MLLP listeners (`mllp.rs`).
+//!
+//! An [`Engine`] is compiled once from a policy's `dlp:` section (`DlpConfig`): the
+//! free-text detectors into one scanner (`detect.rs`: one pass over the body for every
+//! pattern, one automaton for every keyword), the FHIR path rules (`path.rs`) into a small
+//! state machine, the HL7 v2 field rules into a table, and the key for `hash`/`date_shift`
+//! read from its file. Per message it then runs over JSON (`json.rs`), HL7 v2 ER7
+//! (`hl7.rs`) or plain text, and says what to send and what it found.
+//!
+//! What it found is a [`Report`]: counts per (detector or rule, action). Values are never
+//! kept, logged or counted — only how many, of which kind, and what was done.
+
+pub mod actions;
+pub mod detect;
+pub mod hl7;
+pub mod json;
+pub mod path;
+pub mod xhtml;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::fhir::validate::ValueKind;
+use actions::{Action, Keys};
+use detect::{DetectorSpec, Kind, Scanner};
+
+fn default_max_scan() -> usize {
+    8 * 1024 * 1024
+}
+fn default_shift_days() -> u32 {
+    365
+}
+fn default_min_confidence() -> u8 {
+    50
+}
+fn default_keep_last() -> u16 {
+    4
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Rewrite or refuse.
+    #[default]
+    Enforce,
+    /// Count and log what enforcing would do; the body passes byte for byte (rollout).
+    Report,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    #[default]
+    Response,
+    Request,
+    Both,
+}
+
+impl Direction {
+    pub fn requests(self) -> bool {
+        matches!(self, Direction::Request | Direction::Both)
+    }
+    pub fn responses(self) -> bool {
+        matches!(self, Direction::Response | Direction::Both)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Unscannable {
+    /// A body DLP cannot read (binary, unknown encoding) is refused.
+    #[default]
+    Block,
+    /// …or passed unread (counted).
+    Pass,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// HIPAA Safe Harbor (45 CFR 164.514(b)(2)): see the README's table.
+    SafeHarbor,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Free text only: FHIR `string`, `markdown`, narrative; HL7 fields; text bodies.
+    Text,
+    /// Every string value, typed ones too (`id`, `code`, `uri`, `date`…).
+    Any,
+}
+
+/// The `dlp:` section of a policy file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlpConfig {
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub direction: Direction,
+    #[serde(default)]
+    pub preset: Option<Preset>,
+    /// Largest body scanned; beyond it the message is refused (fail closed).
+    #[serde(default = "default_max_scan")]
+    pub max_scan_bytes: usize,
+    /// Largest body after undoing `Content-Encoding` (decompression-bomb cap); default:
+    /// `max_scan_bytes`.
+    #[serde(default)]
+    pub max_decoded_bytes: Option<usize>,
+    #[serde(default)]
+    pub unscannable: Unscannable,
+    /// Secret for `hash` and `date_shift` (at least 32 bytes).
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// Largest date shift, in days.
+    #[serde(default = "default_shift_days")]
+    pub date_shift_days: u32,
+    /// Confidence (0–100) a free-text finding needs, unless its detector says otherwise.
+    #[serde(default = "default_min_confidence")]
+    pub min_confidence: u8,
+    /// Built-in detectors by name (`ssn`, `card`, `npi`, `mbi`, `email`, `phone`, `ip`,
+    /// `date`, `vin`, `url`, `mrn`) and custom ones (any other name, with `pattern` or
+    /// `keywords`).
+    #[serde(default)]
+    pub detectors: BTreeMap<String, DetectorConfig>,
+    /// FHIR element rules.
+    #[serde(default)]
+    pub fhir: Vec<FhirRuleConfig>,
+    /// HL7 v2 field rules (HTTP ER7 bodies and MLLP).
+    #[serde(default)]
+    pub hl7v2: Vec<Hl7RuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub action: Option<Action>,
+    #[serde(default)]
+    pub keep_last: Option<u16>,
+    /// A regular expression (custom detectors and `mrn`).
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Literal words or phrases (custom detectors), matched case-insensitively.
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// Context words that raise a finding's confidence when near it.
+    #[serde(default)]
+    pub boost: Vec<String>,
+    /// Context words that lower it.
+    #[serde(default)]
+    pub suppress: Vec<String>,
+    #[serde(default)]
+    pub min_confidence: Option<u8>,
+    #[serde(default)]
+    pub scope: Option<Scope>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirRuleConfig {
+    pub path: String,
+    pub action: Action,
+    #[serde(default)]
+    pub keep_last: Option<u16>,
+    /// Metric label; default: the path.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7RuleConfig {
+    /// `PID-19`, or a component: `PID-11.5`.
+    pub field: String,
+    pub action: Action,
+    #[serde(default)]
+    pub keep_last: Option<u16>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+const BUILTIN: &[&str] = &[
+    "ssn", "card", "npi", "mbi", "email", "phone", "ip", "date", "vin", "url", "mrn",
+];
+
+impl DlpConfig {
+    /// Config problems as `(key, message)`: everything is compiled here, so `ward check`
+    /// reports a bad pattern or path with its place.
+    pub fn problems(&self, resolve: &dyn Fn(&str) -> PathBuf) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.max_scan_bytes == 0 {
+            out.push(("max_scan_bytes".into(), "must be greater than 0".into()));
+        }
+        if self.max_decoded_bytes == Some(0) {
+            out.push(("max_decoded_bytes".into(), "must be greater than 0".into()));
+        }
+        if self.min_confidence > 100 {
+            out.push(("min_confidence".into(), "is 0 to 100".into()));
+        }
+        if self.date_shift_days == 0 {
+            out.push(("date_shift_days".into(), "must be greater than 0".into()));
+        }
+        for (name, d) in &self.detectors {
+            let at = format!("detectors.{name}");
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+            {
+                out.push((
+                    at.clone(),
+                    "detector names are letters, digits, `_` and `-`".into(),
+                ));
+            }
+            if d.min_confidence.is_some_and(|c| c > 100) {
+                out.push((format!("{at}.min_confidence"), "is 0 to 100".into()));
+            }
+            let builtin = BUILTIN.contains(&name.as_str());
+            match (builtin, &d.pattern, d.keywords.is_empty()) {
+                (_, Some(_), false) => out.push((
+                    at.clone(),
+                    "a detector has `pattern` or `keywords`, not both".into(),
+                )),
+                (true, Some(_), _) if name != "mrn" => out.push((
+                    format!("{at}.pattern"),
+                    "built-in detectors have their own pattern; name a custom detector instead"
+                        .into(),
+                )),
+                (true, None, true) if name == "mrn" && d.enabled => out.push((
+                    format!("{at}.pattern"),
+                    "`mrn` needs the site's medical record number pattern".into(),
+                )),
+                (false, None, true) => out.push((
+                    at.clone(),
+                    "a custom detector needs `pattern` or `keywords`".into(),
+                )),
+                _ => {}
+            }
+            if let Some(a) = d.action {
+                if matches!(a, Action::DateShift | Action::Generalize) {
+                    out.push((
+                        format!("{at}.action"),
+                        "free-text findings take redact, mask, hash, block or report".into(),
+                    ));
+                }
+            }
+        }
+        for (i, r) in self.fhir.iter().enumerate() {
+            if let Err(e) = path::parse(&r.path) {
+                out.push((format!("fhir[{i}].path"), e));
+            }
+        }
+        for (i, r) in self.hl7v2.iter().enumerate() {
+            if let Err(e) = hl7::parse_field_ref(&r.field) {
+                out.push((format!("hl7v2[{i}].field"), e));
+            }
+        }
+        let needs_key = self
+            .effective_actions()
+            .any(|a| matches!(a, Action::Hash | Action::DateShift));
+        match &self.key_file {
+            None if needs_key => out.push((
+                "key_file".into(),
+                "`hash` and `date_shift` need a secret key file".into(),
+            )),
+            Some(f) => match std::fs::read(resolve(f)) {
+                Ok(k) if trim_key(&k).len() < 32 => out.push((
+                    "key_file".into(),
+                    "the key must be at least 32 bytes".into(),
+                )),
+                Ok(_) => {}
+                Err(e) => out.push(("key_file".into(), format!("cannot read {f}: {}", e.kind()))),
+            },
+            None => {}
+        }
+        if out.is_empty() {
+            if let Err(e) = Engine::compile(self, resolve) {
+                out.push((String::new(), e));
+            }
+        }
+        out
+    }
+
+    fn effective_actions(&self) -> impl Iterator<Item = Action> + '_ {
+        let d = self.detectors.values().filter_map(|d| d.action);
+        let f = self.fhir.iter().map(|r| r.action);
+        let h = self.hl7v2.iter().map(|r| r.action);
+        d.chain(f).chain(h)
+    }
+}
+
+fn trim_key(k: &[u8]) -> &[u8] {
+    let end = k
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(0, |p| p + 1);
+    &k[..end]
+}
+
+/// A detector as the engine uses it.
+#[derive(Debug, Clone, Copy)]
+pub struct DetRule {
+    pub label: u16,
+    pub action: Action,
+    pub keep_last: u16,
+    pub any_type: bool,
+}
+
+impl DetRule {
+    /// Whether findings of this detector count in a value of this FHIR kind.
+    pub fn applies_to(&self, kind: ValueKind) -> bool {
+        match kind {
+            ValueKind::Structured(_) => self.any_type,
+            _ => true,
+        }
+    }
+}
+
+/// `where` conditions of a step: `(child, literal)` pairs.
+type Conds = Vec<(String, String)>;
+
+/// A compiled FHIR path rule.
+#[derive(Debug)]
+struct Rule {
+    steps: Vec<(Vec<u8>, Conds)>,
+    action: Action,
+    keep_last: u16,
+    label: u16,
+}
+
+/// Where a rule is in its path: `step` is the index of the next element to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleState {
+    rule: u16,
+    step: u16,
+}
+
+/// FHIR path rules as a small NFA over element names.
+#[derive(Debug, Default)]
+pub struct Rules {
+    rules: Vec<Rule>,
+    /// `*` rules: may start at any element of any resource.
+    floating: Vec<u16>,
+    by_root: HashMap<Vec<u8>, Vec<u16>>,
+}
+
+impl Rules {
+    /// States at the root of a resource of type `rt`.
+    pub fn start_states(&self, rt: &[u8], out: &mut Vec<RuleState>) {
+        if let Some(rs) = self.by_root.get(rt) {
+            out.extend(rs.iter().map(|&rule| RuleState { rule, step: 0 }));
+        }
+    }
+
+    /// Member `key` (element `name`: `deceased` for `deceasedDateTime`) under `states`:
+    /// continuing states go to `next`; rules whose last step this is are reported to
+    /// `done`. A step matches the element name or the exact JSON key.
+    pub fn step(
+        &self,
+        states: &[RuleState],
+        name: &[u8],
+        key: &[u8],
+        next: &mut Vec<RuleState>,
+        done: &mut dyn FnMut(Action, u16),
+    ) {
+        let floating = self
+            .floating
+            .iter()
+            .map(|&rule| RuleState { rule, step: 0 });
+        for st in states.iter().copied().chain(floating) {
+            let Some(rule) = self.rules.get(usize::from(st.rule)) else {
+                continue;
+            };
+            let Some((step_name, _)) = rule.steps.get(usize::from(st.step)) else {
+                continue;
+            };
+            if step_name.as_slice() != name && step_name.as_slice() != key {
+                continue;
+            }
+            if usize::from(st.step) + 1 == rule.steps.len() {
+                done(rule.action, st.rule);
+            } else {
+                let ns = RuleState {
+                    rule: st.rule,
+                    step: st.step + 1,
+                };
+                if !next.contains(&ns) {
+                    next.push(ns);
+                }
+            }
+        }
+    }
+
+    /// Conditions of the step a state has just passed (its `where`).
+    pub fn conds_before(&self, st: RuleState) -> &[(String, String)] {
+        usize::from(st.step)
+            .checked_sub(1)
+            .and_then(|i| self.rules.get(usize::from(st.rule))?.steps.get(i))
+            .map_or(&[], |(_, c)| c.as_slice())
+    }
+
+    /// Conditions of a rule's last step.
+    pub fn conds_last(&self, rule: u16) -> &[(String, String)] {
+        self.rules
+            .get(usize::from(rule))
+            .and_then(|r| r.steps.last())
+            .map_or(&[], |(_, c)| c.as_slice())
+    }
+
+    pub fn keep_last(&self, rule: u16) -> u16 {
+        self.rules.get(usize::from(rule)).map_or(4, |r| r.keep_last)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// Counts of findings by (label, action). Never values.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub counts: Vec<(u16, Action, u32)>,
+    /// Set when a message was refused as a whole.
+    pub blocked: bool,
+}
+
+impl Report {
+    pub fn add(&mut self, label: u16, action: Action) {
+        for c in &mut self.counts {
+            if c.0 == label && c.1 == action {
+                c.2 = c.2.saturating_add(1);
+                return;
+            }
+        }
+        self.counts.push((label, action, 1));
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().map(|c| u64::from(c.2)).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+}
+
+/// A compiled `dlp:` section.
+pub struct Engine {
+    pub scanner: Scanner,
+    /// Indexed by `Hit::detector`.
+    pub detectors: Vec<DetRule>,
+    pub rules: Rules,
+    pub hl7: hl7::Hl7Rules,
+    pub keys: Option<Keys>,
+    pub date_shift_days: u32,
+    labels: Vec<String>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("detectors", &self.detectors.len())
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Built-in detector settings: kind, default action, scope.
+fn builtin(name: &str) -> Option<(Kind, Scope)> {
+    Some(match name {
+        "ssn" => (Kind::Ssn, Scope::Any),
+        "card" => (Kind::Card, Scope::Any),
+        "npi" => (Kind::Npi, Scope::Any),
+        "mbi" => (Kind::Mbi, Scope::Any),
+        "email" => (Kind::Email, Scope::Any),
+        "phone" => (Kind::Phone, Scope::Any),
+        "ip" => (Kind::Ip, Scope::Any),
+        "vin" => (Kind::Vin, Scope::Any),
+        // Dates and URLs are what typed FHIR elements are made of (`birthDate`,
+        // `system`): those are for path rules; the detectors look at free text.
+        "date" => (Kind::Date, Scope::Text),
+        "url" => (Kind::Url, Scope::Text),
+        _ => return None,
+    })
+}
+
+impl Engine {
+    /// `a` wins over (or ties with) `b` when one element matches several rules.
+    pub fn stronger(a: Action, b: Action) -> bool {
+        fn rank(a: Action) -> u8 {
+            match a {
+                Action::Block => 6,
+                Action::Redact => 5,
+                Action::Generalize => 4,
+                Action::DateShift => 3,
+                Action::Hash => 2,
+                Action::Mask => 1,
+                Action::Report => 0,
+            }
+        }
+        rank(a) >= rank(b)
+    }
+
+    pub fn label(&self, idx: u16) -> &str {
+        self.labels
+            .get(usize::from(idx))
+            .map_or("unknown", String::as_str)
+    }
+
+    pub fn rule_label(&self, rule: u16) -> u16 {
+        self.rules
+            .rules
+            .get(usize::from(rule))
+            .map_or(0, |r| r.label)
+    }
+
+    fn intern(labels: &mut Vec<String>, s: &str) -> u16 {
+        if let Some(i) = labels.iter().position(|l| l == s) {
+            return u16::try_from(i).unwrap_or(u16::MAX);
+        }
+        labels.push(s.to_owned());
+        u16::try_from(labels.len() - 1).unwrap_or(u16::MAX)
+    }
+
+    /// Compile a `dlp:` section (after `problems` found nothing).
+    pub fn compile(cfg: &DlpConfig, resolve: &dyn Fn(&str) -> PathBuf) -> Result<Engine, String> {
+        let mut labels: Vec<String> = Vec::new();
+        // Detectors: the preset's, then the policy's (which override by name).
+        let mut dets: BTreeMap<String, DetectorConfig> = BTreeMap::new();
+        let mut fhir: Vec<FhirRuleConfig> = Vec::new();
+        let mut hl7r: Vec<Hl7RuleConfig> = Vec::new();
+        if cfg.preset == Some(Preset::SafeHarbor) {
+            let (d, f, h) = safe_harbor();
+            dets.extend(d);
+            fhir.extend(f);
+            hl7r.extend(h);
+        }
+        for (k, v) in &cfg.detectors {
+            dets.insert(k.clone(), v.clone());
+        }
+        // A policy rule on the same path replaces the preset's.
+        for r in &cfg.fhir {
+            fhir.retain(|p| p.path != r.path);
+        }
+        fhir.extend(cfg.fhir.iter().cloned());
+        for r in &cfg.hl7v2 {
+            hl7r.retain(|p| p.field != r.field);
+        }
+        hl7r.extend(cfg.hl7v2.iter().cloned());
+
+        let mut specs = Vec::new();
+        let mut detectors = Vec::new();
+        for (name, d) in &dets {
+            if !d.enabled {
+                continue;
+            }
+            let (kind, scope) = match (builtin(name), &d.pattern, d.keywords.is_empty()) {
+                (Some(b), None, true) => b,
+                (_, Some(p), _) => (Kind::Regex(p.clone()), Scope::Any),
+                (None, None, false) => (Kind::Keywords(d.keywords.clone()), Scope::Text),
+                _ => return Err(format!("detector `{name}` has nothing to look for")),
+            };
+            specs.push(DetectorSpec {
+                name: name.clone(),
+                kind,
+                min_confidence: d.min_confidence,
+                boost: d.boost.clone(),
+                suppress: d.suppress.clone(),
+            });
+            detectors.push(DetRule {
+                label: Self::intern(&mut labels, name),
+                action: d.action.unwrap_or(Action::Redact),
+                keep_last: d.keep_last.unwrap_or_else(default_keep_last),
+                any_type: d.scope.unwrap_or(scope) == Scope::Any,
+            });
+        }
+        let scanner =
+            Scanner::new(&specs, cfg.min_confidence).map_err(|e| format!("detectors: {e}"))?;
+
+        let mut rules = Rules::default();
+        for r in &fhir {
+            let p = path::parse(&r.path).map_err(|e| format!("fhir path `{}`: {e}", r.path))?;
+            let idx = u16::try_from(rules.rules.len()).map_err(|_| "too many fhir rules")?;
+            let label = Self::intern(&mut labels, r.name.as_deref().unwrap_or(&r.path));
+            rules.rules.push(Rule {
+                steps: p
+                    .steps
+                    .into_iter()
+                    .map(|s| (s.name.into_bytes(), s.conds))
+                    .collect(),
+                action: r.action,
+                keep_last: r.keep_last.unwrap_or_else(default_keep_last),
+                label,
+            });
+            match p.root {
+                Some(root) => rules
+                    .by_root
+                    .entry(root.into_bytes())
+                    .or_default()
+                    .push(idx),
+                None => rules.floating.push(idx),
+            }
+        }
+        let mut hl7_rules = hl7::Hl7Rules::default();
+        for r in &hl7r {
+            let at = hl7::parse_field_ref(&r.field)?;
+            let label = Self::intern(&mut labels, r.name.as_deref().unwrap_or(&r.field));
+            hl7_rules.push(
+                at,
+                r.action,
+                r.keep_last.unwrap_or_else(default_keep_last),
+                label,
+            );
+        }
+        let keys = match &cfg.key_file {
+            Some(f) => {
+                let k =
+                    std::fs::read(resolve(f)).map_err(|e| format!("key_file {f}: {}", e.kind()))?;
+                Some(Keys::new(trim_key(&k)))
+            }
+            None => None,
+        };
+        Ok(Engine {
+            scanner,
+            detectors,
+            rules,
+            hl7: hl7_rules,
+            keys,
+            date_shift_days: cfg.date_shift_days,
+            labels,
+        })
+    }
+
+    /// Plain text: every finding replaced in place.
+    pub fn process_text(&self, body: &[u8], report: &mut Report) -> TextOutcome {
+        let mut hits = Vec::new();
+        self.scanner.scan(body, &mut hits);
+        let mut out: Option<Vec<u8>> = None;
+        let mut cur = 0;
+        for h in &hits {
+            let Some(det) = self.detectors.get(usize::from(h.detector)) else {
+                continue;
+            };
+            report.add(det.label, det.action);
+            let (s, e) = (h.start, h.end);
+            let repl = match det.action {
+                Action::Block => {
+                    report.blocked = true;
+                    return TextOutcome::Blocked;
+                }
+                Action::Report => continue,
+                Action::Mask => actions::mask(&body[s..e], usize::from(det.keep_last)),
+                Action::Hash => match &self.keys {
+                    Some(k) => k.hash(&body[s..e]),
+                    None => actions::REDACTED.to_vec(),
+                },
+                _ => actions::REDACTED.to_vec(),
+            };
+            let o = out.get_or_insert_with(|| Vec::with_capacity(body.len()));
+            o.extend_from_slice(&body[cur..s]);
+            o.extend_from_slice(&repl);
+            cur = e;
+        }
+        match out {
+            Some(mut o) => {
+                o.extend_from_slice(&body[cur..]);
+                TextOutcome::Rewritten(o)
+            }
+            None => TextOutcome::Unchanged,
+        }
+    }
+}
+
+pub enum TextOutcome {
+    Unchanged,
+    Rewritten(Vec<u8>),
+    Blocked,
+}
+
+/// The `safe_harbor` preset. HIPAA's 18 identifiers (45 CFR 164.514(b)(2)(i)) and what
+/// covers each, as far as content shows them — the README has the table:
+///
+/// (A) names — FHIR `name` of Patient, RelatedPerson, Patient.contact; PID-5, PID-6, PID-9,
+///     NK1-2 (free-text names cannot be told from words: add `keywords` for known ones);
+/// (B) geography below state — `address.line/city/district/text` removed, `postalCode` to
+///     three digits (restricted prefixes to `000`); PID-11, NK1-4;
+/// (C) dates except year — `birthDate`, `deceasedDateTime` to year (ages over 89 capped),
+///     the `date` detector in free text; PID-7, PID-29;
+/// (D–F) phone, fax, email — `telecom` removed; `phone`, `email` detectors; PID-13/14, NK1-5;
+/// (G) SSN — the `us-ssn` identifier and the `ssn` detector; PID-19;
+/// (H) medical record numbers — `Patient.identifier` removed, PID-3; `mrn` detector when
+///     the site gives its pattern;
+/// (I) health plan beneficiary numbers — the `mbi` detector, Coverage identifiers;
+/// (J) account numbers — the `card` detector, `Account.identifier`, PID-18;
+/// (K) certificate/licence numbers — `Patient.identifier` (driver's licence), PID-20;
+/// (L) vehicle identifiers — the `vin` detector;
+/// (M) device identifiers — `Device.identifier`, `serialNumber`, `udiCarrier`;
+/// (N) URLs — the `url` detector in free text, `telecom` urls;
+/// (O) IP addresses — the `ip` detector;
+/// (P) biometric identifiers, (Q) full-face photographs — `Patient.photo`, `Media.content`
+///     and `Binary` data are removed (content cannot be inspected);
+/// (R) any other unique identifying number — `npi` and custom detectors.
+#[allow(clippy::type_complexity)]
+fn safe_harbor() -> (
+    BTreeMap<String, DetectorConfig>,
+    Vec<FhirRuleConfig>,
+    Vec<Hl7RuleConfig>,
+) {
+    let mut d = BTreeMap::new();
+    for n in [
+        "ssn", "card", "npi", "mbi", "email", "phone", "ip", "date", "vin", "url",
+    ] {
+        d.insert(
+            n.to_owned(),
+            DetectorConfig {
+                enabled: true,
+                ..Default::default()
+            },
+        );
+    }
+    let f = |path: &str, action: Action| FhirRuleConfig {
+        path: path.to_owned(),
+        action,
+        keep_last: None,
+        name: None,
+    };
+    let fhir = vec![
+        f("Patient.name", Action::Redact),
+        f("Patient.contact.name", Action::Redact),
+        f("RelatedPerson.name", Action::Redact),
+        f("*.address.line", Action::Redact),
+        f("*.address.city", Action::Redact),
+        f("*.address.district", Action::Redact),
+        f("*.address.text", Action::Redact),
+        f("*.address.postalCode", Action::Generalize),
+        f("Patient.birthDate", Action::Generalize),
+        f("Patient.deceased", Action::Generalize),
+        f("RelatedPerson.birthDate", Action::Generalize),
+        f("*.telecom", Action::Redact),
+        f("Patient.identifier", Action::Redact),
+        f("RelatedPerson.identifier", Action::Redact),
+        f("Coverage.identifier", Action::Redact),
+        f("Coverage.subscriberId", Action::Redact),
+        f("Account.identifier", Action::Redact),
+        f("Device.identifier", Action::Redact),
+        f("Device.serialNumber", Action::Redact),
+        f("Device.udiCarrier", Action::Redact),
+        f("Patient.photo", Action::Redact),
+        f("Media.content", Action::Redact),
+        f("Binary.data", Action::Redact),
+    ];
+    let h = |field: &str, action: Action| Hl7RuleConfig {
+        field: field.to_owned(),
+        action,
+        keep_last: None,
+        name: None,
+    };
+    let hl7 = vec![
+        h("PID-3", Action::Redact),
+        h("PID-4", Action::Redact),
+        h("PID-5", Action::Redact),
+        h("PID-6", Action::Redact),
+        h("PID-7", Action::Generalize),
+        h("PID-9", Action::Redact),
+        h("PID-11", Action::Generalize),
+        h("PID-13", Action::Redact),
+        h("PID-14", Action::Redact),
+        h("PID-18", Action::Redact),
+        h("PID-19", Action::Redact),
+        h("PID-20", Action::Redact),
+        h("PID-21", Action::Redact),
+        h("PID-29", Action::Generalize),
+        h("NK1-2", Action::Redact),
+        h("NK1-4", Action::Generalize),
+        h("NK1-5", Action::Redact),
+        h("NK1-6", Action::Redact),
+    ];
+    (d, fhir, hl7)
+}

@@ -1,0 +1,617 @@
+//! `dlp` policy: PHI detection and redaction on the bodies a route carries, in the
+//! direction(s) the policy names (`response` by default, `request`, or `both`).
+//!
+//! It sits closest to the upstream: on the way in it sees exactly what will be forwarded
+//! (after every other policy admitted the request); on the way out it is the first to see
+//! what the EHR answered.
+//!
+//! Per body:
+//! 1. What is it? JSON (`application/json`, `application/fhir+json`, any `+json`), HL7 v2
+//!    ER7, plain text, or HTML/XML (read as text with markup and entities undone). Anything
+//!    else cannot be read and is refused (`unscannable: block`, the default) or passed and
+//!    counted (`unscannable: pass`).
+//! 2. The body is read whole, up to `max_scan_bytes`: structural rules need the whole
+//!    document, and a value split across chunks must still be seen. Beyond the cap the
+//!    message is refused — fail closed — in enforce mode.
+//! 3. `Content-Encoding`: Ward asks the upstream for `identity` (it rewrites
+//!    `Accept-Encoding` on DLP response routes), and still undoes gzip, deflate and br if
+//!    the upstream compresses anyway, with `max_decoded_bytes` as the decompression-bomb cap.
+//!    Range requests are turned into full requests (`Range`/`If-Range` removed): a byte
+//!    range cannot be scanned as a document.
+//! 4. The shared engine (`dlp/`) runs. Clean: the original bytes go on untouched, encoding
+//!    and all. Rewritten: the new body goes out uncompressed with its own `Content-Length`;
+//!    `ETag`, `Content-MD5`, `Digest` and `Accept-Ranges` are dropped because they described
+//!    other bytes. Blocked: 403 `dlp_blocked` (an OperationOutcome on FHIR routes).
+//! 5. `mode: report` counts and logs what enforce would do and never changes a byte.
+//!
+//! Findings are counted (`ward_dlp_findings_total{route,detector,action}`), logged as
+//! counts, and put in the request's audit record as counts — never values.
+
+use std::future::Future;
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::{BodyExt, Full};
+
+use crate::dlp::hl7::{self as dlp_hl7, Hl7Outcome};
+use crate::dlp::json::{self as dlp_json, JsonOutcome};
+use crate::dlp::{DlpConfig, Engine, Mode, Report, TextOutcome, Unscannable};
+use crate::error::Rejection;
+use crate::metrics::Metrics;
+use crate::policy::audit::AuditSlot;
+use crate::{Body, BoxError};
+
+/// What a body is, for DLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Json,
+    Hl7,
+    Text,
+    Markup,
+    Unscannable,
+}
+
+/// Classify a `Content-Type` value. No header: text (scanning bytes as text finds what a
+/// text scan can; a binary upload would be declared).
+pub fn body_kind(ct: Option<&HeaderValue>) -> BodyKind {
+    let Some(ct) = ct else {
+        return BodyKind::Text;
+    };
+    let Ok(ct) = ct.to_str() else {
+        return BodyKind::Unscannable;
+    };
+    let mt = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mt == "application/json" || mt.ends_with("+json") {
+        BodyKind::Json
+    } else if mt == "x-application/hl7-v2+er7"
+        || mt == "application/hl7-v2"
+        || mt == "application/edi-hl7"
+        || mt == "application/hl7-v2+er7"
+    {
+        BodyKind::Hl7
+    } else if mt == "text/html"
+        || mt == "text/xml"
+        || mt == "application/xml"
+        || mt.ends_with("+xml")
+        || mt == "application/xhtml+xml"
+    {
+        BodyKind::Markup
+    } else if mt.starts_with("text/") {
+        BodyKind::Text
+    } else {
+        BodyKind::Unscannable
+    }
+}
+
+/// The result of DLP over one buffered body.
+pub enum Verdict {
+    /// Send the original bytes.
+    Pass,
+    Rewritten(Vec<u8>),
+    Blocked,
+    /// Could not process (malformed for its type): fail closed.
+    Failed,
+}
+
+/// Run the engine over a decoded body of `kind`.
+pub fn run(eng: &Engine, kind: BodyKind, body: &[u8], report: &mut Report) -> Verdict {
+    match kind {
+        BodyKind::Json => match dlp_json::process(eng, body, report) {
+            Ok(JsonOutcome::Unchanged) => Verdict::Pass,
+            Ok(JsonOutcome::Rewritten(b)) => Verdict::Rewritten(b),
+            Ok(JsonOutcome::Blocked) => Verdict::Blocked,
+            Err(_) => Verdict::Failed,
+        },
+        BodyKind::Hl7 => match dlp_hl7::process(eng, body, report) {
+            Ok(Hl7Outcome::Unchanged) => Verdict::Pass,
+            Ok(Hl7Outcome::Rewritten(b)) => Verdict::Rewritten(b),
+            Ok(Hl7Outcome::Blocked) => Verdict::Blocked,
+            Err(_) => Verdict::Failed,
+        },
+        BodyKind::Text => match eng.process_text(body, report) {
+            TextOutcome::Unchanged => Verdict::Pass,
+            TextOutcome::Rewritten(b) => Verdict::Rewritten(b),
+            TextOutcome::Blocked => Verdict::Blocked,
+        },
+        BodyKind::Markup => markup(eng, body, report),
+        BodyKind::Unscannable => Verdict::Failed,
+    }
+}
+
+/// HTML/XML: scan the text view (tags out, entities decoded), replace only text.
+fn markup(eng: &Engine, body: &[u8], report: &mut Report) -> Verdict {
+    let mut txt = Vec::new();
+    let mut map = Vec::new();
+    crate::dlp::xhtml::text_view(body, &mut txt, &mut map);
+    let mut hits = Vec::new();
+    eng.scanner.scan(&txt, &mut hits);
+    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    for h in &hits {
+        let Some(det) = eng.detectors.get(usize::from(h.detector)) else {
+            continue;
+        };
+        report.add(det.label, det.action);
+        let m = txt.get(h.start..h.end).unwrap_or_default();
+        let repl = match det.action {
+            crate::dlp::actions::Action::Block => return Verdict::Blocked,
+            crate::dlp::actions::Action::Report => continue,
+            crate::dlp::actions::Action::Mask => {
+                crate::dlp::actions::mask(m, usize::from(det.keep_last))
+            }
+            crate::dlp::actions::Action::Hash => match &eng.keys {
+                Some(k) => k.hash(m),
+                None => crate::dlp::actions::REDACTED.to_vec(),
+            },
+            _ => crate::dlp::actions::REDACTED.to_vec(),
+        };
+        let mut esc = Vec::new();
+        for c in repl {
+            match c {
+                b'&' => esc.extend_from_slice(b"&amp;"),
+                b'<' => esc.extend_from_slice(b"&lt;"),
+                b'>' => esc.extend_from_slice(b"&gt;"),
+                c => esc.push(c),
+            }
+        }
+        for (k, (s, e)) in crate::dlp::xhtml::redact_text_runs(body, &map, h.start, h.end)
+            .into_iter()
+            .enumerate()
+        {
+            let t = if k == 0 { esc.clone() } else { Vec::new() };
+            edits.push((s as usize, e as usize, t));
+        }
+    }
+    if edits.is_empty() {
+        return Verdict::Pass;
+    }
+    edits.sort_by_key(|e| e.0);
+    let mut out = Vec::with_capacity(body.len());
+    let mut cur = 0;
+    for (s, e, t) in edits {
+        if s < cur || e > body.len() {
+            return Verdict::Failed;
+        }
+        out.extend_from_slice(&body[cur..s]);
+        out.extend_from_slice(&t);
+        cur = e;
+    }
+    out.extend_from_slice(&body[cur..]);
+    Verdict::Rewritten(out)
+}
+
+/// Undo a `Content-Encoding`, at most `cap` bytes out. `Err(true)`: over the cap (a bomb);
+/// `Err(false)`: unknown coding or corrupt data.
+pub fn decode(
+    encoding: Option<&HeaderValue>,
+    body: &[u8],
+    cap: usize,
+) -> Result<Option<Vec<u8>>, bool> {
+    let Some(enc) = encoding else {
+        return Ok(None);
+    };
+    let enc = enc.to_str().map_err(|_| false)?.trim().to_ascii_lowercase();
+    if enc.is_empty() || enc == "identity" {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
+    let r = match enc.as_str() {
+        "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(body)
+            .take(limit)
+            .read_to_end(&mut out),
+        // `deflate` is zlib-wrapped per RFC 9110; some servers send raw deflate.
+        "deflate" => {
+            let r = flate2::read::ZlibDecoder::new(body)
+                .take(limit)
+                .read_to_end(&mut out);
+            if r.is_err() {
+                out.clear();
+                flate2::read::DeflateDecoder::new(body)
+                    .take(limit)
+                    .read_to_end(&mut out)
+            } else {
+                r
+            }
+        }
+        "br" => brotli_decompressor::Decompressor::new(body, 8192)
+            .take(limit)
+            .read_to_end(&mut out),
+        _ => return Err(false),
+    };
+    r.map_err(|_| false)?;
+    if out.len() > cap {
+        return Err(true);
+    }
+    Ok(Some(out))
+}
+
+/// A compiled `dlp` policy for one route.
+#[derive(Clone)]
+pub struct DlpLayer {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Arc<Engine>,
+    mode: Mode,
+    requests: bool,
+    responses: bool,
+    max_scan: usize,
+    max_decoded: usize,
+    unscannable: Unscannable,
+    route: String,
+    metrics: Arc<Metrics>,
+}
+
+impl DlpLayer {
+    pub fn new(
+        cfg: &DlpConfig,
+        route: &str,
+        resolve: &dyn Fn(&str) -> std::path::PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let engine = Arc::new(Engine::compile(cfg, resolve)?);
+        Ok(DlpLayer {
+            inner: Arc::new(Shared {
+                engine,
+                mode: cfg.mode,
+                requests: cfg.direction.requests(),
+                responses: cfg.direction.responses(),
+                max_scan: cfg.max_scan_bytes,
+                max_decoded: cfg.max_decoded_bytes.unwrap_or(cfg.max_scan_bytes),
+                unscannable: cfg.unscannable,
+                route: route.to_owned(),
+                metrics,
+            }),
+        })
+    }
+}
+
+impl<S> tower::Layer<S> for DlpLayer {
+    type Service = Dlp<S>;
+    fn layer(&self, inner: S) -> Dlp<S> {
+        Dlp {
+            inner,
+            shared: self.inner.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Dlp<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+fn blocked() -> Rejection {
+    Rejection::new(
+        StatusCode::FORBIDDEN,
+        "dlp_blocked",
+        "the message contains data this route does not release",
+    )
+}
+
+fn too_large(response: bool) -> Rejection {
+    if response {
+        Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            "dlp_scan_limit",
+            "the upstream response is larger than data-loss prevention can inspect",
+        )
+    } else {
+        Rejection::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "dlp_scan_limit",
+            "the request body is larger than data-loss prevention can inspect",
+        )
+        .closing()
+    }
+}
+
+fn unscannable(response: bool) -> Rejection {
+    if response {
+        Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            "dlp_unscannable",
+            "the upstream response could not be inspected for data-loss prevention",
+        )
+    } else {
+        Rejection::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "dlp_unscannable",
+            "the request body could not be inspected for data-loss prevention",
+        )
+    }
+}
+
+/// A body whose first bytes were already read: those, then the rest as it comes.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Body,
+}
+
+impl HttpBody for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(p) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+}
+
+/// Read up to `max` bytes. `Ok(Err(prefix_body))`: the body is longer; the returned body
+/// replays everything (for report mode).
+async fn read_capped(mut body: Body, max: usize) -> Result<Result<Bytes, Body>, BoxError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Ok(d) = frame.into_data() {
+            buf.extend_from_slice(&d);
+            if buf.len() > max {
+                let prefixed = Prefixed {
+                    prefix: Some(buf.freeze()),
+                    rest: body,
+                };
+                return Ok(Err(prefixed.boxed_unsync()));
+            }
+        }
+    }
+    Ok(Ok(buf.freeze()))
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
+}
+
+/// Headers that described the old bytes.
+fn fix_headers(h: &mut HeaderMap, len: usize) {
+    h.remove(header::CONTENT_ENCODING);
+    h.remove(header::ETAG);
+    h.remove("content-md5");
+    h.remove("digest");
+    h.remove("repr-digest");
+    h.remove("content-digest");
+    h.remove(header::ACCEPT_RANGES);
+    h.remove(header::TRANSFER_ENCODING);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+impl Shared {
+    fn count(&self, dir: &str, outcome: &str) {
+        self.metrics
+            .dlp_messages
+            .with_label_values(&[&self.route, dir, outcome])
+            .inc();
+    }
+
+    fn record(&self, report: &Report, dir: &str, slot: Option<&AuditSlot>) {
+        for &(label, act, n) in &report.counts {
+            self.metrics
+                .dlp_findings
+                .with_label_values(&[&self.route, self.engine.label(label), act.label()])
+                .inc_by(u64::from(n));
+        }
+        if !report.is_empty() {
+            let summary = summary(&self.engine, report);
+            tracing::info!(
+                target: "ward::dlp",
+                route = %self.route,
+                direction = dir,
+                findings = report.total(),
+                by_detector = %summary,
+                mode = if self.mode == Mode::Report { "report" } else { "enforce" },
+                "dlp findings"
+            );
+            if let Some(s) = slot {
+                s.add_dlp(dir, &self.engine, report);
+            }
+        }
+    }
+
+    /// DLP over one buffered message. `Ok(None)`: send the original; `Ok(Some(b))`: send
+    /// `b` instead (decoded, rewritten).
+    fn process(
+        &self,
+        dir: &'static str,
+        response: bool,
+        headers: &HeaderMap,
+        body: &[u8],
+        slot: Option<&AuditSlot>,
+    ) -> Result<Option<Vec<u8>>, Rejection> {
+        let report_only = self.mode == Mode::Report;
+        let kind = body_kind(headers.get(header::CONTENT_TYPE));
+        if kind == BodyKind::Unscannable {
+            self.count(dir, "unscannable");
+            return if report_only || self.unscannable == Unscannable::Pass {
+                Ok(None)
+            } else {
+                Err(unscannable(response))
+            };
+        }
+        let decoded = match decode(
+            headers.get(header::CONTENT_ENCODING),
+            body,
+            self.max_decoded,
+        ) {
+            Ok(d) => d,
+            Err(bomb) => {
+                self.count(dir, if bomb { "too_large" } else { "unscannable" });
+                return if report_only {
+                    Ok(None)
+                } else if bomb {
+                    Err(too_large(response))
+                } else {
+                    Err(unscannable(response))
+                };
+            }
+        };
+        let plain: &[u8] = decoded.as_deref().unwrap_or(body);
+        self.metrics
+            .dlp_scanned_bytes
+            .with_label_values(&[&self.route, dir])
+            .inc_by(u64::try_from(plain.len()).unwrap_or(u64::MAX));
+        let mut report = Report::default();
+        let verdict = run(&self.engine, kind, plain, &mut report);
+        self.record(&report, dir, slot);
+        if report_only {
+            self.count(
+                dir,
+                match verdict {
+                    Verdict::Pass => "clean",
+                    Verdict::Failed => "error",
+                    _ => "reported",
+                },
+            );
+            return Ok(None);
+        }
+        match verdict {
+            Verdict::Pass => {
+                self.count(dir, "clean");
+                Ok(None)
+            }
+            Verdict::Rewritten(b) => {
+                self.count(dir, "rewritten");
+                Ok(Some(b))
+            }
+            Verdict::Blocked => {
+                self.count(dir, "blocked");
+                Err(blocked())
+            }
+            Verdict::Failed => {
+                self.count(dir, "error");
+                Err(unscannable(response))
+            }
+        }
+    }
+}
+
+/// `{"ssn":{"redact":2}}`-style counts for logs.
+pub fn summary(eng: &Engine, report: &Report) -> String {
+    crate::policy::audit::dlp_counts(eng, report).to_string()
+}
+
+impl<S> tower::Service<Request<Body>> for Dlp<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let shared = self.shared.clone();
+        let inner = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, inner);
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            let slot = parts.extensions.get::<AuditSlot>().cloned();
+            let report_only = shared.mode == Mode::Report;
+            let body = if shared.requests && !body.is_end_stream() {
+                match read_capped(body, shared.max_scan).await {
+                    Ok(Ok(bytes)) => {
+                        match shared.process(
+                            "request",
+                            false,
+                            &parts.headers,
+                            &bytes,
+                            slot.as_ref(),
+                        )? {
+                            None => full(bytes),
+                            Some(new) => {
+                                fix_headers(&mut parts.headers, new.len());
+                                full(new)
+                            }
+                        }
+                    }
+                    Ok(Err(replay)) => {
+                        shared.count("request", "too_large");
+                        if report_only {
+                            replay
+                        } else {
+                            return Err(too_large(false));
+                        }
+                    }
+                    Err(e) => {
+                        // The limits policy's own refusals keep their codes.
+                        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+                        while let Some(err) = cur {
+                            if let Some(le) =
+                                err.downcast_ref::<crate::policy::limits::LimitError>()
+                            {
+                                return Err(Rejection::from(*le));
+                            }
+                            cur = err.source();
+                        }
+                        return Err(Rejection::bad_request(
+                            "client_body_error",
+                            "the request body could not be read",
+                        )
+                        .closing());
+                    }
+                }
+            } else {
+                body
+            };
+            if shared.responses {
+                // Whole, plain bodies: ask for identity and no ranges (see the header).
+                parts.headers.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
+                parts.headers.remove(header::RANGE);
+                parts.headers.remove(header::IF_RANGE);
+            }
+            let req = Request::from_parts(parts, body);
+            let resp = crate::policy::call_next(inner, req).await?;
+            if !shared.responses || resp.body().is_end_stream() {
+                return Ok(resp);
+            }
+            let (mut rparts, rbody) = resp.into_parts();
+            let bytes = match read_capped(rbody, shared.max_scan).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(replay)) => {
+                    shared.count("response", "too_large");
+                    if report_only {
+                        return Ok(Response::from_parts(rparts, replay));
+                    }
+                    return Err(too_large(true));
+                }
+                Err(_) => return Err(Rejection::upstream_error()),
+            };
+            match shared.process("response", true, &rparts.headers, &bytes, slot.as_ref())? {
+                None => Ok(Response::from_parts(rparts, full(bytes))),
+                Some(new) => {
+                    fix_headers(&mut rparts.headers, new.len());
+                    Ok(Response::from_parts(rparts, full(new)))
+                }
+            }
+        })
+    }
+}
