@@ -322,8 +322,9 @@ pub struct MllpCtx {
     /// Bumped by each TLS reload of this listener (see `handle`).
     pub tls_generation: Arc<AtomicU64>,
     audit: Option<crate::audit::AuditLog>,
-    /// DLP on messages (engine, report-only).
-    dlp: Option<(Arc<crate::dlp::Engine>, bool)>,
+    /// DLP (engine, report-only, direction: `request` = messages to the receiver,
+    /// `response` = its ACKs and replies).
+    dlp: Option<(Arc<crate::dlp::Engine>, bool, crate::dlp::Direction)>,
     metrics: DlpMetrics,
     m: MllpMetrics,
 }
@@ -358,6 +359,7 @@ impl MllpCtx {
             Some(d) => Some((
                 Arc::new(crate::dlp::Engine::compile(d, resolve).map_err(|e| format!("dlp: {e}"))?),
                 d.mode == crate::dlp::Mode::Report,
+                d.direction,
             )),
             None => None,
         };
@@ -782,6 +784,66 @@ impl MllpCtx {
         Some(ack)
     }
 
+    /// DLP on the receiver's reply (`direction: response` or `both`): ACKs and query
+    /// replies can carry PID too. A refused reply becomes the gateway's own AE (the message
+    /// was delivered; what came back is withheld); `Err` carries that ACK.
+    fn dlp_reply(
+        &self,
+        reply: Vec<u8>,
+        header: &HeaderInfo,
+        dlp_counts: &mut Option<serde_json::Value>,
+    ) -> Result<Vec<u8>, Vec<u8>> {
+        let Some((eng, report_only, _)) = self.dlp.as_ref().filter(|d| d.2.responses()) else {
+            return Ok(reply);
+        };
+        let mut rep = crate::dlp::Report::default();
+        let out = crate::dlp::hl7::process(eng, &reply, &mut rep);
+        let m = &self.metrics;
+        for &(label, act, n) in &rep.counts {
+            m.dlp_findings
+                .with_label_values(&[&*self.name, eng.label(label), act.label()])
+                .inc_by(u64::from(n));
+        }
+        m.dlp_scanned_bytes
+            .with_label_values(&[&*self.name, "response"])
+            .inc_by(u64::try_from(reply.len()).unwrap_or(u64::MAX));
+        if !rep.is_empty() {
+            let counts = crate::policy::audit::dlp_counts(eng, &rep);
+            match dlp_counts {
+                Some(serde_json::Value::Object(o)) => {
+                    o.insert("response".into(), counts);
+                }
+                _ => *dlp_counts = Some(serde_json::json!({ "response": counts })),
+            }
+        }
+        let outcome = match (&out, report_only) {
+            (_, true) if rep.is_empty() => "clean",
+            (_, true) => "reported",
+            (Ok(crate::dlp::hl7::Hl7Outcome::Unchanged), _) => "clean",
+            (Ok(crate::dlp::hl7::Hl7Outcome::Rewritten(_)), _) => "rewritten",
+            (Ok(crate::dlp::hl7::Hl7Outcome::Blocked), _) => "blocked",
+            (Err(_), _) => "error",
+        };
+        m.dlp_messages
+            .with_label_values(&[&*self.name, "response", outcome])
+            .inc();
+        if *report_only {
+            return Ok(reply);
+        }
+        match out {
+            Ok(crate::dlp::hl7::Hl7Outcome::Unchanged) => Ok(reply),
+            Ok(crate::dlp::hl7::Hl7Outcome::Rewritten(b)) => Ok(b),
+            Ok(crate::dlp::hl7::Hl7Outcome::Blocked) | Err(_) => Err(gateway_ack(
+                header,
+                AckCode::Error,
+                0,
+                None,
+                hl7v2::validate::APPLICATION_INTERNAL_ERROR,
+                "reply withheld by data-loss prevention",
+            )),
+        }
+    }
+
     async fn decide(
         &self,
         msg: &[u8],
@@ -852,7 +914,7 @@ impl MllpCtx {
         // DLP: after the message is known valid and from a permitted sender, on exactly
         // the bytes that will be forwarded. The ACK still answers the sender's MSH-10.
         let mut rewritten: Option<Vec<u8>> = None;
-        if let Some((eng, report_only)) = &self.dlp {
+        if let Some((eng, report_only, _)) = self.dlp.as_ref().filter(|d| d.2.requests()) {
             let mut rep = crate::dlp::Report::default();
             let out = crate::dlp::hl7::process(eng, msg, &mut rep);
             let m = &self.metrics;
@@ -913,7 +975,10 @@ impl MllpCtx {
         .await
         .unwrap_or(Err("no ACK from upstream in time"));
         match delivered {
-            Ok(upstream_ack) => (Outcome::Delivered, upstream_ack, Some(header)),
+            Ok(upstream_ack) => match self.dlp_reply(upstream_ack, &header, dlp_counts) {
+                Ok(ack) => (Outcome::Delivered, ack, Some(header)),
+                Err(ack) => (Outcome::DlpBlocked, ack, Some(header)),
+            },
             Err(why) => {
                 tracing::warn!(target: "ward::mllp", listener = %self.name, reason = why, "message not delivered upstream");
                 let code = match self.cfg.on_upstream_failure {

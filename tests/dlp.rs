@@ -107,10 +107,10 @@ async fn raw_upstream(state: Arc<Upstream>) -> SocketAddr {
                         .await;
                     return;
                 };
-                let mut out = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nConnection: close\r\n",
-                    a.ctype
-                );
+                let mut out = String::from("HTTP/1.1 200 OK\r\nConnection: close\r\n");
+                if !a.ctype.is_empty() {
+                    out.push_str(&format!("Content-Type: {}\r\n", a.ctype));
+                }
                 if let Some(e) = a.encoding {
                     out.push_str(&format!("Content-Encoding: {e}\r\n"));
                 }
@@ -480,6 +480,23 @@ async fn over_the_caps_and_unreadable_bodies_fail_closed() {
     let r = s.get("/small/pdf").await;
     assert_eq!(r.status, 502);
     assert_eq!(r.code(), "dlp_unscannable");
+    // FHIR XML keeps values in attributes, where path rules cannot see them: a route with
+    // FHIR rules refuses it (a client asking `_format=xml` gets no bypass).
+    s.answer(
+        "x1",
+        canned(
+            "application/fhir+xml",
+            r#"<Patient xmlns="http://hl7.org/fhir"><identifier><value value="123-45-6789"/></identifier></Patient>"#,
+        ),
+    );
+    let r = s.get("/fhir/Patient/x1?_format=xml").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.code(), "dlp_unscannable");
+    // A body without a Content-Type is not guessed at.
+    let mut c = canned("text/plain", format!("ssn {SSN}"));
+    c.ctype = "";
+    s.answer("noct", c);
+    assert_eq!(s.get("/small/noct").await.code(), "dlp_unscannable");
     // Malformed JSON is not passed through.
     s.answer(
         "bad",

@@ -533,7 +533,7 @@ async fn dlp_rewrites_messages_before_they_are_forwarded_and_blocks_with_ar() {
     let env = Env::new();
     env.write(
         "policies/hl7-deid.yaml",
-        "dlp:\n  detectors:\n    ssn: {}\n    card: { action: block }\n  hl7v2:\n    - field: PID-5\n      action: redact\n    - field: PID-7\n      action: generalize\n",
+        "dlp:\n  direction: request\n  detectors:\n    ssn: {}\n    card: { action: block }\n  hl7v2:\n    - field: PID-5\n      action: redact\n    - field: PID-7\n      action: generalize\n",
     );
     let (up, got) = mllp_upstream(None, UpMode::Ack).await;
     let gw = plain_gateway(

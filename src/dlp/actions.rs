@@ -105,6 +105,8 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 pub fn mask(value: &[u8], keep: usize) -> Vec<u8> {
     let s = String::from_utf8_lossy(value);
     let total = s.chars().filter(|c| c.is_alphanumeric()).count();
+    // At least half is always starred: `keep_last: 4` must not leave `Doe` whole.
+    let keep = keep.min(total / 2);
     let mut seen = 0usize;
     let mut out = Vec::with_capacity(value.len());
     for c in s.chars() {
@@ -216,6 +218,21 @@ pub fn date_shift(value: &[u8], days: i64, dashed: bool) -> Option<Vec<u8>> {
             write_date(&mut out, ny, nm, 0, dashed)?;
         }
         (m, d) => {
+            // Only a time of day and zone may follow the date; anything else would be
+            // carried along unscanned.
+            let time_ok = if dashed {
+                rest.is_empty()
+                    || (rest[0] == b'T'
+                        && rest[1..].iter().all(|c| {
+                            c.is_ascii_digit() || matches!(c, b':' | b'.' | b'+' | b'-' | b'Z')
+                        }))
+            } else {
+                rest.iter()
+                    .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'+' | b'-'))
+            };
+            if !time_ok {
+                return None;
+            }
             let (ny, nm, nd) = civil_from_days(days_from_civil(y, m, d) + days);
             write_date(&mut out, ny, nm, nd, dashed)?;
             out.extend_from_slice(rest);
@@ -282,7 +299,8 @@ mod tests {
     fn mask_keeps_the_tail_and_punctuation() {
         assert_eq!(mask(b"555-234-5678", 4), b"***-***-5678");
         assert_eq!(mask(b"4111 1111 1111 1111", 4), b"**** **** **** 1111");
-        assert_eq!(mask(b"abc", 5), b"abc");
+        assert_eq!(mask(b"abc", 5), b"**c");
+        assert_eq!(mask(b"Doe", 4), b"**e");
         assert_eq!(mask(b"abc", 0), b"***");
         assert_eq!(mask("Zoë".as_bytes(), 1), "**ë".as_bytes());
     }
@@ -338,6 +356,8 @@ mod tests {
         );
         assert!(date_shift(b"1980-02-30", 1, true).is_none());
         assert!(date_shift(b"not a date", 1, true).is_none());
+        assert!(date_shift(b"1970-03-14 SSN 123-45-6789", 1, true).is_none());
+        assert!(date_shift(b"19700314 x", 1, false).is_none());
         assert!(date_shift(b"", 1, true).is_none());
     }
 

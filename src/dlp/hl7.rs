@@ -89,7 +89,7 @@ struct Edit {
 }
 
 /// Decode HL7 escapes in `raw` (at message offset `base`) with a map back to the message.
-/// Formatting escapes (`\.br\`, `\H\`…) become a space.
+/// Formatting escapes (`\.br\`, `\H\`…) decode to nothing.
 fn decode_map(
     raw: &[u8],
     base: usize,
@@ -135,7 +135,9 @@ fn decode_map(
                     push(v.unwrap_or(b' '));
                 }
             }
-            _ => push(b' '),
+            // Formatting escapes (`\H\`, `\N\`, `\.br\`) carry no text: nothing, so they
+            // cannot split a value in two.
+            _ => {}
         }
         i += len + 2;
     }
@@ -190,10 +192,23 @@ pub fn process(eng: &Engine, msg: &[u8], report: &mut Report) -> Result<Hl7Outco
     if !msg.starts_with(b"MSH") {
         return Err(Hl7Error::Malformed);
     }
+    // Segment terminator: `\r` (HL7), `\r\n` tolerated; `\n` alone only if the message has
+    // no `\r` at all. A message mixing bare `\n` with `\r` is refused: a receiver splitting
+    // only on `\r` would read fields the rules never saw as one segment.
+    let has_cr = msg.contains(&b'\r');
+    if has_cr
+        && msg
+            .iter()
+            .enumerate()
+            .any(|(i, &c)| c == b'\n' && (i == 0 || msg[i - 1] != b'\r'))
+    {
+        return Err(Hl7Error::Malformed);
+    }
+    let term = if has_cr { b'\r' } else { b'\n' };
     let seg_end = |from: usize| {
         msg[from..]
             .iter()
-            .position(|&c| c == b'\r' || c == b'\n')
+            .position(|&c| c == term)
             .map_or(msg.len(), |p| from + p)
     };
     let msh_end = seg_end(0);
@@ -202,11 +217,23 @@ pub fn process(eng: &Engine, msg: &[u8], report: &mut Report) -> Result<Hl7Outco
     let mut segs: Vec<(usize, usize)> = Vec::new();
     let mut at = 0;
     while at < msg.len() {
+        if msg[at] == b'\n' {
+            at += 1;
+            continue;
+        }
         let e = seg_end(at);
         if e > at {
             segs.push((at, e));
         }
         at = e + 1;
+    }
+    // One message per body: a second MSH would bring delimiters the rules never used.
+    if segs
+        .iter()
+        .skip(1)
+        .any(|&(s, _)| msg[s..].starts_with(b"MSH"))
+    {
+        return Err(Hl7Error::Malformed);
     }
     // The patient for date shifts: PID-3, first identifier.
     let patient: Option<Vec<u8>> = segs
@@ -231,8 +258,8 @@ pub fn process(eng: &Engine, msg: &[u8], report: &mut Report) -> Result<Hl7Outco
     let mut dec = Vec::new();
     let mut map = Vec::new();
     let mut hits2 = Vec::new();
-    for &(ss, se) in &segs {
-        if msg[ss..].starts_with(b"MSH") {
+    for (si, &(ss, se)) in segs.iter().enumerate() {
+        if si == 0 {
             continue;
         }
         let id = &msg[ss..(ss + 3).min(se)];
@@ -411,8 +438,9 @@ pub fn process(eng: &Engine, msg: &[u8], report: &mut Report) -> Result<Hl7Outco
     let mut cur = 0;
     for e in &edits {
         if e.start < cur {
-            // Overlap (a hit spanning two ruled parts): keep the earlier edit, which
-            // already covers the value.
+            // Overlap: the earlier edit's text stands for both; the rest of this one's
+            // span goes too, so no tail of a finding survives.
+            cur = cur.max(e.end);
             continue;
         }
         out.extend_from_slice(&msg[cur..e.start]);
@@ -587,5 +615,18 @@ NTE|1||patient SSN 123-45-6789 called from 555-234-5678\r";
         assert_eq!(parse_field_ref("PID-11.5").unwrap().comp, Some(5));
         let mut r = Report::default();
         assert!(process(&e, b"EVN|A01\r", &mut r).is_err());
+        // A bare LF among CRs, and a second message, are refused (receivers would read
+        // segments the rules never saw).
+        let mixed = ADT.replace("PID|1||MRN12345^^^HOSP^MR||", "PID|1||MRN12345\n||");
+        assert!(process(&e, mixed.as_bytes(), &mut r).is_err());
+        let two = format!("{ADT}{ADT}");
+        assert!(process(&e, two.as_bytes(), &mut r).is_err());
+        // LF-only messages are read with LF as the terminator.
+        let lf = ADT.replace('\r', "\n");
+        assert_eq!(
+            run(&e, &lf).0.as_deref(),
+            Some("BLOCKED"),
+            "PID-19 found in an LF-terminated message"
+        );
     }
 }

@@ -40,6 +40,8 @@ pub enum JsonError {
 }
 
 const MAX_DEPTH: usize = 256;
+/// Raw bytes before a separately scanned string that give its detectors their context.
+const CONTEXT_PREFIX: usize = 40;
 
 const DAR_OBJECT: &[u8] = b"{\"extension\":[{\"url\":\"http://hl7.org/fhir/StructureDefinition/data-absent-reason\",\"valueCode\":\"masked\"}]}";
 const REDACTED_DIV: &[u8] = b"\"<div xmlns=\\\"http://www.w3.org/1999/xhtml\\\">[REDACTED]</div>\"";
@@ -144,6 +146,8 @@ pub struct Walk<'a> {
     txt_map: Vec<(u32, u32)>,
     hits2: Vec<Hit>,
     state_pool: Vec<Vec<RuleState>>,
+    /// Scratch: one object's keys, sorted.
+    keys: Vec<(&'a [u8], usize)>,
 }
 
 /// Result of DLP over a JSON body.
@@ -177,6 +181,7 @@ pub fn process(eng: &Engine, body: &[u8], report: &mut Report) -> Result<JsonOut
         txt_map: Vec::new(),
         hits2: Vec::new(),
         state_pool: Vec::new(),
+        keys: Vec::new(),
     };
     w.ws();
     let root = Ctx {
@@ -491,6 +496,17 @@ impl<'a> Walk<'a> {
             _ => {
                 let start = self.pos;
                 self.scalar()?;
+                // A number shaped like an SSN or a card (`"ssn": 123456789`): it cannot be
+                // rewritten and stay a number, so the element goes.
+                if ctx.scan && ctx.transform.is_none() {
+                    let (remove, block) = self.hits_in(start, self.pos);
+                    if block {
+                        self.blocked = true;
+                    }
+                    if remove {
+                        return Ok(true);
+                    }
+                }
                 if let Some((act, rule, _)) = ctx.transform {
                     let tok = &self.b[start..self.pos];
                     if tok.first().is_some_and(u8::is_ascii_digit) || tok.first() == Some(&b'-') {
@@ -522,6 +538,37 @@ impl<'a> Walk<'a> {
             Action::Report => false,
             _ => true,
         }
+    }
+
+    /// Findings of the whole-body pass inside `[s, e)` of a member name or a number,
+    /// where nothing can be rewritten in place: `(remove the element, block)`. Only
+    /// detectors that look at any value (not the free-text-only ones) count.
+    fn hits_in(&mut self, s: usize, e: usize) -> (bool, bool) {
+        let (mut remove, mut block) = (false, false);
+        while self.hit_cur < self.hits.len() && self.hits[self.hit_cur].end <= s {
+            self.hit_cur += 1;
+        }
+        let mut i = self.hit_cur;
+        while i < self.hits.len() && self.hits[i].start < e {
+            let h = self.hits[i];
+            i += 1;
+            if h.start < s || h.end > e {
+                continue;
+            }
+            let Some(det) = self.eng.detectors.get(usize::from(h.detector)) else {
+                continue;
+            };
+            if !det.applies_to(ValueKind::Structured("key")) {
+                continue;
+            }
+            self.report.add(det.label, det.action);
+            match det.action {
+                Action::Block => block = true,
+                Action::Report => {}
+                _ => remove = true,
+            }
+        }
+        (remove, block)
     }
 
     fn edit(&mut self, s: usize, e: usize, repl: Repl) {
@@ -578,6 +625,14 @@ impl<'a> Walk<'a> {
             });
         } else {
             states.extend_from_slice(ctx.states);
+            // Rules rooted at this element's data type (`HumanName.family`).
+            if let Some(t) = ty {
+                if self.eng.rules.has_type_roots() {
+                    self.eng
+                        .rules
+                        .start_states(crate::fhir::validate::type_name(t).as_bytes(), &mut states);
+                }
+            }
         }
         let res_depth = self.res.len();
 
@@ -589,14 +644,17 @@ impl<'a> Walk<'a> {
                 self.ws();
                 let kstart = self.pos;
                 let (ks, ke, kesc) = self.string()?;
-                let key_owned;
-                let key: &[u8] = if kesc {
-                    unescape_map(&self.b[ks..ke], ks, &mut self.dec, &mut self.dec_map)?;
-                    key_owned = self.dec.clone();
-                    &key_owned
-                } else {
-                    &self.b[ks..ke]
-                };
+                // Escaped member names are refused: FHIR never needs them, and comparing
+                // them raw would let `"securit\u0079"` or a disguised duplicate through.
+                if kesc {
+                    return Err(JsonError::Malformed);
+                }
+                let key: &[u8] = &self.b[ks..ke];
+                // PHI in a member name (`{"123-45-6789": …}`): the member goes.
+                let (key_remove, key_block) = self.hits_in(ks, ke);
+                if key_block {
+                    self.blocked = true;
+                }
                 self.expect(b':')?;
                 self.ws();
                 let vstart = self.pos;
@@ -664,13 +722,18 @@ impl<'a> Walk<'a> {
                     states: &next,
                     item_matches: &item_matches,
                     transform: ctx.transform,
-                    scan: ctx.scan && !special_rt && !special_meta,
+                    scan: ctx.scan && !special_rt,
                     resource: matches!(kind, Some(ValueKind::Resource)),
                     contained: name == b"contained",
                     patient_ref_holder: is_res
                         && matches!(key, b"subject" | b"patient" | b"beneficiary"),
                 };
                 let mut removed = false;
+                if key_remove || self.blocked {
+                    self.skip()?;
+                    removed = true;
+                    matched = None;
+                }
                 if let Some((act, rule)) = matched {
                     self.report.add(self.eng.rule_label(rule), act);
                     match act {
@@ -897,27 +960,47 @@ impl<'a> Walk<'a> {
         if n == 0 {
             return Ok(false);
         }
-        // `_x` goes with `x`; a required element is masked rather than removed.
-        if is_object {
-            for i in rec_base..self.recs.len() {
-                let r = self.recs[i];
-                if !r.removed || r.kend <= r.kstart + 1 {
+        if is_object && n > 1 {
+            // Duplicate keys are refused: Ward would read the first and a client the last
+            // (`"resourceType":"Basic","resourceType":"Patient"`), a classic parser
+            // differential. Sorting the keys also serves the `_x` lookup below.
+            let b = self.b;
+            let mut keys = std::mem::take(&mut self.keys);
+            keys.clear();
+            for (i, r) in self.recs[rec_base..].iter().enumerate() {
+                keys.push((&b[r.kstart as usize + 1..r.kend as usize - 1], i));
+            }
+            keys.sort_unstable_by(|x, y| x.0.cmp(y.0));
+            if keys.windows(2).any(|w| w[0].0 == w[1].0) {
+                self.keys = keys;
+                return Err(JsonError::Malformed);
+            }
+            // `_x` goes with `x`.
+            let mut with_ext: Vec<usize> = Vec::new();
+            let mut probe = Vec::new();
+            for r in &self.recs[rec_base..] {
+                if !r.removed {
                     continue;
                 }
-                let key = &self.b[r.kstart as usize + 1..r.kend as usize - 1];
+                let key = &b[r.kstart as usize + 1..r.kend as usize - 1];
                 if key.first() == Some(&b'_') {
                     continue;
                 }
-                for j in rec_base..self.recs.len() {
-                    let o = self.recs[j];
-                    let ok = &self.b[o.kstart as usize + 1..o.kend as usize - 1];
-                    if ok.len() == key.len() + 1 && ok[0] == b'_' && &ok[1..] == key {
-                        self.recs[j].removed = true;
-                        self.recs[j].required = false;
-                    }
+                probe.clear();
+                probe.push(b'_');
+                probe.extend_from_slice(key);
+                if let Ok(j) = keys.binary_search_by(|k| k.0.cmp(probe.as_slice())) {
+                    with_ext.push(keys[j].1);
                 }
             }
+            for j in with_ext {
+                let o = &mut self.recs[rec_base + j];
+                o.removed = true;
+                o.required = false;
+            }
+            self.keys = keys;
         }
+        // A required element is masked rather than removed.
         let mut replaced: Vec<(usize, Vec<u8>)> = Vec::new();
         for i in rec_base..self.recs.len() {
             let r = self.recs[i];
@@ -955,14 +1038,15 @@ impl<'a> Walk<'a> {
                 replaced.push((i, text));
             }
         }
+        let mut gone: Vec<(u32, u32)> = Vec::new();
+        let mut new_edits: Vec<Edit> = Vec::new();
         for (i, text) in replaced {
             let r = &mut self.recs[i];
             r.removed = false;
-            let (s, e) = (r.kstart, r.vend);
-            self.drop_inside(edit_base, insert_base, s, e);
-            self.edits.push(Edit {
-                start: s,
-                end: e,
+            gone.push((r.kstart, r.vend));
+            new_edits.push(Edit {
+                start: r.kstart,
+                end: r.vend,
                 repl: Repl::Bytes(text),
             });
         }
@@ -970,7 +1054,7 @@ impl<'a> Walk<'a> {
         let kept = recs.iter().filter(|r| !r.removed).count();
         if kept == 0 {
             self.recs.truncate(rec_base);
-            self.drop_inside(edit_base, insert_base, u32_of(start), u32_of(end));
+            self.drop_inside(edit_base, insert_base, &[(u32_of(start), u32_of(end))]);
             return Ok(true);
         }
         if kept < n {
@@ -994,29 +1078,56 @@ impl<'a> Walk<'a> {
                     dels.push((r.kstart, next_start));
                 }
             }
-            for &(s, e) in &dels {
-                self.drop_inside(edit_base, insert_base, s, e);
-            }
             for (s, e) in dels {
-                self.edits.push(Edit {
+                gone.push((s, e));
+                new_edits.push(Edit {
                     start: s,
                     end: e,
                     repl: Repl::Static(b""),
                 });
             }
         }
+        if !gone.is_empty() {
+            gone.sort_unstable();
+            self.drop_inside(edit_base, insert_base, &gone);
+        }
+        self.edits.extend(new_edits);
         self.recs.truncate(rec_base);
         Ok(false)
     }
 
-    /// Forget edits and inserts inside `[s, e)` (their element is going).
-    fn drop_inside(&mut self, edit_base: usize, insert_base: usize, s: u32, e: u32) {
-        let tail = self.edits.split_off(edit_base);
-        self.edits
-            .extend(tail.into_iter().filter(|x| !(x.start >= s && x.end <= e)));
-        let tail = self.inserts.split_off(insert_base);
-        self.inserts
-            .extend(tail.into_iter().filter(|x| !(x.at > s && x.at < e)));
+    /// Forget edits and inserts inside any of the sorted, disjoint ranges `gone` (their
+    /// element is going): one pass over the tail, a binary search per edit.
+    fn drop_inside(&mut self, edit_base: usize, insert_base: usize, gone: &[(u32, u32)]) {
+        let inside = |a: u32, z: u32, strict: bool| {
+            let i = gone.partition_point(|g| g.0 <= a);
+            i > 0 && {
+                let (s, e) = gone[i - 1];
+                if strict {
+                    a > s && z < e
+                } else {
+                    a >= s && z <= e
+                }
+            }
+        };
+        let mut w = edit_base;
+        for r in edit_base..self.edits.len() {
+            let (a, z) = (self.edits[r].start, self.edits[r].end);
+            if !inside(a, z, false) {
+                self.edits.swap(w, r);
+                w += 1;
+            }
+        }
+        self.edits.truncate(w);
+        let mut w = insert_base;
+        for r in insert_base..self.inserts.len() {
+            let a = self.inserts[r].at;
+            if !inside(a, a, true) {
+                self.inserts.swap(w, r);
+                w += 1;
+            }
+        }
+        self.inserts.truncate(w);
     }
 
     /// A resource closes: resolve its date shifts and label it if anything changed.
@@ -1073,13 +1184,14 @@ impl<'a> Walk<'a> {
         }
         // Label it.
         let label = SECURITY_LABEL;
-        if let Some((ms, me)) = info.meta {
-            let meta = &self.b[ms as usize..me as usize];
-            if meta.windows(10).any(|w| w == b"\"REDACTED\"") {
-                return Ok(());
+        if let Some((ms, _)) = info.meta {
+            if self.b.get(ms as usize) != Some(&b'{') {
+                // `meta` that is not an object: nowhere valid to put the label.
+                return Err(JsonError::Inconsistent);
             }
             let sec = self.peek_member_value_span(ms as usize, b"security")?;
             match sec {
+                Some((ss, se)) if self.b[ss..se].windows(10).any(|w| w == b"\"REDACTED\"") => {}
                 Some((ss, _)) if self.b.get(ss) == Some(&b'[') => {
                     let empty = self.b[ss + 1..]
                         .iter()
@@ -1164,6 +1276,15 @@ impl<'a> Walk<'a> {
         if let Some((act, rule, direct)) = ctx.transform {
             return self.transform_string(act, rule, direct, kind, qstart, s, e, esc);
         }
+        // `dates:` — one action for every typed date (Safe Harbor: all dates but the year).
+        if let (Some((act, label)), ValueKind::Structured("date" | "dateTime" | "instant")) =
+            (self.eng.dates, kind)
+        {
+            if ctx.scan {
+                self.report.add(label, act);
+                return self.transform_string(act, u16::MAX, true, kind, qstart, s, e, esc);
+            }
+        }
         if !ctx.scan {
             return Ok(false);
         }
@@ -1232,11 +1353,26 @@ impl<'a> Walk<'a> {
             self.txt_map = tmap;
             r
         } else {
+            // Scanned with the raw bytes before the string (its member name) in front, so
+            // context words still count when escapes forced a separate scan.
+            let ctx_start = s.saturating_sub(CONTEXT_PREFIX);
+            let prefix = &b[ctx_start..s];
+            let mut buf = std::mem::take(&mut self.txt);
+            buf.clear();
+            buf.extend_from_slice(prefix);
+            buf.extend_from_slice(&dec);
             let mut found = std::mem::take(&mut self.hits2);
             found.clear();
-            self.eng.scanner.scan(&dec, &mut found);
+            self.eng.scanner.scan(&buf, &mut found);
+            let p = prefix.len();
+            found.retain(|h| h.start >= p);
+            for h in found.iter_mut() {
+                h.start -= p;
+                h.end -= p;
+            }
             let r = self.apply_decoded(&mut found, kind, &dec, &map, None);
             self.hits2 = found;
+            self.txt = buf;
             r
         };
         self.dec = dec;
@@ -1438,6 +1574,8 @@ impl<'a> Walk<'a> {
                     Ok(direct)
                 }
             }
+            // An instant must keep full precision: it cannot be generalised, only removed.
+            Action::Generalize if matches!(kind, ValueKind::Structured("instant")) => Ok(true),
             Action::Generalize => match actions::generalize(&value, true) {
                 Some(g) if is_date || text_like => {
                     if g != value {
@@ -1729,6 +1867,64 @@ mod tests {
         assert!(process(&e, b"{\"a\":", &mut r).is_err());
         assert!(process(&e, b"{\"a\":1}}", &mut r).is_err());
         assert!(process(&e, b"[1,2", &mut r).is_err());
+    }
+
+    #[test]
+    fn parser_differentials_and_hidden_places() {
+        let e = engine(serde_json::json!({"detectors": {"ssn": {}, "card": {}}}));
+        let mut r = Report::default();
+        // Duplicate and escaped member names are refused (first-wins vs last-wins).
+        for bad in [
+            r#"{"resourceType":"Basic","resourceType":"Patient"}"#,
+            r#"{"a":1,"b":2,"a":3}"#,
+            r#"{"resourceType":"Patient","securit\u0079":1}"#,
+        ] {
+            assert!(process(&e, bad.as_bytes(), &mut r).is_err(), "{bad}");
+        }
+        // PHI in member names and in numbers: the member goes.
+        let (out, _) = run(
+            &e,
+            r#"{"a":{"123-45-6789":{"x":1}},"card":4111111111111111,"ssn":123456789,"n":1}"#,
+        );
+        let v: serde_json::Value = serde_json::from_str(&out.unwrap()).unwrap();
+        assert_eq!(v, serde_json::json!({"n": 1}));
+        // An escape forces a separate scan; the member name still counts as context.
+        let (out, _) = run(&e, r#"{"ssn":"12345678\u0039","n":1}"#);
+        assert!(!out.unwrap().contains("12345678"));
+        // meta is scanned too.
+        let (out, _) = run(
+            &e,
+            r#"{"resourceType":"Patient","meta":{"source":"x","tag":[{"display":"ssn 123-45-6789"}]},"active":true}"#,
+        );
+        let v = valid(&out.unwrap());
+        assert!(!v.to_string().contains("6789"));
+        assert!(has_label(&v));
+    }
+
+    #[test]
+    fn safe_harbor_preset_covers_names_dates_and_attachments_anywhere() {
+        let e = engine(serde_json::json!({"preset": "safe_harbor"}));
+        let enc = r#"{"resourceType":"Encounter","status":"finished","class":{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"IMP"},
+            "subject":{"reference":"Patient/1","display":"Jane Doe"},
+            "period":{"start":"2024-03-01T10:00:00Z","end":"2024-03-05"},
+            "participant":[{"individual":{"reference":"Practitioner/9","display":"Dr Who"}}],
+            "meta":{"lastUpdated":"2024-03-06T10:00:00Z"}}"#;
+        let (out, _) = run(&e, enc);
+        let v = valid(&out.unwrap());
+        assert!(v["subject"].get("display").is_none(), "{v}");
+        assert_eq!(v["period"]["start"], "2024");
+        assert_eq!(v["period"]["end"], "2024");
+        assert!(v["meta"].get("lastUpdated").is_none(), "{v}");
+        let doc = r#"{"resourceType":"DocumentReference","status":"current","content":[{"attachment":{"contentType":"text/plain","data":"SmFuZSBEb2U="}}]}"#;
+        let (out, _) = run(&e, doc);
+        let v = valid(&out.unwrap());
+        assert!(v["content"][0]["attachment"].get("data").is_none(), "{v}");
+        let pr = r#"{"resourceType":"Practitioner","name":[{"family":"Who","given":["Doctor"]}],"telecom":[{"system":"phone","value":"555-234-5678"}]}"#;
+        let (out, _) = run(&e, pr);
+        let v = valid(&out.unwrap());
+        assert!(v.get("name").is_none(), "{v}");
+        assert_eq!(v["telecom"][0]["system"], "phone");
+        assert!(v["telecom"][0].get("value").is_none());
     }
 
     #[test]

@@ -136,6 +136,11 @@ pub struct DlpConfig {
     /// HL7 v2 field rules (HTTP ER7 bodies and MLLP).
     #[serde(default)]
     pub hl7v2: Vec<Hl7RuleConfig>,
+    /// One action for every FHIR `date`, `dateTime` and `instant` value: `generalize`
+    /// (the `safe_harbor` default: year only; instants, which must be precise, go),
+    /// `date_shift`, `redact` or `report`.
+    #[serde(default)]
+    pub dates: Option<Action>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -206,6 +211,14 @@ impl DlpConfig {
         }
         if self.min_confidence > 100 {
             out.push(("min_confidence".into(), "is 0 to 100".into()));
+        }
+        if let Some(a) = self.dates {
+            if matches!(a, Action::Mask | Action::Hash | Action::Block) {
+                out.push((
+                    "dates".into(),
+                    "dates take generalize, date_shift, redact or report".into(),
+                ));
+            }
         }
         if self.date_shift_days == 0 {
             out.push(("date_shift_days".into(), "must be greater than 0".into()));
@@ -292,7 +305,11 @@ impl DlpConfig {
     }
 
     fn effective_actions(&self) -> impl Iterator<Item = Action> + '_ {
-        let d = self.detectors.values().filter_map(|d| d.action);
+        let d = self
+            .detectors
+            .values()
+            .filter_map(|d| d.action)
+            .chain(self.dates);
         let f = self.fhir.iter().map(|r| r.action);
         let h = self.hl7v2.iter().map(|r| r.action);
         d.chain(f).chain(h)
@@ -352,6 +369,8 @@ pub struct Rules {
     /// `*` rules: may start at any element of any resource.
     floating: Vec<u16>,
     by_root: HashMap<Vec<u8>, Vec<u16>>,
+    /// Some rule is rooted at a data type (checked per object only then).
+    type_roots: bool,
 }
 
 impl Rules {
@@ -424,6 +443,10 @@ impl Rules {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
+
+    pub fn has_type_roots(&self) -> bool {
+        self.type_roots
+    }
 }
 
 /// Counts of findings by (label, action). Never values.
@@ -463,6 +486,8 @@ pub struct Engine {
     pub hl7: hl7::Hl7Rules,
     pub keys: Option<Keys>,
     pub date_shift_days: u32,
+    /// The `dates:` action and its metric label.
+    pub dates: Option<(Action, u16)>,
     labels: Vec<String>,
 }
 
@@ -603,11 +628,16 @@ impl Engine {
                 label,
             });
             match p.root {
-                Some(root) => rules
-                    .by_root
-                    .entry(root.into_bytes())
-                    .or_default()
-                    .push(idx),
+                Some(root) => {
+                    if crate::fhir::validate::complex_type_of(root.as_bytes()).is_some() {
+                        rules.type_roots = true;
+                    }
+                    rules
+                        .by_root
+                        .entry(root.into_bytes())
+                        .or_default()
+                        .push(idx)
+                }
                 None => rules.floating.push(idx),
             }
         }
@@ -630,6 +660,10 @@ impl Engine {
             }
             None => None,
         };
+        let dates = cfg
+            .dates
+            .or((cfg.preset == Some(Preset::SafeHarbor)).then_some(Action::Generalize))
+            .map(|a| (a, Self::intern(&mut labels, "dates")));
         Ok(Engine {
             scanner,
             detectors,
@@ -637,6 +671,7 @@ impl Engine {
             hl7: hl7_rules,
             keys,
             date_shift_days: cfg.date_shift_days,
+            dates,
             labels,
         })
     }
@@ -735,20 +770,31 @@ fn safe_harbor() -> (
         name: None,
     };
     let fhir = vec![
-        f("Patient.name", Action::Redact),
-        f("Patient.contact.name", Action::Redact),
-        f("RelatedPerson.name", Action::Redact),
-        f("*.address.line", Action::Redact),
-        f("*.address.city", Action::Redact),
-        f("*.address.district", Action::Redact),
-        f("*.address.text", Action::Redact),
-        f("*.address.postalCode", Action::Generalize),
+        // Names, addresses and contact points wherever their data types appear (a
+        // practitioner's too: over-redaction is the safe side of a preset).
+        f("HumanName.family", Action::Redact),
+        f("HumanName.given", Action::Redact),
+        f("HumanName.text", Action::Redact),
+        f("HumanName.prefix", Action::Redact),
+        f("HumanName.suffix", Action::Redact),
+        f("Address.line", Action::Redact),
+        f("Address.city", Action::Redact),
+        f("Address.district", Action::Redact),
+        f("Address.text", Action::Redact),
+        f("Address.postalCode", Action::Generalize),
+        f("ContactPoint.value", Action::Redact),
+        // A reference's display is usually the person's name.
+        f("Reference.display", Action::Redact),
+        // Documents and images travel base64-encoded: they cannot be inspected.
+        f("Attachment.data", Action::Redact),
+        f("Attachment.url", Action::Redact),
         f("Patient.birthDate", Action::Generalize),
         f("Patient.deceased", Action::Generalize),
         f("RelatedPerson.birthDate", Action::Generalize),
-        f("*.telecom", Action::Redact),
+        f("Person.birthDate", Action::Generalize),
         f("Patient.identifier", Action::Redact),
         f("RelatedPerson.identifier", Action::Redact),
+        f("Person.identifier", Action::Redact),
         f("Coverage.identifier", Action::Redact),
         f("Coverage.subscriberId", Action::Redact),
         f("Account.identifier", Action::Redact),
@@ -766,6 +812,7 @@ fn safe_harbor() -> (
         name: None,
     };
     let hl7 = vec![
+        h("PID-2", Action::Redact),
         h("PID-3", Action::Redact),
         h("PID-4", Action::Redact),
         h("PID-5", Action::Redact),
@@ -784,6 +831,17 @@ fn safe_harbor() -> (
         h("NK1-4", Action::Generalize),
         h("NK1-5", Action::Redact),
         h("NK1-6", Action::Redact),
+        h("PV1-19", Action::Redact),
+        h("PV1-44", Action::Generalize),
+        h("PV1-45", Action::Generalize),
+        h("MRG-1", Action::Redact),
+        h("GT1-3", Action::Redact),
+        h("GT1-5", Action::Generalize),
+        h("GT1-6", Action::Redact),
+        h("GT1-12", Action::Redact),
+        h("IN1-16", Action::Redact),
+        h("IN1-19", Action::Generalize),
+        h("IN1-36", Action::Redact),
     ];
     (d, fhir, hl7)
 }

@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! path  := root ('.' step)*
-//! root  := ResourceType | '*'
+//! root  := ResourceType | ComplexDataType | '*'
 //! step  := name [ '.where(' cond (' and ' cond)* ')' ]
 //! cond  := name '=' '\'' literal '\''
 //! ```
 //!
-//! `Patient.telecom` is anchored at a Patient resource's root. `*.address.line` matches the
+//! `Patient.telecom` is anchored at a Patient resource's root; a rule rooted at a complex
+//! data type (`HumanName.family`, `Reference.display`, `Attachment.data`) applies wherever
+//! an element of that type appears, in any resource. `*.address.line` matches the
 //! element chain `address.line` anywhere inside any resource (`Patient.contact.address.line`
 //! too): a leading `*` means "at any depth", which is what a rule protecting a data type
 //! (every `address`, every narrative `text.div`) needs. Names are FHIR element names, so
@@ -70,8 +72,12 @@ pub fn parse(src: &str) -> Result<RulePath, String> {
     let root = match it.next() {
         Some("*") => None,
         Some(r) if is_name(r) && r.starts_with(|c: char| c.is_ascii_uppercase()) => {
-            if !crate::fhir::validate::is_known_resource_type(r) {
-                return Err(format!("`{r}` is not an R4 resource type"));
+            if !crate::fhir::validate::is_known_resource_type(r)
+                && crate::fhir::validate::complex_type_of(r.as_bytes()).is_none()
+            {
+                return Err(format!(
+                    "`{r}` is not an R4 resource type or complex data type"
+                ));
             }
             Some(r.to_owned())
         }
@@ -112,7 +118,7 @@ pub fn parse(src: &str) -> Result<RulePath, String> {
     }
     if steps
         .iter()
-        .any(|st| st.name == "meta" || st.name == "resourceType")
+        .any(|st| matches!(st.name.as_str(), "meta" | "resourceType" | "security"))
     {
         return Err(
             "rules may not change `meta` or `resourceType`: DLP writes the security label there"
@@ -159,7 +165,7 @@ fn split_and(s: &str) -> Vec<&str> {
     while i < b.len() {
         if b[i] == b'\'' {
             quoted = !quoted;
-        } else if !quoted && s[i..].starts_with(" and ") {
+        } else if !quoted && b[i..].starts_with(b" and ") {
             out.push(&s[start..i]);
             i += 5;
             start = i;
@@ -197,6 +203,11 @@ mod tests {
         assert_eq!(p.where_at, Some(0));
         assert!(parse("*.text.div").is_ok());
         assert!(parse("Patient.birthDate").is_ok());
+        assert_eq!(
+            parse("Reference.display").unwrap().root.as_deref(),
+            Some("Reference")
+        );
+        assert!(parse("HumanName.family").is_ok());
     }
 
     #[test]
@@ -212,6 +223,8 @@ mod tests {
             "Patient.identifier.where(system='a').where(use='b')",
             "Patient.contact.where(gender='male').name.family",
             "Patient.meta.security",
+            "Patient.identifier.where(sé='x')",
+            "*.security",
             "Patient.name.where(use='x",
             "Patient.where(x='y')",
         ] {

@@ -2742,6 +2742,13 @@ pub fn resource_type_of(name: &[u8]) -> Option<FhirType> {
     schema().ok()?.resource_type(name).map(FhirType)
 }
 
+/// The complex data type (`HumanName`, `Address`, `Reference`…) named `name`.
+pub fn complex_type_of(name: &[u8]) -> Option<FhirType> {
+    let s = schema().ok()?;
+    let id = *s.by_name.get(std::str::from_utf8(name).ok()?)?;
+    (s.ty(id).kind == Kind::Complex).then_some(FhirType(id))
+}
+
 /// The FHIR name of a type.
 pub fn type_name(t: FhirType) -> &'static str {
     schema().map_or("?", |s| s.ty(t.0).name)

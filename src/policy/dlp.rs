@@ -57,21 +57,38 @@ pub enum BodyKind {
     Unscannable,
 }
 
-/// Classify a `Content-Type` value. No header: text (scanning bytes as text finds what a
-/// text scan can; a binary upload would be declared).
+/// Classify a `Content-Type` value. No header, or a charset that is not ASCII-compatible:
+/// unscannable.
 pub fn body_kind(ct: Option<&HeaderValue>) -> BodyKind {
+    // No type: nothing says how to read it (a receiver may sniff it as anything).
     let Some(ct) = ct else {
-        return BodyKind::Text;
+        return BodyKind::Unscannable;
     };
     let Ok(ct) = ct.to_str() else {
         return BodyKind::Unscannable;
     };
-    let mt = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mut parts = ct.split(';');
+    let mt = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    // Patterns are ASCII: a UTF-16/32 body would hide every digit between NULs.
+    for p in parts {
+        if let Some((k, v)) = p.split_once('=') {
+            if k.trim().eq_ignore_ascii_case("charset") {
+                let v = v.trim().trim_matches('"').to_ascii_lowercase();
+                if !matches!(
+                    v.as_str(),
+                    "utf-8"
+                        | "utf8"
+                        | "us-ascii"
+                        | "ascii"
+                        | "iso-8859-1"
+                        | "latin1"
+                        | "windows-1252"
+                ) {
+                    return BodyKind::Unscannable;
+                }
+            }
+        }
+    }
     if mt == "application/json" || mt.ends_with("+json") {
         BodyKind::Json
     } else if mt == "x-application/hl7-v2+er7"
@@ -172,6 +189,33 @@ fn markup(eng: &Engine, body: &[u8], report: &mut Report) -> Verdict {
             edits.push((s as usize, e as usize, t));
         }
     }
+    // Attribute values and comments are not in the text view: scan the markup itself and
+    // replace findings that lie wholly outside text (`href="mailto:…"`).
+    let mut text_byte = vec![false; body.len()];
+    for &(a, z) in &map {
+        let markup = z.saturating_sub(a) >= 3 && body.get(a as usize) == Some(&b'<');
+        if !markup {
+            for t in text_byte.iter_mut().take(z as usize).skip(a as usize) {
+                *t = true;
+            }
+        }
+    }
+    hits.clear();
+    eng.scanner.scan(body, &mut hits);
+    for h in &hits {
+        if text_byte[h.start..h.end].iter().any(|t| *t) {
+            continue;
+        }
+        let Some(det) = eng.detectors.get(usize::from(h.detector)) else {
+            continue;
+        };
+        report.add(det.label, det.action);
+        match det.action {
+            crate::dlp::actions::Action::Block => return Verdict::Blocked,
+            crate::dlp::actions::Action::Report => {}
+            _ => edits.push((h.start, h.end, crate::dlp::actions::REDACTED.to_vec())),
+        }
+    }
     if edits.is_empty() {
         return Verdict::Pass;
     }
@@ -193,17 +237,26 @@ fn markup(eng: &Engine, body: &[u8], report: &mut Report) -> Verdict {
 /// Undo a `Content-Encoding`, at most `cap` bytes out. `Err(true)`: over the cap (a bomb);
 /// `Err(false)`: unknown coding or corrupt data.
 pub fn decode(
-    encoding: Option<&HeaderValue>,
+    encodings: http::header::GetAll<'_, HeaderValue>,
     body: &[u8],
     cap: usize,
 ) -> Result<Option<Vec<u8>>, bool> {
-    let Some(enc) = encoding else {
-        return Ok(None);
-    };
-    let enc = enc.to_str().map_err(|_| false)?.trim().to_ascii_lowercase();
-    if enc.is_empty() || enc == "identity" {
-        return Ok(None);
+    // Every header line and every list item counts: `identity` on one line and `gzip` on
+    // the next is gzip. More than one real coding is refused rather than half undone.
+    let mut codings = Vec::new();
+    for v in encodings {
+        for c in v.to_str().map_err(|_| false)?.split(',') {
+            let c = c.trim().to_ascii_lowercase();
+            if !c.is_empty() && c != "identity" {
+                codings.push(c);
+            }
+        }
     }
+    let enc = match codings.as_slice() {
+        [] => return Ok(None),
+        [one] => one.clone(),
+        _ => return Err(false),
+    };
     let mut out = Vec::new();
     let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
     let r = match enc.as_str() {
@@ -438,7 +491,15 @@ impl Shared {
         slot: Option<&AuditSlot>,
     ) -> Result<Option<Vec<u8>>, Rejection> {
         let report_only = self.mode == Mode::Report;
-        let kind = body_kind(headers.get(header::CONTENT_TYPE));
+        let mut kind = body_kind(headers.get(header::CONTENT_TYPE));
+        // FHIR XML keeps every value in attributes and FHIR path rules read JSON: a
+        // policy with FHIR rules cannot inspect XML or HTML renderings (`_format=xml`).
+        if kind == BodyKind::Markup && !self.engine.rules.is_empty() {
+            kind = BodyKind::Unscannable;
+        }
+        if body.is_empty() {
+            return Ok(None);
+        }
         if kind == BodyKind::Unscannable {
             self.count(dir, "unscannable");
             return if report_only || self.unscannable == Unscannable::Pass {
@@ -448,7 +509,7 @@ impl Shared {
             };
         }
         let decoded = match decode(
-            headers.get(header::CONTENT_ENCODING),
+            headers.get_all(header::CONTENT_ENCODING),
             body,
             self.max_decoded,
         ) {
@@ -504,6 +565,29 @@ impl Shared {
     }
 }
 
+/// Bodies at least this large are scanned on the blocking pool, so a few large responses
+/// never stall the runtime's workers (and every other connection with them).
+const BLOCKING_SCAN_BYTES: usize = 256 * 1024;
+
+impl Shared {
+    async fn process_owned(
+        self: &Arc<Self>,
+        dir: &'static str,
+        response: bool,
+        headers: &HeaderMap,
+        body: &Bytes,
+        slot: Option<&AuditSlot>,
+    ) -> Result<Option<Vec<u8>>, Rejection> {
+        if body.len() < BLOCKING_SCAN_BYTES {
+            return self.process(dir, response, headers, body, slot);
+        }
+        let (me, h, b, sl) = (self.clone(), headers.clone(), body.clone(), slot.cloned());
+        tokio::task::spawn_blocking(move || me.process(dir, response, &h, &b, sl.as_ref()))
+            .await
+            .unwrap_or_else(|_| Err(Rejection::internal()))
+    }
+}
+
 /// `{"ssn":{"redact":2}}`-style counts for logs.
 pub fn summary(eng: &Engine, report: &Report) -> String {
     crate::policy::audit::dlp_counts(eng, report).to_string()
@@ -536,13 +620,10 @@ where
             let body = if shared.requests && !body.is_end_stream() {
                 match read_capped(body, shared.max_scan).await {
                     Ok(Ok(bytes)) => {
-                        match shared.process(
-                            "request",
-                            false,
-                            &parts.headers,
-                            &bytes,
-                            slot.as_ref(),
-                        )? {
+                        match shared
+                            .process_owned("request", false, &parts.headers, &bytes, slot.as_ref())
+                            .await?
+                        {
                             None => full(bytes),
                             Some(new) => {
                                 fix_headers(&mut parts.headers, new.len());
@@ -579,8 +660,9 @@ where
             } else {
                 body
             };
-            if shared.responses {
-                // Whole, plain bodies: ask for identity and no ranges (see the header).
+            if shared.responses && !report_only {
+                // Whole, plain bodies: ask for identity and no ranges (see the header);
+                // report mode changes nothing, not even request headers.
                 parts.headers.insert(
                     header::ACCEPT_ENCODING,
                     HeaderValue::from_static("identity"),
@@ -605,7 +687,10 @@ where
                 }
                 Err(_) => return Err(Rejection::upstream_error()),
             };
-            match shared.process("response", true, &rparts.headers, &bytes, slot.as_ref())? {
+            match shared
+                .process_owned("response", true, &rparts.headers, &bytes, slot.as_ref())
+                .await?
+            {
                 None => Ok(Response::from_parts(rparts, full(bytes))),
                 Some(new) => {
                     fix_headers(&mut rparts.headers, new.len());
