@@ -19,6 +19,8 @@ pub struct ClientIdentity {
     pub spki_sha256: String,
     /// SHA-256 of the whole DER certificate, base64url without padding (`x5t#S256`).
     pub x5t_s256: String,
+    /// The same SHA-256, lower-case hex (how operators name a certificate in a block).
+    pub cert_sha256: String,
     pub client_auth_eku: bool,
     pub serial: String,
     /// Seconds since the epoch.
@@ -78,6 +80,7 @@ impl ClientIdentity {
             email_sans: email,
             spki_sha256: hex(&sha256(cert.public_key().raw)),
             x5t_s256: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(der)),
+            cert_sha256: hex(&sha256(der)),
             client_auth_eku,
             serial: cert.raw_serial_as_string(),
             not_after: cert.validity().not_after.timestamp(),

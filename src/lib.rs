@@ -26,6 +26,7 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod respond;
 pub mod router;
 pub mod server;
 pub mod stack;
@@ -81,6 +82,7 @@ struct Live {
     /// The running config, for telling a file rewritten unchanged from a real change.
     running: std::sync::Mutex<String>,
     audit: Option<audit::AuditLog>,
+    respond: Option<Arc<respond::Respond>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -140,6 +142,7 @@ impl Live {
             &cfg,
             metrics,
             self.audit.clone(),
+            self.respond.clone(),
             &self.shutdown,
             Some(&*current),
         )
@@ -450,8 +453,23 @@ impl Gateway {
             ),
             None => None,
         };
-        let mut generation = reload::build(&cfg, &metrics, audit_log.clone(), &shutdown_rx, None)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let respond = match &cfg.respond {
+            Some(r) => Some(
+                respond::Respond::start(r, &|p| cfg.resolve(p), metrics.clone(), audit_log.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("respond: {e}"))?,
+            ),
+            None => None,
+        };
+        let mut generation = reload::build(
+            &cfg,
+            &metrics,
+            audit_log.clone(),
+            respond.clone(),
+            &shutdown_rx,
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         // MLLP limiters live as long as their listeners (MLLP changes need a restart).
         let mllp_housekeeper = ratelimit::Housekeeper::start(shutdown_rx.clone());
         let mut bound = Vec::new();
@@ -562,6 +580,7 @@ impl Gateway {
             metrics: metrics.clone(),
             upstreams: arc_swap::ArcSwap::from_pointee(generation.upstreams.clone()),
             shutdown: shutdown_rx.clone(),
+            respond: respond.clone(),
         });
         // The admin listener keeps answering (readyz: draining) until the drain is done.
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
@@ -597,6 +616,7 @@ impl Gateway {
                 current: std::sync::Mutex::new(generation),
                 running: std::sync::Mutex::new(format!("{cfg:?}")),
                 audit: audit_log,
+                respond,
                 shutdown: shutdown_rx.clone(),
             }),
         };

@@ -36,6 +36,11 @@ pub struct Metrics {
     pub upstream_inflight: IntGaugeVec,
     pub validation_failures: IntCounterVec,
     pub dlp_findings: IntCounterVec,
+    pub signals: IntCounterVec,
+    pub blocks_active: prometheus::IntGauge,
+    pub blocked: IntCounterVec,
+    pub break_glass: IntCounterVec,
+    pub notifications: IntCounterVec,
     pub dlp_messages: IntCounterVec,
     pub dlp_scanned_bytes: IntCounterVec,
     pub mllp_messages: IntCounterVec,
@@ -173,6 +178,17 @@ impl Metrics {
             upstream_shed: counter(&r, "ward_upstream_shed_total", "Requests refused with 503 because the upstream's concurrency limit was reached.", &["upstream"]),
             upstream_inflight: gauge(&r, "ward_upstream_inflight", "Requests in flight to each upstream (counted only where a concurrency limit is set).", &["upstream"]),
             validation_failures: counter(&r, "ward_validation_failures_total", "Request bodies refused by the validate policy, by route and kind (first FHIR issue type, media_type, format, unexpected_body, hl7v2_error, hl7v2_reject).", &["route", "kind"]),
+            signals: counter(&r, "ward_signals_total", "Breach signals fired (exfiltration, probing, volume, dlp, off_hours) by signal and the action taken (alert, throttle, block).", &["signal", "action"]),
+            blocks_active: {
+                let g = prometheus::IntGauge::new("ward_blocks_active", "Blocks in force (operator and signal blocks, local and learned from other replicas).")
+                    .unwrap_or_else(|e| panic!("metric ward_blocks_active: {e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("metric ward_blocks_active: {e}"));
+                g
+            },
+            blocked: counter(&r, "ward_blocked_total", "Requests refused by a block or throttle, by what matched (ip, cidr, cert, sub, client_id, throttle).", &["kind"]),
+            break_glass: counter(&r, "ward_break_glass_total", "Emergency (break-glass) reads outside the patient compartment, by route.", &["route"]),
+            notifications: counter(&r, "ward_notifications_total", "Incident notifications by sink (webhook) and result (sent, failed, dropped).", &["sink", "result"]),
             dlp_findings: counter(&r, "ward_dlp_findings_total", "DLP findings by route (or MLLP listener), detector or rule name (from the policy) and action. Counts only: values are never recorded.", &["route", "detector", "action"]),
             dlp_messages: counter(&r, "ward_dlp_messages_total", "Bodies seen by DLP by route, direction (request, response) and outcome (clean, rewritten, reported, blocked, too_large, unscannable, error).", &["route", "direction", "outcome"]),
             dlp_scanned_bytes: counter(&r, "ward_dlp_scanned_bytes_total", "Bytes scanned by DLP (after undoing Content-Encoding) by route and direction.", &["route", "direction"]),

@@ -45,8 +45,14 @@ impl Generation {
 /// The parts of a config only a restart can change, in a comparable form.
 pub fn restart_only(cfg: &Config) -> String {
     format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-        cfg.listeners, cfg.mllp, cfg.admin.bind, cfg.audit, cfg.log, cfg.shutdown_grace
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        cfg.listeners,
+        cfg.mllp,
+        cfg.admin.bind,
+        cfg.audit,
+        cfg.log,
+        cfg.shutdown_grace,
+        cfg.respond
     )
 }
 
@@ -56,6 +62,7 @@ pub fn build(
     cfg: &Config,
     metrics: &Arc<Metrics>,
     audit: Option<crate::audit::AuditLog>,
+    respond: Option<Arc<crate::respond::Respond>>,
     global_stop: &watch::Receiver<bool>,
     previous: Option<&Generation>,
 ) -> Result<Generation, String> {
@@ -78,6 +85,7 @@ pub fn build(
     }
     let mut shared = stack::StackShared::new(cfg, metrics.clone(), rx.clone());
     shared.audit = audit;
+    shared.respond = respond;
     shared.carry.previous = previous.map(|g| g.limiters.clone()).unwrap_or_default();
     let mut routers = HashMap::new();
     for l in &cfg.listeners {

@@ -105,6 +105,8 @@ pub struct StackShared {
     pub audit: Option<crate::audit::AuditLog>,
     /// Rate-limit state carried over from the previous config generation.
     pub carry: crate::ratelimit::Carry,
+    /// Detect and respond, when the config has `respond:` (every route).
+    pub respond: Option<Arc<crate::respond::Respond>>,
 }
 
 impl StackShared {
@@ -133,6 +135,7 @@ impl StackShared {
             housekeeper: None,
             audit: None,
             carry: Default::default(),
+            respond: None,
         }
     }
 }
@@ -219,6 +222,11 @@ pub fn build(
         })
         .transpose()
         .map_err(|e| format!("dlp: {e}"))?;
+    if section(route, cfg, |p| p.fhir_authz.as_ref()).is_some_and(|(_, f)| f.break_glass.is_some())
+    {
+        // The route's break-glass counter exists (at 0) before its first use.
+        shared.metrics.break_glass.with_label_values(&[&route.name]);
+    }
     let fhir_authz = section(route, cfg, |p| p.fhir_authz.as_ref())
         .map(|(_, f)| FhirAuthzLayer::new(f, shared.metrics.clone()))
         .transpose()?;
@@ -231,9 +239,20 @@ pub fn build(
         )),
         None => None,
     };
+    let respond_outer = shared
+        .respond
+        .clone()
+        .map(crate::respond::RespondLayer::new);
+    let respond_claims = shared
+        .respond
+        .clone()
+        .map(crate::respond::ClaimsCheckLayer::new);
     let svc = ServiceBuilder::new()
         // audit: outermost, so that every decision of every layer below is recorded
         .option_layer(audit)
+        // respond: address and certificate blocks before any work; sees every outcome
+        // (denials, DLP blocks, patients read) to feed the breach signals
+        .option_layer(respond_outer)
         // identity (mTLS): who is calling, before anything else looks at the request
         .option_layer(mtls)
         // rate limit (pre-auth keys): before any costly check
@@ -242,6 +261,8 @@ pub fn build(
         .layer(LimitsLayer::from(route_limits(route, cfg, listener)))
         // authn: bearer token → verified `Claims`
         .option_layer(auth)
+        // respond: subject and client blocks, throttles (needs the verified claims)
+        .option_layer(respond_claims)
         // rate limit (claim keys): needs the verified claims
         .option_layer(rate.after_auth)
         // FHIR authz: SMART scopes and the patient-compartment guard (needs the claims)

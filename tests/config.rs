@@ -150,6 +150,7 @@ fn every_policy_file_in_the_repository_loads() {
         "hl7v2-feed",
         "deidentify",
         "phi-guard",
+        "emergency-access",
     ] {
         assert!(
             policies.contains_key(expected),
@@ -157,6 +158,10 @@ fn every_policy_file_in_the_repository_loads() {
         );
     }
     assert!(policies["deidentify"].dlp.is_some());
+    assert!(policies["emergency-access"]
+        .fhir_authz
+        .as_ref()
+        .is_some_and(|f| f.break_glass.is_some()));
     assert!(policies["phi-guard"].dlp.is_some());
     assert!(policies["lab-systems"].mtls.is_some());
     assert!(policies["smart-on-fhir"].auth.is_some());

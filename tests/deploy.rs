@@ -75,7 +75,20 @@ async fn busy_gateway(env: &Env) -> ward::Gateway {
         "policies/token.yaml",
         "auth:\n  providers:\n    - name: idp\n      issuer: https://idp.test\n      audiences: [ehr]\n      algorithms: [ES256]\n      keys_file: keys/idp.pub.pem\n",
     );
-    env.write("policies/guard.yaml", "fhir_authz: {}\n");
+    env.write(
+        "policies/guard.yaml",
+        "fhir_authz:\n  break_glass:\n    scope: emergency-access\n",
+    );
+    // Detect and respond: a signal (alert only), a webhook to nowhere (its delivery
+    // failures are a series too), operators.
+    env.write(
+        "secrets/operators.txt",
+        "ops 0000000000000000000000000000000000000000000000000000000000000000\n",
+    );
+    env.write(
+        "secrets/webhook.key",
+        "0123456789abcdef0123456789abcdef-key",
+    );
     env.write("policies/audited.yaml", "audit: {}\n");
     env.write(
         "policies/strict.yaml",
@@ -109,7 +122,7 @@ async fn busy_gateway(env: &Env) -> ward::Gateway {
         .replace(
             "admin:\n",
             &format!(
-                "  - name: smart\n    listener: public\n    path_prefix: /smart/fhir\n    upstream: ehr\n    fhir: true\n    policies: [token, guard]\n  - name: broken\n    listener: public\n    path_prefix: /broken\n    upstream: gone\nmllp:\n  - name: hl7\n    bind: 127.0.0.1:0\n    plaintext: true\n    upstream:\n      address: {dead}\naudit:\n  path: audit/audit.jsonl\nadmin:\n"
+                "  - name: smart\n    listener: public\n    path_prefix: /smart/fhir\n    upstream: ehr\n    fhir: true\n    policies: [token, guard]\n  - name: broken\n    listener: public\n    path_prefix: /broken\n    upstream: gone\nmllp:\n  - name: hl7\n    bind: 127.0.0.1:0\n    plaintext: true\n    upstream:\n      address: {dead}\naudit:\n  path: audit/audit.jsonl\nrespond:\n  blocks_file: state/blocks.json\n  operators:\n    tokens_file: secrets/operators.txt\n  signals:\n    probing:\n      denials: 1\n      window_secs: 60\n  webhook:\n    url: http://{dead}/hook\n    secret_file: secrets/webhook.key\n    retries: 1\nadmin:\n"
             ),
         )
         .replace(

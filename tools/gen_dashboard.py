@@ -56,6 +56,13 @@ panel("DLP findings by detector and action",
       desc="PHI found in bodies (counts, never values); a rising `block` or a new detector is worth a look.")
 panel("DLP outcomes by route",
       [("sum by (route, direction, outcome) (rate(ward_dlp_messages_total[5m]))", "{{route}} {{direction}} {{outcome}}")], "reqps")
+panel("Incident response: signals, blocks, break-glass",
+      [("sum by (signal, action) (increase(ward_signals_total[5m]))", "signal {{signal}} {{action}}"),
+       ("ward_blocks_active", "blocks in force"),
+       ("sum by (kind) (rate(ward_blocked_total[5m]))", "refused {{kind}}"),
+       ("sum by (route) (increase(ward_break_glass_total[5m]))", "break-glass {{route}}"),
+       ("sum by (result) (rate(ward_notifications_total[5m]))", "notifications {{result}}")], "short",
+      desc="Breach signals fired and what Ward did; emergency accesses; notification delivery.")
 panel("Refusals by code",
       [("sum by (code) (rate(ward_rejections_total[5m]))", "{{code}}")], "reqps")
 panel("TLS handshake failures",

@@ -373,6 +373,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Where audit records go; routes opt in with an `audit` policy section.
     pub audit: Option<crate::audit::AuditConfig>,
+    /// Detect and respond: signals, blocks, notifications (every route).
+    pub respond: Option<crate::respond::RespondConfig>,
     /// The policies folder, resolved (watched for hot reload).
     pub policies_dir: PathBuf,
     pub policies: BTreeMap<String, PolicyConfig>,
@@ -449,6 +451,7 @@ const TOP_KEYS: &[&str] = &[
     "shutdown_grace",
     "log",
     "audit",
+    "respond",
 ];
 
 pub fn load_str(
@@ -506,6 +509,13 @@ pub fn load_str(
     if let Some(a) = &audit {
         for (k, m) in a.problems() {
             e.at(&format!("audit.{k}"), m);
+        }
+    }
+    let respond: Option<crate::respond::RespondConfig> =
+        decode_one(&mut e, get("respond"), "respond", vars);
+    if let Some(r) = &respond {
+        for (k, m) in r.problems(&|p| resolve_in(base, p)) {
+            e.at(&format!("respond.{k}"), m);
         }
     }
     let shutdown_grace: Dur =
@@ -585,6 +595,7 @@ pub fn load_str(
         shutdown_grace: shutdown_grace.0,
         log,
         audit,
+        respond,
         policies_dir: pdir.clone(),
         policies,
     };

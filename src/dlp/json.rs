@@ -309,6 +309,56 @@ fn unescape_map(
     Ok(())
 }
 
+/// Decode JSON string content without the offset map (the common, clean case).
+fn unescape_plain(raw: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
+    out.clear();
+    let mut i = 0;
+    while i < raw.len() {
+        let Some(off) = memchr::memchr(b'\\', &raw[i..]) else {
+            out.extend_from_slice(&raw[i..]);
+            break;
+        };
+        out.extend_from_slice(&raw[i..i + off]);
+        i += off;
+        let e = *raw.get(i + 1).ok_or(JsonError::Malformed)?;
+        let (ch, len) = match e {
+            b'"' => ('"', 2),
+            b'\\' => ('\\', 2),
+            b'/' => ('/', 2),
+            b'b' => ('\u{8}', 2),
+            b'f' => ('\u{c}', 2),
+            b'n' => ('\n', 2),
+            b'r' => ('\r', 2),
+            b't' => ('\t', 2),
+            b'u' => {
+                let hi = hex4(raw.get(i + 2..).ok_or(JsonError::Malformed)?)
+                    .ok_or(JsonError::Malformed)?;
+                if (0xD800..0xDC00).contains(&hi) {
+                    let lo = raw
+                        .get(i + 6..i + 8)
+                        .filter(|p| *p == b"\\u")
+                        .and_then(|_| hex4(raw.get(i + 8..)?))
+                        .filter(|lo| (0xDC00..0xE000).contains(lo));
+                    match lo {
+                        Some(lo) => {
+                            let cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                            (char::from_u32(cp).unwrap_or('\u{FFFD}'), 12)
+                        }
+                        None => ('\u{FFFD}', 6),
+                    }
+                } else {
+                    (char::from_u32(hi).unwrap_or('\u{FFFD}'), 6)
+                }
+            }
+            _ => return Err(JsonError::Malformed),
+        };
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+        i += len;
+    }
+    Ok(())
+}
+
 /// The body ranges behind decoded bytes `start..end` (contiguous source runs merged).
 fn runs(map: &[(u32, u32)], start: usize, end: usize) -> Vec<(u32, u32)> {
     let mut out: Vec<(u32, u32)> = Vec::new();
@@ -357,19 +407,18 @@ impl<'a> Walk<'a> {
         let mut i = start;
         let mut esc = false;
         loop {
+            // Vectorised search for the two bytes that end a run of plain string content.
+            // (Raw control characters are not refused: they make the JSON invalid for its
+            // receiver, but cannot hide a value from the scan.)
             let rest = self.b.get(i..).ok_or(JsonError::Malformed)?;
-            let off = rest
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-                .ok_or(JsonError::Malformed)?;
+            let off = memchr::memchr2(b'"', b'\\', rest).ok_or(JsonError::Malformed)?;
             i += off;
             match self.b[i] {
                 b'"' => break,
-                b'\\' => {
+                _ => {
                     esc = true;
                     i += 2;
                 }
-                _ => return Err(JsonError::Malformed),
             }
         }
         self.pos = i + 1;
@@ -970,11 +1019,18 @@ impl<'a> Walk<'a> {
             for (i, r) in self.recs[rec_base..].iter().enumerate() {
                 keys.push((&b[r.kstart as usize + 1..r.kend as usize - 1], i));
             }
-            keys.sort_unstable_by(|x, y| x.0.cmp(y.0));
-            if keys.windows(2).any(|w| w[0].0 == w[1].0) {
+            // Small objects (most of FHIR) are cheaper to compare pairwise than to sort.
+            let dup = if keys.len() <= 8 {
+                (1..keys.len()).any(|i| keys[..i].iter().any(|k| k.0 == keys[i].0))
+            } else {
+                keys.sort_unstable_by(|x, y| x.0.cmp(y.0));
+                keys.windows(2).any(|w| w[0].0 == w[1].0)
+            };
+            if dup {
                 self.keys = keys;
                 return Err(JsonError::Malformed);
             }
+            let sorted = keys.len() > 8;
             // `_x` goes with `x`.
             let mut with_ext: Vec<usize> = Vec::new();
             let mut probe = Vec::new();
@@ -989,7 +1045,12 @@ impl<'a> Walk<'a> {
                 probe.clear();
                 probe.push(b'_');
                 probe.extend_from_slice(key);
-                if let Ok(j) = keys.binary_search_by(|k| k.0.cmp(probe.as_slice())) {
+                let found = if sorted {
+                    keys.binary_search_by(|k| k.0.cmp(probe.as_slice())).ok()
+                } else {
+                    keys.iter().position(|k| k.0 == probe.as_slice())
+                };
+                if let Some(j) = found {
                     with_ext.push(keys[j].1);
                 }
             }
@@ -1313,42 +1374,52 @@ impl<'a> Walk<'a> {
             let mut found: Vec<Hit> = self.hits[first..last].to_vec();
             return self.apply_hits(&mut found, kind, None, s);
         }
-        // Decode and scan this string alone.
+        // Decode and scan this string alone. The offset map back to the body is built only
+        // once something is found: most strings scanned here are clean narratives.
+        let raw_hits = first != last;
+        let raw = &b[s..e];
+        let unicode_escapes = memchr::memmem::find(raw, b"\\u").is_some();
         let mut dec = std::mem::take(&mut self.dec);
         let mut map = std::mem::take(&mut self.dec_map);
-        unescape_map(&b[s..e], s, &mut dec, &mut map)?;
+        unescape_plain(raw, &mut dec)?;
+        let mut found = std::mem::take(&mut self.hits2);
+        found.clear();
         let r = if xhtml {
             let mut txt = std::mem::take(&mut self.txt);
             let mut tmap = std::mem::take(&mut self.txt_map);
             crate::dlp::xhtml::text_view(&dec, &mut txt, &mut tmap);
-            let mut found = std::mem::take(&mut self.hits2);
-            found.clear();
             self.eng.scanner.scan(&txt, &mut found);
-            let view = Xhtml {
-                src: &dec,
-                tmap: &tmap,
-            };
-            let mut r = self.apply_decoded(&mut found, kind, &txt, &map, Some(view));
-            // Attribute values and comments are not text: scan the markup itself and
-            // redact findings that lie wholly outside the text (`href="mailto:…"`).
-            if matches!(r, Ok(false)) && !self.blocked {
-                let mut text_byte = vec![false; dec.len()];
-                for &(a, z) in tmap.iter() {
-                    let markup = z.saturating_sub(a) >= 3 && dec.get(a as usize) == Some(&b'<');
-                    if !markup {
-                        for t in text_byte.iter_mut().take(z as usize).skip(a as usize) {
-                            *t = true;
+            // Attribute values and comments are not text: the markup itself is scanned
+            // when the whole-body pass saw something in this string, or when `\u` escapes
+            // could have hidden it from that pass (`href="mailto:…"`).
+            let mut attr: Vec<Hit> = Vec::new();
+            if raw_hits || unicode_escapes {
+                self.eng.scanner.scan(&dec, &mut attr);
+                if !attr.is_empty() {
+                    let mut text_byte = vec![false; dec.len()];
+                    for &(a, z) in tmap.iter() {
+                        let markup = z.saturating_sub(a) >= 3 && dec.get(a as usize) == Some(&b'<');
+                        if !markup {
+                            for t in text_byte.iter_mut().take(z as usize).skip(a as usize) {
+                                *t = true;
+                            }
                         }
                     }
-                }
-                found.clear();
-                self.eng.scanner.scan(&dec, &mut found);
-                found.retain(|h| !text_byte[h.start..h.end].iter().any(|t| *t));
-                if !found.is_empty() {
-                    r = self.apply_decoded(&mut found, kind, &dec, &map, None);
+                    attr.retain(|h| !text_byte[h.start..h.end].iter().any(|t| *t));
                 }
             }
-            self.hits2 = found;
+            let mut r = Ok(false);
+            if !found.is_empty() || !attr.is_empty() {
+                unescape_map(raw, s, &mut dec, &mut map)?;
+                let view = Xhtml {
+                    src: &dec,
+                    tmap: &tmap,
+                };
+                r = self.apply_decoded(&mut found, kind, &txt, &map, Some(view));
+                if matches!(r, Ok(false)) && !self.blocked && !attr.is_empty() {
+                    r = self.apply_decoded(&mut attr, kind, &dec, &map, None);
+                }
+            }
             self.txt = txt;
             self.txt_map = tmap;
             r
@@ -1361,8 +1432,6 @@ impl<'a> Walk<'a> {
             buf.clear();
             buf.extend_from_slice(prefix);
             buf.extend_from_slice(&dec);
-            let mut found = std::mem::take(&mut self.hits2);
-            found.clear();
             self.eng.scanner.scan(&buf, &mut found);
             let p = prefix.len();
             found.retain(|h| h.start >= p);
@@ -1370,11 +1439,15 @@ impl<'a> Walk<'a> {
                 h.start -= p;
                 h.end -= p;
             }
-            let r = self.apply_decoded(&mut found, kind, &dec, &map, None);
-            self.hits2 = found;
             self.txt = buf;
-            r
+            if found.is_empty() {
+                Ok(false)
+            } else {
+                unescape_map(raw, s, &mut dec, &mut map)?;
+                self.apply_decoded(&mut found, kind, &dec, &map, None)
+            }
         };
+        self.hits2 = found;
         self.dec = dec;
         self.dec_map = map;
         r

@@ -32,6 +32,8 @@ struct SlotFacts {
     claims: Option<Arc<Claims>>,
     /// DLP finding counts by direction, then detector or rule, then action. Never values.
     dlp: Map<String, Value>,
+    /// The stated reason of a break-glass access.
+    break_glass: Option<String>,
 }
 
 impl AuditSlot {
@@ -50,6 +52,17 @@ impl AuditSlot {
         if let Ok(mut g) = self.0.lock() {
             g.dlp.insert(dir.to_owned(), dlp_counts(eng, report));
         }
+    }
+
+    /// Called by `fhir_authz` when a request uses emergency access.
+    pub fn set_break_glass(&self, reason: &str) {
+        if let Ok(mut g) = self.0.lock() {
+            g.break_glass = Some(reason.to_owned());
+        }
+    }
+
+    fn break_glass(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|g| g.break_glass.clone())
     }
 
     fn dlp(&self) -> Option<Value> {
@@ -146,6 +159,10 @@ fn put(m: &mut Map<String, Value>, k: &str, v: Option<&str>) {
 fn add_claims(fields: &mut Map<String, Value>, slot: &AuditSlot) {
     if let Some(d) = slot.dlp() {
         fields.insert("dlp_findings".into(), d);
+    }
+    if let Some(reason) = slot.break_glass() {
+        fields.insert("break_glass".into(), Value::Bool(true));
+        fields.insert("break_glass_reason".into(), Value::String(reason));
     }
     if let Some(c) = slot.claims() {
         put(fields, "iss", Some(&c.iss));

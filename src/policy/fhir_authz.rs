@@ -100,6 +100,49 @@ pub struct FhirAuthzConfig {
     pub max_count: u32,
     #[serde(default)]
     pub count_mode: CountMode,
+    /// Emergency access (HIPAA 164.312(a)(2)(ii)): an entitled token may read outside the
+    /// patient compartment when the request states a reason in `Break-Glass-Reason`.
+    #[serde(default)]
+    pub break_glass: Option<BreakGlassConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassConfig {
+    /// A scope the token must carry (`emergency-access`)…
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// …or a claim with this string value (or an array containing it).
+    #[serde(default)]
+    pub claim: Option<ClaimMatch>,
+    /// Uses per identity per day.
+    #[serde(default)]
+    pub max_per_day: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMatch {
+    pub name: String,
+    pub value: String,
+}
+
+impl BreakGlassConfig {
+    fn entitled(&self, c: &Claims) -> bool {
+        let by_scope = self
+            .scope
+            .as_ref()
+            .is_some_and(|s| c.scopes.iter().any(|x| x == s));
+        let by_claim = self
+            .claim
+            .as_ref()
+            .is_some_and(|m| match c.raw.get(&m.name) {
+                Some(Value::String(v)) => *v == m.value,
+                Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(m.value.as_str())),
+                _ => false,
+            });
+        by_scope || by_claim
+    }
 }
 
 impl FhirAuthzConfig {
@@ -107,6 +150,17 @@ impl FhirAuthzConfig {
         let mut out = Vec::new();
         if self.patient_claim.is_empty() {
             out.push(("patient_claim", "must not be empty".into()));
+        }
+        if let Some(b) = &self.break_glass {
+            if b.scope.is_none() && b.claim.is_none() {
+                out.push((
+                    "break_glass",
+                    "needs a `scope` or a `claim` that entitles a token".into(),
+                ));
+            }
+            if b.max_per_day == Some(0) {
+                out.push(("break_glass.max_per_day", "must be greater than 0".into()));
+            }
         }
         if self.max_buffer_bytes == 0 || self.max_buffer_bytes > 256 * 1024 * 1024 {
             out.push(("max_buffer_bytes", "between 1 and 268435456".into()));
@@ -166,6 +220,8 @@ const RESULT_PARAMS: &[&str] = &[
 struct Inner {
     cfg: FhirAuthzConfig,
     metrics: Arc<Metrics>,
+    /// Break-glass uses per identity per day.
+    break_glass_limit: Option<governor::DefaultKeyedRateLimiter<String>>,
 }
 
 #[derive(Clone)]
@@ -176,9 +232,19 @@ impl FhirAuthzLayer {
         if let Some((k, m)) = cfg.problems().into_iter().next() {
             return Err(format!("{k}: {m}"));
         }
+        let break_glass_limit = cfg
+            .break_glass
+            .as_ref()
+            .and_then(|b| b.max_per_day)
+            .and_then(std::num::NonZeroU32::new)
+            .and_then(|n| {
+                governor::Quota::with_period(std::time::Duration::from_secs(86_400) / n.get())
+                    .map(|q| governor::RateLimiter::keyed(q.allow_burst(n)))
+            });
         Ok(FhirAuthzLayer(Arc::new(Inner {
             cfg: cfg.clone(),
             metrics,
+            break_glass_limit,
         })))
     }
 }
@@ -231,11 +297,74 @@ fn patient_value_ok(value: &str, pid: &str) -> bool {
 }
 
 impl Inner {
+    /// `Some(reason)` when this request is a permitted break-glass read; refusals for a
+    /// header the token may not use or an empty reason. Without the header: `None`, and
+    /// the usual rules apply.
+    fn break_glass(
+        &self,
+        f: &FhirRequest,
+        claims: &Claims,
+        parts: &http::request::Parts,
+    ) -> Result<Option<String>, Rejection> {
+        let Some(v) = parts.headers.get("break-glass-reason") else {
+            return Ok(None);
+        };
+        let entitled = self
+            .cfg
+            .break_glass
+            .as_ref()
+            .is_some_and(|b| b.entitled(claims));
+        if !entitled {
+            return Err(denied(
+                "break_glass_not_permitted",
+                "this token is not entitled to emergency access",
+            ));
+        }
+        let reason = v
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|r| !r.is_empty() && r.chars().count() <= 500)
+            .filter(|r| !r.chars().any(char::is_control))
+            .ok_or_else(|| {
+                Rejection::bad_request(
+                    "break_glass_reason_invalid",
+                    "Break-Glass-Reason must state a reason (1 to 500 characters)",
+                )
+            })?;
+        if !matches!(
+            f.interaction,
+            Interaction::Read
+                | Interaction::Vread
+                | Interaction::SearchType
+                | Interaction::SearchCompartment
+                | Interaction::HistoryInstance
+        ) {
+            return Err(denied(
+                "break_glass_read_only",
+                "emergency access is for reading only",
+            ));
+        }
+        if let Some(l) = &self.break_glass_limit {
+            if l.check_key(&format!("{}|{}", claims.iss, claims.sub))
+                .is_err()
+            {
+                return Err(Rejection::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "break_glass_limit",
+                    "the daily number of emergency accesses is used up",
+                ));
+            }
+        }
+        Ok(Some(reason.to_owned()))
+    }
+
     fn decide(
         &self,
         f: &FhirRequest,
         claims: &Claims,
         params: &mut Vec<SearchParam>,
+        break_glass: bool,
     ) -> Result<Plan, Rejection> {
         use Interaction::*;
         if f.interaction == Capabilities {
@@ -286,6 +415,11 @@ impl Inner {
         }
         if !broad && !narrow {
             return Err(insufficient_scope());
+        }
+        // Break-glass (already checked: entitled, reason given, a read): the scopes still
+        // decide which types, but the patient compartment does not confine this read.
+        if break_glass {
+            return Ok(Plan::Pass);
         }
         // Patient-level access from here on.
         let pid = launch_patient
@@ -547,7 +681,7 @@ impl Inner {
                 ));
             }
             let mut params = er.params.clone();
-            let plan = self.decide(&er, claims, &mut params)?;
+            let plan = self.decide(&er, claims, &mut params, false)?;
             let patient_level = patient_scoped(claims, &er);
             if let (Some(pid), true, Interaction::Create | Interaction::Update) =
                 (pid, patient_level, er.interaction)
@@ -909,7 +1043,23 @@ where
                 .map_err(|_| Rejection::body_too_large())?,
         );
     }
-    let plan = a.decide(f, claims, &mut params)?;
+    let break_glass = a.break_glass(f, claims, &parts)?;
+    let plan = a.decide(f, claims, &mut params, break_glass.is_some())?;
+    if let Some(reason) = break_glass {
+        let route = parts
+            .extensions
+            .get::<crate::context::RouteId>()
+            .map(|r| r.0.name.clone())
+            .unwrap_or_default();
+        a.metrics.break_glass.with_label_values(&[&route]).inc();
+        tracing::warn!(target: "ward::respond", route = %route, resource_type = f.resource_type.unwrap_or("*"), "break-glass access");
+        if let Some(slot) = parts.extensions.get::<crate::policy::audit::AuditSlot>() {
+            slot.set_break_glass(&reason);
+        }
+        if let Some(slot) = parts.extensions.get::<crate::respond::RespondSlot>() {
+            slot.break_glass(&route, f.resource_type.unwrap_or("*"));
+        }
+    }
     let patient_ctx = claims
         .raw
         .get(&a.cfg.patient_claim)
@@ -1456,6 +1606,36 @@ mod tests {
         assert!(filter_bundle(&mut b, "a", BundleMode::Filter).unwrap());
         assert_eq!(b["entry"].as_array().unwrap().len(), 2);
         assert_eq!(b["total"], 2);
+    }
+
+    #[test]
+    fn break_glass_entitlement_by_scope_or_claim() {
+        let claims = |scopes: &[&str], raw: serde_json::Value| Claims {
+            provider: Arc::from("p"),
+            iss: "i".into(),
+            sub: "s".into(),
+            client_id: None,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            patient: None,
+            exp: 0,
+            cnf_x5t: None,
+            cnf_present: false,
+            raw: raw.as_object().cloned().unwrap_or_default(),
+        };
+        let by_scope: BreakGlassConfig =
+            serde_json::from_value(json!({"scope": "emergency-access"})).unwrap();
+        let by_claim: BreakGlassConfig =
+            serde_json::from_value(json!({"claim": {"name": "role", "value": "emergency-access"}}))
+                .unwrap();
+        assert!(by_scope.entitled(&claims(&["patient/*.read", "emergency-access"], json!({}))));
+        assert!(!by_scope.entitled(&claims(&["patient/*.read"], json!({}))));
+        assert!(by_claim.entitled(&claims(&[], json!({"role": "emergency-access"}))));
+        assert!(by_claim.entitled(&claims(
+            &[],
+            json!({"role": ["clinician", "emergency-access"]})
+        )));
+        assert!(!by_claim.entitled(&claims(&[], json!({"role": ["clinician"]}))));
+        assert!(!by_claim.entitled(&claims(&["emergency-access"], json!({"role": "x"}))));
     }
 
     #[test]

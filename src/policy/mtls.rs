@@ -272,6 +272,7 @@ mod tests {
             email_sans: vec![],
             spki_sha256: "ab".repeat(32),
             x5t_s256: String::new(),
+            cert_sha256: String::new(),
             client_auth_eku: true,
             serial: "01".into(),
             not_after: 0,

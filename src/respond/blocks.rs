@@ -1,0 +1,1146 @@
+//! Operator-managed blocks that survive restarts.
+//!
+//! This module owns the block list: which subjects, OAuth clients, client
+//! certificates, IPs and CIDRs are refused, why, by whom and until when; the
+//! JSON file it is persisted in; and the fast per-request [`BlockList::check`].
+//!
+//! Persistence: every [`BlockList::add`]/[`BlockList::remove`] rewrites the
+//! whole file with an atomic replace (temp file in the same directory, fsync,
+//! rename, fsync directory) *before* returning, so after a crash the file is
+//! either the old or the new list, never a torn mix. If the write fails the
+//! in-memory change is rolled back and an error returned: the API never
+//! claims a block that a restart would forget.
+//!
+//! Failing closed: [`BlockList::load`] treats a missing file as an empty list
+//! but any unreadable, unparsable or invalid file as an error, so the gateway
+//! refuses to start rather than silently dropping every block.
+//!
+//! Replicas: blocks learned from other replicas ([`BlockList::merge_remote`])
+//! are enforced but kept in memory only; each replica persists just the blocks
+//! added through it, so files never accumulate each other's copies. Removing
+//! a block removes the local and remote copy here; propagating the removal to
+//! peers (or they will re-send it) is the caller's job.
+//!
+//! Concurrency: `check` takes `&self`; mutations take `&mut self`. The gateway
+//! wraps the list in a `RwLock` (or clones it into an `ArcSwap`); `BlockList`
+//! is `Clone` for that.
+//!
+//! File format (`version` 1):
+//! ```json
+//! {"version":1,"blocks":[{"target":{"kind":"ip","value":"10.0.0.1"},
+//!   "reason":"probing","expires_at":1700000000000,"created_at":1699990000000,
+//!   "created_by":"ops@example","id":"b-1"}]}
+//! ```
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Longest block an operator can set (30 days): blocks are an incident
+/// response, not a permanent ACL, and a cap bounds the damage of a typo.
+pub const MAX_BLOCK_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Maximum length of `reason` (characters).
+pub const MAX_REASON_CHARS: usize = 200;
+/// Maximum blocks held per origin (local, remote): bounds memory and the
+/// O(n) CIDR scan whatever peers or operators send.
+pub const MAX_BLOCKS: usize = 10_000;
+/// Widest CIDRs accepted without `add_forced` (IPv4 /8, IPv6 /32): wider ones
+/// are likely to lock out whole networks, including the operators.
+pub const MIN_V4_PREFIX: u8 = 8;
+pub const MIN_V6_PREFIX: u8 = 32;
+
+const MAX_IDENT_BYTES: usize = 1024;
+const MAX_ID_CHARS: usize = 128;
+const MAX_CREATED_BY_CHARS: usize = 200;
+const FILE_VERSION: u32 = 1;
+
+/// What a block applies to. Serialized as `{"kind": "...", "value": ...}`
+/// with kinds `sub`, `client_id`, `cert_sha256`, `ip`, `cidr`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum BlockTarget {
+    /// Token subject (the caller's identity string, e.g. `iss|alice`).
+    Sub(String),
+    ClientId(String),
+    /// SHA-256 of the client certificate (DER), 64 lowercase hex digits.
+    CertSha256(String),
+    /// A single address; IPv4-mapped IPv6 is stored as IPv4.
+    Ip(IpAddr),
+    /// A network, as "10.0.0.0/8"; host bits are cleared, IPv4-mapped IPv6
+    /// nets become IPv4 and single-host nets become [`BlockTarget::Ip`].
+    #[serde(with = "cidr_string")]
+    Cidr(IpNet),
+}
+
+/// `ipnet`'s serde support is behind a feature the gateway does not enable;
+/// (de)serialize through its `Display`/`FromStr` instead.
+mod cidr_string {
+    use ipnet::IpNet;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(net: &IpNet, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(net)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Block {
+    pub target: BlockTarget,
+    pub reason: String,
+    /// Unix ms; the block is active while `now < expires_at`.
+    pub expires_at: u64,
+    /// Unix ms.
+    pub created_at: u64,
+    pub created_by: String,
+    pub id: String,
+}
+
+/// Characters refused in any text field: controls (they forge log lines and
+/// terminal output) and bidi/zero-width format characters (they make a
+/// reason or identity display differently from what it is).
+fn is_forbidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+fn check_text(field: &str, s: &str, max_chars: usize) -> Result<(), String> {
+    if s.trim().is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    if s.chars().count() > max_chars {
+        return Err(format!("{field} longer than {max_chars} characters"));
+    }
+    if s.chars().any(is_forbidden_char) {
+        return Err(format!("{field} contains control characters"));
+    }
+    Ok(())
+}
+
+fn check_ident(field: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > MAX_IDENT_BYTES {
+        return Err(format!("{field} must be 1..={MAX_IDENT_BYTES} bytes"));
+    }
+    if s.chars().any(is_forbidden_char) {
+        return Err(format!("{field} contains control characters"));
+    }
+    Ok(())
+}
+
+impl BlockTarget {
+    /// Canonical form used as the lookup key. `force` skips only the CIDR
+    /// width limit.
+    fn normalized(self, force: bool) -> Result<BlockTarget, String> {
+        match self {
+            BlockTarget::Sub(s) => check_ident("sub", &s).map(|_| BlockTarget::Sub(s)),
+            BlockTarget::ClientId(s) => {
+                check_ident("client_id", &s).map(|_| BlockTarget::ClientId(s))
+            }
+            BlockTarget::CertSha256(s) => {
+                if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err("cert_sha256 must be 64 hex digits".into());
+                }
+                Ok(BlockTarget::CertSha256(s.to_ascii_lowercase()))
+            }
+            BlockTarget::Ip(ip) => Ok(BlockTarget::Ip(ip.to_canonical())),
+            BlockTarget::Cidr(net) => {
+                let net = canonical_net(net)?;
+                if !force {
+                    let (min, fam) = match net {
+                        IpNet::V4(_) => (MIN_V4_PREFIX, "IPv4"),
+                        IpNet::V6(_) => (MIN_V6_PREFIX, "IPv6"),
+                    };
+                    if net.prefix_len() < min {
+                        return Err(format!(
+                            "{fam} CIDR {net} is wider than /{min}; use a forced add to lock out that many addresses"
+                        ));
+                    }
+                }
+                // A single-host net is just an IP: store it where the O(1)
+                // lookup finds it.
+                if net.prefix_len() == net.max_prefix_len() {
+                    return Ok(BlockTarget::Ip(net.addr()));
+                }
+                Ok(BlockTarget::Cidr(net))
+            }
+        }
+    }
+}
+
+/// Clears host bits and turns `::ffff:a.b.c.d/96+n` into `a.b.c.d/n` so it
+/// matches the (canonicalised) IPv4 peer address.
+fn canonical_net(net: IpNet) -> Result<IpNet, String> {
+    let net = match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::V4(
+                Ipv4Net::new(v4, n.prefix_len() - 96).map_err(|e| format!("cidr {n}: {e}"))?,
+            ),
+            None => net,
+        },
+        _ => net,
+    };
+    Ok(net.trunc())
+}
+
+/// Validates and canonicalises a block's fields (not its expiry).
+fn validated(mut b: Block, force: bool) -> Result<Block, String> {
+    check_text("reason", &b.reason, MAX_REASON_CHARS)?;
+    check_text("created_by", &b.created_by, MAX_CREATED_BY_CHARS)?;
+    check_text("id", &b.id, MAX_ID_CHARS)?;
+    b.target = b.target.normalized(force)?;
+    Ok(b)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIn {
+    version: u32,
+    blocks: Vec<Block>,
+}
+
+#[derive(Serialize)]
+struct FileOut<'a> {
+    version: u32,
+    blocks: Vec<&'a Block>,
+}
+
+/// The block list: local (persisted) and remote (memory-only) blocks plus a
+/// lookup index of the effective block per target.
+#[derive(Clone, Debug)]
+pub struct BlockList {
+    path: PathBuf,
+    local: HashMap<BlockTarget, Block>,
+    remote: HashMap<BlockTarget, Block>,
+    // Index: per target, whichever of local/remote expires later.
+    subs: HashMap<String, Block>,
+    clients: HashMap<String, Block>,
+    certs: HashMap<String, Block>,
+    ips: HashMap<IpAddr, Block>,
+    cidrs: Vec<Block>,
+}
+
+fn is_live(b: &Block, now: u64) -> bool {
+    now < b.expires_at
+}
+
+impl BlockList {
+    /// Loads the list persisted at `path`. A missing file is an empty list;
+    /// blocks expired at `now` are dropped; anything unreadable, malformed or
+    /// invalid is an error (fail closed). Leftover temp files from a crash
+    /// mid-write are removed.
+    pub fn load(path: impl Into<PathBuf>, now: u64) -> Result<BlockList, String> {
+        let mut list = BlockList {
+            path: path.into(),
+            local: HashMap::new(),
+            remote: HashMap::new(),
+            subs: HashMap::new(),
+            clients: HashMap::new(),
+            certs: HashMap::new(),
+            ips: HashMap::new(),
+            cidrs: Vec::new(),
+        };
+        remove_stale_temps(&list.path);
+        let shown = list.path.display().to_string();
+        let bytes = match fs::read(&list.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(list),
+            Err(e) => return Err(format!("block list {shown}: {e}")),
+        };
+        let file: FileIn = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("block list {shown} is corrupt: {e}"))?;
+        if file.version != FILE_VERSION {
+            return Err(format!(
+                "block list {shown}: unsupported version {}",
+                file.version
+            ));
+        }
+        if file.blocks.len() > MAX_BLOCKS {
+            return Err(format!("block list {shown}: more than {MAX_BLOCKS} blocks"));
+        }
+        for b in file.blocks {
+            if !is_live(&b, now) {
+                continue;
+            }
+            // The width limit was checked (or deliberately forced) when the
+            // block was added; the file does not record which, so honour it.
+            let id = b.id.clone();
+            let b =
+                validated(b, true).map_err(|e| format!("block list {shown}: block {id:?}: {e}"))?;
+            keep_later(&mut list.local, b);
+        }
+        list.rebuild();
+        Ok(list)
+    }
+
+    /// Path the list persists to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Adds (or replaces: same target) a block and persists before returning.
+    /// Rejected: empty/long/control-character text fields, expiry not in
+    /// `(now, now + 30 days]`, malformed certificate hashes and CIDRs wider
+    /// than /8 (IPv4) or /32 (IPv6). If a remote copy of the same target
+    /// expires later, that copy stays in effect until it expires.
+    pub fn add(&mut self, block: Block, now: u64) -> Result<(), String> {
+        self.add_inner(block, now, false)
+    }
+
+    /// Like [`BlockList::add`] but allows CIDRs wider than /8 (IPv4) or /32
+    /// (IPv6). Every other check still applies.
+    pub fn add_forced(&mut self, block: Block, now: u64) -> Result<(), String> {
+        self.add_inner(block, now, true)
+    }
+
+    fn add_inner(&mut self, block: Block, now: u64, force: bool) -> Result<(), String> {
+        let block = validated(block, force)?;
+        if !is_live(&block, now) {
+            return Err("expires_at must be in the future".into());
+        }
+        if block.expires_at - now > MAX_BLOCK_TTL_MS {
+            return Err(format!(
+                "expires_at is more than {} days ahead",
+                MAX_BLOCK_TTL_MS / 86_400_000
+            ));
+        }
+        // Expired local blocks are dropped here so the file does not grow.
+        self.local.retain(|_, b| is_live(b, now));
+        if self.local.len() >= MAX_BLOCKS && !self.local.contains_key(&block.target) {
+            return Err(format!("too many blocks (max {MAX_BLOCKS})"));
+        }
+        let target = block.target.clone();
+        let previous = self.local.insert(target.clone(), block);
+        if let Err(e) = self.persist() {
+            match previous {
+                Some(p) => self.local.insert(target, p),
+                None => self.local.remove(&target),
+            };
+            return Err(e);
+        }
+        self.rebuild();
+        Ok(())
+    }
+
+    /// Removes the block (local and remote copies) for `target`; returns
+    /// whether there was one. A local removal is persisted before returning;
+    /// if that fails the block stays and the error is returned.
+    pub fn remove(&mut self, target: &BlockTarget) -> Result<bool, String> {
+        let Ok(target) = target.clone().normalized(true) else {
+            return Ok(false); // an invalid target can't have been stored
+        };
+        let local = self.local.remove(&target);
+        if let Some(b) = &local {
+            if let Err(e) = self.persist() {
+                self.local.insert(target, b.clone());
+                return Err(e);
+            }
+        }
+        let remote = self.remote.remove(&target);
+        let removed = local.is_some() || remote.is_some();
+        if removed {
+            self.rebuild();
+        }
+        Ok(removed)
+    }
+
+    /// Takes blocks learned from other replicas. Invalid or expired ones are
+    /// skipped (logged); a block for a target already known replaces it only
+    /// if it expires later. Not persisted. Returns how many were taken.
+    pub fn merge_remote(&mut self, blocks: impl IntoIterator<Item = Block>, now: u64) -> usize {
+        self.remote.retain(|_, b| is_live(b, now));
+        let mut taken = 0;
+        for b in blocks {
+            if !is_live(&b, now) {
+                continue;
+            }
+            if b.expires_at - now > MAX_BLOCK_TTL_MS {
+                tracing::warn!(id = %b.id, "remote block expires too far ahead; ignored");
+                continue;
+            }
+            // The originating replica applied (or forced) the width limit.
+            let id = b.id.clone();
+            let b = match validated(b, true) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(id = %id, error = %e, "invalid remote block ignored");
+                    continue;
+                }
+            };
+            if self.remote.len() >= MAX_BLOCKS && !self.remote.contains_key(&b.target) {
+                tracing::warn!(id = %id, "remote block table full; block ignored");
+                continue;
+            }
+            if keep_later(&mut self.remote, b) {
+                taken += 1;
+            }
+        }
+        if taken > 0 {
+            self.rebuild();
+        }
+        taken
+    }
+
+    /// The block that applies to a request, if any. Checks sub, client id,
+    /// certificate, exact IP, then CIDRs (scanned only if any exist).
+    /// `cert` is hex SHA-256 (case-insensitive); `ip` may be IPv4-mapped.
+    pub fn check(
+        &self,
+        sub: Option<&str>,
+        client_id: Option<&str>,
+        cert: Option<&str>,
+        ip: Option<IpAddr>,
+        now: u64,
+    ) -> Option<&Block> {
+        let live = |b: &&Block| is_live(b, now);
+        if let Some(b) = sub.and_then(|s| self.subs.get(s)).filter(live) {
+            return Some(b);
+        }
+        if let Some(b) = client_id.and_then(|c| self.clients.get(c)).filter(live) {
+            return Some(b);
+        }
+        if let Some(c) = cert {
+            let hit = if c.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.certs.get(&c.to_ascii_lowercase())
+            } else {
+                self.certs.get(c)
+            };
+            if let Some(b) = hit.filter(live) {
+                return Some(b);
+            }
+        }
+        if let Some(ip) = ip {
+            let ip = ip.to_canonical();
+            if let Some(b) = self.ips.get(&ip).filter(live) {
+                return Some(b);
+            }
+            if !self.cidrs.is_empty() {
+                return self.cidrs.iter().find(|b| {
+                    is_live(b, now) && matches!(&b.target, BlockTarget::Cidr(n) if n.contains(&ip))
+                });
+            }
+        }
+        None
+    }
+
+    /// Effective blocks active at `now` (local and remote), oldest first.
+    pub fn active(&self, now: u64) -> Vec<Block> {
+        let mut out: Vec<Block> = self
+            .subs
+            .values()
+            .chain(self.clients.values())
+            .chain(self.certs.values())
+            .chain(self.ips.values())
+            .chain(self.cidrs.iter())
+            .filter(|b| is_live(b, now))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        out
+    }
+
+    /// Number of effective blocks held (including ones expired but not yet
+    /// purged).
+    pub fn len(&self) -> usize {
+        self.subs.len() + self.clients.len() + self.certs.len() + self.ips.len() + self.cidrs.len()
+    }
+
+    /// Whether no block is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops expired blocks from memory (the file is tidied on the next
+    /// write). Call periodically so `len` and the CIDR scan stay small.
+    pub fn purge_expired(&mut self, now: u64) {
+        self.local.retain(|_, b| is_live(b, now));
+        self.remote.retain(|_, b| is_live(b, now));
+        self.rebuild();
+    }
+
+    /// Rebuilds the lookup index from local and remote. Blocks change
+    /// rarely (operator actions, peer sync), so a full rebuild keeps the
+    /// index trivially consistent at negligible cost.
+    fn rebuild(&mut self) {
+        let mut effective: HashMap<&BlockTarget, &Block> = HashMap::new();
+        for b in self.local.values().chain(self.remote.values()) {
+            effective
+                .entry(&b.target)
+                .and_modify(|cur| {
+                    if b.expires_at > cur.expires_at {
+                        *cur = b;
+                    }
+                })
+                .or_insert(b);
+        }
+        let (mut subs, mut clients, mut certs, mut ips, mut cidrs) = (
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+            Vec::new(),
+        );
+        for (t, b) in effective {
+            let b = b.clone();
+            match t {
+                BlockTarget::Sub(s) => {
+                    subs.insert(s.clone(), b);
+                }
+                BlockTarget::ClientId(s) => {
+                    clients.insert(s.clone(), b);
+                }
+                BlockTarget::CertSha256(s) => {
+                    certs.insert(s.clone(), b);
+                }
+                BlockTarget::Ip(ip) => {
+                    ips.insert(*ip, b);
+                }
+                BlockTarget::Cidr(_) => cidrs.push(b),
+            }
+        }
+        (self.subs, self.clients, self.certs, self.ips, self.cidrs) =
+            (subs, clients, certs, ips, cidrs);
+    }
+
+    fn persist(&self) -> Result<(), String> {
+        let mut blocks: Vec<&Block> = self.local.values().collect();
+        blocks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let json = serde_json::to_vec_pretty(&FileOut {
+            version: FILE_VERSION,
+            blocks,
+        })
+        .map_err(|e| format!("serialize block list: {e}"))?;
+        write_atomic(&self.path, &json)
+    }
+}
+
+/// Inserts `b` unless a block for the same target expires at least as late.
+/// Returns whether it was inserted.
+fn keep_later(map: &mut HashMap<BlockTarget, Block>, b: Block) -> bool {
+    match map.get(&b.target) {
+        Some(cur) if cur.expires_at >= b.expires_at => false,
+        _ => {
+            map.insert(b.target.clone(), b);
+            true
+        }
+    }
+}
+
+fn temp_prefix(path: &Path) -> Option<String> {
+    path.file_name()
+        .map(|n| format!(".{}.tmp-", n.to_string_lossy()))
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Removes `.<name>.tmp-*` files left by a crash between temp write and
+/// rename. Best effort: failure to clean up must not stop startup.
+fn remove_stale_temps(path: &Path) {
+    let Some(prefix) = temp_prefix(path) else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(parent_dir(path)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            if let Err(e) = fs::remove_file(entry.path()) {
+                tracing::warn!(file = %entry.path().display(), error = %e, "could not remove stale temp file");
+            }
+        }
+    }
+}
+
+/// Replaces `path` with `data` atomically: readers (and a restart after a
+/// crash) see either the old or the new contents. The temp file lives in the
+/// same directory so `rename` never crosses filesystems.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let prefix = temp_prefix(path).ok_or_else(|| format!("{}: not a file path", path.display()))?;
+    let dir = parent_dir(path);
+    let tmp = dir.join(format!(
+        "{prefix}{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(format!("write block list {}: {e}", path.display()));
+    }
+    // The new contents are in place; fsyncing the directory makes the rename
+    // itself durable. If that fails the data is still correct, just possibly
+    // not yet on disk, so warn rather than report a failed (yet applied) write.
+    if let Err(e) = sync_dir(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "fsync of block list directory failed");
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const NOW: u64 = 1_700_000_000_000;
+    const HOUR: u64 = 3_600_000;
+    const CERT: &str = "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12";
+
+    fn block(target: BlockTarget, id: &str) -> Block {
+        Block {
+            target,
+            reason: "probing".into(),
+            expires_at: NOW + HOUR,
+            created_at: NOW,
+            created_by: "ops@example".into(),
+            id: id.into(),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn fresh() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blocks.json");
+        (dir, path)
+    }
+
+    fn check_ip(l: &BlockList, a: &str) -> Option<String> {
+        l.check(None, None, None, Some(ip(a)), NOW)
+            .map(|b| b.id.clone())
+    }
+
+    #[test]
+    fn target_json_shape() {
+        let cases = [
+            (
+                BlockTarget::Ip(ip("10.0.0.1")),
+                r#"{"kind":"ip","value":"10.0.0.1"}"#,
+            ),
+            (
+                BlockTarget::Cidr(net("10.0.0.0/8")),
+                r#"{"kind":"cidr","value":"10.0.0.0/8"}"#,
+            ),
+            (
+                BlockTarget::Sub("iss|a".into()),
+                r#"{"kind":"sub","value":"iss|a"}"#,
+            ),
+            (
+                BlockTarget::ClientId("app1".into()),
+                r#"{"kind":"client_id","value":"app1"}"#,
+            ),
+            (
+                BlockTarget::CertSha256(CERT.into()),
+                &format!(r#"{{"kind":"cert_sha256","value":"{CERT}"}}"#),
+            ),
+        ];
+        for (t, json) in cases {
+            assert_eq!(serde_json::to_string(&t).unwrap(), json);
+            assert_eq!(serde_json::from_str::<BlockTarget>(json).unwrap(), t);
+        }
+        assert!(
+            serde_json::from_str::<BlockTarget>(r#"{"kind":"cidr","value":"10.0.0.0/33"}"#)
+                .is_err()
+        );
+        assert!(serde_json::from_str::<BlockTarget>(r#"{"kind":"mac","value":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn round_trip_through_file() {
+        let (_d, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        assert!(l.is_empty());
+        l.add(block(BlockTarget::Sub("iss|alice".into()), "b1"), NOW)
+            .unwrap();
+        l.add(block(BlockTarget::ClientId("app1".into()), "b2"), NOW)
+            .unwrap();
+        l.add(
+            block(BlockTarget::CertSha256(CERT.to_uppercase()), "b3"),
+            NOW,
+        )
+        .unwrap();
+        l.add(block(BlockTarget::Ip(ip("10.0.0.1")), "b4"), NOW)
+            .unwrap();
+        l.add(block(BlockTarget::Cidr(net("192.168.0.0/16")), "b5"), NOW)
+            .unwrap();
+        let reloaded = BlockList::load(&path, NOW).unwrap();
+        assert_eq!(reloaded.active(NOW), l.active(NOW));
+        assert_eq!(reloaded.active(NOW).len(), 5);
+        let r = &reloaded;
+        assert_eq!(
+            r.check(Some("iss|alice"), None, None, None, NOW)
+                .unwrap()
+                .id,
+            "b1"
+        );
+        assert_eq!(
+            r.check(None, Some("app1"), None, None, NOW).unwrap().id,
+            "b2"
+        );
+        assert_eq!(r.check(None, None, Some(CERT), None, NOW).unwrap().id, "b3");
+        let upper = CERT.to_uppercase();
+        assert_eq!(
+            r.check(None, None, Some(&upper), None, NOW).unwrap().id,
+            "b3"
+        );
+        assert_eq!(check_ip(r, "10.0.0.1").as_deref(), Some("b4"));
+        assert_eq!(check_ip(r, "192.168.7.9").as_deref(), Some("b5"));
+        assert!(r
+            .check(
+                Some("iss|bob"),
+                Some("app2"),
+                None,
+                Some(ip("10.0.0.2")),
+                NOW
+            )
+            .is_none());
+        assert!(r.check(None, None, None, None, NOW).is_none());
+        // The file is the documented shape.
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["blocks"].as_array().unwrap().len(), 5);
+        assert_eq!(
+            v["blocks"][0]["target"],
+            serde_json::json!({"kind":"sub","value":"iss|alice"})
+        );
+    }
+
+    #[test]
+    fn restart_keeps_unexpired_and_drops_expired() {
+        let (_d, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        let mut short = block(BlockTarget::Ip(ip("10.0.0.1")), "short");
+        short.expires_at = NOW + 1000;
+        l.add(short, NOW).unwrap();
+        l.add(block(BlockTarget::Ip(ip("10.0.0.2")), "long"), NOW)
+            .unwrap();
+        let later = NOW + 2000;
+        let r = BlockList::load(&path, later).unwrap();
+        let ids: Vec<String> = r.active(later).into_iter().map(|b| b.id).collect();
+        assert_eq!(ids, vec!["long"]);
+        assert!(r
+            .check(None, None, None, Some(ip("10.0.0.1")), later)
+            .is_none());
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn expiry_applies_without_reload() {
+        let (_d, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        l.add(block(BlockTarget::Sub("s".into()), "b"), NOW)
+            .unwrap();
+        assert!(l
+            .check(Some("s"), None, None, None, NOW + HOUR - 1)
+            .is_some());
+        assert!(l.check(Some("s"), None, None, None, NOW + HOUR).is_none());
+        assert!(l.active(NOW + HOUR).is_empty());
+        assert_eq!(l.len(), 1);
+        l.purge_expired(NOW + HOUR);
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn missing_file_is_empty_and_corrupt_file_is_an_error() {
+        let (_d, path) = fresh();
+        assert!(BlockList::load(&path, NOW).unwrap().is_empty());
+        let good = block(BlockTarget::Sub("a".into()), "x");
+        let good_json = serde_json::to_string(&good).unwrap();
+        let corrupt = [
+            "".to_owned(),
+            "{not json".to_owned(),
+            "[]".to_owned(),
+            r#"{"version":2,"blocks":[]}"#.to_owned(),
+            r#"{"version":1,"blocks":[],"extra":1}"#.to_owned(),
+            format!(r#"{{"version":1,"blocks":[{}]}}"#, good_json.replace("\"x\"", "\"x\",\"more\":1")),
+            format!(r#"{{"version":1,"blocks":[{}]}}"#, good_json.replace("probing", "")),
+            format!(r#"{{"version":1,"blocks":[{}]}}"#, good_json.replace("\"a\"", "\"a\\u0007\"")),
+            r#"{"version":1,"blocks":[{"target":{"kind":"cert_sha256","value":"zz"},"reason":"r","expires_at":99999999999999,"created_at":0,"created_by":"o","id":"i"}]}"#.to_owned(),
+        ];
+        for c in corrupt {
+            fs::write(&path, &c).unwrap();
+            assert!(BlockList::load(&path, NOW).is_err(), "accepted: {c}");
+        }
+        // A directory where the file should be is an I/O error, not "empty".
+        let (_d2, p2) = fresh();
+        fs::create_dir(&p2).unwrap();
+        assert!(BlockList::load(&p2, NOW).is_err());
+        // The valid version of the same file loads.
+        fs::write(&path, format!(r#"{{"version":1,"blocks":[{good_json}]}}"#)).unwrap();
+        assert_eq!(BlockList::load(&path, NOW).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn cidr_match() {
+        let (_d, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        l.add(block(BlockTarget::Cidr(net("10.1.2.3/16")), "v4"), NOW)
+            .unwrap();
+        l.add(block(BlockTarget::Cidr(net("2001:db8::/32")), "v6"), NOW)
+            .unwrap();
+        assert_eq!(check_ip(&l, "10.1.200.1").as_deref(), Some("v4"));
+        assert_eq!(check_ip(&l, "10.2.0.1"), None);
+        assert_eq!(check_ip(&l, "2001:db8:ffff::1").as_deref(), Some("v6"));
+        assert_eq!(check_ip(&l, "2001:db9::1"), None);
+        // Host bits were cleared on the way in.
+        let t: Vec<BlockTarget> = l.active(NOW).into_iter().map(|b| b.target).collect();
+        assert!(t.contains(&BlockTarget::Cidr(net("10.1.0.0/16"))));
+        // remove() finds it under its un-normalised spelling too.
+        assert_eq!(l.remove(&BlockTarget::Cidr(net("10.1.9.9/16"))), Ok(true));
+        assert_eq!(check_ip(&l, "10.1.200.1"), None);
+        assert_eq!(l.remove(&BlockTarget::Cidr(net("10.1.9.9/16"))), Ok(false));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_normalised() {
+        let (_d, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        l.add(block(BlockTarget::Ip(ip("10.0.0.1")), "plain"), NOW)
+            .unwrap();
+        l.add(block(BlockTarget::Ip(ip("::ffff:10.0.0.2")), "mapped"), NOW)
+            .unwrap();
+        l.add(
+            block(
+                BlockTarget::Cidr(net("::ffff:172.16.0.0/108")),
+                "mapped-net",
+            ),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(check_ip(&l, "::ffff:10.0.0.1").as_deref(), Some("plain"));
+        assert_eq!(check_ip(&l, "10.0.0.2").as_deref(), Some("mapped"));
+        assert_eq!(check_ip(&l, "172.16.3.4").as_deref(), Some("mapped-net"));
+        assert_eq!(
+            check_ip(&l, "::ffff:172.16.3.4").as_deref(),
+            Some("mapped-net")
+        );
+        let targets: Vec<BlockTarget> = l.active(NOW).into_iter().map(|b| b.target).collect();
+        assert!(targets.contains(&BlockTarget::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)))));
+        assert!(targets.contains(&BlockTarget::Cidr(net("172.16.0.0/12"))));
+        // Single-host CIDRs become IP blocks (O(1) lookup).
+        l.add(
+            block(BlockTarget::Cidr(net("2001:db8::7/128")), "host"),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(check_ip(&l, "2001:db8::7").as_deref(), Some("host"));
+        assert!(l.active(NOW).iter().any(|b| b.target
+            == BlockTarget::Ip(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7)))));
+    }
+
+    #[test]
+    fn validation() {
+        let (_d, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        let t = || BlockTarget::Sub("s".into());
+        let mut cases: Vec<(Block, &str)> = Vec::new();
+        let mut b = block(t(), "i");
+        b.reason = "  ".into();
+        cases.push((b, "empty reason"));
+        let mut b = block(t(), "i");
+        b.reason = "x".repeat(201);
+        cases.push((b, "long reason"));
+        let mut b = block(t(), "i");
+        b.reason = "line\nforged".into();
+        cases.push((b, "control char"));
+        let mut b = block(t(), "i");
+        b.reason = "evil\u{202E}txt".into();
+        cases.push((b, "bidi override"));
+        let mut b = block(t(), "i");
+        b.expires_at = NOW;
+        cases.push((b, "expired"));
+        let mut b = block(t(), "i");
+        b.expires_at = NOW + MAX_BLOCK_TTL_MS + 1;
+        cases.push((b, "too far ahead"));
+        cases.push((block(BlockTarget::Cidr(net("10.0.0.0/7")), "i"), "wide v4"));
+        cases.push((block(BlockTarget::Cidr(net("2001::/31")), "i"), "wide v6"));
+        cases.push((
+            block(BlockTarget::Cidr(net("::ffff:0.0.0.0/96")), "i"),
+            "mapped /0",
+        ));
+        cases.push((
+            block(BlockTarget::CertSha256("abc".into()), "i"),
+            "short cert",
+        ));
+        cases.push((
+            block(BlockTarget::CertSha256(CERT.replace('a', "g")), "i"),
+            "non-hex cert",
+        ));
+        cases.push((block(BlockTarget::Sub(String::new()), "i"), "empty sub"));
+        cases.push((
+            block(BlockTarget::ClientId("a\u{0}b".into()), "i"),
+            "NUL client",
+        ));
+        cases.push((block(t(), ""), "empty id"));
+        let mut b = block(t(), "i");
+        b.created_by = "\t".into();
+        cases.push((b, "created_by"));
+        for (b, what) in cases {
+            assert!(l.add(b, NOW).is_err(), "{what} accepted");
+        }
+        assert!(l.is_empty());
+        assert!(!path.exists(), "failed adds must not write");
+        // Exactly at the limits is fine.
+        let mut b = block(BlockTarget::Cidr(net("10.0.0.0/8")), "ok8");
+        b.reason = "é".repeat(200);
+        b.expires_at = NOW + MAX_BLOCK_TTL_MS;
+        l.add(b, NOW).unwrap();
+        l.add(block(BlockTarget::Cidr(net("2001::/32")), "ok32"), NOW)
+            .unwrap();
+        // Forced adds may go wider, but still validate everything else.
+        l.add_forced(block(BlockTarget::Cidr(net("0.0.0.0/0")), "all"), NOW)
+            .unwrap();
+        let mut b = block(BlockTarget::Cidr(net("::/0")), "x");
+        b.reason = String::new();
+        assert!(l.add_forced(b, NOW).is_err());
+        assert_eq!(check_ip(&l, "8.8.8.8").as_deref(), Some("all"));
+        // A forced wide block survives a restart.
+        assert_eq!(
+            check_ip(&BlockList::load(&path, NOW).unwrap(), "8.8.8.8").as_deref(),
+            Some("all")
+        );
+    }
+
+    #[test]
+    fn re_adding_a_target_replaces_it() {
+        let (_d, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        l.add(block(BlockTarget::Sub("s".into()), "first"), NOW)
+            .unwrap();
+        let mut b = block(BlockTarget::Sub("s".into()), "second");
+        b.expires_at = NOW + 10;
+        l.add(b, NOW).unwrap();
+        assert_eq!(l.active(NOW).len(), 1);
+        assert_eq!(
+            l.check(Some("s"), None, None, None, NOW).unwrap().id,
+            "second"
+        );
+        let r = BlockList::load(&path, NOW).unwrap();
+        assert_eq!(r.active(NOW)[0].id, "second");
+    }
+
+    #[test]
+    fn remove_persists() {
+        let (_d, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        l.add(block(BlockTarget::ClientId("app".into()), "b"), NOW)
+            .unwrap();
+        l.add(block(BlockTarget::CertSha256(CERT.into()), "c"), NOW)
+            .unwrap();
+        assert_eq!(l.remove(&BlockTarget::ClientId("app".into())), Ok(true));
+        assert_eq!(l.remove(&BlockTarget::ClientId("app".into())), Ok(false));
+        assert_eq!(
+            l.remove(&BlockTarget::CertSha256(CERT.to_uppercase())),
+            Ok(true)
+        );
+        assert_eq!(l.remove(&BlockTarget::CertSha256("bad".into())), Ok(false));
+        assert!(l.check(None, Some("app"), Some(CERT), None, NOW).is_none());
+        assert!(BlockList::load(&path, NOW).unwrap().is_empty());
+    }
+
+    #[test]
+    fn atomic_write_leaves_old_or_new_file() {
+        let (dir, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        l.add(block(BlockTarget::Sub("old".into()), "old"), NOW)
+            .unwrap();
+        let old_bytes = fs::read(&path).unwrap();
+        // No temp files left behind by a successful write.
+        let names = || -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(), vec!["blocks.json"]);
+        // Simulate a crash after the temp file was written but before the
+        // rename: the real file still holds the old list in full...
+        let tmp = dir
+            .path()
+            .join(format!("{}999-0", temp_prefix(&path).unwrap()));
+        fs::write(&tmp, b"{\"version\":1,\"blocks\":[ torn").unwrap();
+        let r = BlockList::load(&path, NOW).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), old_bytes);
+        assert_eq!(r.active(NOW)[0].id, "old");
+        // ...and the leftover is cleaned up on load.
+        assert_eq!(names(), vec!["blocks.json"]);
+        // A completed write yields the full new list.
+        l.add(block(BlockTarget::Sub("new".into()), "new"), NOW)
+            .unwrap();
+        let ids: Vec<String> = BlockList::load(&path, NOW)
+            .unwrap()
+            .active(NOW)
+            .into_iter()
+            .map(|b| b.id)
+            .collect();
+        assert_eq!(ids, vec!["new", "old"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn failed_persist_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir").join("blocks.json");
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        assert!(l
+            .add(block(BlockTarget::Sub("s".into()), "b"), NOW)
+            .is_err());
+        assert!(l.check(Some("s"), None, None, None, NOW).is_none());
+        assert!(l.is_empty());
+        // Remove of a local block that cannot be persisted keeps it.
+        let (_d, good) = fresh();
+        let mut l = BlockList::load(&good, NOW).unwrap();
+        l.add(block(BlockTarget::Sub("s".into()), "b"), NOW)
+            .unwrap();
+        l.path = path;
+        assert!(l.remove(&BlockTarget::Sub("s".into())).is_err());
+        assert!(l.check(Some("s"), None, None, None, NOW).is_some());
+    }
+
+    #[test]
+    fn remote_blocks_merge_without_persisting() {
+        let (_d, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        l.add(block(BlockTarget::Ip(ip("10.0.0.1")), "local"), NOW)
+            .unwrap();
+        let mut longer = block(BlockTarget::Ip(ip("::ffff:10.0.0.1")), "remote-longer");
+        longer.expires_at = NOW + 2 * HOUR;
+        let mut shorter = block(BlockTarget::Sub("s".into()), "remote-short");
+        shorter.expires_at = NOW + HOUR / 2;
+        let mut expired = block(BlockTarget::Sub("gone".into()), "remote-expired");
+        expired.expires_at = NOW;
+        let mut invalid = block(BlockTarget::Sub("x".into()), "remote-invalid");
+        invalid.reason = "a\u{1b}[31m".into();
+        let n = l.merge_remote(vec![longer, shorter.clone(), expired, invalid], NOW);
+        assert_eq!(n, 2);
+        assert_eq!(check_ip(&l, "10.0.0.1").as_deref(), Some("remote-longer"));
+        assert_eq!(
+            l.check(Some("s"), None, None, None, NOW).unwrap().id,
+            "remote-short"
+        );
+        assert!(l.check(Some("x"), None, None, None, NOW).is_none());
+        // Same target, earlier expiry: ignored; later: replaces.
+        let mut earlier = shorter.clone();
+        earlier.id = "earlier".into();
+        earlier.expires_at = NOW + 1;
+        assert_eq!(l.merge_remote(vec![earlier], NOW), 0);
+        let mut later = shorter;
+        later.id = "later".into();
+        later.expires_at = NOW + 3 * HOUR;
+        assert_eq!(l.merge_remote(vec![later.clone()], NOW), 1);
+        assert_eq!(
+            l.check(Some("s"), None, None, None, NOW).unwrap().id,
+            "later"
+        );
+        // Re-sending the same block is idempotent: no duplicates.
+        assert_eq!(l.merge_remote(vec![later.clone(), later], NOW), 0);
+        assert_eq!(l.active(NOW).len(), 2);
+        // Only the local block is in the file.
+        let r = BlockList::load(&path, NOW).unwrap();
+        let ids: Vec<String> = r.active(NOW).into_iter().map(|b| b.id).collect();
+        assert_eq!(ids, vec!["local"]);
+        // The local copy expires at +1h; the later remote one still applies.
+        assert_eq!(
+            l.check(None, None, None, Some(ip("10.0.0.1")), NOW + HOUR + 1)
+                .map(|b| b.id.as_str()),
+            Some("remote-longer")
+        );
+        // remove() drops both copies.
+        assert_eq!(l.remove(&BlockTarget::Ip(ip("10.0.0.1"))), Ok(true));
+        assert_eq!(check_ip(&l, "10.0.0.1"), None);
+        assert_eq!(l.remove(&BlockTarget::Sub("s".into())), Ok(true));
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn check_order_is_identity_first() {
+        let (_d, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        l.add(block(BlockTarget::Ip(ip("10.0.0.1")), "ip"), NOW)
+            .unwrap();
+        l.add(block(BlockTarget::Sub("s".into()), "sub"), NOW)
+            .unwrap();
+        let hit = l.check(Some("s"), Some("c"), Some(CERT), Some(ip("10.0.0.1")), NOW);
+        assert_eq!(hit.unwrap().id, "sub");
+        let hit = l.check(Some("t"), Some("c"), Some(CERT), Some(ip("10.0.0.1")), NOW);
+        assert_eq!(hit.unwrap().id, "ip");
+    }
+
+    #[test]
+    fn shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<BlockList>();
+    }
+
+    #[test]
+    fn block_count_is_capped() {
+        let (_d, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        let blocks: Vec<Block> = (0..MAX_BLOCKS + 5)
+            .map(|i| block(BlockTarget::Sub(format!("s{i}")), &format!("r{i}")))
+            .collect();
+        assert_eq!(l.merge_remote(blocks, NOW), MAX_BLOCKS);
+        assert_eq!(l.len(), MAX_BLOCKS);
+        // A file with too many blocks is refused.
+        let many: Vec<Block> = (0..MAX_BLOCKS + 1)
+            .map(|i| block(BlockTarget::Sub(format!("s{i}")), "i"))
+            .collect();
+        fs::write(
+            &path,
+            serde_json::to_vec(&serde_json::json!({"version": 1, "blocks": many})).unwrap(),
+        )
+        .unwrap();
+        assert!(BlockList::load(&path, NOW).is_err());
+    }
+}

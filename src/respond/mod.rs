@@ -1,0 +1,872 @@
+//! Detect and respond: breach signals, actions on them, operator blocks, notifications.
+//!
+//! Ward sees every request to the EHR, so it is where an attack can be noticed and stopped:
+//! - `signals.rs` turns observations (a patient read, a denial, a request, a DLP block)
+//!   into fired signals with bounded memory;
+//! - this file decides what a fired signal does (`alert`, `throttle`, `block`), keeps the
+//!   block list (`blocks.rs`, persisted, optionally shared through Redis) and the
+//!   throttles, and sends notifications (`notify.rs` webhook; every signal is also an audit
+//!   record, which the audit trail's syslog sink forwards);
+//! - the two layers at the end sit in every route stack: [`RespondLayer`] outermost
+//!   (address and certificate blocks before anything else, observation of the outcome
+//!   after) and [`ClaimsCheckLayer`] right after authentication (subject and client
+//!   blocks, throttles, the identity for signals).
+//!
+//! What is recorded about whom is an identity key (`sub:<iss>|<sub>`, `client:<id>`,
+//! `cert:<sha256>`, `ip:<addr>`), never a patient id or any other PHI.
+
+pub mod blocks;
+pub mod notify;
+pub mod signals;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::context::RequestContext;
+use crate::error::Rejection;
+use crate::fhir::request::{FhirRequest, Interaction};
+use crate::identity::ClientIdentity;
+use crate::metrics::Metrics;
+use crate::policy::auth::Claims;
+use crate::Body;
+use blocks::{Block, BlockList, BlockTarget};
+use signals::{Fired, SignalKind, Signals, SignalsConfig};
+
+fn default_throttle() -> u32 {
+    30
+}
+
+/// What a fired signal does.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Metric, audit record and notification.
+    #[default]
+    Alert,
+    /// All of that, and the identity is held to `throttle_per_minute` for a while.
+    Throttle,
+    /// All of that, and the identity is refused (403 `blocked`) for a while.
+    Block,
+}
+
+impl ActionKind {
+    fn label(self) -> &'static str {
+        match self {
+            ActionKind::Alert => "alert",
+            ActionKind::Throttle => "throttle",
+            ActionKind::Block => "block",
+        }
+    }
+}
+
+fn default_duration() -> u64 {
+    900
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalAction {
+    #[serde(default)]
+    pub action: ActionKind,
+    /// How long a throttle or block lasts.
+    #[serde(default = "default_duration")]
+    pub duration_secs: u64,
+}
+
+impl Default for SignalAction {
+    fn default() -> Self {
+        SignalAction {
+            action: ActionKind::Alert,
+            duration_secs: default_duration(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Actions {
+    #[serde(default)]
+    pub exfiltration: SignalAction,
+    #[serde(default)]
+    pub probing: SignalAction,
+    #[serde(default)]
+    pub volume: SignalAction,
+    #[serde(default)]
+    pub dlp: SignalAction,
+    #[serde(default)]
+    pub off_hours: SignalAction,
+}
+
+impl Actions {
+    fn of(&self, s: SignalKind) -> SignalAction {
+        match s {
+            SignalKind::Exfiltration => self.exfiltration,
+            SignalKind::Probing => self.probing,
+            SignalKind::Volume => self.volume,
+            SignalKind::Dlp => self.dlp,
+            SignalKind::OffHours => self.off_hours,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorsConfig {
+    /// Lines `<name> <sha256 hex of the token>`; `#` starts a comment.
+    pub tokens_file: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondRedisConfig {
+    pub url: String,
+    #[serde(default = "default_redis_key")]
+    pub key: String,
+}
+
+fn default_redis_key() -> String {
+    "ward:blocks".into()
+}
+
+/// The top-level `respond:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConfig {
+    pub blocks_file: String,
+    pub operators: OperatorsConfig,
+    #[serde(default)]
+    pub signals: SignalsConfig,
+    #[serde(default)]
+    pub actions: Actions,
+    #[serde(default = "default_throttle")]
+    pub throttle_per_minute: u32,
+    #[serde(default)]
+    pub webhook: Option<notify::WebhookConfig>,
+    #[serde(default)]
+    pub redis: Option<RespondRedisConfig>,
+}
+
+impl RespondConfig {
+    pub fn problems(&self, resolve: &dyn Fn(&str) -> std::path::PathBuf) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Err(e) = Signals::new(&self.signals) {
+            out.push(("signals".into(), e));
+        }
+        if self.throttle_per_minute == 0 {
+            out.push((
+                "throttle_per_minute".into(),
+                "must be greater than 0".into(),
+            ));
+        }
+        match std::fs::read_to_string(resolve(&self.operators.tokens_file)) {
+            Ok(t) => match parse_operators(&t) {
+                Ok(ops) if ops.is_empty() => out.push((
+                    "operators.tokens_file".into(),
+                    "names no operator: the admin API would be unusable".into(),
+                )),
+                Ok(_) => {}
+                Err(e) => out.push(("operators.tokens_file".into(), e)),
+            },
+            Err(e) => out.push((
+                "operators.tokens_file".into(),
+                format!("cannot read {}: {}", self.operators.tokens_file, e.kind()),
+            )),
+        }
+        if let Some(r) = &self.redis {
+            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://"))
+                || redis::Client::open(r.url.as_str()).is_err()
+            {
+                out.push(("redis.url".into(), "is not a valid Redis URL".into()));
+            }
+        }
+        out
+    }
+}
+
+/// `(name, sha256 hex)` pairs.
+fn parse_operators(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut it = line.split_whitespace();
+        let (Some(name), Some(hash), None) = (it.next(), it.next(), it.next()) else {
+            return Err(format!("line {}: expected `<name> <sha256 hex>`", i + 1));
+        };
+        if hash.len() != 64 || !hash.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("line {}: the token hash is 64 hex digits", i + 1));
+        }
+        out.push((name.to_owned(), hash.to_ascii_lowercase()));
+    }
+    Ok(out)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
+    d.as_ref().iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The running detect-and-respond state, shared by every route stack and the admin API.
+pub struct Respond {
+    signals: Signals,
+    actions: Actions,
+    blocks: RwLock<BlockList>,
+    throttles: Mutex<std::collections::HashMap<String, u64>>,
+    limiter: governor::DefaultKeyedRateLimiter<String>,
+    operators: Vec<(String, String)>,
+    notifier: Option<notify::Notifier>,
+    audit: Option<crate::audit::AuditLog>,
+    redis: Option<(redis::aio::ConnectionManager, String)>,
+    metrics: Arc<Metrics>,
+}
+
+impl Respond {
+    pub async fn start(
+        cfg: &RespondConfig,
+        resolve: &dyn Fn(&str) -> std::path::PathBuf,
+        metrics: Arc<Metrics>,
+        audit: Option<crate::audit::AuditLog>,
+    ) -> Result<Arc<Respond>, String> {
+        let signals = Signals::new(&cfg.signals)?;
+        let blocks = BlockList::load(resolve(&cfg.blocks_file), now_ms())?;
+        let text = std::fs::read_to_string(resolve(&cfg.operators.tokens_file))
+            .map_err(|e| format!("operators.tokens_file: {}", e.kind()))?;
+        let operators = parse_operators(&text)?;
+        let notifier = match &cfg.webhook {
+            Some(w) => {
+                let mut w = w.clone();
+                // Paths in the config are relative to the config file.
+                w.secret_file = resolve(&w.secret_file.to_string_lossy());
+                for p in [&mut w.ca, &mut w.client_cert, &mut w.client_key] {
+                    if let Some(v) = p.as_mut() {
+                        *v = resolve(&v.to_string_lossy());
+                    }
+                }
+                let m = notify::NotifyMetrics {
+                    sent: metrics
+                        .notifications
+                        .with_label_values(&["webhook", "sent"]),
+                    failed: metrics
+                        .notifications
+                        .with_label_values(&["webhook", "failed"]),
+                    dropped: metrics
+                        .notifications
+                        .with_label_values(&["webhook", "dropped"]),
+                };
+                Some(notify::Notifier::start(w, m)?)
+            }
+            None => None,
+        };
+        let redis = match &cfg.redis {
+            Some(r) => {
+                let client =
+                    redis::Client::open(r.url.as_str()).map_err(|e| format!("redis: {e}"))?;
+                let mgr_cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_millis(500)))
+                    .set_response_timeout(Some(Duration::from_millis(500)));
+                let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, mgr_cfg)
+                    .map_err(|e| format!("redis: {e}"))?;
+                Some((conn, r.key.clone()))
+            }
+            None => None,
+        };
+        let per_minute = NonZeroU32::new(cfg.throttle_per_minute).unwrap_or(NonZeroU32::MIN);
+        let r = Arc::new(Respond {
+            signals,
+            actions: cfg.actions.clone(),
+            blocks: RwLock::new(blocks),
+            throttles: Mutex::new(Default::default()),
+            limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute)),
+            operators,
+            notifier,
+            audit,
+            redis,
+            metrics,
+        });
+        // Series for every configured signal exist from the start (at 0), so dashboards
+        // and alerts see them before the first incident.
+        let c = &cfg.signals;
+        for (on, kind) in [
+            (c.exfiltration.is_some(), SignalKind::Exfiltration),
+            (c.probing.is_some(), SignalKind::Probing),
+            (c.volume.is_some(), SignalKind::Volume),
+            (c.dlp.is_some(), SignalKind::Dlp),
+            (c.off_hours.is_some(), SignalKind::OffHours),
+        ] {
+            if on {
+                r.metrics
+                    .signals
+                    .with_label_values(&[kind.as_str(), r.actions.of(kind).action.label()]);
+            }
+        }
+        for kind in ["ip", "cidr", "cert", "sub", "client_id", "throttle"] {
+            r.metrics.blocked.with_label_values(&[kind]);
+        }
+        r.update_gauge();
+        Ok(r)
+    }
+
+    fn update_gauge(&self) {
+        if let Ok(b) = self.blocks.read() {
+            self.metrics
+                .blocks_active
+                .set(i64::try_from(b.active(now_ms()).len()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The operator a bearer token belongs to.
+    pub fn operator(&self, token: &str) -> Option<&str> {
+        let h = sha256_hex(token.as_bytes());
+        let mut found = None;
+        // Compare every entry (constant work whatever matches).
+        for (name, hash) in &self.operators {
+            if aws_lc_rs::constant_time::verify_slices_are_equal(h.as_bytes(), hash.as_bytes())
+                .is_ok()
+            {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+
+    /// A local block check.
+    fn check_local(
+        &self,
+        sub: &[&str],
+        client: Option<&str>,
+        cert: Option<&str>,
+        ip: Option<IpAddr>,
+    ) -> Option<&'static str> {
+        let now = now_ms();
+        let b = self.blocks.read().ok()?;
+        if let Some(blk) = b.check(None, client, cert, ip, now) {
+            return Some(kind_label(&blk.target));
+        }
+        for s in sub {
+            if b.check(Some(s), None, None, None, now).is_some() {
+                return Some("sub");
+            }
+        }
+        None
+    }
+
+    /// Redis: is any of these keys blocked on another replica? Errors fail open to the
+    /// local list (a Redis outage must not stop clinical traffic; logged and counted).
+    async fn check_shared(&self, keys: &[String]) -> Option<&'static str> {
+        let (conn, key) = self.redis.as_ref()?;
+        let mut conn = conn.clone();
+        let got: Result<Vec<Option<String>>, _> = redis::cmd("HMGET")
+            .arg(key)
+            .arg(keys)
+            .query_async(&mut conn)
+            .await;
+        let now = now_ms();
+        match got {
+            Ok(vals) => {
+                for (k, v) in keys.iter().zip(vals) {
+                    let Some(v) = v else { continue };
+                    if let Ok(b) = serde_json::from_str::<Block>(&v) {
+                        if b.expires_at > now {
+                            return Some(k.split(':').next().map_or("sub", shared_kind));
+                        }
+                    }
+                }
+                None
+            }
+            Err(e) => {
+                tracing::warn!(target: "ward::respond", error = %e, "redis block check failed; local blocks only");
+                None
+            }
+        }
+    }
+
+    /// Add a block (operator or signal) locally, persisted, and in Redis when shared.
+    pub async fn add_block(&self, block: Block) -> Result<Block, String> {
+        {
+            let mut b = self.blocks.write().map_err(|_| "block list unavailable")?;
+            b.add(block.clone(), now_ms())?;
+        }
+        if let Some((conn, key)) = &self.redis {
+            let mut conn = conn.clone();
+            let v = serde_json::to_string(&block).map_err(|e| e.to_string())?;
+            let r: Result<(), _> = redis::cmd("HSET")
+                .arg(key)
+                .arg(target_key(&block.target))
+                .arg(v)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(target: "ward::respond", error = %e, "block not shared through redis");
+            }
+        }
+        self.update_gauge();
+        Ok(block)
+    }
+
+    pub async fn remove_block(&self, target: &BlockTarget) -> Result<bool, String> {
+        let removed = {
+            let mut b = self.blocks.write().map_err(|_| "block list unavailable")?;
+            b.remove(target)?
+        };
+        if let Some((conn, key)) = &self.redis {
+            let mut conn = conn.clone();
+            let r: Result<i64, _> = redis::cmd("HDEL")
+                .arg(key)
+                .arg(target_key(target))
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(target: "ward::respond", error = %e, "unblock not shared through redis");
+            }
+        }
+        self.update_gauge();
+        Ok(removed)
+    }
+
+    pub fn list_blocks(&self) -> Vec<Block> {
+        self.blocks
+            .read()
+            .map(|b| b.active(now_ms()))
+            .unwrap_or_default()
+    }
+
+    /// Throttled identity over its allowance?
+    fn throttled(&self, key: &str) -> bool {
+        let now = now_ms();
+        let active = self
+            .throttles
+            .lock()
+            .map(|mut t| {
+                t.retain(|_, until| *until > now);
+                t.contains_key(key)
+            })
+            .unwrap_or(false);
+        active && self.limiter.check_key(&key.to_owned()).is_err()
+    }
+
+    /// Act on a fired signal.
+    async fn fired(&self, f: Fired) {
+        let act = self.actions.of(f.signal);
+        self.metrics
+            .signals
+            .with_label_values(&[f.signal.as_str(), act.action.label()])
+            .inc();
+        let until = now_ms().saturating_add(act.duration_secs.saturating_mul(1000));
+        tracing::warn!(target: "ward::respond", signal = f.signal.as_str(), identity = %f.key, value = f.value, threshold = f.threshold, action = act.action.label(), "signal fired");
+        match act.action {
+            ActionKind::Alert => {}
+            ActionKind::Throttle => {
+                if let Ok(mut t) = self.throttles.lock() {
+                    t.insert(f.key.clone(), until);
+                }
+            }
+            ActionKind::Block => {
+                if let Some(target) = key_target(&f.key) {
+                    let block = Block {
+                        target,
+                        reason: format!(
+                            "signal {}: {} over {}",
+                            f.signal.as_str(),
+                            f.value,
+                            f.threshold
+                        ),
+                        expires_at: until,
+                        created_at: now_ms(),
+                        created_by: "ward-signals".into(),
+                        id: format!("sig-{}", uuid::Uuid::new_v4().simple()),
+                    };
+                    if let Err(e) = self.add_block(block).await {
+                        tracing::error!(target: "ward::respond", error = %e, "signal block not stored");
+                    }
+                }
+            }
+        }
+        let event = json!({
+            "event": "signal",
+            "signal": f.signal.as_str(),
+            "identity": f.key,
+            "value": f.value,
+            "threshold": f.threshold,
+            "action": act.action.label(),
+            "until": if act.action == ActionKind::Alert { Value::Null } else { Value::from(until) },
+        });
+        self.notify(event).await;
+    }
+
+    /// Webhook and audit trail (whose syslog sink forwards it).
+    pub async fn notify(&self, event: Value) {
+        if let Some(n) = &self.notifier {
+            n.send(event.clone());
+        }
+        if let Some(a) = &self.audit {
+            let mut f = serde_json::Map::new();
+            f.insert(
+                "time".into(),
+                Value::String(crate::policy::audit::rfc3339_now()),
+            );
+            f.insert(
+                "kind".into(),
+                event.get("event").cloned().unwrap_or(Value::Null),
+            );
+            if let Value::Object(o) = event {
+                for (k, v) in o {
+                    if k != "event" {
+                        f.insert(k, v);
+                    }
+                }
+            }
+            let _ = a.record(f).await;
+        }
+    }
+}
+
+fn kind_label(t: &BlockTarget) -> &'static str {
+    match t {
+        BlockTarget::Sub(_) => "sub",
+        BlockTarget::ClientId(_) => "client_id",
+        BlockTarget::CertSha256(_) => "cert",
+        BlockTarget::Ip(_) => "ip",
+        BlockTarget::Cidr(_) => "cidr",
+    }
+}
+
+fn shared_kind(k: &str) -> &'static str {
+    match k {
+        "ip" => "ip",
+        "cert" => "cert",
+        "client" => "client_id",
+        _ => "sub",
+    }
+}
+
+/// The Redis hash field of a target: the same shape as identity keys.
+fn target_key(t: &BlockTarget) -> String {
+    match t {
+        BlockTarget::Sub(s) => format!("sub:{s}"),
+        BlockTarget::ClientId(c) => format!("client:{c}"),
+        BlockTarget::CertSha256(c) => format!("cert:{}", c.to_ascii_lowercase()),
+        BlockTarget::Ip(ip) => format!("ip:{ip}"),
+        BlockTarget::Cidr(n) => format!("cidr:{n}"),
+    }
+}
+
+/// The block target for an identity key of a fired signal.
+fn key_target(key: &str) -> Option<BlockTarget> {
+    let (kind, v) = key.split_once(':')?;
+    Some(match kind {
+        "sub" => BlockTarget::Sub(v.to_owned()),
+        "client" => BlockTarget::ClientId(v.to_owned()),
+        "cert" => BlockTarget::CertSha256(v.to_owned()),
+        "ip" => BlockTarget::Ip(v.parse().ok()?),
+        _ => return None,
+    })
+}
+
+pub fn blocked() -> Rejection {
+    Rejection::new(
+        StatusCode::FORBIDDEN,
+        "blocked",
+        "this client is blocked by the gateway's incident response",
+    )
+}
+
+pub fn throttled() -> Rejection {
+    Rejection::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "throttled",
+        "this client is throttled by the gateway's incident response",
+    )
+    .with_header(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("60"),
+    )
+}
+
+/// What inner layers learn for the respond layer: who the request is (the verified token,
+/// else the client certificate) and whether it used break-glass.
+#[derive(Clone, Default)]
+pub struct RespondSlot(Arc<Mutex<SlotFacts>>);
+
+#[derive(Default)]
+struct SlotFacts {
+    identity: Option<String>,
+    /// (route, resource type) of a break-glass read.
+    break_glass: Option<(String, String)>,
+}
+
+impl RespondSlot {
+    fn set(&self, key: String) {
+        if let Ok(mut g) = self.0.lock() {
+            g.identity = Some(key);
+        }
+    }
+    fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|g| g.identity.clone())
+    }
+    /// Called by `fhir_authz` for a permitted break-glass read.
+    pub fn break_glass(&self, route: &str, resource_type: &str) {
+        if let Ok(mut g) = self.0.lock() {
+            g.break_glass = Some((route.to_owned(), resource_type.to_owned()));
+        }
+    }
+    fn take_break_glass(&self) -> Option<(String, String)> {
+        self.0.lock().ok().and_then(|mut g| g.break_glass.take())
+    }
+}
+
+// ------------------------------------------------------------------ outer layer
+
+#[derive(Clone)]
+pub struct RespondLayer {
+    r: Arc<Respond>,
+}
+
+impl RespondLayer {
+    pub fn new(r: Arc<Respond>) -> Self {
+        RespondLayer { r }
+    }
+}
+
+impl<S> tower::Layer<S> for RespondLayer {
+    type Service = RespondSvc<S>;
+    fn layer(&self, inner: S) -> RespondSvc<S> {
+        RespondSvc {
+            inner,
+            r: self.r.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RespondSvc<S> {
+    inner: S,
+    r: Arc<Respond>,
+}
+
+/// The patient a successful request read, from its URL.
+fn patient_of(f: &FhirRequest) -> Option<String> {
+    if let Some((t, id)) = &f.compartment {
+        if *t == "Patient" {
+            return Some(id.clone());
+        }
+    }
+    match (f.interaction, f.resource_type, f.id.as_deref()) {
+        (Interaction::Read | Interaction::Vread, Some("Patient"), Some(id)) => Some(id.to_owned()),
+        _ => None,
+    }
+}
+
+impl<S> tower::Service<Request<Body>> for RespondSvc<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let r = self.r.clone();
+        let inner = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, inner);
+        let ip = req
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.client_ip);
+        let cert = req
+            .extensions()
+            .get::<Arc<ClientIdentity>>()
+            .map(|c| c.cert_sha256.clone());
+        let patient = req
+            .extensions()
+            .get::<Arc<FhirRequest>>()
+            .and_then(|f| patient_of(f));
+        let slot = RespondSlot::default();
+        if let Some(c) = &cert {
+            slot.set(format!("cert:{c}"));
+        }
+        req.extensions_mut().insert(slot.clone());
+        Box::pin(async move {
+            // Address and certificate blocks: before any other work.
+            if let Some(kind) = r.check_local(&[], None, cert.as_deref(), ip) {
+                r.metrics.blocked.with_label_values(&[kind]).inc();
+                return Err(blocked());
+            }
+            let result = crate::policy::call_next(inner, req).await;
+            let identity = slot.get();
+            let status = match &result {
+                Ok(resp) => resp.status(),
+                Err(rej) => rej.status,
+            };
+            let code = result.as_ref().err().map(|e| e.code);
+            let now = now_ms();
+            let mut fired = Vec::new();
+            if matches!(status.as_u16(), 401 | 403 | 404) && !matches!(code, Some("blocked")) {
+                if let Some(ip) = ip {
+                    fired.extend(r.signals.observe_denial(&format!("ip:{ip}"), now));
+                }
+                if let Some(id) = &identity {
+                    fired.extend(r.signals.observe_denial(id, now));
+                }
+            }
+            if let (Some(id), Some("dlp_blocked")) = (&identity, code) {
+                fired.extend(r.signals.observe_dlp_block(id, now));
+            }
+            if status.is_success() {
+                if let (Some(id), Some(p)) = (&identity, &patient) {
+                    fired.extend(r.signals.observe_patient(id, p, now));
+                }
+            }
+            for f in fired {
+                r.fired(f).await;
+            }
+            // Every emergency access is told at once (who, where; never the reason).
+            if let Some((route, rtype)) = slot.take_break_glass() {
+                r.notify(json!({
+                    "event": "break_glass",
+                    "identity": identity,
+                    "route": route,
+                    "resource_type": rtype,
+                    "status": status.as_u16(),
+                }))
+                .await;
+            }
+            result
+        })
+    }
+}
+
+// ------------------------------------------------------------------ after authentication
+
+#[derive(Clone)]
+pub struct ClaimsCheckLayer {
+    r: Arc<Respond>,
+}
+
+impl ClaimsCheckLayer {
+    pub fn new(r: Arc<Respond>) -> Self {
+        ClaimsCheckLayer { r }
+    }
+}
+
+impl<S> tower::Layer<S> for ClaimsCheckLayer {
+    type Service = ClaimsCheck<S>;
+    fn layer(&self, inner: S) -> ClaimsCheck<S> {
+        ClaimsCheck {
+            inner,
+            r: self.r.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ClaimsCheck<S> {
+    inner: S,
+    r: Arc<Respond>,
+}
+
+impl<S> tower::Service<Request<Body>> for ClaimsCheck<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let r = self.r.clone();
+        let inner = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, inner);
+        let claims = req.extensions().get::<Arc<Claims>>().cloned();
+        let slot = req.extensions().get::<RespondSlot>().cloned();
+        let ip = req
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.client_ip);
+        let cert = req
+            .extensions()
+            .get::<Arc<ClientIdentity>>()
+            .map(|c| c.cert_sha256.clone());
+        Box::pin(async move {
+            let identity = claims
+                .as_ref()
+                .map(|c| format!("sub:{}|{}", c.iss, c.sub))
+                .or_else(|| cert.as_ref().map(|c| format!("cert:{c}")));
+            if let (Some(slot), Some(id)) = (&slot, &identity) {
+                slot.set(id.clone());
+            }
+            let (subs, client): (Vec<String>, Option<String>) = match &claims {
+                Some(c) => (
+                    vec![c.sub.clone(), format!("{}|{}", c.iss, c.sub)],
+                    c.client_id.clone(),
+                ),
+                None => (Vec::new(), None),
+            };
+            let sub_refs: Vec<&str> = subs.iter().map(String::as_str).collect();
+            if let Some(kind) = r.check_local(&sub_refs, client.as_deref(), None, None) {
+                r.metrics.blocked.with_label_values(&[kind]).inc();
+                return Err(blocked());
+            }
+            // Blocks made on another replica count from the very next request.
+            if r.redis.is_some() {
+                let mut keys: Vec<String> = subs.iter().map(|s| format!("sub:{s}")).collect();
+                if let Some(c) = &client {
+                    keys.push(format!("client:{c}"));
+                }
+                if let Some(c) = &cert {
+                    keys.push(format!("cert:{c}"));
+                }
+                if let Some(ip) = ip {
+                    keys.push(format!("ip:{ip}"));
+                }
+                if let Some(kind) = r.check_shared(&keys).await {
+                    r.metrics.blocked.with_label_values(&[kind]).inc();
+                    return Err(blocked());
+                }
+            }
+            if let Some(id) = &identity {
+                if r.throttled(id) {
+                    r.metrics.blocked.with_label_values(&["throttle"]).inc();
+                    return Err(throttled());
+                }
+                if let Some(f) = r.signals.observe_request(id, now_ms()) {
+                    r.fired(f).await;
+                }
+            }
+            crate::policy::call_next(inner, req).await
+        })
+    }
+}

@@ -1,0 +1,1833 @@
+//! Breach signals with bounded memory.
+//!
+//! This module owns the *detection* half of Ward's response feature: it turns
+//! a stream of observations (a patient read, a denial, a request, a DLP block)
+//! into [`Fired`] signals when an identity crosses a configured threshold
+//! inside a sliding window. It owns no I/O and no clock: every method takes
+//! `now` as unix milliseconds so behaviour is deterministic and testable.
+//!
+//! Building blocks:
+//! - [`DistinctCounter`]: distinct items (patients) per key in a sliding
+//!   window, using a small HyperLogLog per sub-window (exfiltration).
+//! - [`WindowCounter`]: event counts per key in a sliding window (probing,
+//!   DLP blocks).
+//! - [`Baseline`]: requests per interval compared with the key's own EWMA
+//!   baseline (volume).
+//! - [`in_window`]: time-of-day windows that may wrap midnight (off-hours).
+//! - [`Signals`]: all of the above wired to a [`SignalsConfig`].
+//!
+//! Memory bound: every table holds at most `max_keys` keys. When a table is
+//! full the *least recently seen* key is evicted (exact LRU per shard; tables
+//! with at least 1024 keys are split into 16 shards by a keyed hash, each
+//! holding `max_keys / 16`, so eviction is LRU within the shard). Eviction was
+//! chosen over an overflow slot because an attacker spraying fresh keys then
+//! only pushes out idle keys, while an overflow slot would merge unrelated
+//! identities and make one client's noise fire signals for others.
+//!
+//! Worst-case memory per key: a [`DistinctCounter`] entry is ~200 bytes for
+//! an identity reading a handful of patients and at most ~4.2 KiB (4
+//! sub-windows x 1 KiB sketch) for one reading hundreds per sub-window; the
+//! other tables are under 200 bytes per key (plus the key string). So the
+//! hard bound for a distinct table is about `max_keys x 4.2 KiB` (~420 MiB at
+//! 100_000 keys if *every* tracked identity is a heavy reader; typical use
+//! is a small fraction of that).
+
+use serde::{Deserialize, Serialize};
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard};
+
+/// Default hard cap on keys per table.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// Longest window/interval accepted from config (30 days). Bounds the
+/// arithmetic and keeps a typo ("window_secs: 86400000") from meaning
+/// "remember forever".
+const MAX_WINDOW_SECS: u64 = 30 * 24 * 3600;
+
+// ---------------------------------------------------------------------------
+// Bounded LRU table
+// ---------------------------------------------------------------------------
+
+const NIL: u32 = u32::MAX;
+
+struct Node<V> {
+    key: Box<str>,
+    value: V,
+    prev: u32,
+    next: u32,
+}
+
+/// An exact LRU map from `str` keys to `V` with a hard capacity.
+///
+/// Nodes live in a slab (`Vec`) linked into a recency list by index, so a
+/// lookup of a known key is one hash probe plus pointer fixes: no allocation.
+/// Inserting a new key into a full table reuses the evicted node's slot.
+struct LruTable<V> {
+    index: HashMap<Box<str>, u32, RandomState>,
+    nodes: Vec<Node<V>>,
+    head: u32, // most recently seen
+    tail: u32, // least recently seen: the eviction victim
+    cap: usize,
+}
+
+impl<V> LruTable<V> {
+    fn new(cap: usize) -> Self {
+        // u32 indices: cap is clamped so NIL can never be a real index.
+        let cap = cap.clamp(1, (u32::MAX - 1) as usize);
+        LruTable {
+            index: HashMap::with_hasher(RandomState::new()),
+            nodes: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            cap,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (prev, next) = {
+            let n = &self.nodes[i as usize];
+            (n.prev, n.next)
+        };
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.nodes[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.nodes[next as usize].prev = prev;
+        }
+    }
+
+    fn push_front(&mut self, i: u32) {
+        let old = self.head;
+        {
+            let n = &mut self.nodes[i as usize];
+            n.prev = NIL;
+            n.next = old;
+        }
+        if old != NIL {
+            self.nodes[old as usize].prev = i;
+        }
+        self.head = i;
+        if self.tail == NIL {
+            self.tail = i;
+        }
+    }
+
+    fn touch(&mut self, i: u32) {
+        if self.head != i {
+            self.unlink(i);
+            self.push_front(i);
+        }
+    }
+
+    /// Returns the value for `key`, marking it most recently seen; creates it
+    /// with `make` (evicting the least recently seen key when full).
+    fn get_or_insert_with(&mut self, key: &str, make: impl FnOnce() -> V) -> &mut V {
+        if let Some(&i) = self.index.get(key) {
+            self.touch(i);
+            return &mut self.nodes[i as usize].value;
+        }
+        let i = if self.nodes.len() < self.cap {
+            let i = self.nodes.len() as u32;
+            self.nodes.push(Node {
+                key: key.into(),
+                value: make(),
+                prev: NIL,
+                next: NIL,
+            });
+            i
+        } else {
+            let i = self.tail;
+            self.unlink(i);
+            let node = &mut self.nodes[i as usize];
+            self.index.remove(&node.key);
+            node.key = key.into();
+            node.value = make();
+            i
+        };
+        self.index.insert(self.nodes[i as usize].key.clone(), i);
+        self.push_front(i);
+        &mut self.nodes[i as usize].value
+    }
+
+    /// Read-only lookup that does not change recency (for inspection).
+    fn peek(&self, key: &str) -> Option<&V> {
+        self.index.get(key).map(|&i| &self.nodes[i as usize].value)
+    }
+}
+
+/// `LruTable`s behind mutexes, sharded by a keyed hash of the key so that
+/// concurrent requests for different identities rarely contend. Each call
+/// takes exactly one shard lock.
+struct Table<V> {
+    shards: Box<[Mutex<LruTable<V>>]>,
+    hasher: RandomState,
+}
+
+impl<V> Table<V> {
+    fn new(max_keys: usize) -> Self {
+        let max_keys = max_keys.max(1);
+        // Small tables stay unsharded so the cap (and LRU order) is exact.
+        let n = if max_keys >= 1024 { 16 } else { 1 };
+        let per = max_keys / n; // floor: the sum over shards never exceeds max_keys
+        let shards = (0..n).map(|_| Mutex::new(LruTable::new(per))).collect();
+        Table {
+            shards,
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, LruTable<V>> {
+        let idx = if self.shards.len() == 1 {
+            0
+        } else {
+            (self.hasher.hash_one(key) as usize) % self.shards.len()
+        };
+        // A panic while holding the lock leaves counters merely stale, never
+        // unsafe; keep serving rather than propagate the poison.
+        self.shards[idx]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sliding-window geometry
+// ---------------------------------------------------------------------------
+
+/// A window of `window_ms` split into `N` sub-windows ("epochs") of
+/// `ceil(window_ms / N)` ms. An event in epoch `e` counts while the current
+/// epoch is `e..e+N`, so it stops counting at most `window_ms` (rounded up to
+/// whole sub-windows) after it happened and at least one sub-window earlier.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    window_ms: u64,
+    sub_ms: u64,
+    n: u64,
+}
+
+impl Geometry {
+    fn new(window_ms: u64, n: usize) -> Self {
+        let window_ms = window_ms.max(1);
+        let n = n.max(1) as u64;
+        Geometry {
+            window_ms,
+            sub_ms: window_ms.div_ceil(n).max(1),
+            n,
+        }
+    }
+
+    fn epoch(&self, now: u64) -> u64 {
+        now / self.sub_ms
+    }
+
+    /// Is a slot stamped `slot` inside the window ending in epoch `cur`?
+    fn live(&self, slot: u64, cur: u64) -> bool {
+        slot <= cur && cur - slot < self.n
+    }
+}
+
+/// Per-key cooldown: a signal fires once per key, then stays quiet for one
+/// window so a sustained attack produces one alert per window, not one per
+/// request.
+fn try_fire(fired_until: &mut u64, now: u64, cooldown_ms: u64) -> bool {
+    if now < *fired_until {
+        return false;
+    }
+    *fired_until = now.saturating_add(cooldown_ms);
+    true
+}
+
+/// Never stamped: `live()` is false for it because it is > any real epoch.
+const NO_EPOCH: u64 = u64::MAX;
+
+// ---------------------------------------------------------------------------
+// HyperLogLog
+// ---------------------------------------------------------------------------
+
+/// Register-index bits: 2^10 = 1024 one-byte registers (1 KiB), standard
+/// error 1.04/sqrt(1024) ~ 3.3% once dense.
+const HLL_P: u32 = 10;
+const HLL_M: usize = 1 << HLL_P;
+/// A sparse sketch keeps exact 32-bit hashes until it holds this many (1 KiB,
+/// the size of the dense form). Below that the union across sub-windows is an
+/// exact count (32-bit collisions among a few hundred ids are ~1e-5 likely),
+/// which is what makes small thresholds (e.g. 150 patients) precise.
+const SPARSE_MAX: usize = 256;
+
+/// One sub-window's sketch of 32-bit item hashes.
+enum Sketch {
+    /// Sorted, de-duplicated hashes. `Vec::new()` does not allocate, so an
+    /// untouched sub-window costs nothing beyond the enum.
+    Sparse(Vec<u32>),
+    Dense(Box<[u8; HLL_M]>),
+}
+
+fn hll_slot(h: u32) -> (usize, u8) {
+    let idx = (h >> (32 - HLL_P)) as usize;
+    let rest = h << HLL_P;
+    // Rank = position of the first 1 bit in the remaining 22 bits, 1-based;
+    // all-zero saturates at 23.
+    let rank = rest.leading_zeros().min(32 - HLL_P) + 1;
+    (idx, rank as u8)
+}
+
+impl Sketch {
+    fn empty() -> Self {
+        Sketch::Sparse(Vec::new())
+    }
+
+    fn clear(&mut self) {
+        match self {
+            // Keep the allocation: this key is likely to be active again.
+            Sketch::Sparse(v) => v.clear(),
+            // Free the 1 KiB: a key that was heavy once need not stay heavy.
+            Sketch::Dense(_) => *self = Sketch::empty(),
+        }
+    }
+
+    /// Adds `h`; returns whether the sketch changed (if not, no estimate can
+    /// have changed either, which lets repeat reads skip the estimate).
+    fn insert(&mut self, h: u32) -> bool {
+        match self {
+            Sketch::Sparse(v) => match v.binary_search(&h) {
+                Ok(_) => false,
+                Err(pos) if v.len() < SPARSE_MAX => {
+                    v.insert(pos, h);
+                    true
+                }
+                Err(_) => {
+                    let mut regs = Box::new([0u8; HLL_M]);
+                    for &x in v.iter().chain(std::iter::once(&h)) {
+                        let (i, r) = hll_slot(x);
+                        regs[i] = regs[i].max(r);
+                    }
+                    *self = Sketch::Dense(regs);
+                    true
+                }
+            },
+            Sketch::Dense(regs) => {
+                let (i, r) = hll_slot(h);
+                if r > regs[i] {
+                    regs[i] = r;
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    fn merge_into(&self, regs: &mut [u8; HLL_M]) {
+        match self {
+            Sketch::Sparse(v) => {
+                for &x in v {
+                    let (i, r) = hll_slot(x);
+                    regs[i] = regs[i].max(r);
+                }
+            }
+            Sketch::Dense(d) => {
+                for (a, b) in regs.iter_mut().zip(d.iter()) {
+                    *a = (*a).max(*b);
+                }
+            }
+        }
+    }
+}
+
+/// Exact size of the union of sorted, de-duplicated slices (k-way merge, no
+/// allocation).
+fn union_len(sets: &[&[u32]]) -> u64 {
+    let mut pos = [0usize; DISTINCT_SUBS];
+    let mut count = 0u64;
+    loop {
+        let mut min: Option<u32> = None;
+        for (s, &p) in sets.iter().zip(pos.iter()) {
+            if let Some(&x) = s.get(p) {
+                min = Some(min.map_or(x, |m| m.min(x)));
+            }
+        }
+        let Some(m) = min else { return count };
+        count += 1;
+        for (s, p) in sets.iter().zip(pos.iter_mut()) {
+            if s.get(*p) == Some(&m) {
+                *p += 1;
+            }
+        }
+    }
+}
+
+/// Standard HyperLogLog estimate with linear counting for small
+/// cardinalities (Flajolet et al.) and the 32-bit large-range correction.
+fn hll_estimate(regs: &[u8; HLL_M]) -> f64 {
+    let m = HLL_M as f64;
+    let mut sum = 0.0f64;
+    let mut zeros = 0u32;
+    for &r in regs.iter() {
+        sum += (-f64::from(r)).exp2();
+        if r == 0 {
+            zeros += 1;
+        }
+    }
+    let alpha = 0.7213 / (1.0 + 1.079 / m);
+    let raw = alpha * m * m / sum;
+    let two32 = 4_294_967_296.0f64;
+    if raw <= 2.5 * m && zeros > 0 {
+        m * (m / f64::from(zeros)).ln()
+    } else if raw > two32 / 30.0 {
+        -two32 * (1.0 - (raw / two32).min(0.999_999)).ln()
+    } else {
+        raw
+    }
+}
+
+// ---------------------------------------------------------------------------
+// DistinctCounter
+// ---------------------------------------------------------------------------
+
+/// Sub-windows per distinct-count window: the window ages out in quarters.
+/// Kept small because each dense sub-window costs 1 KiB per key.
+const DISTINCT_SUBS: usize = 4;
+
+struct DistinctEntry {
+    epochs: [u64; DISTINCT_SUBS],
+    sketches: [Sketch; DISTINCT_SUBS],
+    latest: u64,
+    fired_until: u64,
+}
+
+impl DistinctEntry {
+    fn new() -> Self {
+        DistinctEntry {
+            epochs: [NO_EPOCH; DISTINCT_SUBS],
+            sketches: std::array::from_fn(|_| Sketch::empty()),
+            latest: 0,
+            fired_until: 0,
+        }
+    }
+
+    fn estimate(&self, geo: &Geometry, cur: u64) -> u64 {
+        let live = |i: usize| geo.live(self.epochs[i], cur);
+        let all_sparse = (0..DISTINCT_SUBS)
+            .filter(|&i| live(i))
+            .all(|i| matches!(self.sketches[i], Sketch::Sparse(_)));
+        if all_sparse {
+            let mut sets: [&[u32]; DISTINCT_SUBS] = [&[]; DISTINCT_SUBS];
+            for (i, slot) in sets.iter_mut().enumerate() {
+                if let (true, Sketch::Sparse(v)) = (live(i), &self.sketches[i]) {
+                    *slot = v.as_slice();
+                }
+            }
+            return union_len(&sets);
+        }
+        let mut regs = [0u8; HLL_M];
+        for i in (0..DISTINCT_SUBS).filter(|&i| live(i)) {
+            self.sketches[i].merge_into(&mut regs);
+        }
+        hll_estimate(&regs).round() as u64
+    }
+}
+
+/// Approximate count of distinct items per key in a sliding window, firing
+/// when it reaches `threshold` (once per key per window).
+///
+/// Items are hashed with a per-instance random SipHash key (`RandomState`),
+/// so clients cannot precompute ids that collide or skew the sketch.
+pub struct DistinctCounter {
+    table: Table<DistinctEntry>,
+    geo: Geometry,
+    threshold: u64,
+    item_hasher: RandomState,
+}
+
+impl DistinctCounter {
+    /// `threshold` distinct items within `window_ms` fires; at most
+    /// `max_keys` keys are tracked.
+    pub fn new(threshold: u64, window_ms: u64, max_keys: usize) -> Self {
+        DistinctCounter {
+            table: Table::new(max_keys),
+            geo: Geometry::new(window_ms, DISTINCT_SUBS),
+            threshold: threshold.max(1),
+            item_hasher: RandomState::new(),
+        }
+    }
+
+    /// Records that `key` touched `item`; returns the estimate if this
+    /// observation makes the signal fire.
+    pub fn observe(&self, key: &str, item: &str, now: u64) -> Option<u64> {
+        self.observe_inner(key, item, now, true)
+    }
+
+    /// `may_fire = false` records without firing (and without starting the
+    /// cooldown), used when another signal already fired for this call.
+    fn observe_inner(&self, key: &str, item: &str, now: u64, may_fire: bool) -> Option<u64> {
+        // Hash outside the lock: keeps the critical section short.
+        let h = self.item_hasher.hash_one(item) as u32;
+        let geo = self.geo;
+        let mut shard = self.table.shard(key);
+        let e = shard.get_or_insert_with(key, DistinctEntry::new);
+        // A clock that steps backwards must not resurrect or clobber newer
+        // sub-windows: never move below the newest epoch seen for this key.
+        let cur = geo.epoch(now).max(e.latest);
+        e.latest = cur;
+        let slot = (cur % geo.n) as usize;
+        if e.epochs[slot] != cur {
+            e.epochs[slot] = cur;
+            e.sketches[slot].clear();
+        }
+        if !e.sketches[slot].insert(h) || !may_fire || now < e.fired_until {
+            return None;
+        }
+        let est = e.estimate(&geo, cur);
+        (est >= self.threshold && try_fire(&mut e.fired_until, now, geo.window_ms)).then_some(est)
+    }
+
+    /// Current estimate for `key` (0 if unknown). Does not change recency.
+    pub fn estimate(&self, key: &str, now: u64) -> u64 {
+        let shard = self.table.shard(key);
+        shard.peek(key).map_or(0, |e| {
+            let cur = self.geo.epoch(now).max(e.latest);
+            e.estimate(&self.geo, cur)
+        })
+    }
+
+    /// Number of keys currently tracked (always <= `max_keys`).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+// ---------------------------------------------------------------------------
+// WindowCounter
+// ---------------------------------------------------------------------------
+
+/// Sub-windows per count window: counters are cheap, so age out in sixths.
+const COUNT_SUBS: usize = 6;
+
+struct CountEntry {
+    epochs: [u64; COUNT_SUBS],
+    counts: [u32; COUNT_SUBS],
+    latest: u64,
+    fired_until: u64,
+}
+
+impl CountEntry {
+    fn new() -> Self {
+        CountEntry {
+            epochs: [NO_EPOCH; COUNT_SUBS],
+            counts: [0; COUNT_SUBS],
+            latest: 0,
+            fired_until: 0,
+        }
+    }
+
+    fn total(&self, geo: &Geometry, cur: u64) -> u64 {
+        self.epochs
+            .iter()
+            .zip(self.counts.iter())
+            .filter(|(&e, _)| geo.live(e, cur))
+            .map(|(_, &c)| u64::from(c))
+            .sum()
+    }
+}
+
+/// Sliding-window event count per key, firing when the count reaches
+/// `threshold` (once per key per window).
+pub struct WindowCounter {
+    table: Table<CountEntry>,
+    geo: Geometry,
+    threshold: u64,
+}
+
+impl WindowCounter {
+    /// `threshold` events within `window_ms` fires; at most `max_keys` keys.
+    pub fn new(threshold: u64, window_ms: u64, max_keys: usize) -> Self {
+        WindowCounter {
+            table: Table::new(max_keys),
+            geo: Geometry::new(window_ms, COUNT_SUBS),
+            threshold: threshold.max(1),
+        }
+    }
+
+    /// Records one event for `key`; returns the windowed count if this event
+    /// makes the signal fire.
+    pub fn observe(&self, key: &str, now: u64) -> Option<u64> {
+        let geo = self.geo;
+        let mut shard = self.table.shard(key);
+        let e = shard.get_or_insert_with(key, CountEntry::new);
+        let cur = geo.epoch(now).max(e.latest);
+        e.latest = cur;
+        let slot = (cur % geo.n) as usize;
+        if e.epochs[slot] != cur {
+            e.epochs[slot] = cur;
+            e.counts[slot] = 0;
+        }
+        e.counts[slot] = e.counts[slot].saturating_add(1);
+        if now < e.fired_until {
+            return None;
+        }
+        let total = e.total(&geo, cur);
+        (total >= self.threshold && try_fire(&mut e.fired_until, now, geo.window_ms))
+            .then_some(total)
+    }
+
+    /// Events counted for `key` in the window ending at `now`.
+    pub fn count(&self, key: &str, now: u64) -> u64 {
+        let shard = self.table.shard(key);
+        shard.peek(key).map_or(0, |e| {
+            let cur = self.geo.epoch(now).max(e.latest);
+            e.total(&self.geo, cur)
+        })
+    }
+
+    /// Number of keys currently tracked (always <= `max_keys`).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Baseline
+// ---------------------------------------------------------------------------
+
+/// Parameters of a [`Baseline`].
+#[derive(Clone, Copy, Debug)]
+pub struct BaselineParams {
+    /// Fires when the current interval's count exceeds `factor` x baseline.
+    pub factor: f64,
+    /// ... and also exceeds this absolute floor (quiet identities doubling
+    /// from 1 to 3 requests are not an attack).
+    pub min_requests: u64,
+    /// Interval length in ms (e.g. 60_000 for per-minute rates).
+    pub interval_ms: u64,
+    /// K: the EWMA horizon in intervals (alpha = 2 / (K + 1)) and the
+    /// warm-up: a key must have K completed intervals of history before it
+    /// can fire, so a brand-new identity never fires on its first burst.
+    pub baseline_intervals: u32,
+}
+
+struct BaselineEntry {
+    interval: u64,
+    count: u64,
+    ewma: f64,
+    /// Completed intervals observed (including idle ones since first seen).
+    history: u32,
+    fired_until: u64,
+}
+
+/// Longest idle gap applied to the EWMA decay; past this the baseline is ~0
+/// anyway and the cap keeps `powi` in range.
+const MAX_IDLE_DECAY: u64 = 100_000;
+
+/// Per-key request rate compared with the key's own long-run baseline.
+pub struct Baseline {
+    table: Table<BaselineEntry>,
+    p: BaselineParams,
+    alpha: f64,
+}
+
+impl Baseline {
+    /// Creates a baseline tracker for at most `max_keys` keys.
+    pub fn new(p: BaselineParams, max_keys: usize) -> Self {
+        let p = BaselineParams {
+            interval_ms: p.interval_ms.max(1),
+            baseline_intervals: p.baseline_intervals.max(1),
+            ..p
+        };
+        Baseline {
+            table: Table::new(max_keys),
+            alpha: 2.0 / (f64::from(p.baseline_intervals) + 1.0),
+            p,
+        }
+    }
+
+    /// Records one request; returns `(count, threshold)` if it fires. Fires
+    /// at most once per key per interval.
+    pub fn observe(&self, key: &str, now: u64) -> Option<(u64, u64)> {
+        let i = now / self.p.interval_ms;
+        let mut shard = self.table.shard(key);
+        let e = shard.get_or_insert_with(key, || BaselineEntry {
+            interval: i,
+            count: 0,
+            ewma: 0.0,
+            history: 0,
+            fired_until: 0,
+        });
+        if i > e.interval {
+            // Close the interval that just ended...
+            let c = e.count as f64;
+            e.ewma = if e.history == 0 {
+                c
+            } else {
+                self.alpha * c + (1.0 - self.alpha) * e.ewma
+            };
+            // ...and the idle (zero-request) intervals in between.
+            let idle = (i - e.interval - 1).min(MAX_IDLE_DECAY);
+            e.ewma *= (1.0 - self.alpha).powi(idle as i32);
+            e.history = e
+                .history
+                .saturating_add(1)
+                .saturating_add(u32::try_from(idle).unwrap_or(u32::MAX));
+            e.interval = i;
+            e.count = 0;
+        }
+        // (i < e.interval: the clock stepped back; count it in the current
+        // interval rather than rewriting history.)
+        e.count = e.count.saturating_add(1);
+        if e.history < self.p.baseline_intervals || now < e.fired_until {
+            return None;
+        }
+        let limit = self.p.factor * e.ewma;
+        if (e.count as f64) > limit && e.count > self.p.min_requests {
+            e.fired_until = e
+                .interval
+                .saturating_add(1)
+                .saturating_mul(self.p.interval_ms);
+            let threshold = (limit.ceil() as u64).max(self.p.min_requests);
+            return Some((e.count, threshold));
+        }
+        None
+    }
+
+    /// Number of keys currently tracked (always <= `max_keys`).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Off-hours
+// ---------------------------------------------------------------------------
+
+const MINUTES_PER_DAY: i64 = 24 * 60;
+
+/// Is `now_ms` (unix ms, UTC) inside the local time-of-day window
+/// `[start, end)` (minutes after local midnight) at `utc_offset_minutes`?
+///
+/// `start > end` wraps midnight (20:00-06:00 means 20:00..24:00 plus
+/// 00:00..06:00). `start == end` is an empty window (config rejects it).
+pub fn in_window(
+    now_ms: u64,
+    start_minute_of_day: u32,
+    end_minute_of_day: u32,
+    utc_offset_minutes: i32,
+) -> bool {
+    let utc_minutes = (now_ms / 60_000) as i64;
+    let local = (utc_minutes + i64::from(utc_offset_minutes)).rem_euclid(MINUTES_PER_DAY);
+    let (s, e) = (i64::from(start_minute_of_day), i64::from(end_minute_of_day));
+    if s <= e {
+        s <= local && local < e
+    } else {
+        local >= s || local < e
+    }
+}
+
+/// Parses "HH:MM" (24h) into minutes after midnight.
+fn parse_hhmm(s: &str) -> Result<u32, String> {
+    let (h, m) = s
+        .split_once(':')
+        .ok_or_else(|| format!("time {s:?}: expected HH:MM"))?;
+    // Strict two-digit fields: `u32::from_str` alone would accept "+1".
+    let two_digits = |f: &str| f.len() == 2 && f.bytes().all(|b| b.is_ascii_digit());
+    if !two_digits(h) || !two_digits(m) {
+        return Err(format!("time {s:?}: expected HH:MM"));
+    }
+    let h: u32 = h.parse().map_err(|_| format!("time {s:?}: bad hour"))?;
+    let m: u32 = m.parse().map_err(|_| format!("time {s:?}: bad minute"))?;
+    if h > 23 || m > 59 {
+        return Err(format!("time {s:?}: out of range"));
+    }
+    Ok(h * 60 + m)
+}
+
+/// Parses "+HH:MM" / "-HH:MM" / "Z" into minutes east of UTC.
+fn parse_utc_offset(s: &str) -> Result<i32, String> {
+    if s == "Z" {
+        return Ok(0);
+    }
+    let (sign, rest) = match s.as_bytes().first() {
+        Some(b'+') => (1, &s[1..]),
+        Some(b'-') => (-1, &s[1..]),
+        _ => return Err(format!("utc_offset {s:?}: expected +HH:MM or -HH:MM")),
+    };
+    let mins = parse_hhmm(rest).map_err(|_| format!("utc_offset {s:?}: expected +HH:MM"))?;
+    if mins > 14 * 60 {
+        return Err(format!("utc_offset {s:?}: beyond +-14:00"));
+    }
+    Ok(sign * mins as i32)
+}
+
+// ---------------------------------------------------------------------------
+// Config
+// ---------------------------------------------------------------------------
+
+fn default_max_keys() -> usize {
+    DEFAULT_MAX_KEYS
+}
+
+fn default_utc_offset() -> String {
+    "+00:00".to_owned()
+}
+
+/// `signals:` section of the gateway config. Every signal is optional.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalsConfig {
+    /// Hard cap on keys per table (default 100_000).
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+    #[serde(default)]
+    pub exfiltration: Option<ExfiltrationConfig>,
+    #[serde(default)]
+    pub probing: Option<ProbingConfig>,
+    #[serde(default)]
+    pub volume: Option<VolumeConfig>,
+    #[serde(default)]
+    pub dlp: Option<DlpConfig>,
+    #[serde(default)]
+    pub off_hours: Option<OffHoursConfig>,
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        SignalsConfig {
+            max_keys: DEFAULT_MAX_KEYS,
+            exfiltration: None,
+            probing: None,
+            volume: None,
+            dlp: None,
+            off_hours: None,
+        }
+    }
+}
+
+/// Distinct patients read by one identity within a window.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExfiltrationConfig {
+    pub distinct_patients: u64,
+    pub window_secs: u64,
+}
+
+/// Denials per key (IP or identity) within a window.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbingConfig {
+    pub denials: u64,
+    pub window_secs: u64,
+}
+
+/// Request rate far above the identity's own baseline.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    pub factor: f64,
+    pub min_requests: u64,
+    pub interval_secs: u64,
+    pub baseline_intervals: u32,
+}
+
+/// DLP blocks per identity within a window.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlpConfig {
+    pub blocked: u64,
+    pub window_secs: u64,
+}
+
+/// A (usually lower) distinct-patient threshold for listed identities during
+/// a local time-of-day window.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffHoursConfig {
+    /// Keys this applies to: exact matches, or prefixes ending in `*`
+    /// (`"sub:iss|*"`).
+    pub identities: Vec<String>,
+    /// Local start "HH:MM".
+    pub start: String,
+    /// Local end "HH:MM" (exclusive); may be earlier than start (wraps).
+    pub end: String,
+    /// "+HH:MM", "-HH:MM" or "Z" (default "+00:00"). A fixed offset: DST is
+    /// not applied, so pick the offset that errs towards a longer window.
+    #[serde(default = "default_utc_offset")]
+    pub utc_offset: String,
+    pub distinct_patients: u64,
+    pub window_secs: u64,
+}
+
+fn check_window(name: &str, secs: u64) -> Result<u64, String> {
+    if secs == 0 || secs > MAX_WINDOW_SECS {
+        return Err(format!(
+            "signals.{name}: window must be 1..={MAX_WINDOW_SECS} seconds"
+        ));
+    }
+    Ok(secs * 1000)
+}
+
+fn check_threshold(name: &str, v: u64) -> Result<u64, String> {
+    if v == 0 {
+        return Err(format!("signals.{name}: threshold must be > 0"));
+    }
+    Ok(v)
+}
+
+// ---------------------------------------------------------------------------
+// Signals
+// ---------------------------------------------------------------------------
+
+/// Which signal fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    Exfiltration,
+    Probing,
+    Volume,
+    Dlp,
+    OffHours,
+}
+
+impl SignalKind {
+    /// Stable snake_case name (for logs, metrics labels and events).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalKind::Exfiltration => "exfiltration",
+            SignalKind::Probing => "probing",
+            SignalKind::Volume => "volume",
+            SignalKind::Dlp => "dlp",
+            SignalKind::OffHours => "off_hours",
+        }
+    }
+}
+
+/// A signal that crossed its threshold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Fired {
+    pub signal: SignalKind,
+    pub key: String,
+    /// The observed value (distinct patients, events, requests this interval).
+    pub value: u64,
+    /// The threshold it crossed.
+    pub threshold: u64,
+}
+
+struct OffHours {
+    exact: HashSet<String>,
+    prefixes: Vec<String>,
+    start: u32,
+    end: u32,
+    offset: i32,
+    counter: DistinctCounter,
+    threshold: u64,
+}
+
+impl OffHours {
+    fn applies(&self, key: &str, now: u64) -> bool {
+        (self.exact.contains(key) || self.prefixes.iter().any(|p| key.starts_with(p.as_str())))
+            && in_window(now, self.start, self.end, self.offset)
+    }
+}
+
+/// All configured signals. Methods take `&self` and are safe to call from
+/// many tasks; each call takes at most one lock per signal it feeds.
+pub struct Signals {
+    exfiltration: Option<(DistinctCounter, u64)>,
+    probing: Option<(WindowCounter, u64)>,
+    volume: Option<(Baseline, u64)>,
+    dlp: Option<(WindowCounter, u64)>,
+    off_hours: Option<OffHours>,
+}
+
+impl Signals {
+    /// Validates `cfg` and builds the tables (empty; memory grows with keys
+    /// seen, up to `max_keys` per table).
+    pub fn new(cfg: &SignalsConfig) -> Result<Signals, String> {
+        if cfg.max_keys == 0 {
+            return Err("signals.max_keys must be > 0".into());
+        }
+        let max = cfg.max_keys;
+        let exfiltration = match &cfg.exfiltration {
+            None => None,
+            Some(c) => {
+                let t = check_threshold("exfiltration.distinct_patients", c.distinct_patients)?;
+                let w = check_window("exfiltration", c.window_secs)?;
+                Some((DistinctCounter::new(t, w, max), t))
+            }
+        };
+        let probing = match &cfg.probing {
+            None => None,
+            Some(c) => {
+                let t = check_threshold("probing.denials", c.denials)?;
+                let w = check_window("probing", c.window_secs)?;
+                Some((WindowCounter::new(t, w, max), t))
+            }
+        };
+        let dlp = match &cfg.dlp {
+            None => None,
+            Some(c) => {
+                let t = check_threshold("dlp.blocked", c.blocked)?;
+                let w = check_window("dlp", c.window_secs)?;
+                Some((WindowCounter::new(t, w, max), t))
+            }
+        };
+        let volume = match &cfg.volume {
+            None => None,
+            Some(c) => {
+                if !c.factor.is_finite() || c.factor < 1.0 {
+                    return Err("signals.volume.factor must be a finite number >= 1".into());
+                }
+                if c.baseline_intervals == 0 {
+                    return Err("signals.volume.baseline_intervals must be > 0".into());
+                }
+                let interval_ms = check_window("volume.interval", c.interval_secs)?;
+                let p = BaselineParams {
+                    factor: c.factor,
+                    min_requests: c.min_requests,
+                    interval_ms,
+                    baseline_intervals: c.baseline_intervals,
+                };
+                Some((Baseline::new(p, max), interval_ms))
+            }
+        };
+        let off_hours = match &cfg.off_hours {
+            None => None,
+            Some(c) => {
+                if c.identities.is_empty() {
+                    return Err("signals.off_hours.identities must not be empty".into());
+                }
+                let start = parse_hhmm(&c.start).map_err(|e| format!("signals.off_hours: {e}"))?;
+                let end = parse_hhmm(&c.end).map_err(|e| format!("signals.off_hours: {e}"))?;
+                if start == end {
+                    return Err("signals.off_hours: start and end must differ".into());
+                }
+                let offset = parse_utc_offset(&c.utc_offset)
+                    .map_err(|e| format!("signals.off_hours: {e}"))?;
+                let t = check_threshold("off_hours.distinct_patients", c.distinct_patients)?;
+                let w = check_window("off_hours", c.window_secs)?;
+                let mut exact = HashSet::new();
+                let mut prefixes = Vec::new();
+                for id in &c.identities {
+                    match id.strip_suffix('*') {
+                        Some(p) => prefixes.push(p.to_owned()),
+                        None => {
+                            exact.insert(id.clone());
+                        }
+                    }
+                }
+                Some(OffHours {
+                    exact,
+                    prefixes,
+                    start,
+                    end,
+                    offset,
+                    counter: DistinctCounter::new(t, w, max),
+                    threshold: t,
+                })
+            }
+        };
+        Ok(Signals {
+            exfiltration,
+            probing,
+            volume,
+            dlp,
+            off_hours,
+        })
+    }
+
+    /// `key` read `patient`. Feeds exfiltration and, for listed identities
+    /// inside the off-hours window, the off-hours counter.
+    ///
+    /// Returns at most one signal per call. If both would fire, off-hours
+    /// (the more specific) wins and exfiltration is recorded without firing;
+    /// it fires on the next new patient for that key if still above
+    /// threshold.
+    pub fn observe_patient(&self, key: &str, patient: &str, now: u64) -> Option<Fired> {
+        let mut fired = None;
+        if let Some(o) = self.off_hours.as_ref().filter(|o| o.applies(key, now)) {
+            if let Some(v) = o.counter.observe(key, patient, now) {
+                fired = Some(Fired {
+                    signal: SignalKind::OffHours,
+                    key: key.to_owned(),
+                    value: v,
+                    threshold: o.threshold,
+                });
+            }
+        }
+        if let Some((c, t)) = &self.exfiltration {
+            if let Some(v) = c.observe_inner(key, patient, now, fired.is_none()) {
+                fired = Some(Fired {
+                    signal: SignalKind::Exfiltration,
+                    key: key.to_owned(),
+                    value: v,
+                    threshold: *t,
+                });
+            }
+        }
+        fired
+    }
+
+    /// `key` (an IP or an identity) was denied.
+    pub fn observe_denial(&self, key: &str, now: u64) -> Option<Fired> {
+        let (c, t) = self.probing.as_ref()?;
+        c.observe(key, now).map(|v| Fired {
+            signal: SignalKind::Probing,
+            key: key.to_owned(),
+            value: v,
+            threshold: *t,
+        })
+    }
+
+    /// `key` made a request.
+    pub fn observe_request(&self, key: &str, now: u64) -> Option<Fired> {
+        let (b, _) = self.volume.as_ref()?;
+        b.observe(key, now).map(|(v, t)| Fired {
+            signal: SignalKind::Volume,
+            key: key.to_owned(),
+            value: v,
+            threshold: t,
+        })
+    }
+
+    /// A response to `key` was blocked by DLP.
+    pub fn observe_dlp_block(&self, key: &str, now: u64) -> Option<Fired> {
+        let (c, t) = self.dlp.as_ref()?;
+        c.observe(key, now).map(|v| Fired {
+            signal: SignalKind::Dlp,
+            key: key.to_owned(),
+            value: v,
+            threshold: *t,
+        })
+    }
+
+    /// Total keys held across all tables (for a gauge).
+    pub fn tracked_keys(&self) -> usize {
+        self.exfiltration.as_ref().map_or(0, |(c, _)| c.len())
+            + self.probing.as_ref().map_or(0, |(c, _)| c.len())
+            + self.volume.as_ref().map_or(0, |(c, _)| c.len())
+            + self.dlp.as_ref().map_or(0, |(c, _)| c.len())
+            + self.off_hours.as_ref().map_or(0, |o| o.counter.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60_000;
+    const T0: u64 = 1_700_000_000_000;
+
+    fn cfg(json: serde_json::Value) -> SignalsConfig {
+        serde_json::from_value(json).unwrap()
+    }
+
+    // --- LRU table ---
+
+    #[test]
+    fn lru_evicts_least_recently_seen() {
+        let mut t: LruTable<u32> = LruTable::new(2);
+        *t.get_or_insert_with("a", || 0) += 1;
+        *t.get_or_insert_with("b", || 0) += 1;
+        *t.get_or_insert_with("a", || 0) += 1; // a is now most recent
+        *t.get_or_insert_with("c", || 0) += 1; // evicts b
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.peek("a"), Some(&2));
+        assert_eq!(t.peek("b"), None);
+        assert_eq!(t.peek("c"), Some(&1));
+        // b comes back fresh, evicting a (least recent now)
+        *t.get_or_insert_with("b", || 10) += 1;
+        assert_eq!(t.peek("a"), None);
+        assert_eq!(t.peek("b"), Some(&11));
+        assert_eq!(t.index.len(), 2);
+    }
+
+    #[test]
+    fn lru_cap_one() {
+        let mut t: LruTable<u8> = LruTable::new(1);
+        for k in ["x", "y", "z", "z"] {
+            t.get_or_insert_with(k, || 0);
+        }
+        assert_eq!(t.len(), 1);
+        assert!(t.peek("z").is_some());
+    }
+
+    #[test]
+    fn sharded_table_never_exceeds_cap() {
+        for cap in [1usize, 7, 1023, 1024, 5000] {
+            let t: Table<u8> = Table::new(cap);
+            for i in 0..(cap * 3 + 100) {
+                let k = format!("k{i}");
+                let _ = *t.shard(&k).get_or_insert_with(&k, || 0);
+            }
+            assert!(t.len() <= cap, "cap {cap}: {}", t.len());
+        }
+    }
+
+    // --- HyperLogLog / DistinctCounter ---
+
+    #[test]
+    fn distinct_small_counts_are_exact() {
+        let d = DistinctCounter::new(1_000_000, 3_600_000, 10);
+        for i in 0..200 {
+            d.observe("sub:a", &format!("Patient/{i}"), T0);
+        }
+        let est = d.estimate("sub:a", T0);
+        assert!((190..=210).contains(&est), "estimate {est}");
+        let d = DistinctCounter::new(1_000_000, 3_600_000, 10);
+        for _ in 0..200 {
+            d.observe("sub:a", "Patient/1", T0);
+        }
+        assert_eq!(d.estimate("sub:a", T0), 1);
+        assert_eq!(d.estimate("sub:unknown", T0), 0);
+    }
+
+    #[test]
+    fn distinct_spread_over_subwindows_is_exact_union() {
+        let w = 4 * MIN;
+        let d = DistinctCounter::new(1_000_000, w, 10);
+        // 4 sub-windows, each sees 100 ids overlapping 50 with the previous.
+        for s in 0..4u64 {
+            for i in 0..100 {
+                d.observe("k", &format!("p{}", s * 50 + i), T0 + s * MIN);
+            }
+        }
+        assert_eq!(d.estimate("k", T0 + 3 * MIN), 250);
+    }
+
+    #[test]
+    fn distinct_dense_estimates_are_close() {
+        let d = DistinctCounter::new(u64::MAX, 3_600_000, 10);
+        for i in 0..1000 {
+            d.observe("k", &format!("id-{i}"), T0);
+        }
+        let est = d.estimate("k", T0) as f64;
+        assert!((880.0..=1120.0).contains(&est), "1000 -> {est}");
+        for i in 1000..20_000 {
+            d.observe("k", &format!("id-{i}"), T0);
+        }
+        let est = d.estimate("k", T0) as f64;
+        assert!((17_000.0..=23_000.0).contains(&est), "20000 -> {est}");
+    }
+
+    #[test]
+    fn distinct_mixed_sparse_and_dense_merge() {
+        let w = 4 * MIN;
+        let d = DistinctCounter::new(u64::MAX, w, 10);
+        for i in 0..2000 {
+            d.observe("k", &format!("a{i}"), T0); // dense sub-window
+        }
+        for i in 0..100 {
+            d.observe("k", &format!("b{i}"), T0 + MIN); // sparse sub-window
+        }
+        let est = d.estimate("k", T0 + MIN) as f64;
+        assert!((1850.0..=2350.0).contains(&est), "2100 -> {est}");
+    }
+
+    #[test]
+    fn hll_slot_rank_bounds() {
+        assert_eq!(hll_slot(0), (0, 23));
+        assert_eq!(hll_slot(u32::MAX), (HLL_M - 1, 1));
+        assert_eq!(hll_slot(1 << 21), (0, 1));
+        assert_eq!(hll_slot(1), (0, 22));
+        let empty = [0u8; HLL_M];
+        assert_eq!(hll_estimate(&empty), 0.0);
+    }
+
+    #[test]
+    fn union_len_counts_distinct() {
+        let a: &[u32] = &[1, 3, 5];
+        let b: &[u32] = &[2, 3, 6];
+        let c: &[u32] = &[];
+        let d: &[u32] = &[5, 9];
+        assert_eq!(union_len(&[a, b, c, d]), 6);
+        assert_eq!(union_len(&[c, c, c, c]), 0);
+    }
+
+    // --- Signals: exfiltration ---
+
+    fn exfil_signals(threshold: u64, window_secs: u64) -> Signals {
+        Signals::new(&cfg(serde_json::json!({
+            "exfiltration": {"distinct_patients": threshold, "window_secs": window_secs}
+        })))
+        .unwrap()
+    }
+
+    #[test]
+    fn exfiltration_fires_once_at_threshold() {
+        let s = exfil_signals(150, 3600);
+        let mut fired = Vec::new();
+        for i in 0..200u64 {
+            if let Some(f) = s.observe_patient("sub:iss|alice", &format!("Patient/{i}"), T0 + i) {
+                fired.push((i, f));
+            }
+        }
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        let (i, f) = &fired[0];
+        assert_eq!(*i, 149, "fires on the 150th distinct patient");
+        assert_eq!(f.signal, SignalKind::Exfiltration);
+        assert_eq!(f.key, "sub:iss|alice");
+        assert_eq!(f.value, 150);
+        assert_eq!(f.threshold, 150);
+        // Another identity is unaffected.
+        assert!(s.observe_patient("sub:iss|bob", "Patient/1", T0).is_none());
+    }
+
+    #[test]
+    fn exfiltration_ignores_repeat_reads() {
+        let s = exfil_signals(150, 3600);
+        for i in 0..200 {
+            assert!(s.observe_patient("sub:x", "Patient/1", T0 + i).is_none());
+        }
+    }
+
+    #[test]
+    fn exfiltration_refires_after_cooldown_only() {
+        let s = exfil_signals(10, 60);
+        let mut n = 0;
+        let mut fires = Vec::new();
+        let mut t = T0;
+        // 10 new patients every 10s for 3 minutes.
+        while t < T0 + 3 * MIN {
+            for _ in 0..10 {
+                n += 1;
+                if s.observe_patient("k", &format!("p{n}"), t).is_some() {
+                    fires.push(t - T0);
+                }
+            }
+            t += 10_000;
+        }
+        // Once at start, then once per elapsed window (60s cooldown).
+        assert_eq!(fires, vec![0, 60_000, 120_000]);
+    }
+
+    #[test]
+    fn exfiltration_old_reads_age_out() {
+        let s = exfil_signals(150, 600);
+        for i in 0..149 {
+            assert!(s.observe_patient("k", &format!("p{i}"), T0).is_none());
+        }
+        // A full window later the 149 earlier reads no longer count.
+        let later = T0 + 600_000;
+        assert!(s.observe_patient("k", "p-new", later).is_none());
+        let (c, _) = s.exfiltration.as_ref().unwrap();
+        assert_eq!(c.estimate("k", later), 1);
+        // Still inside the window they do count: the 150th fires.
+        let s = exfil_signals(150, 600);
+        for i in 0..149 {
+            s.observe_patient("k", &format!("p{i}"), T0);
+        }
+        let f = s.observe_patient("k", "p-new", T0 + 400_000).unwrap();
+        assert_eq!(f.value, 150);
+    }
+
+    #[test]
+    fn clock_stepping_back_is_harmless() {
+        let s = exfil_signals(3, 60);
+        assert!(s.observe_patient("k", "a", T0 + 10 * MIN).is_none());
+        assert!(s.observe_patient("k", "b", T0).is_none());
+        assert!(s.observe_patient("k", "c", 0).is_some());
+        let p = Signals::new(&cfg(serde_json::json!({
+            "probing": {"denials": 2, "window_secs": 60},
+            "volume": {"factor": 2.0, "min_requests": 1, "interval_secs": 60, "baseline_intervals": 1}
+        })))
+        .unwrap();
+        assert!(p.observe_denial("ip:1", T0).is_none());
+        assert!(p.observe_denial("ip:1", 0).is_some());
+        assert!(p.observe_request("k", T0).is_none());
+        assert!(p.observe_request("k", 0).is_none());
+    }
+
+    // --- Signals: probing / dlp ---
+
+    #[test]
+    fn probing_burst_fires_once() {
+        let s = Signals::new(&cfg(serde_json::json!({
+            "probing": {"denials": 20, "window_secs": 60}
+        })))
+        .unwrap();
+        let mut fired = Vec::new();
+        for i in 0..50u64 {
+            if let Some(f) = s.observe_denial("ip:10.0.0.1", T0 + i) {
+                fired.push((i, f));
+            }
+        }
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].0, 19);
+        assert_eq!(fired[0].1.signal, SignalKind::Probing);
+        assert_eq!(fired[0].1.value, 20);
+        assert_eq!(fired[0].1.threshold, 20);
+        // Per key: a different IP has its own count.
+        assert!(s.observe_denial("ip:10.0.0.2", T0).is_none());
+        // Unconfigured signals never fire.
+        assert!(s.observe_dlp_block("sub:a", T0).is_none());
+        assert!(s.observe_request("sub:a", T0).is_none());
+        assert!(s.observe_patient("sub:a", "p", T0).is_none());
+    }
+
+    #[test]
+    fn probing_events_older_than_window_stop_counting() {
+        let s = Signals::new(&cfg(serde_json::json!({
+            "probing": {"denials": 20, "window_secs": 60}
+        })))
+        .unwrap();
+        for i in 0..19 {
+            assert!(s.observe_denial("ip:a", T0 + i).is_none());
+        }
+        // 19 old + 1 new, but the old ones are a full window back.
+        assert!(s.observe_denial("ip:a", T0 + 60_000).is_none());
+        let (c, _) = s.probing.as_ref().unwrap();
+        assert_eq!(c.count("ip:a", T0 + 60_000), 1);
+        // Partially aged: spread 19 over the window, then more arrive.
+        let s = Signals::new(&cfg(serde_json::json!({
+            "probing": {"denials": 20, "window_secs": 60}
+        })))
+        .unwrap();
+        for i in 0..19u64 {
+            s.observe_denial("ip:b", T0 + i * 1000);
+        }
+        let f = s.observe_denial("ip:b", T0 + 30_000).unwrap();
+        assert_eq!(f.value, 20);
+    }
+
+    #[test]
+    fn window_counter_ages_by_subwindow() {
+        let c = WindowCounter::new(1000, 60_000, 10);
+        for i in 0..6u64 {
+            c.observe("k", T0 - T0 % 60_000 + i * 10_000);
+        }
+        let base = T0 - T0 % 60_000;
+        assert_eq!(c.count("k", base + 59_999), 6);
+        assert_eq!(c.count("k", base + 60_000), 5);
+        assert_eq!(c.count("k", base + 110_000), 0);
+        assert_eq!(c.count("nobody", base), 0);
+    }
+
+    #[test]
+    fn dlp_fires_once_per_window() {
+        let s = Signals::new(&cfg(serde_json::json!({
+            "dlp": {"blocked": 3, "window_secs": 300}
+        })))
+        .unwrap();
+        let fired: Vec<u64> = (0..10u64)
+            .filter(|i| s.observe_dlp_block("sub:a", T0 + i * 1000).is_some())
+            .collect();
+        assert_eq!(fired, vec![2]);
+        // After the cooldown a continued stream fires again.
+        let again: Vec<u64> = (0..10u64)
+            .filter(|i| {
+                s.observe_dlp_block("sub:a", T0 + 302_000 + i * 1000)
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(again.len(), 1);
+    }
+
+    // --- Signals: volume ---
+
+    fn volume_signals() -> Signals {
+        Signals::new(&cfg(serde_json::json!({
+            "volume": {"factor": 20.0, "min_requests": 100, "interval_secs": 60, "baseline_intervals": 10}
+        })))
+        .unwrap()
+    }
+
+    #[test]
+    fn volume_fires_on_twenty_times_baseline() {
+        let s = volume_signals();
+        let base = T0 - T0 % MIN;
+        // 12 intervals of 10 requests: baseline ~10/min.
+        for m in 0..12 {
+            for r in 0..10 {
+                assert!(s.observe_request("sub:a", base + m * MIN + r).is_none());
+            }
+        }
+        // Burst: 20 x ~10 = ~200 is the limit (the EWMA of a constant 10 is
+        // 10 up to float rounding), so it fires once, just past 200.
+        let burst = base + 12 * MIN;
+        let fired: Vec<Fired> = (0..400u64)
+            .filter_map(|r| s.observe_request("sub:a", burst + r))
+            .collect();
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert!((200..=201).contains(&fired[0].value), "{fired:?}");
+        assert!((200..=201).contains(&fired[0].threshold), "{fired:?}");
+        assert!(fired[0].value > 199);
+        assert_eq!(fired[0].signal, SignalKind::Volume);
+        // Next interval: burst again fires again (per-interval cooldown), as
+        // the EWMA has only moved part of the way up.
+        let next = burst + MIN;
+        assert!((0..2000u64).any(|r| s.observe_request("sub:a", next + r).is_some()));
+    }
+
+    #[test]
+    fn volume_new_identity_does_not_fire() {
+        let s = volume_signals();
+        for r in 0..5000u64 {
+            assert!(s.observe_request("sub:new", T0 + r).is_none());
+        }
+        // Still in warm-up after 9 completed intervals.
+        let base = T0 - T0 % MIN;
+        for m in 1..10 {
+            for r in 0..3000u64 {
+                assert!(s.observe_request("sub:new", base + m * MIN + r).is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn volume_steady_rate_never_fires() {
+        let s = volume_signals();
+        let base = T0 - T0 % MIN;
+        for m in 0..100 {
+            for r in 0..150 {
+                assert!(s.observe_request("sub:a", base + m * MIN + r).is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn volume_min_requests_floor() {
+        let b = Baseline::new(
+            BaselineParams {
+                factor: 2.0,
+                min_requests: 50,
+                interval_ms: MIN,
+                baseline_intervals: 2,
+            },
+            10,
+        );
+        let base = T0 - T0 % MIN;
+        for m in 0..5 {
+            b.observe("k", base + m * MIN); // 1 per minute
+        }
+        // 40 requests = 40x baseline but under the floor of 50.
+        for r in 0..40 {
+            assert!(b.observe("k", base + 5 * MIN + r).is_none());
+        }
+        let hit = (40..60).find_map(|r| b.observe("k", base + 5 * MIN + r));
+        assert_eq!(hit, Some((51, 50)));
+    }
+
+    #[test]
+    fn volume_idle_gap_decays_baseline() {
+        let b = Baseline::new(
+            BaselineParams {
+                factor: 3.0,
+                min_requests: 10,
+                interval_ms: MIN,
+                baseline_intervals: 3,
+            },
+            10,
+        );
+        let base = T0 - T0 % MIN;
+        for m in 0..5 {
+            for r in 0..100 {
+                assert!(b.observe("k", base + m * MIN + r).is_none());
+            }
+        }
+        // After a very long idle gap the baseline has decayed to ~0, so a
+        // modest burst above min_requests fires.
+        let far = base + 1_000_000 * MIN;
+        assert!((0..20).any(|r| b.observe("k", far + r).is_some()));
+    }
+
+    // --- off-hours ---
+
+    fn at_utc(h: u64, m: u64) -> u64 {
+        // 2023-11-14 00:00 UTC plus h:m
+        let midnight = T0 - T0 % (24 * 60 * MIN);
+        midnight + (h * 60 + m) * MIN
+    }
+
+    #[test]
+    fn in_window_wraps_midnight() {
+        let (s, e) = (20 * 60, 6 * 60);
+        assert!(in_window(at_utc(20, 0), s, e, 0));
+        assert!(in_window(at_utc(23, 59), s, e, 0));
+        assert!(in_window(at_utc(0, 0), s, e, 0));
+        assert!(in_window(at_utc(5, 59), s, e, 0));
+        assert!(!in_window(at_utc(6, 0), s, e, 0));
+        assert!(!in_window(at_utc(12, 0), s, e, 0));
+        assert!(!in_window(at_utc(19, 59), s, e, 0));
+        // +01:00: 19:30 UTC is 20:30 local; 05:30 UTC is 06:30 local.
+        assert!(in_window(at_utc(19, 30), s, e, 60));
+        assert!(!in_window(at_utc(5, 30), s, e, 60));
+        assert!(in_window(at_utc(4, 59), s, e, 60));
+        // -05:00: 01:00 UTC is 20:00 local the previous day.
+        assert!(in_window(at_utc(1, 0), s, e, -300));
+        assert!(!in_window(at_utc(0, 59), s, e, -300));
+        // Non-wrapping window.
+        assert!(in_window(at_utc(9, 0), 9 * 60, 17 * 60, 0));
+        assert!(!in_window(at_utc(17, 0), 9 * 60, 17 * 60, 0));
+        // Empty window and epoch start.
+        assert!(!in_window(at_utc(9, 0), 9 * 60, 9 * 60, 0));
+        assert!(in_window(0, s, e, 0));
+        // 00:00 UTC at -14:00 is 10:00 local the previous day.
+        assert!(!in_window(0, s, e, -14 * 60));
+        assert!(in_window(0, s, e, 5 * 60 + 59));
+        assert!(!in_window(0, s, e, 6 * 60));
+    }
+
+    #[test]
+    fn parse_times_and_offsets() {
+        assert_eq!(parse_hhmm("20:00"), Ok(1200));
+        assert_eq!(parse_hhmm("06:05"), Ok(365));
+        assert!(parse_hhmm("24:00").is_err());
+        assert!(parse_hhmm("12:60").is_err());
+        assert!(parse_hhmm("1200").is_err());
+        assert!(parse_hhmm("+1:00").is_err());
+        assert!(parse_hhmm("6:00").is_err());
+        assert_eq!(parse_utc_offset("+01:00"), Ok(60));
+        assert_eq!(parse_utc_offset("-05:30"), Ok(-330));
+        assert_eq!(parse_utc_offset("Z"), Ok(0));
+        assert!(parse_utc_offset("01:00").is_err());
+        assert!(parse_utc_offset("+15:00").is_err());
+        assert!(parse_utc_offset("").is_err());
+        assert!(parse_utc_offset("+").is_err());
+    }
+
+    fn off_hours_signals() -> Signals {
+        Signals::new(&cfg(serde_json::json!({
+            "exfiltration": {"distinct_patients": 150, "window_secs": 3600},
+            "off_hours": {
+                "identities": ["sub:iss|night", "client:batch-*"],
+                "start": "20:00", "end": "06:00", "utc_offset": "+01:00",
+                "distinct_patients": 10, "window_secs": 3600
+            }
+        })))
+        .unwrap()
+    }
+
+    #[test]
+    fn off_hours_fires_for_listed_identities_in_window() {
+        let s = off_hours_signals();
+        let night = at_utc(23, 0); // 00:00 local
+        let f: Vec<Fired> = (0..20)
+            .filter_map(|i| s.observe_patient("sub:iss|night", &format!("p{i}"), night))
+            .collect();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].signal, SignalKind::OffHours);
+        assert_eq!(f[0].value, 10);
+        // Prefix match.
+        let f = (0..20).find_map(|i| s.observe_patient("client:batch-7", &format!("p{i}"), night));
+        assert_eq!(f.map(|f| f.signal), Some(SignalKind::OffHours));
+        // Unlisted identity at night: only the normal threshold applies.
+        assert!((0..20).all(|i| s
+            .observe_patient("sub:iss|day", &format!("p{i}"), night)
+            .is_none()));
+        // Listed identity during the day: not off-hours.
+        let day = at_utc(11, 0);
+        assert!((0..20).all(|i| s
+            .observe_patient("sub:iss|night2", &format!("p{i}"), day)
+            .is_none()));
+        let s = off_hours_signals();
+        assert!((0..20).all(|i| s
+            .observe_patient("sub:iss|night", &format!("p{i}"), day)
+            .is_none()));
+    }
+
+    #[test]
+    fn suppressed_exfiltration_fires_on_next_new_patient() {
+        let s = Signals::new(&cfg(serde_json::json!({
+            "exfiltration": {"distinct_patients": 5, "window_secs": 3600},
+            "off_hours": {
+                "identities": ["k"], "start": "20:00", "end": "06:00",
+                "distinct_patients": 5, "window_secs": 3600
+            }
+        })))
+        .unwrap();
+        let night = at_utc(22, 0);
+        let kinds: Vec<SignalKind> = (0..7)
+            .filter_map(|i| s.observe_patient("k", &format!("p{i}"), night))
+            .map(|f| f.signal)
+            .collect();
+        assert_eq!(kinds, vec![SignalKind::OffHours, SignalKind::Exfiltration]);
+    }
+
+    // --- config ---
+
+    #[test]
+    fn config_rejects_unknown_and_invalid() {
+        assert!(serde_json::from_value::<SignalsConfig>(serde_json::json!({"bogus": 1})).is_err());
+        assert!(serde_json::from_value::<SignalsConfig>(serde_json::json!({
+            "probing": {"denials": 1, "window_secs": 1, "extra": 2}
+        }))
+        .is_err());
+        let bad = [
+            serde_json::json!({"max_keys": 0}),
+            serde_json::json!({"probing": {"denials": 0, "window_secs": 60}}),
+            serde_json::json!({"dlp": {"blocked": 1, "window_secs": 0}}),
+            serde_json::json!({"exfiltration": {"distinct_patients": 1, "window_secs": 99999999}}),
+            serde_json::json!({"volume": {"factor": 0.5, "min_requests": 1, "interval_secs": 60, "baseline_intervals": 5}}),
+            serde_json::json!({"volume": {"factor": 2.0, "min_requests": 1, "interval_secs": 60, "baseline_intervals": 0}}),
+            serde_json::json!({"off_hours": {"identities": [], "start": "20:00", "end": "06:00", "distinct_patients": 1, "window_secs": 60}}),
+            serde_json::json!({"off_hours": {"identities": ["a"], "start": "20:00", "end": "20:00", "distinct_patients": 1, "window_secs": 60}}),
+            serde_json::json!({"off_hours": {"identities": ["a"], "start": "25:00", "end": "06:00", "distinct_patients": 1, "window_secs": 60}}),
+            serde_json::json!({"off_hours": {"identities": ["a"], "start": "20:00", "end": "06:00", "utc_offset": "CET", "distinct_patients": 1, "window_secs": 60}}),
+        ];
+        for b in bad {
+            let c: SignalsConfig = serde_json::from_value(b.clone()).unwrap();
+            assert!(Signals::new(&c).is_err(), "{b}");
+        }
+        let empty = Signals::new(&SignalsConfig::default()).unwrap();
+        assert!(empty.observe_denial("x", T0).is_none());
+        assert_eq!(empty.tracked_keys(), 0);
+    }
+
+    #[test]
+    fn fired_serializes_snake_case() {
+        let f = Fired {
+            signal: SignalKind::OffHours,
+            key: "sub:a".into(),
+            value: 3,
+            threshold: 2,
+        };
+        assert_eq!(
+            serde_json::to_value(&f).unwrap(),
+            serde_json::json!({"signal": "off_hours", "key": "sub:a", "value": 3, "threshold": 2})
+        );
+        assert_eq!(SignalKind::Exfiltration.as_str(), "exfiltration");
+    }
+
+    // --- memory bounds ---
+
+    #[test]
+    fn key_caps_hold_under_a_million_keys() {
+        let s = Signals::new(&cfg(serde_json::json!({
+            "max_keys": 5000,
+            "probing": {"denials": 5, "window_secs": 60},
+            "exfiltration": {"distinct_patients": 5, "window_secs": 60},
+            "volume": {"factor": 2.0, "min_requests": 1, "interval_secs": 60, "baseline_intervals": 5},
+        })))
+        .unwrap();
+        let mut key = String::with_capacity(32);
+        for i in 0..1_000_000u64 {
+            key.clear();
+            use std::fmt::Write;
+            let _ = write!(key, "ip:{i}");
+            assert!(s.observe_denial(&key, T0 + i).is_none());
+            // Every 4th key into the heavier tables keeps the debug-build
+            // test time reasonable; 250k keys is still 50x the cap.
+            if i % 4 == 0 {
+                assert!(s.observe_patient(&key, "Patient/1", T0 + i).is_none());
+                assert!(s.observe_request(&key, T0 + i).is_none());
+            }
+        }
+        let probing = s.probing.as_ref().unwrap().0.len();
+        let exfil = s.exfiltration.as_ref().unwrap().0.len();
+        let volume = s.volume.as_ref().unwrap().0.len();
+        for len in [probing, exfil, volume] {
+            assert!(len <= 5000, "{len}");
+            assert!(len >= 4000, "shards should be close to full: {len}");
+        }
+        assert!(s.tracked_keys() <= 3 * 5000);
+    }
+
+    #[test]
+    fn key_caps_hold_for_every_table() {
+        let s = Signals::new(&cfg(serde_json::json!({
+            "max_keys": 300,
+            "exfiltration": {"distinct_patients": 100, "window_secs": 60},
+            "dlp": {"blocked": 5, "window_secs": 60},
+            "volume": {"factor": 2.0, "min_requests": 1, "interval_secs": 60, "baseline_intervals": 5},
+            "off_hours": {"identities": ["*"], "start": "00:00", "end": "23:59", "distinct_patients": 100, "window_secs": 60}
+        })))
+        .unwrap();
+        let t = at_utc(12, 0);
+        for i in 0..50_000u64 {
+            let k = format!("sub:{i}");
+            s.observe_patient(&k, "Patient/1", t);
+            s.observe_dlp_block(&k, t);
+            s.observe_request(&k, t);
+        }
+        assert!(s.tracked_keys() <= 4 * 300, "{}", s.tracked_keys());
+        assert_eq!(s.exfiltration.as_ref().unwrap().0.len(), 300);
+        assert_eq!(s.off_hours.as_ref().unwrap().counter.len(), 300);
+    }
+
+    #[test]
+    fn eviction_keeps_the_active_key() {
+        // The identity under attack keeps being seen, so a spray of fresh
+        // keys evicts idle ones, not it.
+        let s = Signals::new(&cfg(serde_json::json!({
+            "max_keys": 100,
+            "probing": {"denials": 20, "window_secs": 600},
+        })))
+        .unwrap();
+        let mut fired = 0;
+        for i in 0..10_000u64 {
+            s.observe_denial(&format!("ip:spray{i}"), T0);
+            if i % 50 == 0 && s.observe_denial("ip:attacker", T0).is_some() {
+                fired += 1;
+            }
+        }
+        assert_eq!(fired, 1);
+    }
+
+    // --- concurrency ---
+
+    #[test]
+    fn shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Signals>();
+        assert_send_sync::<DistinctCounter>();
+        assert_send_sync::<WindowCounter>();
+        assert_send_sync::<Baseline>();
+    }
+
+    #[test]
+    fn concurrent_observers_fire_exactly_once() {
+        let s = Signals::new(&cfg(serde_json::json!({
+            "max_keys": 100_000,
+            "exfiltration": {"distinct_patients": 150, "window_secs": 3600},
+            "probing": {"denials": 100, "window_secs": 3600},
+        })))
+        .unwrap();
+        let fires = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for t in 0..4u64 {
+                let (s, fires) = (&s, &fires);
+                scope.spawn(move || {
+                    for i in 0..100u64 {
+                        let p = format!("Patient/{t}-{i}");
+                        if s.observe_patient("sub:shared", &p, T0).is_some() {
+                            fires.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        if s.observe_denial("ip:shared", T0).is_some() {
+                            fires.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(fires.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+}

@@ -1,0 +1,1365 @@
+//! Detect and respond (issue #10) end to end over real TLS, with a signed-webhook receiver
+//! and a FHIR upstream on loopback ports:
+//! - one token reading 150 distinct patients fires `exfiltration` exactly once: the identity
+//!   is blocked from its next request on (nothing more of it reaches the upstream), other
+//!   users are served, the block is listed, and the webhook event and the audit record
+//!   carry a valid HMAC signature / the numbers and never a patient id;
+//! - 20 invalid tokens from one address fire `probing` and block the address before
+//!   authentication: afterwards a valid token, or none, gets 403 `blocked`;
+//! - the operator API on the admin listener answers nothing without an operator token
+//!   (401 `operator_auth_required`, 403 `operator_denied`), adds, lists (with the operator's
+//!   name) and removes blocks that take effect on the next request, refuses malformed ones
+//!   with 400 `invalid_block`; a `sub` block without an issuer matches every issuer, one
+//!   with an issuer only that one;
+//! - blocks survive a restart (same blocks file, new gateway);
+//! - `ward block` / `ward blocks` / `ward unblock` drive the same API and fail loudly;
+//! - two gateways sharing one real `redis-server` refuse a block added on the other on
+//!   the very next request;
+//! - break-glass: refused without the entitlement or without a reason, never a way around
+//!   authentication, and when used: served, counted, audited with its reason, and announced
+//!   by a signed webhook event that carries neither the reason nor a patient id.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rcgen::KeyPair;
+use serde_json::{json, Value};
+
+const ISS: &str = "https://idp.test";
+const OTHER_ISS: &str = "https://other.test";
+const OPERATOR: &str = "oncall-ana";
+const OPERATOR_TOKEN: &str = "op-token-5b0e7c1d9a4f4e2b8c3d6a1f0e9b7c2d";
+/// The HMAC secret of the webhook (>= 32 bytes; written without a trailing newline).
+const WEBHOOK_SECRET: &str = "whsec-0f1e2d3c4b5a69788796a5b4c3d2e1f0-ward-test";
+
+const EXFIL_150: &str =
+    "    exfiltration:\n      distinct_patients: 150\n      window_secs: 3600\n";
+const EXFIL_BLOCK: &str = "    exfiltration:\n      action: block\n      duration_secs: 3600\n";
+const PROBING_20: &str = "    probing:\n      denials: 20\n      window_secs: 300\n";
+const PROBING_BLOCK: &str = "    probing:\n      action: block\n      duration_secs: 900\n";
+
+// ------------------------------------------------------------------ shared set-up
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .unwrap_or_else(|| panic!("not hex: {s}"))
+        })
+        .collect()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref())
+}
+
+/// An ES256 access token from `iss` (audience `ehr`, valid for ten minutes).
+fn mint(key: &KeyPair, iss: &str, sub: &str, scope: &str, patient: Option<&str>) -> String {
+    let now = now_secs();
+    let mut c =
+        json!({"iss": iss, "aud": "ehr", "sub": sub, "iat": now, "exp": now + 600, "scope": scope});
+    if let Some(p) = patient {
+        c["patient"] = p.into();
+    }
+    let k = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    jsonwebtoken::encode(&Header::new(Algorithm::ES256), &c, &k).unwrap()
+}
+
+/// A FHIR upstream that records every request and answers `Patient/<id>` with that
+/// Patient (anything else with an empty searchset).
+async fn ehr_handler(state: Arc<UpstreamState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    state.seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        path_and_query: pq,
+        headers: parts.headers,
+        body: bytes,
+        complete: true,
+    });
+    let v = match parts.uri.path().strip_prefix("/fhir/Patient/") {
+        Some(id) if !id.is_empty() && !id.contains('/') => {
+            json!({"resourceType": "Patient", "id": id, "active": true})
+        }
+        _ => json!({"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []}),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    r.headers_mut()
+        .insert("content-type", "application/fhir+json".parse().unwrap());
+    r
+}
+
+/// The webhook receiver: records (headers, body) of each POST to `/hook`, answers 200.
+#[derive(Default)]
+struct Hook {
+    got: Mutex<Vec<(http::HeaderMap, Bytes)>>,
+}
+
+async fn hook_handler(state: Arc<Hook>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if parts.method == http::Method::POST && parts.uri.path() == "/hook" {
+        state.got.lock().unwrap().push((parts.headers, bytes));
+    }
+    Response::new(Full::new(Bytes::from_static(b"ok")))
+}
+
+/// Checks `X-Ward-Signature: sha256=<hex HMAC-SHA256(secret, "<X-Ward-Timestamp>." + body)>`
+/// over the bytes as received; panics if it does not verify.
+fn verify_signature(headers: &http::HeaderMap, body: &[u8]) {
+    use aws_lc_rs::hmac;
+    let ts = headers
+        .get("x-ward-timestamp")
+        .expect("X-Ward-Timestamp header")
+        .to_str()
+        .unwrap();
+    assert!(
+        ts.parse::<u64>().is_ok(),
+        "X-Ward-Timestamp is not unix seconds: {ts}"
+    );
+    let sig = headers
+        .get("x-ward-signature")
+        .expect("X-Ward-Signature header")
+        .to_str()
+        .unwrap();
+    let sig_hex = sig
+        .strip_prefix("sha256=")
+        .unwrap_or_else(|| panic!("signature without `sha256=`: {sig}"));
+    let key = hmac::Key::new(hmac::HMAC_SHA256, WEBHOOK_SECRET.as_bytes());
+    let mut signed = format!("{ts}.").into_bytes();
+    signed.extend_from_slice(body);
+    assert_eq!(
+        sig_hex,
+        hex(hmac::sign(&key, &signed).as_ref()),
+        "signature over `<timestamp>.<body>` does not match"
+    );
+    let tag = unhex(sig_hex);
+    assert!(hmac::verify(&key, &signed, &tag).is_ok());
+    // The check above is meaningful: one byte more and it fails.
+    signed.push(b' ');
+    assert!(hmac::verify(&key, &signed, &tag).is_err());
+}
+
+/// Every delivery so far, signature verified, as (body text, JSON).
+fn deliveries(hook: &Hook) -> Vec<(String, Value)> {
+    let got = hook.got.lock().unwrap().clone();
+    got.into_iter()
+        .map(|(h, b)| {
+            verify_signature(&h, &b);
+            let v: Value = serde_json::from_slice(&b)
+                .unwrap_or_else(|_| panic!("webhook body is not JSON: {b:?}"));
+            (String::from_utf8(b.to_vec()).unwrap(), v)
+        })
+        .collect()
+}
+
+/// The deliveries whose `event` is `event`, waiting (bounded) for the first one: webhook
+/// delivery is asynchronous.
+async fn wait_events(hook: &Hook, event: &str) -> Vec<(String, Value)> {
+    for _ in 0..1000 {
+        let found: Vec<_> = deliveries(hook)
+            .into_iter()
+            .filter(|(_, v)| v["event"] == event)
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "no `{event}` webhook event arrived; got {:?}",
+        deliveries(hook)
+    );
+}
+
+/// The sum of the samples of `name` carrying all of `labels` (in any order).
+fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, set) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let pairs: Vec<&str> = set.split(',').collect();
+            let all = labels.iter().all(|(k, v)| {
+                let want = format!("{k}=\"{v}\"");
+                pairs.iter().any(|p| *p == want)
+            });
+            if n != name || !all {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+async fn metric(gw: &ward::Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (_, text) = admin_get(gw, "/metrics").await;
+    metric_in(&text, name, labels)
+}
+
+/// Wait (bounded) until a metric satisfies `ok` (gauges and delivery counters are updated
+/// by other tasks); returns the last value read.
+async fn wait_metric(
+    gw: &ward::Gateway,
+    name: &str,
+    labels: &[(&str, &str)],
+    ok: impl Fn(f64) -> bool,
+) -> f64 {
+    let mut v = metric(gw, name, labels).await;
+    for _ in 0..500 {
+        if ok(v) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        v = metric(gw, name, labels).await;
+    }
+    v
+}
+
+fn audit_records(env: &Env) -> Vec<Value> {
+    std::fs::read_to_string(env.path("audit/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Wait (bounded) for an audit record matching `pred` (signal records are written when
+/// the signal fires, on the gateway's audit writer).
+async fn wait_audit(env: &Env, pred: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..500 {
+        if let Some(r) = audit_records(env).into_iter().find(&pred) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no matching audit record in {:#?}", audit_records(env));
+}
+
+struct Setup {
+    env: Env,
+    /// Signs for `https://idp.test`.
+    key: KeyPair,
+    /// Signs for `https://other.test`.
+    other: KeyPair,
+    hook: Arc<Hook>,
+    hook_addr: SocketAddr,
+    up: SocketAddr,
+    ehr: Arc<UpstreamState>,
+}
+
+/// Keys, the auth policy (two issuers), the operators file, the webhook secret, the
+/// webhook receiver and the FHIR upstream.
+async fn setup() -> Setup {
+    let env = Env::new();
+    let key = KeyPair::generate().unwrap();
+    let other = KeyPair::generate().unwrap();
+    env.write("keys/idp.pub.pem", &key.public_key_pem());
+    env.write("keys/other.pub.pem", &other.public_key_pem());
+    env.write(
+        "policies/token.yaml",
+        "auth:\n  providers:\n    - name: idp\n      issuer: https://idp.test\n      audiences: [ehr]\n      algorithms: [ES256]\n      keys_file: keys/idp.pub.pem\n    - name: other\n      issuer: https://other.test\n      audiences: [ehr]\n      algorithms: [ES256]\n      keys_file: keys/other.pub.pem\n",
+    );
+    env.write("policies/audited.yaml", "audit: {}\n");
+    env.write(
+        "policies/guard.yaml",
+        "fhir_authz:\n  break_glass:\n    scope: emergency-access\n",
+    );
+    env.write(
+        "secrets/operators.txt",
+        &format!(
+            "# incident responders: <name> <sha256 hex of the token>\n{OPERATOR} {}\n",
+            sha256_hex(OPERATOR_TOKEN.as_bytes())
+        ),
+    );
+    env.write("secrets/operator.token", OPERATOR_TOKEN);
+    env.write("secrets/wrong.token", "not-an-operator-token");
+    env.write("secrets/webhook.key", WEBHOOK_SECRET);
+    std::fs::create_dir_all(env.path("state")).unwrap();
+    std::fs::create_dir_all(env.path("audit")).unwrap();
+    let hook = Arc::new(Hook::default());
+    let hook_addr = serve_http1(hook.clone(), hook_handler).await;
+    let ehr = Arc::new(UpstreamState::default());
+    let up = serve_http1(ehr.clone(), ehr_handler).await;
+    Setup {
+        env,
+        key,
+        other,
+        hook,
+        hook_addr,
+        up,
+        ehr,
+    }
+}
+
+/// What varies between the tests' configs.
+#[derive(Default)]
+struct Opts<'a> {
+    /// Policies of the `fhir` route (default `token`).
+    policies: &'a str,
+    /// Lines under `respond.signals` (4-space indented).
+    signals: &'a str,
+    /// Lines under `respond.actions` (4-space indented).
+    actions: &'a str,
+    /// Default `state/blocks.json`.
+    blocks_file: &'a str,
+    redis: Option<u16>,
+    /// A top-level `audit:` writing `audit/audit.jsonl`.
+    audit: bool,
+}
+
+impl Setup {
+    fn yaml(&self, o: &Opts) -> String {
+        let policies = if o.policies.is_empty() {
+            "token"
+        } else {
+            o.policies
+        };
+        let blocks_file = if o.blocks_file.is_empty() {
+            "state/blocks.json"
+        } else {
+            o.blocks_file
+        };
+        let actions = if o.actions.is_empty() {
+            "  actions: {}\n".to_owned()
+        } else {
+            format!("  actions:\n{}", o.actions)
+        };
+        let redis = o
+            .redis
+            .map(|p| format!("  redis:\n    url: redis://127.0.0.1:{p}/0\n"))
+            .unwrap_or_default();
+        let audit = if o.audit {
+            "audit:\n  path: audit/audit.jsonl\n  durability: fsync\n"
+        } else {
+            ""
+        };
+        let respond = format!(
+            "respond:\n  blocks_file: {blocks_file}\n  operators:\n    tokens_file: secrets/operators.txt\n  signals:\n    max_keys: 100000\n{signals}{actions}  throttle_per_minute: 30\n  webhook:\n    url: http://{hook}/hook\n    secret_file: secrets/webhook.key\n    timeout_ms: 5000\n    retries: 5\n{redis}",
+            signals = o.signals,
+            hook = self.hook_addr,
+        );
+        basic_config(self.up, "", "")
+            .replace(
+                "    path_prefix: /fhir\n    upstream: ehr\n    fhir: true\n",
+                &format!(
+                    "    path_prefix: /fhir\n    upstream: ehr\n    fhir: true\n    policies: [{policies}]\n"
+                ),
+            )
+            .replace("admin:\n  bind:", &format!("{respond}{audit}admin:\n  bind:"))
+    }
+
+    async fn start(&self, o: &Opts<'_>) -> ward::Gateway {
+        self.env.start(&self.yaml(o)).await
+    }
+
+    /// Requests the upstream saw for paths starting with `prefix`.
+    fn upstream_saw(&self, prefix: &str) -> usize {
+        self.ehr
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path_and_query.starts_with(prefix))
+            .count()
+    }
+}
+
+/// Load a config written to `file` (several gateways, several files: rewriting one file
+/// would have the running gateway reload it).
+fn load(env: &Env, file: &str, yaml: &str) -> ward::config::Config {
+    let p = env.write(file, yaml);
+    ward::config::load_with(&p, &|_| None).unwrap_or_else(|errs| panic!("config errors: {errs:#?}"))
+}
+
+/// GET `path` with a bearer token.
+async fn call(c: &TestClient, gw: &ward::Gateway, path: &str, token: &str) -> Reply {
+    call_with(c, gw, path, Some(token), &[]).await
+}
+
+/// GET `path` with an optional bearer token and extra headers.
+async fn call_with(
+    c: &TestClient,
+    gw: &ward::Gateway,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut b = Request::get(url(gw, path));
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(c, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+#[track_caller]
+fn assert_blocked(r: &Reply, what: &str) {
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "blocked"),
+        "{what}: {:?}",
+        r.body
+    );
+}
+
+// ------------------------------------------------------------------ operator API
+
+/// One request to the admin listener; the body as JSON (or `{"raw": text}`).
+async fn admin(
+    gw: &ward::Gateway,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Bytes>,
+) -> (u16, Value) {
+    let c: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", gw.admin_addr()));
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    let req = b.body(Full::new(body.unwrap_or_default())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), c.request(req))
+        .await
+        .expect("admin request did not hang")
+        .expect("admin request succeeded at the transport level");
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+    (status, v)
+}
+
+fn json_body(v: &Value) -> Option<Bytes> {
+    Some(Bytes::from(v.to_string()))
+}
+
+async fn list_blocks(gw: &ward::Gateway) -> Vec<Value> {
+    let (status, v) = admin(gw, "GET", "/blocks", Some(OPERATOR_TOKEN), None).await;
+    assert_eq!(status, 200, "{v}");
+    v["blocks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no `blocks` array: {v}"))
+}
+
+/// POST a block as the operator; returns the `block` of the 201 answer.
+async fn add_block(gw: &ward::Gateway, kind: &str, value: &str, reason: &str) -> Value {
+    let body =
+        json!({"target": {"kind": kind, "value": value}, "reason": reason, "ttl_secs": 3600});
+    let (status, v) = admin(
+        gw,
+        "POST",
+        "/blocks",
+        Some(OPERATOR_TOKEN),
+        json_body(&body),
+    )
+    .await;
+    assert_eq!(status, 201, "{kind} {value}: {v}");
+    v["block"].clone()
+}
+
+async fn remove_block(gw: &ward::Gateway, kind: &str, value: &str) -> bool {
+    let body = json!({"target": {"kind": kind, "value": value}});
+    let (status, v) = admin(
+        gw,
+        "DELETE",
+        "/blocks",
+        Some(OPERATOR_TOKEN),
+        json_body(&body),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    v["removed"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("no boolean `removed`: {v}"))
+}
+
+fn find_block<'a>(blocks: &'a [Value], kind: &str, value: &str) -> Option<&'a Value> {
+    blocks
+        .iter()
+        .find(|b| b["target"]["kind"] == kind && b["target"]["value"] == value)
+}
+
+/// `expires_at - created_at` of a block, in ms.
+fn block_ttl_ms(b: &Value) -> u64 {
+    let exp = b["expires_at"].as_u64().expect("expires_at (unix ms)");
+    let created = b["created_at"].as_u64().expect("created_at (unix ms)");
+    assert!(exp > created, "{b}");
+    exp - created
+}
+
+/// `ward <subcommand> --admin <admin addr> --token-file <file> <rest…>`:
+/// (success, stdout, stderr).
+async fn ward_cli(
+    gw: &ward::Gateway,
+    token_file: &Path,
+    subcommand: &str,
+    rest: &[&str],
+) -> (bool, String, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ward"))
+            .arg(subcommand)
+            .arg("--admin")
+            .arg(gw.admin_addr().to_string())
+            .arg("--token-file")
+            .arg(token_file)
+            .args(rest)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the CLI finished")
+    .expect("the CLI ran");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The blocks printed by `ward blocks` (`{"blocks": [...]}` or a bare array).
+fn printed_blocks(stdout: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("`ward blocks` did not print JSON: {stdout}"));
+    let list = if v.is_array() { &v } else { &v["blocks"] };
+    list.as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no block list in {v}"))
+}
+
+// ------------------------------------------------------------------ signals
+
+#[tokio::test]
+async fn reading_many_patients_fires_exfiltration_once_and_blocks_the_identity() {
+    let s = setup().await;
+    let gw = s
+        .start(&Opts {
+            signals: EXFIL_150,
+            actions: EXFIL_BLOCK,
+            audit: true,
+            ..Opts::default()
+        })
+        .await;
+    let c = client(&s.env.pki, false);
+    let alice = mint(&s.key, ISS, "alice", "user/*.read", None);
+    let ids: Vec<String> = (0..200).map(|i| format!("pat{i:03}")).collect();
+    let mut statuses = Vec::new();
+    for id in &ids {
+        let r = call(&c, &gw, &format!("/fhir/Patient/{id}"), &alice).await;
+        if r.status != 200 {
+            assert_blocked(&r, id);
+        }
+        statuses.push(r.status);
+    }
+    // The 150th distinct patient fires the signal; the block applies from the next read.
+    let served = statuses.iter().take_while(|s| **s == 200).count();
+    assert_eq!(served, 150, "{statuses:?}");
+    assert!(
+        statuses[served..].iter().all(|s| *s == 403),
+        "served again after the block: {statuses:?}"
+    );
+    // Still blocked, even for a patient already read; the upstream saw nothing more.
+    assert_blocked(
+        &call(&c, &gw, "/fhir/Patient/pat000", &alice).await,
+        "re-read",
+    );
+    assert_eq!(s.upstream_saw("/fhir/Patient/pat"), 150);
+    // Another user is served.
+    let bob = mint(&s.key, ISS, "bob", "user/*.read", None);
+    let r = call(&c, &gw, "/fhir/Patient/bob-own", &bob).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(s.upstream_saw("/fhir/Patient/bob-own"), 1);
+
+    let (_, m) = admin_get(&gw, "/metrics").await;
+    assert_eq!(
+        metric_in(
+            &m,
+            "ward_signals_total",
+            &[("signal", "exfiltration"), ("action", "block")]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_in(&m, "ward_signals_total", &[]),
+        1.0,
+        "one signal in all: {m}"
+    );
+    let refused = (statuses.len() - served + 1) as f64;
+    assert_eq!(
+        metric_in(&m, "ward_blocked_total", &[("kind", "sub")]),
+        refused,
+        "{m}"
+    );
+    // The automatic block, as operators see it: the identity, for duration_secs.
+    let blocks = list_blocks(&gw).await;
+    let b = find_block(&blocks, "sub", "https://idp.test|alice")
+        .unwrap_or_else(|| panic!("no block for alice: {blocks:#?}"));
+    assert!((3_599_000..=3_601_000).contains(&block_ttl_ms(b)), "{b}");
+    assert_eq!(blocks.len(), 1, "only alice is blocked: {blocks:#?}");
+
+    // One signed `signal` event naming the identity, never a patient.
+    let events = wait_events(&s.hook, "signal").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (text, ev) = &events[0];
+    assert_eq!(ev["signal"], "exfiltration", "{text}");
+    assert_eq!(ev["identity"], "sub:https://idp.test|alice", "{text}");
+    assert_eq!(ev["value"], 150, "{text}");
+    assert_eq!(ev["threshold"], 150, "{text}");
+    assert_eq!(ev["action"], "block", "{text}");
+    assert!(ev["until"].as_u64().is_some_and(|u| u > 0), "{text}");
+    for id in &ids {
+        assert!(!text.contains(id.as_str()), "patient id {id} in {text}");
+    }
+    assert!(
+        wait_metric(
+            &gw,
+            "ward_notifications_total",
+            &[("sink", "webhook"), ("result", "sent")],
+            |v| v >= 1.0
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "ward_notifications_total",
+            &[("sink", "webhook"), ("result", "failed")]
+        )
+        .await,
+        0.0
+    );
+
+    // And one audit record of kind `signal`, with the numbers and no patient id.
+    let rec = wait_audit(&s.env, |r| r["kind"] == "signal").await;
+    assert_eq!(rec["signal"], "exfiltration", "{rec}");
+    assert_eq!(rec["identity"], "sub:https://idp.test|alice", "{rec}");
+    assert_eq!(rec["value"], 150, "{rec}");
+    assert_eq!(rec["threshold"], 150, "{rec}");
+    assert_eq!(rec["action"], "block", "{rec}");
+    let rec_text = rec.to_string();
+    for id in &ids {
+        assert!(!rec_text.contains(id.as_str()), "patient id {id} in {rec}");
+    }
+    assert_eq!(
+        audit_records(&s.env)
+            .iter()
+            .filter(|r| r["kind"] == "signal")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn probing_with_invalid_tokens_blocks_the_address_before_authentication() {
+    let s = setup().await;
+    let gw = s
+        .start(&Opts {
+            signals: PROBING_20,
+            actions: PROBING_BLOCK,
+            ..Opts::default()
+        })
+        .await;
+    let c = client(&s.env.pki, false);
+    // Tokens signed by a key the gateway does not trust.
+    let attacker = KeyPair::generate().unwrap();
+    for i in 0..20 {
+        let forged = mint(&attacker, ISS, &format!("guess-{i}"), "user/*.read", None);
+        let r = call(&c, &gw, &format!("/fhir/Patient/x{i}"), &forged).await;
+        assert_eq!(r.status, 401, "attempt {i}: {:?}", r.body);
+    }
+    // The 20th denial fired `probing`: the address is blocked, whatever it presents.
+    let valid = mint(&s.key, ISS, "alice", "user/*.read", None);
+    assert_blocked(
+        &call(&c, &gw, "/fhir/Patient/1", &valid).await,
+        "valid token from the blocked address",
+    );
+    // No token at all: still 403 `blocked`, not 401 — the address is checked first.
+    assert_blocked(
+        &call_with(&c, &gw, "/fhir/Patient/1", None, &[]).await,
+        "no token from the blocked address",
+    );
+    assert_eq!(s.ehr.count(), 0, "nothing reached the upstream");
+
+    let (_, m) = admin_get(&gw, "/metrics").await;
+    assert_eq!(
+        metric_in(
+            &m,
+            "ward_signals_total",
+            &[("signal", "probing"), ("action", "block")]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_in(&m, "ward_blocked_total", &[("kind", "ip")]),
+        2.0,
+        "{m}"
+    );
+    let blocks = list_blocks(&gw).await;
+    let b = find_block(&blocks, "ip", "127.0.0.1")
+        .unwrap_or_else(|| panic!("no block for 127.0.0.1: {blocks:#?}"));
+    assert!((899_000..=901_000).contains(&block_ttl_ms(b)), "{b}");
+
+    let events = wait_events(&s.hook, "signal").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (text, ev) = &events[0];
+    assert_eq!(ev["signal"], "probing", "{text}");
+    assert_eq!(ev["identity"], "ip:127.0.0.1", "{text}");
+    assert_eq!(ev["value"], 20, "{text}");
+    assert_eq!(ev["threshold"], 20, "{text}");
+    assert_eq!(ev["action"], "block", "{text}");
+}
+
+// ------------------------------------------------------------------ operator blocks
+
+#[tokio::test]
+async fn the_operator_api_needs_an_operator_token_and_blocks_apply_at_once() {
+    let s = setup().await;
+    let gw = s.start(&Opts::default()).await;
+    let c = client(&s.env.pki, false);
+    let alice = mint(&s.key, ISS, "alice", "user/*.read", None);
+    let bob = mint(&s.key, ISS, "bob", "user/*.read", None);
+    let add = json!({"target": {"kind": "sub", "value": "alice"}, "reason": "stolen laptop", "ttl_secs": 3600});
+    let del = json!({"target": {"kind": "sub", "value": "alice"}});
+
+    // No token, a wrong one, or the stored hash instead of the token: never served.
+    let hash = sha256_hex(OPERATOR_TOKEN.as_bytes());
+    for (method, body) in [("GET", None), ("POST", Some(&add)), ("DELETE", Some(&del))] {
+        let (st, v) = admin(&gw, method, "/blocks", None, body.and_then(json_body)).await;
+        assert_eq!(st, 401, "{method}: {v}");
+        assert_eq!(
+            v["error"]["code"], "operator_auth_required",
+            "{method}: {v}"
+        );
+        for wrong in ["not-an-operator", hash.as_str()] {
+            let (st, v) = admin(
+                &gw,
+                method,
+                "/blocks",
+                Some(wrong),
+                body.and_then(json_body),
+            )
+            .await;
+            assert_eq!(st, 403, "{method} {wrong}: {v}");
+            assert_eq!(v["error"]["code"], "operator_denied", "{method}: {v}");
+        }
+    }
+    assert!(
+        list_blocks(&gw).await.is_empty(),
+        "a refused POST added a block"
+    );
+    assert_eq!(call(&c, &gw, "/fhir/Patient/a1", &alice).await.status, 200);
+
+    // The operator blocks alice: her very next request is refused, bob is served.
+    let (st, v) = admin(
+        &gw,
+        "POST",
+        "/blocks",
+        Some(OPERATOR_TOKEN),
+        json_body(&add),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let b = &v["block"];
+    assert_eq!(b["target"], json!({"kind": "sub", "value": "alice"}), "{v}");
+    assert_eq!(b["reason"], "stolen laptop", "{v}");
+    assert_eq!(b["created_by"], OPERATOR, "{v}");
+    assert!(b["id"].as_str().is_some_and(|id| !id.is_empty()), "{v}");
+    assert!((3_599_000..=3_601_000).contains(&block_ttl_ms(b)), "{v}");
+    let seen = s.ehr.count();
+    assert_blocked(
+        &call(&c, &gw, "/fhir/Patient/a2", &alice).await,
+        "alice after the block",
+    );
+    assert_eq!(
+        s.ehr.count(),
+        seen,
+        "the blocked request reached the upstream"
+    );
+    assert_eq!(call(&c, &gw, "/fhir/Patient/b1", &bob).await.status, 200);
+    let blocks = list_blocks(&gw).await;
+    assert_eq!(blocks.len(), 1, "{blocks:#?}");
+    let listed = find_block(&blocks, "sub", "alice").expect("alice listed");
+    assert_eq!(listed["created_by"], OPERATOR);
+    assert_eq!(listed["reason"], "stolen laptop");
+    assert_eq!(listed["id"], b["id"]);
+    assert_eq!(
+        wait_metric(&gw, "ward_blocks_active", &[], |v| v == 1.0).await,
+        1.0
+    );
+    assert_eq!(
+        metric(&gw, "ward_blocked_total", &[("kind", "sub")]).await,
+        1.0
+    );
+
+    // Malformed blocks: 400 `invalid_block`, nothing added.
+    let bad = [
+        json!({"target": {"kind": "planet", "value": "x"}, "reason": "r", "ttl_secs": 60}),
+        json!({"target": {"kind": "cidr", "value": "10.0.0.0/33"}, "reason": "r", "ttl_secs": 60}),
+        json!({"target": {"kind": "ip", "value": "999.1.1.1"}, "reason": "r", "ttl_secs": 60}),
+        json!({"target": {"kind": "cert_sha256", "value": "abc"}, "reason": "r", "ttl_secs": 60}),
+        json!({"reason": "no target", "ttl_secs": 60}),
+    ];
+    for body in &bad {
+        let (st, v) = admin(
+            &gw,
+            "POST",
+            "/blocks",
+            Some(OPERATOR_TOKEN),
+            json_body(body),
+        )
+        .await;
+        assert_eq!(st, 400, "{body}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_block", "{body}: {v}");
+    }
+    let (st, v) = admin(
+        &gw,
+        "POST",
+        "/blocks",
+        Some(OPERATOR_TOKEN),
+        Some(Bytes::from_static(b"{\"target\": ")),
+    )
+    .await;
+    assert_eq!(st, 400, "truncated JSON: {v}");
+    assert_eq!(v["error"]["code"], "invalid_block", "{v}");
+    assert_eq!(list_blocks(&gw).await.len(), 1);
+
+    // Removed: served again; removing it twice says so.
+    assert!(remove_block(&gw, "sub", "alice").await);
+    assert_eq!(call(&c, &gw, "/fhir/Patient/a3", &alice).await.status, 200);
+    assert!(!remove_block(&gw, "sub", "alice").await);
+    assert!(list_blocks(&gw).await.is_empty());
+    assert_eq!(
+        wait_metric(&gw, "ward_blocks_active", &[], |v| v == 0.0).await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_sub_block_without_an_issuer_matches_every_issuer_and_with_one_only_that_one() {
+    let s = setup().await;
+    let gw = s.start(&Opts::default()).await;
+    let c = client(&s.env.pki, false);
+    let idp_alice = mint(&s.key, ISS, "alice", "user/*.read", None);
+    let other_alice = mint(&s.other, OTHER_ISS, "alice", "user/*.read", None);
+    let bob = mint(&s.key, ISS, "bob", "user/*.read", None);
+    for t in [&idp_alice, &other_alice, &bob] {
+        assert_eq!(call(&c, &gw, "/fhir/Patient/1", t).await.status, 200);
+    }
+    add_block(&gw, "sub", "alice", "shared account").await;
+    assert_blocked(
+        &call(&c, &gw, "/fhir/Patient/1", &idp_alice).await,
+        "alice at idp.test",
+    );
+    assert_blocked(
+        &call(&c, &gw, "/fhir/Patient/1", &other_alice).await,
+        "alice at other.test",
+    );
+    assert_eq!(call(&c, &gw, "/fhir/Patient/1", &bob).await.status, 200);
+    assert!(remove_block(&gw, "sub", "alice").await);
+    add_block(&gw, "sub", "https://idp.test|alice", "idp.test account").await;
+    assert_blocked(
+        &call(&c, &gw, "/fhir/Patient/1", &idp_alice).await,
+        "alice at idp.test",
+    );
+    let r = call(&c, &gw, "/fhir/Patient/1", &other_alice).await;
+    assert_eq!(r.status, 200, "another issuer's alice: {:?}", r.body);
+}
+
+#[tokio::test]
+async fn blocks_survive_a_restart() {
+    let s = setup().await;
+    let cfg = s.env.config(&s.yaml(&Opts::default()));
+    let gw = ward::Gateway::start(cfg.clone())
+        .await
+        .expect("gateway starts");
+    add_block(&gw, "sub", "alice", "stolen laptop").await;
+    add_block(&gw, "cidr", "10.20.0.0/16", "scanner").await;
+    gw.begin_shutdown();
+    tokio::time::timeout(Duration::from_secs(30), gw.drained())
+        .await
+        .expect("drain completes");
+    // Persisted as JSON in the blocks file.
+    let text = std::fs::read_to_string(s.env.path("state/blocks.json")).expect("blocks file");
+    assert!(
+        serde_json::from_str::<Value>(&text).is_ok(),
+        "blocks file is not JSON: {text}"
+    );
+    assert!(text.contains("stolen laptop"), "{text}");
+
+    let gw = ward::Gateway::start(cfg).await.expect("gateway restarts");
+    let blocks = list_blocks(&gw).await;
+    let alice_block = find_block(&blocks, "sub", "alice")
+        .unwrap_or_else(|| panic!("alice's block was lost: {blocks:#?}"));
+    assert_eq!(alice_block["created_by"], OPERATOR);
+    assert_eq!(alice_block["reason"], "stolen laptop");
+    assert!(
+        find_block(&blocks, "cidr", "10.20.0.0/16").is_some(),
+        "{blocks:#?}"
+    );
+    let c = client(&s.env.pki, false);
+    let alice = mint(&s.key, ISS, "alice", "user/*.read", None);
+    assert_blocked(
+        &call(&c, &gw, "/fhir/Patient/1", &alice).await,
+        "alice after the restart",
+    );
+    let bob = mint(&s.key, ISS, "bob", "user/*.read", None);
+    assert_eq!(call(&c, &gw, "/fhir/Patient/1", &bob).await.status, 200);
+    assert_eq!(s.upstream_saw("/fhir/Patient/1"), 1, "only bob's request");
+}
+
+#[tokio::test]
+async fn the_cli_blocks_lists_and_unblocks_through_the_admin_api() {
+    let s = setup().await;
+    let gw = s.start(&Opts::default()).await;
+    let c = client(&s.env.pki, false);
+    let bob = mint(&s.key, ISS, "bob", "user/*.read", None);
+    let token = s.env.path("secrets/operator.token");
+    let wrong = s.env.path("secrets/wrong.token");
+    assert_eq!(call(&c, &gw, "/fhir/Patient/1", &bob).await.status, 200);
+
+    let (ok, out, err) = ward_cli(
+        &gw,
+        &token,
+        "block",
+        &["--ip", "127.0.0.1", "--reason", "cli drill", "--ttl", "1h"],
+    )
+    .await;
+    assert!(ok, "ward block failed: {out}{err}");
+    assert_blocked(
+        &call(&c, &gw, "/fhir/Patient/1", &bob).await,
+        "after ward block --ip",
+    );
+    let (ok, out, err) = ward_cli(&gw, &token, "blocks", &[]).await;
+    assert!(ok, "ward blocks failed: {out}{err}");
+    let printed = printed_blocks(&out);
+    let b = find_block(&printed, "ip", "127.0.0.1")
+        .unwrap_or_else(|| panic!("ward blocks does not list the block: {out}"));
+    assert_eq!(b["reason"], "cli drill", "{out}");
+    assert_eq!(b["created_by"], OPERATOR, "{out}");
+    assert!((3_599_000..=3_601_000).contains(&block_ttl_ms(b)), "{out}");
+
+    // A wrong operator token: non-zero, a message, and nothing changed.
+    let (ok, _, err) = ward_cli(&gw, &wrong, "unblock", &["--ip", "127.0.0.1"]).await;
+    assert!(!ok, "unblock with a wrong token succeeded");
+    assert!(!err.trim().is_empty(), "no message on stderr");
+    let (ok, _, err) = ward_cli(&gw, &wrong, "blocks", &[]).await;
+    assert!(
+        !ok && !err.trim().is_empty(),
+        "blocks with a wrong token: {err}"
+    );
+    // An invalid target: non-zero with a message.
+    let (ok, _, err) = ward_cli(
+        &gw,
+        &token,
+        "block",
+        &["--cidr", "10.0.0.0/33", "--reason", "typo", "--ttl", "1h"],
+    )
+    .await;
+    assert!(
+        !ok && !err.trim().is_empty(),
+        "invalid CIDR accepted: {err}"
+    );
+    assert_eq!(list_blocks(&gw).await.len(), 1);
+
+    let (ok, out, err) = ward_cli(&gw, &token, "unblock", &["--ip", "127.0.0.1"]).await;
+    assert!(ok, "ward unblock failed: {out}{err}");
+    let (ok, out, err) = ward_cli(&gw, &token, "blocks", &[]).await;
+    assert!(ok, "ward blocks failed: {out}{err}");
+    assert!(
+        find_block(&printed_blocks(&out), "ip", "127.0.0.1").is_none(),
+        "{out}"
+    );
+    assert_eq!(call(&c, &gw, "/fhir/Patient/1", &bob).await.status, 200);
+}
+
+// ------------------------------------------------------------------ replicas (Redis)
+
+/// A `redis-server` on a loopback port, stopped on drop.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+fn redis_binary() -> String {
+    for p in [
+        "redis-server",
+        "/usr/bin/redis-server",
+        "/usr/local/bin/redis-server",
+    ] {
+        if Command::new(p).arg("--version").output().is_ok() {
+            return p.to_owned();
+        }
+    }
+    panic!("redis-server not found: install it (apt-get install redis-server); .ci/test does this");
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        let port = dead_addr().await.port();
+        let port_arg = port.to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(redis_binary())
+            .args(["--bind", "127.0.0.1", "--port", port_arg.as_str()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let mut r = Redis {
+            port,
+            child: Some(child),
+            _dir: dir,
+        };
+        // Ready when it answers PING (bounded).
+        for _ in 0..500 {
+            if r.ping().await {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        r.stop();
+        panic!("redis-server did not answer PING on port {port}");
+    }
+
+    async fn ping(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        if s.write_all(b"PING\r\n").await.is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).await.is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn a_block_added_on_one_replica_is_refused_by_the_other_on_the_next_request() {
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    let port = redis.port;
+    let replica = |file: &str, blocks: &str| {
+        load(
+            &s.env,
+            file,
+            &s.yaml(&Opts {
+                blocks_file: blocks,
+                redis: Some(port),
+                ..Opts::default()
+            }),
+        )
+    };
+    let a = ward::Gateway::start(replica("a.yaml", "state/a-blocks.json"))
+        .await
+        .expect("replica A starts");
+    let b = ward::Gateway::start(replica("b.yaml", "state/b-blocks.json"))
+        .await
+        .expect("replica B starts");
+    let c = client(&s.env.pki, false);
+    let alice = mint(&s.key, ISS, "alice", "user/*.read", None);
+    let bob = mint(&s.key, ISS, "bob", "user/*.read", None);
+    for gw in [&a, &b] {
+        assert_eq!(call(&c, gw, "/fhir/Patient/1", &alice).await.status, 200);
+    }
+    let seen = s.ehr.count();
+
+    // Added on A, refused by B on the very next request (no waiting), and by A.
+    add_block(&a, "sub", "alice", "session hijack").await;
+    assert_blocked(
+        &call(&c, &b, "/fhir/Patient/1", &alice).await,
+        "alice on replica B",
+    );
+    assert_blocked(
+        &call(&c, &a, "/fhir/Patient/1", &alice).await,
+        "alice on replica A",
+    );
+    assert_eq!(
+        s.ehr.count(),
+        seen,
+        "a blocked request reached the upstream"
+    );
+    assert_eq!(call(&c, &b, "/fhir/Patient/1", &bob).await.status, 200);
+
+    // The other way round, for an address: added on B, refused by A before auth.
+    add_block(&b, "ip", "127.0.0.1", "compromised host").await;
+    assert_blocked(
+        &call(&c, &a, "/fhir/Patient/1", &bob).await,
+        "bob from a blocked address on replica A",
+    );
+    assert_eq!(s.ehr.count(), seen + 1);
+    redis.stop();
+}
+
+// ------------------------------------------------------------------ break-glass
+
+#[tokio::test]
+async fn break_glass_is_entitled_reasoned_audited_counted_and_announced() {
+    const REASON: &str = "Unresponsive patient in ED, allergy history needed";
+    let s = setup().await;
+    let gw = s
+        .start(&Opts {
+            policies: "audited, token, guard",
+            audit: true,
+            ..Opts::default()
+        })
+        .await;
+    let c = client(&s.env.pki, false);
+    let plain = mint(
+        &s.key,
+        ISS,
+        "dr-house",
+        "launch/patient patient/*.read",
+        Some("px-alpha"),
+    );
+    let entitled = mint(
+        &s.key,
+        ISS,
+        "dr-grey",
+        "launch/patient patient/*.read emergency-access",
+        Some("px-alpha"),
+    );
+    // The guard works in front of this upstream: the own patient is served.
+    let r = call(&c, &gw, "/fhir/Patient/px-alpha", &entitled).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // The header without the entitlement.
+    let r = call_with(
+        &c,
+        &gw,
+        "/fhir/Patient/px-bravo",
+        Some(plain.as_str()),
+        &[("break-glass-reason", REASON)],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "break_glass_not_permitted"),
+        "{:?}",
+        r.body
+    );
+    // The entitlement with no real reason.
+    for empty in ["", "   "] {
+        let r = call_with(
+            &c,
+            &gw,
+            "/fhir/Patient/px-bravo",
+            Some(entitled.as_str()),
+            &[("break-glass-reason", empty)],
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "break_glass_reason_invalid"),
+            "reason {empty:?}: {:?}",
+            r.body
+        );
+    }
+    // The entitlement without the header: the normal compartment refusal.
+    let r = call(&c, &gw, "/fhir/Patient/px-bravo", &entitled).await;
+    assert!(
+        matches!(r.status, 403 | 404) && !r.code().starts_with("break_glass"),
+        "{} {:?}",
+        r.status,
+        r.body
+    );
+    // Never a way around authentication.
+    let r = call_with(
+        &c,
+        &gw,
+        "/fhir/Patient/px-bravo",
+        None,
+        &[("break-glass-reason", REASON)],
+    )
+    .await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
+    assert_eq!(s.upstream_saw("/fhir/Patient/px-bravo"), 0);
+    assert_eq!(
+        metric(&gw, "ward_break_glass_total", &[("route", "fhir")]).await,
+        0.0
+    );
+
+    // Entitlement and reason: served.
+    let r = call_with(
+        &c,
+        &gw,
+        "/fhir/Patient/px-bravo",
+        Some(entitled.as_str()),
+        &[("break-glass-reason", REASON)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["id"], "px-bravo");
+    assert_eq!(s.upstream_saw("/fhir/Patient/px-bravo"), 1);
+    assert_eq!(
+        metric(&gw, "ward_break_glass_total", &[("route", "fhir")]).await,
+        1.0
+    );
+
+    // Audited with the reason; no other record claims break-glass.
+    let recs = audit_records(&s.env);
+    let glass: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["break_glass"].as_bool() == Some(true))
+        .collect();
+    assert_eq!(glass.len(), 1, "{recs:#?}");
+    assert_eq!(glass[0]["break_glass_reason"], REASON, "{}", glass[0]);
+    assert_eq!(glass[0]["resource_type"], "Patient", "{}", glass[0]);
+    assert_eq!(glass[0]["decision"], "allow", "{}", glass[0]);
+
+    // Announced: signed, naming who and where, without the reason or the patient.
+    let events = wait_events(&s.hook, "break_glass").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (text, ev) = &events[0];
+    assert_eq!(ev["identity"], "sub:https://idp.test|dr-grey", "{text}");
+    assert_eq!(ev["route"], "fhir", "{text}");
+    assert_eq!(ev["resource_type"], "Patient", "{text}");
+    assert!(!text.contains(REASON), "the reason leaked: {text}");
+    assert!(
+        !text.contains("px-bravo") && !text.contains("px-alpha"),
+        "a patient id leaked: {text}"
+    );
+}
+
+#[tokio::test]
+async fn repeated_dlp_blocks_fire_the_dlp_signal_and_throttle_the_identity() {
+    let s = setup().await;
+    s.env.write(
+        "policies/phi.yaml",
+        "dlp:\n  detectors:\n    ssn: { action: block }\n",
+    );
+    let yaml = s
+        .yaml(&Opts {
+            policies: "token, phi",
+            signals: "    dlp:\n      blocked: 2\n      window_secs: 3600\n",
+            actions: "    dlp:\n      action: throttle\n      duration_secs: 600\n",
+            ..Opts::default()
+        })
+        .replace("  throttle_per_minute: 30\n", "  throttle_per_minute: 1\n");
+    let gw = s.env.start(&yaml).await;
+    let c = client(&s.env.pki, false);
+    let mallory = mint(&s.key, ISS, "mallory", "user/*.read", None);
+    // The upstream answers with the id it was asked for: an SSN-shaped id comes back in
+    // the body and DLP refuses the response whole.
+    for _ in 0..2 {
+        let r = call(&c, &gw, "/fhir/Patient/123-45-6789", &mallory).await;
+        assert_eq!(r.status, 403, "{:?}", r.body);
+        assert_eq!(r.code(), "dlp_blocked");
+    }
+    // Throttled: one request a minute, then 429 `throttled`.
+    let first = call(&c, &gw, "/fhir/Patient/ok-1", &mallory).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    let second = call(&c, &gw, "/fhir/Patient/ok-2", &mallory).await;
+    assert_eq!(second.status, 429, "{:?}", second.body);
+    assert_eq!(second.code(), "throttled");
+    assert!(second.headers.contains_key("retry-after"));
+    // Others are not throttled.
+    let alice = mint(&s.key, ISS, "alice", "user/*.read", None);
+    for i in 0..3 {
+        let r = call(&c, &gw, &format!("/fhir/Patient/a{i}"), &alice).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let (_, m) = admin_get(&gw, "/metrics").await;
+    assert_eq!(
+        metric_in(
+            &m,
+            "ward_signals_total",
+            &[("signal", "dlp"), ("action", "throttle")]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_in(&m, "ward_blocked_total", &[("kind", "throttle")]),
+        1.0,
+        "{m}"
+    );
+    let events = wait_events(&s.hook, "signal").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["signal"], "dlp");
+    assert_eq!(events[0].1["identity"], "sub:https://idp.test|mallory");
+    assert!(!events[0].0.contains("123-45-6789"));
+}
