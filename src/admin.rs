@@ -168,6 +168,9 @@ async fn blocks_api(state: &AdminState, req: Request<Incoming>) -> Response<Body
             match r.remove_block(&d.target).await {
                 Ok(removed) => {
                     tracing::warn!(target: "ward::respond", operator = %operator, target = ?d.target, removed, "block removed");
+                    if removed {
+                        r.notify(serde_json::json!({"event": "block_removed", "operator": operator, "target": d.target})).await;
+                    }
                     reply(
                         StatusCode::OK,
                         "application/json",

@@ -461,6 +461,9 @@ impl Gateway {
             ),
             None => None,
         };
+        if let Some(r) = &respond {
+            r.start_sync(shutdown_rx.clone());
+        }
         let mut generation = reload::build(
             &cfg,
             &metrics,
@@ -548,6 +551,7 @@ impl Gateway {
             )
             .map_err(|e| anyhow::anyhow!("mllp listener {}: {e}", m.name))?;
             ctx.tls_generation = generation;
+            ctx.respond = respond.clone();
             mllp_bound.push((tcp, Arc::new(ctx)));
         }
         let admin_tcp = TcpListener::bind(&cfg.admin.bind)

@@ -322,6 +322,8 @@ pub struct MllpCtx {
     /// Bumped by each TLS reload of this listener (see `handle`).
     pub tls_generation: Arc<AtomicU64>,
     audit: Option<crate::audit::AuditLog>,
+    /// Detect and respond: blocked senders are not served (set after construction).
+    pub respond: Option<Arc<crate::respond::Respond>>,
     /// DLP (engine, report-only, direction: `request` = messages to the receiver,
     /// `response` = its ACKs and replies).
     dlp: Option<(Arc<crate::dlp::Engine>, bool, crate::dlp::Direction)>,
@@ -397,6 +399,7 @@ impl MllpCtx {
             conn_limit: Arc::new(Semaphore::new(cfg.max_connections)),
             tls_generation: Arc::new(AtomicU64::new(0)),
             audit: if cfg.audit { audit } else { None },
+            respond: None,
             dlp,
             metrics: DlpMetrics {
                 dlp_findings: metrics.dlp_findings.clone(),
@@ -582,6 +585,15 @@ async fn handle<S>(
         if identity.is_some() && ctx.tls_generation.load(Ordering::Acquire) != generation {
             tracing::info!(target: "ward::mllp", listener = %ctx.name, "TLS settings reloaded; closing a connection verified under the old ones");
             break;
+        }
+        // Blocked addresses and certificates (operator or signal blocks) are not served,
+        // checked per message so a block made mid-connection applies to the next one.
+        if let Some(r) = &ctx.respond {
+            let cert = identity.as_deref().map(|i| i.cert_sha256.as_str());
+            if r.sender_blocked(cert, peer.ip()) {
+                tracing::warn!(target: "ward::mllp", listener = %ctx.name, peer = %peer.ip(), "blocked sender; connection closed");
+                break;
+            }
         }
         let (answer, close) = match next {
             Ok(None) => break,

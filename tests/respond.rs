@@ -1363,3 +1363,46 @@ async fn repeated_dlp_blocks_fire_the_dlp_signal_and_throttle_the_identity() {
     assert_eq!(events[0].1["identity"], "sub:https://idp.test|mallory");
     assert!(!events[0].0.contains("123-45-6789"));
 }
+
+#[tokio::test]
+async fn a_blocked_address_is_not_served_on_mllp_listeners_either() {
+    use tokio::io::AsyncWriteExt;
+    let s = setup().await;
+    let dead = dead_addr().await;
+    let yaml = s.yaml(&Opts::default()).replacen(
+        "respond:\n",
+        &format!("mllp:\n  - name: hl7\n    bind: 127.0.0.1:0\n    plaintext: true\n    upstream:\n      address: {dead}\n      ack_timeout: 2s\nrespond:\n"),
+        1,
+    );
+    let gw = s.env.start(&yaml).await;
+    let msg = b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20240315083012||ADT^A01|BLK-1|P|2.5.1\rEVN|A01|20240315083000\rPID|1||1^^^H^MR||Doe^Jo||19700101|F\rPV1|1|I\r";
+    let framed = [&b"\x0b"[..], msg, b"\x1c\x0d"].concat();
+    // Before the block: an answer (AE: the receiver is down).
+    let mut c = tokio::net::TcpStream::connect(gw.addr("hl7").unwrap())
+        .await
+        .unwrap();
+    c.write_all(&framed).await.unwrap();
+    let mut r = ward::hl7v2::mllp::FrameReader::new(c, 1 << 20);
+    let ack = r
+        .next(Duration::from_secs(30), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("an ACK before the block");
+    assert_eq!(ward::hl7v2::parse_ack(&ack).unwrap().0.as_str(), "AE");
+    add_block(&gw, "ip", "127.0.0.1", "compromised interface engine").await;
+    // After it: the connection is closed without an answer.
+    let mut c = tokio::net::TcpStream::connect(gw.addr("hl7").unwrap())
+        .await
+        .unwrap();
+    let _ = c.write_all(&framed).await;
+    let mut r = ward::hl7v2::mllp::FrameReader::new(c, 1 << 20);
+    let next = r
+        .next(Duration::from_secs(30), Duration::from_secs(30))
+        .await;
+    assert!(matches!(next, Ok(None) | Err(_)), "{next:?}");
+    let (_, m) = admin_get(&gw, "/metrics").await;
+    assert!(
+        metric_in(&m, "ward_blocked_total", &[("kind", "ip")]) >= 1.0,
+        "{m}"
+    );
+}

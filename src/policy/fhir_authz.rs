@@ -332,19 +332,34 @@ impl Inner {
                     "Break-Glass-Reason must state a reason (1 to 500 characters)",
                 )
             })?;
-        if !matches!(
-            f.interaction,
+        // One patient's record, not a dump: instance reads, that patient's history and
+        // compartment, or a search naming the patient.
+        let names_patient = f.params.iter().any(|p| {
+            matches!(
+                p.name.split(':').next().unwrap_or(""),
+                "patient" | "subject" | "_id"
+            ) && !p.value.contains(',')
+        });
+        let one_patient = match f.interaction {
             Interaction::Read
-                | Interaction::Vread
-                | Interaction::SearchType
-                | Interaction::SearchCompartment
-                | Interaction::HistoryInstance
-        ) {
+            | Interaction::Vread
+            | Interaction::HistoryInstance
+            | Interaction::SearchCompartment => true,
+            Interaction::SearchType => names_patient,
+            _ => false,
+        };
+        if !one_patient {
             return Err(denied(
                 "break_glass_read_only",
-                "emergency access is for reading only",
+                "emergency access reads one patient's record: an instance, its history or compartment, or a search naming the patient",
             ));
         }
+        Ok(Some(reason.to_owned()))
+    }
+
+    /// Charge one use of the daily break-glass allowance (after the request is known to
+    /// be allowed, so a refused attempt costs nothing).
+    fn charge_break_glass(&self, claims: &Claims) -> Result<(), Rejection> {
         if let Some(l) = &self.break_glass_limit {
             if l.check_key(&format!("{}|{}", claims.iss, claims.sub))
                 .is_err()
@@ -356,7 +371,7 @@ impl Inner {
                 ));
             }
         }
-        Ok(Some(reason.to_owned()))
+        Ok(())
     }
 
     fn decide(
@@ -1046,6 +1061,7 @@ where
     let break_glass = a.break_glass(f, claims, &parts)?;
     let plan = a.decide(f, claims, &mut params, break_glass.is_some())?;
     if let Some(reason) = break_glass {
+        a.charge_break_glass(claims)?;
         let route = parts
             .extensions
             .get::<crate::context::RouteId>()

@@ -161,6 +161,20 @@ impl RespondConfig {
         if let Err(e) = Signals::new(&self.signals) {
             out.push(("signals".into(), e));
         }
+        for (name, a) in [
+            ("exfiltration", self.actions.exfiltration),
+            ("probing", self.actions.probing),
+            ("volume", self.actions.volume),
+            ("dlp", self.actions.dlp),
+            ("off_hours", self.actions.off_hours),
+        ] {
+            if a.duration_secs == 0 || a.duration_secs > 30 * 24 * 3600 {
+                out.push((
+                    format!("actions.{name}.duration_secs"),
+                    "between 1 second and 30 days".into(),
+                ));
+            }
+        }
         if self.throttle_per_minute == 0 {
             out.push((
                 "throttle_per_minute".into(),
@@ -347,6 +361,17 @@ impl Respond {
         found
     }
 
+    /// An MLLP sender (its address and certificate) blocked? Metric counted.
+    pub fn sender_blocked(&self, cert: Option<&str>, ip: IpAddr) -> bool {
+        match self.check_local(&[], None, cert, Some(ip)) {
+            Some(kind) => {
+                self.metrics.blocked.with_label_values(&[kind]).inc();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A local block check.
     fn check_local(
         &self,
@@ -356,7 +381,12 @@ impl Respond {
         ip: Option<IpAddr>,
     ) -> Option<&'static str> {
         let now = now_ms();
-        let b = self.blocks.read().ok()?;
+        // A poisoned lock still holds a valid list (writes replace it whole): keep
+        // enforcing it rather than failing open.
+        let b = self
+            .blocks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(blk) = b.check(None, client, cert, ip, now) {
             return Some(kind_label(&blk.target));
         }
@@ -400,18 +430,29 @@ impl Respond {
 
     /// Add a block (operator or signal) locally, persisted, and in Redis when shared.
     pub async fn add_block(&self, block: Block) -> Result<Block, String> {
-        {
-            let mut b = self.blocks.write().map_err(|_| "block list unavailable")?;
+        let block = {
+            let mut b = self
+                .blocks
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             b.add(block.clone(), now_ms())?;
-        }
+            // As stored: normalised (IPv4-mapped addresses, /32 networks, host bits).
+            b.active(now_ms())
+                .into_iter()
+                .find(|x| x.id == block.id)
+                .unwrap_or(block)
+        };
         if let Some((conn, key)) = &self.redis {
             let mut conn = conn.clone();
             let v = serde_json::to_string(&block).map_err(|e| e.to_string())?;
-            let r: Result<(), _> = redis::cmd("HSET")
-                .arg(key)
+            // Never shorten a block another replica (or an operator) made: a client cannot
+            // trade a 30-day block for a 15-minute one by tripping a signal elsewhere.
+            let r: Result<i64, _> = redis::Script::new(KEEP_LATER)
+                .key(key)
                 .arg(target_key(&block.target))
                 .arg(v)
-                .query_async(&mut conn)
+                .arg(block.expires_at)
+                .invoke_async(&mut conn)
                 .await;
             if let Err(e) = r {
                 tracing::warn!(target: "ward::respond", error = %e, "block not shared through redis");
@@ -423,7 +464,10 @@ impl Respond {
 
     pub async fn remove_block(&self, target: &BlockTarget) -> Result<bool, String> {
         let removed = {
-            let mut b = self.blocks.write().map_err(|_| "block list unavailable")?;
+            let mut b = self
+                .blocks
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             b.remove(target)?
         };
         if let Some((conn, key)) = &self.redis {
@@ -538,6 +582,74 @@ impl Respond {
     }
 }
 
+/// HSET only if no entry, or the stored block expires earlier. ARGV: field, block JSON,
+/// its `expires_at`.
+const KEEP_LATER: &str = r#"
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then
+  local ok, b = pcall(cjson.decode, old)
+  if ok and type(b) == 'table' and tonumber(b['expires_at']) and tonumber(b['expires_at']) >= tonumber(ARGV[3]) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
+impl Respond {
+    /// Blocks other replicas shared through Redis, merged into the local list now and then:
+    /// networks (which a per-request lookup by key cannot find) and a memory of remote
+    /// blocks for when Redis is unreachable. Expired entries are pruned from Redis.
+    pub fn start_sync(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        if self.redis.is_none() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = crate::server::stopped(&mut stop) => break,
+                    _ = tick.tick() => me.sync_once().await,
+                }
+            }
+        });
+    }
+
+    async fn sync_once(&self) {
+        let Some((conn, key)) = &self.redis else {
+            return;
+        };
+        let mut conn = conn.clone();
+        let all: Result<Vec<(String, String)>, _> =
+            redis::cmd("HGETALL").arg(key).query_async(&mut conn).await;
+        let Ok(all) = all else {
+            return;
+        };
+        let now = now_ms();
+        let mut live = Vec::new();
+        let mut stale = Vec::new();
+        for (field, v) in all {
+            match serde_json::from_str::<Block>(&v) {
+                Ok(b) if b.expires_at > now => live.push(b),
+                _ => stale.push(field),
+            }
+        }
+        if !stale.is_empty() {
+            let _: Result<i64, _> = redis::cmd("HDEL")
+                .arg(key)
+                .arg(&stale)
+                .query_async(&mut conn)
+                .await;
+        }
+        self.blocks
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .merge_remote(live, now);
+        self.update_gauge();
+    }
+}
+
 fn kind_label(t: &BlockTarget) -> &'static str {
     match t {
         BlockTarget::Sub(_) => "sub",
@@ -575,6 +687,7 @@ fn key_target(key: &str) -> Option<BlockTarget> {
         "sub" => BlockTarget::Sub(v.to_owned()),
         "client" => BlockTarget::ClientId(v.to_owned()),
         "cert" => BlockTarget::CertSha256(v.to_owned()),
+        "ip" if v.ends_with("/64") => BlockTarget::Cidr(v.parse().ok()?),
         "ip" => BlockTarget::Ip(v.parse().ok()?),
         _ => return None,
     })
@@ -661,17 +774,46 @@ pub struct RespondSvc<S> {
     r: Arc<Respond>,
 }
 
-/// The patient a successful request read, from its URL.
+/// The signal key of an address: IPv6 clients are counted per /64 (one host can rotate
+/// through a whole /64).
+fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        IpAddr::V6(v6) => format!("ip:{}", v6.to_ipv4_mapped().map_or(ip, IpAddr::V4)),
+        v4 => format!("ip:{v4}"),
+    }
+}
+
+/// The patient a successful request was about, from its URL: `Patient/<id>` (read,
+/// history, operations such as `$everything`), compartment searches, and searches naming
+/// the patient (`Observation?patient=<id>`, `subject=Patient/<id>`).
 fn patient_of(f: &FhirRequest) -> Option<String> {
     if let Some((t, id)) = &f.compartment {
         if *t == "Patient" {
             return Some(id.clone());
         }
     }
-    match (f.interaction, f.resource_type, f.id.as_deref()) {
-        (Interaction::Read | Interaction::Vread, Some("Patient"), Some(id)) => Some(id.to_owned()),
-        _ => None,
+    if let (Some("Patient"), Some(id)) = (f.resource_type, f.id.as_deref()) {
+        return Some(id.to_owned());
     }
+    if f.interaction == Interaction::SearchType {
+        for p in &f.params {
+            let name = p.name.split(':').next().unwrap_or("");
+            if matches!(name, "patient" | "subject" | "beneficiary")
+                || (f.resource_type == Some("Patient") && name == "_id")
+            {
+                let v = p.value.split(',').next().unwrap_or("");
+                let id = v.rsplit('/').next().unwrap_or(v);
+                if !id.is_empty() {
+                    return Some(id.to_owned());
+                }
+            }
+        }
+    }
+    None
 }
 
 impl<S> tower::Service<Request<Body>> for RespondSvc<S>
@@ -698,6 +840,14 @@ where
             .extensions()
             .get::<RequestContext>()
             .map(|c| c.client_ip);
+        // The address is only evidence about a client when it is the client's own: a
+        // trusted proxy that sent no forwarding header would otherwise be blocked for
+        // everyone behind it.
+        let ip_key = req
+            .extensions()
+            .get::<RequestContext>()
+            .filter(|c| !(c.trusted_peer && c.client_ip == c.peer.ip()))
+            .map(|c| ip_key(c.client_ip));
         let cert = req
             .extensions()
             .get::<Arc<ClientIdentity>>()
@@ -717,6 +867,20 @@ where
                 r.metrics.blocked.with_label_values(&[kind]).inc();
                 return Err(blocked());
             }
+            // Blocks made on other replicas, before any work is spent on the request.
+            if r.redis.is_some() {
+                let mut keys = Vec::new();
+                if let Some(ip) = ip {
+                    keys.push(format!("ip:{ip}"));
+                }
+                if let Some(c) = &cert {
+                    keys.push(format!("cert:{c}"));
+                }
+                if let Some(kind) = r.check_shared(&keys).await {
+                    r.metrics.blocked.with_label_values(&[kind]).inc();
+                    return Err(blocked());
+                }
+            }
             let result = crate::policy::call_next(inner, req).await;
             let identity = slot.get();
             let status = match &result {
@@ -727,8 +891,10 @@ where
             let now = now_ms();
             let mut fired = Vec::new();
             if matches!(status.as_u16(), 401 | 403 | 404) && !matches!(code, Some("blocked")) {
-                if let Some(ip) = ip {
-                    fired.extend(r.signals.observe_denial(&format!("ip:{ip}"), now));
+                // Per address: only the gateway's own refusals (an upstream's 404 is no
+                // evidence against an address that many people may share).
+                if let (Some(k), true) = (&ip_key, code.is_some()) {
+                    fired.extend(r.signals.observe_denial(k, now));
                 }
                 if let Some(id) = &identity {
                     fired.extend(r.signals.observe_denial(id, now));
