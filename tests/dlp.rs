@@ -184,6 +184,7 @@ dlp:
   detectors:
     ssn: {}
     phone: {}
+    url: {}
     card: { action: mask, keep_last: 4 }
   fhir:
     - path: Patient.identifier.where(system='http://hl7.org/fhir/sid/us-ssn').value
@@ -343,7 +344,12 @@ async fn fhir_response_is_redacted_and_stays_valid() {
     let note = v["extension"][0]["valueString"].as_str().unwrap();
     assert!(note.contains("**** **** **** 1111"), "{note}");
     assert!(note.contains("[REDACTED]"), "{note}");
-    assert!(v["text"]["div"].as_str().unwrap().contains("[REDACTED]"));
+    let div = v["text"]["div"].as_str().unwrap();
+    assert!(div.contains("[REDACTED]"), "{div}");
+    assert!(
+        div.starts_with("<div xmlns=\"http://www.w3.org/1999/xhtml\">"),
+        "{div}"
+    );
     // Headers describe the new body.
     assert_eq!(
         r.headers["content-length"].to_str().unwrap(),

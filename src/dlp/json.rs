@@ -762,8 +762,10 @@ impl<'a> Walk<'a> {
                     info.map(|i| i.kind)
                 };
                 let mut child = Ctx {
+                    // `_x` holds an Element (id, extensions): typed, so an extension's `url`
+                    // is a uri and not free text.
                     ty: if ext_sibling {
-                        None
+                        crate::fhir::validate::complex_type_of(b"Element")
                     } else {
                         info.map(|i| i.ty)
                     },
@@ -783,6 +785,13 @@ impl<'a> Walk<'a> {
                     removed = true;
                     matched = None;
                 }
+                // On an `_x` extension sibling a transform has no value to work on, and its
+                // extensions may carry the same fact (a birth time): it goes instead.
+                let matched = matched.map(|(act, rule)| match act {
+                    Action::Block | Action::Redact | Action::Report => (act, rule),
+                    _ if ext_sibling => (Action::Redact, rule),
+                    _ => (act, rule),
+                });
                 if let Some((act, rule)) = matched {
                     self.report.add(self.eng.rule_label(rule), act);
                     match act {
@@ -1405,7 +1414,16 @@ impl<'a> Walk<'a> {
                             }
                         }
                     }
-                    attr.retain(|h| !text_byte[h.start..h.end].iter().any(|t| *t));
+                    // In markup only detectors that look at any value count: `url` and
+                    // `date` would take the mandatory `xmlns` or an `href` apart.
+                    let eng = self.eng;
+                    attr.retain(|h| {
+                        !text_byte[h.start..h.end].iter().any(|t| *t)
+                            && eng
+                                .detectors
+                                .get(usize::from(h.detector))
+                                .is_some_and(|d| d.any_type)
+                    });
                 }
             }
             let mut r = Ok(false);
@@ -1905,7 +1923,7 @@ mod tests {
 
     #[test]
     fn narrative_markup_is_kept_and_attributes_are_scanned() {
-        let e = engine(serde_json::json!({"detectors": {"ssn": {}, "email": {}}}));
+        let e = engine(serde_json::json!({"detectors": {"ssn": {}, "email": {}, "url": {}}}));
         let p = r#"{"resourceType":"Patient","text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>123-45<span>-6789</span></p><a href=\"mailto:jane@example.org\">mail</a><p>&#49;23-45-6789</p></div>"},"active":true}"#;
         let (out, rep) = run(&e, p);
         let v = valid(&out.unwrap());
@@ -1914,6 +1932,10 @@ mod tests {
         assert!(!div.contains("6789"), "{div}");
         assert!(
             div.contains("<span>") && div.contains("</span>") && div.contains("</a>"),
+            "{div}"
+        );
+        assert!(
+            div.starts_with("<div xmlns=\"http://www.w3.org/1999/xhtml\">"),
             "{div}"
         );
         assert!(rep.total() >= 2, "{rep:?}");
@@ -1998,6 +2020,24 @@ mod tests {
         assert!(v.get("name").is_none(), "{v}");
         assert_eq!(v["telecom"][0]["system"], "phone");
         assert!(v["telecom"][0].get("value").is_none());
+    }
+
+    #[test]
+    fn extension_siblings_stay_valid() {
+        // Found by the fuzzer: a transform matching `birthDate` also reached `_birthDate`
+        // and removed its extension's `url`.
+        let e = engine(serde_json::json!({"preset": "safe_harbor", "detectors": {"url": {}}}));
+        let p = r#"{"resourceType":"Patient","birthDate":"1974-12-25","_birthDate":{"extension":[{"url":"http://hl7.org/fhir/StructureDefinition/patient-birthTime","valueDateTime":"1974-12-25T14:35:45-05:00"}]},"active":true}"#;
+        let (out, _) = run(&e, p);
+        let v = valid(&out.unwrap());
+        assert_eq!(v["birthDate"], "1974");
+        assert!(v.get("_birthDate").is_none(), "{v}");
+        let q = r#"{"resourceType":"Patient","_gender":{"extension":[{"url":"http://example.org/x","valueString":"n/a"}]},"gender":"other"}"#;
+        let (out, _) = run(&e, q);
+        if let Some(out) = out {
+            let v = valid(&out);
+            assert_eq!(v["_gender"]["extension"][0]["url"], "http://example.org/x");
+        }
     }
 
     #[test]

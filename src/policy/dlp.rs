@@ -206,7 +206,13 @@ fn markup(eng: &Engine, body: &[u8], report: &mut Report) -> Verdict {
         if text_byte[h.start..h.end].iter().any(|t| *t) {
             continue;
         }
-        let Some(det) = eng.detectors.get(usize::from(h.detector)) else {
+        // Markup: only detectors that look at any value (not `url`/`date`, which would
+        // take namespaces and links apart).
+        let Some(det) = eng
+            .detectors
+            .get(usize::from(h.detector))
+            .filter(|d| d.any_type)
+        else {
             continue;
         };
         report.add(det.label, det.action);

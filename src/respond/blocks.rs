@@ -391,6 +391,16 @@ impl BlockList {
         taken
     }
 
+    /// Replaces every block learned from other replicas with `blocks` (the shared set as
+    /// it is now): a block lifted elsewhere stops applying here too. Returns how many
+    /// were taken.
+    pub fn replace_remote(&mut self, blocks: impl IntoIterator<Item = Block>, now: u64) -> usize {
+        self.remote.clear();
+        let n = self.merge_remote(blocks, now);
+        self.rebuild();
+        n
+    }
+
     /// The block that applies to a request, if any. Checks sub, client id,
     /// certificate, exact IP, then CIDRs (scanned only if any exist).
     /// `cert` is hex SHA-256 (case-insensitive); `ip` may be IPv4-mapped.

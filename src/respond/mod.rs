@@ -645,7 +645,7 @@ impl Respond {
         self.blocks
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .merge_remote(live, now);
+            .replace_remote(live, now);
         self.update_gauge();
     }
 }
