@@ -248,6 +248,43 @@ fn hex4(s: &[u8]) -> Option<u32> {
     Some(v)
 }
 
+/// The character of the escape at `raw[i]` (a backslash) and the escape's length. A lone
+/// surrogate decodes to U+FFFD (it cannot hide a digit).
+fn escape_at(raw: &[u8], i: usize) -> Result<(char, usize), JsonError> {
+    let e = *raw.get(i + 1).ok_or(JsonError::Malformed)?;
+    Ok(match e {
+        b'"' => ('"', 2),
+        b'\\' => ('\\', 2),
+        b'/' => ('/', 2),
+        b'b' => ('\u{8}', 2),
+        b'f' => ('\u{c}', 2),
+        b'n' => ('\n', 2),
+        b'r' => ('\r', 2),
+        b't' => ('\t', 2),
+        b'u' => {
+            let hi =
+                hex4(raw.get(i + 2..).ok_or(JsonError::Malformed)?).ok_or(JsonError::Malformed)?;
+            if (0xD800..0xDC00).contains(&hi) {
+                let lo = raw
+                    .get(i + 6..i + 8)
+                    .filter(|p| *p == b"\\u")
+                    .and_then(|_| hex4(raw.get(i + 8..)?))
+                    .filter(|lo| (0xDC00..0xE000).contains(lo));
+                match lo {
+                    Some(lo) => {
+                        let cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                        (char::from_u32(cp).unwrap_or('\u{FFFD}'), 12)
+                    }
+                    None => ('\u{FFFD}', 6),
+                }
+            } else {
+                (char::from_u32(hi).unwrap_or('\u{FFFD}'), 6)
+            }
+        }
+        _ => return Err(JsonError::Malformed),
+    })
+}
+
 /// Decode JSON string content `raw` (between the quotes, starting at body offset `base`)
 /// into `out`, with `map[i]` = the body range that produced `out[i]`.
 fn unescape_map(
@@ -267,38 +304,7 @@ fn unescape_map(
             i += 1;
             continue;
         }
-        let e = *raw.get(i + 1).ok_or(JsonError::Malformed)?;
-        let (ch, len) = match e {
-            b'"' => ('"', 2),
-            b'\\' => ('\\', 2),
-            b'/' => ('/', 2),
-            b'b' => ('\u{8}', 2),
-            b'f' => ('\u{c}', 2),
-            b'n' => ('\n', 2),
-            b'r' => ('\r', 2),
-            b't' => ('\t', 2),
-            b'u' => {
-                let hi = hex4(raw.get(i + 2..).ok_or(JsonError::Malformed)?)
-                    .ok_or(JsonError::Malformed)?;
-                if (0xD800..0xDC00).contains(&hi) {
-                    let lo = raw
-                        .get(i + 6..i + 8)
-                        .filter(|p| *p == b"\\u")
-                        .and_then(|_| hex4(raw.get(i + 8..)?))
-                        .filter(|lo| (0xDC00..0xE000).contains(lo));
-                    match lo {
-                        Some(lo) => {
-                            let cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
-                            (char::from_u32(cp).unwrap_or('\u{FFFD}'), 12)
-                        }
-                        None => ('\u{FFFD}', 6),
-                    }
-                } else {
-                    (char::from_u32(hi).unwrap_or('\u{FFFD}'), 6)
-                }
-            }
-            _ => return Err(JsonError::Malformed),
-        };
+        let (ch, len) = escape_at(raw, i)?;
         let mut buf = [0u8; 4];
         for &b in ch.encode_utf8(&mut buf).as_bytes() {
             out.push(b);
@@ -320,38 +326,7 @@ fn unescape_plain(raw: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
         };
         out.extend_from_slice(&raw[i..i + off]);
         i += off;
-        let e = *raw.get(i + 1).ok_or(JsonError::Malformed)?;
-        let (ch, len) = match e {
-            b'"' => ('"', 2),
-            b'\\' => ('\\', 2),
-            b'/' => ('/', 2),
-            b'b' => ('\u{8}', 2),
-            b'f' => ('\u{c}', 2),
-            b'n' => ('\n', 2),
-            b'r' => ('\r', 2),
-            b't' => ('\t', 2),
-            b'u' => {
-                let hi = hex4(raw.get(i + 2..).ok_or(JsonError::Malformed)?)
-                    .ok_or(JsonError::Malformed)?;
-                if (0xD800..0xDC00).contains(&hi) {
-                    let lo = raw
-                        .get(i + 6..i + 8)
-                        .filter(|p| *p == b"\\u")
-                        .and_then(|_| hex4(raw.get(i + 8..)?))
-                        .filter(|lo| (0xDC00..0xE000).contains(lo));
-                    match lo {
-                        Some(lo) => {
-                            let cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
-                            (char::from_u32(cp).unwrap_or('\u{FFFD}'), 12)
-                        }
-                        None => ('\u{FFFD}', 6),
-                    }
-                } else {
-                    (char::from_u32(hi).unwrap_or('\u{FFFD}'), 6)
-                }
-            }
-            _ => return Err(JsonError::Malformed),
-        };
+        let (ch, len) = escape_at(raw, i)?;
         let mut buf = [0u8; 4];
         out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
         i += len;
@@ -1381,7 +1356,7 @@ impl<'a> Walk<'a> {
             }
             // Map identity: the hits are already body offsets.
             let mut found: Vec<Hit> = self.hits[first..last].to_vec();
-            return self.apply_hits(&mut found, kind, None, s);
+            return self.apply_hits(&mut found, kind);
         }
         // Decode and scan this string alone. The offset map back to the body is built only
         // once something is found: most strings scanned here are clean narratives.
@@ -1472,13 +1447,7 @@ impl<'a> Walk<'a> {
     }
 
     /// Findings with body offsets (no escapes in the string).
-    fn apply_hits(
-        &mut self,
-        found: &mut [Hit],
-        kind: ValueKind,
-        _unused: Option<()>,
-        _s: usize,
-    ) -> Result<bool, JsonError> {
+    fn apply_hits(&mut self, found: &mut [Hit], kind: ValueKind) -> Result<bool, JsonError> {
         let b = self.b;
         let mut remove = false;
         for h in found.iter() {
