@@ -722,29 +722,11 @@ pub enum TextOutcome {
     Blocked,
 }
 
-/// The `safe_harbor` preset. HIPAA's 18 identifiers (45 CFR 164.514(b)(2)(i)) and what
-/// covers each, as far as content shows them — the README has the table:
-///
-/// (A) names — FHIR `name` of Patient, RelatedPerson, Patient.contact; PID-5, PID-6, PID-9,
-///     NK1-2 (free-text names cannot be told from words: add `keywords` for known ones);
-/// (B) geography below state — `address.line/city/district/text` removed, `postalCode` to
-///     three digits (restricted prefixes to `000`); PID-11, NK1-4;
-/// (C) dates except year — `birthDate`, `deceasedDateTime` to year (ages over 89 capped),
-///     the `date` detector in free text; PID-7, PID-29;
-/// (D–F) phone, fax, email — `telecom` removed; `phone`, `email` detectors; PID-13/14, NK1-5;
-/// (G) SSN — the `us-ssn` identifier and the `ssn` detector; PID-19;
-/// (H) medical record numbers — `Patient.identifier` removed, PID-3; `mrn` detector when
-///     the site gives its pattern;
-/// (I) health plan beneficiary numbers — the `mbi` detector, Coverage identifiers;
-/// (J) account numbers — the `card` detector, `Account.identifier`, PID-18;
-/// (K) certificate/licence numbers — `Patient.identifier` (driver's licence), PID-20;
-/// (L) vehicle identifiers — the `vin` detector;
-/// (M) device identifiers — `Device.identifier`, `serialNumber`, `udiCarrier`;
-/// (N) URLs — the `url` detector in free text, `telecom` urls;
-/// (O) IP addresses — the `ip` detector;
-/// (P) biometric identifiers, (Q) full-face photographs — `Patient.photo`, `Media.content`
-///     and `Binary` data are removed (content cannot be inspected);
-/// (R) any other unique identifying number — `npi` and custom detectors.
+/// The `safe_harbor` preset: HIPAA's 18 identifiers (45 CFR 164.514(b)(2)(i)) as far as
+/// content shows them. The README's table says, identifier by identifier, which rule or
+/// detector below covers it. Names, addresses, contact points, reference displays and
+/// attachments are matched by data type, so they are covered in every resource; every
+/// typed date is generalised to its year (`Engine::compile` sets `dates`).
 #[allow(clippy::type_complexity)]
 fn safe_harbor() -> (
     BTreeMap<String, DetectorConfig>,
