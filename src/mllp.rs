@@ -796,6 +796,53 @@ impl MllpCtx {
         Some(ack)
     }
 
+    /// DLP over one message in one direction (`request`: to the receiver, `response`: its
+    /// reply): counted by detector and outcome, its counts added to the audit record and
+    /// logged — never values.
+    fn dlp_run(
+        &self,
+        eng: &crate::dlp::Engine,
+        report_only: bool,
+        dir: &'static str,
+        msg: &[u8],
+        dlp_counts: &mut Option<serde_json::Value>,
+    ) -> Result<crate::dlp::hl7::Hl7Outcome, crate::dlp::hl7::Hl7Error> {
+        use crate::dlp::hl7::Hl7Outcome;
+        let mut rep = crate::dlp::Report::default();
+        let out = crate::dlp::hl7::process(eng, msg, &mut rep);
+        let m = &self.metrics;
+        for &(label, act, n) in &rep.counts {
+            m.dlp_findings
+                .with_label_values(&[&*self.name, eng.label(label), act.label()])
+                .inc_by(u64::from(n));
+        }
+        m.dlp_scanned_bytes
+            .with_label_values(&[&*self.name, dir])
+            .inc_by(u64::try_from(msg.len()).unwrap_or(u64::MAX));
+        if !rep.is_empty() {
+            let counts = crate::policy::audit::dlp_counts(eng, &rep);
+            match dlp_counts {
+                Some(serde_json::Value::Object(o)) => {
+                    o.insert(dir.into(), counts);
+                }
+                _ => *dlp_counts = Some(serde_json::json!({ dir: counts })),
+            }
+            tracing::info!(target: "ward::dlp", listener = %self.name, direction = dir, findings = rep.total(), by_detector = %crate::policy::dlp::summary(eng, &rep), "dlp findings");
+        }
+        let outcome = match (&out, report_only) {
+            (_, true) if rep.is_empty() => "clean",
+            (_, true) => "reported",
+            (Ok(Hl7Outcome::Unchanged), _) => "clean",
+            (Ok(Hl7Outcome::Rewritten(_)), _) => "rewritten",
+            (Ok(Hl7Outcome::Blocked), _) => "blocked",
+            (Err(_), _) => "error",
+        };
+        m.dlp_messages
+            .with_label_values(&[&*self.name, dir, outcome])
+            .inc();
+        out
+    }
+
     /// DLP on the receiver's reply (`direction: response` or `both`): ACKs and query
     /// replies can carry PID too. A refused reply becomes the gateway's own AE (the message
     /// was delivered; what came back is withheld); `Err` carries that ACK.
@@ -808,37 +855,7 @@ impl MllpCtx {
         let Some((eng, report_only, _)) = self.dlp.as_ref().filter(|d| d.2.responses()) else {
             return Ok(reply);
         };
-        let mut rep = crate::dlp::Report::default();
-        let out = crate::dlp::hl7::process(eng, &reply, &mut rep);
-        let m = &self.metrics;
-        for &(label, act, n) in &rep.counts {
-            m.dlp_findings
-                .with_label_values(&[&*self.name, eng.label(label), act.label()])
-                .inc_by(u64::from(n));
-        }
-        m.dlp_scanned_bytes
-            .with_label_values(&[&*self.name, "response"])
-            .inc_by(u64::try_from(reply.len()).unwrap_or(u64::MAX));
-        if !rep.is_empty() {
-            let counts = crate::policy::audit::dlp_counts(eng, &rep);
-            match dlp_counts {
-                Some(serde_json::Value::Object(o)) => {
-                    o.insert("response".into(), counts);
-                }
-                _ => *dlp_counts = Some(serde_json::json!({ "response": counts })),
-            }
-        }
-        let outcome = match (&out, report_only) {
-            (_, true) if rep.is_empty() => "clean",
-            (_, true) => "reported",
-            (Ok(crate::dlp::hl7::Hl7Outcome::Unchanged), _) => "clean",
-            (Ok(crate::dlp::hl7::Hl7Outcome::Rewritten(_)), _) => "rewritten",
-            (Ok(crate::dlp::hl7::Hl7Outcome::Blocked), _) => "blocked",
-            (Err(_), _) => "error",
-        };
-        m.dlp_messages
-            .with_label_values(&[&*self.name, "response", outcome])
-            .inc();
+        let out = self.dlp_run(eng, *report_only, "response", &reply, dlp_counts);
         if *report_only {
             return Ok(reply);
         }
@@ -927,38 +944,7 @@ impl MllpCtx {
         // the bytes that will be forwarded. The ACK still answers the sender's MSH-10.
         let mut rewritten: Option<Vec<u8>> = None;
         if let Some((eng, report_only, _)) = self.dlp.as_ref().filter(|d| d.2.requests()) {
-            let mut rep = crate::dlp::Report::default();
-            let out = crate::dlp::hl7::process(eng, msg, &mut rep);
-            let m = &self.metrics;
-            for &(label, act, n) in &rep.counts {
-                m.dlp_findings
-                    .with_label_values(&[&*self.name, eng.label(label), act.label()])
-                    .inc_by(u64::from(n));
-            }
-            m.dlp_scanned_bytes
-                .with_label_values(&[&*self.name, "request"])
-                .inc_by(u64::try_from(msg.len()).unwrap_or(u64::MAX));
-            if !rep.is_empty() {
-                *dlp_counts = Some(serde_json::json!({
-                    "request": crate::policy::audit::dlp_counts(eng, &rep)
-                }));
-                tracing::info!(target: "ward::dlp", listener = %self.name, findings = rep.total(), by_detector = %crate::policy::dlp::summary(eng, &rep), "dlp findings");
-            }
-            let outcome = match (&out, report_only) {
-                (_, true) => "reported",
-                (Ok(crate::dlp::hl7::Hl7Outcome::Unchanged), _) => "clean",
-                (Ok(crate::dlp::hl7::Hl7Outcome::Rewritten(_)), _) => "rewritten",
-                (Ok(crate::dlp::hl7::Hl7Outcome::Blocked), _) => "blocked",
-                (Err(_), _) => "error",
-            };
-            let outcome = if *report_only && rep.is_empty() {
-                "clean"
-            } else {
-                outcome
-            };
-            m.dlp_messages
-                .with_label_values(&[&*self.name, "request", outcome])
-                .inc();
+            let out = self.dlp_run(eng, *report_only, "request", msg, dlp_counts);
             if !report_only {
                 match out {
                     Ok(crate::dlp::hl7::Hl7Outcome::Unchanged) => {}

@@ -105,6 +105,10 @@ struct Xhtml<'x> {
     tmap: &'x [(u32, u32)],
 }
 
+/// A transforming rule's action, the rule, and whether this value is the matched element
+/// itself (`direct`) rather than a leaf below it.
+type Transform = (Action, u16, bool);
+
 /// What the enclosing context says about a value.
 #[derive(Clone, Copy)]
 struct Ctx<'s> {
@@ -115,7 +119,7 @@ struct Ctx<'s> {
     /// Matches whose `where` is decided per item of this (array) value.
     item_matches: &'s [(Action, u16)],
     /// A transform applied to the leaves below (`direct`: this value is the matched element).
-    transform: Option<(Action, u16, bool)>,
+    transform: Option<Transform>,
     /// Scan strings for free-text findings.
     scan: bool,
     /// This value is where a resource is expected (root, `contained`, `entry.resource`).
@@ -564,6 +568,29 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// Carry out the rule that matched an element: count it, then block (the walk stops),
+    /// redact (the value is skipped: `true` = remove it), report, or hand back the
+    /// transform the value's leaves get.
+    fn apply_match(
+        &mut self,
+        (act, rule): (Action, u16),
+    ) -> Result<(bool, Option<Transform>), JsonError> {
+        self.report.add(self.eng.rule_label(rule), act);
+        Ok(match act {
+            Action::Block => {
+                self.blocked = true;
+                self.skip()?;
+                (false, None)
+            }
+            Action::Redact => {
+                self.skip()?;
+                (true, None)
+            }
+            Action::Report => (false, None),
+            a => (false, Some((a, rule, true))),
+        })
+    }
+
     /// Findings of the whole-body pass inside `[s, e)` of a member name or a number,
     /// where nothing can be rewritten in place: `(remove the element, block)`. Only
     /// detectors that look at any value (not the free-text-only ones) count.
@@ -722,10 +749,7 @@ impl<'a> Walk<'a> {
                         false
                     };
                     if ok {
-                        matched = Some(match matched {
-                            Some(m) if Engine::stronger(m.0, act) => m,
-                            _ => (act, rule),
-                        });
+                        matched = strongest(matched, (act, rule));
                     }
                 }
                 if is_obj {
@@ -767,22 +791,12 @@ impl<'a> Walk<'a> {
                     _ if ext_sibling => (Action::Redact, rule),
                     _ => (act, rule),
                 });
-                if let Some((act, rule)) = matched {
-                    self.report.add(self.eng.rule_label(rule), act);
-                    match act {
-                        Action::Block => {
-                            self.blocked = true;
-                            self.skip()?;
-                        }
-                        Action::Redact => {
-                            self.skip()?;
-                            removed = true;
-                        }
-                        Action::Report => {}
-                        a => {
-                            child.transform = Some((a, rule, true));
-                            child.item_matches = &[];
-                        }
+                if let Some(m) = matched {
+                    let (gone, transform) = self.apply_match(m)?;
+                    removed |= gone;
+                    if transform.is_some() {
+                        child.transform = transform;
+                        child.item_matches = &[];
                     }
                 }
                 if self.pos == vstart {
@@ -918,25 +932,14 @@ impl<'a> Walk<'a> {
                     let mut matched: Option<(Action, u16)> = None;
                     for &(act, rule) in ctx.item_matches {
                         if self.conds_hold(vstart, self.eng.rules.conds_last(rule))? {
-                            matched = Some(match matched {
-                                Some(m) if Engine::stronger(m.0, act) => m,
-                                _ => (act, rule),
-                            });
+                            matched = strongest(matched, (act, rule));
                         }
                     }
-                    if let Some((act, rule)) = matched {
-                        self.report.add(self.eng.rule_label(rule), act);
-                        match act {
-                            Action::Block => {
-                                self.blocked = true;
-                                self.skip()?;
-                            }
-                            Action::Redact => {
-                                self.skip()?;
-                                removed = true;
-                            }
-                            Action::Report => {}
-                            a => item_ctx.transform = Some((a, rule, true)),
+                    if let Some(m) = matched {
+                        let (gone, transform) = self.apply_match(m)?;
+                        removed |= gone;
+                        if transform.is_some() {
+                            item_ctx.transform = transform;
                         }
                     }
                     if self.pos == vstart {
@@ -1702,6 +1705,14 @@ impl<'a> Walk<'a> {
         out.extend_from_slice(&b[cur..]);
         Ok(out)
     }
+}
+
+/// Of several rules matching one element, the strongest action wins.
+fn strongest(cur: Option<(Action, u16)>, next: (Action, u16)) -> Option<(Action, u16)> {
+    Some(match cur {
+        Some(m) if Engine::stronger(m.0, next.0) => m,
+        _ => next,
+    })
 }
 
 /// `Patient/123` from a reference (`Patient/123`, `https://ehr/fhir/Patient/123/_history/2`).
