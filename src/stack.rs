@@ -19,6 +19,8 @@
 //!                      reads them
 //!   authn (JWT)      — bearer token → verified claims
 //!   rate limit       — limits keyed by token claims (`sub`, `client_id`, patient)
+//!   HEAD as GET      — on routes whose policies read responses: a HEAD is answered with
+//!                      the headers of the GET those policies would answer
 //!   FHIR authz       — SMART scopes, patient compartment: needs the verified claims
 //!   validate         — FHIR R4 / HL7 v2 bodies: only authorised bodies are worth parsing
 //!   DLP              — PHI detection/redaction (`policy/dlp.rs`): closest to the upstream,
@@ -239,6 +241,8 @@ pub fn build(
         )),
         None => None,
     };
+    let head_as_get =
+        (dlp.is_some() || fhir_authz.is_some()).then_some(crate::policy::head::HeadAsGetLayer);
     let respond_outer = shared
         .respond
         .clone()
@@ -265,6 +269,9 @@ pub fn build(
         .option_layer(respond_claims)
         // rate limit (claim keys): needs the verified claims
         .option_layer(rate.after_auth)
+        // HEAD as GET: the policies below decide on the response body, so a HEAD gets the
+        // status and headers of the GET they would answer (never the upstream's own)
+        .option_layer(head_as_get)
         // FHIR authz: SMART scopes and the patient-compartment guard (needs the claims)
         .option_layer(fhir_authz)
         // validate: FHIR / HL7 v2 bodies, after authorization (only authorised bodies are

@@ -78,6 +78,8 @@ use aho_corasick::{
 };
 use regex_automata::{meta, Input, MatchKind};
 
+use crate::dlp::canon::Canon;
+
 /// Context window before a candidate, in bytes ("SSN: " up to a short label away).
 pub const CONTEXT_BEFORE: usize = 40;
 /// Context window after a candidate, in bytes ("1234567893 (NPI)").
@@ -327,6 +329,11 @@ pub struct Scanner {
     context: Option<ContextSet>,
     /// Per detector: does any context word concern it?
     has_ctx: Vec<bool>,
+    /// Per detector: a *container* shape (`url`, `date`) that never takes the attribution of
+    /// a coalesced finding from another detector. A URL holding an SSN is reported as the
+    /// SSN (over the URL's span), so a typed `uri` element that the `url` detector does not
+    /// apply to still loses the SSN.
+    weak: Vec<bool>,
 }
 
 fn builtin_of(k: &Kind) -> Option<B> {
@@ -532,6 +539,14 @@ impl Scanner {
             })
         };
 
+        let mut weak = vec![false; names.len()];
+        for b in [B::Url, B::Date] {
+            for &d in &builtin[b as usize] {
+                if let Some(w) = weak.get_mut(usize::from(d)) {
+                    *w = true;
+                }
+            }
+        }
         let en: [bool; NB] = std::array::from_fn(|i| !builtin[i].is_empty());
         let numeric = [B::Ssn, B::Card, B::Npi, B::Phone, B::Ip, B::Date]
             .iter()
@@ -553,6 +568,7 @@ impl Scanner {
             keywords,
             context,
             has_ctx,
+            weak,
         })
     }
 
@@ -578,7 +594,54 @@ impl Scanner {
 
     /// Appends every accepted finding in `hay` to `out`, sorted by start, non-overlapping.
     /// Existing contents of `out` are left alone.
+    ///
+    /// The detectors read the canonical form of `hay` (`canon.rs`: Unicode digits as ASCII,
+    /// invisible characters removed, look-alike spaces and dashes folded, NFKC); findings are
+    /// reported as spans of `hay` that cover every original byte of the finding. ASCII input
+    /// is scanned as it is.
     pub fn scan(&self, hay: &[u8], out: &mut Vec<Hit>) {
+        thread_local! {
+            static CANON: std::cell::RefCell<Canon> = std::cell::RefCell::new(Canon::default());
+        }
+        if hay.is_ascii() {
+            return self.scan_raw(hay, out);
+        }
+        CANON.with(|cell| {
+            // A scan never re-enters itself; should it ever, it works on a fresh copy.
+            let mut fresh = Canon::default();
+            let mut guard = cell.try_borrow_mut();
+            let canon: &mut Canon = match guard.as_mut() {
+                Ok(c) => c,
+                Err(_) => &mut fresh,
+            };
+            if !canon.build(hay) {
+                return self.scan_raw(hay, out);
+            }
+            let first = out.len();
+            self.scan_raw(&canon.text, out);
+            for h in out[first..].iter_mut() {
+                h.start = canon.map_start(h.start);
+                h.end = canon.map_end(h.end);
+            }
+            // Two findings inside one replaced character (a ligature) now overlap: merge.
+            let mut w = first;
+            for r in first..out.len() {
+                if w > first && out[r].start < out[w - 1].end {
+                    out[w - 1].end = out[w - 1].end.max(out[r].end);
+                    continue;
+                }
+                out[w] = out[r];
+                w += 1;
+            }
+            out.truncate(w);
+            // Very large canonical copies are not kept for the next scan.
+            if canon.text.capacity() > 1 << 20 {
+                *canon = Canon::default();
+            }
+        })
+    }
+
+    fn scan_raw(&self, hay: &[u8], out: &mut Vec<Hit>) {
         // Dense JSON yields about one candidate per 150 bytes; avoid regrowth copies.
         let mut cands = Vec::with_capacity(hay.len() / 128 + 16);
         if self.any_builtin {
@@ -587,6 +650,7 @@ impl Scanner {
                 sc: self,
                 out: &mut cands,
                 v6_memo: 0,
+                url_memo: (0, 0),
                 groups: Vec::new(),
             }
             .run();
@@ -779,8 +843,14 @@ impl Scanner {
             let len = c.end - c.start;
             match &mut cur {
                 Some((h, best_len)) if c.start < h.end => {
-                    let better = (c.conf, len, std::cmp::Reverse(c.det))
-                        > (h.confidence, *best_len, std::cmp::Reverse(h.detector));
+                    let strong = |d: u16| !self.weak.get(usize::from(d)).copied().unwrap_or(false);
+                    let better = (strong(c.det), c.conf, len, std::cmp::Reverse(c.det))
+                        > (
+                            strong(h.detector),
+                            h.confidence,
+                            *best_len,
+                            std::cmp::Reverse(h.detector),
+                        );
                     if better {
                         h.detector = c.det;
                         h.confidence = c.conf;
@@ -1387,6 +1457,9 @@ struct Builtin<'a> {
     out: &'a mut Vec<Cand>,
     /// Hex/colon regions that end before this position were already tried as IPv6.
     v6_memo: usize,
+    /// The raw and trimmed end of the last URL: a `://` inside it (`http://x/?u=http://…`)
+    /// reuses them, so nested schemes cannot make URL scanning quadratic.
+    url_memo: (usize, usize),
     /// Scratch: digit groups of the current numeric run.
     groups: Vec<Grp>,
 }
@@ -1691,7 +1764,16 @@ impl Builtin<'_> {
         {
             return p + 1;
         }
-        let mut e = url_end(h, p + 3);
+        if p + 3 < self.url_memo.0 {
+            // Inside the previous URL's run: same end. Its bytes are still scanned (below).
+            let e = self.url_memo.1;
+            if e > p + 4 {
+                self.emit(B::Url, scheme_start, e, conf::URL);
+            }
+            return p + 3;
+        }
+        let raw_end = url_end(h, p + 3);
+        let mut e = raw_end;
         while e > p + 4 {
             let b = h[e - 1];
             // A closing parenthesis belongs to the URL only if it opened one (Wikipedia-style).
@@ -1704,8 +1786,11 @@ impl Builtin<'_> {
             }
             e -= 1;
         }
+        self.url_memo = (raw_end, e);
         self.emit(B::Url, scheme_start, e, conf::URL);
-        e
+        // Not consumed: an SSN, e-mail or IP inside the URL is a finding of its own, which
+        // coalesces with the URL and takes the attribution (see `Scanner::weak`).
+        p + 3
     }
 
     /// The numeric run starting at digit `p` (first group `p..de`, at a word boundary, token
@@ -2568,10 +2653,15 @@ mod tests {
         for bad in ["xhttp://a.com", "http://", "ftp://a.com", "http:/a.com"] {
             assert_none(bad, "url");
         }
-        // Digits inside a URL are part of the URL, not separate findings.
+        // Digits inside a URL are findings of their own: the coalesced span is the URL's,
+        // attributed to the stronger detector (a typed `uri` element still loses the SSN).
         assert_eq!(
             hits("https://h.example/Patient/123-45-6789"),
-            vec![("url".into(), "https://h.example/Patient/123-45-6789".into())]
+            vec![("ssn".into(), "https://h.example/Patient/123-45-6789".into())]
+        );
+        assert_eq!(
+            hits("see https://h.example/a?b=1 now"),
+            vec![("url".into(), "https://h.example/a?b=1".into())]
         );
     }
 

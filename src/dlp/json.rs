@@ -799,6 +799,21 @@ impl<'a> Walk<'a> {
                         child.item_matches = &[];
                     }
                 }
+                // base64Binary (an Attachment's or a Binary's content, a signature…): decoded
+                // and read as text.
+                if !ext_sibling
+                    && child.scan
+                    && child.transform.is_none()
+                    && self.pos == vstart
+                    && self.peek() == Some(b'"')
+                    && matches!(kind, Some(ValueKind::Structured("base64Binary")))
+                {
+                    let content = key == b"data"
+                        && ty.is_some_and(|t| {
+                            matches!(crate::fhir::validate::type_name(t), "Attachment" | "Binary")
+                        });
+                    removed |= self.base64_value(content)?;
+                }
                 if self.pos == vstart {
                     if child.patient_ref_holder && is_obj {
                         let r = self.peek_member(vstart, b"reference")?;
@@ -863,6 +878,9 @@ impl<'a> Walk<'a> {
         if self.blocked {
             self.depth -= 1;
             return Ok(false);
+        }
+        if ty.is_some_and(|t| crate::fhir::validate::type_name(t) == "Extension") {
+            self.extension_keeps_meaning(rec_base);
         }
         let vanished =
             self.close_members(rec_base, edit_base, insert_base, true, obj_start, obj_end)?;
@@ -1144,6 +1162,25 @@ impl<'a> Walk<'a> {
         Ok(false)
     }
 
+    /// An extension that lost its `url`, or its value (or nested extensions) with nothing
+    /// left in their place, means nothing and is invalid FHIR (ext-1): it goes whole.
+    fn extension_keeps_meaning(&mut self, rec_base: usize) {
+        let b = self.b;
+        let key = |r: &Rec| &b[r.kstart as usize + 1..r.kend as usize - 1];
+        let content = |k: &[u8]| k.starts_with(b"value") || k == b"extension";
+        let recs = &self.recs[rec_base..];
+        let lost = recs
+            .iter()
+            .any(|r| r.removed && (content(key(r)) || key(r) == b"url"));
+        let left = recs.iter().any(|r| !r.removed && content(key(r)));
+        if lost && (!left || recs.iter().any(|r| r.removed && key(r) == b"url")) {
+            for r in &mut self.recs[rec_base..] {
+                r.removed = true;
+                r.required = false;
+            }
+        }
+    }
+
     /// Forget edits and inserts inside any of the sorted, disjoint ranges `gone` (their
     /// element is going): one pass over the tail, a binary search per edit.
     fn drop_inside(&mut self, edit_base: usize, insert_base: usize, gone: &[(u32, u32)]) {
@@ -1314,6 +1351,75 @@ impl<'a> Walk<'a> {
         })();
         self.pos = saved;
         r
+    }
+
+    /// A base64Binary value at `self.pos`: decoded and, if it is text (valid UTF-8 without
+    /// NULs, whatever `contentType` claims — a label is not a guarantee), scanned like free
+    /// text, and through the XHTML text view when it holds markup. A finding with a
+    /// transforming action removes the element (base64 cannot be edited in place); `block`
+    /// blocks. Content that is not text (images, PDF, undecodable base64) of an
+    /// `Attachment.data` / `Binary.data` (`content`) follows `Engine::opaque_attachment`;
+    /// other opaque base64 (signatures) passes. Returns "remove me"; the value is consumed.
+    fn base64_value(&mut self, content: bool) -> Result<bool, JsonError> {
+        use base64::Engine as _;
+        let (s, e, esc) = self.string()?;
+        let raw = &self.b[s..e];
+        let mut b64 = Vec::with_capacity(raw.len());
+        if esc {
+            unescape_plain(raw, &mut b64)?;
+        } else {
+            b64.extend_from_slice(raw);
+        }
+        // FHIR's base64Binary allows whitespace between quads.
+        b64.retain(|c| !c.is_ascii_whitespace());
+        let decoded = base64::engine::general_purpose::STANDARD.decode(&b64).ok();
+        let text = decoded
+            .as_deref()
+            .filter(|d| std::str::from_utf8(d).is_ok() && !d.contains(&0));
+        let Some(text) = text else {
+            if !content {
+                return Ok(false);
+            }
+            let label = self.eng.opaque_label;
+            return Ok(match self.eng.opaque_attachment {
+                Some(Action::Block) => {
+                    self.report.add(label, Action::Block);
+                    self.blocked = true;
+                    false
+                }
+                Some(act) => {
+                    self.report.add(label, act);
+                    true
+                }
+                None => {
+                    self.report.add(label, Action::Report);
+                    false
+                }
+            });
+        };
+        let mut found = Vec::new();
+        self.eng.scanner.scan(text, &mut found);
+        if found.is_empty() && text.contains(&b'<') {
+            // HTML or XML: also read the text a reader sees (tags and comments between
+            // the digits of a number never split it; see `xhtml.rs`).
+            let mut view = Vec::new();
+            let mut vmap = Vec::new();
+            crate::dlp::xhtml::text_view(text, &mut view, &mut vmap);
+            self.eng.scanner.scan(&view, &mut found);
+        }
+        let mut remove = false;
+        for h in &found {
+            let Some(det) = self.eng.detectors.get(usize::from(h.detector)) else {
+                continue;
+            };
+            self.report.add(det.label, det.action);
+            match det.action {
+                Action::Block => self.blocked = true,
+                Action::Report => {}
+                _ => remove = true,
+            }
+        }
+        Ok(remove)
     }
 
     /// A string value: transform, or scan for free-text findings. Returns "remove me".

@@ -12,10 +12,12 @@
 //! kept, logged or counted — only how many, of which kind, and what was done.
 
 pub mod actions;
+pub mod canon;
 pub mod detect;
 pub mod hl7;
 pub mod json;
 pub mod path;
+pub mod unicode_tables;
 pub mod xhtml;
 
 use std::collections::{BTreeMap, HashMap};
@@ -488,6 +490,13 @@ pub struct Engine {
     pub date_shift_days: u32,
     /// The `dates:` action and its metric label.
     pub dates: Option<(Action, u16)>,
+    /// What happens to an `Attachment.data`/`Binary.data` that cannot be read as text (an
+    /// image, a PDF, undecodable base64): `Block` on routes with a `block` detector (never
+    /// forwarded unscanned, whatever `unscannable` says), `Redact` (the data element goes) on
+    /// routes that redact and `unscannable: block`, `None` (passed, counted) otherwise.
+    pub opaque_attachment: Option<Action>,
+    /// Metric label of attachments handled by `opaque_attachment`.
+    pub opaque_label: u16,
     labels: Vec<String>,
 }
 
@@ -664,6 +673,16 @@ impl Engine {
             .dates
             .or((cfg.preset == Some(Preset::SafeHarbor)).then_some(Action::Generalize))
             .map(|a| (a, Self::intern(&mut labels, "dates")));
+        let opaque_attachment = if detectors.iter().any(|d| d.action == Action::Block) {
+            Some(Action::Block)
+        } else if cfg.unscannable == Unscannable::Block
+            && detectors.iter().any(|d| d.action != Action::Report)
+        {
+            Some(Action::Redact)
+        } else {
+            None
+        };
+        let opaque_label = Self::intern(&mut labels, "unscannable_attachment");
         Ok(Engine {
             scanner,
             detectors,
@@ -672,6 +691,8 @@ impl Engine {
             keys,
             date_shift_days: cfg.date_shift_days,
             dates,
+            opaque_attachment,
+            opaque_label,
             labels,
         })
     }

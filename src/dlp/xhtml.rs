@@ -9,11 +9,14 @@
 //! leaves markup alone so redaction never breaks the document.
 //!
 //! Rules:
-//! * Inline formatting tags (`b i u em strong span a sub sup small big font abbr code tt q
-//!   cite`) vanish, so words and numbers split by them are rejoined.
-//! * Every other tag, comment, declaration and processing instruction becomes one space
-//!   (mapped to the whole tag), so adjacent table cells or paragraphs never merge into one
-//!   number.
+//! * Block-level tags (`p div br td li h1`… see [`BLOCK`]) become one space (mapped to the
+//!   whole tag), so adjacent table cells or paragraphs never merge into one number.
+//! * Every other tag — inline formatting (`b span a sub`…), images, and names the view does
+//!   not know (`<x/>`, which a browser renders inline) — vanishes, so words and numbers split
+//!   by them are rejoined: when in doubt, join (a false finding costs a redaction, a missed
+//!   one leaks).
+//! * Comments, processing instructions and declarations vanish too: `1<!-- x -->23-45-6789`
+//!   reads `123-45-6789`. Their contents are not text (callers scan the markup itself).
 //! * `&amp; &lt; &gt; &quot; &apos; &nbsp;` and decimal/hex character references are decoded
 //!   (`&nbsp;` and a raw U+00A0 become a space); unknown or malformed references are copied
 //!   literally. CDATA content is text.
@@ -28,19 +31,64 @@
 
 use memchr::memmem;
 
-/// Tags that only change presentation: removing them must not separate the text around them.
-const INLINE: [&[u8]; 17] = [
-    b"b", b"i", b"u", b"em", b"strong", b"span", b"a", b"sub", b"sup", b"small", b"big", b"font",
-    b"abbr", b"code", b"tt", b"q", b"cite",
+/// Tags that separate what is before them from what is after them when rendered (HTML's
+/// block-level and table elements, line breaks). Every other tag is joined over.
+pub const BLOCK: [&[u8]; 46] = [
+    b"p",
+    b"div",
+    b"br",
+    b"hr",
+    b"table",
+    b"thead",
+    b"tbody",
+    b"tfoot",
+    b"tr",
+    b"td",
+    b"th",
+    b"caption",
+    b"col",
+    b"colgroup",
+    b"ul",
+    b"ol",
+    b"li",
+    b"dl",
+    b"dt",
+    b"dd",
+    b"h1",
+    b"h2",
+    b"h3",
+    b"h4",
+    b"h5",
+    b"h6",
+    b"pre",
+    b"blockquote",
+    b"address",
+    b"section",
+    b"article",
+    b"header",
+    b"footer",
+    b"nav",
+    b"aside",
+    b"main",
+    b"figure",
+    b"figcaption",
+    b"body",
+    b"html",
+    b"head",
+    b"title",
+    b"fieldset",
+    b"legend",
+    b"option",
+    b"textarea",
 ];
 
 fn is_inline(name: &[u8]) -> bool {
-    // Namespaced names ("xhtml:b") are judged by their local part.
+    // Namespaced names ("xhtml:td") are judged by their local part.
     let local = match name.iter().rposition(|&b| b == b':') {
         Some(k) => &name[k + 1..],
         None => name,
     };
-    INLINE.iter().any(|t| local.eq_ignore_ascii_case(t))
+    !BLOCK.iter().any(|t| local.eq_ignore_ascii_case(t))
 }
 
 /// Parser state that keeps malformed input linear.
@@ -129,11 +177,8 @@ fn markup(
             return literal(out, map);
         }
         return match memmem::find(&rest[4..], b"-->") {
-            Some(k) => {
-                let end = i + 4 + k + 3;
-                push(out, map, b' ', i, end);
-                end
-            }
+            // Vanishes: a comment never splits a value.
+            Some(k) => i + 4 + k + 3,
             None => {
                 // Unterminated: keep the rest visible to the scanner.
                 st.no_comment_end = true;
@@ -158,12 +203,9 @@ fn markup(
     }
     let after = rest.get(1).copied().unwrap_or(0);
     if after == b'!' || after == b'?' {
-        // Declaration or processing instruction.
+        // Declaration or processing instruction: vanishes, like a comment.
         return match find_gt(src, i + 2, st) {
-            Some(end) => {
-                push(out, map, b' ', i, end);
-                end
-            }
+            Some(end) => end,
             None => literal(out, map),
         };
     }
@@ -379,7 +421,32 @@ mod tests {
         let (s, e) = map[5];
         assert_eq!(&src[s as usize..e as usize], "</td>");
         let (t, _) = view("a<br/>b<p>c</p><!-- note 555-234-5678 -->d<?pi x?>e");
-        assert_eq!(t, "a b c  d e");
+        assert_eq!(t, "a b c de");
+    }
+
+    #[test]
+    fn comments_instructions_and_unknown_tags_never_split_a_value() {
+        for wrap in [
+            "<!-- x -->",
+            "<!---->",
+            "<?pi x?>",
+            "<!DOCTYPE x>",
+            "<![CDATA[]]>",
+            "<span></span>",
+            "<x/>",
+            "<img src=\"a\"/>",
+            "<b>",
+            "</i>",
+            "<foo:bar a='>'>",
+        ] {
+            let src = format!("SSN 1{wrap}23-45-6789");
+            let (t, _) = view(&src);
+            assert_eq!(t, "SSN 123-45-6789", "{src}");
+        }
+        for block in ["<br/>", "<td>", "</p>", "<xhtml:td>", "<LI>"] {
+            let (t, _) = view(&format!("1{block}2"));
+            assert_eq!(t, "1 2", "{block}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod dlp;
 pub mod fhir_authz;
+pub mod head;
 pub mod limits;
 pub mod mtls;
 pub mod rate_limit;
