@@ -648,3 +648,46 @@ async fn head_answers_what_get_would() {
     assert_eq!(r.status, 200);
     assert_eq!(g.up.seen.lock().unwrap()[before].0, "HEAD");
 }
+
+#[tokio::test]
+async fn hl7_v2_and_text_bodies_are_read_the_same_way() {
+    let g = gateway().await;
+    let c = client(&g.env.pki, false);
+    let mut variants: Vec<String> = DIGIT_ZEROS
+        .iter()
+        .step_by(7)
+        .map(|&z| ssn_in(z, "-", "-"))
+        .collect();
+    variants.push("1\u{200B}23\u{2011}45\u{2011}6789".into());
+    variants.push("１２３－４５－６７８９".into());
+    variants.push("123\u{00A0}45\u{2009}6789".into());
+    for (i, v) in variants.iter().enumerate() {
+        let msg = format!(
+            "MSH|^~\\&|A|B|C|D|202001011200||ORU^R01|{i}|P|2.5\rPID|1||X1||Doe^Jane\rNTE|1||SSN {v}\r"
+        );
+        let id = format!("hl7-{i}");
+        g.answer(&id, "x-application/hl7-v2+er7", msg.clone());
+        let r = g.get(&c, &format!("/block/Binary/{id}")).await;
+        assert_eq!(
+            r.status,
+            403,
+            "HL7 {v:?} not blocked: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let r = g.get(&c, &format!("/redact/Binary/{id}")).await;
+        assert_eq!(r.status, 200);
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(!text.contains(v.as_str()), "HL7 {v:?} leaked: {text:?}");
+        assert!(text.starts_with("MSH|"), "{text:?}");
+        let tid = format!("txt-{i}");
+        g.answer(
+            &tid,
+            "text/plain; charset=utf-8",
+            format!("Patient SSN {v} on file"),
+        );
+        let r = g.get(&c, &format!("/block/Binary/{tid}")).await;
+        assert_eq!(r.status, 403, "text {v:?} not blocked");
+        let r = g.get(&c, &format!("/redact/Binary/{tid}")).await;
+        assert!(!String::from_utf8_lossy(&r.body).contains(v.as_str()));
+    }
+}

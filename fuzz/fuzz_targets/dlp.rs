@@ -6,7 +6,11 @@
 //! * a rewritten body that was valid FHIR R4 is still valid FHIR R4 (redaction keeps
 //!   validity: data-absent-reason for required elements, no empty objects or arrays);
 //! * a rewritten HL7 v2 message keeps its segment count and its MSH segment byte for byte;
-//! * text and HL7 rewrites only ever replace what was found (report counts are non-zero).
+//! * text and HL7 rewrites only ever replace what was found (report counts are non-zero);
+//! * no finding survives: with every value-level detector redacting at confidence 0 (so
+//!   context cannot change a verdict), the enforce-mode output of a text or JSON body holds no
+//!   detector finding in its canonical form (`dlp/canon.rs`: Unicode digits, invisible
+//!   characters, look-alike spaces and dashes, NFKC).
 #![no_main]
 
 use std::sync::LazyLock;
@@ -47,13 +51,47 @@ static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
     Engine::compile(&cfg, &resolve).expect("fuzz engine")
 });
 
+/// Every detector that applies to any value, redacting, at confidence 0, no rules.
+static STRICT: LazyLock<Engine> = LazyLock::new(|| {
+    let dir = std::env::temp_dir().join(format!("ward-fuzz-dlp-strict-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let mut detectors = serde_json::Map::new();
+    for d in ["ssn", "card", "npi", "mbi", "email", "phone", "ip", "vin"] {
+        detectors.insert(d.into(), serde_json::json!({"action": "redact"}));
+    }
+    let cfg: DlpConfig = serde_json::from_value(serde_json::json!({
+        "min_confidence": 0,
+        "detectors": detectors,
+    }))
+    .expect("strict fuzz config");
+    let resolve = |f: &str| dir.join(f);
+    let problems = cfg.problems(&resolve);
+    assert!(problems.is_empty(), "strict fuzz config: {problems:?}");
+    Engine::compile(&cfg, &resolve).expect("strict fuzz engine")
+});
+
+/// Panics if the strict engine still finds something in `out`.
+fn assert_no_finding(out: &[u8], what: &str) {
+    let mut hits = Vec::new();
+    STRICT.scanner.scan(out, &mut hits);
+    if let Some(h) = hits.first() {
+        panic!(
+            "{what}: a finding survived at {}..{}: {:?}\n{}",
+            h.start,
+            h.end,
+            String::from_utf8_lossy(&out[h.start..h.end]),
+            String::from_utf8_lossy(out)
+        );
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, body)) = data.split_first() else {
         return;
     };
     let e = &*ENGINE;
     let mut r = Report::default();
-    match sel % 4 {
+    match sel % 6 {
         0 => {
             if let Ok(json::JsonOutcome::Rewritten(out)) = json::process(e, body, &mut r) {
                 assert!(!r.is_empty(), "rewritten without a finding");
@@ -92,9 +130,26 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!r.is_empty(), "rewritten without a finding");
             }
         }
-        _ => {
+        3 => {
             if let Ok(s) = std::str::from_utf8(body) {
                 let _ = path::parse(s);
+            }
+        }
+        4 => match STRICT.process_text(body, &mut r) {
+            TextOutcome::Rewritten(out) => assert_no_finding(&out, "text"),
+            TextOutcome::Unchanged => assert_no_finding(body, "unchanged text"),
+            _ => {}
+        },
+        _ => {
+            // JSON without escapes (an escaped digit is invisible to a raw re-scan of the
+            // output, which would make the check vacuous, not wrong).
+            if body.contains(&b'\\') || serde_json::from_slice::<serde_json::Value>(body).is_err() {
+                return;
+            }
+            match json::process(&STRICT, body, &mut r) {
+                Ok(json::JsonOutcome::Rewritten(out)) => assert_no_finding(&out, "json"),
+                Ok(json::JsonOutcome::Unchanged) => assert_no_finding(body, "unchanged json"),
+                _ => {}
             }
         }
     }

@@ -125,7 +125,7 @@ impl Canon {
     /// Build the canonical form of `src` into `self`. Returns `false` (and leaves `self`
     /// unusable) when the canonical form is `src` itself: then scan `src` directly.
     pub fn build(&mut self, src: &[u8]) -> bool {
-        if src.is_ascii() || src.len() > u32::MAX as usize {
+        if src.is_ascii() || src.len() > u32::MAX as usize || !Self::needed(src) {
             return false;
         }
         self.text.clear();
@@ -190,6 +190,25 @@ impl Canon {
             i = end;
         }
         changed
+    }
+
+    /// Whether any character of `src` reads differently from itself. Most non-ASCII FHIR
+    /// text (`du Marché`, CJK names) does not, and is then scanned without a copy.
+    fn needed(src: &[u8]) -> bool {
+        let mut i = 0;
+        while let Some(k) = src[i..].iter().position(|&b| b >= 0x80) {
+            i += k;
+            match decode(src, i) {
+                Some((c, len)) => {
+                    if !stable(c) {
+                        return true;
+                    }
+                    i += len;
+                }
+                None => i += 1,
+            }
+        }
+        false
     }
 
     /// Append `bytes` (taken unchanged from `src[at..]`) as an identity run.

@@ -772,7 +772,8 @@ impl<'a> Walk<'a> {
                     states: &next,
                     item_matches: &item_matches,
                     transform: ctx.transform,
-                    scan: ctx.scan && !special_rt,
+                    // A known type name is not data; anything else in `resourceType` is.
+                    scan: ctx.scan && !(special_rt && ty.is_some()),
                     resource: matches!(kind, Some(ValueKind::Resource)),
                     contained: name == b"contained",
                     patient_ref_holder: is_res
