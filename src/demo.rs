@@ -278,6 +278,11 @@ const OBSERVATIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// What the sample EHR can do, as a FHIR client (SMART's `fhirclient`, `ward init`) asks it on
+/// `/metadata`: a complete R4 CapabilityStatement (`date` is required), with the interactions
+/// and search parameters the sample really answers.
+pub const CAPABILITY_STATEMENT: &str = r#"{"resourceType":"CapabilityStatement","id":"sample-ehr","status":"active","date":"2026-01-01","publisher":"Ward demo (fictitious data)","kind":"instance","software":{"name":"Ward sample EHR","version":"1"},"implementation":{"description":"Ward's built-in sample FHIR server (fictitious records)"},"fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[{"type":"Patient","interaction":[{"code":"read"},{"code":"search-type"},{"code":"create"}],"searchParam":[{"name":"_id","type":"token"},{"name":"name","type":"string"},{"name":"birthdate","type":"date"}]},{"type":"Observation","interaction":[{"code":"read"},{"code":"search-type"},{"code":"create"}],"searchParam":[{"name":"_id","type":"token"},{"name":"patient","type":"reference"},{"name":"subject","type":"reference"},{"name":"code","type":"token"}]}],"operation":[{"name":"everything","definition":"http://hl7.org/fhir/OperationDefinition/Patient-everything"}]}]}"#;
+
 fn fhir(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(
         Full::new(Bytes::from(body))
@@ -295,7 +300,7 @@ fn fhir(status: StatusCode, body: String) -> Response<Body> {
 fn bundle(entries: &[(&str, &str)]) -> String {
     let items: Vec<String> = entries
         .iter()
-        .map(|(_, r)| format!(r#"{{"resource":{r}}}"#))
+        .map(|(_, r)| format!(r#"{{"resource":{r},"search":{{"mode":"match"}}}}"#))
         .collect();
     format!(
         r#"{{"resourceType":"Bundle","type":"searchset","total":{},"entry":[{}]}}"#,
@@ -312,20 +317,19 @@ async fn sample(req: Request<Incoming>) -> Response<Body> {
         fhir(StatusCode::NOT_FOUND, r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found"}]}"#.into())
     };
     match (method, segs.as_slice()) {
-        (Method::GET, ["fhir", "metadata"]) => fhir(
-            StatusCode::OK,
-            r#"{"resourceType":"CapabilityStatement","status":"active","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[{"type":"Patient"},{"type":"Observation"}]}]}"#.into(),
-        ),
+        (Method::GET, ["fhir", "metadata"]) => fhir(StatusCode::OK, CAPABILITY_STATEMENT.into()),
         (Method::GET, ["fhir", "Patient"]) => fhir(StatusCode::OK, bundle(PATIENTS)),
         (Method::GET, ["fhir", "Observation"]) => fhir(StatusCode::OK, bundle(OBSERVATIONS)),
         (Method::GET, ["fhir", "Patient", id]) => match PATIENTS.iter().find(|(i, _)| i == id) {
             Some((_, r)) => fhir(StatusCode::OK, (*r).to_owned()),
             None => not_found(),
         },
-        (Method::GET, ["fhir", "Observation", id]) => match OBSERVATIONS.iter().find(|(i, _)| i == id) {
-            Some((_, r)) => fhir(StatusCode::OK, (*r).to_owned()),
-            None => not_found(),
-        },
+        (Method::GET, ["fhir", "Observation", id]) => {
+            match OBSERVATIONS.iter().find(|(i, _)| i == id) {
+                Some((_, r)) => fhir(StatusCode::OK, (*r).to_owned()),
+                None => not_found(),
+            }
+        }
         (Method::POST, ["fhir", _type]) => {
             // Echo the created resource back, as many FHIR servers do.
             match req.into_body().collect().await {
