@@ -341,7 +341,7 @@ async fn setup() -> Setup {
 }
 
 /// What varies between the tests' configs.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Opts<'a> {
     /// Policies of the `fhir` route (default `token`).
     policies: &'a str,
@@ -1405,4 +1405,449 @@ async fn a_blocked_address_is_not_served_on_mllp_listeners_either() {
         metric_in(&m, "ward_blocked_total", &[("kind", "ip")]) >= 1.0,
         "{m}"
     );
+}
+
+// ------------------------------------------------------------------ signals across replicas
+
+/// `n` replicas sharing the one `redis-server`: each its own config file and blocks file,
+/// the same upstream, webhook receiver and policies. `tweak` edits the YAML.
+async fn replicas(
+    s: &Setup,
+    redis: &Redis,
+    n: usize,
+    o: Opts<'_>,
+    tweak: impl Fn(String) -> String,
+) -> Vec<ward::Gateway> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let blocks = format!("state/r{i}-blocks.json");
+        let yaml = tweak(s.yaml(&Opts {
+            blocks_file: &blocks,
+            redis: Some(redis.port),
+            ..o
+        }));
+        let cfg = load(&s.env, &format!("r{i}.yaml"), &yaml);
+        out.push(
+            ward::Gateway::start(cfg)
+                .await
+                .unwrap_or_else(|e| panic!("replica {i} starts: {e:#}")),
+        );
+    }
+    out
+}
+
+/// The sum of a metric over every replica.
+async fn metric_sum(gws: &[ward::Gateway], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for gw in gws {
+        sum += metric(gw, name, labels).await;
+    }
+    sum
+}
+
+/// Every key in Redis with its PTTL (-1: no expiry).
+async fn redis_keys(redis: &Redis) -> Vec<(String, i64)> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for k in keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        out.push((k, ttl));
+    }
+    out
+}
+
+/// The counters the replicas share in Redis: hashed, and expiring (only the blocks hash,
+/// pruned by the replicas' merge, lives without a TTL). `secrets` must appear in no key.
+async fn assert_counters_hashed_and_expiring(redis: &Redis, secrets: &[&str]) {
+    let keys = redis_keys(redis).await;
+    let counters: Vec<&(String, i64)> = keys
+        .iter()
+        .filter(|(k, _)| k.starts_with("ward:respond:"))
+        .collect();
+    assert!(
+        !counters.is_empty(),
+        "no shared counters in redis: {keys:?}"
+    );
+    for (k, ttl) in &counters {
+        assert!(*ttl > 0, "{k} does not expire ({ttl})");
+        for s in secrets {
+            assert!(!k.contains(s), "{s:?} in the redis key {k}");
+        }
+    }
+    for (k, _) in &keys {
+        assert!(
+            k.starts_with("ward:respond:") || k == "ward:blocks",
+            "unexpected redis key {k}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn exfiltration_spread_over_three_replicas_fires_once_and_blocks_on_every_replica() {
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    let gws = replicas(
+        &s,
+        &redis,
+        3,
+        Opts {
+            signals: "    exfiltration:\n      distinct_patients: 30\n      window_secs: 3600\n",
+            actions: EXFIL_BLOCK,
+            ..Opts::default()
+        },
+        |y| y,
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    let alice = mint(&s.key, ISS, "alice", "user/*.read", None);
+    // Round-robin: replica i % 3 reads patient i. No replica alone reaches 30 patients.
+    let mut served = [0usize; 3];
+    let mut first_refused = None;
+    for i in 0..60usize {
+        let gw = &gws[i % 3];
+        let r = call(&c, gw, &format!("/fhir/Patient/spread{i:03}"), &alice).await;
+        if r.status == 200 {
+            assert!(first_refused.is_none(), "served after the block: {i}");
+            served[i % 3] += 1;
+        } else {
+            assert_blocked(&r, &format!("patient {i}"));
+            first_refused.get_or_insert(i);
+        }
+    }
+    let total: usize = served.iter().sum();
+    // Redis's HyperLogLog estimate is within a patient or two of 30 at this size.
+    assert!((28..=32).contains(&total), "served {total} ({served:?})");
+    assert!(
+        served.iter().all(|n| *n <= 11),
+        "a replica alone would have crossed: {served:?}"
+    );
+    // The block holds on every replica, for a patient already read too.
+    for (i, gw) in gws.iter().enumerate() {
+        assert_blocked(
+            &call(&c, gw, "/fhir/Patient/spread000", &alice).await,
+            &format!("alice on replica {i}"),
+        );
+    }
+    assert_eq!(s.upstream_saw("/fhir/Patient/spread"), total);
+    // Another identity is served everywhere.
+    let bob = mint(&s.key, ISS, "bob", "user/*.read", None);
+    for gw in &gws {
+        assert_eq!(
+            call(&c, gw, "/fhir/Patient/bob-own", &bob).await.status,
+            200
+        );
+    }
+    // Fired exactly once in the whole cluster: one metric increment, one event.
+    assert_eq!(
+        metric_sum(
+            &gws,
+            "ward_signals_total",
+            &[("signal", "exfiltration"), ("action", "block")]
+        )
+        .await,
+        1.0
+    );
+    let events = wait_events(&s.hook, "signal").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (text, ev) = &events[0];
+    assert_eq!(ev["signal"], "exfiltration", "{text}");
+    assert_eq!(ev["identity"], "sub:https://idp.test|alice", "{text}");
+    assert_eq!(ev["threshold"], 30, "{text}");
+    assert!(ev["value"].as_u64().is_some_and(|v| v >= 30), "{text}");
+    assert!(!text.contains("spread0"), "a patient id leaked: {text}");
+    assert_eq!(
+        metric_sum(&gws, "ward_respond_redis_fallback_total", &[]).await,
+        0.0
+    );
+    assert_counters_hashed_and_expiring(&redis, &["alice", "spread", "idp.test"]).await;
+    redis.stop();
+}
+
+#[tokio::test]
+async fn probing_spread_over_three_replicas_blocks_the_address_on_every_replica() {
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    let gws = replicas(
+        &s,
+        &redis,
+        3,
+        Opts {
+            signals: PROBING_20,
+            actions: PROBING_BLOCK,
+            ..Opts::default()
+        },
+        |y| y,
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    let attacker = KeyPair::generate().unwrap();
+    // 20 forged tokens, round-robin: under 7 denials per replica.
+    for i in 0..20 {
+        let forged = mint(&attacker, ISS, &format!("guess-{i}"), "user/*.read", None);
+        let r = call(&c, &gws[i % 3], &format!("/fhir/Patient/x{i}"), &forged).await;
+        assert_eq!(r.status, 401, "attempt {i}: {:?}", r.body);
+    }
+    // The 20th denial in the cluster fired: every replica refuses the address, before
+    // authentication, whatever it presents.
+    let valid = mint(&s.key, ISS, "alice", "user/*.read", None);
+    for (i, gw) in gws.iter().enumerate() {
+        assert_blocked(
+            &call(&c, gw, "/fhir/Patient/1", &valid).await,
+            &format!("valid token on replica {i}"),
+        );
+        assert_blocked(
+            &call_with(&c, gw, "/fhir/Patient/1", None, &[]).await,
+            &format!("no token on replica {i}"),
+        );
+    }
+    assert_eq!(s.ehr.count(), 0, "nothing reached the upstream");
+    assert_eq!(
+        metric_sum(
+            &gws,
+            "ward_signals_total",
+            &[("signal", "probing"), ("action", "block")]
+        )
+        .await,
+        1.0
+    );
+    let events = wait_events(&s.hook, "signal").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["identity"], "ip:127.0.0.1");
+    assert_eq!(events[0].1["value"], 20);
+    assert_counters_hashed_and_expiring(&redis, &["127.0.0.1"]).await;
+    redis.stop();
+}
+
+#[tokio::test]
+async fn dlp_blocks_spread_over_three_replicas_throttle_the_identity_on_every_replica() {
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    s.env.write(
+        "policies/phi.yaml",
+        "dlp:\n  detectors:\n    ssn: { action: block }\n",
+    );
+    let gws = replicas(
+        &s,
+        &redis,
+        3,
+        Opts {
+            policies: "token, phi",
+            signals: "    dlp:\n      blocked: 3\n      window_secs: 3600\n",
+            actions: "    dlp:\n      action: throttle\n      duration_secs: 600\n",
+            ..Opts::default()
+        },
+        |y| y.replace("  throttle_per_minute: 30\n", "  throttle_per_minute: 2\n"),
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    let mallory = mint(&s.key, ISS, "mallory", "user/*.read", None);
+    // One DLP block on each replica: 3 in the cluster, 1 per replica.
+    for (i, gw) in gws.iter().enumerate() {
+        let r = call(&c, gw, "/fhir/Patient/123-45-6789", &mallory).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "dlp_blocked"),
+            "replica {i}: {:?}",
+            r.body
+        );
+    }
+    // Throttled to 2 a minute in the whole cluster: two served, then 429 everywhere.
+    let mut statuses = Vec::new();
+    for i in 0..9usize {
+        let r = call(&c, &gws[i % 3], &format!("/fhir/Patient/ok-{i}"), &mallory).await;
+        if r.status != 200 {
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                (429, "throttled"),
+                "{:?}",
+                r.body
+            );
+            assert!(r.headers.contains_key("retry-after"));
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(
+        statuses,
+        vec![200, 200, 429, 429, 429, 429, 429, 429, 429],
+        "cluster-wide allowance of 2"
+    );
+    assert_eq!(s.upstream_saw("/fhir/Patient/ok-"), 2);
+    // Others are not throttled, on any replica.
+    let alice = mint(&s.key, ISS, "alice", "user/*.read", None);
+    for (i, gw) in gws.iter().enumerate() {
+        for j in 0..3 {
+            let r = call(&c, gw, &format!("/fhir/Patient/a{i}-{j}"), &alice).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    }
+    assert_eq!(
+        metric_sum(
+            &gws,
+            "ward_signals_total",
+            &[("signal", "dlp"), ("action", "throttle")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&gws, "ward_blocked_total", &[("kind", "throttle")]).await,
+        7.0
+    );
+    let events = wait_events(&s.hook, "signal").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["signal"], "dlp");
+    assert_eq!(events[0].1["identity"], "sub:https://idp.test|mallory");
+    assert_eq!(events[0].1["value"], 3);
+    assert!(!events[0].0.contains("123-45-6789"));
+    assert_counters_hashed_and_expiring(&redis, &["mallory", "123-45-6789"]).await;
+    redis.stop();
+}
+
+#[tokio::test]
+async fn the_break_glass_daily_limit_holds_across_replicas() {
+    const REASON: &str = "Unresponsive patient in ED, allergy history needed";
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    s.env.write(
+        "policies/guard.yaml",
+        "fhir_authz:\n  break_glass:\n    scope: emergency-access\n    max_per_day: 2\n",
+    );
+    let gws = replicas(
+        &s,
+        &redis,
+        3,
+        Opts {
+            policies: "token, guard",
+            ..Opts::default()
+        },
+        |y| y,
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    let grey = mint(
+        &s.key,
+        ISS,
+        "dr-grey",
+        "launch/patient patient/*.read emergency-access",
+        Some("px-alpha"),
+    );
+    let yang = mint(
+        &s.key,
+        ISS,
+        "dr-yang",
+        "launch/patient patient/*.read emergency-access",
+        Some("px-alpha"),
+    );
+    let glass = |gw, token, id: &str| {
+        let path = format!("/fhir/Patient/{id}");
+        let c = &c;
+        async move { call_with(c, gw, &path, Some(token), &[("break-glass-reason", REASON)]).await }
+    };
+    // Two uses a day in the cluster: one on replica 0, one on replica 1, then refused on
+    // every replica (each replica alone has used at most one).
+    let mut statuses = Vec::new();
+    for (i, gw) in gws.iter().chain(gws.iter()).enumerate() {
+        let r = glass(gw, grey.as_str(), &format!("px-b{i}")).await;
+        if r.status != 200 {
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                (429, "break_glass_limit"),
+                "{:?}",
+                r.body
+            );
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, vec![200, 200, 429, 429, 429, 429]);
+    assert_eq!(s.upstream_saw("/fhir/Patient/px-b"), 2);
+    // The allowance is per identity: another doctor still has hers, on any replica.
+    assert_eq!(glass(&gws[2], yang.as_str(), "px-c0").await.status, 200);
+    assert_eq!(
+        metric_sum(&gws, "ward_break_glass_total", &[("route", "fhir")]).await,
+        3.0
+    );
+    assert_counters_hashed_and_expiring(&redis, &["dr-grey", "dr-yang", "px-"]).await;
+    redis.stop();
+}
+
+#[tokio::test]
+async fn with_redis_down_each_replica_counts_alone_and_keeps_serving() {
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    let gws = replicas(
+        &s,
+        &redis,
+        2,
+        Opts {
+            signals: "    probing:\n      denials: 6\n      window_secs: 300\n",
+            actions: PROBING_BLOCK,
+            ..Opts::default()
+        },
+        |y| y,
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    let alice = mint(&s.key, ISS, "alice", "user/*.read", None);
+    for gw in &gws {
+        assert_eq!(call(&c, gw, "/fhir/Patient/1", &alice).await.status, 200);
+    }
+    redis.stop();
+    // 10 denials in all, 5 per replica: over the threshold of 6 in the cluster, but no
+    // replica alone reaches it, and the replicas cannot add up their counts now.
+    let attacker = KeyPair::generate().unwrap();
+    for i in 0..10 {
+        let forged = mint(&attacker, ISS, &format!("guess-{i}"), "user/*.read", None);
+        let r = call(&c, &gws[i % 2], &format!("/fhir/Patient/x{i}"), &forged).await;
+        assert_eq!(r.status, 401, "attempt {i}: {:?}", r.body);
+    }
+    // Fail open: clinical traffic is served on both.
+    for (i, gw) in gws.iter().enumerate() {
+        let r = call(&c, gw, "/fhir/Patient/2", &alice).await;
+        assert_eq!(r.status, 200, "replica {i}: {:?}", r.body);
+    }
+    assert_eq!(
+        metric_sum(&gws, "ward_signals_total", &[("signal", "probing")]).await,
+        0.0
+    );
+    // The local fallback still counts: the 6th denial on replica 0 fires there.
+    let forged = mint(&attacker, ISS, "guess-last", "user/*.read", None);
+    assert_eq!(
+        call(&c, &gws[0], "/fhir/Patient/x", &forged).await.status,
+        401
+    );
+    assert_blocked(
+        &call(&c, &gws[0], "/fhir/Patient/3", &alice).await,
+        "the address on replica 0",
+    );
+    assert_eq!(
+        metric(
+            &gws[0],
+            "ward_signals_total",
+            &[("signal", "probing"), ("action", "block")]
+        )
+        .await,
+        1.0
+    );
+    // Replica 1 cannot learn the block while Redis is down: it serves.
+    let r = call(&c, &gws[1], "/fhir/Patient/3", &alice).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for (i, gw) in gws.iter().enumerate() {
+        assert!(
+            metric(gw, "ward_respond_redis_fallback_total", &[]).await >= 1.0,
+            "replica {i} counted no fallback"
+        );
+    }
+    let events = wait_events(&s.hook, "signal").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["value"], 6);
 }

@@ -427,20 +427,19 @@ impl Respond {
     /// Redis: is any of these keys blocked on another replica? Errors fail open to the
     /// local list (a Redis outage must not stop clinical traffic; logged and counted).
     async fn check_shared(&self, keys: &[String]) -> Option<&'static str> {
-        let (conn, key) = self.redis.as_ref()?;
-        let mut conn = conn.clone();
-        let got: Result<Vec<Option<String>>, _> = redis::cmd("HMGET")
-            .arg(key)
-            .arg(keys)
-            .query_async(&mut conn)
+        let ((_, key), sh) = (self.redis.as_ref()?, self.shared.as_ref()?);
+        let mut conn = sh.conn();
+        let got: Result<Vec<Option<String>>, ()> = sh
+            .call(
+                "blocks",
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(keys)
+                    .query_async(&mut conn),
+            )
             .await;
-        match got {
-            Ok(vals) => live_shared(keys, &vals),
-            Err(e) => {
-                tracing::warn!(target: "ward::respond", error = %e, "redis block check failed; local blocks only");
-                None
-            }
-        }
+        // (A failure is logged and counted by `call`, once per outage.)
+        got.ok().and_then(|vals| live_shared(keys, &vals))
     }
 
     /// Add a block (operator or signal) locally, persisted, and in Redis when shared.
@@ -462,15 +461,19 @@ impl Respond {
             let v = serde_json::to_string(&block).map_err(|e| e.to_string())?;
             // Never shorten a block another replica (or an operator) made: a client cannot
             // trade a 30-day block for a 15-minute one by tripping a signal elsewhere.
-            let r: Result<i64, _> = redis::Script::new(KEEP_LATER)
-                .key(key)
+            let script = redis::Script::new(KEEP_LATER);
+            let mut inv = script.prepare_invoke();
+            inv.key(key)
                 .arg(target_key(&block.target))
                 .arg(v)
-                .arg(block.expires_at)
-                .invoke_async(&mut conn)
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(target: "ward::respond", error = %e, "block not shared through redis");
+                .arg(block.expires_at);
+            let fut = inv.invoke_async::<i64>(&mut conn);
+            let r = match &self.shared {
+                Some(sh) => sh.call("blocks", fut).await,
+                None => fut.await.map_err(|_| ()),
+            };
+            if r.is_err() {
+                tracing::warn!(target: "ward::respond", "block not shared through redis; it holds on this replica only");
             }
         }
         self.update_gauge();

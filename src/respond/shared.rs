@@ -240,7 +240,7 @@ impl Shared {
         timeout: Duration,
         fallback: IntCounterVec,
     ) -> Shared {
-        for phase in ["request", "outcome", "throttle", "break_glass"] {
+        for phase in ["blocks", "request", "outcome", "throttle", "break_glass"] {
             fallback.with_label_values(&[phase]);
         }
         Shared {
@@ -262,19 +262,34 @@ impl Shared {
         format!("{}:{what}:{{{}}}", self.prefix, hashed(key))
     }
 
-    /// Run a prepared script, within the timeout, unless Redis is in its backoff.
+    /// Run a prepared script (see [`Shared::call`]).
     async fn run<T: redis::FromRedisValue>(
         &self,
         phase: &'static str,
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<T, ()> {
+        let mut conn = self.conn.clone();
+        self.call(phase, async move { inv.invoke_async::<T>(&mut conn).await })
+            .await
+    }
+
+    /// A connection for [`Shared::call`].
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Run one Redis call within the timeout, unless Redis is in its backoff; failures
+    /// start the backoff and are counted under `phase`.
+    pub async fn call<T>(
+        &self,
+        phase: &'static str,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, ()> {
         if super::now_ms() < self.down_until.load(Ordering::Relaxed) {
             self.fallback.with_label_values(&[phase]).inc();
             return Err(());
         }
-        let mut conn = self.conn.clone();
-        let err = match tokio::time::timeout(self.timeout, inv.invoke_async::<T>(&mut conn)).await
-        {
+        let err = match tokio::time::timeout(self.timeout, f).await {
             Ok(Ok(v)) => {
                 if !self.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!(target: "ward::respond", "redis answering again; signals count across replicas");
@@ -284,8 +299,10 @@ impl Shared {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timeout".to_owned(),
         };
-        self.down_until
-            .store(super::now_ms().saturating_add(BACKOFF_MS), Ordering::Relaxed);
+        self.down_until.store(
+            super::now_ms().saturating_add(BACKOFF_MS),
+            Ordering::Relaxed,
+        );
         self.fallback.with_label_values(&[phase]).inc();
         // One line per outage, not per request.
         if self.healthy.swap(false, Ordering::Relaxed) {
