@@ -1851,3 +1851,94 @@ async fn with_redis_down_each_replica_counts_alone_and_keeps_serving() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].1["value"], 6);
 }
+
+/// Redis's clock, in whole seconds (`TIME`): the clock the shared windows use.
+async fn redis_second(redis: &Redis) -> u64 {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (secs, _micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    secs
+}
+
+/// Wait (bounded) until Redis's clock enters a new second; returns it.
+async fn next_redis_second(redis: &Redis) -> u64 {
+    let start = redis_second(redis).await;
+    for _ in 0..1000 {
+        let now = redis_second(redis).await;
+        if now != start {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("redis's clock did not move");
+}
+
+#[tokio::test]
+async fn a_volume_burst_spread_over_three_replicas_fires_once_and_blocks_on_every_replica() {
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    let gws = replicas(
+        &s,
+        &redis,
+        3,
+        Opts {
+            signals: "    volume:\n      factor: 1.0\n      min_requests: 5\n      interval_secs: 1\n      baseline_intervals: 1\n",
+            actions: "    volume:\n      action: block\n      duration_secs: 600\n",
+            ..Opts::default()
+        },
+        |y| y,
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    // One-second intervals: a burst must fall inside one of them. If a slow machine lets
+    // it straddle two, try again with a fresh identity (bounded).
+    for attempt in 0..5 {
+        let who = format!("burst-{attempt}");
+        let token = mint(&s.key, ISS, &who, "user/*.read", None);
+        // The baseline: one request in one interval...
+        next_redis_second(&redis).await;
+        assert_eq!(
+            call(&c, &gws[0], "/fhir/Patient/base", &token).await.status,
+            200
+        );
+        // ...then 8 in the next, round-robin: at most 3 per replica, under the floor of
+        // 5, but the 6th in the cluster is over both the floor and the baseline.
+        let burst_second = next_redis_second(&redis).await;
+        let mut statuses = Vec::new();
+        for i in 0..8usize {
+            let r = call(&c, &gws[i % 3], &format!("/fhir/Patient/v{i}"), &token).await;
+            if r.status != 200 {
+                assert_blocked(&r, &format!("burst request {i}"));
+            }
+            statuses.push(r.status);
+        }
+        let fired = metric_sum(&gws, "ward_signals_total", &[("signal", "volume")]).await;
+        if fired == 0.0 {
+            assert_ne!(
+                redis_second(&redis).await,
+                burst_second,
+                "a burst inside one interval did not fire: {statuses:?}"
+            );
+            continue;
+        }
+        assert_eq!(fired, 1.0);
+        assert_eq!(statuses, vec![200, 200, 200, 200, 200, 200, 403, 403]);
+        for (i, gw) in gws.iter().enumerate() {
+            assert_blocked(
+                &call(&c, gw, "/fhir/Patient/after", &token).await,
+                &format!("{who} on replica {i}"),
+            );
+        }
+        let events = wait_events(&s.hook, "signal").await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        let ev = &events[0].1;
+        assert_eq!(ev["signal"], "volume");
+        assert_eq!(ev["identity"], format!("sub:https://idp.test|{who}"));
+        assert_eq!(ev["value"], 6);
+        assert_eq!(ev["threshold"], 5);
+        assert_counters_hashed_and_expiring(&redis, &[who.as_str()]).await;
+        redis.stop();
+        return;
+    }
+    panic!("no burst fell inside one interval in 5 attempts");
+}

@@ -1122,11 +1122,9 @@ where
                 }
             }
             if let Some(id) = &identity {
-                // Redis decides when it answered; otherwise this replica alone.
-                let throttled_now = match &answer {
-                    Some(a) => a.throttled,
-                    None => r.throttled(id),
-                };
+                // The shared throttle (when Redis answered), and any this replica set
+                // alone while Redis was down: a throttle in force anywhere holds.
+                let throttled_now = answer.as_ref().is_some_and(|a| a.throttled) || r.throttled(id);
                 if throttled_now {
                     r.metrics.blocked.with_label_values(&["throttle"]).inc();
                     return Err(throttled());
