@@ -18,6 +18,12 @@
 //! - break-glass: refused without the entitlement or without a reason, never a way around
 //!   authentication, and when used: served, counted, audited with its reason, and announced
 //!   by a signed webhook event that carries neither the reason nor a patient id.
+//! - across replicas sharing one `redis-server` (requests round-robin, so no replica alone
+//!   crosses a threshold but the sum does): exfiltration, probing, a DLP signal with its
+//!   throttle, a volume burst and the break-glass daily limit each fire once in the cluster
+//!   and their block / throttle / limit holds on every replica; the shared keys are hashed
+//!   and expiring; with the `redis-server` killed, each replica counts alone and keeps
+//!   serving (the documented fail-open fallback).
 
 mod common;
 
@@ -1941,4 +1947,110 @@ async fn a_volume_burst_spread_over_three_replicas_fires_once_and_blocks_on_ever
         return;
     }
     panic!("no burst fell inside one interval in 5 attempts");
+}
+
+/// Not a test: the cost of the shared counting against a local `redis-server`, for the
+/// README. `cargo test --test respond -- --ignored --nocapture measure_`.
+#[tokio::test]
+#[ignore]
+async fn measure_the_round_trips_of_shared_counting() {
+    use ward::respond::shared::{Observation, Shared};
+    use ward::respond::signals::{SignalKind, Signals, SignalsConfig};
+    let mut redis = Redis::start().await;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let fallback =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("f", "f"), &["phase"]).unwrap();
+    let shared = Shared::new(
+        conn.clone(),
+        "ward:respond",
+        Duration::from_secs(5),
+        fallback,
+    );
+    let cfg: SignalsConfig = serde_json::from_value(json!({
+        "exfiltration": {"distinct_patients": 1000000, "window_secs": 3600},
+        "probing": {"denials": 1000000, "window_secs": 300},
+        "volume": {"factor": 20.0, "min_requests": 100, "interval_secs": 60, "baseline_intervals": 10}
+    }))
+    .unwrap();
+    let signals = Signals::new(&cfg).unwrap();
+    const N: u32 = 5000;
+    let ids: Vec<String> = (0..50)
+        .map(|i| format!("sub:https://idp.test|user{i}"))
+        .collect();
+    let fields = vec![
+        "sub:user".to_owned(),
+        "sub:https://idp.test|user".to_owned(),
+    ];
+
+    let mut c = conn.clone();
+    let t = std::time::Instant::now();
+    for _ in 0..N {
+        let _: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
+    }
+    let ping = t.elapsed() / N;
+
+    let t = std::time::Instant::now();
+    for i in 0..N {
+        let id = &ids[i as usize % ids.len()];
+        shared
+            .on_request(
+                "ward:blocks",
+                &fields,
+                Some(id),
+                30,
+                signals.volume_params(),
+            )
+            .await
+            .unwrap();
+    }
+    let request = t.elapsed() / N;
+
+    let t = std::time::Instant::now();
+    for i in 0..N {
+        let id = &ids[i as usize % ids.len()];
+        let patient = format!("pat{i}");
+        let obs = [Observation {
+            kind: SignalKind::Exfiltration,
+            key: id,
+            item: Some(&patient),
+            yields: true,
+        }];
+        shared.observe(&signals, &obs).await.unwrap();
+    }
+    let read = t.elapsed() / N;
+
+    let t = std::time::Instant::now();
+    for i in 0..N {
+        let id = &ids[i as usize % ids.len()];
+        let obs = [
+            Observation {
+                kind: SignalKind::Probing,
+                key: "ip:192.0.2.7",
+                item: None,
+                yields: false,
+            },
+            Observation {
+                kind: SignalKind::Probing,
+                key: id,
+                item: None,
+                yields: false,
+            },
+        ];
+        shared.observe(&signals, &obs).await.unwrap();
+    }
+    let denial = t.elapsed() / N;
+    println!(
+        "per call, {N} sequential calls: PING {ping:?}; after authentication (blocks + throttle + volume) {request:?}; patient read (HyperLogLog, 4 sub-windows) {read:?}; denial (two counters, 6 sub-windows) {denial:?}"
+    );
+    // Redis's own time per script call (the server side of the above).
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for l in info.lines().filter(|l| l.starts_with("cmdstat_evalsha")) {
+        println!("{l}");
+    }
+    redis.stop();
 }
