@@ -2063,3 +2063,72 @@ async fn measure_the_round_trips_of_shared_counting() {
     }
     redis.stop();
 }
+
+#[tokio::test]
+async fn off_hours_reads_spread_over_three_replicas_fire_once_and_block_on_every_replica() {
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    // A window around "now" (UTC), so the test holds at any hour.
+    let mins = (now_secs() / 60 % (24 * 60)) as i64;
+    let hhmm = |m: i64| {
+        let m = m.rem_euclid(24 * 60);
+        format!("{:02}:{:02}", m / 60, m % 60)
+    };
+    let signals = format!(
+        "    exfiltration:\n      distinct_patients: 100\n      window_secs: 3600\n    off_hours:\n      identities: [\"sub:https://idp.test|night*\"]\n      start: \"{}\"\n      end: \"{}\"\n      utc_offset: \"Z\"\n      distinct_patients: 6\n      window_secs: 3600\n",
+        hhmm(mins - 120),
+        hhmm(mins + 120)
+    );
+    let gws = replicas(
+        &s,
+        &redis,
+        3,
+        Opts {
+            signals: &signals,
+            actions: "    off_hours:\n      action: block\n      duration_secs: 600\n",
+            ..Opts::default()
+        },
+        |y| y,
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    let owl = mint(&s.key, ISS, "night-owl", "user/*.read", None);
+    let day = mint(&s.key, ISS, "day-shift", "user/*.read", None);
+    // Both read 12 patients round-robin (at most 2 per replica before the 6th); only the
+    // listed identity is held to the off-hours threshold.
+    let mut owl_statuses = Vec::new();
+    for i in 0..12usize {
+        let gw = &gws[i % 3];
+        let r = call(&c, gw, &format!("/fhir/Patient/n{i:02}"), &owl).await;
+        if r.status != 200 {
+            assert_blocked(&r, &format!("night-owl read {i}"));
+        }
+        owl_statuses.push(r.status);
+        let r = call(&c, gw, &format!("/fhir/Patient/d{i:02}"), &day).await;
+        assert_eq!(r.status, 200, "day-shift read {i}: {:?}", r.body);
+    }
+    let served = owl_statuses.iter().take_while(|s| **s == 200).count();
+    assert_eq!(served, 6, "{owl_statuses:?}");
+    assert!(owl_statuses[served..].iter().all(|s| *s == 403));
+    for (i, gw) in gws.iter().enumerate() {
+        assert_blocked(
+            &call(&c, gw, "/fhir/Patient/n00", &owl).await,
+            &format!("night-owl on replica {i}"),
+        );
+    }
+    assert_eq!(
+        metric_sum(&gws, "ward_signals_total", &[("signal", "off_hours")]).await,
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&gws, "ward_signals_total", &[("signal", "exfiltration")]).await,
+        0.0
+    );
+    let events = wait_events(&s.hook, "signal").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["signal"], "off_hours");
+    assert_eq!(events[0].1["identity"], "sub:https://idp.test|night-owl");
+    assert_eq!(events[0].1["value"], 6);
+    assert_counters_hashed_and_expiring(&redis, &["night-owl", "day-shift"]).await;
+    redis.stop();
+}
