@@ -189,7 +189,7 @@ impl Metrics {
             },
             blocked: counter(&r, "ward_blocked_total", "Requests refused by a block or throttle, by what matched (ip, cidr, cert, sub, client_id, throttle).", &["kind"]),
             break_glass: counter(&r, "ward_break_glass_total", "Emergency (break-glass) reads outside the patient compartment, by route.", &["route"]),
-            respond_redis_fallback: counter(&r, "ward_respond_redis_fallback_total", "Respond Redis calls (phase: request, outcome, throttle, break_glass) that failed or were skipped during an outage, so this replica counted alone.", &["phase"]),
+            respond_redis_fallback: counter(&r, "ward_respond_redis_fallback_total", "Respond Redis calls (phase: blocks, request, outcome, throttle, break_glass) that failed or were skipped during an outage, so this replica decided alone.", &["phase"]),
             notifications: counter(&r, "ward_notifications_total", "Incident notifications by sink (webhook) and result (sent, failed, dropped).", &["sink", "result"]),
             dlp_findings: counter(&r, "ward_dlp_findings_total", "DLP findings by route (or MLLP listener), detector or rule name (from the policy) and action. Counts only: values are never recorded.", &["route", "detector", "action"]),
             dlp_messages: counter(&r, "ward_dlp_messages_total", "Bodies seen by DLP by route, direction (request, response) and outcome (clean, rewritten, reported, blocked, too_large, unscannable, error).", &["route", "direction", "outcome"]),
