@@ -23,7 +23,7 @@
 //!   throttle, a volume burst and the break-glass daily limit each fire once in the cluster
 //!   and their block / throttle / limit holds on every replica; the shared keys are hashed
 //!   and expiring; with the `redis-server` killed, each replica counts alone and keeps
-//!   serving (the documented fail-open fallback).
+//!   serving (the documented fail-open fallback), and counts in Redis again once it is back.
 
 mod common;
 
@@ -1062,7 +1062,11 @@ fn redis_binary() -> String {
 
 impl Redis {
     async fn start() -> Redis {
-        let port = dead_addr().await.port();
+        Redis::start_on(dead_addr().await.port()).await
+    }
+
+    /// A fresh (empty) `redis-server` on `port`: a restart after an outage.
+    async fn start_on(port: u16) -> Redis {
         let port_arg = port.to_string();
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new(redis_binary())
@@ -1865,6 +1869,39 @@ async fn with_redis_down_each_replica_counts_alone_and_keeps_serving() {
     let events = wait_events(&s.hook, "signal").await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].1["value"], 6);
+
+    // Redis back (empty, same address): the replicas reconnect by themselves and count in
+    // it again once the backoff is over (polled, bounded).
+    let redis = Redis::start_on(redis.port).await;
+    let mut back = false;
+    for _ in 0..500 {
+        let before = metric(&gws[1], "ward_respond_redis_fallback_total", &[]).await;
+        let r = call(&c, &gws[1], "/fhir/Patient/4", &alice).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if metric(&gws[1], "ward_respond_redis_fallback_total", &[]).await == before {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(back, "replica 1 never counted in the restarted redis");
+    let before = metric(&gws[1], "ward_respond_redis_fallback_total", &[]).await;
+    for i in 0..3 {
+        let forged = mint(&attacker, ISS, &format!("again-{i}"), "user/*.read", None);
+        assert_eq!(
+            call(&c, &gws[1], "/fhir/Patient/x", &forged).await.status,
+            401
+        );
+    }
+    assert_eq!(
+        metric(&gws[1], "ward_respond_redis_fallback_total", &[]).await,
+        before,
+        "decided locally although redis answers"
+    );
+    assert!(redis_keys(&redis)
+        .await
+        .iter()
+        .any(|(k, _)| k.starts_with("ward:respond:p:")));
 }
 
 /// Redis's clock, in whole seconds (`TIME`): the clock the shared windows use.
