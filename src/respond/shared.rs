@@ -20,7 +20,11 @@
 //! - after authentication: the shared block lookup (it was one `HMGET` before), the
 //!   throttle and the volume observation, together;
 //! - after the response, only when there is something to count (a denial, a DLP block, a
-//!   read naming a patient): every counter the outcome feeds.
+//!   read naming a patient): every counter the outcome feeds. It is awaited before the
+//!   response goes out, so a block or throttle it triggers holds from the very next
+//!   request on any replica.
+//!
+//! When a signal fires, one more call shares its action (the block, or the throttle flag).
 //!
 //! Time is Redis's (`TIME`), so clock skew between replicas moves no window. Keys are
 //! `prefix:<signal>:{<first 16 bytes of SHA-256 of the identity key>}` plus a sub-window
