@@ -18,6 +18,12 @@
 //! - break-glass: refused without the entitlement or without a reason, never a way around
 //!   authentication, and when used: served, counted, audited with its reason, and announced
 //!   by a signed webhook event that carries neither the reason nor a patient id.
+//! - across replicas sharing one `redis-server` (requests round-robin, so no replica alone
+//!   crosses a threshold but the sum does): exfiltration, probing, a DLP signal with its
+//!   throttle, a volume burst and the break-glass daily limit each fire once in the cluster
+//!   and their block / throttle / limit holds on every replica; the shared keys are hashed
+//!   and expiring; with the `redis-server` killed, each replica counts alone and keeps
+//!   serving (the documented fail-open fallback), and counts in Redis again once it is back.
 
 mod common;
 
@@ -341,7 +347,7 @@ async fn setup() -> Setup {
 }
 
 /// What varies between the tests' configs.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Opts<'a> {
     /// Policies of the `fhir` route (default `token`).
     policies: &'a str,
@@ -1056,7 +1062,11 @@ fn redis_binary() -> String {
 
 impl Redis {
     async fn start() -> Redis {
-        let port = dead_addr().await.port();
+        Redis::start_on(dead_addr().await.port()).await
+    }
+
+    /// A fresh (empty) `redis-server` on `port`: a restart after an outage.
+    async fn start_on(port: u16) -> Redis {
         let port_arg = port.to_string();
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new(redis_binary())
@@ -1405,4 +1415,757 @@ async fn a_blocked_address_is_not_served_on_mllp_listeners_either() {
         metric_in(&m, "ward_blocked_total", &[("kind", "ip")]) >= 1.0,
         "{m}"
     );
+}
+
+// ------------------------------------------------------------------ signals across replicas
+
+/// `n` replicas sharing the one `redis-server`: each its own config file and blocks file,
+/// the same upstream, webhook receiver and policies. `tweak` edits the YAML.
+async fn replicas(
+    s: &Setup,
+    redis: &Redis,
+    n: usize,
+    o: Opts<'_>,
+    tweak: impl Fn(String) -> String,
+) -> Vec<ward::Gateway> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let blocks = format!("state/r{i}-blocks.json");
+        let yaml = tweak(s.yaml(&Opts {
+            blocks_file: &blocks,
+            redis: Some(redis.port),
+            ..o
+        }));
+        let cfg = load(&s.env, &format!("r{i}.yaml"), &yaml);
+        out.push(
+            ward::Gateway::start(cfg)
+                .await
+                .unwrap_or_else(|e| panic!("replica {i} starts: {e:#}")),
+        );
+    }
+    out
+}
+
+/// The sum of a metric over every replica.
+async fn metric_sum(gws: &[ward::Gateway], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for gw in gws {
+        sum += metric(gw, name, labels).await;
+    }
+    sum
+}
+
+/// Every key in Redis with its PTTL (-1: no expiry).
+async fn redis_keys(redis: &Redis) -> Vec<(String, i64)> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for k in keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        out.push((k, ttl));
+    }
+    out
+}
+
+/// The counters the replicas share in Redis: hashed, and expiring (only the blocks hash,
+/// pruned by the replicas' merge, lives without a TTL). `secrets` must appear in no key.
+async fn assert_counters_hashed_and_expiring(redis: &Redis, secrets: &[&str]) {
+    let keys = redis_keys(redis).await;
+    let counters: Vec<&(String, i64)> = keys
+        .iter()
+        .filter(|(k, _)| k.starts_with("ward:respond:"))
+        .collect();
+    assert!(
+        !counters.is_empty(),
+        "no shared counters in redis: {keys:?}"
+    );
+    for (k, ttl) in &counters {
+        assert!(*ttl > 0, "{k} does not expire ({ttl})");
+        for s in secrets {
+            assert!(!k.contains(s), "{s:?} in the redis key {k}");
+        }
+    }
+    for (k, _) in &keys {
+        assert!(
+            k.starts_with("ward:respond:") || k == "ward:blocks",
+            "unexpected redis key {k}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn exfiltration_spread_over_three_replicas_fires_once_and_blocks_on_every_replica() {
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    let gws = replicas(
+        &s,
+        &redis,
+        3,
+        Opts {
+            signals: "    exfiltration:\n      distinct_patients: 30\n      window_secs: 3600\n",
+            actions: EXFIL_BLOCK,
+            ..Opts::default()
+        },
+        |y| y,
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    let alice = mint(&s.key, ISS, "alice", "user/*.read", None);
+    // The same 10 patients read on every replica: 30 reads, 10 distinct patients in the
+    // cluster (the sketches' union), far from 30.
+    for gw in &gws {
+        for p in 0..10 {
+            let r = call(&c, gw, &format!("/fhir/Patient/same{p:02}"), &alice).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    }
+    // Round-robin: replica i % 3 reads patient i. No replica alone reaches 30 patients
+    // (10 + at most 8), the cluster does at about 20 more.
+    let mut served = [0usize; 3];
+    let mut first_refused = None;
+    for i in 0..60usize {
+        let gw = &gws[i % 3];
+        let r = call(&c, gw, &format!("/fhir/Patient/spread{i:03}"), &alice).await;
+        if r.status == 200 {
+            assert!(first_refused.is_none(), "served after the block: {i}");
+            served[i % 3] += 1;
+        } else {
+            assert_blocked(&r, &format!("patient {i}"));
+            first_refused.get_or_insert(i);
+        }
+    }
+    let total: usize = served.iter().sum();
+    // Redis's HyperLogLog estimate is within a patient or two of 30 at this size.
+    assert!((18..=22).contains(&total), "served {total} ({served:?})");
+    assert!(
+        served.iter().all(|n| *n <= 8),
+        "a replica alone would have crossed: {served:?}"
+    );
+    // The block holds on every replica, for a patient already read too.
+    for (i, gw) in gws.iter().enumerate() {
+        assert_blocked(
+            &call(&c, gw, "/fhir/Patient/spread000", &alice).await,
+            &format!("alice on replica {i}"),
+        );
+    }
+    assert_eq!(s.upstream_saw("/fhir/Patient/spread"), total);
+    // Another identity is served everywhere.
+    let bob = mint(&s.key, ISS, "bob", "user/*.read", None);
+    for gw in &gws {
+        assert_eq!(
+            call(&c, gw, "/fhir/Patient/bob-own", &bob).await.status,
+            200
+        );
+    }
+    // Fired exactly once in the whole cluster: one metric increment, one event.
+    assert_eq!(
+        metric_sum(
+            &gws,
+            "ward_signals_total",
+            &[("signal", "exfiltration"), ("action", "block")]
+        )
+        .await,
+        1.0
+    );
+    let events = wait_events(&s.hook, "signal").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (text, ev) = &events[0];
+    assert_eq!(ev["signal"], "exfiltration", "{text}");
+    assert_eq!(ev["identity"], "sub:https://idp.test|alice", "{text}");
+    assert_eq!(ev["threshold"], 30, "{text}");
+    assert!(ev["value"].as_u64().is_some_and(|v| v >= 30), "{text}");
+    assert!(!text.contains("spread0"), "a patient id leaked: {text}");
+    assert_eq!(
+        metric_sum(&gws, "ward_respond_redis_fallback_total", &[]).await,
+        0.0
+    );
+    assert_counters_hashed_and_expiring(&redis, &["alice", "spread", "same", "idp.test"]).await;
+    redis.stop();
+}
+
+#[tokio::test]
+async fn probing_spread_over_three_replicas_blocks_the_address_on_every_replica() {
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    let gws = replicas(
+        &s,
+        &redis,
+        3,
+        Opts {
+            signals: PROBING_20,
+            actions: PROBING_BLOCK,
+            ..Opts::default()
+        },
+        |y| y,
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    let attacker = KeyPair::generate().unwrap();
+    // 20 forged tokens, round-robin: under 7 denials per replica.
+    for i in 0..20 {
+        let forged = mint(&attacker, ISS, &format!("guess-{i}"), "user/*.read", None);
+        let r = call(&c, &gws[i % 3], &format!("/fhir/Patient/x{i}"), &forged).await;
+        assert_eq!(r.status, 401, "attempt {i}: {:?}", r.body);
+    }
+    // The 20th denial in the cluster fired: every replica refuses the address, before
+    // authentication, whatever it presents.
+    let valid = mint(&s.key, ISS, "alice", "user/*.read", None);
+    for (i, gw) in gws.iter().enumerate() {
+        assert_blocked(
+            &call(&c, gw, "/fhir/Patient/1", &valid).await,
+            &format!("valid token on replica {i}"),
+        );
+        assert_blocked(
+            &call_with(&c, gw, "/fhir/Patient/1", None, &[]).await,
+            &format!("no token on replica {i}"),
+        );
+    }
+    assert_eq!(s.ehr.count(), 0, "nothing reached the upstream");
+    assert_eq!(
+        metric_sum(
+            &gws,
+            "ward_signals_total",
+            &[("signal", "probing"), ("action", "block")]
+        )
+        .await,
+        1.0
+    );
+    let events = wait_events(&s.hook, "signal").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["identity"], "ip:127.0.0.1");
+    assert_eq!(events[0].1["value"], 20);
+    assert_counters_hashed_and_expiring(&redis, &["127.0.0.1"]).await;
+    redis.stop();
+}
+
+#[tokio::test]
+async fn dlp_blocks_spread_over_three_replicas_throttle_the_identity_on_every_replica() {
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    s.env.write(
+        "policies/phi.yaml",
+        "dlp:\n  detectors:\n    ssn: { action: block }\n",
+    );
+    let gws = replicas(
+        &s,
+        &redis,
+        3,
+        Opts {
+            policies: "token, phi",
+            signals: "    dlp:\n      blocked: 3\n      window_secs: 3600\n",
+            actions: "    dlp:\n      action: throttle\n      duration_secs: 600\n",
+            ..Opts::default()
+        },
+        |y| y.replace("  throttle_per_minute: 30\n", "  throttle_per_minute: 2\n"),
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    let mallory = mint(&s.key, ISS, "mallory", "user/*.read", None);
+    // One DLP block on each replica: 3 in the cluster, 1 per replica.
+    for (i, gw) in gws.iter().enumerate() {
+        let r = call(&c, gw, "/fhir/Patient/123-45-6789", &mallory).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "dlp_blocked"),
+            "replica {i}: {:?}",
+            r.body
+        );
+    }
+    // Throttled to 2 a minute in the whole cluster: two served, then 429 everywhere.
+    let mut statuses = Vec::new();
+    for i in 0..9usize {
+        let r = call(&c, &gws[i % 3], &format!("/fhir/Patient/ok-{i}"), &mallory).await;
+        if r.status != 200 {
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                (429, "throttled"),
+                "{:?}",
+                r.body
+            );
+            assert!(r.headers.contains_key("retry-after"));
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(
+        statuses,
+        vec![200, 200, 429, 429, 429, 429, 429, 429, 429],
+        "cluster-wide allowance of 2"
+    );
+    assert_eq!(s.upstream_saw("/fhir/Patient/ok-"), 2);
+    // Others are not throttled, on any replica.
+    let alice = mint(&s.key, ISS, "alice", "user/*.read", None);
+    for (i, gw) in gws.iter().enumerate() {
+        for j in 0..3 {
+            let r = call(&c, gw, &format!("/fhir/Patient/a{i}-{j}"), &alice).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    }
+    assert_eq!(
+        metric_sum(
+            &gws,
+            "ward_signals_total",
+            &[("signal", "dlp"), ("action", "throttle")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&gws, "ward_blocked_total", &[("kind", "throttle")]).await,
+        7.0
+    );
+    let events = wait_events(&s.hook, "signal").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["signal"], "dlp");
+    assert_eq!(events[0].1["identity"], "sub:https://idp.test|mallory");
+    assert_eq!(events[0].1["value"], 3);
+    assert!(!events[0].0.contains("123-45-6789"));
+    assert_counters_hashed_and_expiring(&redis, &["mallory", "123-45-6789"]).await;
+    redis.stop();
+}
+
+#[tokio::test]
+async fn the_break_glass_daily_limit_holds_across_replicas() {
+    const REASON: &str = "Unresponsive patient in ED, allergy history needed";
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    s.env.write(
+        "policies/guard.yaml",
+        "fhir_authz:\n  break_glass:\n    scope: emergency-access\n    max_per_day: 2\n",
+    );
+    let gws = replicas(
+        &s,
+        &redis,
+        3,
+        Opts {
+            policies: "token, guard",
+            ..Opts::default()
+        },
+        |y| y,
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    let grey = mint(
+        &s.key,
+        ISS,
+        "dr-grey",
+        "launch/patient patient/*.read emergency-access",
+        Some("px-alpha"),
+    );
+    let yang = mint(
+        &s.key,
+        ISS,
+        "dr-yang",
+        "launch/patient patient/*.read emergency-access",
+        Some("px-alpha"),
+    );
+    let glass = |gw, token, id: &str| {
+        let path = format!("/fhir/Patient/{id}");
+        let c = &c;
+        async move { call_with(c, gw, &path, Some(token), &[("break-glass-reason", REASON)]).await }
+    };
+    // Two uses a day in the cluster: one on replica 0, one on replica 1, then refused on
+    // every replica (each replica alone has used at most one).
+    let mut statuses = Vec::new();
+    for (i, gw) in gws.iter().chain(gws.iter()).enumerate() {
+        let r = glass(gw, grey.as_str(), &format!("px-b{i}")).await;
+        if r.status != 200 {
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                (429, "break_glass_limit"),
+                "{:?}",
+                r.body
+            );
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, vec![200, 200, 429, 429, 429, 429]);
+    assert_eq!(s.upstream_saw("/fhir/Patient/px-b"), 2);
+    // The allowance is per identity: another doctor still has hers, on any replica.
+    assert_eq!(glass(&gws[2], yang.as_str(), "px-c0").await.status, 200);
+    assert_eq!(
+        metric_sum(&gws, "ward_break_glass_total", &[("route", "fhir")]).await,
+        3.0
+    );
+    assert_counters_hashed_and_expiring(&redis, &["dr-grey", "dr-yang", "px-"]).await;
+    redis.stop();
+}
+
+#[tokio::test]
+async fn with_redis_down_each_replica_counts_alone_and_keeps_serving() {
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    let gws = replicas(
+        &s,
+        &redis,
+        2,
+        Opts {
+            signals: "    probing:\n      denials: 6\n      window_secs: 300\n",
+            actions: PROBING_BLOCK,
+            ..Opts::default()
+        },
+        |y| y,
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    let alice = mint(&s.key, ISS, "alice", "user/*.read", None);
+    for gw in &gws {
+        assert_eq!(call(&c, gw, "/fhir/Patient/1", &alice).await.status, 200);
+    }
+    redis.stop();
+    // 10 denials in all, 5 per replica: over the threshold of 6 in the cluster, but no
+    // replica alone reaches it, and the replicas cannot add up their counts now.
+    let attacker = KeyPair::generate().unwrap();
+    for i in 0..10 {
+        let forged = mint(&attacker, ISS, &format!("guess-{i}"), "user/*.read", None);
+        let r = call(&c, &gws[i % 2], &format!("/fhir/Patient/x{i}"), &forged).await;
+        assert_eq!(r.status, 401, "attempt {i}: {:?}", r.body);
+    }
+    // Fail open: clinical traffic is served on both.
+    for (i, gw) in gws.iter().enumerate() {
+        let r = call(&c, gw, "/fhir/Patient/2", &alice).await;
+        assert_eq!(r.status, 200, "replica {i}: {:?}", r.body);
+    }
+    assert_eq!(
+        metric_sum(&gws, "ward_signals_total", &[("signal", "probing")]).await,
+        0.0
+    );
+    // The local fallback still counts: the 6th denial on replica 0 fires there.
+    let forged = mint(&attacker, ISS, "guess-last", "user/*.read", None);
+    assert_eq!(
+        call(&c, &gws[0], "/fhir/Patient/x", &forged).await.status,
+        401
+    );
+    assert_blocked(
+        &call(&c, &gws[0], "/fhir/Patient/3", &alice).await,
+        "the address on replica 0",
+    );
+    assert_eq!(
+        metric(
+            &gws[0],
+            "ward_signals_total",
+            &[("signal", "probing"), ("action", "block")]
+        )
+        .await,
+        1.0
+    );
+    // Replica 1 cannot learn the block while Redis is down: it serves.
+    let r = call(&c, &gws[1], "/fhir/Patient/3", &alice).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for (i, gw) in gws.iter().enumerate() {
+        assert!(
+            metric(gw, "ward_respond_redis_fallback_total", &[]).await >= 1.0,
+            "replica {i} counted no fallback"
+        );
+    }
+    let events = wait_events(&s.hook, "signal").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["value"], 6);
+
+    // Redis back (empty, same address): the replicas reconnect by themselves and count in
+    // it again once the backoff is over (polled, bounded).
+    let redis = Redis::start_on(redis.port).await;
+    let mut back = false;
+    for _ in 0..500 {
+        let before = metric(&gws[1], "ward_respond_redis_fallback_total", &[]).await;
+        let r = call(&c, &gws[1], "/fhir/Patient/4", &alice).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if metric(&gws[1], "ward_respond_redis_fallback_total", &[]).await == before {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(back, "replica 1 never counted in the restarted redis");
+    let before = metric(&gws[1], "ward_respond_redis_fallback_total", &[]).await;
+    for i in 0..3 {
+        let forged = mint(&attacker, ISS, &format!("again-{i}"), "user/*.read", None);
+        assert_eq!(
+            call(&c, &gws[1], "/fhir/Patient/x", &forged).await.status,
+            401
+        );
+    }
+    assert_eq!(
+        metric(&gws[1], "ward_respond_redis_fallback_total", &[]).await,
+        before,
+        "decided locally although redis answers"
+    );
+    assert!(redis_keys(&redis)
+        .await
+        .iter()
+        .any(|(k, _)| k.starts_with("ward:respond:p:")));
+}
+
+/// Redis's clock, in whole seconds (`TIME`): the clock the shared windows use.
+async fn redis_second(redis: &Redis) -> u64 {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (secs, _micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    secs
+}
+
+/// Wait (bounded) until Redis's clock enters a new second; returns it.
+async fn next_redis_second(redis: &Redis) -> u64 {
+    let start = redis_second(redis).await;
+    for _ in 0..1000 {
+        let now = redis_second(redis).await;
+        if now != start {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("redis's clock did not move");
+}
+
+#[tokio::test]
+async fn a_volume_burst_spread_over_three_replicas_fires_once_and_blocks_on_every_replica() {
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    let gws = replicas(
+        &s,
+        &redis,
+        3,
+        Opts {
+            signals: "    volume:\n      factor: 1.0\n      min_requests: 5\n      interval_secs: 1\n      baseline_intervals: 1\n",
+            actions: "    volume:\n      action: block\n      duration_secs: 600\n",
+            ..Opts::default()
+        },
+        |y| y,
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    // One-second intervals: a burst must fall inside one of them. If a slow machine lets
+    // it straddle two, try again with a fresh identity (bounded).
+    for attempt in 0..5 {
+        let who = format!("burst-{attempt}");
+        let token = mint(&s.key, ISS, &who, "user/*.read", None);
+        // The baseline: one request in one interval...
+        next_redis_second(&redis).await;
+        assert_eq!(
+            call(&c, &gws[0], "/fhir/Patient/base", &token).await.status,
+            200
+        );
+        // ...then 8 in the next, round-robin: at most 3 per replica, under the floor of
+        // 5, but the 6th in the cluster is over both the floor and the baseline.
+        let burst_second = next_redis_second(&redis).await;
+        let mut statuses = Vec::new();
+        for i in 0..8usize {
+            let r = call(&c, &gws[i % 3], &format!("/fhir/Patient/v{i}"), &token).await;
+            if r.status != 200 {
+                assert_blocked(&r, &format!("burst request {i}"));
+            }
+            statuses.push(r.status);
+        }
+        let fired = metric_sum(&gws, "ward_signals_total", &[("signal", "volume")]).await;
+        if fired == 0.0 {
+            assert_ne!(
+                redis_second(&redis).await,
+                burst_second,
+                "a burst inside one interval did not fire: {statuses:?}"
+            );
+            continue;
+        }
+        assert_eq!(fired, 1.0);
+        assert_eq!(statuses, vec![200, 200, 200, 200, 200, 200, 403, 403]);
+        for (i, gw) in gws.iter().enumerate() {
+            assert_blocked(
+                &call(&c, gw, "/fhir/Patient/after", &token).await,
+                &format!("{who} on replica {i}"),
+            );
+        }
+        let events = wait_events(&s.hook, "signal").await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        let ev = &events[0].1;
+        assert_eq!(ev["signal"], "volume");
+        assert_eq!(ev["identity"], format!("sub:https://idp.test|{who}"));
+        assert_eq!(ev["value"], 6);
+        assert_eq!(ev["threshold"], 5);
+        assert_counters_hashed_and_expiring(&redis, &[who.as_str()]).await;
+        redis.stop();
+        return;
+    }
+    panic!("no burst fell inside one interval in 5 attempts");
+}
+
+/// Not a test: the cost of the shared counting against a local `redis-server`, for the
+/// README. `cargo test --test respond -- --ignored --nocapture measure_`.
+#[tokio::test]
+#[ignore]
+async fn measure_the_round_trips_of_shared_counting() {
+    use ward::respond::shared::{Observation, Shared};
+    use ward::respond::signals::{SignalKind, Signals, SignalsConfig};
+    let mut redis = Redis::start().await;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let fallback =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("f", "f"), &["phase"]).unwrap();
+    let shared = Shared::new(
+        conn.clone(),
+        "ward:respond",
+        Duration::from_secs(5),
+        fallback,
+    );
+    let cfg: SignalsConfig = serde_json::from_value(json!({
+        "exfiltration": {"distinct_patients": 1000000, "window_secs": 3600},
+        "probing": {"denials": 1000000, "window_secs": 300},
+        "volume": {"factor": 20.0, "min_requests": 100, "interval_secs": 60, "baseline_intervals": 10}
+    }))
+    .unwrap();
+    let signals = Signals::new(&cfg).unwrap();
+    const N: u32 = 5000;
+    let ids: Vec<String> = (0..50)
+        .map(|i| format!("sub:https://idp.test|user{i}"))
+        .collect();
+    let fields = vec![
+        "sub:user".to_owned(),
+        "sub:https://idp.test|user".to_owned(),
+    ];
+
+    let mut c = conn.clone();
+    let t = std::time::Instant::now();
+    for _ in 0..N {
+        let _: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
+    }
+    let ping = t.elapsed() / N;
+
+    let t = std::time::Instant::now();
+    for i in 0..N {
+        let id = &ids[i as usize % ids.len()];
+        shared
+            .on_request(
+                "ward:blocks",
+                &fields,
+                Some(id),
+                30,
+                signals.volume_params(),
+            )
+            .await
+            .unwrap();
+    }
+    let request = t.elapsed() / N;
+
+    let t = std::time::Instant::now();
+    for i in 0..N {
+        let id = &ids[i as usize % ids.len()];
+        let patient = format!("pat{i}");
+        let obs = [Observation {
+            kind: SignalKind::Exfiltration,
+            key: id,
+            item: Some(&patient),
+            yields: true,
+        }];
+        shared.observe(&signals, &obs).await.unwrap();
+    }
+    let read = t.elapsed() / N;
+
+    let t = std::time::Instant::now();
+    for i in 0..N {
+        let id = &ids[i as usize % ids.len()];
+        let obs = [
+            Observation {
+                kind: SignalKind::Probing,
+                key: "ip:192.0.2.7",
+                item: None,
+                yields: false,
+            },
+            Observation {
+                kind: SignalKind::Probing,
+                key: id,
+                item: None,
+                yields: false,
+            },
+        ];
+        shared.observe(&signals, &obs).await.unwrap();
+    }
+    let denial = t.elapsed() / N;
+    println!(
+        "per call, {N} sequential calls: PING {ping:?}; after authentication (blocks + throttle + volume) {request:?}; patient read (HyperLogLog, 4 sub-windows) {read:?}; denial (two counters, 6 sub-windows) {denial:?}"
+    );
+    // Redis's own time per script call (the server side of the above).
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for l in info.lines().filter(|l| l.starts_with("cmdstat_evalsha")) {
+        println!("{l}");
+    }
+    redis.stop();
+}
+
+#[tokio::test]
+async fn off_hours_reads_spread_over_three_replicas_fire_once_and_block_on_every_replica() {
+    let mut redis = Redis::start().await;
+    let s = setup().await;
+    // A window around "now" (UTC), so the test holds at any hour.
+    let mins = (now_secs() / 60 % (24 * 60)) as i64;
+    let hhmm = |m: i64| {
+        let m = m.rem_euclid(24 * 60);
+        format!("{:02}:{:02}", m / 60, m % 60)
+    };
+    let signals = format!(
+        "    exfiltration:\n      distinct_patients: 100\n      window_secs: 3600\n    off_hours:\n      identities: [\"sub:https://idp.test|night*\"]\n      start: \"{}\"\n      end: \"{}\"\n      utc_offset: \"Z\"\n      distinct_patients: 6\n      window_secs: 3600\n",
+        hhmm(mins - 120),
+        hhmm(mins + 120)
+    );
+    let gws = replicas(
+        &s,
+        &redis,
+        3,
+        Opts {
+            signals: &signals,
+            actions: "    off_hours:\n      action: block\n      duration_secs: 600\n",
+            ..Opts::default()
+        },
+        |y| y,
+    )
+    .await;
+    let c = client(&s.env.pki, false);
+    let owl = mint(&s.key, ISS, "night-owl", "user/*.read", None);
+    let day = mint(&s.key, ISS, "day-shift", "user/*.read", None);
+    // Both read 12 patients round-robin (at most 2 per replica before the 6th); only the
+    // listed identity is held to the off-hours threshold.
+    let mut owl_statuses = Vec::new();
+    for i in 0..12usize {
+        let gw = &gws[i % 3];
+        let r = call(&c, gw, &format!("/fhir/Patient/n{i:02}"), &owl).await;
+        if r.status != 200 {
+            assert_blocked(&r, &format!("night-owl read {i}"));
+        }
+        owl_statuses.push(r.status);
+        let r = call(&c, gw, &format!("/fhir/Patient/d{i:02}"), &day).await;
+        assert_eq!(r.status, 200, "day-shift read {i}: {:?}", r.body);
+    }
+    let served = owl_statuses.iter().take_while(|s| **s == 200).count();
+    assert_eq!(served, 6, "{owl_statuses:?}");
+    assert!(owl_statuses[served..].iter().all(|s| *s == 403));
+    for (i, gw) in gws.iter().enumerate() {
+        assert_blocked(
+            &call(&c, gw, "/fhir/Patient/n00", &owl).await,
+            &format!("night-owl on replica {i}"),
+        );
+    }
+    assert_eq!(
+        metric_sum(&gws, "ward_signals_total", &[("signal", "off_hours")]).await,
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&gws, "ward_signals_total", &[("signal", "exfiltration")]).await,
+        0.0
+    );
+    let events = wait_events(&s.hook, "signal").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["signal"], "off_hours");
+    assert_eq!(events[0].1["identity"], "sub:https://idp.test|night-owl");
+    assert_eq!(events[0].1["value"], 6);
+    assert_counters_hashed_and_expiring(&redis, &["night-owl", "day-shift"]).await;
+    redis.stop();
 }

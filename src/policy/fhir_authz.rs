@@ -358,12 +358,29 @@ impl Inner {
     }
 
     /// Charge one use of the daily break-glass allowance (after the request is known to
-    /// be allowed, so a refused attempt costs nothing).
-    fn charge_break_glass(&self, claims: &Claims) -> Result<(), Rejection> {
+    /// be allowed, so a refused attempt costs nothing). With `respond.redis` the allowance
+    /// is one for all replicas; the local limiter is charged as well, and decides alone
+    /// while Redis does not answer.
+    async fn charge_break_glass(
+        &self,
+        claims: &Claims,
+        route: &str,
+        slot: Option<&crate::respond::RespondSlot>,
+    ) -> Result<(), Rejection> {
         if let Some(l) = &self.break_glass_limit {
-            if l.check_key(&format!("{}|{}", claims.iss, claims.sub))
-                .is_err()
-            {
+            let key = format!("{}|{}", claims.iss, claims.sub);
+            let local = l.check_key(&key).is_ok();
+            let per_day = self
+                .cfg
+                .break_glass
+                .as_ref()
+                .and_then(|b| b.max_per_day)
+                .unwrap_or(1);
+            let shared = match slot {
+                Some(s) => s.charge_break_glass(route, &key, per_day).await,
+                None => None,
+            };
+            if !shared.unwrap_or(local) {
                 return Err(Rejection::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "break_glass_limit",
@@ -1061,12 +1078,16 @@ where
     let break_glass = a.break_glass(f, claims, &parts)?;
     let plan = a.decide(f, claims, &mut params, break_glass.is_some())?;
     if let Some(reason) = break_glass {
-        a.charge_break_glass(claims)?;
         let route = parts
             .extensions
             .get::<crate::context::RouteId>()
             .map(|r| r.0.name.clone())
             .unwrap_or_default();
+        let slot = parts
+            .extensions
+            .get::<crate::respond::RespondSlot>()
+            .cloned();
+        a.charge_break_glass(claims, &route, slot.as_ref()).await?;
         a.metrics.break_glass.with_label_values(&[&route]).inc();
         tracing::warn!(target: "ward::respond", route = %route, resource_type = f.resource_type.unwrap_or("*"), "break-glass access");
         if let Some(slot) = parts.extensions.get::<crate::policy::audit::AuditSlot>() {

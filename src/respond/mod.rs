@@ -17,6 +17,7 @@
 
 pub mod blocks;
 pub mod notify;
+pub mod shared;
 pub mod signals;
 
 use std::future::Future;
@@ -131,10 +132,18 @@ pub struct RespondRedisConfig {
     pub url: String,
     #[serde(default = "default_redis_key")]
     pub key: String,
+    /// Prefix of the signal counters, throttles and break-glass allowances shared by the
+    /// replicas (`shared.rs`).
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
 }
 
 fn default_redis_key() -> String {
     "ward:blocks".into()
+}
+
+fn default_redis_prefix() -> String {
+    "ward:respond".into()
 }
 
 /// The top-level `respond:` section.
@@ -201,6 +210,9 @@ impl RespondConfig {
             {
                 out.push(("redis.url".into(), "is not a valid Redis URL".into()));
             }
+            if r.prefix.is_empty() {
+                out.push(("redis.prefix".into(), "must not be empty".into()));
+            }
         }
         out
     }
@@ -249,6 +261,9 @@ pub struct Respond {
     notifier: Option<notify::Notifier>,
     audit: Option<crate::audit::AuditLog>,
     redis: Option<(redis::aio::ConnectionManager, String)>,
+    /// Signals, throttles and break-glass counted across replicas (with `redis`).
+    shared: Option<shared::Shared>,
+    throttle_per_minute: u32,
     metrics: Arc<Metrics>,
 }
 
@@ -302,6 +317,15 @@ impl Respond {
             }
             None => None,
         };
+        let shared = match (&redis, &cfg.redis) {
+            (Some((conn, _)), Some(rc)) => Some(shared::Shared::new(
+                conn.clone(),
+                &rc.prefix,
+                Duration::from_millis(500),
+                metrics.respond_redis_fallback.clone(),
+            )),
+            _ => None,
+        };
         let per_minute = NonZeroU32::new(cfg.throttle_per_minute).unwrap_or(NonZeroU32::MIN);
         let r = Arc::new(Respond {
             signals,
@@ -313,6 +337,8 @@ impl Respond {
             notifier,
             audit,
             redis,
+            shared,
+            throttle_per_minute: per_minute.get(),
             metrics,
         });
         // Series for every configured signal exist from the start (at 0), so dashboards
@@ -401,31 +427,19 @@ impl Respond {
     /// Redis: is any of these keys blocked on another replica? Errors fail open to the
     /// local list (a Redis outage must not stop clinical traffic; logged and counted).
     async fn check_shared(&self, keys: &[String]) -> Option<&'static str> {
-        let (conn, key) = self.redis.as_ref()?;
-        let mut conn = conn.clone();
-        let got: Result<Vec<Option<String>>, _> = redis::cmd("HMGET")
-            .arg(key)
-            .arg(keys)
-            .query_async(&mut conn)
+        let ((_, key), sh) = (self.redis.as_ref()?, self.shared.as_ref()?);
+        let mut conn = sh.conn();
+        let got: Result<Vec<Option<String>>, ()> = sh
+            .call(
+                "blocks",
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(keys)
+                    .query_async(&mut conn),
+            )
             .await;
-        let now = now_ms();
-        match got {
-            Ok(vals) => {
-                for (k, v) in keys.iter().zip(vals) {
-                    let Some(v) = v else { continue };
-                    if let Ok(b) = serde_json::from_str::<Block>(&v) {
-                        if b.expires_at > now {
-                            return Some(k.split(':').next().map_or("sub", shared_kind));
-                        }
-                    }
-                }
-                None
-            }
-            Err(e) => {
-                tracing::warn!(target: "ward::respond", error = %e, "redis block check failed; local blocks only");
-                None
-            }
-        }
+        // (A failure is logged and counted by `call`, once per outage.)
+        got.ok().and_then(|vals| live_shared(keys, &vals))
     }
 
     /// Add a block (operator or signal) locally, persisted, and in Redis when shared.
@@ -447,15 +461,19 @@ impl Respond {
             let v = serde_json::to_string(&block).map_err(|e| e.to_string())?;
             // Never shorten a block another replica (or an operator) made: a client cannot
             // trade a 30-day block for a 15-minute one by tripping a signal elsewhere.
-            let r: Result<i64, _> = redis::Script::new(KEEP_LATER)
-                .key(key)
+            let script = redis::Script::new(KEEP_LATER);
+            let mut inv = script.prepare_invoke();
+            inv.key(key)
                 .arg(target_key(&block.target))
                 .arg(v)
-                .arg(block.expires_at)
-                .invoke_async(&mut conn)
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(target: "ward::respond", error = %e, "block not shared through redis");
+                .arg(block.expires_at);
+            let fut = inv.invoke_async::<i64>(&mut conn);
+            let r = match &self.shared {
+                Some(sh) => sh.call("blocks", fut).await,
+                None => fut.await.map_err(|_| ()),
+            };
+            if r.is_err() {
+                tracing::warn!(target: "ward::respond", "block not shared through redis; it holds on this replica only");
             }
         }
         self.update_gauge();
@@ -520,6 +538,12 @@ impl Respond {
             ActionKind::Throttle => {
                 if let Ok(mut t) = self.throttles.lock() {
                     t.insert(f.key.clone(), until);
+                }
+                // Every replica holds the identity to the one shared allowance.
+                if let Some(sh) = &self.shared {
+                    let _ = sh
+                        .throttle(&f.key, act.duration_secs.saturating_mul(1000))
+                        .await;
                 }
             }
             ActionKind::Block => {
@@ -650,6 +674,20 @@ impl Respond {
     }
 }
 
+/// The kind of the first live block among the blocks hash's values for `keys`.
+fn live_shared(keys: &[String], vals: &[Option<String>]) -> Option<&'static str> {
+    let now = now_ms();
+    for (k, v) in keys.iter().zip(vals) {
+        let Some(v) = v else { continue };
+        if let Ok(b) = serde_json::from_str::<Block>(v) {
+            if b.expires_at > now {
+                return Some(k.split(':').next().map_or("sub", shared_kind));
+            }
+        }
+    }
+    None
+}
+
 fn kind_label(t: &BlockTarget) -> &'static str {
     match t {
         BlockTarget::Sub(_) => "sub",
@@ -723,6 +761,8 @@ struct SlotFacts {
     identity: Option<String>,
     /// (route, resource type) of a break-glass read.
     break_glass: Option<(String, String)>,
+    /// Set when allowances are shared through Redis (break-glass counts there).
+    respond: Option<Arc<Respond>>,
 }
 
 impl RespondSlot {
@@ -742,6 +782,19 @@ impl RespondSlot {
     }
     fn take_break_glass(&self) -> Option<(String, String)> {
         self.0.lock().ok().and_then(|mut g| g.break_glass.take())
+    }
+    /// Take one break-glass use of `identity` on `route` from the allowance every replica
+    /// shares (`per_day` a day). `None` when there is no shared allowance or Redis did not
+    /// answer: the caller's per-replica limiter decides.
+    pub async fn charge_break_glass(
+        &self,
+        route: &str,
+        identity: &str,
+        per_day: u32,
+    ) -> Option<bool> {
+        let r = self.0.lock().ok().and_then(|g| g.respond.clone())?;
+        let sh = r.shared.as_ref()?;
+        sh.break_glass(route, identity, per_day).await.ok()
     }
 }
 
@@ -860,6 +913,11 @@ where
         if let Some(c) = &cert {
             slot.set(format!("cert:{c}"));
         }
+        if r.shared.is_some() {
+            if let Ok(mut g) = slot.0.lock() {
+                g.respond = Some(r.clone());
+            }
+        }
         req.extensions_mut().insert(slot.clone());
         Box::pin(async move {
             // Address and certificate blocks: before any other work.
@@ -890,22 +948,48 @@ where
             let code = result.as_ref().err().map(|e| e.code);
             let now = now_ms();
             let mut fired = Vec::new();
+            // The same observations for the counts every replica shares (with Redis).
+            let mut obs = Vec::new();
+            let ob = |kind, key, item| shared::Observation {
+                kind,
+                key,
+                item,
+                yields: false,
+            };
             if matches!(status.as_u16(), 401 | 403 | 404) && !matches!(code, Some("blocked")) {
                 // Per address: only the gateway's own refusals (an upstream's 404 is no
                 // evidence against an address that many people may share).
                 if let (Some(k), true) = (&ip_key, code.is_some()) {
                     fired.extend(r.signals.observe_denial(k, now));
+                    obs.push(ob(SignalKind::Probing, k.as_str(), None));
                 }
                 if let Some(id) = &identity {
                     fired.extend(r.signals.observe_denial(id, now));
+                    obs.push(ob(SignalKind::Probing, id.as_str(), None));
                 }
             }
             if let (Some(id), Some("dlp_blocked")) = (&identity, code) {
                 fired.extend(r.signals.observe_dlp_block(id, now));
+                obs.push(ob(SignalKind::Dlp, id.as_str(), None));
             }
             if status.is_success() {
                 if let (Some(id), Some(p)) = (&identity, &patient) {
                     fired.extend(r.signals.observe_patient(id, p, now));
+                    if r.signals.off_hours_applies(id, now) {
+                        obs.push(ob(SignalKind::OffHours, id.as_str(), Some(p.as_str())));
+                    }
+                    // Off-hours, the more specific, wins when both fire (as locally).
+                    obs.push(shared::Observation {
+                        yields: true,
+                        ..ob(SignalKind::Exfiltration, id.as_str(), Some(p.as_str()))
+                    });
+                }
+            }
+            // With Redis, the cluster-wide counts decide; the local ones (kept fed above)
+            // only while Redis does not answer.
+            if let Some(sh) = &r.shared {
+                if let Ok(f) = sh.observe(&r.signals, &obs).await {
+                    fired = f;
                 }
             }
             for f in fired {
@@ -1006,8 +1090,10 @@ where
                 r.metrics.blocked.with_label_values(&[kind]).inc();
                 return Err(blocked());
             }
-            // Blocks made on another replica count from the very next request.
-            if r.redis.is_some() {
+            // Blocks made on another replica count from the very next request; throttles
+            // and the volume signal are shared too. One round trip for all three.
+            let mut answer = None;
+            if let (Some(sh), Some((_, hash))) = (&r.shared, &r.redis) {
                 let mut keys: Vec<String> = subs.iter().map(|s| format!("sub:{s}")).collect();
                 if let Some(c) = &client {
                     keys.push(format!("client:{c}"));
@@ -1018,17 +1104,43 @@ where
                 if let Some(ip) = ip {
                     keys.push(format!("ip:{ip}"));
                 }
-                if let Some(kind) = r.check_shared(&keys).await {
-                    r.metrics.blocked.with_label_values(&[kind]).inc();
-                    return Err(blocked());
+                let a = sh
+                    .on_request(
+                        hash,
+                        &keys,
+                        identity.as_deref(),
+                        r.throttle_per_minute,
+                        r.signals.volume_params(),
+                    )
+                    .await;
+                if let Ok(a) = a {
+                    if let Some(kind) = live_shared(&keys, &a.blocks) {
+                        r.metrics.blocked.with_label_values(&[kind]).inc();
+                        return Err(blocked());
+                    }
+                    answer = Some(a);
                 }
             }
             if let Some(id) = &identity {
-                if r.throttled(id) {
+                // The shared throttle (when Redis answered), and any this replica set
+                // alone while Redis was down: a throttle in force anywhere holds.
+                let throttled_now = answer.as_ref().is_some_and(|a| a.throttled) || r.throttled(id);
+                if throttled_now {
                     r.metrics.blocked.with_label_values(&["throttle"]).inc();
                     return Err(throttled());
                 }
-                if let Some(f) = r.signals.observe_request(id, now_ms()) {
+                let now = now_ms();
+                let local = r.signals.observe_request(id, now);
+                let fired = match &answer {
+                    Some(a) => a.volume.map(|(value, threshold)| Fired {
+                        signal: SignalKind::Volume,
+                        key: id.clone(),
+                        value,
+                        threshold,
+                    }),
+                    None => local,
+                };
+                if let Some(f) = fired {
                     r.fired(f).await;
                 }
             }

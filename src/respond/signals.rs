@@ -1129,6 +1129,34 @@ impl Signals {
         })
     }
 
+    /// `(threshold, window ms)` of a windowed signal (exfiltration, probing, dlp,
+    /// off_hours), for counting it in Redis with the same numbers (`shared.rs`).
+    pub fn window_of(&self, kind: SignalKind) -> Option<(u64, u64)> {
+        match kind {
+            SignalKind::Exfiltration => self
+                .exfiltration
+                .as_ref()
+                .map(|(c, t)| (*t, c.geo.window_ms)),
+            SignalKind::Probing => self.probing.as_ref().map(|(c, t)| (*t, c.geo.window_ms)),
+            SignalKind::Dlp => self.dlp.as_ref().map(|(c, t)| (*t, c.geo.window_ms)),
+            SignalKind::OffHours => self
+                .off_hours
+                .as_ref()
+                .map(|o| (o.threshold, o.counter.geo.window_ms)),
+            SignalKind::Volume => None,
+        }
+    }
+
+    /// The volume signal's parameters, when configured.
+    pub fn volume_params(&self) -> Option<BaselineParams> {
+        self.volume.as_ref().map(|(b, _)| b.p)
+    }
+
+    /// Does the off-hours threshold apply to `key` at `now`?
+    pub fn off_hours_applies(&self, key: &str, now: u64) -> bool {
+        self.off_hours.as_ref().is_some_and(|o| o.applies(key, now))
+    }
+
     /// Total keys held across all tables (for a gauge).
     pub fn tracked_keys(&self) -> usize {
         self.exfiltration.as_ref().map_or(0, |(c, _)| c.len())
