@@ -416,10 +416,14 @@ pub fn load_with(
             message: format!("cannot read config: {}", e.kind()),
         }]
     })?;
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    // A bare file name (`--config ward.yaml`) has the parent "" — not a folder anyone can
+    // watch, and not one that compares equal to the paths file events carry. The folder is
+    // made absolute (without resolving symlinks, so Kubernetes' `..data` swap still shows
+    // up in the folder the operator named) once, here, so every relative path in the
+    // config and every watcher sees the same spelling.
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let base = parent.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let base = std::path::absolute(&base).unwrap_or(base);
     load_str(&file, &text, &base, vars)
 }
 
