@@ -427,6 +427,40 @@ pub fn load_with(
     load_str(&file, &text, &base, vars)
 }
 
+/// Findings that do not stop `cfg` (loaded from `path`) from running but that an operator
+/// should see, located like errors (`file:line: key: message`). `ward check` prints them
+/// and still exits 0; `ward run` logs the same facts at start.
+pub fn warnings(path: &Path, cfg: &Config) -> Vec<ConfigError> {
+    let file = path.display().to_string();
+    // Re-read only for line numbers: the decision uses the loaded (env-expanded) values.
+    let idx = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| yaml::parse(&file, &t).ok())
+        .map(|root| LineIndex::build(&root));
+    let at = |key: &str, message: String| ConfigError {
+        file: file.clone(),
+        line: idx.as_ref().and_then(|i| i.line(key)),
+        path: key.to_owned(),
+        message,
+    };
+    let mut out = Vec::new();
+    // The admin listener serves metrics and the block API without authentication; on a
+    // wildcard or LAN address anyone who reaches the host can read or change them.
+    // (A hostname is not accepted at all: `validate` wants ip:port.)
+    if let Ok(a) = cfg.admin.bind.parse::<SocketAddr>() {
+        if !a.ip().to_canonical().is_loopback() {
+            out.push(at(
+                "admin.bind",
+                format!(
+                    "{} is not a loopback address: the admin listener (metrics, health, block API) has no authentication; bind it to 127.0.0.1 or ::1, or restrict access to it",
+                    a.ip()
+                ),
+            ));
+        }
+    }
+    out
+}
+
 /// Accumulates errors for one file.
 struct Errs<'a> {
     file: String,
