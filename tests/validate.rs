@@ -548,6 +548,65 @@ async fn hl7v2_bodies_are_validated_and_refused_with_an_ack() {
     assert_eq!(s.state.count(), 1);
 }
 
+/// HL7 v2 over HTTP: an empty body is refused as an empty MLLP frame is (same AR, same
+/// ERR; 400 `hl7v2_invalid`, whose body is the NAK), whatever says it is ER7 — or nothing does, on an HL7-only
+/// route; a message without MSH-3 is valid and forwarded; unusable encoding characters
+/// still get MSA-2 = MSH-10.
+#[tokio::test]
+async fn hl7v2_empty_bodies_missing_msh3_and_bad_encoding_characters() {
+    let s = setup(PLAIN).await;
+    let er7 = "x-application/hl7-v2+er7";
+    for method in ["POST", "PUT", "PATCH"] {
+        for ctype in [Some(er7), Some("X-Application/HL7-V2+ER7"), None] {
+            let r = call(&s, method, "/api/hl7", ctype, b"").await;
+            assert_eq!(r.status, 400, "{method} {ctype:?}");
+            assert_eq!(r.headers["content-type"], er7, "{method} {ctype:?}");
+            let ack = String::from_utf8(r.body.to_vec()).unwrap();
+            assert!(ack.contains("\rMSA|AR|\r"), "{method} {ctype:?}: {ack:?}");
+            assert!(
+                ack.contains("|100^empty message^HL70357|"),
+                "{method} {ctype:?}: {ack:?}"
+            );
+        }
+    }
+    assert_eq!(s.state.count(), 0, "an empty HL7 message was forwarded");
+    // A bodiless GET is not a message (nothing to validate).
+    assert_eq!(call(&s, "GET", "/api/hl7", None, b"").await.status, 200);
+    assert_eq!(s.state.count(), 1);
+
+    for (i, empty) in ["", "\"\"", "^", "^^"].iter().enumerate() {
+        let id = format!("NO-MSH3-{i}");
+        let m = String::from_utf8(adt(&id, "ADT^A01^ADT_A01", "19700101"))
+            .unwrap()
+            .replacen("|LAB|", &format!("|{empty}|"), 1);
+        let r = call(&s, "POST", "/api/hl7", Some(er7), m.as_bytes()).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{empty:?}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(s.state.last().body, Bytes::from(m));
+    }
+    assert_eq!(s.state.count(), 5);
+
+    for (i, enc) in ["", "^~", "^^\\&", "a~\\&", "^~\\&#!"].iter().enumerate() {
+        let id = format!("ENC-{i}");
+        let m = String::from_utf8(adt(&id, "ADT^A01^ADT_A01", "19700101"))
+            .unwrap()
+            .replacen("^~\\&", enc, 1);
+        let r = call(&s, "POST", "/api/hl7", Some(er7), m.as_bytes()).await;
+        assert_eq!(r.status, 400, "{enc:?}");
+        assert_eq!(r.headers["content-type"], er7, "{enc:?}");
+        let ack = String::from_utf8(r.body.to_vec()).unwrap();
+        assert!(
+            ack.contains(&format!("\rMSA|AR|{id}\r")),
+            "{enc:?}: {ack:?}"
+        );
+    }
+    assert_eq!(s.state.count(), 5);
+}
+
 #[tokio::test]
 async fn validate_config_mistakes_are_reported() {
     let env = Env::new();
