@@ -268,6 +268,10 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Check { config } => match config::load(&config) {
             Ok(cfg) => {
+                // Warnings go to stderr and do not fail the check.
+                for w in config::warnings(&config, &cfg) {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: ok ({} listeners, {} upstreams, {} routes, {} policies)",
                     config.display(),

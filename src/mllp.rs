@@ -241,6 +241,19 @@ impl MllpConfig {
         }) {
             p("senders", "spki_sha256 entries are 64 hex digits".into());
         }
+        // MSH-3 and MSH-4 are optional, so a message may carry them empty: a blank entry
+        // would let such a message pass a sender binding that names who may send.
+        if self.senders.iter().any(|s| {
+            s.sending_applications
+                .iter()
+                .chain(&s.sending_facilities)
+                .any(|v| v.trim().is_empty())
+        }) {
+            p(
+                "senders",
+                "sending_applications and sending_facilities entries must not be blank".into(),
+            );
+        }
         out
     }
 }

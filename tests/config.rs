@@ -272,3 +272,104 @@ fn route_policy_combinations_are_checked() {
         "{all}"
     );
 }
+
+/// `ward check` with `admin.bind` set to `bind` (with `env` in its environment): exit code,
+/// stderr, and the line `admin.bind` sits on in the file.
+fn check_admin_bind(bind: &str, env_var: Option<&str>) -> (Option<i32>, String, String, usize) {
+    let env = Env::new();
+    let text = basic_config("127.0.0.1:9".parse().unwrap(), "", "").replace(
+        "  bind: 127.0.0.1:0\nshutdown_grace",
+        &format!("  bind: \"{bind}\"\nshutdown_grace"),
+    );
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("  bind: \""))
+        .expect("admin.bind written")
+        + 1;
+    let cfg = env.write("ward.yaml", &text);
+    let mut cmd = ward();
+    cmd.args(["check", "--config"]).arg(&cfg);
+    if let Some(v) = env_var {
+        cmd.env("WARD_TEST_ADMIN_BIND", v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        cfg.display().to_string(),
+        line,
+    )
+}
+
+#[test]
+fn check_warns_when_the_admin_listener_is_not_on_loopback() {
+    let wide = [
+        "0.0.0.0:9901",
+        "[::]:9901",
+        "192.168.1.10:9901",
+        "10.0.0.5:0",
+        "172.16.0.1:9901",
+        "100.64.0.1:9901",
+        "[2001:db8::1]:9901",
+        "[fe80::1]:9901",
+        "[::ffff:10.0.0.1]:9901",
+        "[::ffff:0.0.0.0]:9901",
+    ];
+    for bind in wide {
+        let (code, stderr, file, line) = check_admin_bind(bind, None);
+        assert_eq!(
+            code,
+            Some(0),
+            "{bind}: a warning must not fail the check: {stderr}"
+        );
+        let want = format!("warning: {file}:{line}: admin.bind: ");
+        assert!(
+            stderr.contains(&want),
+            "{bind}: no located warning:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("not a loopback address"),
+            "{bind}: {stderr}"
+        );
+    }
+    // The same through an environment variable: the decision is on the expanded value,
+    // the line is the key's.
+    let (code, stderr, file, line) =
+        check_admin_bind("${WARD_TEST_ADMIN_BIND}", Some("0.0.0.0:9901"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: {file}:{line}: admin.bind: 0.0.0.0 is not"
+        )),
+        "{stderr}"
+    );
+
+    for bind in [
+        "127.0.0.1:9901",
+        "127.1.2.3:0",
+        "[::1]:9901",
+        "[::ffff:127.0.0.1]:9901",
+    ] {
+        let (code, stderr, _, _) = check_admin_bind(bind, None);
+        assert_eq!(code, Some(0), "{bind}: {stderr}");
+        assert!(
+            !stderr.contains("warning"),
+            "{bind}: loopback warned about:\n{stderr}"
+        );
+    }
+    // A host name is not a bind address at all (it could resolve to anything): an error
+    // at the key's line, exit 1.
+    for bind in [
+        "localhost:9901",
+        "admin.internal:9901",
+        "example.com:80",
+        ":9901",
+    ] {
+        let (code, stderr, file, line) = check_admin_bind(bind, None);
+        assert_eq!(code, Some(1), "{bind}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{file}:{line}: admin.bind: ")),
+            "{bind}: {stderr}"
+        );
+    }
+}

@@ -987,3 +987,72 @@ async fn paging_links_lead_back_through_the_gateway() {
         "search_param_denied"
     );
 }
+
+/// A launch-context patient claim that names nobody — blank, or not a string — is refused
+/// (401) under the configured claim name, whatever the scopes: broad scopes must not read
+/// it as "no patient context", patient scopes must not confine to an empty id.
+#[tokio::test]
+async fn a_blank_or_malformed_patient_claim_is_refused() {
+    let s = setup("  patient_claim: launch_patient\n").await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let k = EncodingKey::from_ec_pem(s.key.serialize_pem().as_bytes()).unwrap();
+    let tok = |scope: &str, p: Value| {
+        let c = json!({"iss": "https://idp.test", "aud": "ehr", "sub": "app-1", "exp": now + 600, "scope": scope, "launch_patient": p});
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &c, &k).unwrap()
+    };
+    let bad = [
+        json!(""),
+        json!(" "),
+        json!("\t"),
+        json!("\r\n"),
+        json!("\u{a0}"),
+        json!(7),
+        json!(["a"]),
+        json!({}),
+        json!(null),
+        json!(false),
+    ];
+    for scope in [PATIENT_SCOPES, "user/*.read", "system/*.read"] {
+        for p in &bad {
+            for path in [
+                "/fhir/Patient/a",
+                "/fhir/Observation?code=hr",
+                "/fhir/Patient",
+            ] {
+                let r = req(&s, &tok(scope, p.clone()), "GET", path, None).await;
+                assert_eq!(
+                    (r.status, r.code().as_str()),
+                    (401, "token_claim_invalid"),
+                    "{scope} {p} {path}: {:?}",
+                    r.body
+                );
+            }
+        }
+    }
+    assert!(
+        s.ehr.seen.lock().unwrap().is_empty(),
+        "a refused token reached the EHR"
+    );
+    // The same claim with a real id confines as usual.
+    let r = req(
+        &s,
+        &tok(PATIENT_SCOPES, json!("a")),
+        "GET",
+        "/fhir/Patient/a",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = req(
+        &s,
+        &tok(PATIENT_SCOPES, json!("a")),
+        "GET",
+        "/fhir/Patient/b",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+}

@@ -616,3 +616,102 @@ async fn ward_token_command_mints_accepted_tokens() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a PEM private key"));
 }
+
+/// Blank values: empty, and whitespace of every kind HL7 senders and IdPs produce.
+const BLANKS: &[&str] = &["", " ", "   ", "\t", "\n", " \r\n ", "\u{a0}", "\u{2003}"];
+
+/// Claims that are present but name nobody are refused like absent ones; every required
+/// and identity claim, every blank variant. Nothing reaches the upstream.
+#[tokio::test]
+async fn blank_identity_claims_are_refused() {
+    // `tenant` is forwarded to the upstream: a blank one must not become an empty header.
+    let s = setup("https://localhost:1/jwks", "30s", "    tenant: x-tenant\n").await;
+    let base = claims(ISS);
+    let with = |k: &str, v: Value| {
+        let mut c = base.clone();
+        c[k] = v;
+        c
+    };
+    for b in BLANKS {
+        expect_401(
+            &s,
+            &es256(&s.key, &with("sub", json!(b))),
+            "token_claim_missing",
+        )
+        .await;
+        // A blank issuer matches no provider.
+        expect_401(&s, &es256(&s.key, &with("iss", json!(b))), "token_issuer").await;
+        let r = call(&s, Some(&es256(&s.key, &with("aud", json!(b))))).await;
+        assert_eq!(r.status, 401, "aud {b:?}");
+        assert!(
+            ["token_audience", "token_claim_missing"].contains(&r.code().as_str()),
+            "aud {b:?}: {}",
+            r.code()
+        );
+        // A good audience next to a blank one: malformed list.
+        expect_401(
+            &s,
+            &es256(&s.key, &with("aud", json!([AUD, b]))),
+            "token_claim_invalid",
+        )
+        .await;
+        for k in ["client_id", "azp", "patient", "tenant"] {
+            expect_401(
+                &s,
+                &es256(&s.key, &with(k, json!(b))),
+                "token_claim_invalid",
+            )
+            .await;
+        }
+    }
+    let r = call(&s, Some(&es256(&s.key, &with("aud", json!([]))))).await;
+    assert_eq!(r.status, 401, "aud []");
+    // Identity claims of the wrong type are malformed, not silently ignored (a numeric
+    // `client_id` must not fall back to `azp`).
+    for k in ["client_id", "azp", "patient"] {
+        for v in [json!(7), json!(["x"]), json!({}), json!(null), json!(true)] {
+            expect_401(&s, &es256(&s.key, &with(k, v)), "token_claim_invalid").await;
+        }
+    }
+    assert_eq!(s.state.count(), 0, "a refused token reached the upstream");
+    // Values with inner or surrounding spaces are identities, and pass.
+    for v in ["a b", " x", "clinician-7 "] {
+        let mut c = with("sub", json!(v));
+        c["client_id"] = json!(v);
+        c["patient"] = json!(v);
+        c["tenant"] = json!(v);
+        let r = call(&s, Some(&es256(&s.key, &c))).await;
+        assert_eq!(r.status, 200, "{v:?}: {:?}", r.body);
+    }
+    assert_eq!(s.state.count(), 3);
+}
+
+#[test]
+fn a_blank_audience_is_a_config_error() {
+    let env = Env::new();
+    let key = KeyPair::generate().unwrap();
+    env.write("keys/es256.pub.pem", &key.public_key_pem());
+    for aud in ["\"\"", "\" \"", "[ok, \"\"]"] {
+        let cfg = env.write(
+            "ward.yaml",
+            &basic_config("127.0.0.1:9".parse().unwrap(), "", "").replace(
+                "    path_prefix: /api\n    upstream: ehr\n",
+                "    path_prefix: /api\n    upstream: ehr\n    policies: [token]\n",
+            ),
+        );
+        let audiences = if aud.starts_with('[') {
+            aud.to_owned()
+        } else {
+            format!("[{aud}]")
+        };
+        env.write(
+            "policies/token.yaml",
+            &format!("auth:\n  providers:\n    - name: p\n      issuer: {ISS}\n      audiences: {audiences}\n      algorithms: [ES256]\n      keys_file: keys/es256.pub.pem\n"),
+        );
+        let errs = config_errors(&cfg);
+        assert!(
+            errs.contains("audiences must not be blank"),
+            "{aud}: {errs}"
+        );
+    }
+}

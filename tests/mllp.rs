@@ -584,3 +584,135 @@ async fn dlp_rewrites_messages_before_they_are_forwarded_and_blocks_with_ar() {
     );
     assert!(!m.contains("123-45-6789"));
 }
+
+/// MSH-3 is optional in every v2.x version: a message without it is accepted and
+/// forwarded byte for byte, unless the listener binds senders to sending applications —
+/// then it fails closed (AR naming MSH-3, nothing forwarded). Generated over the shapes of
+/// "empty" and the versions.
+#[tokio::test]
+async fn a_message_without_msh3_is_accepted_unless_a_sender_rule_needs_it() {
+    let msgs = || {
+        let mut out = Vec::new();
+        for (i, empty) in ["", "\"\"", "^", "^^", "&"].iter().enumerate() {
+            for (j, version) in ["2.3", "2.4", "2.5.1", "2.8"].iter().enumerate() {
+                let id = format!("N3-{i}-{j}");
+                let m = String::from_utf8(adt(&id, "HOSP"))
+                    .unwrap()
+                    .replacen("|LAB|", &format!("|{empty}|"), 1)
+                    .replacen("|2.5.1\r", &format!("|{version}\r"), 1);
+                out.push((id, m.into_bytes()));
+            }
+        }
+        out
+    };
+    // No sender rules: every one is accepted and forwarded unchanged.
+    let env = Env::new();
+    let (up, got) = mllp_upstream(None, UpMode::Ack).await;
+    let gw = plain_gateway(&env, &format!("127.0.0.1:{}", up.port()), "").await;
+    let tcp = TcpStream::connect(mllp_addr(&gw)).await.unwrap();
+    let mut r = FrameReader::new(tcp, 1 << 20);
+    for (id, m) in msgs() {
+        write_frame(r.get_mut(), &m).await.unwrap();
+        let ack = read_acks(&mut r, 1).await.remove(0);
+        assert_eq!(
+            msa(&ack),
+            ("AA".into(), id.clone()),
+            "{}",
+            String::from_utf8_lossy(&ack)
+        );
+    }
+    assert_eq!(
+        got.all(),
+        msgs().into_iter().map(|(_, m)| m).collect::<Vec<_>>()
+    );
+
+    // A sender rule on MSH-3: the same messages are refused (AR, ERR at MSH-3), the
+    // sender's own application still passes.
+    let env = Env::new();
+    let (up, got) = mllp_upstream(None, UpMode::Ack).await;
+    let gw = plain_gateway(
+        &env,
+        &format!("127.0.0.1:{}", up.port()),
+        "    senders:\n      - sending_applications: [LAB]\n",
+    )
+    .await;
+    let tcp = TcpStream::connect(mllp_addr(&gw)).await.unwrap();
+    let mut r = FrameReader::new(tcp, 1 << 20);
+    for (id, m) in msgs() {
+        write_frame(r.get_mut(), &m).await.unwrap();
+        let ack = read_acks(&mut r, 1).await.remove(0);
+        assert_eq!(msa(&ack), ("AR".into(), id.clone()));
+        assert!(
+            String::from_utf8_lossy(&ack).contains("MSH^1^3"),
+            "{}",
+            String::from_utf8_lossy(&ack)
+        );
+    }
+    assert!(
+        got.all().is_empty(),
+        "a message without MSH-3 passed a sender rule"
+    );
+    write_frame(r.get_mut(), &adt("LAB-OK", "HOSP"))
+        .await
+        .unwrap();
+    assert_eq!(
+        msa(&read_acks(&mut r, 1).await[0]),
+        ("AA".into(), "LAB-OK".into())
+    );
+    assert_eq!(got.all(), vec![adt("LAB-OK", "HOSP")]);
+
+    // A blank sender entry would let exactly those messages through: a config error.
+    for blank in ["\"\"", "\" \""] {
+        let cfg = env.write(
+            "bad.yaml",
+            &basic_config("127.0.0.1:9".parse().unwrap(), "", "").replace(
+                "admin:\n",
+                &format!(
+                    "{}admin:\n",
+                    mllp_section(
+                        "hl7",
+                        "      address: 127.0.0.1:9\n",
+                        &format!("    plaintext: true\n    senders:\n      - sending_applications: [{blank}]\n"),
+                    )
+                ),
+            ),
+        );
+        let errs = config_errors(&cfg);
+        assert!(errs.contains("must not be blank"), "{blank}: {errs}");
+    }
+}
+
+/// A message whose MSH-2 is unusable is refused (AR), but its NAK still carries MSA-2 =
+/// MSH-10 when that is plain text, so the sender can match it; an empty frame gets the
+/// same AR as on the HTTP path (see tests/validate.rs).
+#[tokio::test]
+async fn unusable_encoding_characters_get_an_ar_the_sender_can_match() {
+    let env = Env::new();
+    let (up, got) = mllp_upstream(None, UpMode::Ack).await;
+    let gw = plain_gateway(&env, &format!("127.0.0.1:{}", up.port()), "").await;
+    let tcp = TcpStream::connect(mllp_addr(&gw)).await.unwrap();
+    let mut r = FrameReader::new(tcp, 1 << 20);
+    for (i, enc) in ["", "^~", "^~\\", "^^\\&", "^~\\&#!", "a~\\&", "^~\\\\"]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("ENC-{i}");
+        let m = String::from_utf8(adt(&id, "HOSP"))
+            .unwrap()
+            .replacen("^~\\&", enc, 1);
+        write_frame(r.get_mut(), m.as_bytes()).await.unwrap();
+        let ack = read_acks(&mut r, 1).await.remove(0);
+        assert_eq!(
+            msa(&ack),
+            ("AR".into(), id),
+            "{enc:?}: {}",
+            String::from_utf8_lossy(&ack)
+        );
+    }
+    r.get_mut().write_all(&framed(b"")).await.unwrap();
+    let ack = read_acks(&mut r, 1).await.remove(0);
+    let text = String::from_utf8_lossy(&ack).into_owned();
+    assert_eq!(msa(&ack), ("AR".into(), String::new()), "{text}");
+    assert!(text.contains("|100^empty message^HL70357|"), "{text}");
+    assert!(got.all().is_empty());
+}

@@ -221,3 +221,76 @@ async fn a_reload_keeps_the_buckets_of_unchanged_limits() {
     gw.reload_config().await.unwrap();
     assert_eq!(get_api().await.status, 200);
 }
+
+/// POSTs 50 bytes to `path` on a spawned ward until the status is `want` (bounded).
+async fn poll_status(c: &TestClient, port: u16, path: &str, want: u16) -> u16 {
+    let mut status = 0;
+    for _ in 0..300 {
+        status = send(c, post(&format!("https://localhost:{port}{path}"), 50))
+            .await
+            .status;
+        if status == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    status
+}
+
+/// `ward run --config <relative>` as operators type it: a bare file name (whose parent is
+/// ""), `./`, a sub-folder and a path through `..`, each run from the folder the path is
+/// relative to. Editing a policy file and then the config file itself must each be picked
+/// up by the watcher, with no signal.
+#[tokio::test]
+async fn a_relative_config_path_hot_reloads_config_and_policy_edits() {
+    for arg in [
+        "ward.yaml",
+        "./ward.yaml",
+        "sub/ward.yaml",
+        "sub/../ward.yaml",
+    ] {
+        let env = Env::new();
+        std::fs::create_dir_all(env.path("sub")).unwrap();
+        env.write("policies/toggle.yaml", LARGE);
+        let (up, state) = upstream().await;
+        let mut yaml = config(up);
+        if arg.starts_with("sub/ward") {
+            // Relative paths inside the config are relative to its own folder.
+            yaml = yaml.replace("certs/", "../certs/") + "policies_dir: ../policies\n";
+        }
+        let cfg_path = env.write(arg, &yaml);
+        // `_lines` stays alive: dropping it would stop the stderr reader and, once the
+        // pipe fills with access lines, stall the gateway.
+        let WardProcess {
+            mut child,
+            port,
+            lines: _lines,
+            ..
+        } = spawn_ward_in(env.dir.path(), std::path::Path::new(arg));
+        let c = client(&env.pki, false);
+        assert_eq!(poll_status(&c, port, "/api/x", 200).await, 200, "{arg}");
+        let before = state.count();
+        assert!(before >= 1, "{arg}: the upstream saw nothing");
+
+        env.write("policies/toggle.yaml", SMALL);
+        let s = poll_status(&c, port, "/api/x", 413).await;
+        assert_eq!(s, 413, "{arg}: the policy edit was not picked up");
+        let refused_at = state.count();
+
+        // Now the config file itself: the /api route drops the policy.
+        let edited = yaml.replacen(
+            "    path_prefix: /api\n    upstream: ehr\n    policies: [toggle]\n",
+            "    path_prefix: /api\n    upstream: ehr\n",
+            1,
+        );
+        assert_ne!(edited, yaml);
+        std::fs::write(&cfg_path, edited).unwrap();
+        let s = poll_status(&c, port, "/api/x", 200).await;
+        assert_eq!(s, 200, "{arg}: the config edit was not picked up");
+        // The 413s never reached the upstream; the last request did, with its body.
+        assert_eq!(state.count(), refused_at + 1, "{arg}");
+        assert_eq!(state.last().body.len(), 50, "{arg}");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

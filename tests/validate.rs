@@ -548,6 +548,65 @@ async fn hl7v2_bodies_are_validated_and_refused_with_an_ack() {
     assert_eq!(s.state.count(), 1);
 }
 
+/// HL7 v2 over HTTP: an empty body is refused as an empty MLLP frame is (same AR, same
+/// ERR; 400 `hl7v2_invalid`, whose body is the NAK), whatever says it is ER7 — or nothing does, on an HL7-only
+/// route; a message without MSH-3 is valid and forwarded; unusable encoding characters
+/// still get MSA-2 = MSH-10.
+#[tokio::test]
+async fn hl7v2_empty_bodies_missing_msh3_and_bad_encoding_characters() {
+    let s = setup(PLAIN).await;
+    let er7 = "x-application/hl7-v2+er7";
+    for method in ["POST", "PUT", "PATCH"] {
+        for ctype in [Some(er7), Some("X-Application/HL7-V2+ER7"), None] {
+            let r = call(&s, method, "/api/hl7", ctype, b"").await;
+            assert_eq!(r.status, 400, "{method} {ctype:?}");
+            assert_eq!(r.headers["content-type"], er7, "{method} {ctype:?}");
+            let ack = String::from_utf8(r.body.to_vec()).unwrap();
+            assert!(ack.contains("\rMSA|AR|\r"), "{method} {ctype:?}: {ack:?}");
+            assert!(
+                ack.contains("|100^empty message^HL70357|"),
+                "{method} {ctype:?}: {ack:?}"
+            );
+        }
+    }
+    assert_eq!(s.state.count(), 0, "an empty HL7 message was forwarded");
+    // A bodiless GET is not a message (nothing to validate).
+    assert_eq!(call(&s, "GET", "/api/hl7", None, b"").await.status, 200);
+    assert_eq!(s.state.count(), 1);
+
+    for (i, empty) in ["", "\"\"", "^", "^^"].iter().enumerate() {
+        let id = format!("NO-MSH3-{i}");
+        let m = String::from_utf8(adt(&id, "ADT^A01^ADT_A01", "19700101"))
+            .unwrap()
+            .replacen("|LAB|", &format!("|{empty}|"), 1);
+        let r = call(&s, "POST", "/api/hl7", Some(er7), m.as_bytes()).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{empty:?}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(s.state.last().body, Bytes::from(m));
+    }
+    assert_eq!(s.state.count(), 5);
+
+    for (i, enc) in ["", "^~", "^^\\&", "a~\\&", "^~\\&#!"].iter().enumerate() {
+        let id = format!("ENC-{i}");
+        let m = String::from_utf8(adt(&id, "ADT^A01^ADT_A01", "19700101"))
+            .unwrap()
+            .replacen("^~\\&", enc, 1);
+        let r = call(&s, "POST", "/api/hl7", Some(er7), m.as_bytes()).await;
+        assert_eq!(r.status, 400, "{enc:?}");
+        assert_eq!(r.headers["content-type"], er7, "{enc:?}");
+        let ack = String::from_utf8(r.body.to_vec()).unwrap();
+        assert!(
+            ack.contains(&format!("\rMSA|AR|{id}\r")),
+            "{enc:?}: {ack:?}"
+        );
+    }
+    assert_eq!(s.state.count(), 5);
+}
+
 #[tokio::test]
 async fn validate_config_mistakes_are_reported() {
     let env = Env::new();
@@ -576,4 +635,130 @@ async fn validate_config_mistakes_are_reported() {
         all.contains("validates FHIR bodies but the route is not `fhir: true`"),
         "{all}"
     );
+}
+
+/// `Reference.reference` syntax over the wire: every malformed variant is a 400
+/// `fhir_invalid` naming the element, and never reaches the upstream; every legal form
+/// (relative, versioned, contained, urn:uuid/oid, absolute URLs and URIs) passes byte for
+/// byte; conditional references only inside transaction/batch entries.
+#[tokio::test]
+async fn references_are_checked_for_syntax() {
+    let s = setup(PLAIN).await;
+    let obs = |r: &str| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "hr"},
+            "subject": {"reference": r}})
+    };
+    let bad = [
+        "Patient",
+        "Patient/",
+        "/Patient/1",
+        "Patient//1",
+        "patient/1",
+        "Foo/1",
+        "Resource/1",
+        "Patient/has space",
+        "Patient/1 ",
+        "Patient/a_b",
+        "Patient/1/_history/",
+        "Patient/1/history/2",
+        "#a b",
+        "urn:uuid:61ebe359",
+        "urn:oid:3.1",
+        "http:/example.org/Patient/1",
+        "https:///Patient/1",
+        "Patient?",
+        "Foo?x=1",
+        "Patient?identifier=123",
+    ];
+    let long = format!("Patient/{}", "a".repeat(65));
+    for r in bad.iter().copied().chain([long.as_str()]) {
+        let resp = post_json(&s, "/fhir/Observation", &obs(r)).await;
+        assert_eq!(
+            (resp.status, resp.code().as_str()),
+            (400, "fhir_invalid"),
+            "{r:?}"
+        );
+        let f = findings(&resp);
+        assert!(
+            f.iter()
+                .any(|(c, e)| c == "value" && e == "Observation.subject.reference"),
+            "{r:?}: {f:?}"
+        );
+    }
+    assert_eq!(
+        s.state.count(),
+        0,
+        "an invalid reference reached the upstream"
+    );
+
+    let good = [
+        "Patient/1",
+        "Patient/example/_history/2",
+        "#",
+        "#p1",
+        "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
+        "urn:oid:1.2.840.113619",
+        "https://ehr.example.org/fhir/Patient/1",
+        "http://hl7.org/fhir/ValueSet/administrative-gender",
+        "urn:ietf:rfc:3986",
+    ];
+    for (i, r) in good.iter().enumerate() {
+        let body = serde_json::to_vec(&obs(r)).unwrap();
+        let resp = call(
+            &s,
+            "POST",
+            "/fhir/Observation",
+            Some("application/fhir+json"),
+            &body,
+        )
+        .await;
+        assert_eq!(resp.status, 200, "{r:?}: {:?}", resp.body);
+        assert_eq!(s.state.count(), i + 1);
+        assert_eq!(s.state.last().body, Bytes::from(body));
+    }
+
+    // Conditional references: legal in transaction and batch entries, whatever the order
+    // of `type` and `entry`; refused in any other Bundle, at the entry's element path.
+    let cond = "Patient?identifier=http://hospital.example.org/mrn|12345";
+    let entry =
+        json!([{"resource": obs(cond), "request": {"method": "POST", "url": "Observation"}}]);
+    let mut sent = s.state.count();
+    for kind in [
+        "transaction",
+        "batch",
+        "collection",
+        "searchset",
+        "document",
+    ] {
+        for type_first in [true, false] {
+            let text = if type_first {
+                format!(r#"{{"resourceType":"Bundle","type":"{kind}","entry":{entry}}}"#)
+            } else {
+                format!(r#"{{"resourceType":"Bundle","entry":{entry},"type":"{kind}"}}"#)
+            };
+            let resp = call(
+                &s,
+                "POST",
+                "/fhir",
+                Some("application/fhir+json"),
+                text.as_bytes(),
+            )
+            .await;
+            if matches!(kind, "transaction" | "batch") {
+                assert_eq!(resp.status, 200, "{kind}: {:?}", resp.body);
+                sent += 1;
+                assert_eq!(s.state.last().body, Bytes::from(text));
+            } else {
+                assert_eq!(resp.status, 400, "{kind}");
+                let f = findings(&resp);
+                assert!(
+                    f.iter()
+                        .any(|(c, e)| c == "value"
+                            && e == "Bundle.entry[0].resource.subject.reference"),
+                    "{kind}: {f:?}"
+                );
+            }
+            assert_eq!(s.state.count(), sent, "{kind}");
+        }
+    }
 }

@@ -416,11 +416,49 @@ pub fn load_with(
             message: format!("cannot read config: {}", e.kind()),
         }]
     })?;
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    // A bare file name (`--config ward.yaml`) has the parent "" — not a folder anyone can
+    // watch, and not one that compares equal to the paths file events carry. The folder is
+    // made absolute (without resolving symlinks, so Kubernetes' `..data` swap still shows
+    // up in the folder the operator named) once, here, so every relative path in the
+    // config and every watcher sees the same spelling.
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let base = parent.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let base = std::path::absolute(&base).unwrap_or(base);
     load_str(&file, &text, &base, vars)
+}
+
+/// Findings that do not stop `cfg` (loaded from `path`) from running but that an operator
+/// should see, located like errors (`file:line: key: message`). `ward check` prints them
+/// and still exits 0; `ward run` logs the same facts at start.
+pub fn warnings(path: &Path, cfg: &Config) -> Vec<ConfigError> {
+    let file = path.display().to_string();
+    // Re-read only for line numbers: the decision uses the loaded (env-expanded) values.
+    let idx = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| yaml::parse(&file, &t).ok())
+        .map(|root| LineIndex::build(&root));
+    let at = |key: &str, message: String| ConfigError {
+        file: file.clone(),
+        line: idx.as_ref().and_then(|i| i.line(key)),
+        path: key.to_owned(),
+        message,
+    };
+    let mut out = Vec::new();
+    // The admin listener serves metrics and the block API without authentication; on a
+    // wildcard or LAN address anyone who reaches the host can read or change them.
+    // (A hostname is not accepted at all: `validate` wants ip:port.)
+    if let Ok(a) = cfg.admin.bind.parse::<SocketAddr>() {
+        if !a.ip().to_canonical().is_loopback() {
+            out.push(at(
+                "admin.bind",
+                format!(
+                    "{} is not a loopback address: the admin listener (metrics, health, block API) has no authentication; bind it to 127.0.0.1 or ::1, or restrict access to it",
+                    a.ip()
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// Accumulates errors for one file.

@@ -30,6 +30,14 @@
 //! * `Narrative.div` (type xhtml): shallow check only (string that is a `<div ...>...>` element).
 //!   Full XHTML validation (allowed tags/attributes, well-formed XML) is out of scope.
 //! * dom-2: a contained resource must not itself contain resources.
+//! * `Reference.reference` syntax (R4 references.html): relative `Type/id[/_history/vid]`
+//!   with a concrete R4 type and ids of `[A-Za-z0-9\-\.]{1,64}` (optionally `#id`), `#` or
+//!   `#id` (contained), `urn:uuid:` + UUID (either case), `urn:oid:` + OID, `http(s)://host/…`,
+//!   or any other absolute URI (R4 allows references to anything, and logical URLs). No
+//!   whitespace or control characters. A conditional `Type?query` only inside an entry
+//!   resource of a `transaction` or `batch` Bundle (where R4 defines it; elsewhere a server
+//!   would have to search — possibly across patients — to resolve it); the Bundle's `type`
+//!   may come after its entries, so these are decided when the Bundle ends.
 //!
 //! # Expression paths
 //! `Type.member[index].member...` with the JSON member names as written, rooted at the top-level
@@ -317,6 +325,9 @@ struct Schema {
     bundle_entry_elem: u16,
     bundle_entry: TypeId,
     entry_resource_elem: u16,
+    bundle_type_elem: u16,
+    reference: TypeId,
+    reference_reference_elem: u16,
 }
 
 impl Schema {
@@ -620,6 +631,9 @@ fn load_schema(text: &'static str) -> Result<Schema, String> {
     let ext_extension = elem_of(extension, "extension")?;
     let bundle_entry_elem = elem_of(bundle, "entry")?;
     let entry_resource_elem = elem_of(bundle_entry, "resource")?;
+    let bundle_type_elem = elem_of(bundle, "type")?;
+    let reference = get("Reference")?;
+    let reference_reference_elem = elem_of(reference, "reference")?;
     Ok(Schema {
         types,
         index,
@@ -633,6 +647,9 @@ fn load_schema(text: &'static str) -> Result<Schema, String> {
         bundle_entry_elem,
         bundle_entry,
         entry_resource_elem,
+        bundle_type_elem,
+        reference,
+        reference_reference_elem,
     })
 }
 
@@ -946,6 +963,131 @@ fn m_uuid(s: &[u8]) -> bool {
         })
 }
 
+const CONDITIONAL_ONLY_IN_BUNDLES: &str =
+    "invalid reference: a conditional reference (Type?query) is only allowed in the entries of a transaction or batch Bundle";
+
+/// What a `Reference.reference` string is (R4 references.html#literal).
+#[derive(Debug, PartialEq, Eq)]
+enum RefForm {
+    /// Relative `Type/id[/_history/vid][#id]`, `#` / `#id` (contained), `urn:uuid:`,
+    /// `urn:oid:`, or any other absolute URI.
+    Literal,
+    /// `Type?query`: legal only inside transaction/batch Bundle entries.
+    Conditional,
+    Invalid(&'static str),
+}
+
+/// RFC 3986 scheme: `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`, followed by `:` before any
+/// `/`, `?` or `#` (so `Patient/1` is relative, `urn:x` and `https://…` are absolute).
+fn uri_scheme(v: &[u8]) -> Option<&[u8]> {
+    let colon = v
+        .iter()
+        .position(|&c| matches!(c, b':' | b'/' | b'?' | b'#'))?;
+    let scheme = v.get(..colon)?;
+    (v.get(colon) == Some(&b':')
+        && scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')))
+    .then_some(scheme)
+}
+
+/// `urn:uuid:` + a UUID; hex digits of either case (RFC 4122: case-insensitive on input,
+/// and `Reference.reference` is a string, not the lowercase-only R4 `uuid` type).
+fn m_uuid_any_case(v: &[u8]) -> bool {
+    m_uuid(&v.to_ascii_lowercase())
+}
+
+/// Classifies a `Reference.reference` value (non-empty, valid UTF-8). Absolute URIs are
+/// accepted whatever they point at — R4 allows references to any resource on any server,
+/// and logical/canonical URLs — once they are well-formed: no whitespace or control
+/// characters, and an authority for `http(s)`. Relative references must name a concrete R4
+/// resource type and a valid id, because a server resolves them against its own base.
+fn reference_form(s: &Schema, v: &[u8]) -> RefForm {
+    use RefForm::*;
+    if !no_space_or_ctl(v) {
+        return Invalid("a reference must not contain whitespace or control characters");
+    }
+    if let Some(frag) = v.strip_prefix(b"#") {
+        return if frag.is_empty() || m_id(frag) {
+            Literal
+        } else {
+            Invalid("a local reference is '#' or '#' followed by a contained resource id")
+        };
+    }
+    if let Some(scheme) = uri_scheme(v) {
+        if scheme.eq_ignore_ascii_case(b"urn") {
+            let lower = v.get(..9).map(<[u8]>::to_ascii_lowercase);
+            if lower.as_deref() == Some(b"urn:uuid:") {
+                return if m_uuid_any_case(v) {
+                    Literal
+                } else {
+                    Invalid("urn:uuid: must be followed by a UUID")
+                };
+            }
+            if v.get(..8).map(<[u8]>::to_ascii_lowercase).as_deref() == Some(b"urn:oid:") {
+                let mut norm = b"urn:oid:".to_vec();
+                norm.extend_from_slice(v.get(8..).unwrap_or_default());
+                return if m_oid(&norm) {
+                    Literal
+                } else {
+                    Invalid("urn:oid: must be followed by an OID")
+                };
+            }
+        }
+        if scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https") {
+            let rest = v.get(scheme.len() + 1..).unwrap_or_default();
+            let Some(auth) = rest.strip_prefix(b"//") else {
+                return Invalid("an http(s) reference must be an absolute URL (scheme://host/...)");
+            };
+            let host_end = auth
+                .iter()
+                .position(|&c| matches!(c, b'/' | b'?' | b'#'))
+                .unwrap_or(auth.len());
+            if host_end == 0 {
+                return Invalid("an http(s) reference must name a host");
+            }
+        }
+        return if v.len() > scheme.len() + 1 {
+            Literal
+        } else {
+            Invalid("an absolute reference needs more than a scheme")
+        };
+    }
+    // Relative to the server's base: `Type/id[/_history/vid]`, or a conditional `Type?query`.
+    if let Some(q) = v.iter().position(|&c| c == b'?') {
+        let (ty, query) = v.split_at(q);
+        return if s.resource_type(ty).is_none() {
+            Invalid("a conditional reference must start with an R4 resource type")
+        } else if query.len() < 2 {
+            Invalid("a conditional reference needs search parameters after '?'")
+        } else {
+            Conditional
+        };
+    }
+    let (path, frag) = match v.iter().position(|&c| c == b'#') {
+        Some(i) => (v.get(..i).unwrap_or_default(), v.get(i + 1..)),
+        None => (v, None),
+    };
+    if frag.is_some_and(|f| !m_id(f)) {
+        return Invalid("a fragment must be a contained resource id");
+    }
+    let mut parts = path.split(|&c| c == b'/');
+    let (ty, id) = (parts.next(), parts.next());
+    let version = match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => None,
+        (Some(b"_history"), Some(vid), None) => Some(vid),
+        _ => return Invalid("a relative reference is Type/id, optionally /_history/version"),
+    };
+    if ty.and_then(|t| s.resource_type(t)).is_none() {
+        return Invalid("a relative reference must start with an R4 resource type");
+    }
+    if !id.is_some_and(m_id) || version.is_some_and(|vid| !m_id(vid)) {
+        return Invalid("a relative reference needs an id of 1-64 letters, digits, '-' or '.'");
+    }
+    Literal
+}
+
 /// `(\s*([0-9a-zA-Z\+/=]){4}\s*)+`
 fn m_base64(s: &[u8]) -> bool {
     let mut i = 0;
@@ -1093,6 +1235,29 @@ struct Parser<'a> {
     cursors: Vec<Cursor>,
     req_hits: Vec<bool>,
     role: Role,
+    /// What the string value being parsed is, for checks beyond its primitive type.
+    want: Want,
+    /// Enclosing Bundles, innermost last (conditional references wait for `Bundle.type`).
+    bundles: Vec<BundleFrame>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Want {
+    #[default]
+    Nothing,
+    Reference,
+    BundleType,
+}
+
+/// A Bundle being parsed. Its `type` may come after its entries, so conditional references
+/// found in its entry resources are held (by path) until the Bundle ends.
+#[derive(Default)]
+struct BundleFrame {
+    /// `type` is `transaction` or `batch`.
+    submits: bool,
+    /// Entry resources (role `Entry`) of this Bundle currently open.
+    in_entry: u32,
+    conditional: Vec<String>,
 }
 
 const LO: u64 = 0x0101_0101_0101_0101;
@@ -1186,6 +1351,8 @@ impl<'a> Parser<'a> {
             cursors: Vec::new(),
             req_hits: Vec::new(),
             role: Role::Top,
+            want: Want::Nothing,
+            bundles: Vec::new(),
         }
     }
 
@@ -1738,6 +1905,14 @@ impl<'a> Parser<'a> {
         }
         let saved_role = self.role;
         self.role = role;
+        if role == Role::Entry {
+            if let Some(b) = self.bundles.last_mut() {
+                b.in_entry = b.in_entry.saturating_add(1);
+            }
+        }
+        if tid == self.s.bundle {
+            self.bundles.push(BundleFrame::default());
+        }
         let cur_start = self.cursors.len();
         let slot_start = self.req_hits.len();
         if let Some(p) = prof {
@@ -1790,6 +1965,25 @@ impl<'a> Parser<'a> {
         self.cursors.truncate(cur_start);
         self.req_hits.truncate(slot_start);
         self.role = saved_role;
+        if tid == self.s.bundle {
+            if let Some(b) = self.bundles.pop() {
+                if !b.submits {
+                    for path in b.conditional {
+                        self.report_at(
+                            Severity::Error,
+                            "value",
+                            path,
+                            CONDITIONAL_ONLY_IN_BUNDLES.to_owned(),
+                        )?;
+                    }
+                }
+            }
+        }
+        if role == Role::Entry {
+            if let Some(b) = self.bundles.last_mut() {
+                b.in_entry = b.in_entry.saturating_sub(1);
+            }
+        }
         Ok(entries)
     }
 
@@ -1968,7 +2162,18 @@ impl<'a> Parser<'a> {
                 match self.peek() {
                     Some(b'[' | b'n') => self.elem_value(el, m.ty, under, seen_idx, child, role)?,
                     _ => {
-                        self.primitive(p, el.binding)?;
+                        self.want = if ty == self.s.reference
+                            && m.elem == self.s.reference_reference_elem
+                        {
+                            Want::Reference
+                        } else if ty == self.s.bundle && m.elem == self.s.bundle_type_elem {
+                            Want::BundleType
+                        } else {
+                            Want::Nothing
+                        };
+                        let r = self.primitive(p, el.binding);
+                        self.want = Want::Nothing;
+                        r?;
                         (1, false)
                     }
                 }
@@ -2228,6 +2433,15 @@ impl<'a> Parser<'a> {
         if v.is_empty() {
             return self.err("value", "empty string is not allowed in FHIR JSON");
         }
+        match std::mem::take(&mut self.want) {
+            Want::Nothing => {}
+            Want::Reference => self.check_reference(v)?,
+            Want::BundleType => {
+                if let Some(b) = self.bundles.last_mut() {
+                    b.submits = matches!(v, b"transaction" | b"batch");
+                }
+            }
+        }
         let ok = match p {
             // Fast path for the most common type.
             Prim::String if !escaped => true,
@@ -2286,6 +2500,27 @@ impl<'a> Parser<'a> {
             }
         }
         Ok(())
+    }
+
+    /// `Reference.reference` syntax (see [`reference_form`]). A conditional reference is
+    /// held by the innermost Bundle when it sits in one of its entry resources (decided at
+    /// the Bundle's end, once its `type` is known), refused anywhere else.
+    #[cold]
+    fn check_reference(&mut self, v: &[u8]) -> Res<()> {
+        match reference_form(self.s, v) {
+            RefForm::Literal => Ok(()),
+            RefForm::Invalid(why) => self.err("value", format!("invalid reference: {why}")),
+            RefForm::Conditional => {
+                let path = self.render_path();
+                match self.bundles.last_mut() {
+                    Some(b) if b.in_entry > 0 => {
+                        b.conditional.push(path);
+                        Ok(())
+                    }
+                    _ => self.err("value", CONDITIONAL_ONLY_IN_BUNDLES),
+                }
+            }
+        }
     }
 
     fn finish_object(&mut self, td: &'static TypeDef, ty: TypeId, st: &ObjState) -> Res<()> {
@@ -2808,6 +3043,226 @@ mod tests {
                 );
                 e
             }
+        }
+    }
+
+    /// An Observation whose `subject.reference` is `r` (JSON-escaped here).
+    fn obs_ref(r: &str) -> String {
+        format!(
+            r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"subject":{{"reference":{}}}}}"#,
+            serde_json::Value::String(r.to_owned())
+        )
+    }
+
+    const GOOD_REFS: &[&str] = &[
+        "Patient/1",
+        "Patient/example",
+        "Patient/a.b-C",
+        "Media/1.2.840.11361907579238403408700.3.1.04.19970327150033",
+        "Procedure/example/_history/1",
+        "Patient/p/_history/v1.2-3",
+        "Patient/1#c1",
+        "#",
+        "#p1",
+        "#med0310",
+        "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
+        "urn:uuid:61EBE359-BFDC-4613-8BF2-C5E300945F0A",
+        "urn:oid:1.2.840.113619",
+        "urn:ietf:rfc:3986",
+        "http://example.org/fhir/Patient/1",
+        "https://example.org/fhir/Patient/1/_history/2",
+        "HTTPS://EXAMPLE.ORG/fhir/Patient/1",
+        "http://localhost:8080/Patient/1",
+        "http://[::1]/fhir/Patient/1",
+        "http://hl7.org/fhir/ValueSet/administrative-gender",
+        "http://example.org/some/thing/that/is/not/fhir?x=1#y",
+        "https://example.org",
+        "mailto:someone@example.org",
+        "ftp://example.org/doc",
+    ];
+
+    const BAD_REFS: &[&str] = &[
+        "Patient",
+        "Patient/",
+        "/Patient/1",
+        "Patient//1",
+        "Patient/1/",
+        "patient/1",
+        "Foo/1",
+        "Resource/1",
+        "DomainResource/1",
+        "Patient/has space",
+        " Patient/1",
+        "Patient/1 ",
+        "Patient/1\t",
+        "Patient/1\n",
+        "Patient/a_b",
+        "Patient/a/b",
+        "Patient/1/_history",
+        "Patient/1/_history/",
+        "Patient/1/_history/a/b",
+        "Patient/1/history/2",
+        "Patient/1/_history/a_b",
+        "Patient/1#",
+        "Patient/1#a#b",
+        "#a b",
+        "#a/b",
+        "##",
+        "urn:uuid:",
+        "urn:uuid:61ebe359",
+        "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a0",
+        "urn:uuid:zzebe359-bfdc-4613-8bf2-c5e300945f0a",
+        "urn:oid:",
+        "urn:oid:3.1",
+        "urn:oid:1.02",
+        "urn:oid:1",
+        "http:",
+        "http:/example.org/Patient/1",
+        "http:example.org",
+        "https:///Patient/1",
+        "http://",
+        "http:// example.org/Patient/1",
+        "urn:",
+        "?x=1",
+        "Patient?",
+        "Foo?x=1",
+    ];
+
+    #[test]
+    fn reference_syntax() {
+        // The id pattern at its bounds.
+        let id64 = "a".repeat(64);
+        let id65 = "a".repeat(65);
+        let long_ok = format!("Patient/{id64}");
+        let long_bad = format!("Patient/{id65}");
+        let long_vid = format!("Patient/1/_history/{id65}");
+        for r in GOOD_REFS.iter().copied().chain([long_ok.as_str()]) {
+            match v(&obs_ref(r)) {
+                Ok(_) => {}
+                Err(e) => panic!("{r:?} refused: {e:#?}"),
+            }
+        }
+        for r in BAD_REFS
+            .iter()
+            .copied()
+            .chain([long_bad.as_str(), long_vid.as_str()])
+        {
+            let e = rej(&obs_ref(r), "value", "Observation.subject.reference");
+            assert!(
+                e.iter().any(|i| i.message.starts_with("invalid reference")),
+                "{r:?}: {e:#?}"
+            );
+            // Never echoes the value.
+            assert!(
+                r.len() < 10 || !e.iter().any(|i| i.message.contains(r.trim())),
+                "{r:?} echoed"
+            );
+        }
+        // Every concrete resource type is accepted as a relative reference (the type
+        // list is the validator's own), in every reference position the schema has.
+        for t in [
+            "Patient",
+            "Practitioner",
+            "Organization",
+            "Group",
+            "Device",
+            "Location",
+        ] {
+            ok(&obs_ref(&format!("{t}/x")));
+        }
+        ok(
+            r##"{"resourceType":"Observation","status":"final","code":{"text":"x"},"performer":[{"reference":"Practitioner/1"},{"reference":"#p1"}],"contained":[{"resourceType":"Practitioner","id":"p1"}]}"##,
+        );
+        rej(
+            r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"performer":[{"reference":"Practitioner/1"},{"reference":"Practitioner/ 1"}]}"#,
+            "value",
+            "Observation.performer[1].reference",
+        );
+        // Inside an extension's valueReference, and a contained resource.
+        rej(
+            r#"{"resourceType":"Patient","extension":[{"url":"http://x.org/e","valueReference":{"reference":"Nope/1"}}]}"#,
+            "value",
+            "Patient.extension[0].valueReference.reference",
+        );
+        rej(
+            r#"{"resourceType":"Patient","contained":[{"resourceType":"Observation","id":"o","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/"}}]}"#,
+            "value",
+            "Patient.contained[0].subject.reference",
+        );
+    }
+
+    fn bundle_with(kind: &str, type_first: bool, r: &str) -> String {
+        let entry = format!(
+            r#"[{{"fullUrl":"urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a","resource":{},"request":{{"method":"POST","url":"Observation"}}}}]"#,
+            obs_ref(r)
+        );
+        if type_first {
+            format!(r#"{{"resourceType":"Bundle","type":"{kind}","entry":{entry}}}"#)
+        } else {
+            format!(r#"{{"resourceType":"Bundle","entry":{entry},"type":"{kind}"}}"#)
+        }
+    }
+
+    #[test]
+    fn conditional_references_only_in_transaction_or_batch_entries() {
+        let conds = [
+            "Patient?identifier=http://hospital.org/mrn|12345",
+            "Patient?identifier=12345&birthdate=1970-01-01",
+            "Organization?name=Acme",
+        ];
+        for c in conds {
+            for type_first in [true, false] {
+                for kind in ["transaction", "batch"] {
+                    let b = bundle_with(kind, type_first, c);
+                    if let Err(e) = v(&b) {
+                        panic!("{kind} {c}: {e:#?}");
+                    }
+                }
+                for kind in [
+                    "collection",
+                    "document",
+                    "searchset",
+                    "transaction-response",
+                    "history",
+                    "message",
+                ] {
+                    let b = bundle_with(kind, type_first, c);
+                    let e = v(&b).unwrap_err();
+                    assert!(
+                        e.iter().any(|i| i.expression
+                            == "Bundle.entry[0].resource.subject.reference"
+                            && i.message.contains("conditional")),
+                        "{kind} {type_first} {c}: {e:#?}"
+                    );
+                }
+            }
+            // Outside any Bundle: a plain create/update may not search for its target.
+            let e = rej(&obs_ref(c), "value", "Observation.subject.reference");
+            assert!(e.iter().any(|i| i.message.contains("conditional")));
+            // In a contained resource of a transaction entry: still in the entry.
+            let contained = format!(
+                r#"{{"resourceType":"Bundle","type":"transaction","entry":[{{"resource":{{"resourceType":"Patient","contained":[{}]}},"request":{{"method":"POST","url":"Patient"}}}}]}}"#,
+                obs_ref(c).replacen(
+                    r#""resourceType":"Observation","#,
+                    r#""resourceType":"Observation","id":"o","#,
+                    1
+                )
+            );
+            if let Err(e) = v(&contained) {
+                panic!("{c}: {e:#?}");
+            }
+            // A collection nested as an entry of a transaction: the innermost Bundle decides.
+            let nested = format!(
+                r#"{{"resourceType":"Bundle","type":"transaction","entry":[{{"resource":{},"request":{{"method":"POST","url":"Bundle"}}}}]}}"#,
+                bundle_with("collection", true, c)
+            );
+            assert!(v(&nested).is_err(), "{c}");
+            // Wrapped in Parameters, a transaction Bundle is not being submitted.
+            let wrapped = format!(
+                r#"{{"resourceType":"Parameters","parameter":[{{"name":"b","resource":{}}}]}}"#,
+                bundle_with("transaction", true, c)
+            );
+            assert!(v(&wrapped).is_err(), "{c}");
         }
     }
 

@@ -563,6 +563,60 @@ mod tests {
     }
 
     #[test]
+    fn unusable_encoding_characters_still_echo_a_readable_control_id() {
+        let rest = "|LAB|HOSP|EHR|HUB|20240315083000||ORU^R01|CTRL-42.a_b|P|2.5\rPID|||1||Doe^J\r";
+        // Every way MSH-2 can be unusable: missing, short, long, repeated, alphanumeric,
+        // not a delimiter, with each field separator Ward accepts.
+        let bad_msh2 = [
+            "", "^", "^~", "^~\\", "^~\\&#!", "^^\\&", "^~\\\\", "a~\\&", "^~1&", "^~ &",
+        ];
+        for sep in ["|", "#", "!"] {
+            // (A separator inside MSH-2 would cut it short into a different header.)
+            for enc in bad_msh2.iter().filter(|e| !e.contains(sep)) {
+                let m = format!("MSH{sep}{enc}{}", rest.replace('|', sep));
+                let r = validate(m.as_bytes(), &Rules::default()).unwrap_err();
+                assert_eq!(r.ack_code, AckCode::Reject, "{m:?}");
+                let ack = build_rejection_ack(&r, "20240315", "N7");
+                assert!(
+                    text(&ack).contains("\nMSA|AR|CTRL-42.a_b\n"),
+                    "{m:?}: {}",
+                    text(&ack)
+                );
+                assert_eq!(parse_ack(&ack).unwrap().1, b"CTRL-42.a_b", "{m:?}");
+                // Nothing else from the untrusted header is echoed.
+                assert!(!text(&ack).contains("LAB") && !text(&ack).contains("HOSP"));
+            }
+        }
+        // An MSH-10 that cannot be read without the encoding characters, or is absent:
+        // empty MSA-2 (never a guess).
+        let long = "X".repeat(200);
+        for ctl in [
+            "",
+            "a^b",
+            "a&b",
+            "a\\b",
+            "a~b",
+            "a b",
+            long.as_str(),
+            "caf\u{e9}",
+        ] {
+            let m = format!("MSH|^~|A|B|C|D|20240315||ADT^A01|{ctl}|P|2.5\rPID|||1\r");
+            let r = validate(m.as_bytes(), &Rules::default()).unwrap_err();
+            let ack = build_rejection_ack(&r, "1", "2");
+            assert!(
+                text(&ack).contains("\nMSA|AR|\n"),
+                "{ctl:?}: {}",
+                text(&ack)
+            );
+        }
+        for m in ["MSH|^~|A|B", "MSHa^~\\&a1a2a3a4a5a6a7a8aCTL", "MSH"] {
+            let r = validate(m.as_bytes(), &Rules::default()).unwrap_err();
+            let ack = build_rejection_ack(&r, "1", "2");
+            assert!(text(&ack).contains("\nMSA|AR|\n"), "{m:?}: {}", text(&ack));
+        }
+    }
+
+    #[test]
     fn unusable_header_gets_defaults_and_ar() {
         let r = validate(b"\x0bGET / HTTP/1.1\r\n", &Rules::default()).unwrap_err();
         assert!(r.header.is_none());

@@ -995,6 +995,35 @@ pub fn header(bytes: &[u8]) -> Option<HeaderInfo> {
     Some(HeaderInfo::from_msh(&Segment { raw: first, delims }))
 }
 
+/// MSH-10 of a message whose MSH-2 is unusable, for the MSA-2 of its NAK: a sender
+/// matches NAKs to messages by it, and an AR it cannot match is retried forever.
+///
+/// Without trusted encoding characters nothing can be unescaped or split below the field
+/// level, so only a control id that needs neither is returned: the field separator (MSH-1)
+/// must itself be a valid delimiter, and the value 1..=199 printable ASCII characters other
+/// than the standard delimiters `^~\&|` (which the NAK's default encoding would read
+/// as structure). Anything else: `None`, and the NAK's MSA-2 stays empty.
+pub fn control_id_fallback(bytes: &[u8]) -> Option<Vec<u8>> {
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(bytes.len());
+    let first = bytes.get(..end)?;
+    if !first.starts_with(b"MSH") {
+        return None;
+    }
+    let sep = *first.get(3)?;
+    if !is_allowed_delimiter(sep) {
+        return None;
+    }
+    // Split index 0 is "MSH", 1 is MSH-2 (MSH-1 is the separator itself), so MSH-n is n-1.
+    let v = first.split(|&b| b == sep).nth(9)?;
+    let readable = (1..=199).contains(&v.len())
+        && v.iter()
+            .all(|&b| (0x21..=0x7E).contains(&b) && !br"^~\&|".contains(&b));
+    readable.then(|| v.to_vec())
+}
+
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,

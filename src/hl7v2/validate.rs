@@ -6,10 +6,11 @@
 //! an AA needs) or a [`Rejection`] carrying HL7 table 0357 codes and locations, and the
 //! header fields needed to address a NAK even when the body is broken.
 //!
-//! Required MSH fields: MSH-3 (sending application), MSH-7 (date/time of message), MSH-9
-//! (type), MSH-10 (control id), MSH-11 (processing id), MSH-12 (version). MSH-4, MSH-5 and
-//! MSH-6 are optional because real senders leave them empty and nothing here needs them;
-//! an MLLP listener that authenticates on MSH-4 must check it itself.
+//! Required MSH fields: MSH-7 (date/time of message), MSH-9 (type), MSH-10 (control id),
+//! MSH-11 (processing id), MSH-12 (version). MSH-3..MSH-6 are optional, as in every v2.x
+//! version (real Oracle, converter and state-lab feeds leave MSH-3 empty), and nothing here
+//! needs them; a rule that does — the MLLP listener's sender binding on MSH-3/MSH-4 —
+//! checks them itself and fails closed when they are empty.
 //!
 //! Ack code: AR ("reject") when the header cannot be used — unframeable header, or a
 //! missing/unsupported MSH-9, MSH-11 or MSH-12, matching HL7's definition of AR in original
@@ -203,7 +204,6 @@ pub fn validate<'a>(bytes: &'a [u8], rules: &Rules) -> Result<Validated<'a>, Rej
     let head = Head::new(msh);
     let mut errs = Errors::default();
 
-    required(&mut errs, &head, 1, 3);
     if let Some(f) = required(&mut errs, &head, 1, 7) {
         if !is_valid_dtm(first_component(&f)) {
             errs.push(
@@ -296,6 +296,14 @@ fn rejection_from_parse(bytes: &[u8], e: &ParseError) -> Rejection {
         None => (String::new(), e.segment_index.saturating_add(1)),
     };
     let reject = e.kind.is_header_error() || header.is_none();
+    // Unusable encoding characters: the rest of the header cannot be trusted, but a plain
+    // MSH-10 can still address the NAK (everything else stays at the defaults).
+    let header = header.or_else(|| {
+        super::er7::control_id_fallback(bytes).map(|control_id| HeaderInfo {
+            control_id,
+            ..HeaderInfo::default()
+        })
+    });
     Rejection {
         ack_code: if reject {
             AckCode::Reject
@@ -953,20 +961,39 @@ mod tests {
     }
 
     #[test]
-    fn msh3_required() {
-        let r = reject(&replace(&samples::adt_a04(), "|REG|", "||"));
-        assert_eq!(r.ack_code, AckCode::Error);
-        assert_err(&r, "MSH", 1, 3, None, REQUIRED_FIELD_MISSING);
-        let r = reject(&replace(&samples::adt_a04(), "|REG|", "|\"\"|"));
-        assert_err(&r, "MSH", 1, 3, None, REQUIRED_FIELD_MISSING);
-        let r = reject(&replace(&samples::adt_a04(), "|REG|", "|^^|"));
-        assert_err(&r, "MSH", 1, 3, None, REQUIRED_FIELD_MISSING);
-        // MSH-4..6 are optional.
-        assert!(validate(
-            &replace(&samples::adt_a04(), "|CLINIC|WARD|HUB|", "||||"),
-            &Rules::default()
-        )
-        .is_ok());
+    fn msh3_to_msh6_are_optional_in_every_version() {
+        // Every shape of "no sending application", in every sample (v2.3 to v2.5.1), alone
+        // and with MSH-4..6 empty too.
+        let samples = [
+            samples::adt_a01(),
+            samples::adt_a04(),
+            samples::adt_a08_v23(),
+        ];
+        for base in &samples {
+            let msh_end = base.iter().position(|&b| b == b'\r').unwrap();
+            let msh = std::str::from_utf8(&base[..msh_end]).unwrap();
+            let fields: Vec<&str> = msh.split('|').collect();
+            for empty3 in ["", "\"\"", "^^", "^", "&"] {
+                for empty_rest in [false, true] {
+                    let mut f = fields.clone();
+                    f[2] = empty3;
+                    if empty_rest {
+                        f[3] = "";
+                        f[4] = "";
+                        f[5] = "";
+                    }
+                    let new_msh = f.join("|");
+                    let mut m = new_msh.into_bytes();
+                    m.extend_from_slice(&base[msh_end..]);
+                    let v = validate(&m, &Rules::default())
+                        .unwrap_or_else(|r| panic!("{empty3:?} {empty_rest}: {r:?}"));
+                    assert_eq!(v.header.sending_application, empty3.as_bytes());
+                }
+            }
+        }
+        // Still bounded: MSH-3 may not repeat.
+        let r = reject(&replace(&samples::adt_a04(), "|REG|", "|A~B|"));
+        assert!(r.errors.iter().any(|e| e.segment == "MSH" && e.field == 3));
     }
 
     #[test]
@@ -1288,7 +1315,7 @@ mod tests {
     #[test]
     fn collects_several_errors_in_order() {
         let m = msg(&[
-            r"MSH|^~\&||B|C|D|20241301||ADT^A04|9|P|2.5",
+            r"MSH|^~\&||B|C|D|20241301||ADT^A04||P|2.5",
             "EVN|A04",
             "PID|||||Doe^J||19990230",
             r"PV1||I|\bad\",
@@ -1303,8 +1330,8 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("MSH", 3, 101),
                 ("MSH", 7, 102),
+                ("MSH", 10, 101),
                 ("PID", 3, 101),
                 ("PID", 7, 102),
                 ("PV1", 3, 102)
@@ -1315,7 +1342,7 @@ mod tests {
     #[test]
     fn error_list_is_bounded() {
         let mut lines = vec![
-            r"MSH|^~\&||B|C|D|x||ADT^A04|9|P|2.5",
+            r"MSH|^~\&||B|C|D|x||ADT^A04||P|2.5",
             "EVN|A04",
             "PID|||1||A^B",
             "PV1||I",
@@ -1325,7 +1352,7 @@ mod tests {
         let m = msg(&lines);
         let r = reject(&m);
         assert_eq!(r.errors.len(), MAX_ERRORS);
-        assert_eq!(r.errors[0].field, 3);
+        assert_eq!(r.errors[0].field, 7);
         assert_eq!(r.errors[9].segment, "ZBD");
         assert_eq!(r.errors[9].sequence, 2);
     }

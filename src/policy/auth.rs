@@ -6,7 +6,9 @@
 //!   explicit shared-secret provider), and the key comes from *our* key set by `kid`;
 //!   embedded `jwk`/`jku`/`x5u`/`x5c` headers are never used; unknown `crit` is refused;
 //! - `exp`, `iss`, `aud`, `sub` are required (setting an audience alone would accept a token
-//!   without `aud`), `nbf` and `iat` are honoured with a configurable leeway;
+//!   without `aud`), `nbf` and `iat` are honoured with a configurable leeway; a blank
+//!   (empty or whitespace-only) `sub`, `iss`, `aud`, `client_id`, `azp`, `patient` or
+//!   forwarded claim is refused, never taken as an identity;
 //! - tokens only from `Authorization: Bearer`; a token in the query string is refused;
 //! - certificate-bound tokens (RFC 8705 `cnf.x5t#S256`) must arrive on a connection with
 //!   that client certificate;
@@ -148,6 +150,10 @@ impl AuthConfig {
             }
             if p.issuer.is_empty() || !issuers.insert(p.issuer.as_str()) {
                 out.push((k("issuer"), "issuers must be unique and non-empty".into()));
+            }
+            if p.audiences.iter().any(|a| is_blank(a)) {
+                // A blank audience would accept tokens whose `aud` names nobody.
+                out.push((k("audiences"), "audiences must not be blank".into()));
             }
             if p.audiences.is_empty() {
                 out.push((
@@ -569,6 +575,61 @@ impl Claims {
     }
 }
 
+/// Blank means empty once Unicode whitespace is trimmed: `" "` names nobody, and would
+/// otherwise be one shared identity for rate limits, audit trails and upstream headers.
+/// Other whitespace is kept as is (RFC 7519 compares StringOrURI values exactly).
+pub fn is_blank(s: &str) -> bool {
+    s.trim().is_empty()
+}
+
+/// Identity claims with a value that names nobody. jsonwebtoken only checks that the
+/// required claims are *present*: a `sub` of `""` would pass, and so would an empty
+/// `client_id` or `patient` that later layers would key limits or compartments on.
+///
+/// - `sub`, `iss` blank, `aud` blank or `[]`: as good as absent — `token_claim_missing`;
+/// - `aud` listing a blank or non-string entry, and `client_id`, `azp`, `patient` or a
+///   claim forwarded to the upstream that is present but blank (or, for the first three,
+///   not a string): malformed — `token_claim_invalid`. An absent optional claim is fine.
+fn check_identity_claims(
+    raw: &serde_json::Map<String, Value>,
+    forward: &[(String, HeaderName)],
+) -> Result<(), Rejection> {
+    let missing = || invalid("token_claim_missing", "token lacks a required claim");
+    let malformed = || invalid("token_claim_invalid", "token has a malformed claim");
+    for k in ["sub", "iss"] {
+        if raw.get(k).and_then(Value::as_str).is_some_and(is_blank) {
+            return Err(missing());
+        }
+    }
+    match raw.get("aud") {
+        Some(Value::String(a)) if is_blank(a) => return Err(missing()),
+        Some(Value::Array(a)) if a.is_empty() => return Err(missing()),
+        Some(Value::Array(a)) if !a.iter().all(|v| v.as_str().is_some_and(|s| !is_blank(s))) => {
+            return Err(malformed())
+        }
+        _ => {}
+    }
+    for k in ["client_id", "azp", "patient"] {
+        match raw.get(k) {
+            None => {}
+            Some(Value::String(v)) if !is_blank(v) => {}
+            Some(_) => return Err(malformed()),
+        }
+    }
+    for (k, _) in forward {
+        if raw.get(k).and_then(Value::as_str).is_some_and(is_blank) {
+            return Err(malformed());
+        }
+    }
+    Ok(())
+}
+
+/// For policies that read a claim `auth` does not know by name (the FHIR authorization's
+/// configurable patient claim): the token is refused as `check_identity_claims` would.
+pub fn claim_invalid() -> Rejection {
+    invalid("token_claim_invalid", "token has a malformed claim")
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -896,6 +957,7 @@ impl Inner {
                             }
                         }
                     }
+                    check_identity_claims(&data.claims, &self.forward).map_err(fail)?;
                     let claims = Claims::from_raw(pname.clone(), data.claims).ok_or_else(|| {
                         fail(invalid(
                             "token_claim_invalid",

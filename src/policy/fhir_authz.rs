@@ -35,7 +35,7 @@ use crate::fhir::compartment::{in_patient_compartment, owned_by, references_pati
 use crate::fhir::request::{parse_params, FhirRequest, Interaction, SearchParam};
 use crate::fhir::scopes::{self, Context as ScopeContext, Perm, Scope};
 use crate::metrics::Metrics;
-use crate::policy::auth::{insufficient_scope, Claims};
+use crate::policy::auth::{claim_invalid, insufficient_scope, is_blank, Claims};
 use crate::policy::PolicyFuture;
 use crate::Body;
 
@@ -156,6 +156,16 @@ impl FhirAuthzConfig {
                 out.push((
                     "break_glass",
                     "needs a `scope` or a `claim` that entitles a token".into(),
+                ));
+            }
+            if b.claim
+                .as_ref()
+                .is_some_and(|m| is_blank(&m.name) || is_blank(&m.value))
+            {
+                // A blank value would entitle every token whose claim names nobody.
+                out.push((
+                    "break_glass.claim",
+                    "name and value must not be blank".into(),
                 ));
             }
             if b.max_per_day == Some(0) {
@@ -1035,6 +1045,14 @@ where
 {
     let f = &*f;
     let claims = &*claims;
+    // A launch-context patient that names nobody (`""`, `" "`, a number, a list) is refused
+    // outright: read as "no patient context" it would let broad scopes pass unconfined,
+    // and as an id it would be a compartment nobody owns.
+    match claims.raw.get(&a.cfg.patient_claim) {
+        None => {}
+        Some(Value::String(p)) if !is_blank(p) => {}
+        Some(_) => return Err(claim_invalid()),
+    }
     let (mut parts, mut body) = req.into_parts();
     let mut params = f.params.clone();
     let max = a.cfg.max_buffer_bytes;

@@ -10,6 +10,7 @@
 //! HL7 v2 over HTTP (`validate.hl7v2`): ER7 bodies (by media type, or every body on the
 //! route with `all_bodies`) are parsed and checked (`hl7v2/validate.rs`); invalid → 400
 //! with an HL7 ACK (MSA-1 AE/AR, MSA-2 = the message's MSH-10, ERR segments) as the body.
+//! A POST/PUT/PATCH without a body is an empty message there (AR, as on MLLP).
 //!
 //! The body is buffered only on routes with this policy and only up to the policy's cap,
 //! then forwarded byte for byte: validation never rewrites what the client sent.
@@ -429,7 +430,11 @@ impl Compiled {
                         .iter()
                         .any(|t| t.eq_ignore_ascii_case(&m.essence))
                 });
-            if body && er7 {
+            // A POST/PUT/PATCH with no body on an HL7 v2 route is an empty message, not
+            // "nothing to check": it is validated (and refused) exactly as an empty MLLP
+            // frame is, so both paths answer it with the same AR.
+            let sends_message = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+            if er7 && (body || sends_message) {
                 return Ok(Check::Er7);
             }
             if self.fhir.is_none() {
@@ -439,6 +444,8 @@ impl Compiled {
                         "unsupported_media_type",
                         "this route accepts HL7 v2 (ER7) bodies only",
                     ))
+                } else if sends_message {
+                    Ok(Check::Er7)
                 } else {
                     Ok(Check::None)
                 };

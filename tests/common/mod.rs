@@ -572,8 +572,20 @@ pub struct WardProcess {
 }
 
 pub fn spawn_ward(cfg: &std::path::Path) -> WardProcess {
+    spawn_ward_cmd(std::process::Command::new(env!("CARGO_BIN_EXE_ward")), cfg)
+}
+
+/// [`spawn_ward`] with `dir` as the working directory, so `cfg` may be relative to it
+/// (`ward.yaml`, `./ward.yaml`, `sub/ward.yaml`) as an operator types it.
+pub fn spawn_ward_in(dir: &std::path::Path, cfg: &std::path::Path) -> WardProcess {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ward"));
+    cmd.current_dir(dir);
+    spawn_ward_cmd(cmd, cfg)
+}
+
+fn spawn_ward_cmd(mut cmd: std::process::Command, cfg: &std::path::Path) -> WardProcess {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ward"))
+    let mut child = cmd
         .args(["run", "--config"])
         .arg(cfg)
         .stderr(std::process::Stdio::piped())
