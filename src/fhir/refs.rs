@@ -27,7 +27,8 @@ impl Bases {
             .map(|b| b.trim_end_matches('/').to_owned())
             .filter(|b| b.contains("://"))
             .collect();
-        v.sort();
+        // Longest first: `https://h/fhir` must win over `https://h` for `https://h/fhir/…`.
+        v.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
         v.dedup();
         Bases(v)
     }
@@ -149,7 +150,14 @@ pub fn urn_targets(bundle: &Value) -> UrnTargets {
             .and_then(|r| r.get("id"))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        out.insert(full.to_owned(), if is_patient { Some(id.unwrap_or_default()) } else { None });
+        out.insert(
+            full.to_owned(),
+            if is_patient {
+                Some(id.unwrap_or_default())
+            } else {
+                None
+            },
+        );
     }
     out
 }
@@ -185,12 +193,26 @@ pub fn written_reference_ok(r: &str, pid: &str, bases: &Bases, urns: &UrnTargets
     {
         return false;
     }
+    // A conditional reference is resolved by search: only when its type is spelled out
+    // (and is not Patient) is it known not to land on a patient.
+    if let Some((t, _)) = rel.split_once('?') {
+        if !super::is_resource_type(t) {
+            return false;
+        }
+    }
     !mentions_patient(rel)
 }
 
 /// The members a `Reference` may have; an object made only of these with an `identifier`
 /// is a logical reference.
-const REFERENCE_KEYS: &[&str] = &["id", "extension", "reference", "type", "identifier", "display"];
+const REFERENCE_KEYS: &[&str] = &[
+    "id",
+    "extension",
+    "reference",
+    "type",
+    "identifier",
+    "display",
+];
 
 /// Walk everything below a written resource and refuse any reference that may resolve to
 /// another patient: `reference` strings at any path (extensions, contained resources,
@@ -237,7 +259,7 @@ pub fn written_resource_ok(v: &Value, pid: &str, bases: &Bases, urns: &UrnTarget
                         .get("reference")
                         .and_then(Value::as_str)
                         .is_some_and(|r| matches!(urns.get(r), Some(Some(id)) if id == pid));
-                    if !(own || resolved) && !m.contains_key("resourceType") {
+                    if !(own || resolved || m.contains_key("resourceType")) {
                         return false;
                     }
                 }
@@ -278,6 +300,7 @@ mod tests {
         Bases::new([
             "https://gw.example:8443/fhir".to_owned(),
             "http://ehr.internal:8080/r4/".to_owned(),
+            "http://ehr.internal:8080".to_owned(),
         ])
     }
 
@@ -285,13 +308,25 @@ mod tests {
     fn localize() {
         let b = bases();
         assert_eq!(b.localize("Patient/a"), Some("Patient/a"));
-        assert_eq!(b.localize("https://gw.example:8443/fhir/Patient/a"), Some("Patient/a"));
-        assert_eq!(b.localize("HTTPS://GW.example:8443/fhir/Patient/a"), Some("Patient/a"));
-        assert_eq!(b.localize("http://ehr.internal:8080/r4/Patient/a"), Some("Patient/a"));
+        assert_eq!(
+            b.localize("https://gw.example:8443/fhir/Patient/a"),
+            Some("Patient/a")
+        );
+        assert_eq!(
+            b.localize("HTTPS://GW.example:8443/fhir/Patient/a"),
+            Some("Patient/a")
+        );
+        assert_eq!(
+            b.localize("http://ehr.internal:8080/r4/Patient/a"),
+            Some("Patient/a")
+        );
         assert_eq!(b.localize("https://gw.example:8443/fhirx/Patient/a"), None);
         assert_eq!(b.localize("https://gw.example/fhir/Patient/a"), None);
         assert_eq!(b.localize("https://evil.example/fhir/Patient/a"), None);
-        assert_eq!(b.localize("https://gw.example:8443.evil/fhir/Patient/a"), None);
+        assert_eq!(
+            b.localize("https://gw.example:8443.evil/fhir/Patient/a"),
+            None
+        );
     }
 
     /// Every spelling of another patient, in every place a reference can sit, is refused;
@@ -321,6 +356,8 @@ mod tests {
             "Patient/a/../b",
             "Patient?identifier=mrn|b",
             "Patient?_id=a",
+            "?identifier=mrn|b",
+            "Foo?identifier=x",
             "Group?member=Patient/b",
             "https://gw.example:8443/fhir/Patient/b",
             "https://evil.example/fhir/Patient/a",
@@ -340,6 +377,7 @@ mod tests {
             "urn:uuid:obs",
             "Practitioner/p1",
             "#c1",
+            "Practitioner?identifier=x",
             "https://other.example/fhir/Practitioner/9",
         ];
         let place = |r: &str| -> Vec<Value> {
@@ -354,12 +392,18 @@ mod tests {
         };
         for r in bad_refs {
             for res in place(r) {
-                assert!(!written_resource_ok(&res, "a", &b, &urns), "{r} accepted in {res}");
+                assert!(
+                    !written_resource_ok(&res, "a", &b, &urns),
+                    "{r} accepted in {res}"
+                );
             }
         }
         for r in good_refs {
             for res in place(r) {
-                assert!(written_resource_ok(&res, "a", &b, &urns), "{r} refused in {res}");
+                assert!(
+                    written_resource_ok(&res, "a", &b, &urns),
+                    "{r} refused in {res}"
+                );
             }
         }
         // Logical references and contained Patients.

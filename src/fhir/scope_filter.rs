@@ -15,6 +15,10 @@ use super::scopes::{Perm, Scope};
 /// Types that only wrap or describe other resources: their content is checked, not them.
 const CONTAINERS: &[&str] = &["Bundle", "Parameters", "OperationOutcome"];
 
+/// A resource (or a parameter's target) the scopes do not grant, or that cannot be judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotGranted;
+
 /// The scopes of one request, asked per resource type.
 pub struct Grants<'a> {
     scopes: &'a [Scope],
@@ -84,12 +88,12 @@ impl<'a> Grants<'a> {
     /// place. `Bundle.total` counts matches only (FHIR R4 3.1.1.4.2), so it drops by the
     /// removed matching entries, not by removed includes. A resource that is not a Bundle
     /// must be granted entirely (`Err` otherwise). Returns whether anything changed.
-    pub fn filter(&self, v: &mut Value, refuse: bool) -> Result<bool, ()> {
+    pub fn filter(&self, v: &mut Value, refuse: bool) -> Result<bool, NotGranted> {
         if v.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return if self.resource_allowed(v, true) {
                 Ok(false)
             } else {
-                Err(())
+                Err(NotGranted)
             };
         }
         let mut changed = false;
@@ -107,7 +111,9 @@ impl<'a> Grants<'a> {
                     let is_match = !matches!(mode.as_deref(), Some("include" | "outcome"));
                     let ok = match e.get_mut("resource") {
                         None => true,
-                        Some(r) if r.get("resourceType").and_then(Value::as_str) == Some("Bundle") => {
+                        Some(r)
+                            if r.get("resourceType").and_then(Value::as_str) == Some("Bundle") =>
+                        {
                             changed |= self.filter(r, refuse)?;
                             true
                         }
@@ -116,7 +122,7 @@ impl<'a> Grants<'a> {
                     if ok {
                         kept.push(e);
                     } else if refuse {
-                        return Err(());
+                        return Err(NotGranted);
                     } else {
                         changed = true;
                         if is_match {
@@ -127,7 +133,7 @@ impl<'a> Grants<'a> {
                 *entries = kept;
             }
             // Lenient readers take an object as a one-entry list: not here.
-            Some(_) => return Err(()),
+            Some(_) => return Err(NotGranted),
         }
         if removed_matches > 0 {
             if let Some(t) = v.get_mut("total") {
@@ -141,7 +147,7 @@ impl<'a> Grants<'a> {
         if let Value::Object(m) = v {
             for (k, x) in m.iter() {
                 if k != "entry" && !self.resource_allowed(x, false) {
-                    return Err(());
+                    return Err(NotGranted);
                 }
             }
         }
@@ -149,9 +155,9 @@ impl<'a> Grants<'a> {
     }
 
     /// The resource types a search parameter makes the server read or return, beyond the
-    /// searched type: `Err(())` when they cannot be known (a wildcard `*`, or a chain whose
+    /// searched type: `Err(NotGranted)` when they cannot be known (a wildcard `*`, or a chain whose
     /// target type is not spelled out), so only a universal grant covers it.
-    pub fn named_types(p: &SearchParam) -> Result<Vec<String>, ()> {
+    pub fn named_types(p: &SearchParam) -> Result<Vec<String>, NotGranted> {
         let lname = p.name.to_ascii_lowercase();
         let mut out = Vec::new();
         match lname.as_str() {
@@ -159,14 +165,14 @@ impl<'a> Grants<'a> {
                 // `Source:param[:Target]`, or `*`.
                 let parts: Vec<&str> = p.value.split(':').collect();
                 if parts.iter().any(|x| x.trim() == "*") || parts.len() < 2 {
-                    return Err(());
+                    return Err(NotGranted);
                 }
                 for (i, x) in parts.iter().enumerate() {
                     if i == 1 {
                         continue;
                     }
                     if !super::is_resource_type(x) {
-                        return Err(());
+                        return Err(NotGranted);
                     }
                     out.push((*x).to_owned());
                 }
@@ -179,7 +185,7 @@ impl<'a> Grants<'a> {
                 for x in parts {
                     if expect_type {
                         if !super::is_resource_type(x) {
-                            return Err(());
+                            return Err(NotGranted);
                         }
                         out.push(x.to_owned());
                         expect_type = false;
@@ -188,7 +194,7 @@ impl<'a> Grants<'a> {
                     }
                 }
                 if p.chain.is_some() {
-                    return Err(());
+                    return Err(NotGranted);
                 }
             }
             _ => {
@@ -198,17 +204,17 @@ impl<'a> Grants<'a> {
                         Some(t) if super::is_resource_type(t) => out.push(t.to_owned()),
                         _ => match implied_type(&p.name) {
                             Some(t) => out.push(t),
-                            None => return Err(()),
+                            None => return Err(NotGranted),
                         },
                     }
                     let hops: Vec<&str> = chain.split('.').collect();
                     for hop in &hops[..hops.len().saturating_sub(1)] {
                         match hop.split_once(':') {
                             Some((_, t)) if super::is_resource_type(t) => out.push(t.to_owned()),
-                            Some(_) => return Err(()),
+                            Some(_) => return Err(NotGranted),
                             None => match implied_type(hop) {
                                 Some(t) => out.push(t),
-                                None => return Err(()),
+                                None => return Err(NotGranted),
                             },
                         }
                     }
@@ -237,23 +243,38 @@ mod tests {
 
     #[test]
     fn named_types_of_every_shape() {
-        let cases: &[(&str, Result<&[&str], ()>)] = &[
-            ("_include=Observation:subject:Patient", Ok(&["Observation", "Patient"])),
+        let cases: &[(&str, Result<&[&str], NotGranted>)] = &[
+            (
+                "_include=Observation:subject:Patient",
+                Ok(&["Observation", "Patient"]),
+            ),
             ("_include:iterate=Observation:subject", Ok(&["Observation"])),
             ("_revinclude=Provenance:target", Ok(&["Provenance"])),
-            ("_revinclude:iterate=Provenance:target:Patient", Ok(&["Provenance", "Patient"])),
-            ("_include=*", Err(())),
-            ("_include=Observation:*", Err(())),
-            ("_include=Observation", Err(())),
-            ("_include=observation:subject", Err(())),
+            (
+                "_revinclude:iterate=Provenance:target:Patient",
+                Ok(&["Provenance", "Patient"]),
+            ),
+            ("_include=*", Err(NotGranted)),
+            ("_include=Observation:*", Err(NotGranted)),
+            ("_include=Observation", Err(NotGranted)),
+            ("_include=observation:subject", Err(NotGranted)),
             ("_has:Observation:patient:code=1", Ok(&["Observation"])),
-            ("_has:Observation:patient:_has:AuditEvent:entity:agent=x", Ok(&["Observation", "AuditEvent"])),
-            ("_has:Foo:patient:code=1", Err(())),
+            (
+                "_has:Observation:patient:_has:AuditEvent:entity:agent=x",
+                Ok(&["Observation", "AuditEvent"]),
+            ),
+            ("_has:Foo:patient:code=1", Err(NotGranted)),
             ("subject:Patient.name=x", Ok(&["Patient"])),
             ("patient.name=x", Ok(&["Patient"])),
-            ("subject.name=x", Err(())),
-            ("patient.organization.name=x", Ok(&["Patient", "Organization"])),
-            ("subject:Patient.general-practitioner:Practitioner.name=x", Ok(&["Patient", "Practitioner"])),
+            ("subject.name=x", Err(NotGranted)),
+            (
+                "patient.organization.name=x",
+                Ok(&["Patient", "Organization"]),
+            ),
+            (
+                "subject:Patient.general-practitioner:Practitioner.name=x",
+                Ok(&["Patient", "Practitioner"]),
+            ),
             ("code=1", Ok(&[])),
         ];
         for (q, want) in cases {
@@ -278,14 +299,29 @@ mod tests {
         ]});
         assert!(g.filter(&mut b.clone(), true).is_err());
         assert_eq!(g.filter(&mut b, false), Ok(true));
-        let ids: Vec<_> = b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["resourceType"].clone()).collect();
-        assert_eq!(ids, vec![json!("Observation"), json!("Encounter"), json!("OperationOutcome")]);
+        let ids: Vec<_> = b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"]["resourceType"].clone())
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                json!("Observation"),
+                json!("Encounter"),
+                json!("OperationOutcome")
+            ]
+        );
         assert_eq!(b["total"], 1, "one match removed, includes do not count");
         let constrained = parse_all(["user/Observation.rs?category=laboratory"]);
         let ps = parse_params("category=laboratory").unwrap();
         let g = Grants::new(&constrained, Perm::Search, Some("Observation"), &ps);
         assert!(g.allows("Observation", true));
-        assert!(!g.allows("Observation", false), "an include cannot prove the constraint");
+        assert!(
+            !g.allows("Observation", false),
+            "an include cannot prove the constraint"
+        );
         assert!(Grants::new(&parse_all(["user/*.read"]), Perm::Search, None, &[]).universal());
     }
 }

@@ -33,10 +33,10 @@ use serde_json::Value;
 use crate::error::Rejection;
 use crate::fhir::compartment::{compartment_references, in_patient_compartment, owned_by};
 use crate::fhir::refs::{search_value_for_patient, written_resource_ok, Bases, UrnTargets};
-use crate::fhir::scope_filter::Grants;
-use crate::fhir::strict_json::{self, StrictError};
 use crate::fhir::request::{parse_params, FhirRequest, Interaction, SearchParam};
+use crate::fhir::scope_filter::Grants;
 use crate::fhir::scopes::{self, Context as ScopeContext, Perm, Scope};
+use crate::fhir::strict_json::{self, StrictError};
 use crate::metrics::Metrics;
 use crate::policy::auth::{insufficient_scope, Claims};
 use crate::policy::PolicyFuture;
@@ -389,7 +389,7 @@ fn named_types_granted(
             Ok(types) => types
                 .iter()
                 .all(|t| g.allows(t, Some(t.as_str()) == primary)),
-            Err(()) => false,
+            Err(_) => false,
         };
         if !ok {
             return Err(insufficient_scope());
@@ -775,7 +775,7 @@ impl Inner {
         body: &[u8],
         claims: &Claims,
         bases: &Bases,
-    ) -> Result<(Option<Bytes>, Vec<EntryCheck>, Vec<EntryScope>), Rejection> {
+    ) -> Result<BundleAuth, Rejection> {
         let invalid =
             |code: &'static str, detail: &'static str| Rejection::bad_request(code, detail);
         let mut v: Value = strict_body(body)?;
@@ -1298,8 +1298,8 @@ where
     }
     // Every answer that carries resources is read (duplicate member names refused, scopes
     // applied); writes answer with what the client sent.
-    let reads_answer = response_perm(f.interaction).is_some()
-        || f.interaction == Interaction::BatchOrTransaction;
+    let reads_answer =
+        response_perm(f.interaction).is_some() || f.interaction == Interaction::BatchOrTransaction;
     // Rebuild the URI when parameters changed (added restriction, capped `_count`, form).
     if params != f.params || form_search {
         let q = encode_params(&params);
@@ -1329,7 +1329,8 @@ where
         }
     }
     let check_batch = f.interaction == Interaction::BatchOrTransaction;
-    let checked = matches!(plan, Plan::CheckResponse { .. }) || check_batch || scoped_perm.is_some();
+    let checked =
+        matches!(plan, Plan::CheckResponse { .. }) || check_batch || scoped_perm.is_some();
     if checked {
         if parts.method == http::Method::HEAD {
             // No body, nothing to check: a HEAD would tell existence apart.
@@ -1501,10 +1502,18 @@ fn check_patch(
     }
     let ops = strict_body(body)?;
     let Value::Array(ops) = ops else {
-        return Err(Rejection::bad_request("fhir_invalid", "malformed JSON Patch"));
+        return Err(Rejection::bad_request(
+            "fhir_invalid",
+            "malformed JSON Patch",
+        ));
     };
     // Values the patch adds may not carry references to another patient, wherever they go.
-    let values = Value::Array(ops.iter().filter_map(|op| op.get("value")).cloned().collect());
+    let values = Value::Array(
+        ops.iter()
+            .filter_map(|op| op.get("value"))
+            .cloned()
+            .collect(),
+    );
     if !written_resource_ok(&values, pid, bases, &UrnTargets::new()) {
         return Err(denied(
             "patient_mismatch",
@@ -1585,9 +1594,14 @@ fn localize_references(v: &mut Value, bases: &Bases) -> bool {
             }
             changed
         }
-        Value::Array(a) => a
-            .iter_mut()
-            .fold(false, |c, x| localize_references(x, bases) || c),
+        Value::Array(a) => {
+            // Every item is rewritten (no short-circuit).
+            let mut changed = false;
+            for x in a.iter_mut() {
+                changed |= localize_references(x, bases);
+            }
+            changed
+        }
         _ => false,
     }
 }
@@ -1704,9 +1718,13 @@ async fn check_response(
     // Then the scopes: what is left must be of types the token may receive.
     let changed = match scope {
         Some((g, mode)) => {
-            g.filter(&mut v, mode == ScopeMode::Refuse)
-                .map_err(|()| if hide { hidden() } else { scope_refused() })?
-                || changed
+            g.filter(&mut v, mode == ScopeMode::Refuse).map_err(|_| {
+                if hide {
+                    hidden()
+                } else {
+                    scope_refused()
+                }
+            })? || changed
         }
         None => changed,
     };
@@ -1781,6 +1799,9 @@ fn response_perm(i: Interaction) -> Option<Perm> {
     }
 }
 
+/// A batch body authorized: what to forward, and per entry what to check in the answer.
+type BundleAuth = (Option<Bytes>, Vec<EntryCheck>, Vec<EntryScope>);
+
 /// Scope information for one batch entry's result.
 struct EntryScope {
     perm: Option<Perm>,
@@ -1830,9 +1851,7 @@ async fn check_scoped(
             return Err(unverifiable());
         }
         let bytes = read_limited(body, a.cfg.max_buffer_bytes).await?;
-        if !bytes.is_empty()
-            && strict_json::from_slice(&bytes) == Err(StrictError::Duplicate)
-        {
+        if !bytes.is_empty() && strict_json::from_slice(&bytes) == Err(StrictError::Duplicate) {
             return Err(duplicate_members());
         }
         parts
@@ -1847,7 +1866,7 @@ async fn check_scoped(
     };
     let changed = g
         .filter(&mut v, mode == ScopeMode::Refuse)
-        .map_err(|()| scope_refused())?;
+        .map_err(|_| scope_refused())?;
     let out = if changed {
         Bytes::from(v.to_string())
     } else {
@@ -2032,11 +2051,21 @@ fn filter_bundle(v: &mut Value, pid: &str, mode: BundleMode) -> Result<bool, Rej
             "the response contains another patient's data",
         ));
     }
+    // `total` counts matches only (FHIR R4 3.1.1.4.2): removed includes do not lower it.
+    let is_match = |e: &Value| {
+        !matches!(
+            e.get("search")
+                .and_then(|s| s.get("mode"))
+                .and_then(Value::as_str),
+            Some("include" | "outcome")
+        )
+    };
+    let removed_matches = entries.iter().filter(|e| !keep(e) && is_match(e)).count();
     entries.retain(keep);
     let removed = before - entries.len();
-    if removed > 0 {
+    if removed_matches > 0 {
         if let Some(t) = v.get_mut("total").and_then(|t| t.as_u64().map(|n| (t, n))) {
-            *t.0 = Value::from(t.1.saturating_sub(removed as u64));
+            *t.0 = Value::from(t.1.saturating_sub(removed_matches as u64));
         }
     }
     Ok(removed > 0)
