@@ -732,6 +732,19 @@ async fn written_references_may_not_lead_to_another_patient() {
             );
         }
     }
+    // A body with nothing to rewrite reaches the upstream byte for byte (a decimal's
+    // trailing zero is precision in FHIR).
+    let raw = r#"{"resourceType":"Observation","status":"final","code":{"text":"hr"},"subject":{"reference":"Patient/a"},"valueQuantity":{"value":1.50}}"#;
+    let reply = call(
+        &s,
+        &t,
+        "POST",
+        "/fhir/Observation",
+        Some(("application/fhir+json", raw.to_owned())),
+    )
+    .await;
+    assert_eq!(reply.status, 201);
+    assert_eq!(s.up.last().body, Bytes::from(raw));
     // An absolute reference elsewhere in a compartment element is refused even when it
     // does not look like a Patient.
     let mut v = with_reference("focus", "Practitioner/x");

@@ -1270,9 +1270,12 @@ where
             match f.interaction {
                 Interaction::Create | Interaction::Update => {
                     let mut v = strict_body(b)?;
-                    check_write(f, &mut v, pid, &bases, &UrnTargets::new())?;
-                    // Forward exactly what was checked (local references made relative).
-                    body_bytes = Some(Bytes::from(v.to_string()));
+                    // Local absolute references made relative: forward what was checked.
+                    // (Only then re-serialised: serde_json would drop a decimal's
+                    // trailing zeros, which FHIR counts as precision.)
+                    if check_write(f, &mut v, pid, &bases, &UrnTargets::new())? {
+                        body_bytes = Some(Bytes::from(v.to_string()));
+                    }
                 }
                 Interaction::Patch => check_patch(f, &parts.headers, b, pid, &bases)?,
                 _ => {}
@@ -1608,14 +1611,14 @@ fn localize_references(v: &mut Value, bases: &Bases) -> bool {
 
 /// A patient-context create or update: the resource matches the URL, belongs to the
 /// token's patient, and no reference anywhere in it can resolve to another patient.
-/// `v` may be rewritten (local absolute references made relative).
+/// `v` may be rewritten (local absolute references made relative): returns whether it was.
 fn check_write(
     f: &FhirRequest,
     v: &mut Value,
     pid: &str,
     bases: &Bases,
     urns: &UrnTargets,
-) -> Result<(), Rejection> {
+) -> Result<bool, Rejection> {
     let mismatch = || {
         denied(
             "patient_mismatch",
@@ -1641,7 +1644,7 @@ fn check_write(
             "resource id does not match the URL",
         ));
     }
-    localize_references(v, bases);
+    let changed = localize_references(v, bases);
     if rt == Some("Patient") {
         // A patient-context token creates no patients and updates only its own.
         if f.interaction == Interaction::Create || f.id.as_deref() != Some(pid) {
@@ -1664,7 +1667,7 @@ fn check_write(
     {
         return Err(mismatch());
     }
-    Ok(())
+    Ok(changed)
 }
 
 async fn check_response(
