@@ -278,6 +278,21 @@ async fn request_side_refuses_parameters_naming_unreadable_types() {
                 "{who}: {q}"
             );
             assert_eq!(s.up.count(), before, "{who}: {q} reached the upstream");
+            // The same in a `POST _search` form body.
+            let r = call(
+                &s,
+                &t,
+                "POST",
+                "/fhir/Observation/_search",
+                Some(("application/x-www-form-urlencoded", q.clone())),
+            )
+            .await;
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                (403, "insufficient_scope"),
+                "{who}: form {q}"
+            );
+            assert_eq!(s.up.count(), before, "{who}: form {q} reached the upstream");
             // The same inside a batch entry.
             let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
                 {"request": {"method": "GET", "url": format!("Observation?{q}")}}

@@ -62,25 +62,28 @@ impl<'a> Grants<'a> {
         self.scopes.iter().any(|s| s.grants(t, self.perm, params))
     }
 
-    /// Is every resource inside `r` (itself, contained ones, nested Bundle entries,
-    /// Parameters values: any object with a `resourceType`) granted?
+    /// Is `r` a typed resource, and is every resource inside it (itself, contained ones,
+    /// nested Bundle entries, Parameters values: any object with a `resourceType`) granted?
     pub fn resource_allowed(&self, r: &Value, primary_match: bool) -> bool {
-        fn walk(g: &Grants, v: &Value, primary: bool) -> bool {
-            match v {
-                Value::Object(m) => {
-                    if let Some(t) = m.get("resourceType") {
-                        let Some(t) = t.as_str() else { return false };
-                        if !CONTAINERS.contains(&t) && !g.allows(t, primary) {
-                            return false;
-                        }
+        // Something without a type cannot be judged (and a client may still read it).
+        r.get("resourceType").is_some_and(Value::is_string) && self.nested_allowed(r, primary_match)
+    }
+
+    /// Is every resource found anywhere in `v` granted?
+    fn nested_allowed(&self, v: &Value, primary: bool) -> bool {
+        match v {
+            Value::Object(m) => {
+                if let Some(t) = m.get("resourceType") {
+                    let Some(t) = t.as_str() else { return false };
+                    if !CONTAINERS.contains(&t) && !self.allows(t, primary) {
+                        return false;
                     }
-                    m.values().all(|x| walk(g, x, false))
                 }
-                Value::Array(a) => a.iter().all(|x| walk(g, x, false)),
-                _ => true,
+                m.values().all(|x| self.nested_allowed(x, false))
             }
+            Value::Array(a) => a.iter().all(|x| self.nested_allowed(x, false)),
+            _ => true,
         }
-        walk(self, r, primary_match)
     }
 
     /// Remove (or, with `refuse`, refuse: `Err`) every entry of a Bundle response holding a
@@ -146,7 +149,7 @@ impl<'a> Grants<'a> {
         // `who`): checked whole.
         if let Value::Object(m) = v {
             for (k, x) in m.iter() {
-                if k != "entry" && !self.resource_allowed(x, false) {
+                if k != "entry" && !self.nested_allowed(x, false) {
                     return Err(NotGranted);
                 }
             }
@@ -298,6 +301,10 @@ mod tests {
             {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}}
         ]});
         assert!(g.filter(&mut b.clone(), true).is_err());
+        let mut untyped = json!({"resourceType": "Bundle", "entry": [{"resource": {"id": "x"}}, {"resource": {"resourceType": ["Observation"]}}]});
+        assert_eq!(g.filter(&mut untyped, false), Ok(true));
+        assert_eq!(untyped["entry"], json!([]));
+        assert!(g.filter(&mut json!({"id": "x"}), false).is_err());
         assert_eq!(g.filter(&mut b, false), Ok(true));
         let ids: Vec<_> = b["entry"]
             .as_array()
