@@ -4,12 +4,21 @@
 //! the method (any token `http::Method` accepts, so extension methods are covered too), the rest
 //! must be UTF-8; everything after the first `?` is the query (absent if there is no `?`).
 //! Checks that parse never panics and that an accepted request only carries identifiers that
-//! satisfy the grammar the module documents.
+//! satisfy the grammar the module documents; and, for the patient-compartment guard's
+//! parameter checks (`src/fhir/refs.rs`, `src/fhir/scope_filter.rs`): a search value
+//! accepted for patient `a` names only `a` after canonicalisation (so the forwarded query
+//! never names another patient), a reference accepted in a patient-`a` write never has a
+//! segment reading "patient" unless it is exactly `Patient/a[/_history/v]`, and the types a
+//! parameter is said to name are real resource types.
 #![no_main]
 
 use http::Method;
 use libfuzzer_sys::fuzz_target;
+use ward_fuzz::fhir::refs::{
+    is_own_patient, search_value_for_patient, written_reference_ok, Bases, UrnTargets,
+};
 use ward_fuzz::fhir::request::{parse, parse_params, Interaction};
+use ward_fuzz::fhir::scope_filter::Grants;
 use ward_fuzz::fhir::tables::RESOURCE_TYPES;
 
 fn is_fhir_id(s: &str) -> bool {
@@ -66,5 +75,38 @@ fuzz_target!(|data: &[u8]| {
     }
     if query.is_none() {
         assert!(r.params.is_empty() && r.format.is_none());
+    }
+
+    // The guard's view of the same parameters, for a token bound to patient `a`.
+    let bases = Bases::new(["https://gw.example/fhir".to_owned()]);
+    for p in &r.params {
+        if let Some(canon) = search_value_for_patient(&p.value, "a", &bases) {
+            for item in canon.split(',') {
+                assert!(
+                    item == "a" || is_own_patient(item, "a"),
+                    "accepted {:?} as patient a ({item:?})",
+                    p.value
+                );
+            }
+        }
+        if written_reference_ok(&p.value, "a", &bases, &UrnTargets::new())
+            && !p.value.starts_with('#')
+        {
+            let rel = bases.localize(&p.value).unwrap_or(&p.value);
+            let plain = rel.to_ascii_lowercase();
+            assert!(
+                is_own_patient(rel, "a")
+                    || !plain
+                        .split(['/', '?', '&', '=', '#', '|', ','])
+                        .any(|seg| seg.trim() == "patient"),
+                "accepted reference {:?} in a write for patient a",
+                p.value
+            );
+        }
+        if let Ok(types) = Grants::named_types(p) {
+            for t in &types {
+                assert!(RESOURCE_TYPES.binary_search(&t.as_str()).is_ok(), "{t:?}");
+            }
+        }
     }
 });

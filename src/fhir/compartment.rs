@@ -107,6 +107,19 @@ pub fn in_patient_compartment(resource: &Value, patient_id: &str) -> bool {
         .any(|r| references_patient(r, patient_id))
 }
 
+/// Every reference string at the elements that put a resource of this type in a patient's
+/// compartment (none for types outside it).
+pub fn compartment_references(resource: &Value) -> Vec<&str> {
+    let rtype = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    match super::patient_compartment(rtype) {
+        Some(params) => compartment_refs(resource, params),
+        None => Vec::new(),
+    }
+}
+
 /// Every reference at any of the compartment parameters' element paths.
 fn compartment_refs<'a>(
     resource: &'a Value,

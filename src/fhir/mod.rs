@@ -4,8 +4,11 @@
 //! `schema.txt`, made by `tools/gen_fhir_schema.py`).
 
 pub mod compartment;
+pub mod refs;
 pub mod request;
+pub mod scope_filter;
 pub mod scopes;
+pub mod strict_json;
 #[rustfmt::skip]
 pub mod tables;
 pub mod validate;

@@ -31,9 +31,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::Rejection;
-use crate::fhir::compartment::{in_patient_compartment, owned_by, references_patient};
+use crate::fhir::compartment::{compartment_references, in_patient_compartment, owned_by};
+use crate::fhir::refs::{search_value_for_patient, written_resource_ok, Bases, UrnTargets};
 use crate::fhir::request::{parse_params, FhirRequest, Interaction, SearchParam};
+use crate::fhir::scope_filter::Grants;
 use crate::fhir::scopes::{self, Context as ScopeContext, Perm, Scope};
+use crate::fhir::strict_json::{self, StrictError};
 use crate::metrics::Metrics;
 use crate::policy::auth::{claim_invalid, insufficient_scope, is_blank, Claims};
 use crate::policy::PolicyFuture;
@@ -47,6 +50,17 @@ pub enum BundleMode {
     Filter,
     /// Refuse the whole response.
     Fail,
+}
+
+/// What happens to a response holding resources the token's scopes do not grant.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeMode {
+    /// Remove those Bundle entries (and lower `Bundle.total` by the removed matches).
+    #[default]
+    Filter,
+    /// Refuse the whole response (403 `insufficient_scope`).
+    Refuse,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -88,6 +102,10 @@ pub struct FhirAuthzConfig {
     pub allowed_operations: Vec<String>,
     #[serde(default)]
     pub bundle_mode: BundleMode,
+    /// Resources of types the token's scopes do not grant (includes, contained resources,
+    /// operation outputs, batch results): `filter` removes the entries, `refuse` fails.
+    #[serde(default)]
+    pub response_scope_mode: ScopeMode,
     /// Largest upstream response (or request body) buffered for a check; beyond it the
     /// request fails closed.
     #[serde(default = "default_buffer")]
@@ -230,6 +248,10 @@ const RESULT_PARAMS: &[&str] = &[
 struct Inner {
     cfg: FhirAuthzConfig,
     metrics: Arc<Metrics>,
+    /// The upstream's `scheme://authority` (and its URL's own path, if any): references
+    /// under it mean "this server".
+    upstream_origin: Option<String>,
+    upstream_url: Option<String>,
     /// Break-glass uses per identity per day.
     break_glass_limit: Option<governor::DefaultKeyedRateLimiter<String>>,
 }
@@ -254,8 +276,26 @@ impl FhirAuthzLayer {
         Ok(FhirAuthzLayer(Arc::new(Inner {
             cfg: cfg.clone(),
             metrics,
+            upstream_origin: None,
+            upstream_url: None,
             break_glass_limit,
         })))
+    }
+
+    /// The route's upstream URL: absolute references to it are this server's own.
+    pub fn for_upstream(
+        cfg: &FhirAuthzConfig,
+        metrics: Arc<Metrics>,
+        url: &str,
+    ) -> Result<Self, String> {
+        let FhirAuthzLayer(inner) = Self::new(cfg, metrics)?;
+        let mut inner = Arc::into_inner(inner).ok_or("fhir_authz: layer already shared")?;
+        inner.upstream_origin = url.split_once("://").map(|(scheme, rest)| {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            format!("{scheme}://{authority}")
+        });
+        inner.upstream_url = Some(url.trim_end_matches('/').to_owned());
+        Ok(FhirAuthzLayer(Arc::new(inner)))
     }
 }
 
@@ -299,14 +339,140 @@ enum Plan {
     PreRead { patient: String },
 }
 
-fn patient_value_ok(value: &str, pid: &str) -> bool {
-    // OR-lists (`a,b`) must all be the token's patient.
-    value
-        .split(',')
-        .all(|v| v == pid || references_patient(v, pid))
+/// Parameters every FHIR server knows (R4 "all resources" and result parameters), plus
+/// the patient-naming ones; a case variant of any of them is refused.
+const KNOWN_PARAMS: &[&str] = &[
+    "_id",
+    "_lastUpdated",
+    "_tag",
+    "_profile",
+    "_security",
+    "_source",
+    "_text",
+    "_content",
+    "_list",
+    "_has",
+    "_type",
+    "_query",
+    "_filter",
+    "_include",
+    "_revinclude",
+    "_count",
+    "_sort",
+    "_format",
+    "_elements",
+    "_summary",
+    "_total",
+    "_pretty",
+    "_contained",
+    "_containedType",
+    "_getpages",
+    "_getpagesoffset",
+    "_bundletype",
+    "patient",
+    "subject",
+];
+
+fn case_variant_of_known(name: &str) -> bool {
+    let differs = |k: &str| k != name && k.eq_ignore_ascii_case(name);
+    KNOWN_PARAMS.iter().any(|k| differs(k))
+        || crate::fhir::tables::PATIENT_COMPARTMENT
+            .iter()
+            .flat_map(|(_, ps)| ps.iter())
+            .any(|(k, _)| differs(k))
+}
+
+/// Refuse `_include`/`_revinclude`/`_has`/chains that name a type the scopes do not let
+/// the token search (403 `insufficient_scope`); a wildcard, or a chain whose target type is
+/// not spelled out, needs a scope for every type.
+fn named_types_granted(
+    scopes: &[Scope],
+    primary: Option<&str>,
+    params: &[SearchParam],
+) -> Result<(), Rejection> {
+    let g = Grants::new(scopes, Perm::Search, primary, params);
+    if g.universal() {
+        return Ok(());
+    }
+    for p in params {
+        let ok = match Grants::named_types(p) {
+            Ok(types) => types
+                .iter()
+                .all(|t| g.allows(t, Some(t.as_str()) == primary)),
+            Err(_) => false,
+        };
+        if !ok {
+            return Err(insufficient_scope());
+        }
+    }
+    Ok(())
+}
+
+/// Every parameter of a patient-context search that names a patient must name the token's
+/// (absolute URLs on this server's bases are rewritten relative; any other base is
+/// refused). Returns whether one of them restricts the search to the patient: only the
+/// type's compartment parameters (and `_id` on Patient) count — a lenient server ignores
+/// parameters it does not know. `rtype` `None`: a `Patient/{id}/*` compartment search.
+fn patient_params(
+    rtype: Option<&str>,
+    pid: &str,
+    params: &mut [SearchParam],
+    bases: &Bases,
+) -> Result<bool, Rejection> {
+    let compartment: Vec<&str> = match rtype {
+        Some(t) => crate::fhir::patient_compartment(t)
+            .map(|ps| ps.iter().map(|(p, _)| *p).collect())
+            .unwrap_or_default(),
+        None => crate::fhir::tables::PATIENT_COMPARTMENT
+            .iter()
+            .flat_map(|(_, ps)| ps.iter().map(|(p, _)| *p))
+            .collect(),
+    };
+    let mut restricted = false;
+    for p in params.iter_mut() {
+        let counts =
+            (rtype == Some("Patient") && p.name == "_id") || compartment.contains(&p.name.as_str());
+        if !counts && p.name != "patient" && p.name != "subject" {
+            continue;
+        }
+        // Only plain references (or `:Patient`); `:missing`, `:not`, `:identifier` would
+        // widen the search.
+        if !matches!(p.modifier.as_deref(), None | Some("Patient")) {
+            return Err(denied(
+                "search_param_denied",
+                "modifier not allowed on the patient restriction",
+            ));
+        }
+        let Some(canonical) = search_value_for_patient(&p.value, pid, bases) else {
+            return Err(denied(
+                "patient_mismatch",
+                "the search names another patient",
+            ));
+        };
+        p.value = canonical;
+        restricted |= counts;
+    }
+    Ok(restricted)
 }
 
 impl Inner {
+    /// The bases under which an absolute reference means this server: the route as the
+    /// client addressed it, and the upstream (its origin with the route's upstream path,
+    /// and its configured URL).
+    fn bases(&self, parts: &http::request::Parts) -> Bases {
+        let mut v = Vec::new();
+        if let Some(l) = LinkBase::from_parts(parts) {
+            v.push(l.gateway.clone());
+            if let Some(o) = &self.upstream_origin {
+                v.push(format!("{o}{}", l.upstream_path));
+            }
+        }
+        if let Some(u) = &self.upstream_url {
+            v.push(u.clone());
+        }
+        Bases::new(v)
+    }
+
     /// `Some(reason)` when this request is a permitted break-glass read; refusals for a
     /// header the token may not use or an empty reason. Without the header: `None`, and
     /// the usual rules apply.
@@ -407,6 +573,7 @@ impl Inner {
         claims: &Claims,
         params: &mut Vec<SearchParam>,
         break_glass: bool,
+        bases: &Bases,
     ) -> Result<Plan, Rejection> {
         use Interaction::*;
         if f.interaction == Capabilities {
@@ -415,6 +582,10 @@ impl Inner {
         // Search-parameter firewall and `_count` cap apply to everyone.
         self.firewall(params)?;
         let scopes = scopes::parse_all(claims.scopes.iter().map(String::as_str));
+        // Whatever the context: `_include`, `_revinclude`, `_has` and chains may only name
+        // types the token may search (the response is filtered too; this refuses early and
+        // stops chains, whose results never show the chained type).
+        named_types_granted(&scopes, f.resource_type, params)?;
         let rtype = f.resource_type.unwrap_or("*");
         let perm = scopes::needed(f.interaction);
         let ops_perm = match f.interaction {
@@ -552,6 +723,8 @@ impl Inner {
                     return Err(hidden());
                 }
                 self.search_rules(params)?;
+                // The path names the patient; parameters naming one must agree with it.
+                patient_params(f.resource_type, &pid, params, bases)?;
                 Ok(Plan::CheckResponse {
                     patient: pid,
                     bundle: true,
@@ -566,7 +739,7 @@ impl Inner {
                     ));
                 }
                 self.search_rules(params)?;
-                self.restrict_to_patient(rtype, &pid, params)?;
+                self.restrict_to_patient(rtype, &pid, params, bases)?;
                 Ok(Plan::CheckResponse {
                     patient: pid,
                     bundle: true,
@@ -628,12 +801,14 @@ impl Inner {
         &self,
         body: &[u8],
         claims: &Claims,
-    ) -> Result<(Option<Bytes>, Vec<EntryCheck>), Rejection> {
+        bases: &Bases,
+    ) -> Result<BundleAuth, Rejection> {
         let invalid =
             |code: &'static str, detail: &'static str| Rejection::bad_request(code, detail);
-        let mut v: Value = serde_json::from_slice(body)
-            .map_err(|_| invalid("fhir_invalid", "the body is not a FHIR JSON resource"))?;
+        let mut v: Value = strict_body(body)?;
+        let urns = crate::fhir::refs::urn_targets(&v);
         let mut checks = Vec::new();
+        let mut entry_scopes = Vec::new();
         let mut rewritten = false;
         if v.get("resourceType").and_then(Value::as_str) != Some("Bundle")
             || !matches!(
@@ -657,7 +832,8 @@ impl Inner {
             Some(_) => return Err(invalid("fhir_invalid", "Bundle.entry must be a list")),
         };
         for e in entries.iter_mut() {
-            let resource = e.get("resource");
+            let resource = e.get("resource").cloned();
+            let resource = resource.as_ref();
             if resource
                 .and_then(|r| r.get("resourceType"))
                 .and_then(Value::as_str)
@@ -723,14 +899,24 @@ impl Inner {
                 ));
             }
             let mut params = er.params.clone();
-            let plan = self.decide(&er, claims, &mut params, false)?;
+            let plan = self.decide(&er, claims, &mut params, false, bases)?;
             let patient_level = patient_scoped(claims, &er);
             if let (Some(pid), true, Interaction::Create | Interaction::Update) =
                 (pid, patient_level, er.interaction)
             {
-                let body = resource.map(Value::to_string).unwrap_or_default();
-                check_write(&er, body.as_bytes(), pid)?;
+                let Some(r) = e.get_mut("resource") else {
+                    return Err(invalid(
+                        "fhir_batch_entry_invalid",
+                        "a create or update entry has no resource",
+                    ));
+                };
+                check_write(&er, r, pid, bases, &urns)?;
             }
+            entry_scopes.push(EntryScope {
+                perm: response_perm(er.interaction),
+                resource_type: er.resource_type,
+                params: params.clone(),
+            });
             checks.push(match plan {
                 Plan::Pass => EntryCheck::None,
                 Plan::CheckResponse {
@@ -761,10 +947,19 @@ impl Inner {
         v["entry"] = Value::Array(entries);
         // Always forward exactly what was checked, re-serialised.
         let _ = rewritten;
-        Ok((Some(Bytes::from(v.to_string())), checks))
+        Ok((Some(Bytes::from(v.to_string())), checks, entry_scopes))
     }
 
     fn firewall(&self, params: &mut [SearchParam]) -> Result<(), Rejection> {
+        // A name that differs from a known parameter only in case (`SUBJECT`, `Patient`,
+        // `_Include`) is unknown to a strict server and the known one to a lenient one: the
+        // guard would check one thing and the upstream search another.
+        if params.iter().any(|p| case_variant_of_known(&p.name)) {
+            return Err(denied(
+                "search_param_denied",
+                "search parameter names are case-sensitive",
+            ));
+        }
         if !self.cfg.allowed_params.is_empty() {
             for p in params.iter() {
                 // `name` allows the plain parameter, `name:modifier` one modifier, `name:*` any.
@@ -837,6 +1032,7 @@ impl Inner {
         rtype: &str,
         pid: &str,
         params: &mut Vec<SearchParam>,
+        bases: &Bases,
     ) -> Result<(), Rejection> {
         let compartment: Vec<&str> = match crate::fhir::patient_compartment(rtype) {
             Some(ps) => ps.iter().map(|(p, _)| *p).collect(),
@@ -848,33 +1044,7 @@ impl Inner {
                 ))
             }
         };
-        let mut restricted = false;
-        for p in params.iter() {
-            // Parameters that name a patient must name this one (`patient` included, on
-            // any type). Only the type's compartment parameters — which the upstream is
-            // sure to know; a lenient server ignores unknown ones — count as the
-            // restriction itself.
-            let counts =
-                (rtype == "Patient" && p.name == "_id") || compartment.contains(&p.name.as_str());
-            if !counts && p.name != "patient" {
-                continue;
-            }
-            // Only plain references (or `:Patient`); `:missing`, `:not`, `:identifier`
-            // would widen the search.
-            if !matches!(p.modifier.as_deref(), None | Some("Patient")) {
-                return Err(denied(
-                    "search_param_denied",
-                    "modifier not allowed on the patient restriction",
-                ));
-            }
-            if !patient_value_ok(&p.value, pid) {
-                return Err(denied(
-                    "patient_mismatch",
-                    "the search names another patient",
-                ));
-            }
-            restricted |= counts;
-        }
+        let restricted = patient_params(Some(rtype), pid, params, bases)?;
         if !restricted {
             let (name, value) = if rtype == "Patient" {
                 ("_id", pid.to_owned())
@@ -1059,6 +1229,8 @@ where
     // `POST _search`: the form body's parameters count exactly like the query's.
     let mut body_bytes: Option<Bytes> = None;
     let mut batch_checks: Vec<EntryCheck> = Vec::new();
+    let mut batch_scopes: Vec<EntryScope> = Vec::new();
+    let bases = a.bases(&parts);
     let form_search = parts.method == http::Method::POST
         && matches!(
             f.interaction,
@@ -1080,8 +1252,9 @@ where
         let b = read_limited(std::mem::replace(&mut body, crate::empty_body()), max)
             .await
             .map_err(|_| Rejection::body_too_large())?;
-        let (rewritten, checks) = a.authorize_bundle(&b, claims)?;
+        let (rewritten, checks, scopes) = a.authorize_bundle(&b, claims, &bases)?;
         batch_checks = checks;
+        batch_scopes = scopes;
         body_bytes = Some(rewritten.unwrap_or(b));
     } else if matches!(
         f.interaction,
@@ -1094,7 +1267,7 @@ where
         );
     }
     let break_glass = a.break_glass(f, claims, &parts)?;
-    let plan = a.decide(f, claims, &mut params, break_glass.is_some())?;
+    let plan = a.decide(f, claims, &mut params, break_glass.is_some(), &bases)?;
     if let Some(reason) = break_glass {
         let route = parts
             .extensions
@@ -1134,12 +1307,41 @@ where
     ) {
         if patient_scoped(claims, f) {
             match f.interaction {
-                Interaction::Create | Interaction::Update => check_write(f, b, pid)?,
-                Interaction::Patch => check_patch(f, &parts.headers, b)?,
+                Interaction::Create | Interaction::Update => {
+                    let mut v = strict_body(b)?;
+                    // Local absolute references made relative: forward what was checked.
+                    // (Only then re-serialised: serde_json would drop a decimal's
+                    // trailing zeros, which FHIR counts as precision.)
+                    if check_write(f, &mut v, pid, &bases, &UrnTargets::new())? {
+                        body_bytes = Some(Bytes::from(v.to_string()));
+                    }
+                }
+                Interaction::Patch => check_patch(f, &parts.headers, b, pid, &bases)?,
                 _ => {}
             }
         }
     }
+    // What the scopes let this token receive: `None` when every type is granted (or the
+    // interaction returns no resources of the server's choosing).
+    let scopes = scopes::parse_all(claims.scopes.iter().map(String::as_str));
+    let scoped_perm = response_perm(f.interaction)
+        .filter(|p| !Grants::new(&scopes, *p, f.resource_type, &params).universal());
+    let batch_scoped = batch_scopes.iter().any(|e| {
+        e.perm
+            .is_some_and(|p| !Grants::new(&scopes, p, e.resource_type, &e.params).universal())
+    });
+    if (scoped_perm.is_some() || batch_scoped)
+        && f.format.as_deref().is_some_and(|fmt| !fmt.contains("json"))
+    {
+        return Err(denied(
+            "format_denied",
+            "only JSON answers can be checked against this token's scopes",
+        ));
+    }
+    // Every answer that carries resources is read (duplicate member names refused, scopes
+    // applied); writes answer with what the client sent.
+    let reads_answer =
+        response_perm(f.interaction).is_some() || f.interaction == Interaction::BatchOrTransaction;
     // Rebuild the URI when parameters changed (added restriction, capped `_count`, form).
     if params != f.params || form_search {
         let q = encode_params(&params);
@@ -1168,8 +1370,10 @@ where
             parts.headers.remove(CONTENT_LENGTH);
         }
     }
-    let check_batch = batch_checks.iter().any(|c| !matches!(c, EntryCheck::None));
-    if matches!(plan, Plan::CheckResponse { .. }) || check_batch {
+    let check_batch = f.interaction == Interaction::BatchOrTransaction;
+    let checked =
+        matches!(plan, Plan::CheckResponse { .. }) || check_batch || scoped_perm.is_some();
+    if checked {
         if parts.method == http::Method::HEAD {
             // No body, nothing to check: a HEAD would tell existence apart.
             return Err(Rejection::method_not_allowed());
@@ -1188,6 +1392,9 @@ where
             http::header::ACCEPT,
             HeaderValue::from_static("application/fhir+json"),
         );
+    } else if reads_answer {
+        // Only read for duplicate member names: identity encoding is enough.
+        parts.headers.remove(ACCEPT_ENCODING);
     }
     if let Plan::PreRead { patient } = &plan {
         let etag = pre_read(&parts, inner.clone(), patient).await?;
@@ -1213,16 +1420,32 @@ where
     let links = LinkBase::from_parts(&parts);
     let req = Request::from_parts(parts, body);
     let resp = crate::policy::call_next(inner, req).await?;
+    let scope_mode = a.cfg.response_scope_mode;
     if check_batch {
-        return check_batch_response(&a, resp, &batch_checks).await;
+        let grants: Vec<Option<Grants>> = batch_scopes
+            .iter()
+            .map(|e| {
+                e.perm
+                    .map(|p| Grants::new(&scopes, p, e.resource_type, &e.params))
+                    .filter(|g| !g.universal())
+            })
+            .collect();
+        return check_batch_response(&a, resp, &batch_checks, &grants, scope_mode).await;
     }
+    let grants = scoped_perm.map(|p| Grants::new(&scopes, p, f.resource_type, &params));
     match plan {
+        Plan::Pass | Plan::PreRead { .. } if reads_answer => {
+            check_scoped(&a, resp, grants.as_ref(), scope_mode).await
+        }
         Plan::Pass | Plan::PreRead { .. } => Ok(resp),
         Plan::CheckResponse {
             patient,
             bundle,
             hide,
-        } => check_response(&a, resp, &patient, bundle, hide, links.as_ref()).await,
+        } => {
+            let scope = grants.as_ref().map(|g| (g, scope_mode));
+            check_response(&a, resp, &patient, bundle, hide, links.as_ref(), scope).await
+        }
     }
 }
 
@@ -1274,7 +1497,11 @@ where
     }
     let etag = resp.headers().get(ETAG).cloned();
     let bytes = read_limited(resp.into_body(), 8 * 1024 * 1024).await?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|_| unverifiable())?;
+    let v: Value = match strict_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(StrictError::Duplicate) => return Err(duplicate_members()),
+        Err(StrictError::Malformed) => return Err(unverifiable()),
+    };
     if owned_by(&v, pid) {
         Ok(etag)
     } else {
@@ -1297,7 +1524,13 @@ fn copy_extensions(from: &http::request::Parts, to: &mut http::Extensions) {
 
 /// A patient-context JSON Patch may not touch the elements that tie the resource to its
 /// patient (it would move the record to someone else). FHIRPath Patch is not accepted.
-fn check_patch(f: &FhirRequest, headers: &http::HeaderMap, body: &[u8]) -> Result<(), Rejection> {
+fn check_patch(
+    f: &FhirRequest,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    pid: &str,
+    bases: &Bases,
+) -> Result<(), Rejection> {
     let json_patch = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -1309,8 +1542,26 @@ fn check_patch(f: &FhirRequest, headers: &http::HeaderMap, body: &[u8]) -> Resul
             "only JSON Patch is accepted in patient context",
         ));
     }
-    let ops: Vec<Value> = serde_json::from_slice(body)
-        .map_err(|_| Rejection::bad_request("fhir_invalid", "malformed JSON Patch"))?;
+    let ops = strict_body(body)?;
+    let Value::Array(ops) = ops else {
+        return Err(Rejection::bad_request(
+            "fhir_invalid",
+            "malformed JSON Patch",
+        ));
+    };
+    // Values the patch adds may not carry references to another patient, wherever they go.
+    let values = Value::Array(
+        ops.iter()
+            .filter_map(|op| op.get("value"))
+            .cloned()
+            .collect(),
+    );
+    if !written_resource_ok(&values, pid, bases, &UrnTargets::new()) {
+        return Err(denied(
+            "patient_mismatch",
+            "the patch would add a reference to another patient",
+        ));
+    }
     let rtype = f.resource_type.unwrap_or("");
     let guarded: Vec<&str> = match crate::fhir::patient_compartment(rtype) {
         Some(ps) => ps
@@ -1352,11 +1603,72 @@ fn patient_scoped(claims: &Claims, f: &FhirRequest) -> bool {
         .any(|s| s.context != ScopeContext::Patient && s.grants(rtype, perm, &f.params))
 }
 
-fn check_write(f: &FhirRequest, body: &[u8], pid: &str) -> Result<(), Rejection> {
-    let v: Value = serde_json::from_slice(body).map_err(|_| {
-        Rejection::bad_request("fhir_invalid", "the body is not a FHIR JSON resource")
-    })?;
-    let rt = v.get("resourceType").and_then(Value::as_str);
+/// Parse a request body the guard decides on: duplicate member names are refused (the
+/// upstream might read the other one).
+fn strict_body(body: &[u8]) -> Result<Value, Rejection> {
+    strict_json::from_slice(body).map_err(|e| match e {
+        StrictError::Duplicate => Rejection::bad_request(
+            "fhir_invalid",
+            "the body repeats a member name inside an object",
+        ),
+        StrictError::Malformed => {
+            Rejection::bad_request("fhir_invalid", "the body is not a FHIR JSON resource")
+        }
+    })
+}
+
+/// Rewrite absolute references on this server's bases to their relative form, so that
+/// the checks below and the upstream read the same thing. Returns whether anything changed.
+fn localize_references(v: &mut Value, bases: &Bases) -> bool {
+    match v {
+        Value::Object(m) => {
+            let mut changed = false;
+            if let Some(Value::String(r)) = m.get_mut("reference") {
+                if r.contains("://") {
+                    if let Some(rel) = bases.localize(r).filter(|rel| *rel != r.as_str()) {
+                        *r = rel.to_owned();
+                        changed = true;
+                    }
+                }
+            }
+            for x in m.values_mut() {
+                changed |= localize_references(x, bases);
+            }
+            changed
+        }
+        Value::Array(a) => {
+            // Every item is rewritten (no short-circuit).
+            let mut changed = false;
+            for x in a.iter_mut() {
+                changed |= localize_references(x, bases);
+            }
+            changed
+        }
+        _ => false,
+    }
+}
+
+/// A patient-context create or update: the resource matches the URL, belongs to the
+/// token's patient, and no reference anywhere in it can resolve to another patient.
+/// `v` may be rewritten (local absolute references made relative): returns whether it was.
+fn check_write(
+    f: &FhirRequest,
+    v: &mut Value,
+    pid: &str,
+    bases: &Bases,
+    urns: &UrnTargets,
+) -> Result<bool, Rejection> {
+    let mismatch = || {
+        denied(
+            "patient_mismatch",
+            "the resource belongs to another patient",
+        )
+    };
+    let rt = v
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let rt = rt.as_deref();
     if rt != f.resource_type {
         return Err(Rejection::bad_request(
             "fhir_type_mismatch",
@@ -1371,23 +1683,30 @@ fn check_write(f: &FhirRequest, body: &[u8], pid: &str) -> Result<(), Rejection>
             "resource id does not match the URL",
         ));
     }
+    let changed = localize_references(v, bases);
     if rt == Some("Patient") {
         // A patient-context token creates no patients and updates only its own.
         if f.interaction == Interaction::Create || f.id.as_deref() != Some(pid) {
-            return Err(denied(
-                "patient_mismatch",
-                "the resource belongs to another patient",
-            ));
+            return Err(mismatch());
         }
-        return Ok(());
+    } else if !owned_by(v, pid) {
+        return Err(mismatch());
     }
-    if !owned_by(&v, pid) {
-        return Err(denied(
-            "patient_mismatch",
-            "the resource belongs to another patient",
-        ));
+    // Whichever path a reference sits on (`link.other`, `focus`, extensions, contained
+    // resources): it may not lead to another patient.
+    if !written_resource_ok(v, pid, bases, urns) {
+        return Err(mismatch());
     }
-    Ok(())
+    // The compartment elements may not point at another server at all: the upstream
+    // would not count such a record as anyone's, and another server's "Patient/a" is
+    // someone else.
+    if compartment_references(v)
+        .iter()
+        .any(|r| bases.localize(r).is_none())
+    {
+        return Err(mismatch());
+    }
+    Ok(changed)
 }
 
 async fn check_response(
@@ -1397,6 +1716,7 @@ async fn check_response(
     bundle: bool,
     hide: bool,
     links: Option<&LinkBase>,
+    scope: Option<(&Grants<'_>, ScopeMode)>,
 ) -> Result<Response<Body>, Rejection> {
     let status = resp.status();
     if status == StatusCode::NOT_FOUND
@@ -1437,6 +1757,19 @@ async fn check_response(
     } else {
         return Err(hidden());
     };
+    // Then the scopes: what is left must be of types the token may receive.
+    let changed = match scope {
+        Some((g, mode)) => {
+            g.filter(&mut v, mode == ScopeMode::Refuse).map_err(|_| {
+                if hide {
+                    hidden()
+                } else {
+                    scope_refused()
+                }
+            })? || changed
+        }
+        None => changed,
+    };
     // Paging links point at the upstream; pointed back at the gateway, every next page
     // goes through this guard too.
     let changed = match links {
@@ -1475,8 +1808,119 @@ async fn json_answer(
     let bytes = read_limited(body, a.cfg.max_buffer_bytes)
         .await
         .map_err(Some)?;
-    let v = serde_json::from_slice(&bytes).map_err(|_| None)?;
+    let v = match strict_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(StrictError::Duplicate) => return Err(Some(duplicate_members())),
+        Err(StrictError::Malformed) => return Err(None),
+    };
     Ok((parts, bytes, v))
+}
+
+/// An upstream answer with a repeated member name: refused with the code DLP gives the
+/// same body (`dlp_unscannable`), so operators see one signal for one cause.
+fn duplicate_members() -> Rejection {
+    Rejection::new(
+        StatusCode::BAD_GATEWAY,
+        "dlp_unscannable",
+        "the upstream response could not be checked",
+    )
+}
+
+/// The permission every resource in an interaction's answer needs; `None` for answers
+/// that carry no resources of the server's choosing (writes echo what the client sent,
+/// capabilities describe the server; batches are judged per entry).
+fn response_perm(i: Interaction) -> Option<Perm> {
+    use Interaction::*;
+    match i {
+        Read | Vread | HistoryInstance => Some(Perm::Read),
+        SearchType | SearchSystem | SearchCompartment | HistoryType | HistorySystem => {
+            Some(Perm::Search)
+        }
+        OperationSystem | OperationType | OperationInstance => Some(Perm::Read),
+        Capabilities | Create | Update | Patch | Delete | BatchOrTransaction => None,
+    }
+}
+
+/// A batch body authorized: what to forward, and per entry what to check in the answer.
+type BundleAuth = (Option<Bytes>, Vec<EntryCheck>, Vec<EntryScope>);
+
+/// Scope information for one batch entry's result.
+struct EntryScope {
+    perm: Option<Perm>,
+    resource_type: Option<&'static str>,
+    params: Vec<SearchParam>,
+}
+
+fn scope_refused() -> Rejection {
+    insufficient_scope()
+}
+
+/// An answer outside the patient compartment guard: read it whole (duplicate member names
+/// refused) and, when the scopes do not grant every type, remove or refuse what they do
+/// not cover.
+async fn check_scoped(
+    a: &Inner,
+    resp: Response<Body>,
+    grants: Option<&Grants<'_>>,
+    mode: ScopeMode,
+) -> Result<Response<Body>, Rejection> {
+    if !resp.status().is_success() {
+        return Ok(resp);
+    }
+    let json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+    let unverifiable = || {
+        Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            "response_unverifiable",
+            "the upstream's answer could not be checked",
+        )
+    };
+    let Some(g) = grants else {
+        if !json {
+            return Ok(resp);
+        }
+        // Only the duplicate rule applies: anything else passes as it came.
+        let (mut parts, body) = resp.into_parts();
+        if parts
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| v != "identity")
+        {
+            return Err(unverifiable());
+        }
+        let bytes = read_limited(body, a.cfg.max_buffer_bytes).await?;
+        if !bytes.is_empty() && strict_json::from_slice(&bytes) == Err(StrictError::Duplicate) {
+            return Err(duplicate_members());
+        }
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        return Ok(Response::from_parts(parts, full(bytes)));
+    };
+    let (mut parts, bytes, mut v) = match json_answer(a, resp).await {
+        Ok(x) => x,
+        Err(Some(r)) => return Err(r),
+        Err(None) => return Err(unverifiable()),
+    };
+    let changed = g
+        .filter(&mut v, mode == ScopeMode::Refuse)
+        .map_err(|_| scope_refused())?;
+    let out = if changed {
+        Bytes::from(v.to_string())
+    } else {
+        bytes
+    };
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+    if changed {
+        parts.headers.remove(ETAG);
+    }
+    Ok(Response::from_parts(parts, full(out)))
 }
 
 /// Where the client reached this route, to point a Bundle's paging links back at it.
@@ -1552,6 +1996,8 @@ async fn check_batch_response(
     a: &Inner,
     resp: Response<Body>,
     checks: &[EntryCheck],
+    grants: &[Option<Grants<'_>>],
+    mode: ScopeMode,
 ) -> Result<Response<Body>, Rejection> {
     let unverifiable = || {
         Rejection::new(
@@ -1572,11 +2018,23 @@ async fn check_batch_response(
         .get_mut("entry")
         .and_then(Value::as_array_mut)
         .ok_or_else(unverifiable)?;
-    if entries.len() != checks.len() {
+    if entries.len() != checks.len() || entries.len() != grants.len() {
         return Err(unverifiable());
     }
     let not_found = || serde_json::json!({"response": {"status": "404 Not Found"}});
-    for (e, c) in entries.iter_mut().zip(checks) {
+    let forbidden = || serde_json::json!({"response": {"status": "403 Forbidden"}});
+    for ((e, c), g) in entries.iter_mut().zip(checks).zip(grants) {
+        // The scopes first, for every entry with a result: what a read or search entry
+        // answered must be of granted types.
+        if let (Some(g), Some(r)) = (g, e.get_mut("resource")) {
+            if g.filter(r, mode == ScopeMode::Refuse).is_err() {
+                if mode == ScopeMode::Refuse {
+                    return Err(scope_refused());
+                }
+                *e = forbidden();
+                continue;
+            }
+        }
         let EntryCheck::Result {
             patient,
             bundle,
@@ -1635,11 +2093,21 @@ fn filter_bundle(v: &mut Value, pid: &str, mode: BundleMode) -> Result<bool, Rej
             "the response contains another patient's data",
         ));
     }
+    // `total` counts matches only (FHIR R4 3.1.1.4.2): removed includes do not lower it.
+    let is_match = |e: &Value| {
+        !matches!(
+            e.get("search")
+                .and_then(|s| s.get("mode"))
+                .and_then(Value::as_str),
+            Some("include" | "outcome")
+        )
+    };
+    let removed_matches = entries.iter().filter(|e| !keep(e) && is_match(e)).count();
     entries.retain(keep);
     let removed = before - entries.len();
-    if removed > 0 {
+    if removed_matches > 0 {
         if let Some(t) = v.get_mut("total").and_then(|t| t.as_u64().map(|n| (t, n))) {
-            *t.0 = Value::from(t.1.saturating_sub(removed as u64));
+            *t.0 = Value::from(t.1.saturating_sub(removed_matches as u64));
         }
     }
     Ok(removed > 0)

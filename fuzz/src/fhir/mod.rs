@@ -10,3 +10,18 @@ pub mod request;
 
 #[path = "../../../src/fhir/validate.rs"]
 pub mod validate;
+
+#[path = "../../../src/fhir/scopes.rs"]
+pub mod scopes;
+
+#[path = "../../../src/fhir/scope_filter.rs"]
+pub mod scope_filter;
+
+#[path = "../../../src/fhir/refs.rs"]
+pub mod refs;
+
+/// Same as `ward::fhir::is_resource_type` (mod.rs itself is not included: it declares
+/// modules the fuzz crate does not build).
+pub fn is_resource_type(t: &str) -> bool {
+    tables::RESOURCE_TYPES.binary_search(&t).is_ok()
+}
