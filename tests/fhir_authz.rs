@@ -919,12 +919,21 @@ async fn guard_bypass_regressions() {
         .code(),
         "conditional_denied"
     );
-    // Existence oracles: HEAD and non-JSON formats.
+    // Existence oracles: HEAD (answered exactly as the guarded GET: the other patient's
+    // record is hidden the same way) and non-JSON formats.
+    let got = req(&s, &t, "GET", "/fhir/Observation/ob1", None).await;
+    assert_eq!(got.status, 404);
     let head = Request::head(url(&s.gw, "/fhir/Observation/ob1"))
         .header("authorization", format!("Bearer {t}"))
         .body(Full::new(Bytes::new()))
         .unwrap();
-    assert_eq!(send(&c, head).await.status, 405);
+    let head = send(&c, head).await;
+    assert_eq!(head.status, got.status);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.headers.get("content-length"),
+        got.headers.get("content-length")
+    );
     assert_eq!(
         req(&s, &t, "GET", "/fhir/Observation/ob1?_format=xml", None)
             .await
