@@ -54,12 +54,3 @@ impl UpstreamHeaders {
     }
 }
 
-/// A header name a policy may set for the upstream: valid, and not one whose meaning the
-/// proxy owns.
-pub fn check_forward_header(h: &str) -> Result<(), String> {
-    let name = HeaderName::try_from(h).map_err(|_| format!("`{h}` is not a valid header name"))?;
-    if crate::proxy::headers::is_gateway_managed(name.as_str()) {
-        return Err(format!("`{h}` is managed by the gateway itself"));
-    }
-    Ok(())
-}

@@ -27,52 +27,7 @@
 use super::er7::{decode_escape, Delimiters, HeaderInfo, Message, ParseOptions};
 use super::validate::{ErrorLoc, Rejection};
 
-/// MSA-1 values (HL7 table 0008).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AckCode {
-    /// AA
-    Accept,
-    /// AE
-    Error,
-    /// AR
-    Reject,
-    /// CA (enhanced mode, commit accept)
-    CommitAccept,
-    /// CE
-    CommitError,
-    /// CR
-    CommitReject,
-}
-
-impl AckCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AckCode::Accept => "AA",
-            AckCode::Error => "AE",
-            AckCode::Reject => "AR",
-            AckCode::CommitAccept => "CA",
-            AckCode::CommitError => "CE",
-            AckCode::CommitReject => "CR",
-        }
-    }
-
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        Some(match b {
-            b"AA" => AckCode::Accept,
-            b"AE" => AckCode::Error,
-            b"AR" => AckCode::Reject,
-            b"CA" => AckCode::CommitAccept,
-            b"CE" => AckCode::CommitError,
-            b"CR" => AckCode::CommitReject,
-            _ => return None,
-        })
-    }
-
-    /// AA or CA.
-    pub fn is_positive(self) -> bool {
-        matches!(self, AckCode::Accept | AckCode::CommitAccept)
-    }
-}
+pub use super::er7::AckCode;
 
 /// MSH-12 when the original gave none (or could not be read).
 pub const DEFAULT_VERSION: &str = "2.5.1";

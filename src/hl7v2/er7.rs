@@ -1024,6 +1024,54 @@ pub fn control_id_fallback(bytes: &[u8]) -> Option<Vec<u8>> {
     readable.then(|| v.to_vec())
 }
 
+/// MSA-1 values (HL7 table 0008). Here, beside the parser, because both the validator (which
+/// picks AE or AR) and the ACK builder use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AckCode {
+    /// AA
+    Accept,
+    /// AE
+    Error,
+    /// AR
+    Reject,
+    /// CA (enhanced mode, commit accept)
+    CommitAccept,
+    /// CE
+    CommitError,
+    /// CR
+    CommitReject,
+}
+
+impl AckCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckCode::Accept => "AA",
+            AckCode::Error => "AE",
+            AckCode::Reject => "AR",
+            AckCode::CommitAccept => "CA",
+            AckCode::CommitError => "CE",
+            AckCode::CommitReject => "CR",
+        }
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        Some(match b {
+            b"AA" => AckCode::Accept,
+            b"AE" => AckCode::Error,
+            b"AR" => AckCode::Reject,
+            b"CA" => AckCode::CommitAccept,
+            b"CE" => AckCode::CommitError,
+            b"CR" => AckCode::CommitReject,
+            _ => return None,
+        })
+    }
+
+    /// AA or CA.
+    pub fn is_positive(self) -> bool {
+        matches!(self, AckCode::Accept | AckCode::CommitAccept)
+    }
+}
+
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,

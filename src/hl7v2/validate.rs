@@ -21,7 +21,7 @@
 
 use std::fmt;
 
-use super::ack::AckCode;
+use super::er7::AckCode;
 use super::er7::{
     check_escapes, has_value, Field, HeaderInfo, Message, ParseError, ParseErrorKind, ParseOptions,
     Segment, DEFAULT_MAX_FIELD_LEN, DEFAULT_MAX_SEGMENTS,

@@ -238,7 +238,7 @@ impl AuthConfig {
             out.push(("cache_entries".into(), "at most 1000000".into()));
         }
         for h in self.forward_claims.values() {
-            if let Err(m) = crate::context::check_forward_header(h) {
+            if let Err(m) = crate::proxy::headers::check_forward_header(h) {
                 out.push((format!("forward_claims.{h}"), m));
             }
         }

@@ -97,7 +97,7 @@ impl MtlsConfig {
             }
         }
         if let Some(h) = &self.forward_header {
-            if let Err(m) = crate::context::check_forward_header(h) {
+            if let Err(m) = crate::proxy::headers::check_forward_header(h) {
                 out.push(("forward_header", m));
             }
         }

@@ -180,6 +180,16 @@ fn join_all(h: &HeaderMap, name: &str) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
+/// A header name a policy may set for the upstream: valid, and not one whose meaning the
+/// proxy owns.
+pub fn check_forward_header(h: &str) -> Result<(), String> {
+    let name = HeaderName::try_from(h).map_err(|_| format!("`{h}` is not a valid header name"))?;
+    if is_gateway_managed(name.as_str()) {
+        return Err(format!("`{h}` is managed by the gateway itself"));
+    }
+    Ok(())
+}
+
 /// Headers whose meaning the gateway owns: a policy may not choose one of these as the
 /// name it forwards an identity or claim in.
 pub fn is_gateway_managed(name: &str) -> bool {
