@@ -224,6 +224,13 @@ fn verify(files: &[&Path]) -> Output {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_tutorial_script_runs_against_the_demo_as_printed() {
     let demo = start_demo().await;
+    // `ward check` accepts the generated config as written.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["check", "--config"])
+        .arg(demo.dir.join("ward-demo.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
     // The script file itself, as a reader runs it: from the repository root.
     let out = demo
         .bash(
