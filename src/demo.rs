@@ -1,5 +1,9 @@
 //! `ward demo`: demo certificates (made with rcgen, or reused), a built-in sample FHIR
-//! upstream on loopback serving entirely fictitious records, and a gateway in front of it.
+//! upstream on loopback serving entirely fictitious records, and a gateway in front of it
+//! that shows every capability: validation, mTLS, tokens, rate limits, the patient
+//! compartment with break-glass, DLP, HL7 v2 over MLLP, a hash-chained audit trail, and
+//! detect and respond with an operator token for the admin API. The walkthrough commands
+//! live in `docs/tutorial.sh` ([`TUTORIAL`]), printed by the demo and run by a test.
 //!
 //! The same PKI helper makes the certificates the integration tests use.
 
