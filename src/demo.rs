@@ -1,5 +1,9 @@
 //! `ward demo`: demo certificates (made with rcgen, or reused), a built-in sample FHIR
-//! upstream on loopback serving entirely fictitious records, and a gateway in front of it.
+//! upstream on loopback serving entirely fictitious records, and a gateway in front of it
+//! that shows every capability: validation, mTLS, tokens, rate limits, the patient
+//! compartment with break-glass, DLP, HL7 v2 over MLLP, a hash-chained audit trail, and
+//! detect and respond with an operator token for the admin API. The walkthrough commands
+//! live in `docs/tutorial.sh` ([`TUTORIAL`]), printed by the demo and run by a test.
 //!
 //! The same PKI helper makes the certificates the integration tests use.
 
@@ -213,6 +217,46 @@ pub fn write_token_keys(dir: &Path) -> std::io::Result<()> {
     std::fs::write(dir.join(TOKEN_PUB), key.public_key_pem())
 }
 
+/// The scope that entitles a demo token to break-glass on the patient route.
+pub const BREAK_GLASS_SCOPE: &str = "emergency-access";
+
+/// The demo operator's bearer token for the admin API (`ward blocks`, `ward unblock`), and
+/// the operators file that lists only its SHA-256 (what the gateway keeps).
+pub const OPERATOR_TOKEN: &str = "operator.token";
+pub const OPERATORS_FILE: &str = "operators.txt";
+/// The demo's hash-chained audit trail, under the demo directory.
+pub const AUDIT_FILE: &str = "audit/audit.jsonl";
+
+/// The audit trail's folder, the demo operator token (32 random bytes, hex) and the
+/// operators file, unless they are there. The token file is private (0600): whoever can
+/// read it can lift blocks. Returns whether a new token was made.
+pub fn ensure_demo_state(dir: &Path) -> std::io::Result<bool> {
+    if let Some(audit_dir) = dir.join(AUDIT_FILE).parent() {
+        std::fs::create_dir_all(audit_dir)?;
+    }
+    let (tok, ops) = (dir.join(OPERATOR_TOKEN), dir.join(OPERATORS_FILE));
+    if tok.is_file() && ops.is_file() {
+        return Ok(false);
+    }
+    let mut raw = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| std::io::Error::other("no randomness"))?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&tok, format!("{token}\n"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::write(
+        &ops,
+        format!("# Ward demo operators: <name> <sha256 hex of the token>\ndemo-operator {hash}\n"),
+    )?;
+    Ok(true)
+}
+
 /// The demo's own policy files (they name demo files, so they live with the demo
 /// certificates, not in the repository's `policies/`).
 pub fn write_demo_policies(dir: &Path) -> std::io::Result<()> {
@@ -225,9 +269,15 @@ pub fn write_demo_policies(dir: &Path) -> std::io::Result<()> {
         dir.join("demo-mtls.yaml"),
         "description: Only the demo client certificate\nmtls:\n  subjects: [demo-client]\n  forward_header: x-client-identity\n",
     )?;
+    // Break-glass is entitled by a scope here (a demo token can carry it); a real deployment
+    // names its IdP's role claim instead (policies/emergency-access.yaml).
     std::fs::write(
         dir.join("demo-patient.yaml"),
-        "description: Patient compartment guard\nfhir_authz:\n  allowed_operations: [everything]\n",
+        format!("description: Patient compartment guard, with break-glass emergency access\nfhir_authz:\n  allowed_operations: [everything]\n  break_glass:\n    scope: {BREAK_GLASS_SCOPE}\n    max_per_day: 10\n"),
+    )?;
+    std::fs::write(
+        dir.join("demo-audit.yaml"),
+        "description: One hash-chained audit record per request (the trail is top-level `audit:`)\naudit: {}\n",
     )?;
     std::fs::write(
         dir.join("demo-validate.yaml"),
@@ -265,6 +315,15 @@ const PATIENTS: &[(&str, &str)] = &[
     (
         "example-3",
         r#"{"resourceType":"Patient","id":"example-3","meta":{"versionId":"1"},"text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">Cleo Fictive, SSN 123-45-6789</div>"},"extension":[{"url":"http://example.org/fhir/StructureDefinition/note","valueString":"Called from 555-234-0123 about card 4111 1111 1111 1111; SSN 123-45-6789 on file."}],"identifier":[{"system":"http://hl7.org/fhir/sid/us-ssn","value":"123-45-6789"}],"name":[{"family":"Fictive","given":["Cleo"]}],"telecom":[{"system":"phone","value":"555-234-0123","use":"mobile"}],"gender":"female","birthDate":"1931-07-04","address":[{"line":["1 Example Way"],"city":"Springfield","state":"MA","postalCode":"01103"}]}"#,
+    ),
+    // More fictitious patients, so that the exfiltration demo has someone to read.
+    (
+        "example-4",
+        r#"{"resourceType":"Patient","id":"example-4","meta":{"versionId":"1"},"name":[{"family":"Madeupson","given":["Dara"]}],"gender":"other","birthDate":"1992-03-09"}"#,
+    ),
+    (
+        "example-5",
+        r#"{"resourceType":"Patient","id":"example-5","meta":{"versionId":"1"},"name":[{"family":"Placeholder","given":["Eli"]}],"gender":"unknown","birthDate":"2001-11-30"}"#,
     ),
 ];
 const OBSERVATIONS: &[(&str, &str)] = &[
@@ -309,9 +368,16 @@ fn bundle(entries: &[(&str, &str)]) -> String {
     )
 }
 
-async fn sample(req: Request<Incoming>) -> Response<Body> {
+/// What the sample upstream was asked (`METHOD /path`), for tests that must show what
+/// reached the EHR and what did not.
+pub type SampleLog = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+async fn sample(req: Request<Incoming>, log: Option<SampleLog>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    if let Some(Ok(mut l)) = log.as_ref().map(|l| l.lock()) {
+        l.push(format!("{method} {path}"));
+    }
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let not_found = || {
         fhir(StatusCode::NOT_FOUND, r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found"}]}"#.into())
@@ -343,6 +409,16 @@ async fn sample(req: Request<Incoming>) -> Response<Body> {
 
 /// Start the sample upstream on `bind` (use port 0 for any).
 pub async fn sample_upstream(bind: SocketAddr) -> std::io::Result<SocketAddr> {
+    serve_sample(bind, None).await
+}
+
+/// The sample upstream, also recording every request it is asked (see [`SampleLog`]).
+pub async fn sample_upstream_logged(bind: SocketAddr) -> std::io::Result<(SocketAddr, SampleLog)> {
+    let log = SampleLog::default();
+    Ok((serve_sample(bind, Some(log.clone())).await?, log))
+}
+
+async fn serve_sample(bind: SocketAddr, log: Option<SampleLog>) -> std::io::Result<SocketAddr> {
     let tcp = TcpListener::bind(bind).await?;
     let addr = tcp.local_addr()?;
     tokio::spawn(async move {
@@ -350,8 +426,12 @@ pub async fn sample_upstream(bind: SocketAddr) -> std::io::Result<SocketAddr> {
             let Ok((s, _)) = tcp.accept().await else {
                 continue;
             };
+            let log = log.clone();
             tokio::spawn(async move {
-                let svc = service_fn(|req| async move { Ok::<_, Infallible>(sample(req).await) });
+                let svc = service_fn(move |req| {
+                    let log = log.clone();
+                    async move { Ok::<_, Infallible>(sample(req, log).await) }
+                });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
                     .await;
@@ -397,17 +477,51 @@ pub async fn sample_mllp_upstream(bind: SocketAddr) -> std::io::Result<SocketAdd
 /// A fictitious ADT^A01 for the demo's MLLP listener.
 pub const DEMO_ADT_A01: &str = "MSH|^~\\&|REGISTRATION|DEMO-HOSP|EHR|DEMO-HOSP|20240315083012||ADT^A01^ADT_A01|DEMO-0001|P|2.5.1\rEVN|A01|20240315083000\rPID|1||example-1^^^DEMO-HOSP^MR||Testperson^Alba||19700101|F\rPV1|1|I|WARD1^101^A\r";
 
+/// Where the demo's own listeners bind.
+#[derive(Clone, Copy, Debug)]
+pub struct DemoBinds {
+    pub public: SocketAddr,
+    pub mllp: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Default for DemoBinds {
+    /// The fixed loopback ports the demo's printed commands and README use.
+    fn default() -> Self {
+        DemoBinds {
+            public: ([127, 0, 0, 1], 8443).into(),
+            mllp: ([127, 0, 0, 1], 2575).into(),
+            admin: ([127, 0, 0, 1], 9901).into(),
+        }
+    }
+}
+
 /// The demo's config text (to be written into `certs`, next to `policies/` made by
 /// [`write_demo_policies`]); it goes through the same loader as any operator's file.
 /// Five routes onto the sample upstream, and an MLLP listener onto the sample receiver.
 pub fn demo_config(certs: &Path, upstream: SocketAddr, mllp_upstream: SocketAddr) -> String {
+    demo_config_on(certs, upstream, mllp_upstream, DemoBinds::default())
+}
+
+/// [`demo_config`] with the listeners on `binds` (tests use port 0).
+///
+/// The token and patient routes are audited, into a hash-chained trail in the demo
+/// directory. `respond:` watches every route with a deliberately low exfiltration
+/// threshold (3 distinct patients a minute per identity), so that a short loop shows a
+/// block; the operator token for the admin API is made by [`ensure_operator_token`].
+pub fn demo_config_on(
+    certs: &Path,
+    upstream: SocketAddr,
+    mllp_upstream: SocketAddr,
+    binds: DemoBinds,
+) -> String {
     let c = |f: &str| certs.join(f).display().to_string();
     format!(
         r#"# Generated by `ward demo`.
 policies_dir: policies
 listeners:
   - name: public
-    bind: 127.0.0.1:8443
+    bind: {public}
     tls:
       certificates:
         - cert: {cert:?}
@@ -444,7 +558,7 @@ routes:
     upstream: sample-ehr
     rewrite_prefix: /fhir
     fhir: true
-    policies: [baseline, demo-token, demo-patient]
+    policies: [baseline, demo-audit, demo-token, demo-patient]
   - name: fhir-deid
     listener: public
     path_prefix: /deid/fhir
@@ -460,10 +574,10 @@ routes:
     upstream: sample-ehr
     rewrite_prefix: /fhir
     fhir: true
-    policies: [baseline, demo-token, demo-rate]
+    policies: [baseline, demo-audit, demo-token, demo-rate]
 mllp:
   - name: hl7
-    bind: 127.0.0.1:2575
+    bind: {mllp}
     tls:
       certificates:
         - cert: {cert:?}
@@ -478,14 +592,53 @@ mllp:
       allowed_message_types: [ADT^A01, ADT^A04, ADT^A08, ORU^R01]
     upstream:
       address: {mllp_upstream}
+# Every request on the audited routes, one hash-chained JSON line each; check it with
+# `ward audit verify`. fsync: a record is on disk before its response leaves.
+audit:
+  path: {audit:?}
+  durability: fsync
+# Detect and respond. The threshold is a demo's (real ones are in the hundreds): a token
+# reading 3 distinct patients within a minute is blocked for 15 minutes. Operators list
+# and lift blocks through the admin API with a token whose SHA-256 is in tokens_file.
+respond:
+  blocks_file: {blocks:?}
+  operators:
+    tokens_file: {ops:?}
+  signals:
+    exfiltration:
+      distinct_patients: 3
+      window_secs: 60
+  actions:
+    exfiltration:
+      action: block
+      duration_secs: 900
 admin:
-  bind: 127.0.0.1:9901
+  bind: {admin}
 shutdown_grace: 5s
 "#,
         cert = c("server.pem"),
         key = c("server.key"),
         ca = c("ca.pem"),
+        audit = c(AUDIT_FILE),
+        blocks = c("blocks.json"),
+        ops = c(OPERATORS_FILE),
+        public = binds.public,
+        mllp = binds.mllp,
+        admin = binds.admin,
     )
+}
+
+/// The guided tutorial: the demo's walkthrough commands as one bash script, shared by
+/// `ward demo` (which prints its sections), README.md and the test that runs it.
+pub const TUTORIAL: &str = include_str!("../docs/tutorial.sh");
+
+/// The lines of one `# --- <name>` section of [`TUTORIAL`], up to the next section.
+pub fn tutorial_section(name: &str) -> Option<String> {
+    let head = format!("# --- {name}");
+    let mut lines = TUTORIAL.lines().skip_while(|l| l.trim_end() != head);
+    lines.next()?;
+    let body: Vec<&str> = lines.take_while(|l| !l.starts_with("# --- ")).collect();
+    Some(body.join("\n").trim().to_owned())
 }
 
 /// Where the demo keeps its certificates: `certs-example/demo` under the current folder.

@@ -414,6 +414,12 @@ async fn demo() -> anyhow::Result<()> {
     // Absolute paths keep the generated config valid wherever it is loaded from.
     let dir = std::fs::canonicalize(&dir)?;
     ward::demo::write_demo_policies(&dir.join("policies"))?;
+    if ward::demo::ensure_demo_state(&dir)? {
+        println!(
+            "made the demo operator token {}",
+            dir.join(ward::demo::OPERATOR_TOKEN).display()
+        );
+    }
     let upstream = ward::demo::sample_upstream(([127, 0, 0, 1], 0).into()).await?;
     let mllp_upstream = ward::demo::sample_mllp_upstream(([127, 0, 0, 1], 0).into()).await?;
     let cfg_path = dir.join("ward-demo.yaml");
@@ -465,6 +471,26 @@ async fn demo() -> anyhow::Result<()> {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "ward".into());
     let d = dir.display();
+    // The audit, detect-and-respond and break-glass walkthrough is printed from the
+    // tutorial script itself, so what the demo prints is what the tests run.
+    let mut walkthrough = format!(
+        "  # audit trail, detect and respond, break-glass (the same commands as docs/tutorial.sh):\n  D='{d}' GW=https://localhost:8443 ADMIN=127.0.0.1:9901 WARD='{exe}'\n"
+    );
+    for name in [
+        "tokens",
+        "exfiltration",
+        "operators",
+        "break-glass",
+        "audit",
+    ] {
+        for line in ward::demo::tutorial_section(name)
+            .unwrap_or_default()
+            .lines()
+        {
+            walkthrough.push_str(&format!("  {line}\n").replace("  \n", "\n"));
+        }
+        walkthrough.push('\n');
+    }
     println!(
         r#"
 Ward demo: gateway https://127.0.0.1:8443 -> sample FHIR upstream http://{upstream} (fictitious data)
@@ -522,8 +548,10 @@ Config written to {cfg}. Try:
   curl -s http://127.0.0.1:9901/metrics | grep ^ward_requests_total
   curl -s http://127.0.0.1:9901/metrics | grep ^ward_rate_limited_total
 
+{walkthrough}Audit trail: {audit} (the /secure and /patient routes).
 Ctrl-C to stop.
 "#,
+        audit = dir.join(ward::demo::AUDIT_FILE).display(),
         cfg = cfg_path.display(),
         key = ward::demo::TOKEN_KEY,
     );

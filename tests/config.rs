@@ -212,6 +212,7 @@ fn example_config_loads() {
     let demo_dir = env.path("certs-example/demo");
     ward::demo::write_token_keys(&demo_dir).unwrap();
     ward::demo::write_demo_policies(&demo_dir.join("policies")).unwrap();
+    ward::demo::ensure_demo_state(&demo_dir).unwrap();
     let demo = ward::demo::demo_config(
         &demo_dir,
         "127.0.0.1:9".parse().unwrap(),
@@ -221,6 +222,7 @@ fn example_config_loads() {
     let cfg = ward::config::load_with(&p, &|_| None).unwrap_or_else(|e| panic!("{e:#?}"));
     assert_eq!(cfg.routes.len(), 5);
     assert!(cfg.policies["demo-dlp"].dlp.is_some());
+    assert!(cfg.audit.is_some() && cfg.respond.is_some());
 }
 
 #[test]

@@ -32,6 +32,8 @@ async fn every_answer_is_valid_r4() {
         "/fhir/Patient/example-1",
         "/fhir/Patient/example-2",
         "/fhir/Patient/example-3",
+        "/fhir/Patient/example-4",
+        "/fhir/Patient/example-5",
         "/fhir/Observation",
         "/fhir/Observation/obs-1",
         "/fhir/Observation/obs-2",
