@@ -32,7 +32,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Dur;
+use crate::config::primitives::Dur;
 use crate::error::Rejection;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

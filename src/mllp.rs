@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Mutex, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{Dur, TlsConfig};
+use crate::config::primitives::{Dur, TlsConfig};
 use crate::hl7v2::mllp::{write_frame, FrameError, FrameReader};
 use crate::hl7v2::{self, AckCode, ErrorLoc, HeaderInfo};
 use crate::identity::ClientIdentity;

@@ -70,7 +70,8 @@ pub fn build(
     let tx = Arc::new(tx);
     let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
     for u in &cfg.upstreams {
-        let up = Upstream::new(u, cfg, metrics).map_err(|e| format!("upstream {}: {e}", u.name))?;
+        let up = Upstream::new(u, &|f| cfg.resolve(f), metrics)
+            .map_err(|e| format!("upstream {}: {e}", u.name))?;
         // Keep the last known health of an unchanged upstream, so that a reload does not
         // flip /readyz to not-ready until the next probe.
         if let Some(old) = previous

@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::config::ListenerLimits;
+use crate::config::primitives::ListenerLimits;
 use crate::conn_guard::{ConnShared, FrameError, GuardSettings, GuardedIo, Verdict};
 use crate::context::{RequestContext, RouteId};
 use crate::error::{self, Rejection};

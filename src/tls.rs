@@ -20,7 +20,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls_pki_types::CertificateRevocationListDer;
 
-use crate::config::{ClientAuthConfig, ClientAuthMode, TlsConfig};
+use crate::config::primitives::{ClientAuthConfig, ClientAuthMode, TlsConfig};
 
 /// The only suites Ward negotiates: forward-secret key exchange with AEAD ciphers.
 pub fn provider() -> CryptoProvider {

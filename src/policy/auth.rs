@@ -40,7 +40,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::Dur;
+use crate::config::primitives::Dur;
 use crate::context::{RouteId, UpstreamHeaders};
 use crate::error::Rejection;
 use crate::identity::ClientIdentity;

@@ -29,7 +29,7 @@ use prometheus::IntCounter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
-use crate::config::{Config, UpstreamConfig};
+use crate::config::primitives::UpstreamConfig;
 use crate::context::{RequestContext, RouteId, UpstreamHeaders};
 use crate::error::Rejection;
 use crate::metrics::Metrics;
@@ -140,16 +140,21 @@ pub fn upstream_overloaded() -> Rejection {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, config: &Config, metrics: &Metrics) -> Result<Self, String> {
+    /// `resolve` turns a configured file name into a path (relative to the config's folder).
+    pub fn new(
+        cfg: &UpstreamConfig,
+        resolve: &dyn Fn(&str) -> std::path::PathBuf,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
         let target = UpstreamTarget::parse(&cfg.url)?;
         let tls = if target.https {
             let ca = cfg.ca.as_ref().ok_or("https upstream without `ca`")?;
             let client_pair = match (&cfg.client_cert, &cfg.client_key) {
-                (Some(c), Some(k)) => Some((config.resolve(c), config.resolve(k))),
+                (Some(c), Some(k)) => Some((resolve(c), resolve(k))),
                 _ => None,
             };
             crate::tls::upstream_client_config(
-                &config.resolve(ca),
+                &resolve(ca),
                 client_pair
                     .as_ref()
                     .map(|(c, k)| (c.as_path(), k.as_path())),

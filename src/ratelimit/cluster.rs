@@ -18,7 +18,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 
-use crate::config::Dur;
+use crate::config::primitives::Dur;
 use crate::ratelimit::local::Denied;
 
 /// What a replica does while Redis cannot answer.
