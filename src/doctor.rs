@@ -166,7 +166,12 @@ impl Out {
             id,
             severity,
             file: Some(lines.file.clone()),
-            line: lines.line(key),
+            // An empty key is a section that is missing: no line to point at.
+            line: if key.is_empty() {
+                None
+            } else {
+                lines.line(key)
+            },
             key: (!key.is_empty()).then(|| key.to_owned()),
             message,
             fix,
@@ -1133,6 +1138,42 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn audit_growth_measured_from_first_and_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        let rec = |seq: u32, time: &str| {
+            format!("{{\"seq\":{seq},\"prev\":\"x\",\"time\":\"{time}\",\"kind\":\"http\",\"hash\":\"y\"}}\n")
+        };
+        // Spans of 10 minutes and more are measured; shorter ones, and files whose
+        // records carry no readable time, fall back (None).
+        for (last, pad, want) in [
+            ("2026-01-01T00:10:00.000Z", 100_000usize, Some(600u64)),
+            ("2026-01-01T01:00:00.000Z", 70_000, Some(3600)),
+            ("2026-01-02T00:00:00.000Z", 200_000, Some(86_400)),
+            ("2026-01-01T00:09:59.000Z", 1000, None),
+            ("2026-01-01T00:00:00.000Z", 1000, None),
+            ("garbage", 1000, None),
+        ] {
+            let text = format!(
+                "{}{}\n{}",
+                rec(1, "2026-01-01T00:00:00.000Z"),
+                "x".repeat(pad),
+                rec(2, last)
+            );
+            std::fs::write(&p, &text).unwrap();
+            let size = text.len() as u64;
+            assert_eq!(
+                measured_growth(&p),
+                want.map(|span| size * 86_400 / span),
+                "{last}"
+            );
+        }
+        assert_eq!(measured_growth(&dir.path().join("missing")), None);
+        #[cfg(unix)]
+        assert!(free_bytes(&p).is_some());
     }
 
     #[test]
