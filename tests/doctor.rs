@@ -209,7 +209,8 @@ async fn clean_config_has_no_finding_above_info() {
 #[tokio::test]
 async fn routes_without_authentication_ranked_by_exposure() {
     // (fhir route, listener client_auth, policies, expected severity or None)
-    let cases: &[(bool, &str, &str, Option<(&str, i32)>)] = &[
+    type Case<'a> = (bool, &'a str, &'a str, Option<(&'a str, i32)>);
+    let cases: &[Case] = &[
         (true, "optional", "[audited]", Some(("critical", 3))),
         (true, "none", "[]", Some(("critical", 3))),
         (false, "optional", "[audited]", Some(("high", 2))),
@@ -390,7 +391,8 @@ fn cert_pem(start: i64, end: i64) -> (String, String) {
 #[tokio::test]
 async fn certificates_expired_expiring_or_not_yet_valid_wherever_they_are() {
     // (validity window in days from today, expected finding)
-    let states: &[((i64, i64), Option<(&str, &str)>)] = &[
+    type State<'a> = ((i64, i64), Option<(&'a str, &'a str)>);
+    let states: &[State] = &[
         ((-400, -5), Some(("cert_expired", "critical"))),
         ((-400, -1), Some(("cert_expired", "critical"))),
         ((-30, 10), Some(("cert_expiring", "high"))),
@@ -520,7 +522,8 @@ async fn cleartext_hops() {
 async fn mllp_listeners() {
     let tls = "    tls:\n      certificates:\n        - cert: certs/server.pem\n          key: certs/server.key\n      client_auth:\n        mode: MODE\n        ca: [certs/ca.pem]\n";
     // (transport, senders, upstream address, audit, expected findings)
-    let cases: Vec<(String, &str, &str, &str, Vec<(&str, &str, &str)>)> = vec![
+    type Want<'a> = Vec<(&'a str, &'a str, &'a str)>;
+    let cases: Vec<(String, &str, &str, &str, Want)> = vec![
         (
             "    plaintext: true\n".into(),
             "",
