@@ -494,7 +494,7 @@ impl Checker<'_> {
                     Severity::High,
                     self.main,
                     "admin.bind",
-                    format!("the admin listener binds {}: metrics, readiness and the block API have no authentication of their own, and anyone who reaches that address reads them", a.ip()),
+                    format!("the admin listener binds {}: metrics and readiness answer anyone who reaches that address (no authentication), and the block API is then only one operator token away", a.ip()),
                     "bind it to 127.0.0.1:<port> (Prometheus scrapes through a sidecar or the node), or, if it must be reachable, allow only the monitoring hosts with a network policy".into(),
                 );
             }

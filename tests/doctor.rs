@@ -631,6 +631,34 @@ async fn shared_state_without_redis_when_replicas_run() {
             None => r.none("redis_missing"),
         }
     }
+    // Detect and respond: blocks and signal counters are per replica without Redis.
+    for (redis, replicas, want) in [
+        ("", "3", Some("high")),
+        ("", "1", None),
+        ("  redis:\n    url: redis://127.0.0.1:9/0\n", "3", None),
+    ] {
+        let mut fx = Fixture::new();
+        fx.env
+            .write("operators.txt", &format!("alice {}\n", "ab".repeat(32)));
+        fx.extra = format!("respond:\n  blocks_file: blocks.json\n  operators:\n    tokens_file: operators.txt\n{redis}");
+        let (cfg, text) = fx.write();
+        let r = doctor(
+            &cfg,
+            &["--replicas", replicas, "--audit-bytes-per-day", "1"],
+            &[],
+        )
+        .await;
+        r.none("config_invalid");
+        match want {
+            Some(sev) => assert_at(
+                r.one("redis_missing"),
+                sev,
+                &cfg,
+                line_of(&text, "respond:", 0),
+            ),
+            None => r.none("redis_missing"),
+        }
+    }
     // Redis configured: no gap, but fail_open is named.
     let mut fx = Fixture::new();
     let pol = "rate_limit:\n  backend: redis\n  redis:\n    url: redis://127.0.0.1:9/0\n  limits:\n    - name: per-user\n      key: token_sub\n      rate: 10\n      per: minute\n";
