@@ -651,7 +651,7 @@ impl Checker<'_> {
                 Severity::Medium,
                 self.main,
                 "audit.path",
-                format!("cannot read the free space of the volume of {} (does its folder exist?)", path.display()),
+                format!("cannot read the free space of the volume holding {}", path.display()),
                 "create the folder, owned by the user Ward runs as, on a volume sized for the retention you need".into(),
             );
             return;
@@ -794,6 +794,10 @@ impl Checker<'_> {
         }
         for (key, name, addr, url) in targets {
             let cmd = match &url {
+                // -k: the question is whether the port answers, not whether it is trusted.
+                Some(u) if u.starts_with("https:") => {
+                    format!("curl -k -m 5 -sS -o /dev/null -w '%{{http_code}}\\n' {u}")
+                }
                 Some(u) => format!("curl -m 5 -sS -o /dev/null -w '%{{http_code}}\\n' {u}"),
                 None => {
                     let (h, p) = addr.rsplit_once(':').unwrap_or((&addr, ""));
@@ -820,9 +824,15 @@ impl Checker<'_> {
                     format!("upstream `{name}` ({addr}) accepts connections from this client network: Ward can be bypassed, and every policy it enforces with it"),
                     "restrict the EHR with a firewall or network policy so only the gateway's addresses can reach it (see deploy/k8s/networkpolicy.yaml for the Kubernetes form)".into(),
                 ),
+                // On loopback only this host reaches it; elsewhere, reaching it from here
+                // says nothing about who else can: a bypass is not ruled out.
                 Ok(()) => out.at(
                     "upstream_reachable",
-                    Severity::Medium,
+                    if host_of(&addr).is_some_and(is_loopback_host) {
+                        Severity::Info
+                    } else {
+                        Severity::Low
+                    },
                     self.main,
                     &key,
                     format!("upstream `{name}` ({addr}) accepts connections from this host. Ward needs that; clients must not have it. From a client network, `{cmd}` must fail to connect"),
@@ -874,42 +884,63 @@ fn cert_file(out: &mut Out, lines: &Lines, key: &str, path: &Path, now: SystemTi
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    for der in certs {
-        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
-            continue;
-        };
+    let parsed: Vec<_> = certs
+        .iter()
+        .filter_map(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
+        .map(|(_, c)| c)
+        .collect();
+    // A CA bundle (several trust anchors) with a valid certificate still works: its stale
+    // entries are housekeeping, not an outage. A certificate a listener presents, or the
+    // only anchor of a bundle, is what handshakes depend on.
+    let is_bundle = key.ends_with(".ca") || key.contains(".ca[") || key.ends_with("jwks_ca");
+    let valid = parsed
+        .iter()
+        .filter(|c| {
+            let v = c.validity();
+            v.not_before.timestamp() <= now && now < v.not_after.timestamp()
+        })
+        .count();
+    for cert in &parsed {
         let subject = cert.subject().to_string();
         let v = cert.validity();
         let end = v.not_after.timestamp();
         let start = v.not_before.timestamp();
         let days = (end - now).div_euclid(86_400);
         let file = path.display();
+        let this_valid = start <= now && now < end;
+        let stale = is_bundle && valid > usize::from(this_valid);
+        let sev = |s: Severity| if stale { Severity::Low } else { s };
+        let note = if stale {
+            "; other certificates in this bundle are valid, so only peers that still chain to this one are affected"
+        } else {
+            ""
+        };
         if end <= now {
             out.at(
                 "cert_expired",
-                Severity::Critical,
+                sev(Severity::Critical),
                 lines,
                 key,
-                format!("certificate `{subject}` in {file} expired {} days ago ({}): handshakes with it fail", -days, v.not_after),
+                format!("certificate `{subject}` in {file} expired {} days ago ({}): handshakes with it fail{note}", -days, v.not_after),
                 "issue a new certificate and replace the file; Ward re-reads listener certificates on SIGHUP or when the file changes".into(),
             );
         } else if days < CERT_WARN_DAYS {
             out.at(
                 "cert_expiring",
-                Severity::High,
+                sev(Severity::High),
                 lines,
                 key,
-                format!("certificate `{subject}` in {file} expires in {days} days ({})", v.not_after),
+                format!("certificate `{subject}` in {file} expires in {days} days ({}){note}", v.not_after),
                 "renew it now (automate renewal, e.g. cert-manager or an ACME client); Ward re-reads listener certificates on SIGHUP or when the file changes".into(),
             );
         }
         if start > now {
             out.at(
                 "cert_not_yet_valid",
-                Severity::High,
+                sev(Severity::High),
                 lines,
                 key,
-                format!("certificate `{subject}` in {file} is not valid before {}", v.not_before),
+                format!("certificate `{subject}` in {file} is not valid before {}{note}", v.not_before),
                 "check the issuing system's clock and this host's clock (NTP), or wait for its start date before deploying it".into(),
             );
         }

@@ -449,6 +449,37 @@ async fn certificates_expired_expiring_or_not_yet_valid_wherever_they_are() {
 }
 
 #[tokio::test]
+async fn stale_entries_of_a_ca_bundle_that_still_works_are_low() {
+    let (valid, _) = cert_pem(-30, 365);
+    for ((start, end), id) in [
+        ((-400, -5), "cert_expired"),
+        ((-30, 10), "cert_expiring"),
+        ((5, 400), "cert_not_yet_valid"),
+    ] {
+        let (stale, _) = cert_pem(start, end);
+        for bundle in [format!("{valid}{stale}"), format!("{stale}{valid}")] {
+            let fx = Fixture::new();
+            fx.env.write("certs/ca.pem", &bundle);
+            let (cfg, text) = fx.write();
+            let r = doctor(&cfg, &SMALL_GROWTH, &[]).await;
+            assert_at(
+                r.one(id),
+                "low",
+                &cfg,
+                line_of(&text, "ca: [certs/ca.pem]", 0),
+            );
+            assert_eq!(r.code, 1, "{:#}", r.json);
+        }
+        // Alone in the bundle, the same certificate is what handshakes depend on.
+        let fx = Fixture::new();
+        fx.env.write("certs/ca.pem", &stale);
+        let (cfg, _) = fx.write();
+        let r = doctor(&cfg, &SMALL_GROWTH, &[]).await;
+        assert_ne!(r.one(id)["severity"], "low");
+    }
+}
+
+#[tokio::test]
 async fn admin_listener_off_loopback() {
     for (bind, exposed) in [
         ("0.0.0.0:9901", true),
@@ -716,10 +747,11 @@ async fn upstream_reachability_from_the_gateway_and_from_a_client_network() {
     let live_addr = live.local_addr().unwrap();
     let dead_addr = common::dead_addr().await;
     for (addr, args, want) in [
+        // Loopback: only this host reaches it, no bypass from the network.
         (
             live_addr,
             vec!["--probe-upstream"],
-            ("upstream_reachable", "medium", 1),
+            ("upstream_reachable", "info", 0),
         ),
         (
             live_addr,
@@ -833,6 +865,21 @@ async fn live_checks_through_the_admin_listener() {
         .unwrap_or_else(|| panic!("{msg}"));
     assert!(n >= 1.0, "{msg}");
     assert_eq!(r.code, 2);
+    r.none("tls_reload_failures");
+
+    // A certificate file the listener cannot reload: it keeps its previous certificate.
+    let pem = std::fs::read_to_string(fx.env.path("certs/server.pem")).unwrap();
+    std::fs::write(fx.env.path("certs/server.pem"), "not a certificate\n").unwrap();
+    assert!(!gw.reload_tls().is_empty());
+    let r = doctor(
+        &doctor_cfg,
+        &["--admin", &admin, "--audit-bytes-per-day", "1"],
+        &[],
+    )
+    .await;
+    assert_eq!(r.one("tls_reload_failures")["severity"], "high");
+    r.one("reload_failures");
+    std::fs::write(fx.env.path("certs/server.pem"), pem).unwrap();
     gw.begin_shutdown();
     gw.drained().await;
 
