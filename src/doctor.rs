@@ -1057,7 +1057,19 @@ async fn live(admin: &str, out: &mut Out) {
         );
     }
     let m = &metrics.1;
-    let checks: [(&str, &str, &str, &'static str, Severity, &str); 6] = [
+    for &(metric, label, value, id, sev, text) in LIVE_CHECKS {
+        let n = metric_sum(m, metric, label, value);
+        if n > 0.0 {
+            let (what, fix) = text.split_once('|').unwrap_or((text, ""));
+            out.nowhere(id, sev, format!("{metric}: {n} — {what}"), fix.to_owned());
+        }
+    }
+}
+
+/// Counters read from `/metrics`: (family, label, value, finding id, severity,
+/// "what|fix"). A unit test holds the names to `metrics.rs`.
+#[rustfmt::skip]
+const LIVE_CHECKS: &[(&str, &str, &str, &str, Severity, &str)] = &[
         ("ward_config_reloads_total", "result", "error", "reload_failures", Severity::High,
          "config reload(s) were refused since start: the gateway still serves an older config than the file on disk|run `ward check --config <file>`, fix what it lists; the next save (or SIGHUP) reloads"),
         ("ward_tls_reloads_total", "result", "error", "tls_reload_failures", Severity::High,
@@ -1070,15 +1082,7 @@ async fn live(admin: &str, out: &mut Out) {
          "rate-limit checks were decided locally because Redis did not answer|check Redis (reachability, latency vs `redis.timeout`)"),
         ("ward_respond_redis_fallback_total", "", "", "redis_fallback", Severity::Medium,
          "detect-and-respond calls to Redis failed: replicas decided alone and blocks may not have spread|check Redis reachability from every replica"),
-    ];
-    for (metric, label, value, id, sev, text) in checks {
-        let n = metric_sum(m, metric, label, value);
-        if n > 0.0 {
-            let (what, fix) = text.split_once('|').unwrap_or((text, ""));
-            out.nowhere(id, sev, format!("{metric}: {n} — {what}"), fix.to_owned());
-        }
-    }
-}
+];
 
 /// Sum of the samples of `name` whose labels include `label="value"` (any, if `label` is
 /// empty), from Prometheus text.
@@ -1205,6 +1209,18 @@ mod tests {
         assert_eq!(measured_growth(&dir.path().join("missing")), None);
         #[cfg(unix)]
         assert!(free_bytes(&p).is_some());
+    }
+
+    #[test]
+    fn live_checks_read_metrics_that_exist() {
+        let src = include_str!("metrics.rs");
+        for (metric, label, _, _, _, text) in LIVE_CHECKS {
+            assert!(src.contains(&format!("\"{metric}\"")), "{metric}");
+            if !label.is_empty() {
+                assert!(src.contains(&format!("\"{label}\"")), "{metric} {label}");
+            }
+            assert!(text.contains('|'), "{metric}: what|fix");
+        }
     }
 
     #[test]

@@ -356,6 +356,26 @@ async fn dlp_report_mode_by_age_of_the_policy_file() {
         assert_at(f, sev, &p, line_of(pol, "mode: report", 0));
         assert_eq!(r.code, if sev == "high" { 2 } else { 0 }, "{age} {limit:?}");
     }
+    // The same policy used only by an MLLP listener; and unused (then it changes nothing).
+    for used in [true, false] {
+        let mut fx = Fixture::new();
+        let pol = "dlp:\n  mode: report\n  detectors:\n    ssn: {}\n";
+        let p = fx.env.write("policies/hl7-deid.yaml", pol);
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(40 * day))
+            .unwrap();
+        drop(f);
+        let dlp = if used { "    dlp: hl7-deid\n" } else { "" };
+        fx.extra = format!("mllp:\n  - name: hl7\n    bind: 127.0.0.1:0\n    tls:\n      certificates:\n        - cert: certs/server.pem\n          key: certs/server.key\n      client_auth:\n        mode: required\n        ca: [certs/ca.pem]\n    senders:\n      - subjects: [demo-client]\n    audit: true\n{dlp}    upstream:\n      address: 127.0.0.1:9\n");
+        let (cfg, _) = fx.write();
+        let r = doctor(&cfg, &SMALL_GROWTH, &[]).await;
+        r.none("config_invalid");
+        if used {
+            assert_at(r.one("dlp_report_mode"), "high", &p, 2);
+        } else {
+            r.none("dlp_report_mode");
+        }
+    }
     // Passing unscannable bodies while enforcing.
     let mut fx = Fixture::new();
     let pol = "dlp:\n  preset: safe_harbor\n  unscannable: pass\n";
