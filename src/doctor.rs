@@ -327,7 +327,7 @@ struct Checker<'a> {
     ctx: &'a Context,
 }
 
-/// The policies of a route that define `section`.
+/// Whether any of a route's policies satisfies `pick`.
 fn route_has(cfg: &Config, policies: &[String], pick: impl Fn(&PolicyConfig) -> bool) -> bool {
     policies
         .iter()
