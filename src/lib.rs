@@ -15,6 +15,7 @@ pub mod conn_guard;
 pub mod context;
 pub mod demo;
 pub mod dlp;
+pub mod doctor;
 pub mod error;
 pub mod fhir;
 pub mod hl7v2;

@@ -73,6 +73,9 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Check a config (and a running gateway) for unsafe settings; ranked findings with
+    /// the fix for each. Exit 0 none/info, 1 low/medium, 2 high, 3 critical.
+    Doctor(Box<ward::doctor::DoctorArgs>),
 }
 
 #[derive(clap::Args)]
@@ -336,6 +339,7 @@ fn main() -> ExitCode {
             admin_cli(&rt, &admin, "DELETE", Some(body), 200)
         }
         Cmd::Blocks { admin } => admin_cli(&rt, &admin, "GET", None, 200),
+        Cmd::Doctor(args) => ExitCode::from(rt.block_on(ward::doctor::main(&args))),
         Cmd::SampleUpstream { bind } => {
             init_logging(LogFormat::Json, "info");
             let served = rt.block_on(async {
