@@ -33,7 +33,7 @@ pub struct AdminState {
 pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = crate::server::stopped(&mut shutdown) => break,
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
             acc = tcp.accept() => {
                 let Ok((stream, _)) = acc else { continue };
                 let state = state.clone();

@@ -607,7 +607,7 @@ async fn syslog_sink(
 fn syslog_frame(host: &str, record: &str) -> Vec<u8> {
     let msg = format!(
         "<85>1 {} {host} ward - audit - {record}",
-        crate::policy::audit::rfc3339_now()
+        crate::calendar::rfc3339_now()
     );
     format!("{} {msg}", msg.len()).into_bytes()
 }

@@ -53,3 +53,77 @@ impl UpstreamHeaders {
         }
     }
 }
+
+/// Verified token claims, as a typed request extension (`Arc<Claims>`).
+#[derive(Debug, Clone)]
+pub struct Claims {
+    pub provider: Arc<str>,
+    pub iss: String,
+    pub sub: String,
+    pub client_id: Option<String>,
+    /// Space-separated `scope`, or `scp` as a string or array.
+    pub scopes: Vec<String>,
+    /// SMART launch context `patient`, when present.
+    pub patient: Option<String>,
+    pub exp: u64,
+    /// RFC 8705 certificate thumbprint the token is bound to.
+    pub cnf_x5t: Option<String>,
+    /// The token has a `cnf` claim (of any form).
+    pub cnf_present: bool,
+    pub raw: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A claim value that names nobody: empty or only whitespace.
+pub fn is_blank(s: &str) -> bool {
+    s.trim().is_empty()
+}
+
+/// Facts inner layers learn for the request's audit record (a typed extension the `audit`
+/// policy puts on every request of an audited route).
+#[derive(Clone, Default)]
+pub struct AuditSlot(std::sync::Arc<std::sync::Mutex<SlotFacts>>);
+
+#[derive(Default)]
+struct SlotFacts {
+    claims: Option<std::sync::Arc<Claims>>,
+    /// DLP finding counts by direction, then detector or rule, then action. Never values.
+    dlp: serde_json::Map<String, serde_json::Value>,
+    /// The stated reason of a break-glass access.
+    break_glass: Option<String>,
+}
+
+impl AuditSlot {
+    /// Called by the auth layer once the token is verified.
+    pub fn set_claims(&self, c: &std::sync::Arc<Claims>) {
+        if let Ok(mut g) = self.0.lock() {
+            g.claims = Some(c.clone());
+        }
+    }
+    pub fn claims(&self) -> Option<std::sync::Arc<Claims>> {
+        self.0.lock().ok().and_then(|g| g.claims.clone())
+    }
+
+    /// Called by the DLP layer with what it found in one direction.
+    /// `counts`: the DLP engine's `counts_json` of the direction's report.
+    pub fn add_dlp(&self, dir: &str, counts: serde_json::Value) {
+        if let Ok(mut g) = self.0.lock() {
+            g.dlp.insert(dir.to_owned(), counts);
+        }
+    }
+
+    /// Called by `fhir_authz` when a request uses emergency access.
+    pub fn set_break_glass(&self, reason: &str) {
+        if let Ok(mut g) = self.0.lock() {
+            g.break_glass = Some(reason.to_owned());
+        }
+    }
+
+    pub fn break_glass(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|g| g.break_glass.clone())
+    }
+
+    pub fn dlp(&self) -> Option<serde_json::Value> {
+        let g = self.0.lock().ok()?;
+        (!g.dlp.is_empty()).then(|| serde_json::Value::Object(g.dlp.clone()))
+    }
+}

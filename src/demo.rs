@@ -461,7 +461,7 @@ pub async fn sample_mllp_upstream(bind: SocketAddr) -> std::io::Result<SocketAdd
                         &h,
                         crate::hl7v2::AckCode::Accept,
                         &[],
-                        &crate::policy::validate::hl7_now(),
+                        &crate::calendar::hl7_now(),
                         "SAMPLE-EHR",
                     );
                     if write_frame(r.get_mut(), &ack).await.is_err() {

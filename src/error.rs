@@ -248,6 +248,51 @@ pub fn into_response(rej: &Rejection, fhir: bool, request_id: &str) -> Response<
 /// Coding system for Ward's stable error codes inside an OperationOutcome.
 pub const CODE_SYSTEM: &str = "urn:ward:error-code";
 
+/// A token claim present but malformed (blank, wrong type).
+pub fn claim_invalid() -> Rejection {
+    Rejection::new(
+        StatusCode::UNAUTHORIZED,
+        "token_claim_invalid",
+        "token has a malformed claim",
+    )
+    .with_header(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ward\", error=\"invalid_token\""),
+    )
+}
+
+/// The token's scopes do not grant the request (RFC 6750 `insufficient_scope`).
+pub fn insufficient_scope() -> Rejection {
+    Rejection::new(
+        StatusCode::FORBIDDEN,
+        "insufficient_scope",
+        "the token does not grant this access",
+    )
+    .with_header(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ward\", error=\"insufficient_scope\""),
+    )
+}
+
+/// A request body over the route's size limit or past its deadline (raised inside the
+/// body by the `limits` policy, recognised by whoever reads the body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("request body exceeds limit")]
+    TooLarge,
+    #[error("request body deadline passed")]
+    Timeout,
+}
+
+impl From<LimitError> for Rejection {
+    fn from(e: LimitError) -> Self {
+        match e {
+            LimitError::TooLarge => Rejection::body_too_large(),
+            LimitError::Timeout => Rejection::body_timeout(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

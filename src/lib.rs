@@ -30,6 +30,8 @@ pub mod reload;
 pub mod respond;
 pub mod router;
 pub mod server;
+pub mod service;
+pub mod shutdown;
 pub mod stack;
 pub mod tls;
 

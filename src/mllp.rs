@@ -146,7 +146,7 @@ pub struct SenderRule {
 pub struct MllpRateLimit {
     /// Messages per `per`, per sender (client certificate key, else address).
     pub rate: u32,
-    pub per: crate::policy::rate_limit::Per,
+    pub per: crate::ratelimit::Per,
     #[serde(default)]
     pub burst: Option<u32>,
 }
@@ -387,7 +387,7 @@ impl MllpCtx {
         let name = cfg.name.as_str();
         let limiter = match &cfg.rate_limit {
             Some(r) => {
-                let (q, _) = crate::policy::rate_limit::quota(r.rate, r.per, r.burst)
+                let (q, _) = crate::ratelimit::quota(r.rate, r.per, r.burst)
                     .map_err(|e| format!("rate_limit: {e}"))?;
                 let labels = [name, "mllp"];
                 Some(housekeeper.register(
@@ -491,7 +491,7 @@ pub async fn serve(
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
-            _ = crate::server::stopped(&mut stop) => break,
+            _ = crate::shutdown::stopped(&mut stop) => break,
             acc = tcp.accept() => match acc {
                 Ok((stream, peer)) => {
                     let Ok(permit) = ctx.conn_limit.clone().try_acquire_owned() else {
@@ -585,7 +585,7 @@ async fn handle<S>(
     loop {
         let next = tokio::select! {
             biased;
-            _ = crate::server::stopped(&mut stop) => break,
+            _ = crate::shutdown::stopped(&mut stop) => break,
             n = reader.next(idle, frame_timeout) => n,
         };
         let discarded = reader.take_discarded();
@@ -699,7 +699,7 @@ fn gateway_ack(
 
 /// MSH-7 of gateway ACKs.
 fn now() -> String {
-    crate::policy::validate::hl7_now()
+    crate::calendar::hl7_now()
 }
 
 /// The gateway's own ACK control ids: unique per process, short enough for v2.3 (20).
@@ -775,7 +775,7 @@ impl MllpCtx {
         if let Some(a) = &self.audit {
             let mut f = serde_json::Map::new();
             let s = |v: &str| serde_json::Value::String(v.to_owned());
-            f.insert("time".into(), s(&crate::policy::audit::rfc3339_now()));
+            f.insert("time".into(), s(&crate::calendar::rfc3339_now()));
             f.insert("kind".into(), s("mllp"));
             f.insert("listener".into(), s(&self.name));
             if let Some(id) = identity {
@@ -833,14 +833,14 @@ impl MllpCtx {
             .with_label_values(&[&*self.name, dir])
             .inc_by(u64::try_from(msg.len()).unwrap_or(u64::MAX));
         if !rep.is_empty() {
-            let counts = crate::policy::audit::dlp_counts(eng, &rep);
+            let counts = crate::dlp::counts_json(eng, &rep);
             match dlp_counts {
                 Some(serde_json::Value::Object(o)) => {
                     o.insert(dir.into(), counts);
                 }
                 _ => *dlp_counts = Some(serde_json::json!({ dir: counts })),
             }
-            tracing::info!(target: "ward::dlp", listener = %self.name, direction = dir, findings = rep.total(), by_detector = %crate::policy::dlp::summary(eng, &rep), "dlp findings");
+            tracing::info!(target: "ward::dlp", listener = %self.name, direction = dir, findings = rep.total(), by_detector = %crate::dlp::summary(eng, &rep), "dlp findings");
         }
         let outcome = match (&out, report_only) {
             (_, true) if rep.is_empty() => "clean",

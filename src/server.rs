@@ -105,10 +105,7 @@ pub async fn serve_listener(
     while conns.join_next().await.is_some() {}
 }
 
-/// Resolves once shutdown is signalled (or the sender is gone).
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await.is_ok();
-}
+pub use crate::shutdown::stopped;
 
 struct ActiveGuard(Arc<ListenerCtx>);
 impl Drop for ActiveGuard {

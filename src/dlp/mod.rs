@@ -848,3 +848,22 @@ fn safe_harbor() -> (
     ];
     (d, fhir, hl7)
 }
+
+/// `{"ssn":{"redact":2}}`: counts by detector or rule and action.
+pub fn counts_json(eng: &Engine, report: &Report) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for &(label, act, n) in &report.counts {
+        let e = m
+            .entry(eng.label(label).to_owned())
+            .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+        if let serde_json::Value::Object(o) = e {
+            o.insert(act.label().to_owned(), serde_json::Value::from(n));
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+/// `{"ssn":{"redact":2}}`-style counts for logs.
+pub fn summary(eng: &Engine, report: &Report) -> String {
+    counts_json(eng, report).to_string()
+}

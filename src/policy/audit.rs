@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -20,70 +20,10 @@ use crate::context::{RequestContext, RouteId};
 use crate::error::Rejection;
 use crate::fhir::request::FhirRequest;
 use crate::identity::ClientIdentity;
-use crate::policy::auth::Claims;
 use crate::Body;
 
-/// Facts inner layers learn, for the record.
-#[derive(Clone, Default)]
-pub struct AuditSlot(Arc<Mutex<SlotFacts>>);
-
-#[derive(Default)]
-struct SlotFacts {
-    claims: Option<Arc<Claims>>,
-    /// DLP finding counts by direction, then detector or rule, then action. Never values.
-    dlp: Map<String, Value>,
-    /// The stated reason of a break-glass access.
-    break_glass: Option<String>,
-}
-
-impl AuditSlot {
-    /// Called by the auth layer once the token is verified.
-    pub fn set_claims(&self, c: &Arc<Claims>) {
-        if let Ok(mut g) = self.0.lock() {
-            g.claims = Some(c.clone());
-        }
-    }
-    fn claims(&self) -> Option<Arc<Claims>> {
-        self.0.lock().ok().and_then(|g| g.claims.clone())
-    }
-
-    /// Called by the DLP layer with what it found in one direction.
-    pub fn add_dlp(&self, dir: &str, eng: &crate::dlp::Engine, report: &crate::dlp::Report) {
-        if let Ok(mut g) = self.0.lock() {
-            g.dlp.insert(dir.to_owned(), dlp_counts(eng, report));
-        }
-    }
-
-    /// Called by `fhir_authz` when a request uses emergency access.
-    pub fn set_break_glass(&self, reason: &str) {
-        if let Ok(mut g) = self.0.lock() {
-            g.break_glass = Some(reason.to_owned());
-        }
-    }
-
-    fn break_glass(&self) -> Option<String> {
-        self.0.lock().ok().and_then(|g| g.break_glass.clone())
-    }
-
-    fn dlp(&self) -> Option<Value> {
-        let g = self.0.lock().ok()?;
-        (!g.dlp.is_empty()).then(|| Value::Object(g.dlp.clone()))
-    }
-}
-
-/// `{"ssn":{"redact":2}}`: counts by detector or rule and action.
-pub fn dlp_counts(eng: &crate::dlp::Engine, report: &crate::dlp::Report) -> Value {
-    let mut m = Map::new();
-    for &(label, act, n) in &report.counts {
-        let e = m
-            .entry(eng.label(label).to_owned())
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(o) = e {
-            o.insert(act.label().to_owned(), Value::from(n));
-        }
-    }
-    Value::Object(m)
-}
+pub use crate::context::AuditSlot;
+pub use crate::dlp::counts_json as dlp_counts;
 
 /// Records a request whose future was dropped before it finished (client gone, stream
 /// reset, shutdown grace over) as `cancelled`.
@@ -131,23 +71,7 @@ pub struct Audit<S> {
     log: AuditLog,
 }
 
-/// RFC 3339 UTC time with milliseconds.
-pub fn rfc3339_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let (y, m, d) =
-        crate::policy::validate::civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        now.subsec_millis()
-    )
-}
+pub use crate::calendar::rfc3339_now;
 
 fn put(m: &mut Map<String, Value>, k: &str, v: Option<&str>) {
     if let Some(v) = v {
@@ -242,7 +166,7 @@ where
                 slot: slot.clone(),
                 fields: Some(fields),
             };
-            let result = crate::policy::call_next(inner, req).await;
+            let result = crate::service::call_next(inner, req).await;
             let mut fields = guard.fields.take().unwrap_or_default();
             add_claims(&mut fields, &slot);
             match &result {

@@ -526,24 +526,8 @@ impl Provider {
 
 // ---------------------------------------------------------------- verified claims
 
-/// Verified token claims, as a typed request extension (`Arc<Claims>`).
-#[derive(Debug, Clone)]
-pub struct Claims {
-    pub provider: Arc<str>,
-    pub iss: String,
-    pub sub: String,
-    pub client_id: Option<String>,
-    /// Space-separated `scope`, or `scp` as a string or array.
-    pub scopes: Vec<String>,
-    /// SMART launch context `patient`, when present.
-    pub patient: Option<String>,
-    pub exp: u64,
-    /// RFC 8705 certificate thumbprint the token is bound to.
-    pub cnf_x5t: Option<String>,
-    /// The token has a `cnf` claim (of any form).
-    pub cnf_present: bool,
-    pub raw: serde_json::Map<String, Value>,
-}
+pub use crate::context::{is_blank, Claims};
+pub use crate::error::{claim_invalid, insufficient_scope};
 
 impl Claims {
     fn from_raw(provider: Arc<str>, raw: serde_json::Map<String, Value>) -> Option<Claims> {
@@ -578,10 +562,6 @@ impl Claims {
 /// Blank means empty once Unicode whitespace is trimmed: `" "` names nobody, and would
 /// otherwise be one shared identity for rate limits, audit trails and upstream headers.
 /// Other whitespace is kept as is (RFC 7519 compares StringOrURI values exactly).
-pub fn is_blank(s: &str) -> bool {
-    s.trim().is_empty()
-}
-
 /// Identity claims with a value that names nobody. jsonwebtoken only checks that the
 /// required claims are *present*: a `sub` of `""` would pass, and so would an empty
 /// `client_id` or `patient` that later layers would key limits or compartments on.
@@ -626,10 +606,6 @@ fn check_identity_claims(
 
 /// For policies that read a claim `auth` does not know by name (the FHIR authorization's
 /// configurable patient claim): the token is refused as `check_identity_claims` would.
-pub fn claim_invalid() -> Rejection {
-    invalid("token_claim_invalid", "token has a malformed claim")
-}
-
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -711,18 +687,6 @@ fn bad_request(code: &'static str, detail: &'static str) -> Rejection {
 }
 
 /// For authorization policies that run after `auth`: 403 with the RFC 6750 error.
-pub fn insufficient_scope() -> Rejection {
-    Rejection::new(
-        StatusCode::FORBIDDEN,
-        "insufficient_scope",
-        "the token does not grant this access",
-    )
-    .with_header(
-        WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"ward\", error=\"insufficient_scope\""),
-    )
-}
-
 fn jwks_unavailable() -> Rejection {
     Rejection::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -799,7 +763,7 @@ impl AuthLayer {
                         p.fetch(true).await;
                         tokio::select! {
                             _ = tokio::time::sleep(p.refresh) => {}
-                            _ = crate::server::stopped(&mut stop) => break,
+                            _ = crate::shutdown::stopped(&mut stop) => break,
                         }
                     }
                 });
@@ -1117,11 +1081,11 @@ where
                     }
                 },
             }
-            if let Some(slot) = req.extensions().get::<crate::policy::audit::AuditSlot>() {
+            if let Some(slot) = req.extensions().get::<crate::context::AuditSlot>() {
                 slot.set_claims(&claims);
             }
             req.extensions_mut().insert(claims);
-            crate::policy::call_next(inner, req).await
+            crate::service::call_next(inner, req).await
         })
     }
 }

@@ -39,12 +39,12 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::{BodyExt, Full};
 
+use crate::context::AuditSlot;
 use crate::dlp::hl7::{self as dlp_hl7, Hl7Outcome};
 use crate::dlp::json::{self as dlp_json, JsonOutcome};
 use crate::dlp::{DlpConfig, Engine, Mode, Report, TextOutcome, Unscannable};
 use crate::error::Rejection;
 use crate::metrics::Metrics;
-use crate::policy::audit::AuditSlot;
 use crate::{Body, BoxError};
 
 /// What a body is, for DLP.
@@ -481,7 +481,7 @@ impl Shared {
                 "dlp findings"
             );
             if let Some(s) = slot {
-                s.add_dlp(dir, &self.engine, report);
+                s.add_dlp(dir, crate::dlp::counts_json(&self.engine, report));
             }
         }
     }
@@ -594,10 +594,7 @@ impl Shared {
     }
 }
 
-/// `{"ssn":{"redact":2}}`-style counts for logs.
-pub fn summary(eng: &Engine, report: &Report) -> String {
-    crate::policy::audit::dlp_counts(eng, report).to_string()
-}
+pub use crate::dlp::summary;
 
 impl<S> tower::Service<Request<Body>> for Dlp<S>
 where
@@ -649,9 +646,7 @@ where
                         // The limits policy's own refusals keep their codes.
                         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
                         while let Some(err) = cur {
-                            if let Some(le) =
-                                err.downcast_ref::<crate::policy::limits::LimitError>()
-                            {
+                            if let Some(le) = err.downcast_ref::<crate::error::LimitError>() {
                                 return Err(Rejection::from(*le));
                             }
                             cur = err.source();
@@ -677,7 +672,7 @@ where
                 parts.headers.remove(header::IF_RANGE);
             }
             let req = Request::from_parts(parts, body);
-            let resp = crate::policy::call_next(inner, req).await?;
+            let resp = crate::service::call_next(inner, req).await?;
             if !shared.responses || resp.body().is_end_stream() {
                 return Ok(resp);
             }

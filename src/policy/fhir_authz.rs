@@ -30,7 +30,9 @@ use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::context::{is_blank, Claims};
 use crate::error::Rejection;
+use crate::error::{claim_invalid, insufficient_scope};
 use crate::fhir::compartment::{compartment_references, in_patient_compartment, owned_by};
 use crate::fhir::refs::{search_value_for_patient, written_resource_ok, Bases, UrnTargets};
 use crate::fhir::request::{parse_params, FhirRequest, Interaction, SearchParam};
@@ -38,8 +40,7 @@ use crate::fhir::scope_filter::Grants;
 use crate::fhir::scopes::{self, Context as ScopeContext, Perm, Scope};
 use crate::fhir::strict_json::{self, StrictError};
 use crate::metrics::Metrics;
-use crate::policy::auth::{claim_invalid, insufficient_scope, is_blank, Claims};
-use crate::policy::PolicyFuture;
+use crate::service::PolicyFuture;
 use crate::Body;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -1281,7 +1282,7 @@ where
         a.charge_break_glass(claims, &route, slot.as_ref()).await?;
         a.metrics.break_glass.with_label_values(&[&route]).inc();
         tracing::warn!(target: "ward::respond", route = %route, resource_type = f.resource_type.unwrap_or("*"), "break-glass access");
-        if let Some(slot) = parts.extensions.get::<crate::policy::audit::AuditSlot>() {
+        if let Some(slot) = parts.extensions.get::<crate::context::AuditSlot>() {
             slot.set_break_glass(&reason);
         }
         if let Some(slot) = parts.extensions.get::<crate::respond::RespondSlot>() {
@@ -1419,7 +1420,7 @@ where
     };
     let links = LinkBase::from_parts(&parts);
     let req = Request::from_parts(parts, body);
-    let resp = crate::policy::call_next(inner, req).await?;
+    let resp = crate::service::call_next(inner, req).await?;
     let scope_mode = a.cfg.response_scope_mode;
     if check_batch {
         let grants: Vec<Option<Grants>> = batch_scopes
@@ -1488,7 +1489,7 @@ where
         HeaderValue::from_static("application/fhir+json"),
     );
     copy_extensions(parts, get.extensions_mut());
-    let resp = crate::policy::call_next(inner, get).await?;
+    let resp = crate::service::call_next(inner, get).await?;
     if resp.status() == StatusCode::NOT_FOUND || resp.status() == StatusCode::GONE {
         return Err(hidden());
     }

@@ -18,7 +18,7 @@ use http::{HeaderValue, Method, Request, Response};
 use http_body::Body as _;
 
 use crate::error::Rejection;
-use crate::policy::PolicyFuture;
+use crate::service::PolicyFuture;
 use crate::Body;
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -26,22 +26,7 @@ pub struct LimitsConfig {
     pub body_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum LimitError {
-    #[error("request body exceeds limit")]
-    TooLarge,
-    #[error("request body deadline passed")]
-    Timeout,
-}
-
-impl From<LimitError> for Rejection {
-    fn from(e: LimitError) -> Self {
-        match e {
-            LimitError::TooLarge => Rejection::body_too_large(),
-            LimitError::Timeout => Rejection::body_timeout(),
-        }
-    }
-}
+pub use crate::error::LimitError;
 
 #[derive(Debug, Clone, Copy)]
 pub struct LimitsLayer {

@@ -19,22 +19,21 @@ use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use governor::Quota;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
 use prometheus::IntCounter;
 use serde::Deserialize;
 
+use crate::context::Claims;
 use crate::context::RequestContext;
 use crate::error::Rejection;
 use crate::fhir::request::{FhirRequest, Interaction};
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
-use crate::policy::auth::Claims;
 use crate::ratelimit::cluster::{BackendError, FailureMode, RedisBackend, RedisConfig};
 use crate::ratelimit::local::{Denied, LocalLimiter};
+pub use crate::ratelimit::{quota, Per};
 use crate::ratelimit::{Housekeeper, Tracked};
 use crate::Body;
 
@@ -98,37 +97,6 @@ pub enum WhenAbsent {
     Shared,
     /// The limit does not apply to them.
     Skip,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Per {
-    Second,
-    Minute,
-    Hour,
-}
-
-/// The GCRA quota of `rate` cells per `per` with `burst` (default `rate`), and its
-/// emission interval (one cell every `per / rate`).
-pub fn quota(rate: u32, per: Per, burst: Option<u32>) -> Result<(Quota, Duration), String> {
-    let nz = |n: u32| {
-        NonZeroU32::new(n).ok_or_else(|| "rate and burst must be greater than 0".to_owned())
-    };
-    let interval = per.duration() / nz(rate)?.get();
-    let q = Quota::with_period(interval)
-        .ok_or("rate too high")?
-        .allow_burst(nz(burst.unwrap_or(rate))?);
-    Ok((q, interval))
-}
-
-impl Per {
-    pub fn duration(self) -> Duration {
-        Duration::from_secs(match self {
-            Per::Second => 1,
-            Per::Minute => 60,
-            Per::Hour => 3600,
-        })
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -650,7 +618,7 @@ where
         let keys = stage.keys(&req);
         Box::pin(async move {
             stage.admit(keys).await?;
-            crate::policy::call_next(inner, req).await
+            crate::service::call_next(inner, req).await
         })
     }
 }

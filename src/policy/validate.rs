@@ -19,7 +19,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
@@ -694,23 +693,7 @@ fn invalid(issues: Vec<fhirv::Issue>) -> Rejection {
     .with_extra(Extra::Issues(findings.into()))
 }
 
-/// HL7 DTM for "now", UTC: `YYYYMMDDHHMMSS+0000`.
-pub fn hl7_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    format!(
-        "{y:04}{m:02}{d:02}{:02}{:02}{:02}+0000",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-pub use crate::calendar::civil_from_days;
+pub use crate::calendar::{civil_from_days, hl7_now};
 
 impl<S> tower::Layer<S> for ValidateLayer {
     type Service = Validate<S>;
@@ -760,7 +743,7 @@ where
         };
         let (mut parts, body) = req.into_parts();
         Box::pin(async move {
-            let bytes = crate::policy::read_request_body(body, max).await?;
+            let bytes = crate::service::read_request_body(body, max).await?;
             let request_id = parts
                 .extensions
                 .get::<RequestContext>()
@@ -776,7 +759,7 @@ where
             let body = Full::new(bytes)
                 .map_err(|never| match never {})
                 .boxed_unsync();
-            crate::policy::call_next(inner, Request::from_parts(parts, body)).await
+            crate::service::call_next(inner, Request::from_parts(parts, body)).await
         })
     }
 }

@@ -31,9 +31,9 @@ use tokio::time::Sleep;
 
 use crate::config::primitives::UpstreamConfig;
 use crate::context::{RequestContext, RouteId, UpstreamHeaders};
+use crate::error::LimitError;
 use crate::error::Rejection;
 use crate::metrics::Metrics;
-use crate::policy::limits::LimitError;
 use crate::{Body, BoxError};
 
 /// Scheme and authority of an upstream, parsed from its `url`.

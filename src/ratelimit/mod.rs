@@ -8,7 +8,10 @@ pub mod local;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use governor::Quota;
 use prometheus::{IntCounter, IntGauge};
+use serde::Deserialize;
+use std::num::NonZeroU32;
 use tokio::sync::{watch, Notify};
 
 use local::LocalLimiter;
@@ -136,5 +139,37 @@ impl Tracked {
         let now = self.limiter.overflowed();
         let before = self.reported.swap(now, Ordering::Relaxed);
         self.overflow.inc_by(now.saturating_sub(before));
+    }
+}
+
+/// The unit a rate is written in (`rate: 10` `per: minute`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Per {
+    Second,
+    Minute,
+    Hour,
+}
+
+/// The GCRA quota of `rate` cells per `per` with `burst` (default `rate`), and its
+/// emission interval (one cell every `per / rate`).
+pub fn quota(rate: u32, per: Per, burst: Option<u32>) -> Result<(Quota, Duration), String> {
+    let nz = |n: u32| {
+        NonZeroU32::new(n).ok_or_else(|| "rate and burst must be greater than 0".to_owned())
+    };
+    let interval = per.duration() / nz(rate)?.get();
+    let q = Quota::with_period(interval)
+        .ok_or("rate too high")?
+        .allow_burst(nz(burst.unwrap_or(rate))?);
+    Ok((q, interval))
+}
+
+impl Per {
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(match self {
+            Per::Second => 1,
+            Per::Minute => 60,
+            Per::Hour => 3600,
+        })
     }
 }

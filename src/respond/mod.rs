@@ -32,12 +32,12 @@ use http::{Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::context::Claims;
 use crate::context::RequestContext;
 use crate::error::Rejection;
 use crate::fhir::request::{FhirRequest, Interaction};
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
-use crate::policy::auth::Claims;
 use crate::Body;
 use blocks::{Block, BlockList, BlockTarget};
 use signals::{Fired, SignalKind, Signals, SignalsConfig};
@@ -586,10 +586,7 @@ impl Respond {
         }
         if let Some(a) = &self.audit {
             let mut f = serde_json::Map::new();
-            f.insert(
-                "time".into(),
-                Value::String(crate::policy::audit::rfc3339_now()),
-            );
+            f.insert("time".into(), Value::String(crate::calendar::rfc3339_now()));
             f.insert(
                 "kind".into(),
                 event.get("event").cloned().unwrap_or(Value::Null),
@@ -633,7 +630,7 @@ impl Respond {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
-                    _ = crate::server::stopped(&mut stop) => break,
+                    _ = crate::shutdown::stopped(&mut stop) => break,
                     _ = tick.tick() => me.sync_once().await,
                 }
             }
@@ -939,7 +936,7 @@ where
                     return Err(blocked());
                 }
             }
-            let result = crate::policy::call_next(inner, req).await;
+            let result = crate::service::call_next(inner, req).await;
             let identity = slot.get();
             let status = match &result {
                 Ok(resp) => resp.status(),
@@ -1144,7 +1141,7 @@ where
                     r.fired(f).await;
                 }
             }
-            crate::policy::call_next(inner, req).await
+            crate::service::call_next(inner, req).await
         })
     }
 }
