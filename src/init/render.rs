@@ -502,7 +502,8 @@ impl Plan {
         );
         add(
             "audit",
-            "# Present = the route's requests are written to the audit trail (ward.yaml `audit:`).\n\
+            "# Present = the route's requests are written to the audit trail (ward.yaml `audit:`):\n\
+             # who asked for what, when, and the answer; HIPAA 164.312(b) audit controls.\n\
              description: Audit every request\n\
              audit: {}\n"
                 .into(),
