@@ -31,16 +31,21 @@ struct Ehr {
 }
 
 impl Ehr {
-    fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-    fn last(&self) -> (String, String, http::HeaderMap) {
+    /// Requests other than the gateway's health checks (GET /fhir/metadata, at any time).
+    fn traffic(&self) -> Vec<(String, String, http::HeaderMap)> {
         self.seen
             .lock()
             .unwrap()
-            .last()
+            .iter()
+            .filter(|(_, p, _)| p != "/fhir/metadata")
             .cloned()
-            .expect("the EHR saw a request")
+            .collect()
+    }
+    fn count(&self) -> usize {
+        self.traffic().len()
+    }
+    fn last(&self) -> (String, String, http::HeaderMap) {
+        self.traffic().pop().expect("the EHR saw a request")
     }
 }
 
@@ -827,4 +832,95 @@ async fn hostile_or_unusable_discovery_is_refused() {
     let run = ward_init(&a, "").await;
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("--idp"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_dev_certs_it_says_which_certificates_to_supply() {
+    let st = setup().await;
+    let disc = st._tmp.path().join("discovery.json");
+    std::fs::write(
+        &disc,
+        json!({"issuer": st.idp.issuer, "jwks_uri": format!("{}/jwks", st.idp.issuer)}).to_string(),
+    )
+    .unwrap();
+    let mut a = s(&[
+        "--non-interactive",
+        "--upstream",
+        &format!("http://{}/fhir", st.ehr_addr),
+        "--discovery",
+        disc.to_str().unwrap(),
+        "--idp-ca",
+        st.idp_ca.to_str().unwrap(),
+        "--clients",
+        "backend,hl7v2",
+    ]);
+    a.extend(bind_flags(&st.dir));
+    let run = ward_init(&a, "").await;
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    for f in ["certs/server.pem", "certs/client-ca.pem"] {
+        assert!(run.stdout.contains(f), "{f}: {}", run.stdout);
+    }
+    // No algorithm list advertised: the OpenID default, noted in the file.
+    let idp_yaml = std::fs::read_to_string(st.dir.join("policies/idp.yaml")).unwrap();
+    assert!(idp_yaml.contains("algorithms: [RS256]"), "{idp_yaml}");
+    assert!(idp_yaml.contains("RS256 assumed"), "{idp_yaml}");
+}
+
+/// CapabilityStatements with hostile or unusable names: what cannot be written safely is
+/// dropped, and the config written from the rest still loads, without the hostile text.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_capability_statements_never_reach_the_config() {
+    let st = setup().await;
+    let hostile = [
+        "x\"\n  shared_secret: aaaa",
+        "${HOME}",
+        "a # b",
+        "name]\nroutes: []",
+        "'q'",
+        "{x: 1}",
+        "&anchor",
+        "*alias",
+        "!!binary",
+        "\u{202e}name",
+        "a\\u0000b",
+    ];
+    for (i, bad) in hostile.iter().enumerate() {
+        let cap = json!({"resourceType": "CapabilityStatement", "status": "active", "date": "2026-01-01",
+            "kind": "instance", "fhirVersion": "4.0.1", "format": ["json"],
+            "rest": [{"mode": "server",
+                "resource": [
+                    {"type": "Patient", "interaction": [{"code": "read"}, {"code": bad}],
+                     "searchParam": [{"name": "name", "type": "string"}, {"name": bad, "type": "string"}],
+                     "operation": [{"name": bad, "definition": "x"}]},
+                    {"type": bad, "interaction": [{"code": "read"}]}],
+                "searchParam": [{"name": bad, "type": "token"}],
+                "operation": [{"name": format!("${bad}"), "definition": "x"}]}]});
+        let f = st._tmp.path().join(format!("cap{i}.json"));
+        std::fs::write(&f, cap.to_string()).unwrap();
+        let dir = st._tmp.path().join(format!("h{i}"));
+        let mut a = s(&[
+            "--non-interactive",
+            "--upstream",
+            "http://127.0.0.1:1/fhir",
+            "--capability-statement",
+            f.to_str().unwrap(),
+            "--clients",
+            "clinician,patient",
+            "--dev-certs",
+        ]);
+        a.extend(bind_flags(&dir));
+        let run = ward_init(&a, "").await;
+        assert_eq!(run.code, 0, "case {i}: {}\n{}", run.stdout, run.stderr);
+        let cfg = ward::config::load(&dir.join("ward.yaml")).expect("loads");
+        assert_eq!(cfg.routes.len(), 2, "case {i}");
+        for (name, text) in files_of(&dir) {
+            assert!(!text.contains(bad), "case {i}: {name} carries {bad:?}");
+        }
+        let scopes = std::fs::read_to_string(dir.join("policies/scopes.yaml")).unwrap();
+        assert!(
+            scopes.contains("allowed_params: [\"name\"]"),
+            "case {i}: {scopes}"
+        );
+        assert!(scopes.contains("allowed_operations: []"), "case {i}");
+    }
 }
