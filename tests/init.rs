@@ -88,6 +88,49 @@ async fn ehr() -> (SocketAddr, Arc<Ehr>) {
     (serve_http1(st.clone(), forward).await, st)
 }
 
+/// An interface engine's MLLP port: records each message and acknowledges it (AA).
+async fn engine() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    use ward::hl7v2::mllp::{write_frame, FrameReader};
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = tcp.accept().await else {
+                continue;
+            };
+            let g = g.clone();
+            tokio::spawn(async move {
+                let mut r = FrameReader::new(sock, 1 << 20);
+                let t = Duration::from_secs(60);
+                while let Ok(Some(msg)) = r.next(t, t).await {
+                    g.lock().unwrap().push(msg.clone());
+                    let h = ward::hl7v2::header(&msg).unwrap_or_default();
+                    let ack = ward::hl7v2::build_ack(
+                        &h,
+                        ward::hl7v2::AckCode::Accept,
+                        &[],
+                        "20260101000000",
+                        "ENGINE",
+                    );
+                    if write_frame(r.get_mut(), &ack).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+fn adt(control_id: &str, facility: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|REG|{facility}|EHR|HOSP|20260315083012||ADT^A01^ADT_A01|{control_id}|P|2.5.1\rEVN|A01|20260315083000\rPID|1||123456^^^HOSP^MR||Testperson^Alba||19700101|F\rPV1|1|I|WARD1^101^A\r"
+    )
+    .into_bytes()
+}
+
 fn jwk(key: &KeyPair) -> Value {
     let raw = key.public_key_raw();
     json!({"kty": "EC", "crv": "P-256", "x": B64.encode(&raw[1..33]), "y": B64.encode(&raw[33..65]), "kid": "k1", "alg": "ES256", "use": "sig"})
@@ -213,6 +256,9 @@ fn bind_flags(dir: &Path) -> Vec<String> {
 
 struct Setup {
     _tmp: tempfile::TempDir,
+    /// The interface engine (MLLP) and the messages it received.
+    engine: SocketAddr,
+    engine_got: Arc<Mutex<Vec<Vec<u8>>>>,
     dir: PathBuf,
     ehr: Arc<Ehr>,
     idp: Idp,
@@ -227,7 +273,10 @@ async fn setup() -> Setup {
     let idp_ca = tmp.path().join("idp-ca.pem");
     std::fs::write(&idp_ca, &idp.pki.ca_cert).unwrap();
     let dir = tmp.path().join("out");
+    let (engine, engine_got) = engine().await;
     Setup {
+        engine,
+        engine_got,
         dir,
         ehr,
         idp,
@@ -252,7 +301,7 @@ fn full_flags(st: &Setup, dir: &Path) -> Vec<String> {
         "clinician,patient,backend,research,hl7v2",
         "--dev-certs",
         "--hl7-upstream",
-        "127.0.0.1:9",
+        &st.engine.to_string(),
         "--hl7-facility",
         "TEST-HOSP",
     ]);
@@ -612,14 +661,57 @@ async fn generated_config_enforces_each_client_kind() {
     assert_eq!(path, "/fhir/Observation/obs-1");
     assert_eq!(headers.get("x-client-identity").unwrap(), "demo-client");
 
-    // HL7 v2: a TLS client without a certificate gets no session.
+    // HL7 v2: the sender's certificate may send for its own facility only…
     let mllp = gw.addr("hl7v2").expect("MLLP listener bound");
+    let tls = client_tls_with_cert(&pki, &cert, &[]);
+    let tcp = tokio::net::TcpStream::connect(mllp).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let mut r = ward::hl7v2::mllp::FrameReader::new(stream, 1 << 20);
+    let t = Duration::from_secs(30);
+    ward::hl7v2::mllp::write_frame(r.get_mut(), &adt("OK-1", "TEST-HOSP"))
+        .await
+        .unwrap();
+    let ack = r.next(t, t).await.unwrap().expect("an ACK");
+    let (code, id) = ward::hl7v2::parse_ack(&ack).unwrap();
+    assert_eq!((code.as_str(), id.as_slice()), ("AA", &b"OK-1"[..]));
+    assert_eq!(st.engine_got.lock().unwrap().len(), 1);
+    // …and is refused (AR, never forwarded) for any other.
+    for (i, spoof) in [
+        "OTHER-HOSP",
+        "TEST-HOSP2",
+        "test-hosp",
+        "",
+        "TEST-HOSP^X",
+        " TEST-HOSP",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = format!("SPOOF-{i}");
+        ward::hl7v2::mllp::write_frame(r.get_mut(), &adt(&id, spoof))
+            .await
+            .unwrap();
+        let ack = r.next(t, t).await.unwrap().expect("an ACK");
+        let (code, got_id) = ward::hl7v2::parse_ack(&ack).unwrap();
+        assert_eq!(code.as_str(), "AR", "{spoof:?}");
+        assert_eq!(got_id, id.as_bytes());
+    }
+    assert_eq!(
+        st.engine_got.lock().unwrap().len(),
+        1,
+        "spoofed messages never forwarded"
+    );
+    // A TLS client without a certificate gets no session.
     let no_cert = Arc::new(client_tls(&pki, &[]));
     let res = request_with(no_cert, mllp, "\u{b}MSH|^~\\&|A|TEST-HOSP\r\u{1c}\r").await;
-    assert!(
-        res.is_err() || res.as_ref().is_ok_and(|s| s.is_empty()),
-        "{res:?}"
-    );
+    assert!(res.is_err(), "{res:?}");
+    assert_eq!(st.engine_got.lock().unwrap().len(), 1);
 
     gw.begin_shutdown();
     gw.drained().await;
@@ -748,10 +840,11 @@ async fn interactive_answers_make_the_same_config_as_flags() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let asked = st._tmp.path().join("asked");
     let answers = format!(
-        "http://{}/fhir\nclinician, patient, backend, research, hl7v2\ny\n{}\n{}\n{AUD}\n127.0.0.1:9\n\nTEST-HOSP\n",
+        "http://{}/fhir\nclinician, patient, backend, research, hl7v2\ny\n{}\n{}\n{AUD}\n{}\n\nTEST-HOSP\n",
         st.ehr_addr,
         st.idp.issuer,
-        st.idp_ca.display()
+        st.idp_ca.display(),
+        st.engine
     );
     let run = ward_init(&bind_flags(&asked), &answers).await;
     assert_eq!(
