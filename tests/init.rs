@@ -142,9 +142,10 @@ struct Idp {
     key: KeyPair,
 }
 
-/// An identity provider over TLS: `/.well-known/openid-configuration` (the SMART document
-/// is missing, as at many IdPs), and `/jwks`.
-async fn idp(algs: Value) -> Idp {
+/// An identity provider over TLS: `/.well-known/openid-configuration` (or, with `smart`,
+/// only `/.well-known/smart-configuration`), and `/jwks`. It also answers `/fhir/metadata`
+/// with the sample CapabilityStatement: an EHR reached over TLS.
+async fn idp(algs: Value, smart: bool) -> Idp {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use rustls_pki_types::pem::PemObject;
@@ -186,7 +187,9 @@ async fn idp(algs: Value) -> Idp {
                 };
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let (status, body) = match req.uri().path() {
-                        "/.well-known/openid-configuration" => (200, discovery.clone()),
+                        "/.well-known/openid-configuration" if !smart => (200, discovery.clone()),
+                        "/.well-known/smart-configuration" if smart => (200, discovery.clone()),
+                        "/fhir/metadata" => (200, ward::demo::CAPABILITY_STATEMENT.to_owned()),
                         "/jwks" => (200, jwks.clone()),
                         _ => (404, "{}".to_owned()),
                     };
@@ -269,7 +272,7 @@ struct Setup {
 async fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let (ehr_addr, ehr) = ehr().await;
-    let idp = idp(json!(["none", "HS256", "RS256", "ES256"])).await;
+    let idp = idp(json!(["none", "HS256", "RS256", "ES256"]), false).await;
     let idp_ca = tmp.path().join("idp-ca.pem");
     std::fs::write(&idp_ca, &idp.pki.ca_cert).unwrap();
     let dir = tmp.path().join("out");
@@ -1016,4 +1019,60 @@ async fn hostile_capability_statements_never_reach_the_config() {
         );
         assert!(scopes.contains("allowed_operations: []"), "case {i}");
     }
+}
+
+/// An https EHR is read with the given CA only, and a SMART-only IdP is enough.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_ehr_needs_its_ca_and_a_smart_only_idp_works() {
+    let st = setup().await;
+    let tls = idp(json!(["ES384", "PS256"]), true).await;
+    let ca = st._tmp.path().join("tls-ca.pem");
+    std::fs::write(&ca, &tls.pki.ca_cert).unwrap();
+    let base = format!("{}/fhir", tls.issuer);
+    let flags = |dir: &Path, upstream_ca: Option<&Path>| {
+        let mut a = s(&[
+            "--non-interactive",
+            "--upstream",
+            &base,
+            "--idp",
+            &tls.issuer,
+        ]);
+        a.extend(s(&[
+            "--idp-ca",
+            ca.to_str().unwrap(),
+            "--clients",
+            "clinician",
+        ]));
+        if let Some(c) = upstream_ca {
+            a.extend(s(&["--upstream-ca", c.to_str().unwrap()]));
+        }
+        a.push("--dev-certs".into());
+        a.extend(bind_flags(dir));
+        a
+    };
+    // No CA: refused before anything is fetched or written.
+    let dir = st._tmp.path().join("no-ca");
+    let run = ward_init(&flags(&dir, None), "").await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("--upstream-ca"), "{}", run.stderr);
+    assert!(!dir.join("ward.yaml").exists());
+    // The wrong CA (another PKI's): the EHR's certificate is not trusted.
+    let dir = st._tmp.path().join("wrong-ca");
+    let run = ward_init(&flags(&dir, Some(&st.idp_ca)), "").await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stderr.contains("/fhir/metadata"), "{}", run.stderr);
+    assert!(!dir.join("ward.yaml").exists());
+    // The right CA.
+    let dir = st._tmp.path().join("ok");
+    let run = ward_init(&flags(&dir, Some(&ca)), "").await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let cfg = ward::config::load(&dir.join("ward.yaml")).unwrap();
+    assert_eq!(cfg.upstreams[0].url, tls.issuer);
+    let written = cfg.upstreams[0].ca.as_deref().unwrap();
+    assert_eq!(Path::new(written), std::path::absolute(&ca).unwrap());
+    let idp_yaml = std::fs::read_to_string(dir.join("policies/idp.yaml")).unwrap();
+    assert!(
+        idp_yaml.contains("algorithms: [PS256, ES384]"),
+        "{idp_yaml}"
+    );
 }

@@ -559,6 +559,9 @@ impl Plan {
                          # authorization): a patient app may only reach the patient in its token.\n\
                          description: Patient compartment guard (SMART patient-level access)\n\
                          fhir_authz:\n\
+                         \x20 # Tokens with patient/ scopes or this claim are confined to that patient. A\n\
+                         \x20 # token with only user/ or system/ scopes is not: have the IdP give patient\n\
+                         \x20 # apps patient/ scopes and a launch patient, never user/ or system/ ones.\n\
                          \x20 patient_claim: patient          # the SMART launch-context claim\n\
                          {params_note}\
                          \x20 allowed_params: {params}\n\
@@ -654,6 +657,8 @@ impl Plan {
                     s,
                     "    - name: idp\n\
                      \x20     issuer: {iss}\n\
+                     \x20     # The `aud` the IdP puts in access tokens for this API: a token minted for\n\
+                     \x20     # another service is refused here.\n\
                      \x20     audiences: [{aud}]\n\
                      \x20     # From what the IdP advertises, intersected with what Ward verifies; never\n\
                      \x20     # `none` or HS* (a secret shared with an IdP could mint tokens).\n\
