@@ -260,9 +260,15 @@ impl Plan {
         }
         s.push_str(
             "# Ward has no per-resource-type interaction switch. From this table it enforces:\n\
-             #   - each route's `methods`: only the HTTP methods these interactions need;\n\
-             #   - policies/validate.yaml: request bodies only of types the EHR accepts writes for;\n\
-             #   - the search-parameter firewall (`allowed_params` in the fhir_authz policies):\n\
+             #   - each route's `methods`: only the HTTP methods these interactions need;\n",
+        );
+        s.push_str(if self.writable_types().is_empty() {
+            "#   - no writes at all: the EHR advertises no create, update or patch;\n"
+        } else {
+            "#   - policies/validate.yaml: request bodies only of types the EHR accepts writes for;\n"
+        });
+        s.push_str(
+            "#   - the search-parameter firewall (`allowed_params` in the fhir_authz policies):\n\
              #     only parameters the EHR supports (on any type: the firewall is per route);\n\
              #   - per type and interaction, the SMART scopes in each token\n\
              #     (e.g. patient/Observation.read): ask your IdP to issue only those.\n",
@@ -703,5 +709,90 @@ impl Plan {
              \x20 upstream_authorization: strip\n",
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(cap: serde_json::Value, clients: &str) -> Plan {
+        Plan {
+            base_url: "http://ehr.test/fhir".into(),
+            origin: "http://ehr.test".into(),
+            base_path: "/fhir".into(),
+            upstream_ca: None,
+            ehr: super::super::facts::capabilities(&cap).unwrap(),
+            issuer: Some(Issuer::Dev),
+            audience: "aud".into(),
+            clients: parse_kinds(clients).unwrap(),
+            dev_certs: true,
+            server_name: "localhost".into(),
+            bind: "127.0.0.1:0".into(),
+            admin_bind: "127.0.0.1:0".into(),
+            mllp_bind: "127.0.0.1:0".into(),
+            hl7_upstream: "engine:2575".into(),
+            hl7_sender: "demo-client".into(),
+            hl7_facility: "H".into(),
+            backend_subjects: vec![],
+        }
+    }
+
+    #[test]
+    fn a_read_only_ehr_gets_read_only_routes_and_no_open_firewall() {
+        // Reads only, and no search parameters advertised: every route is GET only, no
+        // write validation policy, and the firewall allows _id rather than anything.
+        let cap = serde_json::json!({"resourceType":"CapabilityStatement","fhirVersion":"4.0.1",
+            "rest":[{"mode":"server","resource":[{"type":"Observation","interaction":[{"code":"read"},{"code":"search-type"}]}]}]});
+        let p = plan(cap, "clinician,backend,research");
+        for k in [
+            ClientKind::Clinician,
+            ClientKind::Backend,
+            ClientKind::Research,
+        ] {
+            assert_eq!(p.methods(k), ["GET"], "{k:?}");
+        }
+        let files = p.files();
+        assert!(!files.iter().any(|(n, _)| n == "policies/validate.yaml"));
+        let scopes = &files
+            .iter()
+            .find(|(n, _)| n == "policies/scopes.yaml")
+            .unwrap()
+            .1;
+        assert!(scopes.contains("allowed_params: [\"_id\"]"), "{scopes}");
+        assert!(
+            !files[0]
+                .1
+                .lines()
+                .any(|l| l.contains("policies: [") && l.contains("validate")),
+            "{}",
+            files[0].1
+        );
+    }
+
+    #[test]
+    fn writes_map_to_methods_for_writing_kinds_only() {
+        let cap = serde_json::json!({"resourceType":"CapabilityStatement","fhirVersion":"4.0.1",
+            "rest":[{"mode":"server","interaction":[{"code":"transaction"}],"resource":[
+                {"type":"Patient","interaction":[{"code":"read"},{"code":"update"},{"code":"patch"},{"code":"delete"}]}]}]});
+        let p = plan(cap, "clinician,patient,research");
+        assert_eq!(
+            p.methods(ClientKind::Clinician),
+            ["GET", "POST", "PUT", "PATCH", "DELETE"]
+        );
+        assert_eq!(p.methods(ClientKind::Patient), ["GET"]);
+        assert_eq!(p.methods(ClientKind::Research), ["GET"]);
+        assert_eq!(p.writable_types(), ["Bundle", "Patient"]);
+    }
+
+    #[test]
+    fn kinds_parse_strictly() {
+        assert_eq!(
+            parse_kinds(" patient, Clinician,patient ").unwrap(),
+            [ClientKind::Clinician, ClientKind::Patient]
+        );
+        for bad in ["", ",", "admin", "clinician,root", "clinicians"] {
+            assert!(parse_kinds(bad).is_err(), "{bad:?}");
+        }
     }
 }
