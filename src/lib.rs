@@ -20,6 +20,7 @@ pub mod error;
 pub mod fhir;
 pub mod hl7v2;
 pub mod identity;
+pub mod init;
 pub mod metrics;
 pub mod mllp;
 pub mod path;

@@ -36,6 +36,9 @@ enum Cmd {
     /// Start a demo: example certificates, a sample FHIR upstream, and the gateway on
     /// https://127.0.0.1:8443 (admin on 127.0.0.1:9901).
     Demo,
+    /// Write a safe first ward.yaml and policies/ from the EHR's CapabilityStatement and the
+    /// identity provider's discovery document (asks, or `--non-interactive` with flags).
+    Init(Box<ward::init::InitArgs>),
     /// Mint a signed JWT for demos and tests (never for production identities).
     Token(Box<TokenArgs>),
     /// Serve the demo's fictitious FHIR server alone (a stand-in EHR for compose setups).
@@ -356,6 +359,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Init(a) => ward::init::main(&rt, *a),
         Cmd::Token(t) => match mint(&t) {
             Ok(tok) => {
                 println!("{tok}");

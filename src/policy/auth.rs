@@ -127,7 +127,8 @@ fn default_leeway() -> Dur {
     Dur(Duration::from_secs(30))
 }
 
-const ASYMMETRIC: &[&str] = &[
+/// The signature algorithms a provider may pin (`ward init` picks from these too).
+pub const ASYMMETRIC: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 const HMAC: &[&str] = &["HS256", "HS384", "HS512"];
