@@ -807,6 +807,10 @@ fn safe_harbor() -> (
         f("Patient.photo", Action::Redact),
         f("Media.content", Action::Redact),
         f("Binary.data", Action::Redact),
+        // Narrative is free text written for people: names, places and relatives'
+        // details no detector can find. Safe Harbor cannot vouch for it, so it is replaced
+        // by a `[REDACTED]` div (the element is required, so it stays valid R4).
+        f("Narrative.div", Action::Redact),
     ];
     let h = |field: &str, action: Action| Hl7RuleConfig {
         field: field.to_owned(),
