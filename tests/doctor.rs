@@ -890,7 +890,7 @@ async fn live_checks_through_the_admin_listener() {
     // A certificate file the listener cannot reload: it keeps its previous certificate.
     let pem = std::fs::read_to_string(fx.env.path("certs/server.pem")).unwrap();
     std::fs::write(fx.env.path("certs/server.pem"), "not a certificate\n").unwrap();
-    assert!(!gw.reload_tls().is_empty());
+    assert!(!gw.reload_tls().await.is_empty());
     let r = doctor(
         &doctor_cfg,
         &["--admin", &admin, "--audit-bytes-per-day", "1"],

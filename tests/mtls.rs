@@ -216,7 +216,7 @@ async fn crl_reload_revokes_without_restart_and_without_resumption() {
     }
     // Revoke serial 40 and reload (what SIGHUP does).
     s.env.write("clients/revoked.crl", &s.ca.crl(2, &[666, 40]));
-    assert!(s.gw.reload_tls().is_empty());
+    assert!(s.gw.reload_tls().await.is_empty());
     assert!(
         request_with(cfg.clone(), addr, &get_req("/secure/x"))
             .await
@@ -239,7 +239,7 @@ async fn crl_reload_revokes_without_restart_and_without_resumption() {
     );
     // A broken CRL file keeps the last good configuration.
     s.env.write("clients/revoked.crl", "not a crl");
-    assert!(!s.gw.reload_tls().is_empty());
+    assert!(!s.gw.reload_tls().await.is_empty());
     assert_eq!(
         status_of(
             &request_with(cfg2.clone(), addr, &get_req("/secure/x"))
@@ -285,7 +285,7 @@ async fn connections_verified_before_a_reload_are_not_reused() {
         // The CRL now revokes 50; the kept-alive connection must not carry on.
         s.env
             .write("clients/revoked.crl", &s.ca.crl(10 + h2 as u64, &[666, 50]));
-        assert!(s.gw.reload_tls().is_empty());
+        assert!(s.gw.reload_tls().await.is_empty());
         let r = send(&c, get(&url_)).await;
         assert_eq!(r.status, 421, "h2={h2}: stale connection reused");
         assert_eq!(r.code(), "connection_stale");
@@ -296,7 +296,7 @@ async fn connections_verified_before_a_reload_are_not_reused() {
         );
         s.env
             .write("clients/revoked.crl", &s.ca.crl(20 + h2 as u64, &[666]));
-        assert!(s.gw.reload_tls().is_empty());
+        assert!(s.gw.reload_tls().await.is_empty());
     }
 }
 
@@ -330,7 +330,7 @@ async fn an_expired_crl_fails_closed() {
         200
     );
     s.env.write("clients/revoked.crl", &s.ca.expired_crl(5));
-    assert!(s.gw.reload_tls().is_empty());
+    assert!(s.gw.reload_tls().await.is_empty());
     assert!(
         request_with(cfg, addr, &get_req("/secure/x"))
             .await
