@@ -19,9 +19,44 @@ ADMIN=${ADMIN:-127.0.0.1:9901}      # its admin listener (loopback only)
 WARD=${WARD:-target/release/ward}   # the ward binary (`cargo run --release` built it)
 
 # --- init
-# TODO(issue 19, item 1): the `ward init` steps go here — generate ward.yaml and
-# policies/ from the sample upstream's CapabilityStatement, `ward check` the result and
-# start it. Until then the tutorial runs against `ward demo`'s own config.
+# Your own gateway, the way a hospital would start: `ward init` asks the EHR what it serves
+# (its CapabilityStatement: types, interactions, search parameters) and writes ward.yaml and
+# policies/ with one route per kind of client — here in front of Ward's sample EHR, with
+# development certificates and a development token issuer. `ward check` and `ward doctor`
+# then read it the way a reviewer would.
+MY=${MY:-my-gateway}                  # where the new configuration goes
+MYBIND=${MYBIND:-127.0.0.1:9443}      # its HTTPS listener
+MYADMIN=${MYADMIN:-127.0.0.1:9902}    # its admin listener
+mkdir -p "$MY"
+"$WARD" sample-upstream --bind "${EHRBIND:-127.0.0.1:8081}" --addresses-file "$MY/ehr.addr" \
+  > "$MY/ehr.log" 2>&1 & EHRPID=$!
+trap 'kill $EHRPID ${MYPID:-} 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -s "$MY/ehr.addr" ] && break; sleep 0.1; done
+EHR="http://$(cut -d' ' -f2 "$MY/ehr.addr")/fhir"
+"$WARD" init --non-interactive --upstream "$EHR" --dev-certs --dir "$MY" --audience ward-demo \
+  --clients clinician,patient,research --bind "$MYBIND" --admin-bind "$MYADMIN"
+#   -> ward.yaml, policies/*.yaml, certs/ (development only), secrets/audit.key
+"$WARD" check --config "$MY/ward.yaml"
+"$WARD" doctor --config "$MY/ward.yaml"
+#   -> no critical or high finding (exit 0)
+"$WARD" run --config "$MY/ward.yaml" --addresses-file "$MY/addresses" > "$MY/ward.log" 2>&1 & MYPID=$!
+for _ in $(seq 100); do [ -s "$MY/addresses" ] && break; sleep 0.1; done
+MYGW="https://localhost:$(grep '^public ' "$MY/addresses" | cut -d' ' -f2 | sed 's/.*://')"
+MYTOKEN=$("$WARD" token --key "$MY/certs/token-signing.key" --sub dr-example --scope 'user/*.read')
+APPTOKEN=$("$WARD" token --key "$MY/certs/token-signing.key" --sub app-example --patient example-1 \
+  --scope 'launch/patient patient/*.read')
+curl -s -o /dev/null -w '%{http_code}\n' --cacert "$MY/certs/ca.pem" "$MYGW/clinician/fhir/Patient/example-1"
+#   -> 401: no token, no data
+curl -s -o /dev/null -w '%{http_code}\n' --cacert "$MY/certs/ca.pem" \
+  -H "Authorization: Bearer $MYTOKEN" "$MYGW/clinician/fhir/Patient/example-1"
+#   -> 200
+curl -s -o /dev/null -w '%{http_code}\n' --cacert "$MY/certs/ca.pem" \
+  -H "Authorization: Bearer $APPTOKEN" "$MYGW/patient/fhir/Patient/example-2"
+#   -> 404: a patient app sees its own patient's record only
+curl -s --cacert "$MY/certs/ca.pem" -H "Authorization: Bearer $MYTOKEN" \
+  "$MYGW/research/fhir/Patient/example-3" | grep -c '123-45-6789' || true
+#   -> 0: the research route de-identifies (HIPAA Safe Harbor)
+kill "$MYPID" "$EHRPID"; wait "$MYPID" "$EHRPID" 2>/dev/null || true; trap - EXIT
 
 # --- tokens
 # Tokens from the demo issuer (15 minutes): a clinician, and an emergency-department
@@ -73,5 +108,27 @@ curl -s "http://$ADMIN/metrics" | grep '^ward_break_glass_total'
 #   -> ok: N records, seq 1 to N, chain intact (exit 0)
 
 # --- deploy
-# TODO(issue 19, item 4): from here to a protected deployment with Prometheus and
-# Grafana (deploy/compose) goes here.
+# Watching it: Prometheus scrapes the admin listener with the shipped alert rules
+# (deploy/prometheus/), and the Grafana dashboard (deploy/grafana/) graphs the same metrics.
+# Here a local Prometheus against this demo; with Docker,
+# `docker compose -f deploy/docker-compose.yml up --build` runs Ward, a sample EHR,
+# Prometheus and Grafana (http://localhost:3000) together.
+PROM=${PROM:-127.0.0.1:9090}
+mkdir -p "$D/prometheus"
+sed "s|ward:9901|$ADMIN|" deploy/prometheus/prometheus.yml > "$D/prometheus/prometheus.yml"
+cp deploy/prometheus/alerts.yml "$D/prometheus/alerts.yml"
+promtool check config "$D/prometheus/prometheus.yml" > /dev/null
+prometheus --config.file="$D/prometheus/prometheus.yml" --storage.tsdb.path="$D/prometheus/data" \
+  --web.listen-address="$PROM" > "$D/prometheus/log" 2>&1 & PROMPID=$!
+trap 'kill $PROMPID 2>/dev/null || true' EXIT
+for _ in $(seq 150); do
+  curl -s "http://$PROM/api/v1/query?query=up" | grep -q '"1"\]' && break; sleep 0.2
+done
+curl -s "http://$PROM/api/v1/query?query=ward_audit_records_total" | grep -o '"status":"success"'
+#   -> "status":"success": Prometheus has Ward's metrics, the dashboard's data source
+"$WARD" doctor --config "$D/ward-demo.yaml" --admin "$ADMIN" --format json > "$D/doctor.json" \
+  || echo "ward doctor: exit $?"
+grep -o '"worst": *"[a-z]*"' "$D/doctor.json"
+#   -> exit 3, "critical": the demo's open routes are flagged, on purpose (a real
+#      deployment fixes every critical and high finding; the exit code is for monitoring)
+kill "$PROMPID"; wait "$PROMPID" 2>/dev/null || true; trap - EXIT

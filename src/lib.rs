@@ -58,6 +58,6 @@ pub mod tls;
 pub mod watch;
 
 pub use body::{empty_body, Body, BoxError};
-pub use gateway::{run, Gateway};
+pub use gateway::{run, run_with, Gateway};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -27,6 +27,10 @@ enum Cmd {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Once listening, write `<listener> <address>` lines here (the admin listener as
+        /// `admin`): for scripts that bind port 0.
+        #[arg(long)]
+        addresses_file: Option<PathBuf>,
     },
     /// Validate a config and its policies; print every error as file:line: key: message.
     Check {
@@ -45,6 +49,9 @@ enum Cmd {
     SampleUpstream {
         #[arg(long, default_value = "127.0.0.1:8080")]
         bind: std::net::SocketAddr,
+        /// Once listening, write `sample-ehr <address>` here: for scripts that bind port 0.
+        #[arg(long)]
+        addresses_file: Option<PathBuf>,
     },
     /// Audit trail tools.
     Audit {
@@ -293,7 +300,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Run { config } => {
+        Cmd::Run {
+            config,
+            addresses_file,
+        } => {
             let cfg = match config::load(&config) {
                 Ok(c) => c,
                 Err(errs) => {
@@ -302,7 +312,11 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(cfg.log.format, &cfg.log.level);
-            match rt.block_on(ward::run(cfg, shutdown_signal())) {
+            match rt.block_on(ward::run_with(
+                cfg,
+                shutdown_signal(),
+                addresses_file.as_deref(),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "ward failed");
@@ -343,11 +357,17 @@ fn main() -> ExitCode {
         }
         Cmd::Blocks { admin } => admin_cli(&rt, &admin, "GET", None, 200),
         Cmd::Doctor(args) => ExitCode::from(rt.block_on(ward::doctor::main(&args))),
-        Cmd::SampleUpstream { bind } => {
+        Cmd::SampleUpstream {
+            bind,
+            addresses_file,
+        } => {
             init_logging(LogFormat::Json, "info");
             let served = rt.block_on(async {
                 let addr = ward::demo::sample_upstream(bind).await?;
                 tracing::info!(%addr, "sample FHIR upstream (fictitious data) listening");
+                if let Some(f) = &addresses_file {
+                    ward::gateway::write_atomically(f, &format!("sample-ehr {addr}\n"))?;
+                }
                 shutdown_signal().await;
                 Ok::<_, std::io::Error>(())
             });

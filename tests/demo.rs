@@ -116,6 +116,15 @@ impl Demo {
             .env("GW", self.gw_url())
             .env("ADMIN", self.gw.admin_addr().to_string())
             .env("WARD", env!("CARGO_BIN_EXE_ward"))
+            // The `init` section's own gateway and sample EHR bind port 0 and write their
+            // addresses to files the script reads; its files go to the demo's temp folder.
+            .env("MY", self.dir.join("my-gateway"))
+            .env("MYBIND", "127.0.0.1:0")
+            .env("MYADMIN", "127.0.0.1:0")
+            .env("EHRBIND", "127.0.0.1:0")
+            // Prometheus cannot report a port it chose: the `deploy` section gets a free
+            // one, found by binding port 0 and releasing it.
+            .env("PROM", free_port())
             .kill_on_drop(true);
         tokio::time::timeout(Duration::from_secs(120), cmd.output())
             .await
@@ -245,7 +254,24 @@ async fn the_tutorial_script_runs_against_the_demo_as_printed() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<&str> = stdout.lines().collect();
+    let all: Vec<&str> = stdout.lines().collect();
+    // init: a generated config in front of the sample EHR refuses no token (401), serves
+    // a clinician (200), confines a patient app (404) and de-identifies research (0 SSNs);
+    // `ward doctor` finds nothing above info in it.
+    let start = all
+        .iter()
+        .position(|l| l.trim() == "200 200 200 403 403")
+        .unwrap_or_else(|| panic!("exfiltration output missing: {stdout}"));
+    let init_out = all[..start].join("\n");
+    assert!(init_out.contains("ward check: ok"), "{init_out}");
+    assert!(init_out.contains("worst: info; exit code 0"), "{init_out}");
+    let codes: Vec<&str> = all[..start]
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| matches!(*l, "401" | "200" | "404" | "0" | "1"))
+        .collect();
+    assert_eq!(codes, ["401", "200", "404", "0"], "{init_out}");
+    let lines = &all[start..];
     // exfiltration: three reads served, then blocked.
     assert_eq!(lines[0].trim(), "200 200 200 403 403", "{stdout}");
     let blocked: Value = serde_json::from_str(lines[1]).unwrap();
@@ -285,6 +311,23 @@ async fn the_tutorial_script_runs_against_the_demo_as_printed() {
     // audit: the chain verifies.
     assert!(
         lines[served_again + 5].starts_with("ok: ") && rest.contains("chain intact"),
+        "{stdout}"
+    );
+    // deploy: a real Prometheus scraped the admin listener with the shipped rules, and
+    // doctor's live checks ran against the running demo.
+    assert_eq!(
+        lines[served_again + 6].trim(),
+        "\"status\":\"success\"",
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[served_again + 7].trim(),
+        "ward doctor: exit 3",
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[served_again + 8].trim(),
+        "\"worst\":\"critical\"",
         "{stdout}"
     );
 
@@ -504,4 +547,11 @@ fn readme_shows_every_tutorial_section_verbatim() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+}
+
+/// A loopback port nothing listens on right now, for a third-party server (Prometheus)
+/// that cannot report the port it chose.
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
 }

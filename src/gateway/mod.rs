@@ -251,6 +251,20 @@ impl Gateway {
         self.admin
     }
 
+    /// Every bound address, one `<listener> <address>` line each (the admin listener as
+    /// `admin`), sorted: what `ward run --addresses-file` writes, so scripts and tests can
+    /// bind port 0 and still find the gateway.
+    pub fn addresses_text(&self) -> String {
+        let mut lines: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|(n, a)| format!("{n} {a}"))
+            .collect();
+        lines.push(format!("admin {}", self.admin));
+        lines.sort();
+        lines.join("\n") + "\n"
+    }
+
     /// Re-read the config file and its policies and, if everything is valid, serve them
     /// (what SIGHUP and a change to the files do). On error nothing changes.
     pub async fn reload_config(&self) -> Result<(), Vec<String>> {
@@ -289,7 +303,21 @@ impl Gateway {
 
 /// Run until `signal` resolves, then drain and return.
 pub async fn run(cfg: Config, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(cfg, signal, None).await
+}
+
+/// [`run`], and once every listener is bound, write their addresses to `addresses_file`
+/// ([`Gateway::addresses_text`]; written to a temporary name and renamed, so a reader never
+/// sees half a file).
+pub async fn run_with(
+    cfg: Config,
+    signal: impl std::future::Future<Output = ()>,
+    addresses_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let gw = Gateway::start(cfg).await?;
+    if let Some(f) = addresses_file {
+        write_atomically(f, &gw.addresses_text()).context("writing the addresses file")?;
+    }
     let signal = std::pin::pin!(signal);
     #[cfg(unix)]
     {
@@ -321,4 +349,12 @@ pub async fn run(cfg: Config, signal: impl std::future::Future<Output = ()>) -> 
     gw.drained().await;
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// Write `text` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
