@@ -146,25 +146,14 @@ fn use_tree(s: &[u8], mut i: usize, prefix: Vec<String>, out: &mut Vec<Vec<Strin
 fn imports(module: &str, file: &Path, names: &BTreeSet<String>) -> BTreeSet<String> {
     let code = code_of(&std::fs::read_to_string(file).unwrap());
     let s = code.as_bytes();
-    let is_mod_rs = file
-        .file_name()
-        .is_some_and(|f| f == "mod.rs" || f == "lib.rs");
-    // `super` of a file module is its parent; of a `mod.rs`, the parent of its module.
-    let mut here: Vec<String> = module.split("::").map(str::to_owned).collect();
-    if module == "lib" || module == "main" {
-        here.clear();
-    }
-    let parent: Vec<String> = if is_mod_rs {
-        here.iter()
-            .take(here.len().saturating_sub(1))
-            .cloned()
-            .collect()
+    // `super` is the parent of the module the file defines (for `dlp/mod.rs`, the crate
+    // root; for `dlp/json.rs`, `dlp`).
+    let here: Vec<String> = if module == "lib" || module == "main" {
+        Vec::new()
     } else {
-        here.iter()
-            .take(here.len().saturating_sub(1))
-            .cloned()
-            .collect()
+        module.split("::").map(str::to_owned).collect()
     };
+    let parent: Vec<String> = here[..here.len().saturating_sub(1)].to_vec();
     let mut paths: Vec<Vec<String>> = Vec::new();
     let mut i = 0;
     while i < s.len() {
