@@ -12,6 +12,7 @@
 //! Then the route stack, outermost first:
 //!   audit            — one record per request whatever happens below; a request the
 //!                      trail cannot record is refused before anything else runs
+//!   catch panic      — a panic below becomes 500 `internal_error`, recorded by audit
 //!   identity (mTLS)  — who is calling must be known before anything is counted
 //!   rate limit       — limits keyed by certificate, address, route or header: before
 //!                      costly token checks, so a credential-stuffing flood is cheap
@@ -254,6 +255,9 @@ pub fn build(
     let svc = ServiceBuilder::new()
         // audit: outermost, so that every decision of every layer below is recorded
         .option_layer(audit)
+        // catch panic: a bug below is answered 500 (and recorded above), never a dropped
+        // connection without an audit record
+        .layer(crate::policy::catch_panic::CatchPanicLayer)
         // respond: address and certificate blocks before any work; sees every outcome
         // (denials, DLP blocks, patients read) to feed the breach signals
         .option_layer(respond_outer)

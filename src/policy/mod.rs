@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod catch_panic;
 pub mod dlp;
 pub mod fhir_authz;
 pub mod head;
