@@ -3,8 +3,8 @@
 
 Input : HL7 FHIR R4 definitions directory (profiles-resources.json,
         profiles-types.json, valuesets.json, version.info).
-Output: a line-based, tab-separated text file read by src/fhir/validate.rs
-        via include_str!("schema.txt").
+Output: a line-based, tab-separated text file read by src/fhir/validate/mod.rs
+        via include_str!("../schema.txt").
 
 Usage:  python3 tools/gen_fhir_schema.py [DEFS_DIR] [OUT_FILE]
         (defaults: $FHIR_R4_DEFS, else ../shared/fhir-r4 beside the repo, else /work/shared/fhir-r4;

@@ -1,4 +1,4 @@
-//! FHIR R4 JSON validator (`src/fhir/validate.rs`): resources with and without a gateway
+//! FHIR R4 JSON validator (`src/fhir/validate/`): resources with and without a gateway
 //! profile, under default and tight limits, and the same bytes as a JSON Patch document.
 //!
 //! Beyond "never panics", checks documented invariants:

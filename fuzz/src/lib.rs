@@ -4,10 +4,10 @@
 //! out under the same module paths as in the `ward` crate so their `crate::` / `super::` uses
 //! resolve unchanged:
 //!
-//! * `fhir::validate` — ../src/fhir/validate.rs (its `include_str!("schema.txt")` is resolved
-//!   relative to that file, so the real schema is embedded);
+//! * `fhir::validate` — ../src/fhir/validate/ (its `include_str!("../schema.txt")` is resolved
+//!   relative to its mod.rs, so the real schema is embedded);
 //! * `fhir::request` + `fhir::tables` — ../src/fhir/request.rs and tables.rs;
-//! * `hl7v2::{er7, validate, ack}` — ../src/hl7v2/er7.rs, validate.rs, ack.rs (not mod.rs, which
+//! * `hl7v2::{er7, validate, ack}` — ../src/hl7v2/er7/, validate/, ack.rs (not hl7v2/mod.rs, which
 //!   also declares the tokio-based `mllp` module; see src/hl7v2/mod.rs here);
 //! * `path` — ../src/path.rs;
 //! * `dlp` (and `calendar`) — ../src/dlp/ and ../src/calendar.rs: the DLP engine (detectors,

@@ -3,7 +3,7 @@
 //!
 //! PHI written with look-alike characters is still PHI: `１２３-４５-６７８９` (full-width),
 //! `١٢٣-٤٥-٦٧٨٩` (Arabic-Indic), `123​-45-6789` (a zero-width space inside) or `123‑45‑6789`
-//! (non-breaking hyphens) all read as an SSN. The detectors (`detect.rs`) are ASCII machines, so
+//! (non-breaking hyphens) all read as an SSN. The detectors (`detect/`) are ASCII machines, so
 //! instead of teaching each of them Unicode, the scanner runs them over a canonical copy:
 //!
 //! * every Unicode decimal digit (category Nd, any script) becomes its ASCII digit;

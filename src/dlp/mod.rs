@@ -2,10 +2,10 @@
 //! MLLP listeners (`mllp.rs`).
 //!
 //! An [`Engine`] is compiled once from a policy's `dlp:` section (`DlpConfig`): the
-//! free-text detectors into one scanner (`detect.rs`: one pass over the body for every
+//! free-text detectors into one scanner (`detect/`: one pass over the body for every
 //! pattern, one automaton for every keyword), the FHIR path rules (`path.rs`) into a small
 //! state machine, the HL7 v2 field rules into a table, and the key for `hash`/`date_shift`
-//! read from its file. Per message it then runs over JSON (`json.rs`), HL7 v2 ER7
+//! read from its file. Per message it then runs over JSON (`json/`), HL7 v2 ER7
 //! (`hl7.rs`) or plain text, and says what to send and what it found.
 //!
 //! What it found is a [`Report`]: counts per (detector or rule, action). Values are never

@@ -1,6 +1,6 @@
 //! FHIR R4 knowledge: resource types and the Patient compartment (derived from HL7's
 //! definitions, see `tables.rs`), and the REST request model every FHIR-aware policy
-//! reads (`request.rs`), and the R4 structure validator (`validate.rs`, data in
+//! reads (`request.rs`), and the R4 structure validator (`validate/`, data in
 //! `schema.txt`, made by `tools/gen_fhir_schema.py`).
 
 pub mod compartment;

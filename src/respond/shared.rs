@@ -1,6 +1,6 @@
 //! Signals, throttles and the break-glass allowance counted across replicas, in Redis.
 //!
-//! Without Redis every replica counts alone (`signals.rs`), so an attacker behind a load
+//! Without Redis every replica counts alone (`signals/`), so an attacker behind a load
 //! balancer with N replicas could read N × the distinct-patient threshold, make N × the
 //! probing threshold of denials, and so on, without any replica noticing. With
 //! `respond.redis` the same observations are also counted in Redis, and Redis decides:
@@ -34,7 +34,7 @@
 //! one identity live on one slot.
 //!
 //! When Redis cannot answer (error or timeout) the replica falls back to its own counts,
-//! which `signals.rs` keeps fed all along — the per-replica behaviour of a gateway without
+//! which `signals/` keeps fed all along — the per-replica behaviour of a gateway without
 //! Redis, i.e. fail open like the rate limits' default: an outage lets an attacker who
 //! spreads out gain at most a factor N, and never stops clinical traffic. After a failure
 //! Redis is left alone for a second (`BACKOFF_MS`), so an outage costs at most one timeout
@@ -52,7 +52,7 @@ use super::signals::{BaselineParams, Fired, SignalKind, Signals};
 /// How long Redis is skipped after it failed.
 const BACKOFF_MS: u64 = 1000;
 
-/// Sub-windows, as the local counters (`signals.rs`) use them.
+/// Sub-windows, as the local counters (`signals/`) use them.
 const DISTINCT_SUBS: u64 = 4;
 const COUNT_SUBS: u64 = 6;
 

@@ -8,7 +8,7 @@ pub mod tables;
 #[path = "../../../src/fhir/request.rs"]
 pub mod request;
 
-#[path = "../../../src/fhir/validate.rs"]
+#[path = "../../../src/fhir/validate/mod.rs"]
 pub mod validate;
 
 #[path = "../../../src/fhir/scopes.rs"]

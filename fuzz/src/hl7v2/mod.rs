@@ -7,9 +7,9 @@
 
 #[path = "../../../src/hl7v2/ack.rs"]
 pub mod ack;
-#[path = "../../../src/hl7v2/er7.rs"]
+#[path = "../../../src/hl7v2/er7/mod.rs"]
 pub mod er7;
-#[path = "../../../src/hl7v2/validate.rs"]
+#[path = "../../../src/hl7v2/validate/mod.rs"]
 pub mod validate;
 
 pub use ack::{build_ack, build_rejection_ack, parse_ack, AckCode};
