@@ -945,6 +945,8 @@ async fn demo_config_open_routes_are_found() {
     let dir = env.dir.path();
     ward::demo::write_demo_policies(&dir.join("policies")).unwrap();
     ward::demo::write_token_keys(dir).unwrap();
+    // The audit folder and the operators file the demo config names.
+    ward::demo::ensure_demo_state(dir).unwrap();
     for (f, t) in [
         ("server.pem", &env.pki.server_cert),
         ("server.key", &env.pki.server_key),
