@@ -1,4 +1,4 @@
-//! Unit tests of `mod`.
+//! Unit tests of `config`.
 
 use super::*;
 
@@ -22,17 +22,17 @@ fn every_error_reported_with_lines() {
     let text = "\
 listeners:
   - name: a
-bind: nonsense
-plaintext: true
+    bind: nonsense
+    plaintext: true
 upstreams:
   - name: u
-url: http://127.0.0.1:1
-bogus: 1
+    url: http://127.0.0.1:1
+    bogus: 1
 routes:
   - name: r
-listener: missing
-path_prefix: /x/../y
-upstream: u
+    listener: missing
+    path_prefix: /x/../y
+    upstream: u
 extra: 1
 ";
     let errs = load_str("ward.yaml", text, Path::new("/nonexistent"), &no_env).unwrap_err();
