@@ -1062,7 +1062,7 @@ fn redis_binary() -> String {
 
 impl Redis {
     async fn start() -> Redis {
-        Redis::start_on(dead_addr().await.port()).await
+        Redis::start_on(free_port().await).await
     }
 
     /// A fresh (empty) `redis-server` on `port`: a restart after an outage.
