@@ -25,9 +25,12 @@ mod fhir_validate;
 #[path = "fuzz_replay/path.rs"]
 mod path;
 
+/// One fuzz target's checks on one input (panics on a violation).
+type Check = fn(&[u8]);
+
 /// Every fuzz target and its replayed checks. A target directory not listed here fails
 /// `every_target_is_replayed`.
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+const TARGETS: &[(&str, Check)] = &[
     ("dlp", dlp::fuzz_one),
     ("er7", er7::fuzz_one),
     ("fhir_request", fhir_request::fuzz_one),

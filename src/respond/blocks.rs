@@ -433,9 +433,7 @@ impl BlockList {
                 if let Some(r) = remote {
                     keep_later(&mut self.remote, r);
                 }
-                if !self.local.contains_key(&target) {
-                    self.local.insert(target, block);
-                }
+                self.local.entry(target).or_insert(block);
             }
         }
         self.rebuild();
