@@ -247,7 +247,7 @@ fn now_ms() -> u64 {
 
 fn sha256_hex(b: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
-    d.as_ref().iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(d)
 }
 
 /// When `add_block_as` answers relative to the block file write.
