@@ -232,13 +232,13 @@ impl Chain {
                 let mut ctx = aws_lc_rs::hmac::Context::with_key(k);
                 ctx.update(self.prev.as_bytes());
                 ctx.update(line_body);
-                crate::identity::hex(ctx.sign().as_ref())
+                hex::encode(ctx.sign())
             }
             None => {
                 let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
                 ctx.update(self.prev.as_bytes());
                 ctx.update(line_body);
-                crate::identity::hex(ctx.finish().as_ref())
+                hex::encode(ctx.finish())
             }
         }
     }

@@ -240,9 +240,9 @@ pub fn ensure_demo_state(dir: &Path) -> std::io::Result<bool> {
     }
     let mut raw = [0u8; 32];
     aws_lc_rs::rand::fill(&mut raw).map_err(|_| std::io::Error::other("no randomness"))?;
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let token = hex::encode(raw);
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hash = hex::encode(digest);
     std::fs::create_dir_all(dir)?;
     std::fs::write(&tok, format!("{token}\n"))?;
     #[cfg(unix)]

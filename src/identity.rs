@@ -34,16 +34,6 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(H[(b >> 4) as usize] as char);
-        s.push(H[(b & 15) as usize] as char);
-    }
-    s
-}
-
 impl ClientIdentity {
     /// Parse a leaf certificate. `None` only if the DER does not parse (rustls has already
     /// verified it, so that would be a parser disagreement: the caller fails closed).
@@ -78,9 +68,9 @@ impl ClientIdentity {
             dns_sans: dns,
             uri_sans: uri,
             email_sans: email,
-            spki_sha256: hex(&sha256(cert.public_key().raw)),
+            spki_sha256: hex::encode(sha256(cert.public_key().raw)),
             x5t_s256: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(der)),
-            cert_sha256: hex(&sha256(der)),
+            cert_sha256: hex::encode(sha256(der)),
             client_auth_eku,
             serial: cert.raw_serial_as_string(),
             not_after: cert.validity().not_after.timestamp(),

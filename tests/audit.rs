@@ -236,10 +236,10 @@ async fn mllp_messages_are_audited_too() {
     );
 }
 
-/// A syslog-over-TLS collector (RFC 5425 octet counting) on `addr`; returns the messages.
+/// A syslog-over-TLS collector (RFC 5425 octet counting) on `tcp`; returns the messages.
 async fn collector(
     pki: &ward::demo::Pki,
-    addr: std::net::SocketAddr,
+    tcp: tokio::net::TcpListener,
 ) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
     use rustls_pki_types::pem::PemObject;
     use tokio::io::AsyncReadExt;
@@ -257,7 +257,6 @@ async fn collector(
     .with_single_cert(chain, key)
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
     let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let g = got.clone();
     tokio::spawn(async move {
@@ -303,12 +302,13 @@ async fn records_are_forwarded_to_a_syslog_collector_over_tls_with_retry() {
     write_policies(&env);
     let (up, _state) = upstream().await;
     // The collector is down when the gateway starts: records wait and are retried.
-    let siem = dead_addr().await;
+    // Reserved (bound, not listening) until the collector starts on the same socket.
+    let siem = ReservedPort::bind();
     let cfg = audited_config(up, "audit/audit.jsonl").replace(
         "  durability: fsync\n",
         &format!(
             "  durability: fsync\n  syslog:\n    address: 127.0.0.1:{}\n    ca: certs/ca.pem\n",
-            siem.port()
+            siem.addr.port()
         ),
     );
     let gw = env.start(&cfg).await;
@@ -319,7 +319,7 @@ async fn records_are_forwarded_to_a_syslog_collector_over_tls_with_retry() {
             200
         );
     }
-    let got = collector(&env.pki, siem).await;
+    let got = collector(&env.pki, siem.listen()).await;
     let mut msgs = Vec::new();
     for _ in 0..600 {
         msgs = got.lock().unwrap().clone();

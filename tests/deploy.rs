@@ -233,7 +233,7 @@ async fn a_real_prometheus_scrapes_the_admin_endpoint() {
     let (up, _) = upstream().await;
     let gw = env.start(&basic_config(up, "", "")).await;
     let admin = gw.admin_addr();
-    let web = dead_addr().await;
+    let web = std::net::SocketAddr::from(([127, 0, 0, 1], free_port().await));
     let cfg = env.write(
         "prometheus.yml",
         &format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ward\n    static_configs:\n      - targets: [\"{admin}\"]\n"),

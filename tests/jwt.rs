@@ -63,11 +63,13 @@ fn jwk(key: &KeyPair, kid: &str) -> Value {
     json!({"kty": "EC", "crv": "P-256", "x": B64.encode(&raw[1..33]), "y": B64.encode(&raw[33..65]), "kid": kid, "alg": "ES256", "use": "sig"})
 }
 
-/// A JWKS endpoint over TLS whose document the test can change; counts fetches.
+/// A JWKS endpoint over TLS whose document the test can change; counts fetches. While
+/// `open` is false it holds every answer (the fetch is counted, then waits).
 struct JwksServer {
     addr: std::net::SocketAddr,
     doc: Arc<Mutex<String>>,
     hits: Arc<AtomicUsize>,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 async fn jwks_server(pki: &ward::demo::Pki, doc: Value) -> JwksServer {
@@ -92,21 +94,24 @@ async fn jwks_server(pki: &ward::demo::Pki, doc: Value) -> JwksServer {
     let addr = tcp.local_addr().unwrap();
     let doc = Arc::new(Mutex::new(doc.to_string()));
     let hits = Arc::new(AtomicUsize::new(0));
-    let (d, h) = (doc.clone(), hits.clone());
+    let open = Arc::new(tokio::sync::watch::Sender::new(true));
+    let (d, h, o) = (doc.clone(), hits.clone(), open.clone());
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = tcp.accept().await else {
                 continue;
             };
-            let (acceptor, d, h) = (acceptor.clone(), d.clone(), h.clone());
+            let (acceptor, d, h, o) = (acceptor.clone(), d.clone(), h.clone(), o.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(s).await else {
                     return;
                 };
                 let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
                     h.fetch_add(1, Ordering::SeqCst);
-                    let body = d.lock().unwrap().clone();
+                    let (d, mut open) = (d.clone(), o.subscribe());
                     async move {
+                        let _ = open.wait_for(|o| *o).await;
+                        let body = d.lock().unwrap().clone();
                         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
                             Bytes::from(body),
                         )))
@@ -118,7 +123,12 @@ async fn jwks_server(pki: &ward::demo::Pki, doc: Value) -> JwksServer {
             });
         }
     });
-    JwksServer { addr, doc, hits }
+    JwksServer {
+        addr,
+        doc,
+        hits,
+        open,
+    }
 }
 
 struct Setup {
@@ -389,15 +399,32 @@ async fn claim_checks() {
 
 #[tokio::test]
 async fn cache_never_serves_a_token_past_exp() {
+    // No wall clock: the expiry check of the cache itself runs on a fake clock in
+    // `policy::auth::tests::cache_never_serves_past_exp_and_stays_bounded`. End to end,
+    // tokens minted already expired (by 1 s up to an hour; the leeway is 0) are refused,
+    // and a cached valid token for the same subject does not make them pass.
     let s = setup("https://localhost:1/jwks", "30s", "").await;
-    let t = es256(
+    let ok = es256(
         &s.key,
-        &json!({"iss": ISS, "aud": AUD, "sub": "s", "exp": now() + 2}),
+        &json!({"iss": ISS, "aud": AUD, "sub": "s", "exp": now() + 600}),
     );
-    assert_eq!(call(&s, Some(&t)).await.status, 200);
-    // Wall-clock expiry has to pass; the provider's leeway is 0.
-    tokio::time::sleep(Duration::from_millis(3100)).await;
-    expect_401(&s, &t, "token_expired").await;
+    assert_eq!(call(&s, Some(&ok)).await.status, 200);
+    let upstream_before = s.state.count();
+    for ago in [1, 2, 60, 3600] {
+        let t = es256(
+            &s.key,
+            &json!({"iss": ISS, "aud": AUD, "sub": "s", "exp": now() - ago}),
+        );
+        expect_401(&s, &t, "token_expired").await;
+        // Asked twice: a refusal must not be cached as anything else either.
+        expect_401(&s, &t, "token_expired").await;
+    }
+    assert_eq!(
+        s.state.count(),
+        upstream_before,
+        "an expired token reached the upstream"
+    );
+    assert_eq!(call(&s, Some(&ok)).await.status, 200);
 }
 
 #[tokio::test]
@@ -466,6 +493,54 @@ async fn unknown_kid_refetch_is_rate_limited() {
         before,
         "unknown kids must not hammer the IdP"
     );
+}
+
+/// Single flight: while one JWKS fetch is under way (held open by the server), a stampede
+/// of requests naming a key not yet known starts no further fetch; they share the one fetch
+/// and are all served once it brings the key. Generated: every stampede size and kid mix.
+#[tokio::test]
+async fn a_stampede_of_unknown_kids_shares_one_fetch() {
+    for (n, distinct_kids) in [(1, false), (8, false), (32, false), (32, true)] {
+        let pki_env = Env::new();
+        let a = KeyPair::generate().unwrap();
+        let kids: Vec<String> = (0..n)
+            .map(|i| {
+                if distinct_kids {
+                    format!("k-{i}")
+                } else {
+                    "k".into()
+                }
+            })
+            .collect();
+        let doc = json!({"keys": kids.iter().map(|k| jwk(&a, k)).collect::<Vec<_>>()});
+        let server = jwks_server(&pki_env.pki, doc).await;
+        server.open.send_replace(false);
+        let url_ = format!("https://localhost:{}/jwks", server.addr.port());
+        // With a 1 h refetch limit, no fetch but the first may happen at all.
+        let s = Arc::new(setup_with_ca(&url_, "1h", &pki_env.pki.ca_cert).await);
+        let upstream_before = s.state.count();
+        let mut calls = Vec::new();
+        for (i, kid) in kids.iter().enumerate() {
+            let mut c = claims(JWKS_ISS);
+            c["sub"] = json!(format!("user-{i}"));
+            let t = with_kid(&a, kid, &c);
+            let s = s.clone();
+            calls.push(tokio::spawn(async move { call(&s, Some(&t)).await }));
+        }
+        // Whether the requests reach the gateway before or after this, they are served
+        // by the first fetch: joined while it runs, or its keys once it is done.
+        server.open.send_replace(true);
+        for c in calls {
+            let r = c.await.unwrap();
+            assert_eq!(r.status, 200, "n={n}: {:?}", r.body);
+        }
+        assert_eq!(s.state.count(), upstream_before + n, "n={n}");
+        assert_eq!(
+            server.hits.load(Ordering::SeqCst),
+            1,
+            "n={n} distinct={distinct_kids}: unknown kids started more than one fetch"
+        );
+    }
 }
 
 #[tokio::test]

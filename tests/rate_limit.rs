@@ -439,7 +439,7 @@ impl Redis {
     }
 
     async fn start_with(tls: Vec<String>) -> Redis {
-        let port = dead_addr().await.port();
+        let port = free_port().await;
         let mut r = Redis {
             port,
             child: None,

@@ -931,6 +931,63 @@ async fn a_sub_block_without_an_issuer_matches_every_issuer_and_with_one_only_th
     assert_eq!(r.status, 200, "another issuer's alice: {:?}", r.body);
 }
 
+/// "The API answers after it is on disk", under concurrency: operator blocks and unblocks
+/// sent at once (generated: every mix of adds and removes) are each in the blocks file by
+/// the time their answer arrives, and no later write brings back an older list (each
+/// task re-reads the file after its answer; the final file holds exactly the live set).
+#[tokio::test]
+async fn concurrent_operator_blocks_are_on_disk_when_answered() {
+    let s = setup().await;
+    let cfg = s.env.config(&s.yaml(&Opts::default()));
+    let gw = Arc::new(ward::Gateway::start(cfg).await.expect("gateway starts"));
+    let file = s.env.path("state/blocks.json");
+    let on_disk = |file: &std::path::Path| -> Vec<String> {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let mut subs: Vec<String> = v["blocks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b["target"]["value"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        subs.sort();
+        subs
+    };
+    // Removed later: blocked first, concurrently with the others.
+    for i in 0..4 {
+        add_block(&gw, "sub", &format!("gone-{i}"), "to be lifted").await;
+    }
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let (gw, file) = (gw.clone(), file.clone());
+        tasks.push(tokio::spawn(async move {
+            if i % 6 == 5 {
+                let sub = format!("gone-{}", i / 6);
+                assert!(remove_block(&gw, "sub", &sub).await);
+                assert!(!on_disk(&file).contains(&sub), "{sub} still on disk");
+            } else {
+                let sub = format!("user-{i}");
+                add_block(&gw, "sub", &sub, "concurrent").await;
+                assert!(
+                    on_disk(&file).contains(&sub),
+                    "{sub} not on disk when answered"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut want: Vec<String> = (0..24)
+        .filter(|i| i % 6 != 5)
+        .map(|i| format!("user-{i}"))
+        .collect();
+    want.sort();
+    assert_eq!(on_disk(&file), want);
+}
+
 #[tokio::test]
 async fn blocks_survive_a_restart() {
     let s = setup().await;
@@ -1062,7 +1119,7 @@ fn redis_binary() -> String {
 
 impl Redis {
     async fn start() -> Redis {
-        Redis::start_on(dead_addr().await.port()).await
+        Redis::start_on(free_port().await).await
     }
 
     /// A fresh (empty) `redis-server` on `port`: a restart after an outage.

@@ -72,12 +72,7 @@ impl Keys {
     /// valid as a FHIR `id`, `code`, `string` and as an HL7 field without escaping.
     pub fn hash(&self, value: &[u8]) -> Vec<u8> {
         let tag = hmac::sign(&self.hash, value);
-        let mut out = Vec::with_capacity(32);
-        for b in tag.as_ref().iter().take(16) {
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 15)]);
-        }
-        out
+        hex::encode(tag.as_ref().get(..16).unwrap_or_default()).into_bytes()
     }
 
     /// Days to move every date of `patient` by: in `[-max, max]`, never 0.
@@ -97,8 +92,6 @@ impl Keys {
         }
     }
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Star every letter and digit but the last `keep` ones; punctuation and spaces stay, so
 /// `555-234-5678` masks to `***-***-5678`. Non-ASCII characters count as letters.

@@ -476,7 +476,7 @@ fn write_all(dir: &Path, plan: &Plan, force: bool, out: &mut dyn Write) -> Resul
     // 32 random bytes, hex: the audit trail's HMAC key (readable by Ward only).
     let mut key = [0u8; 32];
     aws_lc_rs::rand::fill(&mut key).map_err(|_| "no randomness for the audit key".to_owned())?;
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(key);
     let key_path = dir.join("secrets/audit.key");
     std::fs::write(&key_path, format!("{hex}\n")).map_err(|e| io("secrets/audit.key", e))?;
     restrict(&key_path).map_err(|e| io("secrets/audit.key", e))?;

@@ -15,7 +15,8 @@
 //! - tokens are never logged; the verified-token cache is keyed by a hash of the token and
 //!   never serves an entry past its `exp`.
 //!
-//! A JWKS provider refreshes on an interval and on an unknown `kid` (rate-limited). If no
+//! A JWKS provider refreshes on an interval and on an unknown `kid` (rate-limited, single
+//! flight, each waiting request with its own deadline; no lock is held across a fetch). If no
 //! usable key can be had because the JWKS endpoint is down, the answer is 503, not 401:
 //! the client's token may be fine.
 
@@ -375,9 +376,42 @@ struct Jwks {
     url: http::Uri,
     client: JwksClient,
     min_refetch: Duration,
-    last_attempt: tokio::sync::Mutex<Option<Instant>>,
+    /// When the last fetch started and whether one is running. Held for a few
+    /// instructions at a time, never across I/O or an `await`.
+    state: Mutex<FetchState>,
+    /// Bumped when a fetch finishes. A caller subscribes (under `state`) before the
+    /// fetch it waits for can finish, so it cannot miss the bump.
+    done: tokio::sync::watch::Sender<u64>,
     /// Result of the last fetch (for 503 vs 401).
     healthy: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct FetchState {
+    last_attempt: Option<Instant>,
+    running: bool,
+}
+
+/// How long a request whose token names an unknown `kid` waits for the JWKS fetch it
+/// started or joined. Its own deadline: the fetch (up to 5 s connect + 10 s answer +
+/// 10 s body) carries on in the background and serves later requests.
+const UNKNOWN_KID_WAIT: Duration = Duration::from_secs(5);
+/// How long the periodic refresh waits for a fetch (it always ends within this).
+const REFRESH_WAIT: Duration = Duration::from_secs(60);
+
+/// Marks the running fetch finished and wakes its waiters, however the fetch ends
+/// (even by a panic), so `running` can never stay set and block every later fetch.
+struct FetchDone<'a>(&'a Jwks);
+
+impl Drop for FetchDone<'_> {
+    fn drop(&mut self) {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .running = false;
+        self.0.done.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 pub struct Provider {
@@ -435,7 +469,8 @@ impl Provider {
                 url: url.parse().map_err(|_| "bad jwks_url")?,
                 client: Client::builder(TokioExecutor::new()).build(conn),
                 min_refetch: cfg.jwks_min_refetch.0,
-                last_attempt: tokio::sync::Mutex::new(None),
+                state: Mutex::new(FetchState::default()),
+                done: tokio::sync::watch::Sender::new(0),
                 healthy: std::sync::atomic::AtomicBool::new(false),
             });
             KeySet::default()
@@ -457,14 +492,43 @@ impl Provider {
     }
 
     /// Fetch the JWKS unless one was attempted less than `min_refetch` ago (`force` skips
-    /// that check, for the periodic refresh). Fetches are serialised.
-    async fn fetch(&self, force: bool) {
+    /// that check, for the periodic refresh), and wait up to `wait` for it.
+    ///
+    /// Single flight: at most one fetch runs; callers arriving meanwhile wait for that
+    /// one instead of starting another, so a stampede of unknown `kid`s costs at most
+    /// one fetch per `min_refetch`. The fetch runs in its own task, so a caller that
+    /// gives up (its deadline, or its client went away) neither cancels it nor holds
+    /// anything the others need; no lock is held while it runs.
+    async fn fetch(self: &Arc<Self>, force: bool, wait: Duration) {
         let Some(j) = &self.jwks else { return };
-        let mut last = j.last_attempt.lock().await;
-        if !force && last.is_some_and(|t| t.elapsed() < j.min_refetch) {
-            return;
+        let (start, mut done) = {
+            let mut st = j
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let done = j.done.subscribe();
+            if st.running {
+                (false, done)
+            } else if !force && st.last_attempt.is_some_and(|t| t.elapsed() < j.min_refetch) {
+                return;
+            } else {
+                st.running = true;
+                st.last_attempt = Some(Instant::now());
+                (true, done)
+            }
+        };
+        if start {
+            let me = self.clone();
+            tokio::spawn(async move { me.fetch_now().await });
         }
-        *last = Some(Instant::now());
+        // Err: the deadline passed (keep the current keys) or the provider is gone.
+        let _ = tokio::time::timeout(wait, done.changed()).await;
+    }
+
+    /// One JWKS fetch; installs the keys it gets. Only ever run by [`Provider::fetch`].
+    async fn fetch_now(&self) {
+        let Some(j) = &self.jwks else { return };
+        let _done = FetchDone(j);
         let result = async {
             let req = Request::get(j.url.clone())
                 .body(Empty::<Bytes>::new())
@@ -761,7 +825,7 @@ impl AuthLayer {
                 let mut stop = stop.clone();
                 tokio::spawn(async move {
                     loop {
-                        p.fetch(true).await;
+                        p.fetch(true, REFRESH_WAIT).await;
                         tokio::select! {
                             _ = tokio::time::sleep(p.refresh) => {}
                             _ = crate::shutdown::stopped(&mut stop) => break,
@@ -879,7 +943,7 @@ impl Inner {
         let mut keys = provider.keys.load_full();
         if keys.candidates(kid, header.alg).is_empty() && provider.jwks.is_some() {
             // Unknown kid: maybe a rotation. Refetch (rate-limited) and look again.
-            provider.fetch(false).await;
+            provider.fetch(false, UNKNOWN_KID_WAIT).await;
             keys = provider.keys.load_full();
         }
         let candidates = keys.candidates(kid, header.alg);

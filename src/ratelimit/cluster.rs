@@ -203,7 +203,7 @@ impl RedisBackend {
         format!(
             "{}:{route}:{limit}:{}",
             self.prefix,
-            crate::identity::hex(&digest[..16])
+            hex::encode(&digest[..16])
         )
     }
 

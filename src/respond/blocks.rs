@@ -4,12 +4,21 @@
 //! certificates, IPs and CIDRs are refused, why, by whom and until when; the
 //! JSON file it is persisted in; and the fast per-request [`BlockList::check`].
 //!
-//! Persistence: every [`BlockList::add`]/[`BlockList::remove`] rewrites the
-//! whole file with an atomic replace (temp file in the same directory, fsync,
-//! rename, fsync directory) *before* returning, so after a crash the file is
-//! either the old or the new list, never a torn mix. If the write fails the
-//! in-memory change is rolled back and an error returned: the API never
-//! claims a block that a restart would forget.
+//! Persistence: every change rewrites the whole file with an atomic replace
+//! (temp file in the same directory, fsync, rename, fsync directory), so after
+//! a crash the file is either the old or the new list, never a torn mix.
+//! A change is made in two steps so that no disk I/O happens under the lock
+//! every request's block check reads: [`BlockList::stage_add`] /
+//! [`BlockList::stage_remove`] change the list in memory and return a
+//! [`Staged`] change holding a serialized [`Snapshot`]; the caller drops its
+//! lock and writes the snapshot on a blocking thread ([`Snapshot::write`]).
+//! Snapshots carry a generation number and writes are serialised by the
+//! writer state the snapshots share, so a snapshot older than the one on
+//! disk is never written over it (it is already contained in the newer one).
+//! If the write fails the caller rolls the change back ([`BlockList::undo`])
+//! and re-writes the resulting list, so the API never claims a block that a
+//! restart would forget. [`BlockList::add`]/[`BlockList::remove`] do all of
+//! this synchronously, for callers without a lock (tools, tests).
 //!
 //! Failing closed: [`BlockList::load`] treats a missing file as an empty list
 //! but any unreadable, unparsable or invalid file as an error, so the gateway
@@ -40,6 +49,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Longest block an operator can set (30 days): blocks are an incident
 /// response, not a permanent ACL, and a cap bounds the damage of a typo.
@@ -220,6 +230,10 @@ struct FileOut<'a> {
 #[derive(Clone, Debug)]
 pub struct BlockList {
     path: PathBuf,
+    /// Generation of the in-memory list, bumped by every staged change.
+    gen: u64,
+    /// The newest generation written to `path`; its lock serialises writes.
+    written: Arc<Mutex<u64>>,
     local: HashMap<BlockTarget, Block>,
     remote: HashMap<BlockTarget, Block>,
     // Index: per target, whichever of local/remote expires later.
@@ -242,6 +256,8 @@ impl BlockList {
     pub fn load(path: impl Into<PathBuf>, now: u64) -> Result<BlockList, String> {
         let mut list = BlockList {
             path: path.into(),
+            gen: 0,
+            written: Arc::new(Mutex::new(0)),
             local: HashMap::new(),
             remote: HashMap::new(),
             subs: HashMap::new(),
@@ -293,17 +309,35 @@ impl BlockList {
     /// `(now, now + 30 days]`, malformed certificate hashes and CIDRs wider
     /// than /8 (IPv4) or /32 (IPv6). If a remote copy of the same target
     /// expires later, that copy stays in effect until it expires.
+    /// Writes the file on the calling thread: see [`BlockList::stage_add`].
     pub fn add(&mut self, block: Block, now: u64) -> Result<(), String> {
-        self.add_inner(block, now, false)
+        let staged = self.stage_add(block, now, false)?;
+        self.commit(staged)
     }
 
     /// Like [`BlockList::add`] but allows CIDRs wider than /8 (IPv4) or /32
     /// (IPv6). Every other check still applies.
     pub fn add_forced(&mut self, block: Block, now: u64) -> Result<(), String> {
-        self.add_inner(block, now, true)
+        let staged = self.stage_add(block, now, true)?;
+        self.commit(staged)
     }
 
-    fn add_inner(&mut self, block: Block, now: u64, force: bool) -> Result<(), String> {
+    /// Writes a staged change now; on failure rolls it back (and re-writes).
+    fn commit(&mut self, staged: Staged) -> Result<(), String> {
+        let Staged { snapshot, undo } = staged;
+        if let Err(e) = snapshot.write() {
+            if let Err(e2) = self.undo(undo).write() {
+                tracing::warn!(error = %e2, "block list not re-written after a rollback");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The checks of [`BlockList::add`] (`force`: of `add_forced`), then the
+    /// block is in effect in memory and the returned [`Staged`] holds the
+    /// list to write. Nothing touches the disk here.
+    pub fn stage_add(&mut self, block: Block, now: u64, force: bool) -> Result<Staged, String> {
         let block = validated(block, force)?;
         if !is_live(&block, now) {
             return Err("expires_at must be in the future".into());
@@ -320,38 +354,97 @@ impl BlockList {
             return Err(format!("too many blocks (max {MAX_BLOCKS})"));
         }
         let target = block.target.clone();
-        let previous = self.local.insert(target.clone(), block);
-        if let Err(e) = self.persist() {
-            match previous {
-                Some(p) => self.local.insert(target, p),
-                None => self.local.remove(&target),
-            };
-            return Err(e);
-        }
+        let previous = self.local.insert(target.clone(), block.clone());
         self.rebuild();
-        Ok(())
+        let snapshot = self.snapshot()?;
+        Ok(Staged {
+            snapshot,
+            undo: Undo::Put {
+                target,
+                inserted: block,
+                previous,
+            },
+        })
     }
 
     /// Removes the block (local and remote copies) for `target`; returns
     /// whether there was one. A local removal is persisted before returning;
     /// if that fails the block stays and the error is returned.
     pub fn remove(&mut self, target: &BlockTarget) -> Result<bool, String> {
+        let (removed, staged) = self.stage_remove(target)?;
+        if let Some(staged) = staged {
+            self.commit(staged)?;
+        }
+        Ok(removed)
+    }
+
+    /// [`BlockList::remove`] in memory: whether there was a block, and the
+    /// list to write when a local (persisted) block went.
+    pub fn stage_remove(&mut self, target: &BlockTarget) -> Result<(bool, Option<Staged>), String> {
         let Ok(target) = target.clone().normalized(true) else {
-            return Ok(false); // an invalid target can't have been stored
+            return Ok((false, None)); // an invalid target can't have been stored
         };
         let local = self.local.remove(&target);
-        if let Some(b) = &local {
-            if let Err(e) = self.persist() {
-                self.local.insert(target, b.clone());
-                return Err(e);
-            }
-        }
         let remote = self.remote.remove(&target);
         let removed = local.is_some() || remote.is_some();
         if removed {
             self.rebuild();
         }
-        Ok(removed)
+        let Some(block) = local else {
+            return Ok((removed, None));
+        };
+        let undo = Undo::Removed {
+            target,
+            block,
+            remote,
+        };
+        match self.snapshot() {
+            Ok(snapshot) => Ok((removed, Some(Staged { snapshot, undo }))),
+            Err(e) => {
+                drop(self.undo(undo));
+                Err(e)
+            }
+        }
+    }
+
+    /// Rolls back a staged change whose snapshot could not be written, unless
+    /// a later change to the same target superseded it. Returns the list to
+    /// write now: a snapshot taken between the change and its rollback may
+    /// still reach the disk, and this newer one replaces it.
+    pub fn undo(&mut self, undo: Undo) -> Snapshot {
+        match undo {
+            Undo::Put {
+                target,
+                inserted,
+                previous,
+            } => {
+                if self.local.get(&target) == Some(&inserted) {
+                    match previous {
+                        Some(p) => self.local.insert(target, p),
+                        None => self.local.remove(&target),
+                    };
+                }
+            }
+            Undo::Removed {
+                target,
+                block,
+                remote,
+            } => {
+                if let Some(r) = remote {
+                    keep_later(&mut self.remote, r);
+                }
+                self.local.entry(target).or_insert(block);
+            }
+        }
+        self.rebuild();
+        self.snapshot().unwrap_or_else(|_| Snapshot {
+            // Serializing what was serializable a moment ago cannot fail; if it
+            // somehow did, write nothing rather than something wrong.
+            gen: 0,
+            path: self.path.clone(),
+            json: Vec::new(),
+            written: self.written.clone(),
+        })
     }
 
     /// Takes blocks learned from other replicas. Invalid or expired ones are
@@ -522,7 +615,9 @@ impl BlockList {
             (subs, clients, certs, ips, cidrs);
     }
 
-    fn persist(&self) -> Result<(), String> {
+    /// The local blocks serialized as the file's contents, as a new generation.
+    /// CPU only (at most `MAX_BLOCKS` small records); the I/O is [`Snapshot::write`].
+    fn snapshot(&mut self) -> Result<Snapshot, String> {
         let mut blocks: Vec<&Block> = self.local.values().collect();
         blocks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         let json = serde_json::to_vec_pretty(&FileOut {
@@ -530,7 +625,66 @@ impl BlockList {
             blocks,
         })
         .map_err(|e| format!("serialize block list: {e}"))?;
-        write_atomic(&self.path, &json)
+        self.gen += 1;
+        Ok(Snapshot {
+            gen: self.gen,
+            path: self.path.clone(),
+            json,
+            written: self.written.clone(),
+        })
+    }
+}
+
+/// A change made in memory whose file write is still to do: write
+/// `snapshot`, and on failure hand `undo` to [`BlockList::undo`].
+#[derive(Debug)]
+pub struct Staged {
+    pub snapshot: Snapshot,
+    pub undo: Undo,
+}
+
+/// How to roll back one staged change.
+#[derive(Debug)]
+pub enum Undo {
+    Put {
+        target: BlockTarget,
+        inserted: Block,
+        previous: Option<Block>,
+    },
+    Removed {
+        target: BlockTarget,
+        block: Block,
+        remote: Option<Block>,
+    },
+}
+
+/// The block file's contents at one generation of the list.
+#[derive(Debug)]
+pub struct Snapshot {
+    gen: u64,
+    path: PathBuf,
+    json: Vec<u8>,
+    written: Arc<Mutex<u64>>,
+}
+
+impl Snapshot {
+    /// Writes the snapshot (atomic replace, fsync of file and directory) unless
+    /// a newer generation is already on disk — that one contains this change,
+    /// and writing this one over it would lose later changes. Blocking: call it
+    /// on a blocking thread (`tokio::task::spawn_blocking`), never under the
+    /// list's lock. Writers queue on the writer lock, which no reader of the
+    /// list ever takes.
+    pub fn write(self) -> Result<(), String> {
+        if self.gen == 0 {
+            return Err("block list could not be serialized".into());
+        }
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        if *written >= self.gen {
+            return Ok(());
+        }
+        write_atomic(&self.path, &self.json)?;
+        *written = self.gen;
+        Ok(())
     }
 }
 
@@ -1056,6 +1210,109 @@ mod tests {
         l.path = path;
         assert!(l.remove(&BlockTarget::Sub("s".into())).is_err());
         assert!(l.check(Some("s"), None, None, None, NOW).is_some());
+    }
+
+    fn ids_on_disk(path: &Path) -> Vec<String> {
+        let mut ids: Vec<String> = BlockList::load(path, NOW)
+            .unwrap()
+            .active(NOW)
+            .into_iter()
+            .map(|b| b.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn an_older_snapshot_never_overwrites_a_newer_one() {
+        let (_d, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        let one = l
+            .stage_add(block(BlockTarget::Sub("one".into()), "one"), NOW, false)
+            .unwrap();
+        let two = l
+            .stage_add(block(BlockTarget::Sub("two".into()), "two"), NOW, false)
+            .unwrap();
+        // In effect before anything is on disk.
+        assert!(l.check(Some("one"), None, None, None, NOW).is_some());
+        assert!(!path.exists());
+        two.snapshot.write().unwrap();
+        // Written late: generation 1 is contained in the generation 2 on disk.
+        one.snapshot.write().unwrap();
+        assert_eq!(ids_on_disk(&path), vec!["one", "two"]);
+    }
+
+    #[test]
+    fn concurrent_stage_and_write_converge_on_the_last_list() {
+        // Generated interleavings: writers stage under a lock and write outside it, in
+        // whatever order the threads get there; the file must end as the final list.
+        for threads in [2usize, 8, 32] {
+            let (_d, path) = fresh();
+            let l = Arc::new(Mutex::new(BlockList::load(&path, NOW).unwrap()));
+            let handles: Vec<_> = (0..threads)
+                .map(|i| {
+                    let l = l.clone();
+                    std::thread::spawn(move || {
+                        let target = BlockTarget::Sub(format!("s{}", i % 5));
+                        let staged = if i % 4 == 3 {
+                            l.lock().unwrap().stage_remove(&target).unwrap().1
+                        } else {
+                            let b = block(target, &format!("b{i}"));
+                            Some(l.lock().unwrap().stage_add(b, NOW, false).unwrap())
+                        };
+                        if let Some(s) = staged {
+                            s.snapshot.write().unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            let mut want: Vec<String> = l
+                .lock()
+                .unwrap()
+                .active(NOW)
+                .into_iter()
+                .map(|b| b.id)
+                .collect();
+            want.sort();
+            assert_eq!(ids_on_disk(&path), want, "threads={threads}");
+        }
+    }
+
+    #[test]
+    fn undo_of_a_failed_write_wins_over_a_snapshot_taken_in_between() {
+        let (_d, path) = fresh();
+        let mut l = BlockList::load(&path, NOW).unwrap();
+        let one = l
+            .stage_add(block(BlockTarget::Sub("one".into()), "one"), NOW, false)
+            .unwrap();
+        let two = l
+            .stage_add(block(BlockTarget::Sub("two".into()), "two"), NOW, false)
+            .unwrap();
+        // `one`'s write "failed"; `two`'s snapshot (which contains `one`) reached the disk.
+        two.snapshot.write().unwrap();
+        let again = l.undo(one.undo);
+        assert!(l.check(Some("one"), None, None, None, NOW).is_none());
+        assert!(l.check(Some("two"), None, None, None, NOW).is_some());
+        again.write().unwrap();
+        assert_eq!(ids_on_disk(&path), vec!["two"]);
+        // Undoing a removal restores the block unless the target was set again since.
+        let (removed, staged) = l.stage_remove(&BlockTarget::Sub("two".into())).unwrap();
+        assert!(removed);
+        l.undo(staged.unwrap().undo).write().unwrap();
+        assert_eq!(ids_on_disk(&path), vec!["two"]);
+        let staged = l
+            .stage_add(block(BlockTarget::Sub("two".into()), "two-b"), NOW, false)
+            .unwrap();
+        let newer = l
+            .stage_add(block(BlockTarget::Sub("two".into()), "two-c"), NOW, false)
+            .unwrap();
+        newer.snapshot.write().unwrap();
+        // `two-b` was superseded by `two-c`: its undo leaves `two-c` alone.
+        l.undo(staged.undo).write().unwrap();
+        assert_eq!(ids_on_disk(&path), vec!["two-c"]);
     }
 
     #[test]

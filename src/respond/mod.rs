@@ -247,7 +247,18 @@ fn now_ms() -> u64 {
 
 fn sha256_hex(b: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
-    d.as_ref().iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(d)
+}
+
+/// When `add_block_as` answers relative to the block file write.
+#[derive(Clone, Copy)]
+enum Durability {
+    /// After the block is on disk (operator blocks: the API never claims a block a
+    /// restart would forget).
+    OnDisk,
+    /// At once; the write follows on the blocking pool (signal-fired blocks, added on
+    /// the request path).
+    Background,
 }
 
 /// The running detect-and-respond state, shared by every route stack and the admin API.
@@ -442,20 +453,44 @@ impl Respond {
         got.ok().and_then(|vals| live_shared(keys, &vals))
     }
 
-    /// Add a block (operator or signal) locally, persisted, and in Redis when shared.
+    /// Add an operator's block locally, and in Redis when shared. It is in effect at
+    /// once; the answer comes after it is on disk (if the write fails the block is
+    /// rolled back and the error returned).
     pub async fn add_block(&self, block: Block) -> Result<Block, String> {
-        let block = {
+        self.add_block_as(block, Durability::OnDisk).await
+    }
+
+    async fn add_block_as(&self, block: Block, durability: Durability) -> Result<Block, String> {
+        // Memory only under the lock every request's block check reads; the file is
+        // written afterwards, on the blocking pool.
+        let (block, staged) = {
             let mut b = self
                 .blocks
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            b.add(block.clone(), now_ms())?;
+            let staged = b.stage_add(block.clone(), now_ms(), false)?;
             // As stored: normalised (IPv4-mapped addresses, /32 networks, host bits).
-            b.active(now_ms())
+            let stored = b
+                .active(now_ms())
                 .into_iter()
                 .find(|x| x.id == block.id)
-                .unwrap_or(block)
+                .unwrap_or(block);
+            (stored, staged)
         };
+        match durability {
+            Durability::OnDisk => self.persist(staged).await?,
+            Durability::Background => {
+                // A signal-fired block protects now; that it also survives a restart
+                // is best effort, and the request that tripped the signal must not
+                // wait for an fsync. Kept in memory even if the write fails.
+                let snapshot = staged.snapshot;
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = snapshot.write() {
+                        tracing::error!(target: "ward::respond", error = %e, "signal block not persisted; it holds until restart");
+                    }
+                });
+            }
+        }
         if let Some((conn, key)) = &self.redis {
             let mut conn = conn.clone();
             let v = serde_json::to_string(&block).map_err(|e| e.to_string())?;
@@ -481,13 +516,14 @@ impl Respond {
     }
 
     pub async fn remove_block(&self, target: &BlockTarget) -> Result<bool, String> {
-        let removed = {
-            let mut b = self
-                .blocks
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            b.remove(target)?
-        };
+        let (removed, staged) = self
+            .blocks
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stage_remove(target)?;
+        if let Some(staged) = staged {
+            self.persist(staged).await?;
+        }
         if let Some((conn, key)) = &self.redis {
             let mut conn = conn.clone();
             let r: Result<i64, _> = redis::cmd("HDEL")
@@ -501,6 +537,31 @@ impl Respond {
         }
         self.update_gauge();
         Ok(removed)
+    }
+
+    /// Writes a staged change to disk on the blocking pool, outside the list's lock.
+    /// On failure the change is rolled back in memory (and the rolled-back list written,
+    /// so a snapshot taken in between cannot leave the failed change on disk).
+    async fn persist(&self, staged: blocks::Staged) -> Result<(), String> {
+        let blocks::Staged { snapshot, undo } = staged;
+        let written = tokio::task::spawn_blocking(move || snapshot.write())
+            .await
+            .unwrap_or_else(|_| Err("block list writer failed".into()));
+        let Err(e) = written else {
+            return Ok(());
+        };
+        let again = self
+            .blocks
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .undo(undo);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = again.write() {
+                tracing::warn!(target: "ward::respond", error = %e, "block list not re-written after a rollback");
+            }
+        });
+        self.update_gauge();
+        Err(e)
     }
 
     pub fn list_blocks(&self) -> Vec<Block> {
@@ -561,7 +622,7 @@ impl Respond {
                         created_by: "ward-signals".into(),
                         id: format!("sig-{}", uuid::Uuid::new_v4().simple()),
                     };
-                    if let Err(e) = self.add_block(block).await {
+                    if let Err(e) = self.add_block_as(block, Durability::Background).await {
                         tracing::error!(target: "ward::respond", error = %e, "signal block not stored");
                     }
                 }

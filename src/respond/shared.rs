@@ -234,7 +234,7 @@ pub struct Shared {
 }
 
 fn hashed(v: &str) -> String {
-    crate::identity::hex(&crate::identity::sha256(v.as_bytes())[..16])
+    hex::encode(&crate::identity::sha256(v.as_bytes())[..16])
 }
 
 impl Shared {

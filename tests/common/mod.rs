@@ -155,12 +155,54 @@ pub async fn truncating_upstream() -> SocketAddr {
     addr
 }
 
-/// An address where nothing listens (bound, then closed).
+/// An address where nothing listens, deterministically: a TCP socket bound to
+/// 127.0.0.1:0 but never put into `listen()`. A SYN to a bound, non-listening port finds
+/// no listener, so the kernel answers RST and `connect()` fails with ECONNREFUSED at once.
+/// The socket is kept open for the life of the test process (in `RESERVED`), so the port
+/// stays reserved: it is bound without `SO_REUSEADDR`, so no other socket can bind it, and
+/// Linux does not hand an explicitly bound port out as an ephemeral port either. (Binding,
+/// dropping and re-using the port instead races with every other test choosing ports.)
+/// The cost is one file descriptor per call until the test binary exits.
 pub async fn dead_addr() -> SocketAddr {
-    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = tcp.local_addr().unwrap();
-    drop(tcp);
+    static RESERVED: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
+    let r = ReservedPort::bind();
+    let a = r.addr;
+    RESERVED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(r.sock);
     a
+}
+
+/// A loopback port that refuses connections now (bound, not listening: see [`dead_addr`])
+/// and can start accepting later on the very same socket with [`ReservedPort::listen`], for
+/// "the collector is down at start and comes up later" without ever releasing the port.
+pub struct ReservedPort {
+    pub addr: SocketAddr,
+    sock: tokio::net::TcpSocket,
+}
+
+impl ReservedPort {
+    pub fn bind() -> ReservedPort {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = sock.local_addr().unwrap();
+        ReservedPort { addr, sock }
+    }
+
+    /// Starts listening on the reserved port (must run inside a tokio runtime).
+    pub fn listen(self) -> TcpListener {
+        self.sock.listen(1024).unwrap()
+    }
+}
+
+/// A port that is free right now, for an *external* server (redis-server, prometheus)
+/// the test starts on it. Unlike [`dead_addr`] this cannot hold the port for the child,
+/// so another process could take it in between; that makes the child fail to start
+/// (a loud test failure), never a test that passes wrongly.
+pub async fn free_port() -> u16 {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tcp.local_addr().unwrap().port()
 }
 
 pub struct Env {
@@ -564,11 +606,38 @@ pub fn client_with_cert(pki: &Pki, cert: &ClientCert, h2: bool) -> TestClient {
 /// The `ward` binary running `run --config cfg`, its stderr (JSON log lines) on a channel,
 /// and the public listener's port read from its "listening" line.
 pub struct WardProcess {
-    pub child: std::process::Child,
+    /// Killed and reaped when dropped, so a failing test leaves no gateway behind.
+    pub child: KillOnDrop,
     pub port: u16,
     pub lines: std::sync::mpsc::Receiver<String>,
     /// Lines read before the port was known.
     pub seen: Vec<String>,
+}
+
+/// A child process that is killed (SIGKILL) and waited for when dropped: a test that
+/// panics half-way must not leave a `ward` process running (and holding its ports and
+/// files). Derefs to the [`std::process::Child`], so `child.id()`, `child.wait()` and an
+/// explicit `child.kill()` work as before; killing an already reaped child is harmless.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub fn spawn_ward(cfg: &std::path::Path) -> WardProcess {
@@ -624,7 +693,7 @@ fn spawn_ward_cmd(mut cmd: std::process::Command, cfg: &std::path::Path) -> Ward
         }
     };
     WardProcess {
-        child,
+        child: KillOnDrop(child),
         port,
         lines: rx,
         seen,

@@ -415,17 +415,7 @@ fn sign(key: &hmac::Key, ts: &str, body: &[u8]) -> String {
     ctx.update(ts.as_bytes());
     ctx.update(b".");
     ctx.update(body);
-    format!("sha256={}", hex(ctx.sign().as_ref()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
+    format!("sha256={}", hex::encode(ctx.sign()))
 }
 
 fn parse_url(url: &str) -> Result<Uri, String> {
