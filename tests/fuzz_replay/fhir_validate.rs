@@ -1,6 +1,6 @@
 // GENERATED from fuzz/fuzz_targets/ by tests/fuzz_regressions.rs (derive_replay);
 // do not edit: edit the fuzz target and refresh (see that file's header).
-//! FHIR R4 JSON validator (`src/fhir/validate.rs`): resources with and without a gateway
+//! FHIR R4 JSON validator (`src/fhir/validate/`): resources with and without a gateway
 //! profile, under default and tight limits, and the same bytes as a JSON Patch document.
 //!
 //! Beyond "never panics", checks documented invariants:
