@@ -308,6 +308,12 @@ async fn compatibility_forms_and_marks_fold() {
             "1\u{0301}23-45-67\u{0308}89",
             "67\u{0308}89",
         ),
+        (
+            "keycaps",
+            "1\u{FE0F}\u{20E3}2\u{20E3}3\u{20E3}-4\u{20E3}5\u{20E3}-6\u{20E3}7\u{20E3}8\u{20E3}9\u{20E3}",
+            "8\u{20E3}9\u{20E3}",
+        ),
+        ("enclosing circles", "1\u{20DD}23-45-6789\u{20DD}", "6789\u{20DD}"),
         ("phone full-width", "（５５５）２３４－５６７８", "５６７８"),
         (
             "email full-width",

@@ -91,6 +91,7 @@ fn disguise(r: &mut Rng) -> String {
         match r.below(10) {
             0 => out.push(r.char_in(INVISIBLE)),
             1 if c.is_ascii_digit() => out.push('\u{0301}'),
+            2 if c.is_ascii_digit() => out.push('\u{20E3}'),
             _ => {}
         }
     }

@@ -50,6 +50,7 @@ for a, b in DEFAULT_IGNORABLE:
 invisible = ranges(lambda cp: cat(cp) == "Cf" or cp in ignorable)
 spaces = ranges(lambda cp: cat(cp) in ("Zs", "Zl", "Zp"))
 dashes = ranges(lambda cp: cat(cp) == "Pd" or cp == 0x2212)
+marks = ranges(lambda cp: cat(cp) in ("Mn", "Me"))
 zeros = sorted(cp for cp in range(0x80, 0x110000)
                if cat(cp) == "Nd" and ud.decimal(chr(cp), -1) == 0)
 # Every Nd character must sit in a run of ten starting at one of these zeros.
@@ -74,6 +75,8 @@ table("INVISIBLE", invisible,
       "General_Category Cf plus Default_Ignorable_Code_Point: removed (sorted, inclusive).")
 table("SPACES", spaces, "Zs, Zl, Zp: read as one ASCII space.")
 table("DASHES", dashes, "Pd and U+2212 MINUS SIGN: read as `-`.")
+table("MARKS", marks,
+      "Mn and Me: nonspacing and enclosing marks (a keycap U+20E3 or a circle U+20DD on a\n/// digit still reads as the digit).")
 print("/// The ZERO of every block of ten Nd (decimal digit) characters outside ASCII.")
 print("pub const DIGIT_ZEROS: &[u32] = &[")
 for z in zeros:

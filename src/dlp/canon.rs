@@ -35,7 +35,7 @@
 use unicode_normalization::char::canonical_combining_class;
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
-use crate::dlp::unicode_tables::{DASHES, DIGIT_ZEROS, INVISIBLE, SPACES};
+use crate::dlp::unicode_tables::{DASHES, DIGIT_ZEROS, INVISIBLE, MARKS, SPACES};
 
 /// One run of canonical bytes and the original bytes it came from. A run extends to the next
 /// run's start (in both texts).
@@ -96,6 +96,12 @@ fn class_map(c: char) -> Option<char> {
     Some(c)
 }
 
+/// A combining mark: a nonzero canonical combining class, or a nonspacing or enclosing
+/// mark (category Mn/Me: keycaps U+20E3 and enclosing circles U+20DD have class 0).
+fn is_mark(c: char) -> bool {
+    canonical_combining_class(c) != 0 || in_ranges(MARKS, u32::from(c))
+}
+
 /// True when `c` reads as itself: no class applies and NFKC leaves it alone. Most non-ASCII
 /// text (accented letters, CJK) takes this path and is never copied into a replacement.
 fn stable(c: char) -> bool {
@@ -104,7 +110,7 @@ fn stable(c: char) -> bool {
         && !in_ranges(SPACES, cp)
         && !in_ranges(DASHES, cp)
         && digit_of(cp).is_none()
-        && canonical_combining_class(c) == 0
+        && !is_mark(c)
         && is_nfkc_quick(std::iter::once(c)) == IsNormalized::Yes
 }
 
@@ -154,17 +160,13 @@ impl Canon {
             // follows an ASCII character takes that character with it (`e` + U+0301 → `é`).
             let mut start = i;
             let mut end = i + len;
-            if canonical_combining_class(c) != 0
-                && i > 0
-                && src[i - 1] < 0x80
-                && self.take_back_ascii(i - 1)
-            {
+            if is_mark(c) && i > 0 && src[i - 1] < 0x80 && self.take_back_ascii(i - 1) {
                 start = i - 1;
             }
             let next_is_mark = |at: usize| {
                 at < src.len()
                     && src[at] >= 0x80
-                    && decode(src, at).is_some_and(|(m, _)| canonical_combining_class(m) != 0)
+                    && decode(src, at).is_some_and(|(m, _)| is_mark(m))
             };
             while next_is_mark(end) {
                 end += decode(src, end).map_or(1, |(_, l)| l);
@@ -256,7 +258,7 @@ impl Canon {
             a.clear();
             let mut prev_ascii = false;
             for c in b.chars() {
-                if prev_ascii && canonical_combining_class(c) != 0 {
+                if prev_ascii && is_mark(c) {
                     continue;
                 }
                 prev_ascii = c.is_ascii();
@@ -364,6 +366,8 @@ mod tests {
         );
         // Marks on a digit are dropped; on a letter they compose.
         assert_eq!(canon("1\u{0301}2\u{0308}3").0, "123");
+        // Keycaps and enclosing circles (class 0, category Me) on digits.
+        assert_eq!(canon("1\u{FE0F}\u{20E3}2\u{20E3}3\u{20DD}").0, "123");
         assert_eq!(canon("Jose\u{0301}").0, "José");
         // Stable text is left alone (and needs no copy).
         assert!(!Canon::default().build("plain ascii".as_bytes()));
