@@ -314,6 +314,8 @@ async fn compatibility_forms_and_marks_fold() {
             "8\u{20E3}9\u{20E3}",
         ),
         ("enclosing circles", "1\u{20DD}23-45-6789\u{20DD}", "6789\u{20DD}"),
+        ("parenthesized", "⑴⑵⑶-⑷⑸-⑹⑺⑻⑼", "⑹⑺⑻⑼"),
+        ("digit full stop", "⒈⒉⒊-⒋⒌-⒍⒎⒏⒐", "⒍⒎⒏⒐"),
         ("phone full-width", "（５５５）２３４－５６７８", "５６７８"),
         (
             "email full-width",

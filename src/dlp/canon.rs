@@ -102,6 +102,25 @@ fn is_mark(c: char) -> bool {
     canonical_combining_class(c) != 0 || in_ranges(MARKS, u32::from(c))
 }
 
+/// Push `c`, or only the digits of a symbol that stands for a number with decoration
+/// around it: `⑴` (NFKC `(1)`), `⒈` (`1.`), `⒑` (`10.`), `🄂` (`1,`). A reader reads the
+/// number; the parentheses and stops would otherwise split a value into groups no
+/// detector accepts.
+fn number_symbol(c: char, out: &mut String) {
+    if !c.is_ascii() {
+        let d: String = std::iter::once(c).nfkc().collect();
+        let decorated = d.len() > 1
+            && d.chars().any(|x| x.is_ascii_digit())
+            && d.chars()
+                .all(|x| x.is_ascii_digit() || matches!(x, '(' | ')' | '.' | ','));
+        if decorated {
+            out.extend(d.chars().filter(char::is_ascii_digit));
+            return;
+        }
+    }
+    out.push(c);
+}
+
 /// True when `c` reads as itself: no class applies and NFKC leaves it alone. Most non-ASCII
 /// text (accented letters, CJK) takes this path and is never copied into a replacement.
 fn stable(c: char) -> bool {
@@ -248,7 +267,9 @@ impl Canon {
         let mut b = std::mem::take(&mut self.scratch2);
         a.clear();
         b.clear();
-        a.extend(orig.chars().filter_map(class_map));
+        for c in orig.chars().filter_map(class_map) {
+            number_symbol(c, &mut a);
+        }
         if !a.is_ascii() {
             // NFKC, then the classes again: a compatibility form may decompose to a
             // character they rewrite (U+2007 FIGURE SPACE → U+0020 is already done by NFKC,
@@ -368,6 +389,10 @@ mod tests {
         assert_eq!(canon("1\u{0301}2\u{0308}3").0, "123");
         // Keycaps and enclosing circles (class 0, category Me) on digits.
         assert_eq!(canon("1\u{FE0F}\u{20E3}2\u{20E3}3\u{20DD}").0, "123");
+        // Parenthesized and full-stop digits read as the digits.
+        assert_eq!(canon("⑴⑵⑶-⑷⑸-⑹⑺⑻⑼").0, "123-45-6789");
+        assert_eq!(canon("⒈⒉⒊-⒋⒌-⒍⒎⒏⒐").0, "123-45-6789");
+        assert_eq!(canon("⑽").0, "10");
         assert_eq!(canon("Jose\u{0301}").0, "José");
         // Stable text is left alone (and needs no copy).
         assert!(!Canon::default().build("plain ascii".as_bytes()));
