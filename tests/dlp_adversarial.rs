@@ -739,3 +739,93 @@ async fn safe_harbor_replaces_every_narrative() {
         }
     }
 }
+
+/// Findings of the session's own adversarial review, kept as regressions (each a class).
+#[tokio::test]
+async fn review_regressions() {
+    let g = gateway().await;
+    let c = client(&g.env.pki, false);
+    let obs = |id: &str, field: &str| {
+        format!(
+            r#"{{"resourceType":"Observation","id":"{id}","status":"final","code":{{"text":"x"}},{field}}}"#
+        )
+    };
+    // A weaker overlapping finding (an e-mail, a URL) never decides for the SSN inside it.
+    for (i, v) in [
+        "reach 123-45-6789@example.org",
+        "see http://x.org/?u=jane@example.org&id=123-45-6789",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = format!("r{i}");
+        g.answer(
+            &id,
+            "application/fhir+json",
+            obs(
+                &id,
+                &format!(r#""valueString":{}"#, serde_json::to_string(v).unwrap()),
+            ),
+        );
+        let r = g.get(&c, &format!("/block/Observation/{id}")).await;
+        assert_eq!(r.status, 403, "{v}");
+    }
+    // Narrative entities a browser renders as dashes and spaces.
+    for (i, e) in ["&ndash;", "&minus;", "&mdash;", "&thinsp;", "&ensp;"]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("e{i}");
+        let div = format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">SSN 123{e}45{e}6789</div>");
+        g.answer(
+            &id,
+            "application/fhir+json",
+            obs(
+                &id,
+                &format!(
+                    r#""text":{{"status":"generated","div":{}}}"#,
+                    serde_json::to_string(&div).unwrap()
+                ),
+            ),
+        );
+        let r = g.get(&c, &format!("/block/Observation/{id}")).await;
+        assert_eq!(r.status, 403, "{e}");
+    }
+    // base64 that is not UTF-8 text, not padded, or URL-safe is still read.
+    let latin1 = b"Patient SSN 123-45-6789 caf\xE9".to_vec();
+    let utf16: Vec<u8> = "Patient SSN 123-45-6789"
+        .encode_utf16()
+        .flat_map(|u| u.to_le_bytes())
+        .collect();
+    let std = base64::engine::general_purpose::STANDARD;
+    let nopad = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let urlsafe = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    for (i, data) in [
+        std.encode(&latin1),
+        std.encode(&utf16),
+        nopad.encode(b"SSN 123-45-6789!"),
+        urlsafe.encode(b"SSN 123-45-6789 ??>>"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = format!("b{i}");
+        g.answer(
+            &id,
+            "application/fhir+json",
+            obs(
+                &id,
+                &format!(
+                    r#""extension":[{{"url":"http://x.org/e","valueBase64Binary":"{data}"}}]"#
+                ),
+            ),
+        );
+        let r = g.get(&c, &format!("/block/Observation/{id}")).await;
+        assert_eq!(r.status, 403, "base64 case {i}");
+    }
+    // Trailing parentheses after a URL are linear, not quadratic (a hang would time out).
+    let body = format!("http://a{}", ")".repeat(200_000));
+    g.answer("paren", "text/plain", body);
+    let r = g.get(&c, "/redact/Binary/paren").await;
+    assert!(r.status == 200 || r.status == 502, "{}", r.status);
+}

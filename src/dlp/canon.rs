@@ -277,7 +277,9 @@ impl Canon {
             b.extend(a.nfkc().filter_map(class_map));
             // Marks left on an ASCII character (no composed form exists) are dropped.
             a.clear();
-            let mut prev_ascii = false;
+            // What was written last, across clusters: `1` + U+200B + U+0301 puts the mark
+            // in a cluster of its own after the invisible character is dropped.
+            let mut prev_ascii = self.text.last().is_none_or(u8::is_ascii);
             for c in b.chars() {
                 if prev_ascii && is_mark(c) {
                     continue;
@@ -393,6 +395,8 @@ mod tests {
         assert_eq!(canon("⑴⑵⑶-⑷⑸-⑹⑺⑻⑼").0, "123-45-6789");
         assert_eq!(canon("⒈⒉⒊-⒋⒌-⒍⒎⒏⒐").0, "123-45-6789");
         assert_eq!(canon("⑽").0, "10");
+        // A mark after an invisible character after a digit.
+        assert_eq!(canon("1\u{200B}\u{0301}2\u{034F}\u{0301}3").0, "123");
         assert_eq!(canon("Jose\u{0301}").0, "José");
         // Stable text is left alone (and needs no copy).
         assert!(!Canon::default().build("plain ascii".as_bytes()));

@@ -528,21 +528,23 @@ fn builtin(name: &str) -> Option<(Kind, Scope)> {
     })
 }
 
+/// Strength of an action, for choosing between overlapping findings and rules.
+fn action_rank(a: Action) -> u8 {
+    match a {
+        Action::Block => 6,
+        Action::Redact => 5,
+        Action::Generalize => 4,
+        Action::DateShift => 3,
+        Action::Hash => 2,
+        Action::Mask => 1,
+        Action::Report => 0,
+    }
+}
+
 impl Engine {
     /// `a` wins over (or ties with) `b` when one element matches several rules.
     pub fn stronger(a: Action, b: Action) -> bool {
-        fn rank(a: Action) -> u8 {
-            match a {
-                Action::Block => 6,
-                Action::Redact => 5,
-                Action::Generalize => 4,
-                Action::DateShift => 3,
-                Action::Hash => 2,
-                Action::Mask => 1,
-                Action::Report => 0,
-            }
-        }
-        rank(a) >= rank(b)
+        action_rank(a) >= action_rank(b)
     }
 
     pub fn label(&self, idx: u16) -> &str {
@@ -618,8 +620,15 @@ impl Engine {
                 any_type: d.scope.unwrap_or(scope) == Scope::Any,
             });
         }
-        let scanner =
+        let mut scanner =
             Scanner::new(&specs, cfg.min_confidence).map_err(|e| format!("detectors: {e}"))?;
+        // A merged finding is attributed to the strongest action first, then to a detector
+        // that applies to typed values: the weakest member must never decide its fate.
+        let priority: Vec<u8> = detectors
+            .iter()
+            .map(|d| action_rank(d.action) * 2 + u8::from(d.any_type))
+            .collect();
+        scanner.set_priority(&priority);
 
         let mut rules = Rules::default();
         for r in &fhir {

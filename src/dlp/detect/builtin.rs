@@ -424,13 +424,19 @@ impl Builtin<'_> {
         }
         let raw_end = url_end(h, p + 3);
         let mut e = raw_end;
+        // Where the first '(' of the URL is, found once: re-searching for it at every
+        // trailing ')' made `http://a))))…` quadratic.
+        let open = h[p + 3..raw_end]
+            .iter()
+            .position(|&b| b == b'(')
+            .map(|k| p + 3 + k);
         while e > p + 4 {
             let b = h[e - 1];
             // A closing parenthesis belongs to the URL only if it opened one (Wikipedia-style).
             let trim = matches!(
                 b,
                 b'.' | b',' | b';' | b':' | b'!' | b'?' | b'\'' | b']' | b'*'
-            ) || (b == b')' && !h[p + 3..e].contains(&b'('));
+            ) || (b == b')' && !open.is_some_and(|o| o < e));
             if !trim {
                 break;
             }

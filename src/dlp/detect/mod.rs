@@ -349,6 +349,12 @@ pub struct Scanner {
     /// SSN (over the URL's span), so a typed `uri` element that the `url` detector does not
     /// apply to still loses the SSN.
     weak: Vec<bool>,
+    /// Per detector: how much its findings matter to the engine that uses this scanner
+    /// (the strength of its action, and whether it applies to typed values), set with
+    /// [`Scanner::set_priority`]. When overlapping findings merge, the span is attributed
+    /// to the highest priority first: a `report` e-mail overlapping a `block` SSN
+    /// (`123-45-6789@example.org`) must not turn the SSN into a report.
+    priority: Vec<u8>,
 }
 
 fn builtin_of(k: &Kind) -> Option<B> {
@@ -583,11 +589,20 @@ impl Scanner {
             keywords,
             context,
             has_ctx,
+            priority: vec![0; specs.len()],
             weak,
         })
     }
 
     /// Detector names in spec order (the index is [`Hit::detector`]).
+    /// Set each detector's priority (index = detector): higher wins the attribution of a
+    /// merged finding before confidence does. Missing entries are 0.
+    pub fn set_priority(&mut self, priority: &[u8]) {
+        for (p, &v) in self.priority.iter_mut().zip(priority) {
+            *p = v;
+        }
+    }
+
     pub fn detector_names(&self) -> impl Iterator<Item = &str> {
         self.names.iter().map(String::as_str)
     }
@@ -859,13 +874,20 @@ impl Scanner {
             match &mut cur {
                 Some((h, best_len)) if c.start < h.end => {
                     let strong = |d: u16| !self.weak.get(usize::from(d)).copied().unwrap_or(false);
-                    let better = (strong(c.det), c.conf, len, std::cmp::Reverse(c.det))
-                        > (
-                            strong(h.detector),
-                            h.confidence,
-                            *best_len,
-                            std::cmp::Reverse(h.detector),
-                        );
+                    let prio = |d: u16| self.priority.get(usize::from(d)).copied().unwrap_or(0);
+                    let better = (
+                        prio(c.det),
+                        strong(c.det),
+                        c.conf,
+                        len,
+                        std::cmp::Reverse(c.det),
+                    ) > (
+                        prio(h.detector),
+                        strong(h.detector),
+                        h.confidence,
+                        *best_len,
+                        std::cmp::Reverse(h.detector),
+                    );
                     if better {
                         h.detector = c.det;
                         h.confidence = c.conf;

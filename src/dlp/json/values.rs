@@ -13,7 +13,6 @@ impl<'a> Walk<'a> {
     /// `Attachment.data` / `Binary.data` (`content`) follows `Engine::opaque_attachment`;
     /// other opaque base64 (signatures) passes. Returns "remove me"; the value is consumed.
     pub(super) fn base64_value(&mut self, content: bool) -> Result<bool, JsonError> {
-        use base64::Engine as _;
         let (s, e, esc) = self.string()?;
         let raw = &self.b[s..e];
         let mut b64 = Vec::with_capacity(raw.len());
@@ -24,40 +23,40 @@ impl<'a> Walk<'a> {
         }
         // FHIR's base64Binary allows whitespace between quads.
         b64.retain(|c| !c.is_ascii_whitespace());
-        let decoded = base64::engine::general_purpose::STANDARD.decode(&b64).ok();
-        let text = decoded
-            .as_deref()
-            .filter(|d| std::str::from_utf8(d).is_ok() && !d.contains(&0));
-        let Some(text) = text else {
-            if !content {
-                return Ok(false);
-            }
-            let label = self.eng.opaque_label;
-            return Ok(match self.eng.opaque_attachment {
-                Some(Action::Block) => {
-                    self.report.add(label, Action::Block);
-                    self.blocked = true;
-                    false
-                }
-                Some(act) => {
-                    self.report.add(label, act);
-                    true
-                }
-                None => {
-                    self.report.add(label, Action::Report);
-                    false
-                }
-            });
+        // Decoded leniently: padding optional, standard or URL-safe alphabet (a server
+        // that accepts either must not get content DLP could not read).
+        let decoded = decode_base64_lenient(&b64);
+        let Some(bytes) = decoded else {
+            return Ok(self.opaque_content(content));
         };
+        // The scanner reads bytes: text in any ASCII-compatible charset (Latin-1 too) is
+        // scanned as it is; UTF-16 (NUL bytes between characters) is read without them.
         let mut found = Vec::new();
-        self.eng.scanner.scan(text, &mut found);
-        if found.is_empty() && text.contains(&b'<') {
+        self.eng.scanner.scan(&bytes, &mut found);
+        // UTF-16 of Latin text: every other byte zero (little- or big-endian).
+        let half_zero = |first: usize| {
+            bytes.len() >= 4
+                && bytes.len() % 2 == 0
+                && bytes.iter().skip(first).step_by(2).all(|&c| c == 0)
+        };
+        let utf16: Option<Vec<u8>> = (half_zero(0) || half_zero(1))
+            .then(|| bytes.iter().copied().filter(|&c| c != 0).collect());
+        if let Some(u) = &utf16 {
+            self.eng.scanner.scan(u, &mut found);
+        }
+        if bytes.contains(&b'<') {
             // HTML or XML: also read the text a reader sees (tags and comments between
             // the digits of a number never split it; see `xhtml.rs`).
             let mut view = Vec::new();
             let mut vmap = Vec::new();
-            crate::dlp::xhtml::text_view(text, &mut view, &mut vmap);
+            crate::dlp::xhtml::text_view(&bytes, &mut view, &mut vmap);
             self.eng.scanner.scan(&view, &mut found);
+        }
+        // Content that is not text (an image, a PDF) and held nothing readable follows the
+        // route's rule for content DLP cannot read.
+        let textual = std::str::from_utf8(&bytes).is_ok() && !bytes.contains(&0);
+        if found.is_empty() && !textual && utf16.is_none() {
+            return Ok(self.opaque_content(content));
         }
         let mut remove = false;
         for h in &found {
@@ -72,6 +71,31 @@ impl<'a> Walk<'a> {
             }
         }
         Ok(remove)
+    }
+
+    /// What an unreadable `Attachment.data`/`Binary.data` (`content`) gets: see
+    /// `Engine::opaque_attachment`. Other opaque base64 (signatures) passes. Returns
+    /// "remove me".
+    fn opaque_content(&mut self, content: bool) -> bool {
+        if !content {
+            return false;
+        }
+        let label = self.eng.opaque_label;
+        match self.eng.opaque_attachment {
+            Some(Action::Block) => {
+                self.report.add(label, Action::Block);
+                self.blocked = true;
+                false
+            }
+            Some(act) => {
+                self.report.add(label, act);
+                true
+            }
+            None => {
+                self.report.add(label, Action::Report);
+                false
+            }
+        }
     }
 
     /// A string value: transform, or scan for free-text findings. Returns "remove me".
@@ -427,4 +451,15 @@ impl<'a> Walk<'a> {
     pub(super) fn keep_for(&self, rule: u16) -> u16 {
         self.eng.rules.keep_last(rule)
     }
+}
+
+/// base64 with or without padding, in the standard or the URL-safe alphabet.
+fn decode_base64_lenient(b64: &[u8]) -> Option<Vec<u8>> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine as _;
+    let cfg = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    GeneralPurpose::new(&base64::alphabet::STANDARD, cfg)
+        .decode(b64)
+        .or_else(|_| GeneralPurpose::new(&base64::alphabet::URL_SAFE, cfg).decode(b64))
+        .ok()
 }

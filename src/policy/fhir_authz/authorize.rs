@@ -55,7 +55,7 @@ where
     let form_search = parts.method == http::Method::POST
         && matches!(
             f.interaction,
-            Interaction::SearchType | Interaction::SearchCompartment
+            Interaction::SearchType | Interaction::SearchCompartment | Interaction::SearchSystem
         );
     if form_search {
         let b = read_limited(
@@ -173,6 +173,7 @@ where
                 .uri
                 .path()
                 .strip_suffix("/_search")
+                .map(|p| if p.is_empty() { "/" } else { p })
                 .unwrap_or(parts.uri.path())
                 .to_owned()
         } else {

@@ -511,12 +511,33 @@ impl Inner {
             })?;
         // One patient's record, not a dump: instance reads, that patient's history and
         // compartment, or a search naming the patient.
-        let names_patient = f.params.iter().any(|p| {
-            matches!(
-                p.name.split(':').next().unwrap_or(""),
-                "patient" | "subject" | "_id"
-            ) && !p.value.contains(',')
+        // A search reads one patient's record only when exactly one plain `patient` or
+        // `subject` (`_id` on Patient) names one patient, and nothing widens the answer:
+        // no modifier (`patient:missing=false` matches everyone), no include, `_has`,
+        // chain, `_filter` or `_query`, and no second patient parameter.
+        let rtype = f.resource_type.unwrap_or("");
+        let namers: Vec<_> = f
+            .params
+            .iter()
+            .filter(|p| {
+                let base = p.name.split(':').next().unwrap_or("");
+                let base = base.split('.').next().unwrap_or(base);
+                matches!(base, "patient" | "subject") || (base == "_id" && rtype == "Patient")
+            })
+            .collect();
+        let widens = f.params.iter().any(|p| {
+            let n = p.name.as_str();
+            n.starts_with("_include")
+                || n.starts_with("_revinclude")
+                || n.starts_with("_has")
+                || n.contains('.')
+                || matches!(n, "_filter" | "_query" | "_contained" | "_containedType")
         });
+        let names_patient = !widens
+            && namers.len() == 1
+            && matches!(namers[0].name.as_str(), "patient" | "subject" | "_id")
+            && !namers[0].value.is_empty()
+            && !namers[0].value.contains(',');
         let one_patient = match f.interaction {
             Interaction::Read
             | Interaction::Vread
