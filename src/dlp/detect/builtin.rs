@@ -436,7 +436,7 @@ impl Builtin<'_> {
             let trim = matches!(
                 b,
                 b'.' | b',' | b';' | b':' | b'!' | b'?' | b'\'' | b']' | b'*'
-            ) || (b == b')' && !open.is_some_and(|o| o < e));
+            ) || (b == b')' && open.is_none_or(|o| o >= e));
             if !trim {
                 break;
             }
