@@ -888,3 +888,160 @@ async fn compartment_and_search_parameters_agree_with_the_patient() {
         );
     }
 }
+
+/// Findings of the session's own adversarial review, kept as regressions (each a class).
+#[tokio::test]
+async fn review_regressions_patch_pieces_conditional_create_and_break_glass() {
+    let s = setup("  break_glass:\n    scope: emergency-access\n    max_per_day: 100\n").await;
+    let seen = |s: &Setup| s.up.seen.lock().unwrap().len();
+    // A patient-context PATCH may not build a reference to another patient piece by piece,
+    // carry one over, or turn a contained resource into a Patient.
+    let t = token(
+        &s.key,
+        "patient/Observation.* patient/Observation.rs",
+        Some("a"),
+    );
+    s.up.reply.lock().unwrap().clone_from(&bytes::Bytes::from(
+        r#"{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/a"}}"#,
+    ));
+    for ops in [
+        r#"[{"op":"add","path":"/focus","value":[{"display":"x"}]},{"op":"add","path":"/focus/0/reference","value":"Patient/b"}]"#,
+        r#"[{"op":"add","path":"/extension/0/valueReference/reference","value":"Patient/b"}]"#,
+        r#"[{"op":"add","path":"/focus/0/type","value":"Patient"}]"#,
+        r#"[{"op":"add","path":"/focus/0/identifier","value":{"value":"b"}}]"#,
+        r#"[{"op":"replace","path":"/contained/0/resourceType","value":"Patient"}]"#,
+        r#"[{"op":"copy","from":"/subject","path":"/focus/0"}]"#,
+        r#"[{"op":"move","from":"/performer/0","path":"/focus/0"}]"#,
+    ] {
+        let before = seen(&s);
+        let r = call(
+            &s,
+            &t,
+            "PATCH",
+            "/fhir/Observation/o1",
+            Some(("application/json-patch+json", ops.to_owned())),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "patient_mismatch"),
+            "{ops}"
+        );
+        assert!(
+            !s.up.seen.lock().unwrap()[before..]
+                .iter()
+                .any(|g| g.method == "PATCH"),
+            "{ops} reached the upstream"
+        );
+    }
+    // A harmless patch still goes through.
+    let r = call(
+        &s,
+        &t,
+        "PATCH",
+        "/fhir/Observation/o1",
+        Some((
+            "application/json-patch+json",
+            r#"[{"op":"replace","path":"/status","value":"amended"}]"#.to_owned(),
+        )),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // Conditional create: a search/read oracle unless the token may search and read.
+    let writer = token(&s.key, "system/Observation.c", None);
+    let c = client(&s.env.pki, false);
+    for cond in ["_id=123", "subject:Patient.name=Smith"] {
+        let before = seen(&s);
+        let req = Request::post(url(&s.gw, "/fhir/Observation"))
+            .header("authorization", format!("Bearer {writer}"))
+            .header("content-type", "application/fhir+json")
+            .header("if-none-exist", cond)
+            .body(Full::new(Bytes::from(
+                r#"{"resourceType":"Observation","status":"final","code":{"text":"x"}}"#,
+            )))
+            .unwrap();
+        let r = send(&c, req).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "conditional_denied"),
+            "{cond}"
+        );
+        assert_eq!(seen(&s), before, "{cond} reached the upstream");
+    }
+
+    // Break-glass reads one patient's record: no modifier, include or second patient.
+    let er = token(
+        &s.key,
+        "patient/Observation.rs patient/Patient.rs emergency-access",
+        Some("a"),
+    );
+    for q in [
+        "patient:missing=false",
+        "_id:not=zzz",
+        "subject:missing=false",
+        "patient=b&_include=Observation:subject",
+        "patient=b&_revinclude=Provenance:target",
+        "patient=b,c",
+        "patient=b&subject=c",
+        "patient.name=x",
+    ] {
+        let before = seen(&s);
+        let req = Request::get(url(&s.gw, &format!("/fhir/Observation?{q}")))
+            .header("authorization", format!("Bearer {er}"))
+            .header("break-glass-reason", "unconscious patient in ED")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = send(&c, req).await;
+        // Refused, or answered inside the token's own compartment (the guard confined it
+        // to patient `a`, as without break-glass): never another patient's data unconfined.
+        if r.status == 200 {
+            let got = s.up.seen.lock().unwrap()[before..].to_vec();
+            assert!(
+                got.iter().all(|g| g.pq.contains("patient=a")
+                    || g.pq.contains("patient=Patient%2Fa")
+                    || g.pq.contains("patient=Patient/a")),
+                "{q}: forwarded unconfined: {:?}",
+                got.iter().map(|g| g.pq.clone()).collect::<Vec<_>>()
+            );
+        } else {
+            assert!(r.status == 403 || r.status == 400, "{q}: {}", r.status);
+            assert_eq!(seen(&s), before, "{q} reached the upstream");
+        }
+    }
+    // One named patient is still an emergency read.
+    let req = Request::get(url(&s.gw, "/fhir/Observation?patient=b"))
+        .header("authorization", format!("Bearer {er}"))
+        .header("break-glass-reason", "unconscious patient in ED")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    s.up.reply.lock().unwrap().clone_from(&bytes::Bytes::from(
+        r#"{"resourceType":"Bundle","type":"searchset","entry":[]}"#,
+    ));
+    let r = send(&c, req).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn system_form_search_bodies_are_checked_like_queries() {
+    let s = setup("  allowed_params: [code]\n  max_count: 10\n").await;
+    let t = token(&s.key, "user/*.rs", None);
+    let before = s.up.seen.lock().unwrap().len();
+    let r = call(
+        &s,
+        &t,
+        "POST",
+        "/fhir/_search",
+        Some((
+            "application/x-www-form-urlencoded",
+            "_type=Patient&name:contains=a&_count=100000".to_owned(),
+        )),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(
+        s.up.seen.lock().unwrap().len(),
+        before,
+        "forwarded unchecked"
+    );
+}

@@ -901,30 +901,46 @@ fn ip_key(ip: IpAddr) -> String {
 /// The patient a successful request was about, from its URL: `Patient/<id>` (read,
 /// history, operations such as `$everything`), compartment searches, and searches naming
 /// the patient (`Observation?patient=<id>`, `subject=Patient/<id>`).
-fn patient_of(f: &FhirRequest) -> Option<String> {
+/// Most patients one request is counted for (a list in a search parameter is bounded by
+/// it; the rest of a longer list still costs the attacker the first ones).
+const MAX_PATIENTS_PER_REQUEST: usize = 16;
+
+/// The patients a request names: its compartment, a Patient read, and every item of every
+/// `patient`/`subject`/`beneficiary` parameter (any modifier; `_id` on Patient) of a search
+/// (not yet those of a POST form body, read later by `fhir_authz`, nor the patients inside
+/// what the upstream returns).
+fn patients_of(f: &FhirRequest) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |v: &str| {
+        let id = v.trim().rsplit('/').next().unwrap_or(v);
+        if !id.is_empty() && out.len() < MAX_PATIENTS_PER_REQUEST && !out.iter().any(|x| x == id) {
+            out.push(id.to_owned());
+        }
+    };
     if let Some((t, id)) = &f.compartment {
         if *t == "Patient" {
-            return Some(id.clone());
+            push(id);
         }
     }
     if let (Some("Patient"), Some(id)) = (f.resource_type, f.id.as_deref()) {
-        return Some(id.to_owned());
+        push(id);
     }
-    if f.interaction == Interaction::SearchType {
+    if matches!(
+        f.interaction,
+        Interaction::SearchType | Interaction::SearchCompartment | Interaction::SearchSystem
+    ) {
         for p in &f.params {
             let name = p.name.split(':').next().unwrap_or("");
             if matches!(name, "patient" | "subject" | "beneficiary")
                 || (f.resource_type == Some("Patient") && name == "_id")
             {
-                let v = p.value.split(',').next().unwrap_or("");
-                let id = v.rsplit('/').next().unwrap_or(v);
-                if !id.is_empty() {
-                    return Some(id.to_owned());
+                for v in p.value.split(',') {
+                    push(v);
                 }
             }
         }
     }
-    None
+    out
 }
 
 impl<S> tower::Service<Request<Body>> for RespondSvc<S>
@@ -966,7 +982,8 @@ where
         let patient = req
             .extensions()
             .get::<Arc<FhirRequest>>()
-            .and_then(|f| patient_of(f));
+            .map(|f| patients_of(f))
+            .unwrap_or_default();
         let slot = RespondSlot::default();
         if let Some(c) = &cert {
             slot.set(format!("cert:{c}"));
@@ -1031,16 +1048,18 @@ where
                 obs.push(ob(SignalKind::Dlp, id.as_str(), None));
             }
             if status.is_success() {
-                if let (Some(id), Some(p)) = (&identity, &patient) {
-                    fired.extend(r.signals.observe_patient(id, p, now));
-                    if r.signals.off_hours_applies(id, now) {
-                        obs.push(ob(SignalKind::OffHours, id.as_str(), Some(p.as_str())));
+                if let Some(id) = &identity {
+                    for p in &patient {
+                        fired.extend(r.signals.observe_patient(id, p, now));
+                        if r.signals.off_hours_applies(id, now) {
+                            obs.push(ob(SignalKind::OffHours, id.as_str(), Some(p.as_str())));
+                        }
+                        // Off-hours, the more specific, wins when both fire (as locally).
+                        obs.push(shared::Observation {
+                            yields: true,
+                            ..ob(SignalKind::Exfiltration, id.as_str(), Some(p.as_str()))
+                        });
                     }
-                    // Off-hours, the more specific, wins when both fire (as locally).
-                    obs.push(shared::Observation {
-                        yields: true,
-                        ..ob(SignalKind::Exfiltration, id.as_str(), Some(p.as_str()))
-                    });
                 }
             }
             // With Redis, the cluster-wide counts decide; the local ones (kept fed above)

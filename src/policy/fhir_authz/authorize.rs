@@ -114,12 +114,19 @@ where
         .get(&a.cfg.patient_claim)
         .and_then(Value::as_str)
         .is_some();
-    if patient_ctx && parts.headers.contains_key("if-none-exist") {
-        // A conditional create searches across all patients (and answers with the match).
-        return Err(denied(
-            "conditional_denied",
-            "conditional writes are not allowed in patient context",
-        ));
+    if parts.headers.contains_key("if-none-exist") {
+        // A conditional create searches (and may answer with the match): in patient
+        // context it would search across all patients; elsewhere the token must be allowed
+        // to search and read that type, or the header is a search/read oracle.
+        let t = f.resource_type.unwrap_or("");
+        let all = scopes::parse_all(claims.scopes.iter().map(String::as_str));
+        let may = |p: Perm| Grants::new(&all, p, f.resource_type, &[]).allows(t, false);
+        if patient_ctx || !(may(Perm::Search) && may(Perm::Read)) {
+            return Err(denied(
+                "conditional_denied",
+                "a conditional create needs search and read access to the type (and is not allowed in patient context)",
+            ));
+        }
     }
     // Patient-context writes: the body must name this patient and match the URL.
     if let (Some(b), Some(pid)) = (

@@ -531,11 +531,16 @@ impl Inner {
                 || n.starts_with("_revinclude")
                 || n.starts_with("_has")
                 || n.contains('.')
+                || p.chain.is_some()
                 || matches!(n, "_filter" | "_query" | "_contained" | "_containedType")
         });
         let names_patient = !widens
             && namers.len() == 1
             && matches!(namers[0].name.as_str(), "patient" | "subject" | "_id")
+            // A modifier changes what the value means: `:missing`, `:not`, `:above`…
+            // (`:Patient` only states the target type).
+            && namers[0].modifier.as_deref().is_none_or(|m| m == "Patient")
+            && namers[0].chain.is_none()
             && !namers[0].value.is_empty()
             && !namers[0].value.contains(',');
         let one_patient = match f.interaction {

@@ -43,6 +43,42 @@ pub(super) fn check_patch(
             "the patch would add a reference to another patient",
         ));
     }
+    // References can also be assembled piece by piece (`add /focus/0/reference` with a
+    // plain string, `type` + `identifier` of a logical reference), carried over from
+    // elsewhere (`copy`, `move`), or made by turning a contained resource into a Patient.
+    for op in &ops {
+        let kind = op.get("op").and_then(Value::as_str).unwrap_or("");
+        if matches!(kind, "copy" | "move") {
+            return Err(denied(
+                "patient_mismatch",
+                "copy and move are not accepted in patient context",
+            ));
+        }
+        let path = op.get("path").and_then(Value::as_str).unwrap_or("");
+        let segs: Vec<String> = path
+            .split('/')
+            .skip(1)
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let deep = |name: &str| segs.iter().skip(1).any(|s| s == name);
+        let piece_of_reference = match (segs.last().map(String::as_str), op.get("value")) {
+            (Some("reference"), Some(v)) => {
+                let r = serde_json::json!({ "reference": v });
+                !written_resource_ok(&r, pid, bases, &UrnTargets::new())
+            }
+            (Some("type"), Some(Value::String(t))) => t == "Patient",
+            _ => false,
+        };
+        if piece_of_reference
+            || segs.iter().any(|s| s == "resourceType" || s == "contained")
+            || deep("identifier")
+        {
+            return Err(denied(
+                "patient_mismatch",
+                "the patch would change what a reference or contained resource names",
+            ));
+        }
+    }
     let rtype = f.resource_type.unwrap_or("");
     let guarded: Vec<&str> = match crate::fhir::patient_compartment(rtype) {
         Some(ps) => ps
