@@ -829,3 +829,27 @@ async fn review_regressions() {
     let r = g.get(&c, "/redact/Binary/paren").await;
     assert!(r.status == 200 || r.status == 502, "{}", r.status);
 }
+
+#[tokio::test]
+async fn number_symbols_and_look_alike_separators() {
+    let g = gateway().await;
+    let cases: Vec<(String, String, String)> = [
+        ("dingbat digits", "❶❷❸-❹❺-❻❼❽❾", "❻❼❽❾"),
+        ("sans-serif circled", "➀➁➂-➃➄-➅➆➇➈", "➅➆➇➈"),
+        ("double circled", "⓵⓶⓷-⓸⓹-⓺⓻⓼⓽", "⓺⓻⓼⓽"),
+        ("braille blank", "123\u{2800}45\u{2800}6789", "6789"),
+        ("hyphen bullet", "123\u{2043}45\u{2043}6789", "6789"),
+        ("modifier minus", "123\u{02D7}45\u{02D7}6789", "6789"),
+        ("box drawing", "123\u{2500}45\u{2500}6789", "6789"),
+        ("C1 control", "123\u{0085}-45-67\u{0080}89", "67\u{0080}89"),
+        (
+            "ideographic full stop",
+            "jane.doe@example\u{3002}org",
+            "example\u{3002}org",
+        ),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    redact_and_block(&g, &cases).await;
+}

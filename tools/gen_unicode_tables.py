@@ -5,7 +5,7 @@ Data: the Unicode Character Database through Python's `unicodedata2` package (ne
 than the interpreter's own `unicodedata`; `pip install unicodedata2`), plus the
 Default_Ignorable_Code_Point ranges of DerivedCoreProperties.txt, which neither module exposes.
 
-Usage: python3 tools/gen_unicode_tables.py > src/dlp/unicode_tables.rs
+Usage: python3 tools/gen_unicode_tables.py > src/dlp/unicode_tables.rs && cargo fmt
 """
 import sys
 
@@ -47,10 +47,36 @@ def cat(cp):
 ignorable = set()
 for a, b in DEFAULT_IGNORABLE:
     ignorable.update(range(a, b + 1))
-invisible = ranges(lambda cp: cat(cp) == "Cf" or cp in ignorable)
+# C1 controls (U+0080..U+009F) render as nothing: removed like format characters.
+invisible = ranges(lambda cp: cat(cp) == "Cf" or cp in ignorable or 0x80 <= cp <= 0x9F)
 spaces = ranges(lambda cp: cat(cp) in ("Zs", "Zl", "Zp"))
 dashes = ranges(lambda cp: cat(cp) == "Pd" or cp == 0x2212)
 marks = ranges(lambda cp: cat(cp) in ("Mn", "Me"))
+
+# Number symbols that read as a number but have no compatibility decomposition to ASCII
+# digits (dingbat negative circled digits, double circled, ...): symbol → its value.
+number_symbols = []
+for cp in range(0x80, 0x110000):
+    c = chr(cp)
+    if cat(cp) != "No":
+        continue
+    v = ud.numeric(c, None)
+    if v is None or v != int(v) or not 0 <= v <= 20:
+        continue
+    if any(ch.isascii() and ch.isdigit() for ch in ud.normalize("NFKC", c)):
+        continue  # NFKC already reads it (①, ⑴, ⒈, ¹)
+    number_symbols.append((cp, int(v)))
+
+# Look-alikes a reader takes for a separator although Unicode files them elsewhere (the
+# separators the detectors read: space, '-', '.', '/'). From Unicode's confusables data
+# and the characters browsers render alike; chosen by hand, each a common look-alike.
+LOOKALIKE = {
+    " ": [0x2800],  # BRAILLE PATTERN BLANK renders as a space
+    "-": [0x2043, 0x02D7, 0x2796, 0x2500, 0x2501, 0x30FC],
+    ".": [0x3002, 0xFF61, 0xFF0E, 0x00B7, 0x30FB, 0x2024, 0x06D4, 0x0701, 0x0702],
+    "/": [0x2044, 0x2215, 0x29F8, 0x2571, 0x3033],
+}
+
 zeros = sorted(cp for cp in range(0x80, 0x110000)
                if cat(cp) == "Nd" and ud.decimal(chr(cp), -1) == 0)
 # Every Nd character must sit in a run of ten starting at one of these zeros.
@@ -77,6 +103,16 @@ table("SPACES", spaces, "Zs, Zl, Zp: read as one ASCII space.")
 table("DASHES", dashes, "Pd and U+2212 MINUS SIGN: read as `-`.")
 table("MARKS", marks,
       "Mn and Me: nonspacing and enclosing marks (a keycap U+20E3 or a circle U+20DD on a\n/// digit still reads as the digit).")
+print("/// Number symbols without a decomposition to ASCII digits, and their value (0..=20),\n/// sorted.")
+print("pub const NUMBER_SYMBOLS: &[(u32, u8)] = &[")
+for cp, v in number_symbols:
+    print(f"    (0x{cp:04X}, {v}),")
+print("];")
+print("/// Look-alike separators: (character, the ASCII separator it reads as), sorted.")
+print("pub const LOOKALIKES: &[(u32, u8)] = &[")
+for cp, sep in sorted((cp, k) for k, v in LOOKALIKE.items() for cp in v):
+    print(f"    (0x{cp:04X}, b'{sep}'),")
+print("];")
 print("/// The ZERO of every block of ten Nd (decimal digit) characters outside ASCII.")
 print("pub const DIGIT_ZEROS: &[u32] = &[")
 for z in zeros:

@@ -35,7 +35,9 @@
 use unicode_normalization::char::canonical_combining_class;
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
-use crate::dlp::unicode_tables::{DASHES, DIGIT_ZEROS, INVISIBLE, MARKS, SPACES};
+use crate::dlp::unicode_tables::{
+    DASHES, DIGIT_ZEROS, INVISIBLE, LOOKALIKES, MARKS, NUMBER_SYMBOLS, SPACES,
+};
 
 /// One run of canonical bytes and the original bytes it came from. A run extends to the next
 /// run's start (in both texts).
@@ -87,6 +89,9 @@ fn class_map(c: char) -> Option<char> {
     if in_ranges(SPACES, cp) {
         return Some(' ');
     }
+    if let Ok(k) = LOOKALIKES.binary_search_by_key(&cp, |&(c, _)| c) {
+        return Some(char::from(LOOKALIKES[k].1));
+    }
     if in_ranges(DASHES, cp) {
         return Some('-');
     }
@@ -107,6 +112,11 @@ fn is_mark(c: char) -> bool {
 /// number; the parentheses and stops would otherwise split a value into groups no
 /// detector accepts.
 fn number_symbol(c: char, out: &mut String) {
+    // Symbols with no decomposition at all (`❶`, `➊`, `⓫`): their numeric value.
+    if let Ok(k) = NUMBER_SYMBOLS.binary_search_by_key(&u32::from(c), |&(s, _)| s) {
+        out.push_str(&NUMBER_SYMBOLS[k].1.to_string());
+        return;
+    }
     if !c.is_ascii() {
         let d: String = std::iter::once(c).nfkc().collect();
         let decorated = d.len() > 1
@@ -127,6 +137,10 @@ fn stable(c: char) -> bool {
     let cp = u32::from(c);
     !in_ranges(INVISIBLE, cp)
         && !in_ranges(SPACES, cp)
+        && LOOKALIKES.binary_search_by_key(&cp, |&(c, _)| c).is_err()
+        && NUMBER_SYMBOLS
+            .binary_search_by_key(&cp, |&(c, _)| c)
+            .is_err()
         && !in_ranges(DASHES, cp)
         && digit_of(cp).is_none()
         && !is_mark(c)
@@ -395,6 +409,13 @@ mod tests {
         assert_eq!(canon("⑴⑵⑶-⑷⑸-⑹⑺⑻⑼").0, "123-45-6789");
         assert_eq!(canon("⒈⒉⒊-⒋⒌-⒍⒎⒏⒐").0, "123-45-6789");
         assert_eq!(canon("⑽").0, "10");
+        // Symbols without a decomposition, look-alike separators, C1 controls.
+        assert_eq!(canon("❶❷❸-➍➎-⓺⓻⓼⓽").0, "123-45-6789");
+        assert_eq!(canon("123\u{2800}45\u{2800}6789").0, "123 45 6789");
+        assert_eq!(canon("123\u{2043}45\u{02D7}6789").0, "123-45-6789");
+        assert_eq!(canon("jane@example\u{3002}org").0, "jane@example.org");
+        assert_eq!(canon("01\u{2044}31\u{2215}1990").0, "01/31/1990");
+        assert_eq!(canon("12\u{0085}3").0, "123");
         // A mark after an invisible character after a digit.
         assert_eq!(canon("1\u{200B}\u{0301}2\u{034F}\u{0301}3").0, "123");
         assert_eq!(canon("Jose\u{0301}").0, "José");
