@@ -133,8 +133,7 @@ def main():
         defs = sys.argv[1]
     else:
         candidates = [os.environ.get("FHIR_R4_DEFS", ""),
-                      os.path.join(here, "..", "..", "shared", "fhir-r4"),
-                      "/work/shared/fhir-r4"]
+                      os.path.join(here, "..", "..", "shared", "fhir-r4")]
         defs = next((c for c in candidates if c and os.path.isfile(os.path.join(c, "profiles-resources.json"))), None)
         if defs is None:
             raise SystemExit("FHIR R4 definitions not found; pass DEFS_DIR or set FHIR_R4_DEFS")
