@@ -124,7 +124,7 @@ impl Demo {
             .env("EHRBIND", "127.0.0.1:0")
             // Prometheus cannot report a port it chose: the `deploy` section gets a free
             // one, found by binding port 0 and releasing it.
-            .env("PROM", free_port())
+            .env("PROM", format!("127.0.0.1:{}", common::free_port().await))
             .kill_on_drop(true);
         tokio::time::timeout(Duration::from_secs(120), cmd.output())
             .await
@@ -547,11 +547,4 @@ fn readme_shows_every_tutorial_section_verbatim() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-}
-
-/// A loopback port nothing listens on right now, for a third-party server (Prometheus)
-/// that cannot report the port it chose.
-fn free_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
 }

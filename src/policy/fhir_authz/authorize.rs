@@ -204,7 +204,8 @@ where
         matches!(plan, Plan::CheckResponse { .. }) || check_batch || scoped_perm.is_some();
     if checked {
         if parts.method == http::Method::HEAD {
-            // No body, nothing to check: a HEAD would tell existence apart.
+            // No body, nothing to check: a HEAD would tell existence apart. (`stack.rs` turns
+            // HEAD into GET above this policy; this keeps the policy closed on its own.)
             return Err(Rejection::method_not_allowed());
         }
         // The answer has to be read to be checked: identity-encoded JSON, complete (no
