@@ -176,11 +176,6 @@ impl AuditConfig {
     }
 }
 
-/// The `audit` policy section: present = the route's requests are audited.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct AuditPolicyConfig {}
-
 /// A record on its way to the writer; `done` is answered once it is durable (fsync).
 struct Job {
     fields: Map<String, Value>,

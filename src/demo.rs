@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+#[cfg(feature = "demo")]
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
@@ -45,6 +46,8 @@ pub const PKI_FILES: [&str; 6] = [
     "client.key",
 ];
 
+// Made with rcgen: only in builds with the `demo` feature.
+#[cfg(feature = "demo")]
 impl Pki {
     pub fn generate(server_names: &[&str]) -> Result<Pki, rcgen::Error> {
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
@@ -188,6 +191,7 @@ pub fn mint_token(pem: &[u8], alg: Option<&str>, spec: &TokenSpec<'_>) -> Result
 }
 
 /// Make the demo PKI in `dir` unless a complete one is already there.
+#[cfg(feature = "demo")]
 pub fn ensure_certs(dir: &Path) -> anyhow::Result<bool> {
     let mut made = false;
     if !PKI_FILES.iter().all(|f| dir.join(f).is_file()) {
@@ -205,6 +209,7 @@ pub fn ensure_certs(dir: &Path) -> anyhow::Result<bool> {
 pub const TOKEN_KEY: &str = "token-signing.key";
 pub const TOKEN_PUB: &str = "token-signing.pub.pem";
 
+#[cfg(feature = "demo")]
 pub fn write_token_keys(dir: &Path) -> std::io::Result<()> {
     let key = KeyPair::generate().map_err(std::io::Error::other)?;
     std::fs::create_dir_all(dir)?;

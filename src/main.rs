@@ -39,13 +39,16 @@ enum Cmd {
     },
     /// Start a demo: example certificates, a sample FHIR upstream, and the gateway on
     /// https://127.0.0.1:8443 (admin on 127.0.0.1:9901).
+    #[cfg(feature = "demo")]
     Demo,
     /// Write a safe first ward.yaml and policies/ from the EHR's CapabilityStatement and the
     /// identity provider's discovery document (asks, or `--non-interactive` with flags).
     Init(Box<ward::init::InitArgs>),
     /// Mint a signed JWT for demos and tests (never for production identities).
+    #[cfg(feature = "demo")]
     Token(Box<TokenArgs>),
     /// Serve the demo's fictitious FHIR server alone (a stand-in EHR for compose setups).
+    #[cfg(feature = "demo")]
     SampleUpstream {
         #[arg(long, default_value = "127.0.0.1:8080")]
         bind: std::net::SocketAddr,
@@ -198,6 +201,7 @@ enum AuditCmd {
     },
 }
 
+#[cfg(feature = "demo")]
 #[derive(clap::Args)]
 struct TokenArgs {
     /// Private key (PEM: EC P-256/P-384, RSA, or Ed25519).
@@ -357,6 +361,7 @@ fn main() -> ExitCode {
         }
         Cmd::Blocks { admin } => admin_cli(&rt, &admin, "GET", None, 200),
         Cmd::Doctor(args) => ExitCode::from(rt.block_on(ward::doctor::main(&args))),
+        #[cfg(feature = "demo")]
         Cmd::SampleUpstream {
             bind,
             addresses_file,
@@ -380,6 +385,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Init(a) => ward::init::main(&rt, *a),
+        #[cfg(feature = "demo")]
         Cmd::Token(t) => match mint(&t) {
             Ok(tok) => {
                 println!("{tok}");
@@ -390,6 +396,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        #[cfg(feature = "demo")]
         Cmd::Demo => {
             init_logging(LogFormat::Text, "info");
             match rt.block_on(demo()) {
@@ -403,6 +410,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "demo")]
 fn mint(t: &TokenArgs) -> Result<String, String> {
     let ttl = config::parse_duration(&t.ttl).ok_or("--ttl: use e.g. 15m, 1h")?;
     let pem = std::fs::read(&t.key)
@@ -432,6 +440,7 @@ fn mint(t: &TokenArgs) -> Result<String, String> {
     )
 }
 
+#[cfg(feature = "demo")]
 async fn demo() -> anyhow::Result<()> {
     let dir = ward::demo::demo_dir();
     if ward::demo::ensure_certs(&dir)? {

@@ -85,9 +85,9 @@ pub fn build(
         upstreams.insert(u.name.clone(), Arc::new(up));
     }
     let mut shared = stack::StackShared::new(cfg, metrics.clone(), rx.clone());
-    shared.audit = audit;
+    shared.engines.audit = audit;
     shared.respond = respond;
-    shared.carry.previous = previous.map(|g| g.limiters.clone()).unwrap_or_default();
+    shared.engines.carry.previous = previous.map(|g| g.limiters.clone()).unwrap_or_default();
     let mut routers = HashMap::new();
     for l in &cfg.listeners {
         let mut routes = Vec::new();
@@ -163,7 +163,7 @@ pub fn build(
     Ok(Generation {
         routers,
         upstreams: ups,
-        limiters: std::mem::take(&mut shared.carry.current),
+        limiters: std::mem::take(&mut shared.engines.carry.current),
         stop: tx,
     })
 }

@@ -1,8 +1,11 @@
-//! Tower plumbing every layer shares (policies, detect-and-respond, the HEAD adapter): the
-//! boxed future type and the helper that erases an inner service's future. A leaf.
+//! Tower plumbing every layer shares (policies, detect-and-respond, the adapters): the
+//! [`Policy`] trait with its one generic Layer/Service, the boxed future type, and the
+//! helpers that hand a request on. A leaf.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use http::{Request, Response};
 
@@ -55,4 +58,140 @@ pub fn read_request_body(body: Body, max: usize) -> BytesFuture {
         }
         Ok(buf.freeze())
     })
+}
+
+/// Any service a policy can hand a request on to: the rest of a route's chain. Every
+/// layer below a policy is one (policies, adapters, the proxy), so a policy is written
+/// once against this bound instead of repeating tower's where-clauses.
+pub trait Chain:
+    tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = Rejection,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Chain for S where
+    S: tower::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Rejection,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// The rest of the chain, lent to a policy for one request. Hand the request on now with
+/// [`Next::run`] (no clone: the ready service is called in place), or keep the chain for
+/// after an `.await` with [`Next::later`]. Dropping it refuses nothing by itself: the
+/// policy returns its rejection.
+pub struct Next<'a, S> {
+    inner: &'a mut S,
+}
+
+impl<S: Chain> Next<'_, S> {
+    /// Call the rest of the chain with `req` now.
+    pub fn run(self, req: Request<Body>) -> PolicyFuture {
+        Box::pin(self.inner.call(req))
+    }
+
+    /// Take the ready service for a call after an `.await`, leaving a fresh clone in its
+    /// place (tower's clone-and-swap: the clone may not be ready, the taken one is).
+    pub fn later(self) -> Later<S> {
+        let fresh = self.inner.clone();
+        Later(std::mem::replace(self.inner, fresh))
+    }
+}
+
+/// The rest of the chain, owned by a policy's future (see [`Next::later`]).
+pub struct Later<S>(S);
+
+impl<S: Chain> Later<S> {
+    pub fn run(self, req: Request<Body>) -> PolicyFuture {
+        call_next(self.0, req)
+    }
+
+    /// The service itself, for a policy that calls it more than once (a pre-read, then
+    /// the request) by cloning it.
+    pub fn into_inner(self) -> S {
+        self.0
+    }
+}
+
+/// One route policy (or adapter): a checked, immutable object built once from its config,
+/// that decides on each request. It either refuses (returns a [`crate::error::Rejection`]
+/// without calling `next`) or hands the request on, possibly changed, and may look at or
+/// rewrite what comes back. [`PolicyLayer`] makes any policy a tower layer, so the
+/// Layer/Service boilerplate is written once, here.
+pub trait Policy: Send + Sync + 'static {
+    fn call<S: Chain>(self: &Arc<Self>, req: Request<Body>, next: Next<'_, S>) -> PolicyFuture;
+}
+
+/// The tower layer of a policy: shares one compiled policy among every service it makes.
+pub struct PolicyLayer<P>(Arc<P>);
+
+impl<P> PolicyLayer<P> {
+    pub fn new(policy: P) -> Self {
+        PolicyLayer(Arc::new(policy))
+    }
+
+    pub fn policy(&self) -> &Arc<P> {
+        &self.0
+    }
+}
+
+impl<P> Clone for PolicyLayer<P> {
+    fn clone(&self) -> Self {
+        PolicyLayer(self.0.clone())
+    }
+}
+
+impl<P, S> tower::Layer<S> for PolicyLayer<P> {
+    type Service = PolicyService<P, S>;
+    fn layer(&self, inner: S) -> PolicyService<P, S> {
+        PolicyService {
+            policy: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// A policy in front of the rest of its chain.
+pub struct PolicyService<P, S> {
+    policy: Arc<P>,
+    inner: S,
+}
+
+impl<P, S: Clone> Clone for PolicyService<P, S> {
+    fn clone(&self) -> Self {
+        PolicyService {
+            policy: self.policy.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<P: Policy, S: Chain> tower::Service<Request<Body>> for PolicyService<P, S> {
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = PolicyFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> PolicyFuture {
+        self.policy.call(
+            req,
+            Next {
+                inner: &mut self.inner,
+            },
+        )
+    }
 }

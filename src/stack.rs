@@ -28,53 +28,44 @@
 //!                      sees exactly what is forwarded and first reads what comes back
 //!   proxy            — header hygiene, forwarding headers, upstream call (`proxy/`)
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
+use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
-
-use std::collections::HashMap;
-
-use http::HeaderName;
-use tokio::sync::watch;
 
 use crate::config::{Config, ListenerLimits, PolicyConfig, RouteConfig};
 use crate::error::Rejection;
 use crate::metrics::Metrics;
-use crate::policy::auth::AuthLayer;
-use crate::policy::fhir_authz::FhirAuthzLayer;
-use crate::policy::limits::{LimitsConfig, LimitsLayer};
-use crate::policy::mtls::MtlsLayer;
-use crate::policy::rate_limit::RateLimitBuild;
+use crate::policy::audit::Audit;
+use crate::policy::auth::Auth;
+use crate::policy::catch_panic::CatchPanic;
+use crate::policy::dlp::Dlp;
+use crate::policy::fhir_authz::FhirAuthz;
+use crate::policy::head::HeadAsGet;
+use crate::policy::limits::{Limits, LimitsConfig};
+use crate::policy::mtls::Mtls;
+use crate::policy::rate_limit::RateLimitStages;
+use crate::policy::validate::Validate;
+use crate::policy::{Build, Engines, FromConfig, PolicyLayer};
 use crate::proxy::{ProxyService, Upstream};
-use crate::ratelimit::cluster::RedisBackend;
-use crate::ratelimit::Housekeeper;
+use crate::respond::{ClaimsCheck, RespondCheck};
 use crate::Body;
 
 pub type RouteService = BoxCloneSyncService<Request<Body>, Response<Body>, Rejection>;
 
 /// Effective limits: the listener's, tightened by every policy the route names.
 pub fn route_limits(route: &RouteConfig, cfg: &Config, listener: &ListenerLimits) -> LimitsConfig {
-    let mut l = LimitsConfig {
-        max_body_bytes: listener.max_body_bytes,
-        body_timeout: listener.body_timeout.0,
-    };
-    for p in route
-        .policies
-        .iter()
-        .filter_map(|name| cfg.policies.get(name))
-    {
-        if let Some(pl) = &p.limits {
-            if let Some(m) = pl.max_body_bytes {
-                l.max_body_bytes = l.max_body_bytes.min(m);
-            }
-            if let Some(t) = pl.body_timeout {
-                l.body_timeout = l.body_timeout.min(t.0);
-            }
-        }
-    }
-    l
+    LimitsConfig::tightened(
+        listener,
+        route
+            .policies
+            .iter()
+            .filter_map(|name| cfg.policies.get(name))
+            .filter_map(|p| p.limits.as_ref()),
+    )
 }
 
 /// The section `pick` of the (at most one) policy of this route that defines it.
@@ -94,20 +85,14 @@ fn section<'a, T>(
 pub struct StackShared {
     pub metrics: Arc<Metrics>,
     pub stop: watch::Receiver<bool>,
-    /// One `auth` layer per policy name: routes sharing a policy share its JWKS fetcher,
+    /// One `auth` policy per policy name: routes sharing a policy share its JWKS fetcher,
     /// rate limit and token cache.
-    pub auth: HashMap<String, AuthLayer>,
+    pub auth: HashMap<String, PolicyLayer<Auth>>,
     /// Every header any policy sets for upstreams; stripped from client requests on all
     /// routes, so a route without the policy cannot be used to smuggle one in.
     pub policy_headers: Arc<[HeaderName]>,
-    /// One Redis client per rate-limit policy name (connections are shared by routes).
-    pub redis: HashMap<String, Arc<RedisBackend>>,
-    /// Sweeps the local rate-limit key tables; started with the first limit.
-    pub housekeeper: Option<Arc<Housekeeper>>,
-    /// The audit trail, when the config has one.
-    pub audit: Option<crate::audit::AuditLog>,
-    /// Rate-limit state carried over from the previous config generation.
-    pub carry: crate::ratelimit::Carry,
+    /// Engine state shared by routes (Redis clients, rate-limit tables, the audit trail).
+    pub engines: Engines,
     /// Detect and respond, when the config has `respond:` (every route).
     pub respond: Option<Arc<crate::respond::Respond>>,
 }
@@ -134,10 +119,7 @@ impl StackShared {
             stop,
             auth: HashMap::new(),
             policy_headers: names.into(),
-            redis: HashMap::new(),
-            housekeeper: None,
-            audit: None,
-            carry: Default::default(),
+            engines: Engines::default(),
             respond: None,
         }
     }
@@ -150,129 +132,85 @@ pub fn build(
     upstream: Arc<Upstream>,
     shared: &mut StackShared,
 ) -> Result<RouteService, String> {
-    let mtls = section(route, cfg, |p| p.mtls.as_ref())
-        .map(|(_, m)| MtlsLayer::try_from(m))
-        .transpose()?;
-    let auth = match section(route, cfg, |p| p.auth.as_ref()) {
-        Some((name, a)) => Some(match shared.auth.get(name) {
-            Some(layer) => layer.clone(),
+    let resolve = |f: &str| cfg.resolve(f);
+    let mut b = Build {
+        policy: "",
+        route: &route.name,
+        upstream_url: &upstream.cfg.url,
+        resolve: &resolve,
+        metrics: &shared.metrics,
+        stop: &shared.stop,
+        engines: &mut shared.engines,
+    };
+    // Every policy the same way: its section of the route's policy files, compiled by
+    // `FromConfig` with the route's build context. The prefix names the section in errors
+    // (as `ward check` has always reported them).
+    macro_rules! compile {
+        ($field:ident, $ty:ty, $prefix:literal) => {
+            match section(route, cfg, |p| p.$field.as_ref()) {
+                Some((name, c)) => {
+                    b.policy = name;
+                    Some(<$ty>::from_config(c, &mut b).map_err(|e| format!("{}{e}", $prefix))?)
+                }
+                None => None,
+            }
+        };
+    }
+    let mtls = compile!(mtls, Mtls, "").map(PolicyLayer::new);
+    // Routes naming the same `auth` policy share one (its JWKS fetcher and token cache).
+    let auth = match section(route, cfg, |p| p.auth.as_ref()).map(|(n, _)| n) {
+        Some(name) => Some(match shared.auth.get(name) {
+            Some(l) => l.clone(),
             None => {
-                let layer = AuthLayer::new(
-                    a,
-                    &|f| cfg.resolve(f),
-                    shared.metrics.clone(),
-                    shared.stop.clone(),
-                )?;
-                shared.auth.insert(name.to_owned(), layer.clone());
-                layer
+                let l = compile!(auth, Auth, "").map(PolicyLayer::new);
+                let l = l.ok_or("auth: no section")?;
+                shared.auth.insert(name.to_owned(), l.clone());
+                l
             }
         }),
         None => None,
     };
-    let rate = match section(route, cfg, |p| p.rate_limit.as_ref()) {
-        Some((name, rl)) => {
-            let redis = match &rl.redis {
-                Some(rc) => Some(match shared.redis.get(name) {
-                    Some(b) => b.clone(),
-                    None => {
-                        let b = Arc::new(
-                            RedisBackend::new(name, rc, &|f| cfg.resolve(f))
-                                .map_err(|e| format!("rate_limit: {e}"))?,
-                        );
-                        shared.redis.insert(name.to_owned(), b.clone());
-                        b
-                    }
-                }),
-                None => None,
-            };
-            let hk = shared
-                .housekeeper
-                .get_or_insert_with(|| Housekeeper::start(shared.stop.clone()))
-                .clone();
-            crate::policy::rate_limit::build(
-                rl,
-                &route.name,
-                redis,
-                &shared.metrics,
-                &hk,
-                &mut shared.carry,
-            )
-            .map_err(|e| format!("rate_limit: {e}"))?
-        }
-        None => RateLimitBuild {
-            before_auth: None,
-            after_auth: None,
-        },
-    };
-    let validate = section(route, cfg, |p| p.validate.as_ref())
-        .map(|(_, v)| {
-            crate::policy::validate::ValidateLayer::new(
-                v,
-                &route.name,
-                shared.metrics.validation_failures.clone(),
-            )
-        })
-        .transpose()
-        .map_err(|e| format!("validate: {e}"))?;
-    let dlp = section(route, cfg, |p| p.dlp.as_ref())
-        .map(|(_, d)| {
-            crate::policy::dlp::DlpLayer::new(
-                d,
-                &route.name,
-                &|f| cfg.resolve(f),
-                shared.metrics.clone(),
-            )
-        })
-        .transpose()
-        .map_err(|e| format!("dlp: {e}"))?;
-    if section(route, cfg, |p| p.fhir_authz.as_ref()).is_some_and(|(_, f)| f.break_glass.is_some())
-    {
-        // The route's break-glass counter exists (at 0) before its first use.
-        shared.metrics.break_glass.with_label_values(&[&route.name]);
-    }
-    let fhir_authz = section(route, cfg, |p| p.fhir_authz.as_ref())
-        .map(|(_, f)| FhirAuthzLayer::for_upstream(f, shared.metrics.clone(), &upstream.cfg.url))
-        .transpose()?;
-    let audit = match section(route, cfg, |p| p.audit.as_ref()) {
-        Some(_) => Some(crate::policy::audit::AuditLayer::new(
-            shared
-                .audit
-                .clone()
-                .ok_or("audit: the config has no top-level `audit:`")?,
-        )),
-        None => None,
-    };
-    let head_as_get =
-        (dlp.is_some() || fhir_authz.is_some()).then_some(crate::policy::head::HeadAsGetLayer);
+    // One config, two stages: limits keyed by claims run after authentication.
+    let (rate_before, rate_after) = compile!(rate_limit, RateLimitStages, "")
+        .map_or((None, None), |r| (r.before_auth, r.after_auth));
+    let validate = compile!(validate, Validate, "validate: ").map(PolicyLayer::new);
+    let dlp = compile!(dlp, Dlp, "dlp: ").map(PolicyLayer::new);
+    let fhir_authz = compile!(fhir_authz, FhirAuthz, "").map(PolicyLayer::new);
+    let audit = compile!(audit, Audit, "").map(PolicyLayer::new);
+    let limits = PolicyLayer::new(Limits::from_config(
+        &route_limits(route, cfg, listener),
+        &mut b,
+    )?);
+    let head_as_get = (dlp.is_some() || fhir_authz.is_some()).then(|| PolicyLayer::new(HeadAsGet));
     let respond_outer = shared
         .respond
         .clone()
-        .map(crate::respond::RespondLayer::new);
+        .map(|r| PolicyLayer::new(RespondCheck::new(r)));
     let respond_claims = shared
         .respond
         .clone()
-        .map(crate::respond::ClaimsCheckLayer::new);
+        .map(|r| PolicyLayer::new(ClaimsCheck::new(r)));
     let svc = ServiceBuilder::new()
         // audit: outermost, so that every decision of every layer below is recorded
         .option_layer(audit)
         // catch panic: a bug below is answered 500 (and recorded above), never a dropped
         // connection without an audit record
-        .layer(crate::policy::catch_panic::CatchPanicLayer)
+        .layer(PolicyLayer::new(CatchPanic))
         // respond: address and certificate blocks before any work; sees every outcome
         // (denials, DLP blocks, patients read) to feed the breach signals
         .option_layer(respond_outer)
         // identity (mTLS): who is calling, before anything else looks at the request
         .option_layer(mtls)
         // rate limit (pre-auth keys): before any costly check
-        .option_layer(rate.before_auth)
+        .option_layer(rate_before)
         // limits: refuse oversized/slow bodies before any policy reads them
-        .layer(LimitsLayer::from(route_limits(route, cfg, listener)))
+        .layer(limits)
         // authn: bearer token → verified `Claims`
         .option_layer(auth)
         // respond: subject and client blocks, throttles (needs the verified claims)
         .option_layer(respond_claims)
         // rate limit (claim keys): needs the verified claims
-        .option_layer(rate.after_auth)
+        .option_layer(rate_after)
         // HEAD as GET: the policies below decide on the response body, so a HEAD gets the
         // status and headers of the GET they would answer (never the upstream's own)
         .option_layer(head_as_get)

@@ -97,15 +97,6 @@ impl Default for LogConfig {
 
 /// Per-route request limits carried by a policy file's `limits` section. They can only
 /// tighten the listener's limits.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsPolicyConfig {
-    #[serde(default)]
-    pub max_body_bytes: Option<u64>,
-    #[serde(default)]
-    pub body_timeout: Option<Dur>,
-}
-
 /// One file under `policies/`; its name is the file stem.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,7 +104,7 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
-    pub limits: Option<LimitsPolicyConfig>,
+    pub limits: Option<crate::policy::limits::LimitsPolicyConfig>,
     #[serde(default)]
     pub mtls: Option<crate::policy::mtls::MtlsConfig>,
     #[serde(default)]
@@ -125,7 +116,7 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub validate: Option<crate::policy::validate::ValidateConfig>,
     #[serde(default)]
-    pub audit: Option<crate::audit::AuditPolicyConfig>,
+    pub audit: Option<crate::policy::audit::AuditPolicyConfig>,
     #[serde(default)]
     pub dlp: Option<crate::dlp::DlpConfig>,
     /// Where the file is, for messages.

@@ -294,6 +294,9 @@ pub fn run(
     };
     let dev_certs = args.dev_certs
         || p.ask_yes("Make self-signed development certificates (not for production)?")?;
+    if dev_certs && !cfg!(feature = "demo") {
+        return Err("this ward was built without the `demo` feature: development certificates (--dev-certs) are not available; give your own certificates".into());
+    }
     let needs_token = clients.iter().any(|k| *k != ClientKind::Hl7v2);
 
     // 3. The identity provider.
@@ -480,12 +483,14 @@ fn write_all(dir: &Path, plan: &Plan, force: bool, out: &mut dyn Write) -> Resul
     let key_path = dir.join("secrets/audit.key");
     std::fs::write(&key_path, format!("{hex}\n")).map_err(|e| io("secrets/audit.key", e))?;
     restrict(&key_path).map_err(|e| io("secrets/audit.key", e))?;
+    #[cfg(feature = "demo")]
     if plan.dev_certs {
         crate::demo::Pki::generate(&[plan.server_name.as_str()])
             .map_err(|e| format!("cannot make development certificates: {e}"))?
             .write(&dir.join("certs"))
             .map_err(|e| io("certs/", e))?;
     }
+    #[cfg(feature = "demo")]
     if matches!(plan.issuer, Some(Issuer::Dev)) {
         crate::demo::write_token_keys(&dir.join("certs")).map_err(|e| io("certs/", e))?;
     }

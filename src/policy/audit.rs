@@ -7,19 +7,17 @@
 //! `when_full: fail`), the request is refused before it reaches any policy or the
 //! upstream: an audited route never serves a request it could not record.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::Request;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::audit::AuditLog;
 use crate::context::{RequestContext, RouteId};
-use crate::error::Rejection;
 use crate::fhir::request::FhirRequest;
 use crate::identity::ClientIdentity;
+use crate::policy::{Build, Chain, FromConfig, Next, Policy, PolicyFuture};
 use crate::Body;
 
 pub use crate::context::AuditSlot;
@@ -44,31 +42,33 @@ impl Drop for Unfinished {
     }
 }
 
-#[derive(Clone)]
-pub struct AuditLayer {
+/// The `audit` section of a policy file: present = the route's requests are audited (the
+/// trail itself is configured once, at the top level: `audit:` in the main config).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditPolicyConfig {}
+
+/// The compiled policy: the gateway's one audit trail.
+pub struct Audit {
     log: AuditLog,
 }
 
-impl AuditLayer {
+impl FromConfig for Audit {
+    type Config = AuditPolicyConfig;
+    fn from_config(_: &AuditPolicyConfig, b: &mut Build<'_>) -> Result<Self, String> {
+        let log = b
+            .engines
+            .audit
+            .clone()
+            .ok_or("audit: the config has no top-level `audit:`")?;
+        Ok(Audit::new(log))
+    }
+}
+
+impl Audit {
     pub fn new(log: AuditLog) -> Self {
-        AuditLayer { log }
+        Audit { log }
     }
-}
-
-impl<S> tower::Layer<S> for AuditLayer {
-    type Service = Audit<S>;
-    fn layer(&self, inner: S) -> Audit<S> {
-        Audit {
-            inner,
-            log: self.log.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Audit<S> {
-    inner: S,
-    log: AuditLog,
 }
 
 pub use crate::calendar::rfc3339_now;
@@ -132,32 +132,16 @@ fn request_fields(req: &Request<Body>) -> Map<String, Value> {
     m
 }
 
-impl<S> tower::Service<Request<Body>> for Audit<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+impl Policy for Audit {
+    fn call<S: Chain>(self: &Arc<Self>, mut req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
         let log = self.log.clone();
         if !log.accepting() {
-            return Box::pin(async move { Err(crate::audit::unavailable()) });
+            return Box::pin(std::future::ready(Err(crate::audit::unavailable())));
         }
         let slot = AuditSlot::default();
         req.extensions_mut().insert(slot.clone());
         let fields = request_fields(&req);
-        let inner = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, inner);
+        let next = next.later();
         Box::pin(async move {
             // If the client goes away mid-request the future is dropped here, possibly
             // after the upstream acted: the guard still records the request.
@@ -166,7 +150,7 @@ where
                 slot: slot.clone(),
                 fields: Some(fields),
             };
-            let result = crate::service::call_next(inner, req).await;
+            let result = next.run(req).await;
             let mut fields = guard.fields.take().unwrap_or_default();
             add_claims(&mut fields, &slot);
             match &result {

@@ -20,18 +20,15 @@
 //! usable key can be had because the JWKS endpoint is down, the answer is 503, not 401:
 //! the client's token may be fine.
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -46,6 +43,7 @@ use crate::context::{RouteId, UpstreamHeaders};
 use crate::error::Rejection;
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
+use crate::policy::{Build, Chain, FromConfig, Next, Policy, PolicyFuture};
 use crate::Body;
 
 // ---------------------------------------------------------------- configuration
@@ -683,42 +681,51 @@ fn now_secs() -> u64 {
 type TokenHash = [u8; 32];
 
 struct TokenCache {
-    max: usize,
-    /// Token hash → claims and the key-set generation they were verified against.
-    map: Mutex<HashMap<TokenHash, (Arc<Claims>, u64)>>,
+    /// Token hash → claims and the key-set generation they were verified against; the
+    /// least recently used entry goes when full (`None`: caching is off).
+    map: Option<Mutex<lru::LruCache<TokenHash, Verified>>>,
 }
 
+/// Verified claims and the key-set generation they were verified against.
+type Verified = (Arc<Claims>, u64);
+
 impl TokenCache {
+    fn new(max: usize) -> Self {
+        TokenCache {
+            map: std::num::NonZeroUsize::new(max).map(|n| Mutex::new(lru::LruCache::new(n))),
+        }
+    }
+
     /// A cached entry still valid at `now`, verified against key-set generation `gen`
     /// (after a JWKS change — say a leaked key was withdrawn — tokens are re-verified).
     fn get(&self, key: &[u8; 32], now: u64, gen: impl Fn(&str) -> u64) -> Option<Arc<Claims>> {
-        if self.max == 0 {
-            return None;
-        }
-        let mut m = self.map.lock().ok()?;
+        let mut m = self.map.as_ref()?.lock().ok()?;
         match m.get(key) {
             Some((c, g)) if c.exp > now && *g == gen(&c.provider) => Some(c.clone()),
             Some(_) => {
-                m.remove(key);
+                m.pop(key);
                 None
             }
             None => None,
         }
     }
+
     fn put(&self, key: [u8; 32], c: Arc<Claims>, gen: u64, now: u64) {
-        if self.max == 0 || c.exp <= now {
+        if c.exp <= now {
             return;
         }
-        let Ok(mut m) = self.map.lock() else { return };
-        if m.len() >= self.max {
-            m.retain(|_, (v, _)| v.exp > now);
-            if m.len() >= self.max {
-                // Still full of live tokens: start over rather than grow. Costs a re-verify
-                // per token, never correctness.
-                m.clear();
-            }
-        }
-        m.insert(key, (c, gen));
+        let Some(Ok(mut m)) = self.map.as_ref().map(|m| m.lock()) else {
+            return;
+        };
+        m.put(key, (c, gen));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map
+            .as_ref()
+            .and_then(|m| m.lock().ok().map(|m| m.len()))
+            .unwrap_or(0)
     }
 }
 
@@ -789,7 +796,8 @@ fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> Rejection {
 
 // ---------------------------------------------------------------- the layer
 
-struct Inner {
+/// The compiled policy.
+pub struct Auth {
     providers: Vec<Arc<Provider>>,
     max_token: usize,
     require_binding: bool,
@@ -800,10 +808,14 @@ struct Inner {
     metrics: Arc<Metrics>,
 }
 
-#[derive(Clone)]
-pub struct AuthLayer(Arc<Inner>);
+impl FromConfig for Auth {
+    type Config = AuthConfig;
+    fn from_config(cfg: &AuthConfig, b: &mut Build<'_>) -> Result<Self, String> {
+        Auth::new(cfg, b.resolve, b.metrics.clone(), b.stop.clone())
+    }
+}
 
-impl AuthLayer {
+impl Auth {
     /// Build a checked policy object; starts JWKS refresh tasks (stopped with `stop`).
     pub fn new(
         cfg: &AuthConfig,
@@ -843,7 +855,7 @@ impl AuthLayer {
                     .map(|n| (claim.clone(), n))
             })
             .collect();
-        Ok(AuthLayer(Arc::new(Inner {
+        Ok(Auth {
             providers,
             max_token: cfg.max_token_bytes,
             require_binding: cfg.require_certificate_binding,
@@ -853,12 +865,9 @@ impl AuthLayer {
                 .upstream_credential
                 .as_ref()
                 .and_then(|c| HeaderValue::from_str(c).ok()),
-            cache: TokenCache {
-                max: cfg.cache_entries,
-                map: Mutex::new(HashMap::new()),
-            },
+            cache: TokenCache::new(cfg.cache_entries),
             metrics,
-        })))
+        })
     }
 }
 
@@ -867,7 +876,7 @@ struct IssOnly {
     iss: Option<String>,
 }
 
-impl Inner {
+impl Auth {
     fn bearer<'a>(&self, req: &'a Request<Body>) -> Result<&'a str, Rejection> {
         if let Some(q) = req.uri().query() {
             if q.split('&').any(|kv| {
@@ -1003,7 +1012,7 @@ impl Inner {
         )))
     }
 
-    /// `token` is what [`Inner::bearer`] extracted; `cert` the connection's certificate.
+    /// `token` is what [`Auth::bearer`] extracted; `cert` the connection's certificate.
     async fn authenticate(
         &self,
         token: Result<String, Rejection>,
@@ -1062,43 +1071,10 @@ impl Inner {
     }
 }
 
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = Auth<S>;
-    fn layer(&self, inner: S) -> Auth<S> {
-        Auth {
-            inner,
-            a: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Auth<S> {
-    inner: S,
-    a: Arc<Inner>,
-}
-
-impl<S> tower::Service<Request<Body>> for Auth<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let a = self.a.clone();
-        // Take the ready inner service, leave a fresh clone (tower's clone-and-swap).
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+impl Policy for Auth {
+    fn call<S: Chain>(self: &Arc<Self>, mut req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
+        let a = self.clone();
+        let next = next.later();
         let token = a.bearer(&req).map(str::to_owned);
         let cert = req.extensions().get::<Arc<ClientIdentity>>().cloned();
         let route = req
@@ -1150,7 +1126,7 @@ where
                 slot.set_claims(&claims);
             }
             req.extensions_mut().insert(claims);
-            crate::service::call_next(inner, req).await
+            next.run(req).await
         })
     }
 }
@@ -1176,10 +1152,7 @@ mod tests {
 
     #[test]
     fn cache_never_serves_past_exp_and_stays_bounded() {
-        let c = TokenCache {
-            max: 2,
-            map: Mutex::new(HashMap::new()),
-        };
+        let c = TokenCache::new(2);
         let g0 = |_: &str| 0;
         c.put([1; 32], claims(100), 0, 50);
         assert!(c.get(&[1; 32], 99, g0).is_some());
@@ -1192,7 +1165,7 @@ mod tests {
         c.put([2; 32], claims(100), 0, 50);
         c.put([3; 32], claims(100), 0, 50);
         c.put([4; 32], claims(100), 0, 50);
-        assert!(c.map.lock().unwrap().len() <= 2);
+        assert!(c.len() <= 2);
         c.put([5; 32], claims(10), 0, 50);
         assert!(c.get(&[5; 32], 50, g0).is_none(), "expired token cached");
     }

@@ -13,28 +13,17 @@
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
 
 use crate::error::Rejection;
-use crate::service::PolicyFuture;
+use crate::policy::{Chain, Next, Policy, PolicyFuture};
 use crate::Body;
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CatchPanicLayer;
-
-impl<S> tower::Layer<S> for CatchPanicLayer {
-    type Service = CatchPanic<S>;
-    fn layer(&self, inner: S) -> CatchPanic<S> {
-        CatchPanic { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct CatchPanic<S> {
-    inner: S,
-}
+pub struct CatchPanic;
 
 fn panicked() -> Rejection {
     tracing::error!(
@@ -44,27 +33,10 @@ fn panicked() -> Rejection {
     Rejection::internal()
 }
 
-impl<S> tower::Service<Request<Body>> for CatchPanic<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = PolicyFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> PolicyFuture {
+impl Policy for CatchPanic {
+    fn call<S: Chain>(self: &Arc<Self>, req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
         // The synchronous part of a policy's `call` may panic as well as its future.
-        match catch_unwind(AssertUnwindSafe(|| -> PolicyFuture {
-            Box::pin(self.inner.call(req))
-        })) {
+        match catch_unwind(AssertUnwindSafe(|| next.run(req))) {
             Ok(inner) => Box::pin(Caught { inner: Some(inner) }),
             Err(_) => Box::pin(std::future::ready(Err(panicked()))),
         }
@@ -101,6 +73,7 @@ impl Future for Caught {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::PolicyLayer;
     use tower::{Layer, ServiceExt};
 
     fn req() -> Request<Body> {
@@ -115,7 +88,7 @@ mod tests {
                 panic!("policy bug")
             },
         );
-        let e = CatchPanicLayer
+        let e = PolicyLayer::new(CatchPanic)
             .layer(sync)
             .oneshot(req())
             .await
@@ -129,7 +102,7 @@ mod tests {
             }
             Ok::<Response<Body>, Rejection>(Response::new(crate::empty_body()))
         });
-        let e = CatchPanicLayer
+        let e = PolicyLayer::new(CatchPanic)
             .layer(later)
             .oneshot(req())
             .await
@@ -139,7 +112,11 @@ mod tests {
         let fine = tower::service_fn(|_r: Request<Body>| async {
             Ok::<_, Rejection>(Response::new(crate::empty_body()))
         });
-        let r = CatchPanicLayer.layer(fine).oneshot(req()).await.unwrap();
+        let r = PolicyLayer::new(CatchPanic)
+            .layer(fine)
+            .oneshot(req())
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
 
@@ -159,8 +136,8 @@ mod tests {
             }
             Ok::<Response<Body>, Rejection>(Response::new(crate::empty_body()))
         });
-        let svc = crate::policy::audit::AuditLayer::new(log.clone())
-            .layer(CatchPanicLayer.layer(panicking));
+        let svc = PolicyLayer::new(crate::policy::audit::Audit::new(log.clone()))
+            .layer(PolicyLayer::new(CatchPanic).layer(panicking));
         let e = svc.oneshot(req()).await.unwrap_err();
         assert_eq!(e.status.as_u16(), 500);
         log.flush().await;

@@ -27,7 +27,6 @@
 //! Findings are counted (`ward_dlp_findings_total{route,detector,action}`), logged as
 //! counts, and put in the request's audit record as counts — never values.
 
-use std::future::Future;
 use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,9 +41,11 @@ use http_body_util::{BodyExt, Full};
 use crate::context::AuditSlot;
 use crate::dlp::hl7::{self as dlp_hl7, Hl7Outcome};
 use crate::dlp::json::{self as dlp_json, JsonOutcome};
-use crate::dlp::{DlpConfig, Engine, Mode, Report, TextOutcome, Unscannable};
+pub use crate::dlp::DlpConfig;
+use crate::dlp::{Engine, Mode, Report, TextOutcome, Unscannable};
 use crate::error::Rejection;
 use crate::metrics::Metrics;
+use crate::policy::{Build, Chain, FromConfig, Next, Policy, PolicyFuture};
 use crate::{Body, BoxError};
 
 /// What a body is, for DLP.
@@ -296,12 +297,7 @@ pub fn decode(
 }
 
 /// A compiled `dlp` policy for one route.
-#[derive(Clone)]
-pub struct DlpLayer {
-    inner: Arc<Shared>,
-}
-
-struct Shared {
+pub struct Dlp {
     engine: Arc<Engine>,
     mode: Mode,
     requests: bool,
@@ -313,7 +309,14 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
-impl DlpLayer {
+impl FromConfig for Dlp {
+    type Config = DlpConfig;
+    fn from_config(cfg: &DlpConfig, b: &mut Build<'_>) -> Result<Self, String> {
+        Dlp::new(cfg, b.route, b.resolve, b.metrics.clone())
+    }
+}
+
+impl Dlp {
     pub fn new(
         cfg: &DlpConfig,
         route: &str,
@@ -321,36 +324,18 @@ impl DlpLayer {
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let engine = Arc::new(Engine::compile(cfg, resolve)?);
-        Ok(DlpLayer {
-            inner: Arc::new(Shared {
-                engine,
-                mode: cfg.mode,
-                requests: cfg.direction.requests(),
-                responses: cfg.direction.responses(),
-                max_scan: cfg.max_scan_bytes,
-                max_decoded: cfg.max_decoded_bytes.unwrap_or(cfg.max_scan_bytes),
-                unscannable: cfg.unscannable,
-                route: route.to_owned(),
-                metrics,
-            }),
+        Ok(Dlp {
+            engine,
+            mode: cfg.mode,
+            requests: cfg.direction.requests(),
+            responses: cfg.direction.responses(),
+            max_scan: cfg.max_scan_bytes,
+            max_decoded: cfg.max_decoded_bytes.unwrap_or(cfg.max_scan_bytes),
+            unscannable: cfg.unscannable,
+            route: route.to_owned(),
+            metrics,
         })
     }
-}
-
-impl<S> tower::Layer<S> for DlpLayer {
-    type Service = Dlp<S>;
-    fn layer(&self, inner: S) -> Dlp<S> {
-        Dlp {
-            inner,
-            shared: self.inner.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Dlp<S> {
-    inner: S,
-    shared: Arc<Shared>,
 }
 
 fn blocked() -> Rejection {
@@ -454,7 +439,7 @@ fn fix_headers(h: &mut HeaderMap, len: usize) {
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
-impl Shared {
+impl Dlp {
     fn count(&self, dir: &str, outcome: &str) {
         self.metrics
             .dlp_messages
@@ -575,7 +560,7 @@ impl Shared {
 /// never stall the runtime's workers (and every other connection with them).
 const BLOCKING_SCAN_BYTES: usize = 256 * 1024;
 
-impl Shared {
+impl Dlp {
     async fn process_owned(
         self: &Arc<Self>,
         dir: &'static str,
@@ -596,26 +581,10 @@ impl Shared {
 
 pub use crate::dlp::summary;
 
-impl<S> tower::Service<Request<Body>> for Dlp<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let shared = self.shared.clone();
-        let inner = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, inner);
+impl Policy for Dlp {
+    fn call<S: Chain>(self: &Arc<Self>, req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
+        let shared = self.clone();
+        let next = next.later();
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             let slot = parts.extensions.get::<AuditSlot>().cloned();
@@ -672,7 +641,7 @@ where
                 parts.headers.remove(header::IF_RANGE);
             }
             let req = Request::from_parts(parts, body);
-            let resp = crate::service::call_next(inner, req).await?;
+            let resp = next.run(req).await?;
             if !shared.responses || resp.body().is_end_stream() {
                 return Ok(resp);
             }

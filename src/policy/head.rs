@@ -11,54 +11,25 @@
 //!
 //! Outer layers (audit, metrics, rate limits) still see a HEAD.
 
-use std::task::{Context, Poll};
+use std::sync::Arc;
 
 use http::header::CONTENT_LENGTH;
 use http::{HeaderValue, Method, Request, Response};
 use http_body::Body as _;
 
-use crate::error::Rejection;
-use crate::service::PolicyFuture;
+use crate::policy::{Chain, Next, Policy, PolicyFuture};
 use crate::Body;
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct HeadAsGetLayer;
+pub struct HeadAsGet;
 
-impl<S> tower::Layer<S> for HeadAsGetLayer {
-    type Service = HeadAsGet<S>;
-    fn layer(&self, inner: S) -> HeadAsGet<S> {
-        HeadAsGet { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct HeadAsGet<S> {
-    inner: S,
-}
-
-impl<S> tower::Service<Request<Body>> for HeadAsGet<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = PolicyFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> PolicyFuture {
+impl Policy for HeadAsGet {
+    fn call<S: Chain>(self: &Arc<Self>, mut req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
         if req.method() != Method::HEAD {
-            return Box::pin(self.inner.call(req));
+            return next.run(req);
         }
         *req.method_mut() = Method::GET;
-        // Boxed first: see `policy::call_next` on why the inner future's type is erased.
-        let fut: PolicyFuture = Box::pin(self.inner.call(req));
+        let fut = next.run(req);
         Box::pin(async move {
             let resp = fut.await?;
             let (mut parts, body) = resp.into_parts();

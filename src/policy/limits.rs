@@ -7,17 +7,32 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Request;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::time::Sleep;
 
-use crate::error::Rejection;
+use serde::Deserialize;
+
+use crate::config::primitives::{Dur, ListenerLimits};
+use crate::policy::{Build, Chain, FromConfig, Next, Policy, PolicyFuture};
 use crate::{Body, BoxError};
+
+/// The `limits:` section of a policy file: tightens the listener's limits for the routes
+/// that name the policy (a route's effective limits are the tightest of all).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPolicyConfig {
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub body_timeout: Option<Dur>,
+}
 
 /// Effective limits of one route: the listener's, tightened by its policies.
 #[derive(Debug, Clone, Copy)]
@@ -26,56 +41,49 @@ pub struct LimitsConfig {
     pub body_timeout: Duration,
 }
 
+impl LimitsConfig {
+    /// The listener's limits tightened by every `limits:` section of the route's policies.
+    pub fn tightened<'a>(
+        listener: &ListenerLimits,
+        sections: impl IntoIterator<Item = &'a LimitsPolicyConfig>,
+    ) -> Self {
+        let mut l = LimitsConfig {
+            max_body_bytes: listener.max_body_bytes,
+            body_timeout: listener.body_timeout.0,
+        };
+        for pl in sections {
+            if let Some(m) = pl.max_body_bytes {
+                l.max_body_bytes = l.max_body_bytes.min(m);
+            }
+            if let Some(t) = pl.body_timeout {
+                l.body_timeout = l.body_timeout.min(t.0);
+            }
+        }
+        l
+    }
+}
+
 pub use crate::error::LimitError;
 
+/// The compiled policy: the route's effective limits.
 #[derive(Debug, Clone, Copy)]
-pub struct LimitsLayer {
+pub struct Limits {
     cfg: LimitsConfig,
 }
 
-impl From<LimitsConfig> for LimitsLayer {
-    fn from(cfg: LimitsConfig) -> Self {
-        LimitsLayer { cfg }
+impl FromConfig for Limits {
+    type Config = LimitsConfig;
+    fn from_config(cfg: &LimitsConfig, _: &mut Build<'_>) -> Result<Self, String> {
+        Ok(Limits { cfg: *cfg })
     }
 }
 
-impl<S> tower::Layer<S> for LimitsLayer {
-    type Service = Limits<S>;
-    fn layer(&self, inner: S) -> Limits<S> {
-        Limits {
-            inner,
-            cfg: self.cfg,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Limits<S> {
-    inner: S,
-    cfg: LimitsConfig,
-}
-
-impl<S> tower::Service<Request<Body>> for Limits<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+impl Policy for Limits {
+    fn call<S: Chain>(self: &Arc<Self>, req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
         let cfg = self.cfg;
         if let Some(cl) = req.body().size_hint().exact() {
             if cl > cfg.max_body_bytes {
-                return Box::pin(async { Err(LimitError::TooLarge.into()) });
+                return Box::pin(std::future::ready(Err(LimitError::TooLarge.into())));
             }
         }
         let req = if req.body().is_end_stream() {
@@ -83,8 +91,7 @@ where
         } else {
             req.map(|b| LimitedBody::new(b, cfg).boxed_unsync())
         };
-        let fut = self.inner.call(req);
-        Box::pin(fut)
+        next.run(req)
     }
 }
 

@@ -5,18 +5,16 @@
 //! listener's `client_auth`); this policy decides *which* verified clients a route admits.
 //! Each configured list is a condition (all must hold); within a list any entry matches.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::header::{HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use serde::Deserialize;
 
 use crate::context::UpstreamHeaders;
 use crate::error::Rejection;
 use crate::identity::ClientIdentity;
+use crate::policy::{Build, Chain, FromConfig, Next, Policy, PolicyFuture};
 use crate::Body;
 
 fn yes() -> bool {
@@ -114,23 +112,27 @@ fn normalize_hex(s: &str) -> Option<String> {
     (h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit())).then_some(h)
 }
 
+/// The compiled policy.
 #[derive(Debug)]
-struct Compiled {
+pub struct Mtls {
     cfg: MtlsConfig,
     spki: Vec<String>,
     header: Option<HeaderName>,
 }
 
-#[derive(Debug, Clone)]
-pub struct MtlsLayer(Arc<Compiled>);
+impl FromConfig for Mtls {
+    type Config = MtlsConfig;
+    fn from_config(cfg: &MtlsConfig, _: &mut Build<'_>) -> Result<Self, String> {
+        Mtls::compile(cfg)
+    }
+}
 
-impl TryFrom<&MtlsConfig> for MtlsLayer {
-    type Error = String;
-    fn try_from(cfg: &MtlsConfig) -> Result<Self, String> {
+impl Mtls {
+    fn compile(cfg: &MtlsConfig) -> Result<Self, String> {
         if let Some((k, m)) = cfg.problems().into_iter().next() {
             return Err(format!("{k}: {m}"));
         }
-        Ok(MtlsLayer(Arc::new(Compiled {
+        Ok(Mtls {
             spki: cfg
                 .spki_sha256
                 .iter()
@@ -141,7 +143,7 @@ impl TryFrom<&MtlsConfig> for MtlsLayer {
                 .as_ref()
                 .and_then(|h| HeaderName::try_from(h.as_str()).ok()),
             cfg: cfg.clone(),
-        })))
+        })
     }
 }
 
@@ -161,7 +163,7 @@ fn uri_match(pattern: &str, uri: &str) -> bool {
     }
 }
 
-impl Compiled {
+impl Mtls {
     fn admit(&self, id: &ClientIdentity) -> Result<(), Rejection> {
         let c = &self.cfg;
         if c.require_client_auth_eku && !id.client_auth_eku {
@@ -206,54 +208,26 @@ pub fn cert_required() -> Rejection {
     )
 }
 
-impl<S> tower::Layer<S> for MtlsLayer {
-    type Service = Mtls<S>;
-    fn layer(&self, inner: S) -> Mtls<S> {
-        Mtls {
-            inner,
-            c: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Mtls<S> {
-    inner: S,
-    c: Arc<Compiled>,
-}
-
-impl<S> tower::Service<Request<Body>> for Mtls<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+impl Policy for Mtls {
+    fn call<S: Chain>(self: &Arc<Self>, mut req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
         let id = req.extensions().get::<Arc<ClientIdentity>>().cloned();
         let decision = match &id {
-            None if self.c.cfg.require => Err(cert_required()),
+            None if self.cfg.require => Err(cert_required()),
             None => Ok(()),
-            Some(id) => self.c.admit(id),
+            Some(id) => self.admit(id),
         };
         if let Err(rej) = decision {
-            return Box::pin(async move { Err(rej) });
+            return Box::pin(std::future::ready(Err(rej)));
         }
-        if let Some(name) = &self.c.header {
-            let field = self.c.cfg.forward_field;
+        if let Some(name) = &self.header {
+            let field = self.cfg.forward_field;
             let value = id
                 .as_deref()
                 .and_then(|i| field.pick(i))
                 .and_then(|v| HeaderValue::from_str(v).ok());
             UpstreamHeaders::push(&mut req, name.clone(), value);
         }
-        Box::pin(self.inner.call(req))
+        next.run(req)
     }
 }
 
@@ -279,10 +253,9 @@ mod tests {
         }
     }
 
-    fn cfg(yaml: &str) -> Compiled {
+    fn cfg(yaml: &str) -> Mtls {
         let c: MtlsConfig = serde_saphyr::from_str(yaml).unwrap();
-        let l = MtlsLayer::try_from(&c).unwrap();
-        Arc::try_unwrap(l.0).unwrap()
+        Mtls::compile(&c).unwrap()
     }
 
     #[test]

@@ -14,14 +14,11 @@
 //! as with any multi-limit gateway).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::num::NonZeroU32;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use prometheus::IntCounter;
 use serde::Deserialize;
 
@@ -31,6 +28,7 @@ use crate::error::Rejection;
 use crate::fhir::request::{FhirRequest, Interaction};
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
+use crate::policy::{Build, Chain, FromConfig, Next, Policy, PolicyFuture, PolicyLayer};
 use crate::ratelimit::cluster::{BackendError, FailureMode, RedisBackend, RedisConfig};
 use crate::ratelimit::local::{Denied, LocalLimiter};
 pub use crate::ratelimit::{quota, Per};
@@ -401,14 +399,15 @@ pub fn backend_unavailable() -> Rejection {
 }
 
 /// The compiled limits of one route at one place in the stack.
-struct Stage {
+/// The compiled policy for one stage of a route (its limits before or after authentication).
+pub struct RateLimit {
     limits: Vec<Limit>,
     redis: Option<Arc<RedisBackend>>,
     backend_errors: Option<(IntCounter, IntCounter)>,
     housekeeper: Arc<Housekeeper>,
 }
 
-impl Stage {
+impl RateLimit {
     /// What each limit counts this request under, read before any await: the request
     /// itself is not `Sync` and cannot be held across one.
     fn keys(&self, req: &Request<Body>) -> Vec<Option<(Vec<u8>, NonZeroU32)>> {
@@ -470,23 +469,61 @@ impl Stage {
     }
 }
 
-/// Builds a route's two rate-limit layers (before and after authentication).
-pub struct RateLimitBuild {
-    pub before_auth: Option<RateLimitLayer>,
-    pub after_auth: Option<RateLimitLayer>,
+/// A route's rate limits compiled from one config: two policies, since limits keyed by
+/// token claims can only run after authentication while the others run before it (the
+/// one place one config makes two layers).
+pub struct RateLimitStages {
+    pub before_auth: Option<PolicyLayer<RateLimit>>,
+    pub after_auth: Option<PolicyLayer<RateLimit>>,
 }
 
-pub fn build(
+impl FromConfig for RateLimitStages {
+    type Config = RateLimitConfig;
+    fn from_config(cfg: &RateLimitConfig, b: &mut Build<'_>) -> Result<Self, String> {
+        if let Some((k, m)) = cfg.problems().into_iter().next() {
+            return Err(format!("rate_limit: {k}: {m}"));
+        }
+        // One Redis client per policy name: routes naming the policy share connections.
+        let redis = match &cfg.redis {
+            Some(rc) => Some(match b.engines.redis.get(b.policy) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Arc::new(
+                        RedisBackend::new(b.policy, rc, b.resolve)
+                            .map_err(|e| format!("rate_limit: {e}"))?,
+                    );
+                    b.engines.redis.insert(b.policy.to_owned(), r.clone());
+                    r
+                }
+            }),
+            None => None,
+        };
+        let stop = b.stop.clone();
+        let housekeeper = b
+            .engines
+            .housekeeper
+            .get_or_insert_with(|| Housekeeper::start(stop))
+            .clone();
+        compile(
+            cfg,
+            b.route,
+            redis,
+            b.metrics,
+            &housekeeper,
+            &mut b.engines.carry,
+        )
+        .map_err(|e| format!("rate_limit: {e}"))
+    }
+}
+
+fn compile(
     cfg: &RateLimitConfig,
     route: &str,
     redis: Option<Arc<RedisBackend>>,
     metrics: &Metrics,
     housekeeper: &Arc<Housekeeper>,
     carry: &mut crate::ratelimit::Carry,
-) -> Result<RateLimitBuild, String> {
-    if let Some((k, m)) = cfg.problems().into_iter().next() {
-        return Err(format!("{k}: {m}"));
-    }
+) -> Result<RateLimitStages, String> {
     let route_arc: Arc<str> = Arc::from(route);
     let mut before = Vec::new();
     let mut after = Vec::new();
@@ -556,69 +593,34 @@ pub fn build(
     });
     let layer = |limits: Vec<Limit>| {
         (!limits.is_empty()).then(|| {
-            RateLimitLayer(Arc::new(Stage {
+            PolicyLayer::new(RateLimit {
                 limits,
                 redis: redis.clone(),
                 backend_errors: backend_errors.clone(),
                 housekeeper: housekeeper.clone(),
-            }))
+            })
         })
     };
-    Ok(RateLimitBuild {
+    Ok(RateLimitStages {
         before_auth: layer(before),
         after_auth: layer(after),
     })
 }
 
-#[derive(Clone)]
-pub struct RateLimitLayer(Arc<Stage>);
-
-impl<S> tower::Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
-    fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit {
-            inner,
-            stage: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct RateLimit<S> {
-    inner: S,
-    stage: Arc<Stage>,
-}
-
-impl<S> tower::Service<Request<Body>> for RateLimit<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let stage = self.stage.clone();
-        if stage.redis.is_none() {
-            return match stage.admit_local(&req) {
-                Err(rej) => Box::pin(async move { Err(rej) }),
-                Ok(()) => Box::pin(self.inner.call(req)),
+impl Policy for RateLimit {
+    fn call<S: Chain>(self: &Arc<Self>, req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
+        if self.redis.is_none() {
+            return match self.admit_local(&req) {
+                Err(rej) => Box::pin(std::future::ready(Err(rej))),
+                Ok(()) => next.run(req),
             };
         }
-        let inner = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, inner);
+        let stage = self.clone();
+        let next = next.later();
         let keys = stage.keys(&req);
         Box::pin(async move {
             stage.admit(keys).await?;
-            crate::service::call_next(inner, req).await
+            next.run(req).await
         })
     }
 }

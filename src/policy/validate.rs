@@ -15,14 +15,11 @@
 //! The body is buffered only on routes with this policy and only up to the policy's cap,
 //! then forwarded byte for byte: validation never rewrites what the client sent.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, Full};
 use prometheus::IntCounterVec;
@@ -33,6 +30,7 @@ use crate::error::{Extra, Finding, Rejection};
 use crate::fhir::request::{FhirRequest, Interaction};
 use crate::fhir::validate::{self as fhirv, Limits, Profile, Severity};
 use crate::hl7v2;
+use crate::policy::{Build, Chain, FromConfig, Next, Policy, PolicyFuture};
 use crate::Body;
 
 fn default_max_body() -> usize {
@@ -224,7 +222,8 @@ impl FhirValidateConfig {
     }
 }
 
-struct Compiled {
+/// The compiled policy.
+pub struct Validate {
     /// The profile is compiled once here, not per request.
     fhir: Option<(Limits, Option<fhirv::CompiledProfile>)>,
     hl7: Option<(hl7v2::Rules, Hl7v2ValidateConfig)>,
@@ -232,10 +231,14 @@ struct Compiled {
     route: Arc<str>,
 }
 
-#[derive(Clone)]
-pub struct ValidateLayer(Arc<Compiled>);
+impl FromConfig for Validate {
+    type Config = ValidateConfig;
+    fn from_config(cfg: &ValidateConfig, b: &mut Build<'_>) -> Result<Self, String> {
+        Validate::new(cfg, b.route, b.metrics.validation_failures.clone())
+    }
+}
 
-impl ValidateLayer {
+impl Validate {
     pub fn new(cfg: &ValidateConfig, route: &str, failures: IntCounterVec) -> Result<Self, String> {
         if let Some((k, m)) = cfg.problems().into_iter().next() {
             return Err(format!("{k}: {m}"));
@@ -278,12 +281,12 @@ impl ValidateLayer {
                 h.clone(),
             )
         });
-        Ok(ValidateLayer(Arc::new(Compiled {
+        Ok(Validate {
             fhir,
             hl7,
             failures,
             route: Arc::from(route),
-        })))
+        })
     }
 }
 
@@ -390,7 +393,7 @@ enum Check {
     Er7,
 }
 
-impl Compiled {
+impl Validate {
     fn fail(&self, kind: &str) {
         self.failures.with_label_values(&[&self.route, kind]).inc();
     }
@@ -695,47 +698,15 @@ fn invalid(issues: Vec<fhirv::Issue>) -> Rejection {
 
 pub use crate::calendar::{civil_from_days, hl7_now};
 
-impl<S> tower::Layer<S> for ValidateLayer {
-    type Service = Validate<S>;
-    fn layer(&self, inner: S) -> Validate<S> {
-        Validate {
-            inner,
-            c: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Validate<S> {
-    inner: S,
-    c: Arc<Compiled>,
-}
-
-impl<S> tower::Service<Request<Body>> for Validate<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let check = match self.c.plan(&req) {
-            Ok(Check::None) => return Box::pin(self.inner.call(req)),
+impl Policy for Validate {
+    fn call<S: Chain>(self: &Arc<Self>, req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
+        let check = match self.plan(&req) {
+            Ok(Check::None) => return next.run(req),
             Ok(c) => c,
-            Err(rej) => return Box::pin(async move { Err(rej) }),
+            Err(rej) => return Box::pin(std::future::ready(Err(rej))),
         };
-        let c = self.c.clone();
-        let inner = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, inner);
+        let c = self.clone();
+        let next = next.later();
         let max = match (&check, &c.fhir, &c.hl7) {
             (Check::Er7, _, Some((_, h))) => h.max_body_bytes,
             (_, Some((l, _)), _) => l.max_bytes,
@@ -759,7 +730,7 @@ where
             let body = Full::new(bytes)
                 .map_err(|never| match never {})
                 .boxed_unsync();
-            crate::service::call_next(inner, Request::from_parts(parts, body)).await
+            next.run(Request::from_parts(parts, body)).await
         })
     }
 }

@@ -7,9 +7,9 @@
 //!   block list (`blocks.rs`, persisted, optionally shared through Redis) and the
 //!   throttles, and sends notifications (`notify.rs` webhook; every signal is also an audit
 //!   record, which the audit trail's syslog sink forwards);
-//! - the two layers at the end sit in every route stack: [`RespondLayer`] outermost
+//! - the two layers at the end sit in every route stack: [`RespondCheck`] outermost
 //!   (address and certificate blocks before anything else, observation of the outcome
-//!   after) and [`ClaimsCheckLayer`] right after authentication (subject and client
+//!   after) and [`ClaimsCheck`] right after authentication (subject and client
 //!   blocks, throttles, the identity for signals).
 //!
 //! What is recorded about whom is an identity key (`sub:<iss>|<sub>`, `client:<id>`,
@@ -20,15 +20,12 @@ pub mod notify;
 pub mod shared;
 pub mod signals;
 
-use std::future::Future;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -38,6 +35,7 @@ use crate::error::Rejection;
 use crate::fhir::request::{FhirRequest, Interaction};
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
+use crate::service::{Chain, Next, Policy, PolicyFuture};
 use crate::Body;
 use blocks::{Block, BlockList, BlockTarget};
 use signals::{Fired, SignalKind, Signals, SignalsConfig};
@@ -858,31 +856,16 @@ impl RespondSlot {
 
 // ------------------------------------------------------------------ outer layer
 
-#[derive(Clone)]
-pub struct RespondLayer {
+/// The outer respond check (address and certificate blocks; every outcome feeds the
+/// signals), as a policy.
+pub struct RespondCheck {
     r: Arc<Respond>,
 }
 
-impl RespondLayer {
+impl RespondCheck {
     pub fn new(r: Arc<Respond>) -> Self {
-        RespondLayer { r }
+        RespondCheck { r }
     }
-}
-
-impl<S> tower::Layer<S> for RespondLayer {
-    type Service = RespondSvc<S>;
-    fn layer(&self, inner: S) -> RespondSvc<S> {
-        RespondSvc {
-            inner,
-            r: self.r.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct RespondSvc<S> {
-    inner: S,
-    r: Arc<Respond>,
 }
 
 /// The signal key of an address: IPv6 clients are counted per /64 (one host can rotate
@@ -943,26 +926,10 @@ fn patients_of(f: &FhirRequest) -> Vec<String> {
     out
 }
 
-impl<S> tower::Service<Request<Body>> for RespondSvc<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+impl Policy for RespondCheck {
+    fn call<S: Chain>(self: &Arc<Self>, mut req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
         let r = self.r.clone();
-        let inner = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, inner);
+        let next = next.later();
         let ip = req
             .extensions()
             .get::<RequestContext>()
@@ -1014,7 +981,7 @@ where
                     return Err(blocked());
                 }
             }
-            let result = crate::service::call_next(inner, req).await;
+            let result = next.run(req).await;
             let identity = slot.get();
             let status = match &result {
                 Ok(resp) => resp.status(),
@@ -1090,53 +1057,22 @@ where
 
 // ------------------------------------------------------------------ after authentication
 
-#[derive(Clone)]
-pub struct ClaimsCheckLayer {
+/// The respond check after authentication (subject and client blocks, throttles), as a
+/// policy.
+pub struct ClaimsCheck {
     r: Arc<Respond>,
 }
 
-impl ClaimsCheckLayer {
+impl ClaimsCheck {
     pub fn new(r: Arc<Respond>) -> Self {
-        ClaimsCheckLayer { r }
+        ClaimsCheck { r }
     }
 }
 
-impl<S> tower::Layer<S> for ClaimsCheckLayer {
-    type Service = ClaimsCheck<S>;
-    fn layer(&self, inner: S) -> ClaimsCheck<S> {
-        ClaimsCheck {
-            inner,
-            r: self.r.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct ClaimsCheck<S> {
-    inner: S,
-    r: Arc<Respond>,
-}
-
-impl<S> tower::Service<Request<Body>> for ClaimsCheck<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+impl Policy for ClaimsCheck {
+    fn call<S: Chain>(self: &Arc<Self>, req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
         let r = self.r.clone();
-        let inner = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, inner);
+        let next = next.later();
         let claims = req.extensions().get::<Arc<Claims>>().cloned();
         let slot = req.extensions().get::<RespondSlot>().cloned();
         let ip = req
@@ -1221,7 +1157,7 @@ where
                     r.fired(f).await;
                 }
             }
-            crate::service::call_next(inner, req).await
+            next.run(req).await
         })
     }
 }

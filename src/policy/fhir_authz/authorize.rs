@@ -4,35 +4,27 @@
 use super::*;
 
 pub(super) fn authorize<S>(
-    a: Arc<Inner>,
+    a: Arc<FhirAuthz>,
     f: Arc<FhirRequest>,
     claims: Arc<Claims>,
     req: Request<Body>,
     inner: S,
 ) -> PolicyFuture
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Chain,
 {
     Box::pin(authorize_inner(a, f, claims, req, inner))
 }
 
 pub(super) async fn authorize_inner<S>(
-    a: Arc<Inner>,
+    a: Arc<FhirAuthz>,
     f: Arc<FhirRequest>,
     claims: Arc<Claims>,
     req: Request<Body>,
     inner: S,
 ) -> Result<Response<Body>, Rejection>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Chain,
 {
     let f = &*f;
     let claims = &*claims;
@@ -287,8 +279,7 @@ pub(super) async fn pre_read<S>(
     pid: &str,
 ) -> Result<Option<HeaderValue>, Rejection>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection> + Send + 'static,
-    S::Future: Send + 'static,
+    S: Chain,
 {
     let unverifiable = || {
         Rejection::new(

@@ -20,7 +20,6 @@
 //!   system-wide searches and history in patient context.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
@@ -40,7 +39,7 @@ use crate::fhir::scope_filter::Grants;
 use crate::fhir::scopes::{self, Context as ScopeContext, Perm, Scope};
 use crate::fhir::strict_json::{self, StrictError};
 use crate::metrics::Metrics;
-use crate::service::PolicyFuture;
+use crate::policy::{Build, Chain, FromConfig, Next, Policy, PolicyFuture};
 use crate::Body;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -246,7 +245,8 @@ const RESULT_PARAMS: &[&str] = &[
     "_revinclude",
 ];
 
-struct Inner {
+/// The compiled policy.
+pub struct FhirAuthz {
     cfg: FhirAuthzConfig,
     metrics: Arc<Metrics>,
     /// The upstream's `scheme://authority` (and its URL's own path, if any): references
@@ -257,10 +257,18 @@ struct Inner {
     break_glass_limit: Option<governor::DefaultKeyedRateLimiter<String>>,
 }
 
-#[derive(Clone)]
-pub struct FhirAuthzLayer(Arc<Inner>);
+impl FromConfig for FhirAuthz {
+    type Config = FhirAuthzConfig;
+    fn from_config(cfg: &FhirAuthzConfig, b: &mut Build<'_>) -> Result<Self, String> {
+        if cfg.break_glass.is_some() {
+            // The route's break-glass counter exists (at 0) before its first use.
+            b.metrics.break_glass.with_label_values(&[b.route]);
+        }
+        FhirAuthz::for_upstream(cfg, b.metrics.clone(), b.upstream_url)
+    }
+}
 
-impl FhirAuthzLayer {
+impl FhirAuthz {
     pub fn new(cfg: &FhirAuthzConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         if let Some((k, m)) = cfg.problems().into_iter().next() {
             return Err(format!("{k}: {m}"));
@@ -274,13 +282,13 @@ impl FhirAuthzLayer {
                 governor::Quota::with_period(std::time::Duration::from_secs(86_400) / n.get())
                     .map(|q| governor::RateLimiter::keyed(q.allow_burst(n)))
             });
-        Ok(FhirAuthzLayer(Arc::new(Inner {
+        Ok(FhirAuthz {
             cfg: cfg.clone(),
             metrics,
             upstream_origin: None,
             upstream_url: None,
             break_glass_limit,
-        })))
+        })
     }
 
     /// The route's upstream URL: absolute references to it are this server's own.
@@ -289,31 +297,14 @@ impl FhirAuthzLayer {
         metrics: Arc<Metrics>,
         url: &str,
     ) -> Result<Self, String> {
-        let FhirAuthzLayer(inner) = Self::new(cfg, metrics)?;
-        let mut inner = Arc::into_inner(inner).ok_or("fhir_authz: layer already shared")?;
+        let mut inner = Self::new(cfg, metrics)?;
         inner.upstream_origin = url.split_once("://").map(|(scheme, rest)| {
             let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
             format!("{scheme}://{authority}")
         });
         inner.upstream_url = Some(url.trim_end_matches('/').to_owned());
-        Ok(FhirAuthzLayer(Arc::new(inner)))
+        Ok(inner)
     }
-}
-
-impl<S> tower::Layer<S> for FhirAuthzLayer {
-    type Service = FhirAuthz<S>;
-    fn layer(&self, inner: S) -> FhirAuthz<S> {
-        FhirAuthz {
-            inner,
-            a: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct FhirAuthz<S> {
-    inner: S,
-    a: Arc<Inner>,
 }
 
 fn denied(code: &'static str, detail: &'static str) -> Rejection {
@@ -456,7 +447,7 @@ fn patient_params(
     Ok(restricted)
 }
 
-impl Inner {
+impl FhirAuthz {
     /// The bases under which an absolute reference means this server: the route as the
     /// client addressed it, and the upstream (its origin with the route's upstream path,
     /// and its configured URL).
@@ -1166,26 +1157,10 @@ fn read_limited(body: Body, max: usize) -> BytesFuture {
     })
 }
 
-impl<S> tower::Service<Request<Body>> for FhirAuthz<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = PolicyFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let a = self.a.clone();
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+impl Policy for FhirAuthz {
+    fn call<S: Chain>(self: &Arc<Self>, req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
+        let a = self.clone();
+        let inner = next.later().into_inner();
         Box::pin(async move {
             let route = req
                 .extensions()

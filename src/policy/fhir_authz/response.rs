@@ -5,7 +5,7 @@
 use super::*;
 
 pub(super) async fn check_response(
-    a: &Inner,
+    a: &FhirAuthz,
     resp: Response<Body>,
     pid: &str,
     bundle: bool,
@@ -89,7 +89,7 @@ pub(super) async fn check_response(
 /// cap. `Err(None)`: it cannot be checked (the caller decides how that looks);
 /// `Err(Some(_))`: a definite refusal (too large, unreadable).
 pub(super) async fn json_answer(
-    a: &Inner,
+    a: &FhirAuthz,
     resp: Response<Body>,
 ) -> Result<(http::response::Parts, Bytes, Value), Option<Rejection>> {
     let (parts, body) = resp.into_parts();
@@ -154,7 +154,7 @@ pub(super) fn scope_refused() -> Rejection {
 /// refused) and, when the scopes do not grant every type, remove or refuse what they do
 /// not cover.
 pub(super) async fn check_scoped(
-    a: &Inner,
+    a: &FhirAuthz,
     resp: Response<Body>,
     grants: Option<&Grants<'_>>,
     mode: ScopeMode,
@@ -288,7 +288,7 @@ pub(super) enum EntryCheck {
 /// another patient's resource becomes the entry a missing resource gets; search results are
 /// filtered like any search.
 pub(super) async fn check_batch_response(
-    a: &Inner,
+    a: &FhirAuthz,
     resp: Response<Body>,
     checks: &[EntryCheck],
     grants: &[Option<Grants<'_>>],

@@ -34,7 +34,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 
@@ -50,118 +50,30 @@ const MAX_WINDOW_SECS: u64 = 30 * 24 * 3600;
 // Bounded LRU table
 // ---------------------------------------------------------------------------
 
-const NIL: u32 = u32::MAX;
-
-struct Node<V> {
-    key: Box<str>,
-    value: V,
-    prev: u32,
-    next: u32,
-}
-
-/// An exact LRU map from `str` keys to `V` with a hard capacity.
-///
-/// Nodes live in a slab (`Vec`) linked into a recency list by index, so a
-/// lookup of a known key is one hash probe plus pointer fixes: no allocation.
-/// Inserting a new key into a full table reuses the evicted node's slot.
-struct LruTable<V> {
-    index: HashMap<Box<str>, u32, RandomState>,
-    nodes: Vec<Node<V>>,
-    head: u32, // most recently seen
-    tail: u32, // least recently seen: the eviction victim
-    cap: usize,
-}
+/// An exact LRU map from `str` keys to `V` with a hard capacity: the `lru` crate's map
+/// (a hash index over a recency list) with the one call the signals need, a lookup that
+/// creates a missing key and marks it most recently seen without allocating for a known one.
+struct LruTable<V>(lru::LruCache<String, V, RandomState>);
 
 impl<V> LruTable<V> {
     fn new(cap: usize) -> Self {
-        // u32 indices: cap is clamped so NIL can never be a real index.
-        let cap = cap.clamp(1, (u32::MAX - 1) as usize);
-        LruTable {
-            index: HashMap::with_hasher(RandomState::new()),
-            nodes: Vec::new(),
-            head: NIL,
-            tail: NIL,
-            cap,
-        }
+        let cap = std::num::NonZeroUsize::new(cap).unwrap_or(std::num::NonZeroUsize::MIN);
+        LruTable(lru::LruCache::with_hasher(cap, RandomState::new()))
     }
 
     fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    fn unlink(&mut self, i: u32) {
-        let (prev, next) = {
-            let n = &self.nodes[i as usize];
-            (n.prev, n.next)
-        };
-        if prev == NIL {
-            self.head = next;
-        } else {
-            self.nodes[prev as usize].next = next;
-        }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            self.nodes[next as usize].prev = prev;
-        }
-    }
-
-    fn push_front(&mut self, i: u32) {
-        let old = self.head;
-        {
-            let n = &mut self.nodes[i as usize];
-            n.prev = NIL;
-            n.next = old;
-        }
-        if old != NIL {
-            self.nodes[old as usize].prev = i;
-        }
-        self.head = i;
-        if self.tail == NIL {
-            self.tail = i;
-        }
-    }
-
-    fn touch(&mut self, i: u32) {
-        if self.head != i {
-            self.unlink(i);
-            self.push_front(i);
-        }
+        self.0.len()
     }
 
     /// Returns the value for `key`, marking it most recently seen; creates it
     /// with `make` (evicting the least recently seen key when full).
     fn get_or_insert_with(&mut self, key: &str, make: impl FnOnce() -> V) -> &mut V {
-        if let Some(&i) = self.index.get(key) {
-            self.touch(i);
-            return &mut self.nodes[i as usize].value;
-        }
-        let i = if self.nodes.len() < self.cap {
-            let i = self.nodes.len() as u32;
-            self.nodes.push(Node {
-                key: key.into(),
-                value: make(),
-                prev: NIL,
-                next: NIL,
-            });
-            i
-        } else {
-            let i = self.tail;
-            self.unlink(i);
-            let node = &mut self.nodes[i as usize];
-            self.index.remove(&node.key);
-            node.key = key.into();
-            node.value = make();
-            i
-        };
-        self.index.insert(self.nodes[i as usize].key.clone(), i);
-        self.push_front(i);
-        &mut self.nodes[i as usize].value
+        self.0.get_or_insert_mut_ref(key, make)
     }
 
     /// Read-only lookup that does not change recency (for inspection).
     fn peek(&self, key: &str) -> Option<&V> {
-        self.index.get(key).map(|&i| &self.nodes[i as usize].value)
+        self.0.peek(key)
     }
 }
 

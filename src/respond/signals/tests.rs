@@ -26,7 +26,7 @@ fn lru_evicts_least_recently_seen() {
     *t.get_or_insert_with("b", || 10) += 1;
     assert_eq!(t.peek("a"), None);
     assert_eq!(t.peek("b"), Some(&11));
-    assert_eq!(t.index.len(), 2);
+    assert_eq!(t.len(), 2);
 }
 
 #[test]
