@@ -388,6 +388,33 @@ enum Credential {
 
 type Flight = Arc<tokio::sync::OnceCell<Result<Answer, Failure>>>;
 
+/// Takes a finished flight out of the in-flight table — and an abandoned one too: if every
+/// request waiting on a call went away (clients disconnecting), the last one out removes
+/// the entry, so made-up tokens sent by clients that hang up cannot grow the table. Every
+/// clone and every drop of a flight happens under the table's lock, so the count read
+/// here is exact.
+struct FlightGuard<'a> {
+    inflight: &'a Mutex<HashMap<TokenHash, Flight>>,
+    key: TokenHash,
+    flight: Option<Flight>,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut m = self
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(f) = self.flight.take() else { return };
+        let ours = m.get(&self.key).is_some_and(|x| Arc::ptr_eq(x, &f));
+        // Two references: the table's and ours.
+        if ours && (f.initialized() || Arc::strong_count(&f) <= 2) {
+            m.remove(&self.key);
+        }
+        drop(f);
+    }
+}
+
 /// One introspection endpoint with its cache. Built from a checked config.
 pub struct Introspector {
     /// The provider name (metric label).
@@ -488,13 +515,21 @@ impl Introspector {
         if let Some(a) = self.cached(&key) {
             return Ok(a);
         }
-        let flight: Flight = self
-            .inflight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(key)
-            .or_default()
-            .clone();
+        let guard = FlightGuard {
+            inflight: &self.inflight,
+            key,
+            flight: Some(
+                self.inflight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(key)
+                    .or_default()
+                    .clone(),
+            ),
+        };
+        let Some(flight) = guard.flight.as_ref() else {
+            return Err(Failure::Connect);
+        };
         // The first caller runs the call; the others wait for its result. If that caller
         // goes away (its client disconnected), the OnceCell lets the next waiter run it.
         let out = flight
@@ -536,13 +571,7 @@ impl Introspector {
             })
             .await
             .clone();
-        let mut m = self
-            .inflight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if m.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-            m.remove(&key);
-        }
+        drop(guard);
         out
     }
 
@@ -719,6 +748,36 @@ mod tests {
         };
         off.put([1; 32], Answer::Inactive, t0 + s, t0);
         assert!(off.map.is_empty());
+    }
+
+    #[test]
+    fn abandoned_and_finished_flights_leave_the_table() {
+        let table: Mutex<HashMap<TokenHash, Flight>> = Mutex::new(HashMap::new());
+        let join = || FlightGuard {
+            inflight: &table,
+            key: [7; 32],
+            flight: Some(table.lock().unwrap().entry([7; 32]).or_default().clone()),
+        };
+        // Two waiters give up before any answer: the entry goes with the last one.
+        let (a, b) = (join(), join());
+        drop(a);
+        assert_eq!(table.lock().unwrap().len(), 1, "removed under a waiter");
+        drop(b);
+        assert!(table.lock().unwrap().is_empty(), "abandoned flight leaked");
+        // A finished flight goes with the first waiter out.
+        let (a, b) = (join(), join());
+        assert!(a.flight.as_ref().unwrap().set(Ok(Answer::Inactive)).is_ok());
+        drop(a);
+        assert!(table.lock().unwrap().is_empty());
+        drop(b);
+        // A newer flight for the same token is not removed by an older one's waiter.
+        let old = join();
+        table.lock().unwrap().clear();
+        let new = join();
+        drop(old);
+        assert_eq!(table.lock().unwrap().len(), 1);
+        drop(new);
+        assert!(table.lock().unwrap().is_empty());
     }
 
     #[test]
