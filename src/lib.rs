@@ -13,7 +13,7 @@
 //! | layer | modules | what lives there |
 //! |---|---|---|
 //! | 1 leaves | `context`, `error`, `calendar`, `service`, `shutdown`, `metrics`, `body`, `config::primitives`, `tls`, `identity`, `path` | typed request extensions and claims, the one error→response mapping, clocks, tower plumbing, settings value types |
-//! | 2 engines | `fhir`, `hl7v2`, `dlp`, `ratelimit`, `respond`, `audit`, `proxy`, `conn_guard` | machinery the policies drive |
+//! | 2 engines | `fhir`, `hl7v2`, `dlp`, `ratelimit`, `respond`, `audit`, `proxy`, `conn_guard`, `oauth` | machinery the policies drive |
 //! | 3 policies | `policy::*` | one decision each; never imports another policy |
 //! | 4 composition | `stack`, `router` | which layers a route gets, which route a request takes |
 //! | 5 servers | `server`, `mllp`, `admin` | sockets, TLS handshakes, drains |
@@ -43,6 +43,7 @@ pub mod identity;
 pub mod init;
 pub mod metrics;
 pub mod mllp;
+pub mod oauth;
 pub mod path;
 pub mod policy;
 pub mod proxy;

@@ -151,6 +151,8 @@ fn every_policy_file_in_the_repository_loads() {
         "deidentify",
         "phi-guard",
         "emergency-access",
+        "opaque-tokens",
+        "backend-services",
     ] {
         assert!(
             policies.contains_key(expected),
@@ -165,6 +167,14 @@ fn every_policy_file_in_the_repository_loads() {
     assert!(policies["phi-guard"].dlp.is_some());
     assert!(policies["lab-systems"].mtls.is_some());
     assert!(policies["smart-on-fhir"].auth.is_some());
+    assert!(policies["opaque-tokens"]
+        .auth
+        .as_ref()
+        .is_some_and(|a| a.providers[0].introspection.is_some()));
+    assert!(policies["backend-services"]
+        .fhir_authz
+        .as_ref()
+        .is_some_and(|f| f.allowed_scope_levels.is_some()));
     assert!(policies["patient-access"].fhir_authz.is_some());
     assert_eq!(
         policies["rate-limits"]

@@ -29,7 +29,7 @@ fn layer(module: &str) -> Option<u8> {
         | "identity" | "path" | "hex" | "body" => 1,
         // Engines: pure-ish machinery the policies drive.
         "fhir" | "hl7v2" | "dlp" | "ratelimit" | "respond" | "audit" | "proxy" | "conn_guard"
-        | "json" => 2,
+        | "json" | "oauth" => 2,
         // Policies: decisions, one per file.
         "policy" => 3,
         // Composition: which layers a route gets, which route a request takes.

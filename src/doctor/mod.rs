@@ -609,6 +609,13 @@ impl Checker<'_> {
                     if let Some(ca) = &p.jwks_ca {
                         check(lines, format!("auth.providers[{j}].jwks_ca"), ca);
                     }
+                    if let Some(i) = &p.introspection {
+                        check(
+                            lines,
+                            format!("auth.providers[{j}].introspection.ca"),
+                            &i.ca,
+                        );
+                    }
                 }
             }
             if let Some(r) = pc.rate_limit.as_ref().and_then(|r| r.redis.as_ref()) {

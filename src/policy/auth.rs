@@ -43,6 +43,7 @@ use crate::context::{RouteId, UpstreamHeaders};
 use crate::error::Rejection;
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
+use crate::oauth::introspect::{Answer, IntrospectionConfig, Introspector};
 use crate::policy::{Build, Chain, FromConfig, Next, Policy, PolicyFuture};
 use crate::Body;
 
@@ -95,6 +96,8 @@ pub struct ProviderConfig {
     pub name: String,
     pub issuer: String,
     pub audiences: Vec<String>,
+    /// Pinned signature algorithms (JWT providers; not used with `introspection`).
+    #[serde(default)]
     pub algorithms: Vec<String>,
     /// A PEM public key, or a JWKS document (`.json`).
     #[serde(default)]
@@ -114,6 +117,10 @@ pub struct ProviderConfig {
     pub shared_secret: Option<String>,
     #[serde(default = "default_leeway")]
     pub leeway: Dur,
+    /// Opaque tokens: ask this RFC 7662 endpoint instead of verifying a signature. The
+    /// answer's claims are then checked exactly like a JWT's (issuer, audiences, expiry…).
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
 }
 
 fn default_refresh() -> Dur {
@@ -161,18 +168,39 @@ impl AuthConfig {
                     "list the audiences this gateway accepts".into(),
                 ));
             }
-            if p.algorithms.is_empty() {
+            if let Some(ic) = &p.introspection {
+                // The server vouches for the token; there is no signature to pin.
+                if !p.algorithms.is_empty() {
+                    out.push((
+                        k("algorithms"),
+                        "not used with introspection (remove it)".into(),
+                    ));
+                }
+                // One provider only: an opaque token names no issuer, so with several
+                // providers a token meant for another one would be sent to this server.
+                if self.providers.len() != 1 {
+                    out.push((
+                        k("introspection"),
+                        "an introspection provider must be the only provider of its auth policy"
+                            .into(),
+                    ));
+                }
+                for (key, m) in ic.problems(resolve) {
+                    out.push((k(&format!("introspection.{key}")), m));
+                }
+            } else if p.algorithms.is_empty() {
                 out.push((k("algorithms"), "pin at least one algorithm".into()));
             }
             let sources = [
                 p.keys_file.is_some(),
                 p.jwks_url.is_some(),
                 p.shared_secret.is_some(),
+                p.introspection.is_some(),
             ];
             if sources.iter().filter(|s| **s).count() != 1 {
                 out.push((
                     k("keys_file"),
-                    "exactly one of keys_file, jwks_url, shared_secret".into(),
+                    "exactly one of keys_file, jwks_url, shared_secret, introspection".into(),
                 ));
             }
             for (j, a) in p.algorithms.iter().enumerate() {
@@ -423,6 +451,8 @@ pub struct Provider {
     /// re-verified.
     generation: std::sync::atomic::AtomicU64,
     jwks: Option<Jwks>,
+    /// Set for an introspection provider: tokens are opaque and asked about.
+    introspector: Option<Introspector>,
     refresh: Duration,
     metrics: Arc<Metrics>,
 }
@@ -442,7 +472,16 @@ impl Provider {
             .map(|a| Algorithm::from_str(a).map_err(|_| format!("unsupported algorithm {a}")))
             .collect::<Result<Vec<_>, _>>()?;
         let mut jwks = None;
-        let keys = if let Some(f) = &cfg.keys_file {
+        let mut introspector = None;
+        let keys = if let Some(ic) = &cfg.introspection {
+            introspector = Some(Introspector::new(
+                Arc::from(cfg.name.as_str()),
+                ic,
+                resolve,
+                metrics.clone(),
+            )?);
+            KeySet::default()
+        } else if let Some(f) = &cfg.keys_file {
             load_keys_file(&resolve(f))?
         } else if let Some(secret) = &cfg.shared_secret {
             KeySet {
@@ -484,6 +523,7 @@ impl Provider {
             keys: ArcSwap::from_pointee(keys),
             generation: std::sync::atomic::AtomicU64::new(0),
             jwks,
+            introspector,
             refresh: cfg.jwks_refresh.0,
             metrics,
         })
@@ -667,6 +707,62 @@ fn check_identity_claims(
     Ok(())
 }
 
+/// What jsonwebtoken checks in a JWT payload, for an introspection answer (the server
+/// vouches for the token, not for these): `iss`, `aud`, `exp`, `sub` required, the issuer
+/// ours, one audience ours, `exp`/`nbf`/`iat` honoured with the provider's leeway — the
+/// same codes as for a JWT. A `token_type` other than Bearer (a refresh token, a DPoP
+/// token whose proof Ward cannot check) is refused.
+fn check_introspected_claims(
+    p: &Provider,
+    raw: &serde_json::Map<String, Value>,
+    now: u64,
+) -> Result<(), Rejection> {
+    let missing = || invalid("token_claim_missing", "token lacks a required claim");
+    let malformed = || invalid("token_claim_invalid", "token has a malformed claim");
+    for k in ["iss", "aud", "exp", "sub"] {
+        if raw.get(k).is_none_or(Value::is_null) {
+            return Err(missing());
+        }
+    }
+    let time = |k: &str| match raw.get(k) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(malformed),
+    };
+    let (exp, nbf, iat) = (time("exp")?, time("nbf")?, time("iat")?);
+    if raw.get("sub").and_then(Value::as_str).is_none() {
+        return Err(malformed());
+    }
+    match raw.get("token_type") {
+        None => {}
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(_) => return Err(malformed()),
+    }
+    if raw.get("iss").and_then(Value::as_str) != Some(p.issuer.as_str()) {
+        return Err(invalid("token_issuer", "token issuer not accepted"));
+    }
+    let ours = |a: &Value| {
+        a.as_str()
+            .is_some_and(|a| p.audiences.iter().any(|x| x == a))
+    };
+    let aud_ok = match raw.get("aud") {
+        Some(Value::String(_)) => raw.get("aud").is_some_and(ours),
+        Some(Value::Array(a)) => a.iter().any(ours),
+        _ => return Err(malformed()),
+    };
+    if !aud_ok {
+        return Err(invalid("token_audience", "token audience not accepted"));
+    }
+    if exp.is_some_and(|e| e.saturating_add(p.leeway) <= now) {
+        return Err(invalid("token_expired", "token has expired"));
+    }
+    if nbf.is_some_and(|n| n > now.saturating_add(p.leeway))
+        || iat.is_some_and(|t| t > now.saturating_add(p.leeway))
+    {
+        return Err(invalid("token_not_yet_valid", "token is not valid yet"));
+    }
+    Ok(())
+}
+
 /// For policies that read a claim `auth` does not know by name (the FHIR authorization's
 /// configurable patient claim): the token is refused as `check_identity_claims` would.
 fn now_secs() -> u64 {
@@ -758,6 +854,15 @@ fn bad_request(code: &'static str, detail: &'static str) -> Rejection {
     )
 }
 
+fn introspection_unavailable() -> Rejection {
+    Rejection::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "introspection_unavailable",
+        "token introspection is temporarily unavailable",
+    )
+    .with_header(RETRY_AFTER, HeaderValue::from_static("5"))
+}
+
 /// For authorization policies that run after `auth`: 403 with the RFC 6750 error.
 fn jwks_unavailable() -> Rejection {
     Rejection::new(
@@ -799,6 +904,9 @@ fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> Rejection {
 /// The compiled policy.
 pub struct Auth {
     providers: Vec<Arc<Provider>>,
+    /// The (only) provider introspects opaque tokens: any b64token is accepted in the
+    /// header, and the JWT cache is not used (the introspection cache bounds reuse).
+    opaque: bool,
     max_token: usize,
     require_binding: bool,
     forward: Vec<(String, HeaderName)>,
@@ -855,8 +963,10 @@ impl Auth {
                     .map(|n| (claim.clone(), n))
             })
             .collect();
+        let opaque = providers.iter().any(|p| p.introspector.is_some());
         Ok(Auth {
             providers,
+            opaque,
             max_token: cfg.max_token_bytes,
             require_binding: cfg.require_certificate_binding,
             forward,
@@ -913,7 +1023,20 @@ impl Auth {
         if token.len() > self.max_token {
             return Err(invalid("token_too_large", "token exceeds the size limit"));
         }
-        if token.is_empty() || token.split('.').count() != 3 {
+        if token.is_empty() {
+            return Err(invalid("token_malformed", "token is malformed"));
+        }
+        if self.opaque {
+            // RFC 6750 §2.1 b64token: nothing else is sent on to the introspection server.
+            let body = token.trim_end_matches('=');
+            if body.is_empty()
+                || !body
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+            {
+                return Err(invalid("token_malformed", "token is malformed"));
+            }
+        } else if token.split('.').count() != 3 {
             return Err(invalid("token_malformed", "token is malformed"));
         }
         Ok(token)
@@ -940,6 +1063,13 @@ impl Auth {
         let provider = self.provider_for(token).map_err(|r| (r, unknown.clone()))?;
         let pname = provider.name.clone();
         let fail = |r: Rejection| (r, pname.clone());
+        if let Some(i) = &provider.introspector {
+            return self
+                .verify_introspected(provider, i, token)
+                .await
+                .map(|c| (c, pname.clone()))
+                .map_err(fail);
+        }
         // Header checks (`crit`, `b64`) happen in jsonwebtoken; `alg: none` does not parse.
         let header = jsonwebtoken::decode_header(token).map_err(|e| fail(map_jwt_error(&e)))?;
         if !provider.algorithms.contains(&header.alg) {
@@ -1012,6 +1142,34 @@ impl Auth {
         )))
     }
 
+    /// An opaque token: the provider's introspection endpoint must say `active: true`,
+    /// and then its answer passes the same claim checks a JWT's payload does.
+    async fn verify_introspected(
+        &self,
+        provider: &Provider,
+        i: &Introspector,
+        token: &str,
+    ) -> Result<Arc<Claims>, Rejection> {
+        let raw = match i.introspect(token).await {
+            Ok(Answer::Active(m)) => m,
+            Ok(Answer::Inactive) => {
+                return Err(invalid("token_inactive", "token is not active"));
+            }
+            // Down, slow, non-200 or nonsense, and nothing cached: the token may be fine,
+            // but nothing says so. Fail closed, and tell the client to retry.
+            Err(_) => return Err(introspection_unavailable()),
+        };
+        // Blank identities first, as for a JWT (`aud: []` is as good as no audience).
+        check_identity_claims(&raw, &self.forward)?;
+        check_introspected_claims(provider, &raw, now_secs())?;
+        let mut raw = (*raw).clone();
+        // RFC 7662 members that say nothing about the subject: not claims of the token.
+        raw.remove("active");
+        Claims::from_raw(provider.name.clone(), raw)
+            .map(Arc::new)
+            .ok_or_else(|| invalid("token_claim_invalid", "token has a malformed claim"))
+    }
+
     /// `token` is what [`Auth::bearer`] extracted; `cert` the connection's certificate.
     async fn authenticate(
         &self,
@@ -1037,8 +1195,12 @@ impl Auth {
             None => {
                 let (c, p) = self.verify(token).await?;
                 // The generation read after verifying: a refresh racing this request only
-                // makes the entry stale sooner, never accepts a withdrawn key.
-                self.cache.put(key, c.clone(), gen_of(&p), now);
+                // makes the entry stale sooner, never accepts a withdrawn key. Introspected
+                // tokens are cached by the introspector, for `cache_ttl` at most: caching
+                // them here until `exp` would hide a revocation.
+                if !self.opaque {
+                    self.cache.put(key, c.clone(), gen_of(&p), now);
+                }
                 (c, p)
             }
         };

@@ -36,6 +36,7 @@ where
         Some(Value::String(p)) if !is_blank(p) => {}
         Some(_) => return Err(claim_invalid()),
     }
+    a.scope_levels(claims)?;
     let (mut parts, mut body) = req.into_parts();
     let mut params = f.params.clone();
     let max = a.cfg.max_buffer_bytes;

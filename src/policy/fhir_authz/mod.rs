@@ -122,6 +122,31 @@ pub struct FhirAuthzConfig {
     /// patient compartment when the request states a reason in `Break-Glass-Reason`.
     #[serde(default)]
     pub break_glass: Option<BreakGlassConfig>,
+    /// SMART scope levels this route accepts (default: all three). `[system]` makes a
+    /// server-to-server route (SMART Backend Services): a token is refused there
+    /// (`scope_level_denied`) if it carries a `patient/` or `user/` resource scope, a
+    /// patient launch context or a `fhirUser` claim, or no `system/` resource scope at all.
+    #[serde(default)]
+    pub allowed_scope_levels: Option<Vec<ScopeLevel>>,
+}
+
+/// The context part of a SMART resource scope (`patient/`, `user/`, `system/`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeLevel {
+    Patient,
+    User,
+    System,
+}
+
+impl ScopeLevel {
+    fn of(c: ScopeContext) -> ScopeLevel {
+        match c {
+            ScopeContext::Patient => ScopeLevel::Patient,
+            ScopeContext::User => ScopeLevel::User,
+            ScopeContext::System => ScopeLevel::System,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +220,21 @@ impl FhirAuthzConfig {
         }
         if self.max_count == 0 {
             out.push(("max_count", "must be greater than 0".into()));
+        }
+        if let Some(levels) = &self.allowed_scope_levels {
+            if levels.is_empty() {
+                out.push((
+                    "allowed_scope_levels",
+                    "list at least one of patient, user, system (or leave it out)".into(),
+                ));
+            }
+            if levels
+                .iter()
+                .enumerate()
+                .any(|(i, l)| levels[..i].contains(l))
+            {
+                out.push(("allowed_scope_levels", "lists a level twice".into()));
+            }
         }
         out
     }
@@ -581,6 +621,56 @@ impl FhirAuthz {
                     "the daily number of emergency accesses is used up",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// `allowed_scope_levels`: the token's resource scopes must all be of a level this
+    /// route accepts, and at least one must be. A mixed token is refused rather than cut
+    /// down, so a patient-facing app never reaches a system-only route with whatever
+    /// `system/` scope it also holds. Without `patient`, a launch-context patient is refused
+    /// too (it is a patient-facing token whatever its scopes); without `user`, so is a
+    /// `fhirUser` claim (a person is signed in).
+    fn scope_levels(&self, claims: &Claims) -> Result<(), Rejection> {
+        let Some(allowed) = &self.cfg.allowed_scope_levels else {
+            return Ok(());
+        };
+        let refuse = || {
+            denied(
+                "scope_level_denied",
+                "this route does not accept tokens of this scope level",
+            )
+        };
+        let scopes = scopes::parse_all(claims.scopes.iter().map(String::as_str));
+        let mut any = false;
+        for s in &scopes {
+            if !allowed.contains(&ScopeLevel::of(s.context)) {
+                return Err(refuse());
+            }
+            any = true;
+        }
+        // Resource scopes that did not parse grant nothing, but they still say which kind
+        // of client this is.
+        for s in &claims.scopes {
+            let level = match s.split_once('/').map(|(l, _)| l) {
+                Some("patient") => ScopeLevel::Patient,
+                Some("user") => ScopeLevel::User,
+                _ => continue,
+            };
+            if !allowed.contains(&level) {
+                return Err(refuse());
+            }
+        }
+        if !any {
+            return Err(refuse());
+        }
+        if !allowed.contains(&ScopeLevel::Patient)
+            && claims.raw.contains_key(&self.cfg.patient_claim)
+        {
+            return Err(refuse());
+        }
+        if !allowed.contains(&ScopeLevel::User) && claims.raw.contains_key("fhirUser") {
+            return Err(refuse());
         }
         Ok(())
     }
