@@ -82,6 +82,13 @@ pub struct AuthConfig {
     /// The full `Authorization` value for `replace`, e.g. `Bearer ${EHR_TOKEN}`.
     #[serde(default)]
     pub upstream_credential: Option<String>,
+    /// FHIR routes: let GET/HEAD of exactly `[base]/metadata` and
+    /// `[base]/.well-known/smart-configuration` through without a token (SMART clients read
+    /// them before they have one). Nothing else: no query string, no other path or method;
+    /// a request that carries a token has it checked as usual. Rate limits, audit and DLP
+    /// still apply. See `fhir::discovery::anonymous`.
+    #[serde(default)]
+    pub anonymous_discovery: bool,
 }
 
 fn default_max_token() -> usize {
@@ -795,6 +802,7 @@ struct Inner {
     require_binding: bool,
     forward: Vec<(String, HeaderName)>,
     upstream_auth: UpstreamAuthorization,
+    anonymous_discovery: bool,
     credential: Option<HeaderValue>,
     cache: TokenCache,
     metrics: Arc<Metrics>,
@@ -849,6 +857,7 @@ impl AuthLayer {
             require_binding: cfg.require_certificate_binding,
             forward,
             upstream_auth: cfg.upstream_authorization,
+            anonymous_discovery: cfg.anonymous_discovery,
             credential: cfg
                 .upstream_credential
                 .as_ref()
@@ -1062,6 +1071,29 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// `anonymous_discovery`: a discovery read (exactly `metadata` or
+    /// `.well-known/smart-configuration`, no token) goes on without claims, marked so the
+    /// policies below know why there are none. Counted like every authentication decision.
+    fn anonymous(&self, req: &mut Request<Body>, route: &str) -> bool {
+        if !self.anonymous_discovery || !crate::fhir::discovery::anonymous(req) {
+            return false;
+        }
+        self.metrics
+            .authn
+            .with_label_values(&[route, "-", "allow", "anonymous_discovery"])
+            .inc();
+        if self.upstream_auth == UpstreamAuthorization::Replace {
+            if let Some(c) = &self.credential {
+                req.headers_mut().insert(AUTHORIZATION, c.clone());
+            }
+        }
+        req.extensions_mut()
+            .insert(crate::context::AnonymousDiscovery);
+        true
+    }
+}
+
 impl<S> tower::Layer<S> for AuthLayer {
     type Service = Auth<S>;
     fn layer(&self, inner: S) -> Auth<S> {
@@ -1106,6 +1138,9 @@ where
             .get::<RouteId>()
             .map(|r| r.0.name.clone())
             .unwrap_or_else(|| Arc::from("-"));
+        if a.anonymous(&mut req, &route) {
+            return crate::service::call_next(inner, req);
+        }
         Box::pin(async move {
             let result = a.authenticate(token, cert).await;
             let claims = match result {
