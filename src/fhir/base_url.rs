@@ -147,7 +147,7 @@ pub enum Fate {
 pub struct BaseSet {
     bases: Vec<Base>,
     hosts: AhoCorasick,
-    /// Hosts, then the JSON `\u00` escape (a host could be spelled with escapes).
+    /// Hosts, the JSON `\u00` escape and `%` (a host could be spelled with escapes).
     prefilter: AhoCorasick,
 }
 
@@ -167,8 +167,10 @@ impl BaseSet {
                 .build(pats)
                 .map_err(|e| e.to_string())
         };
+        // `%`: a host may be percent-encoded (`%65hr.internal`).
         let mut pre = hosts.clone();
         pre.push("\\u00".into());
+        pre.push("%".into());
         Ok(BaseSet {
             hosts: build(&hosts)?,
             prefilter: build(&pre)?,
@@ -180,10 +182,6 @@ impl BaseSet {
     /// positives only cost a parse.
     pub fn may_occur(&self, bytes: &[u8]) -> bool {
         self.prefilter.is_match(bytes)
-    }
-
-    fn names_host(&self, s: &str) -> bool {
-        self.host_matches(s).next().is_some()
     }
 
     /// Host mentions at name boundaries (`ehr.internal` in `myehr.internal.x` is not one).
@@ -222,34 +220,56 @@ impl BaseSet {
                 }
             }
         }
-        if self.names_host(s) {
+        if self.text(s, public).is_some() {
             Fate::Drop
         } else {
             Fate::Keep
         }
     }
 
-    /// Free text: base URLs rewritten, any other mention of an upstream host masked.
-    /// `None` when nothing changed.
+    /// Free text: base URLs rewritten, the authority of any other URL on an upstream host
+    /// and any bare mention of an upstream host masked. `None` when nothing changed.
     pub fn text(&self, s: &str, public: &str) -> Option<String> {
-        let mut out = String::new();
-        let mut copied = 0;
-        for (i, j) in self.host_matches(s) {
-            if i < copied {
+        // (start, end, replacement), found in order, never overlapping.
+        let mut edits: Vec<(usize, usize, String)> = Vec::new();
+        for (k, _) in s.match_indices("://") {
+            let scheme_len = s[..k]
+                .bytes()
+                .rev()
+                .take_while(u8::is_ascii_alphabetic)
+                .count();
+            let u = k - scheme_len;
+            if edits.last().is_some_and(|e| u < e.1) {
                 continue;
             }
-            // Is this host the authority of a URL (`scheme://[userinfo@]host`)?
-            let url_start = url_start_before(s, i);
-            if let Some(u) = url_start.filter(|u| *u >= copied) {
-                if let Some(at) = self.bases.iter().find_map(|b| b.rest_at(&s[u..])) {
-                    out.push_str(&s[copied..u]);
-                    out.push_str(public);
-                    copied = u + at;
-                    continue;
-                }
+            let url_end = s[u..]
+                .find(|c: char| c.is_whitespace() || "\"'<>`^{}|\\,;()[]".contains(c))
+                .map_or(s.len(), |n| u + n);
+            // IPv6 literals keep their brackets.
+            let url_end = if s[k + 3..].starts_with('[') {
+                s[u..].find(char::is_whitespace).map_or(s.len(), |n| u + n)
+            } else {
+                url_end
+            };
+            let url = &s[u..url_end];
+            let Some((host, _, path_at)) = split_absolute(url) else {
+                continue;
+            };
+            if !self.bases.iter().any(|b| b.host == host) {
+                continue;
+            }
+            match self.bases.iter().find_map(|b| b.rest_at(url)) {
+                Some(at) => edits.push((u, u + at, public.to_owned())),
+                None => edits.push((k + 3, u + path_at, MASK.to_owned())),
+            }
+        }
+        let b = s.as_bytes();
+        let mut bare = Vec::new();
+        for (i, j) in self.host_matches(s) {
+            if edits.iter().any(|e| i < e.1 && j > e.0) {
+                continue;
             }
             // Masked with its port, if it has one.
-            let b = s.as_bytes();
             let mut end = j;
             if b.get(end) == Some(&b':') {
                 let digits = b[end + 1..]
@@ -260,12 +280,22 @@ impl BaseSet {
                     end += 1 + digits;
                 }
             }
-            out.push_str(&s[copied..i]);
-            out.push_str(MASK);
-            copied = end;
+            bare.push((i, end, MASK.to_owned()));
         }
-        if copied == 0 && out.is_empty() {
+        edits.extend(bare);
+        if edits.is_empty() {
             return None;
+        }
+        edits.sort_by_key(|e| e.0);
+        let mut out = String::with_capacity(s.len());
+        let mut copied = 0;
+        for (i, j, r) in edits {
+            if i < copied {
+                continue;
+            }
+            out.push_str(&s[copied..i]);
+            out.push_str(&r);
+            copied = j;
         }
         out.push_str(&s[copied..]);
         Some(out)
@@ -448,10 +478,10 @@ impl BaseSet {
             }
             let Some(inner) = t.strip_prefix('<') else {
                 // Not a link-value we can read: if it names the upstream, drop it all.
-                return self.names_host(value).then(String::new);
+                return self.text(value, public).map(|_| String::new());
             };
             let Some(close) = inner.find('>') else {
-                return self.names_host(value).then(String::new);
+                return self.text(value, public).map(|_| String::new());
             };
             let target = &inner[..close];
             let after = &inner[close + 1..];
@@ -596,6 +626,15 @@ mod tests {
             s.text("http://ehr.internal:8443/admin", PUB).unwrap(),
             "http://[upstream]/admin"
         );
+        assert_eq!(
+            s.text(
+                "at HTTP://%65hr.Internal:8443/fhir/x, or http://%65hr.internal:1/y",
+                PUB
+            )
+            .unwrap(),
+            format!("at {PUB}/x, or http://[upstream]/y")
+        );
+        assert_eq!(s.text("https://elsewhere.example/ehr", PUB), None);
     }
 
     #[test]
@@ -607,6 +646,7 @@ mod tests {
         assert!(s.json(&mut v, PUB));
         assert_eq!(v["link"][0]["url"], format!("{PUB}/Patient?page=2"));
         assert!(!s.may_occur(br#"{"resourceType":"Patient","id":"1"}"#));
+        assert!(s.may_occur(br#"{"u":"https://%65hr.internal/fhir"}"#));
     }
 
     #[test]
