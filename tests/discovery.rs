@@ -18,7 +18,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::KeyPair;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[derive(Default)]
 struct Ehr {
@@ -729,5 +729,63 @@ async fn only_the_exact_discovery_paths_are_anonymous() {
             assert_eq!(status_of(&out), 401, "{auth:?} {target}: {out}");
             assert_eq!(s.ehr.count(), before);
         }
+    }
+}
+
+/// Every mistake in the new keys is reported at its file and line, all in one go.
+#[test]
+fn discovery_config_errors_are_located() {
+    let env = Env::new();
+    let disc = env.write(
+        "policies/disc.yaml",
+        "discovery:\n  token_endpoint: http://idp.test/token\n  capabilities: [launch-ehr, sso-openid-connect]\n  grant_types_supported: [authorization_code]\n  code_challenge_methods_supported: [plain]\n",
+    );
+    let typo = env.write(
+        "policies/typo.yaml",
+        "discovery:\n  token_endpont: https://idp.test/token\n",
+    );
+    env.write(
+        "policies/anon.yaml",
+        "auth:\n  providers:\n    - name: p\n      issuer: https://i\n      audiences: [a]\n      algorithms: [ES256]\n      keys_file: k.pem\n  anonymous_discovery: true\n",
+    );
+    env.write(
+        "policies/okdisc.yaml",
+        "discovery:\n  smart_configuration: upstream\n  capability_security: false\n",
+    );
+    env.write("k.pem", &KeyPair::generate().unwrap().public_key_pem());
+    let cfg = basic_config("127.0.0.1:9".parse().unwrap(), "", "")
+        .replace(
+            "    path_prefix: /fhir\n    upstream: ehr\n    fhir: true\n",
+            "    path_prefix: /fhir\n    upstream: ehr\n    fhir: true\n    public_url: ftp://gw.example/fhir\n    upstream_aliases: [https://ehr.internal/fhir, \"https://u:p@ehr/x\"]\n",
+        )
+        .replace(
+            "    path_prefix: /api\n    upstream: ehr\n",
+            "    path_prefix: /api\n    upstream: ehr\n    public_url: https://gw.example/api\n    policies: [anon, okdisc]\n",
+        );
+    let main = env.write("ward.yaml", &cfg);
+    let line_of =
+        |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let errs: Vec<String> = ward::config::load_with(&main, &|_| None)
+        .unwrap_err()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let all = errs.join("\n");
+    let d = disc.display();
+    for want in [
+        format!("{d}:2: discovery.token_endpoint: expected an https:// URL"),
+        format!("{d}:1: discovery.authorization_endpoint: required with launch-ehr"),
+        format!("{d}:1: discovery.issuer: required with sso-openid-connect"),
+        format!("{d}:1: discovery.jwks_uri: required with sso-openid-connect"),
+        format!("{d}:5: discovery.code_challenge_methods_supported: must include S256"),
+        format!("{d}:5: discovery.code_challenge_methods_supported: must not include plain"),
+        format!("{}:2: discovery.token_endpont", typo.display()),
+        format!("{}:{}: routes[0].public_url: expected an http:// or https:// URL", main.display(), line_of(&cfg, "ftp://")),
+        format!("{}:{}: routes[0].upstream_aliases[1]: credentials in the URL are not allowed", main.display(), line_of(&cfg, "upstream_aliases")),
+        format!("{}:{}: routes[1].public_url: public_url and upstream_aliases apply to `fhir: true` routes only", main.display(), line_of(&cfg, "https://gw.example/api")),
+        "`anon` has auth.anonymous_discovery, which applies to `fhir: true` routes only".into(),
+        "`okdisc` has a discovery section but the route is not `fhir: true`".into(),
+    ] {
+        assert!(all.contains(&want), "missing {want:?} in\n{all}");
     }
 }

@@ -520,31 +520,6 @@ impl BaseSet {
     }
 }
 
-/// If `s[..host_at]` ends with `scheme://` or `scheme://userinfo@`, where the URL starts.
-fn url_start_before(s: &str, host_at: usize) -> Option<usize> {
-    let head = &s[..host_at];
-    let head_b = head.as_bytes();
-    // Userinfo: back over `[^/@\s]*@`.
-    let mut k = head_b.len();
-    if k > 0 && head_b[k - 1] == b'@' {
-        k -= 1;
-        while k > 0 && !matches!(head_b[k - 1], b'/' | b'@' | b' ' | b'\t' | b'\n' | b'"') {
-            k -= 1;
-        }
-    }
-    let before = &head[..k];
-    let before = before.strip_suffix("//")?;
-    let before = before.strip_suffix(':')?;
-    let scheme_len = before
-        .bytes()
-        .rev()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .count();
-    let scheme = &before[before.len() - scheme_len..];
-    default_port(scheme)?;
-    Some(before.len() - scheme_len)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
