@@ -30,6 +30,7 @@ use crate::error::Rejection;
 use crate::fhir::base_url::{Base, BaseSet, Fate};
 use crate::fhir::discovery::{DiscoveryConfig, SmartSource};
 use crate::fhir::request::{FhirRequest, Interaction};
+use crate::fhir::strict_json::StrictError;
 use crate::Body;
 
 /// Floor of the response bound: a route's request limit is often far below the size of a
@@ -155,9 +156,17 @@ impl Pending {
         }
         let mut v = match crate::fhir::strict_json::from_slice(&bytes) {
             Ok(v) => v,
-            // Not JSON after all, or ambiguous (a repeated member): it may name the
-            // upstream's host and cannot be rewritten.
-            Err(_) => return Err(unverifiable()),
+            // Ambiguous (a repeated member name): refused with the code DLP and the
+            // compartment guard give the same body, one signal for one cause.
+            Err(StrictError::Duplicate) => {
+                return Err(Rejection::new(
+                    StatusCode::BAD_GATEWAY,
+                    "dlp_unscannable",
+                    "the upstream response could not be checked",
+                ))
+            }
+            // Not JSON after all: it may name the upstream's host and cannot be rewritten.
+            Err(StrictError::Malformed) => return Err(unverifiable()),
         };
         let mut changed = false;
         if capability {
