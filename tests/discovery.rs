@@ -204,6 +204,7 @@ discovery:
   grant_types_supported: [authorization_code, client_credentials]
   code_challenge_methods_supported: [S256]
   token_endpoint_auth_methods_supported: [client_secret_basic, private_key_jwt]
+  cors: true
 "#;
 
 async fn setup() -> Setup {

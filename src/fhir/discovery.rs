@@ -76,8 +76,10 @@ pub struct DiscoveryConfig {
     /// Replace `CapabilityStatement.rest.security` on `metadata` answers (default on).
     #[serde(default = "yes")]
     pub capability_security: bool,
-    /// `rest.security.cors` in that section.
-    #[serde(default = "yes")]
+    /// `rest.security.cors` in that section: whether browsers may call the server. Ward
+    /// itself answers no CORS preflight, so this is true only when something in front of
+    /// it does (default false).
+    #[serde(default)]
     pub cors: bool,
 }
 
@@ -380,7 +382,7 @@ mod tests {
         let mut v = json!({"resourceType": "CapabilityStatement", "rest": [{"mode": "server", "security": {"service": [{"text": "upstream"}]}}]});
         assert!(c.rewrite_capability(&mut v));
         let sec = &v["rest"][0]["security"];
-        assert_eq!(sec["cors"], true);
+        assert_eq!(sec["cors"], false);
         assert_eq!(sec["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
         let uris = &sec["extension"][0]["extension"];
         assert_eq!(

@@ -46,6 +46,14 @@ pub struct FhirRewrite {
     max_bytes: usize,
 }
 
+/// What [`FhirRewrite::before`] decided.
+pub enum Before {
+    /// Call the upstream; its answer goes through [`Pending::after`].
+    Forward(Pending),
+    /// Answered by the gateway (a configured smart-configuration).
+    Answer(Response<Body>),
+}
+
 /// One request's view: what to do with its answer.
 pub struct Pending {
     rw: Arc<FhirRewrite>,
@@ -96,14 +104,14 @@ impl FhirRewrite {
     }
 
     /// Before the upstream is called (headers already sanitised): a configured
-    /// smart-configuration is answered here (`Err`); otherwise the upstream is asked for an
+    /// smart-configuration is answered here; otherwise the upstream is asked for an
     /// identity-encoded answer, which can be read.
     pub fn before(
         self: &Arc<Self>,
         req: &mut Request<Body>,
         ctx: &RequestContext,
         route: &RouteId,
-    ) -> Result<Pending, Response<Body>> {
+    ) -> Before {
         let interaction = req
             .extensions()
             .get::<Arc<FhirRequest>>()
@@ -114,12 +122,12 @@ impl FhirRewrite {
                 let h = resp.headers_mut();
                 h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 h.insert(CONTENT_LENGTH, HeaderValue::from(doc.len()));
-                return Err(resp);
+                return Before::Answer(resp);
             }
         }
         req.headers_mut()
             .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-        Ok(Pending {
+        Before::Forward(Pending {
             rw: self.clone(),
             public: route.0.public_base(ctx),
             interaction,

@@ -497,8 +497,8 @@ impl tower::Service<Request<Body>> for ProxyService {
             // client's.
             *req.version_mut() = http::Version::HTTP_11;
             let fhir = match fhir.map(|f| f.before(&mut req, &ctx, &route)) {
-                Some(Err(local)) => return Ok(local),
-                Some(Ok(pending)) => Some(pending),
+                Some(fhir_rewrite::Before::Answer(local)) => return Ok(local),
+                Some(fhir_rewrite::Before::Forward(pending)) => Some(pending),
                 None => None,
             };
             req.extensions_mut().clear();
