@@ -242,10 +242,8 @@ pub fn build(
         )),
         None => None,
     };
-    // FHIR routes rewrite the upstream's base URL in bodies (`proxy/fhir_rewrite.rs`): a
-    // HEAD gets the headers of that rewritten GET too.
-    let head_as_get = (dlp.is_some() || fhir_authz.is_some() || route.fhir)
-        .then_some(crate::policy::head::HeadAsGetLayer);
+    let head_as_get =
+        (dlp.is_some() || fhir_authz.is_some()).then_some(crate::policy::head::HeadAsGetLayer);
     let fhir_rewrite = if route.fhir {
         let upstream_path = route
             .rewrite_prefix

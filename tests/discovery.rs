@@ -75,6 +75,13 @@ fn variants(h: &str, p: u16) -> Vec<(String, String)> {
     ]
 }
 
+fn gzip(b: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
 fn fhir_json(status: u16, text: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
@@ -133,7 +140,7 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
         r
     };
     match (method.as_str(), path.as_str()) {
-        ("GET", "/r4/Patient") => with_headers(fhir_json(
+        ("GET" | "HEAD", "/r4/Patient") => with_headers(fhir_json(
             200,
             format!(
                 r#"{{"resourceType":"Bundle","type":"searchset","total":2,
@@ -143,6 +150,22 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
                          {{"fullUrl":"urn:uuid:0b5b7e4e-0000-4000-8000-000000000001","resource":{{"resourceType":"OperationOutcome","issue":[{{"severity":"warning","code":"processing","diagnostics":"partial results from {jb}/Patient via {h}:{p}"}}]}},"search":{{"mode":"outcome"}}}}]}}"#
             ),
         )),
+        // An upstream that compresses although identity was asked for.
+        ("GET", "/r4/Observation") | ("GET", "/r4/Observation/clean") => {
+            let text = if path.ends_with("clean") {
+                r#"{"resourceType":"Observation","id":"clean","status":"final"}"#.to_owned()
+            } else {
+                format!(
+                    r#"{{"resourceType":"Bundle","type":"searchset","link":[{{"relation":"self","url":"{jb}/Observation"}}],"entry":[{{"fullUrl":"{jb}/Observation/o1","resource":{{"resourceType":"Observation","id":"o1"}}}}]}}"#
+                )
+            };
+            let mut r = fhir_json(200, String::new());
+            *r.body_mut() = Full::new(Bytes::from(gzip(text.as_bytes())));
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+            r.headers_mut().insert("etag", "W/\"7\"".parse().unwrap());
+            r
+        }
         ("POST", "/r4/Patient") => with_headers(fhir_json(
             201,
             format!(
@@ -155,7 +178,7 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
                 r#"{{"resourceType":"Bundle","type":"batch-response","entry":[{{"fullUrl":"{jb}/Patient/n2","response":{{"status":"201 Created","location":"{jb}/Patient/n2/_history/1","outcome":{{"resourceType":"OperationOutcome","issue":[{{"severity":"information","code":"informational","diagnostics":"see {jb}/Patient/n2"}}]}}}}}}]}}"#
             ),
         ),
-        ("GET", "/r4/metadata") => fhir_json(
+        ("GET" | "HEAD", "/r4/metadata") => fhir_json(
             200,
             format!(
                 r#"{{"resourceType":"CapabilityStatement","status":"active","kind":"instance","fhirVersion":"4.0.1","format":["json"],
@@ -163,7 +186,7 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
                 "rest":[{{"mode":"server","security":{{"cors":false,"extension":[{{"url":"http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris","extension":[{{"url":"token","valueUri":"http://{h}:{p}/oauth/token"}}]}}]}}}}]}}"#
             ),
         ),
-        ("GET", "/r4/.well-known/smart-configuration") => {
+        ("GET" | "HEAD", "/r4/.well-known/smart-configuration") => {
             let mut r = fhir_json(
                 200,
                 format!(
@@ -462,16 +485,66 @@ async fn the_upstream_base_never_reaches_the_client() {
             }
         }
     }
-    // HEAD: the headers of the rewritten GET, with its length.
-    let get = call(&s, false, "GET", "/patient/fhir/Patient", Some(3), true).await;
-    let head = call(&s, false, "HEAD", "/patient/fhir/Patient", Some(3), true).await;
-    assert_eq!(head.status, 200);
-    assert!(head.body.is_empty());
+    // Compressed answers are read decoded: rewritten ones go out as identity without the
+    // ETag; one with nothing to change goes out exactly as it came.
+    for v in 0..n {
+        let r = call(
+            &s,
+            v % 2 == 1,
+            "GET",
+            "/patient/fhir/Observation",
+            Some(v),
+            true,
+        )
+        .await;
+        assert_eq!(r.status, 200, "variant {v}");
+        assert!(r.headers.get("content-encoding").is_none(), "variant {v}");
+        assert!(r.headers.get("etag").is_none(), "variant {v}");
+        assert_content_length(&r);
+        assert_eq!(leaks(&seen_by_client(&r), s.up_port), None, "variant {v}");
+        assert_eq!(
+            r.json()["entry"][0]["fullUrl"],
+            format!("{public}/Observation/o1")
+        );
+        assert_eq!(r.json()["link"][0]["url"], format!("{public}/Observation"));
+    }
+    let r = call(
+        &s,
+        false,
+        "GET",
+        "/patient/fhir/Observation/clean",
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-encoding"], "gzip");
+    assert_eq!(r.headers["etag"], "W/\"7\"");
+    assert_content_length(&r);
     assert_eq!(
-        head.headers["content-length"],
-        get.body.len().to_string().as_str()
+        r.body.as_ref(),
+        gzip(br#"{"resourceType":"Observation","id":"clean","status":"final"}"#).as_slice()
     );
-    assert_eq!(leaks(&seen_by_client(&head), s.up_port), None);
+    // HEAD passes through on a route without body-reading policies: its headers are
+    // rewritten, and it states no length it cannot know.
+    for v in 0..n {
+        let before = s.ehr.count();
+        let head = call(&s, false, "HEAD", "/patient/fhir/Patient", Some(v), true).await;
+        assert_eq!(head.status, 200);
+        assert_eq!(s.ehr.count(), before + 1);
+        assert_eq!(s.ehr.last(), "HEAD /r4/Patient");
+        assert!(head.body.is_empty());
+        assert!(head.headers.get("content-length").is_none(), "variant {v}");
+        assert_eq!(
+            head.headers["location"],
+            format!("{public}/Patient/n1/_history/1").as_str()
+        );
+        assert_eq!(
+            leaks(&seen_by_client(&head), s.up_port),
+            None,
+            "variant {v}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -619,10 +692,10 @@ async fn only_the_exact_discovery_paths_are_anonymous() {
     };
     // Exactly the two paths (and their canonical spellings: `%6D` is `m`), GET and HEAD.
     for (target, upstream) in [
-        ("/patient/fhir/metadata", Some("GET /r4/metadata")),
-        ("/patient/fhir/%6Detadata", Some("GET /r4/metadata")),
+        ("/patient/fhir/metadata", Some("/r4/metadata")),
+        ("/patient/fhir/%6Detadata", Some("/r4/metadata")),
         // A fragment is never part of the resource (and never forwarded).
-        ("/patient/fhir/metadata#x", Some("GET /r4/metadata")),
+        ("/patient/fhir/metadata#x", Some("/r4/metadata")),
         ("/patient/fhir/.well-known/smart-configuration", None),
         ("/patient/fhir/.well-known/smart-configur%61tion", None),
     ] {
@@ -633,7 +706,7 @@ async fn only_the_exact_discovery_paths_are_anonymous() {
             match upstream {
                 Some(u) => {
                     assert_eq!(s.ehr.count(), before + 1);
-                    assert_eq!(s.ehr.last(), u);
+                    assert_eq!(s.ehr.last(), format!("{method} {u}"));
                 }
                 None => assert_eq!(s.ehr.count(), before),
             }

@@ -5,7 +5,8 @@
 //!
 //! - Headers (`Location`, `Content-Location`, `Link`) on every answer: see
 //!   `fhir::base_url` for the fates of a URL.
-//! - JSON bodies (any status: error outcomes name hosts too) are read up to a bound; only
+//! - JSON bodies (any status: error outcomes name hosts too) are read up to a bound (and
+//!   decoded if the upstream compressed them although identity was asked for); only
 //!   when the bytes may name an upstream host (`BaseSet::may_occur`, one aho-corasick pass)
 //!   are they parsed and the members where a server writes its address rewritten. A body
 //!   that may name the host but cannot be parsed fails closed (502), never passes as it came.
@@ -13,7 +14,9 @@
 //!   section; `.well-known/smart-configuration` is answered from it (or fetched from the
 //!   upstream, every URL string rewritten).
 //!
-//! XML bodies are not rewritten (documented in the README).
+//! A HEAD that reaches this step (routes without DLP or `fhir_authz` pass HEAD through)
+//! gets its headers rewritten and, for JSON, no `Content-Length`. XML bodies are not
+//! rewritten (documented in the README).
 
 use std::sync::Arc;
 
@@ -59,6 +62,7 @@ pub struct Pending {
     rw: Arc<FhirRewrite>,
     public: String,
     interaction: Option<Interaction>,
+    head: bool,
 }
 
 fn full(b: Bytes) -> Body {
@@ -118,7 +122,14 @@ impl FhirRewrite {
             .map(|f| f.interaction);
         if interaction == Some(Interaction::SmartConfiguration) {
             if let Some(doc) = &self.smart_doc {
-                let mut resp = Response::new(full(doc.clone()));
+                // A HEAD gets the GET's headers and no body (HTTP/2 would reset a stream
+                // that carried one).
+                let body = if req.method() == http::Method::HEAD {
+                    crate::empty_body()
+                } else {
+                    full(doc.clone())
+                };
+                let mut resp = Response::new(body);
                 let h = resp.headers_mut();
                 h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 h.insert(CONTENT_LENGTH, HeaderValue::from(doc.len()));
@@ -131,6 +142,7 @@ impl FhirRewrite {
             rw: self.clone(),
             public: route.0.public_base(ctx),
             interaction,
+            head: req.method() == http::Method::HEAD,
         })
     }
 }
@@ -148,21 +160,35 @@ impl Pending {
         if !json {
             return Ok(Response::from_parts(parts, body));
         }
-        if parts
-            .headers
-            .get(CONTENT_ENCODING)
-            .is_some_and(|v| v != "identity")
-        {
-            // Asked for identity and not given it: the body cannot be checked.
-            return Err(unverifiable());
+        if self.head {
+            // A HEAD reached the upstream (no body-reading policy on the route turned it
+            // into a GET): the length of the body the GET would get after rewriting is not
+            // known, and RFC 9110 lets a HEAD answer omit it rather than state a wrong one.
+            parts.headers.remove(CONTENT_LENGTH);
+            return Ok(Response::from_parts(parts, body));
         }
         let bytes = read_limited(body, rw.max_bytes).await?;
+        // Identity was asked for; an upstream that compresses anyway is read decoded (and
+        // passed on as it came when nothing needs to change).
+        let decoded = match crate::body::decode(
+            parts.headers.get_all(CONTENT_ENCODING),
+            &bytes,
+            rw.max_bytes,
+        ) {
+            Ok(d) => d,
+            Err(true) => return Err(too_large()),
+            Err(false) => return Err(unverifiable()),
+        };
+        let plain: &[u8] = decoded.as_deref().unwrap_or(&bytes);
         let capability = self.interaction == Some(Interaction::Capabilities)
             && rw.discovery.as_ref().is_some_and(|d| d.capability_security);
-        if bytes.is_empty() || (!capability && !rw.bases.may_occur(&bytes)) {
+        if plain.is_empty() || (!capability && !rw.bases.may_occur(plain)) {
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             return Ok(Response::from_parts(parts, full(bytes)));
         }
-        let mut v = match crate::fhir::strict_json::from_slice(&bytes) {
+        let mut v = match crate::fhir::strict_json::from_slice(plain) {
             Ok(v) => v,
             // Ambiguous (a repeated member name): refused with the code DLP and the
             // compartment guard give the same body, one signal for one cause.
@@ -189,6 +215,7 @@ impl Pending {
         };
         let out = if changed {
             parts.headers.remove(ETAG);
+            parts.headers.remove(CONTENT_ENCODING);
             Bytes::from(v.to_string())
         } else {
             bytes
@@ -264,17 +291,21 @@ impl FhirRewrite {
     }
 }
 
+fn too_large() -> Rejection {
+    Rejection::new(
+        StatusCode::BAD_GATEWAY,
+        "response_too_large",
+        "response too large to check",
+    )
+}
+
 async fn read_limited(mut body: Body, max: usize) -> Result<Bytes, Rejection> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| Rejection::upstream_error())?;
         if let Ok(d) = frame.into_data() {
             if buf.len() + d.len() > max {
-                return Err(Rejection::new(
-                    StatusCode::BAD_GATEWAY,
-                    "response_too_large",
-                    "response too large to check",
-                ));
+                return Err(too_large());
             }
             buf.extend_from_slice(&d);
         }
