@@ -31,7 +31,30 @@ pub struct RouteInfo {
     pub path_prefix: String,
     pub rewrite_prefix: Option<String>,
     pub upstream: Arc<str>,
+    /// The route's configured `public_url` (where clients reach `path_prefix`), if any.
+    pub public_url: Option<Arc<str>>,
 }
+
+impl RouteInfo {
+    /// The gateway's base URL for this route, as clients must see it: the configured
+    /// `public_url`, else the scheme and (validated) Host the client used with the prefix.
+    /// A configured URL always wins, so a client's Host never decides what others are sent.
+    pub fn public_base(&self, ctx: &RequestContext) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                let scheme = if ctx.tls { "https" } else { "http" };
+                let prefix = self.path_prefix.trim_end_matches('/');
+                format!("{scheme}://{}{prefix}", ctx.host)
+            }
+        }
+    }
+}
+
+/// Set by `auth` on a request it let through without a token under `anonymous_discovery`
+/// (exactly `metadata` or `.well-known/smart-configuration`, see `fhir::discovery`).
+#[derive(Debug, Clone, Copy)]
+pub struct AnonymousDiscovery;
 
 #[derive(Debug, Clone)]
 pub struct RouteId(pub Arc<RouteInfo>);

@@ -299,7 +299,15 @@ pub fn write_demo_policies(dir: &Path) -> std::io::Result<()> {
     std::fs::write(
         dir.join("demo-token.yaml"),
         format!(
-            "description: Tokens from the demo issuer (ward token)\nauth:\n  providers:\n    - name: demo-issuer\n      issuer: {DEMO_ISSUER}\n      audiences: [{DEMO_AUDIENCE}]\n      algorithms: [ES256]\n      keys_file: {TOKEN_PUB}\n  forward_claims:\n    sub: x-user-sub\n"
+            "description: Tokens from the demo issuer (ward token)\nauth:\n  providers:\n    - name: demo-issuer\n      issuer: {DEMO_ISSUER}\n      audiences: [{DEMO_AUDIENCE}]\n      algorithms: [ES256]\n      keys_file: {TOKEN_PUB}\n  forward_claims:\n    sub: x-user-sub\n  anonymous_discovery: true\n"
+        ),
+    )?;
+    // SMART discovery on the patient route. The demo has no authorization server (`ward
+    // token` mints tokens), so the endpoints are the issuer's fictitious ones.
+    std::fs::write(
+        dir.join("demo-discovery.yaml"),
+        format!(
+            "description: SMART discovery (.well-known/smart-configuration, metadata security)\ndiscovery:\n  issuer: {DEMO_ISSUER}\n  jwks_uri: {DEMO_ISSUER}/jwks\n  authorization_endpoint: {DEMO_ISSUER}/authorize\n  token_endpoint: {DEMO_ISSUER}/token\n  capabilities: [launch-standalone, client-public, context-standalone-patient, permission-patient, permission-v2]\n  grant_types_supported: [authorization_code]\n  code_challenge_methods_supported: [S256]\n  scopes_supported: [launch/patient, patient/*.rs]\n  response_types_supported: [code]\n"
         ),
     )
 }
@@ -563,7 +571,7 @@ routes:
     upstream: sample-ehr
     rewrite_prefix: /fhir
     fhir: true
-    policies: [baseline, demo-audit, demo-token, demo-patient]
+    policies: [baseline, demo-audit, demo-token, demo-patient, demo-discovery]
   - name: fhir-deid
     listener: public
     path_prefix: /deid/fhir

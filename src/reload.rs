@@ -124,6 +124,7 @@ pub fn build(
                     path_prefix: r.path_prefix.clone(),
                     rewrite_prefix: r.rewrite_prefix.clone(),
                     upstream: Arc::from(r.upstream.as_str()),
+                    public_url: r.public_url.as_deref().map(Arc::from),
                 }),
                 host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 methods,

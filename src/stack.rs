@@ -182,6 +182,27 @@ pub fn build(
         &mut b,
     )?);
     let head_as_get = (dlp.is_some() || fhir_authz.is_some()).then(|| PolicyLayer::new(HeadAsGet));
+    let fhir_rewrite = if route.fhir {
+        let upstream_path = route
+            .rewrite_prefix
+            .as_deref()
+            .unwrap_or(&route.path_prefix)
+            .trim_end_matches('/');
+        let t = &upstream.target;
+        let mut bases = vec![format!("{}://{}{upstream_path}", t.scheme, t.authority)];
+        bases.extend(route.upstream_aliases.iter().cloned());
+        let discovery = section(route, cfg, |p| p.discovery.as_ref()).map(|(_, d)| d);
+        Some(Arc::new(
+            crate::proxy::fhir_rewrite::FhirRewrite::new(
+                &bases,
+                discovery,
+                route_limits(route, cfg, listener).max_body_bytes,
+            )
+            .map_err(|e| format!("fhir rewrite: {e}"))?,
+        ))
+    } else {
+        None
+    };
     let respond_outer = shared
         .respond
         .clone()
@@ -223,10 +244,13 @@ pub fn build(
         // forwarded, and it is the first to read the upstream's answer
         .option_layer(dlp)
         // proxy: header hygiene, gateway-set headers, upstream call
-        .service(ProxyService::new(
-            upstream,
-            shared.metrics.clone(),
-            shared.policy_headers.clone(),
-        ));
+        .service(
+            ProxyService::new(
+                upstream,
+                shared.metrics.clone(),
+                shared.policy_headers.clone(),
+            )
+            .with_fhir_rewrite(fhir_rewrite),
+        );
     Ok(BoxCloneSyncService::new(svc.map_err(|e: Rejection| e)))
 }

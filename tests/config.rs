@@ -153,6 +153,7 @@ fn every_policy_file_in_the_repository_loads() {
         "emergency-access",
         "opaque-tokens",
         "backend-services",
+        "smart-discovery",
     ] {
         assert!(
             policies.contains_key(expected),
@@ -166,7 +167,11 @@ fn every_policy_file_in_the_repository_loads() {
         .is_some_and(|f| f.break_glass.is_some()));
     assert!(policies["phi-guard"].dlp.is_some());
     assert!(policies["lab-systems"].mtls.is_some());
-    assert!(policies["smart-on-fhir"].auth.is_some());
+    assert!(policies["smart-on-fhir"]
+        .auth
+        .as_ref()
+        .is_some_and(|a| a.anonymous_discovery));
+    assert!(policies["smart-discovery"].discovery.is_some());
     assert!(policies["opaque-tokens"]
         .auth
         .as_ref()

@@ -514,6 +514,41 @@ async fn the_printed_flows_block_unblock_and_break_glass_step_by_step() {
     assert_eq!(verify(&[&demo.audit_path()]).status.code(), Some(0));
 }
 
+/// The patient route serves SMART discovery: the configuration document and the
+/// CapabilityStatement's security section name the demo issuer, both readable without a
+/// token; nothing else on the route is.
+#[tokio::test]
+async fn the_patient_route_serves_smart_discovery() {
+    let demo = start_demo().await;
+    let c = client(&demo.pki, false);
+    let issuer = ward::demo::DEMO_ISSUER;
+    let at = |p: &str| format!("{}/patient/fhir{p}", demo.gw_url());
+    let r = send(&c, get(&at("/.well-known/smart-configuration"))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let v = r.json();
+    assert_eq!(v["issuer"], issuer);
+    assert_eq!(v["token_endpoint"], format!("{issuer}/token"));
+    assert_eq!(v["authorization_endpoint"], format!("{issuer}/authorize"));
+    assert_eq!(v["code_challenge_methods_supported"][0], "S256");
+    let seen = demo.upstream_saw("/fhir/metadata");
+    let r = send(&c, get(&at("/metadata"))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(demo.upstream_saw("/fhir/metadata"), seen + 1);
+    let sec = &r.json()["rest"][0]["security"];
+    assert_eq!(sec["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    assert_eq!(
+        sec["extension"][0]["extension"][1],
+        serde_json::json!({"url": "token", "valueUri": format!("{issuer}/token")})
+    );
+    for p in [
+        "/Patient/example-1",
+        "/metadata/",
+        "/.well-known/smart-configuration/",
+    ] {
+        assert_eq!(send(&c, get(&at(p))).await.status, 401, "{p}");
+    }
+}
+
 #[test]
 fn readme_shows_every_tutorial_section_verbatim() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();

@@ -57,6 +57,15 @@ pub struct RouteConfig {
     pub fhir: bool,
     #[serde(default)]
     pub policies: Vec<String>,
+    /// FHIR routes: the URL clients reach `path_prefix` at (e.g.
+    /// `https://fhir.hospital.example/patient/fhir`). The upstream's base URL is rewritten
+    /// to it in headers and bodies; absent, the scheme and Host the client used are taken.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// FHIR routes: other base URLs the upstream calls itself by (e.g. the name it was
+    /// installed under, `https://ehr.internal/fhir`), rewritten like its own.
+    #[serde(default)]
+    pub upstream_aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +128,9 @@ pub struct PolicyConfig {
     pub audit: Option<crate::policy::audit::AuditPolicyConfig>,
     #[serde(default)]
     pub dlp: Option<crate::dlp::DlpConfig>,
+    /// SMART discovery (`.well-known/smart-configuration`, CapabilityStatement security).
+    #[serde(default)]
+    pub discovery: Option<crate::fhir::discovery::DiscoveryConfig>,
     /// Where the file is, for messages.
     #[serde(skip)]
     pub file: String,
@@ -151,6 +163,9 @@ impl PolicyConfig {
         }
         if self.dlp.is_some() {
             v.push("dlp");
+        }
+        if self.discovery.is_some() {
+            v.push("discovery");
         }
         v
     }
@@ -657,10 +672,18 @@ pub fn load_policy_file(
                             }
                         }
                     }
+                    "discovery" => {
+                        policy.discovery = decode_node(&mut e, v, k, vars);
+                        if let Some(d) = &policy.discovery {
+                            for (key, msg) in d.problems() {
+                                e.at(&format!("discovery.{key}"), msg);
+                            }
+                        }
+                    }
                     _ => e.at(
                         k,
                         format!(
-                            "unknown policy section `{k}` (expected description, limits, mtls, auth, fhir_authz, rate_limit, validate, audit or dlp)"
+                            "unknown policy section `{k}` (expected description, limits, mtls, auth, fhir_authz, rate_limit, validate, audit, dlp or discovery)"
                         ),
                     ),
                 }
@@ -759,6 +782,31 @@ fn validate_route_policies(cfg: &Config, r: &RouteConfig, p: &str, e: &mut Errs<
             e.at(
                 p,
                 format!("`{name}` validates FHIR bodies but the route is not `fhir: true`"),
+            );
+        }
+    }
+    if let Some(name) = seen
+        .iter()
+        .find(|(s, _)| *s == "discovery")
+        .map(|(_, n)| *n)
+    {
+        if !r.fhir {
+            e.at(
+                p,
+                format!("`{name}` has a discovery section but the route is not `fhir: true`"),
+            );
+        }
+    }
+    if let Some(name) = seen.iter().find(|(s, _)| *s == "auth").map(|(_, n)| *n) {
+        let anon = cfg
+            .policies
+            .get(name)
+            .and_then(|pc| pc.auth.as_ref())
+            .is_some_and(|a| a.anonymous_discovery);
+        if anon && !r.fhir {
+            e.at(
+                p,
+                format!("`{name}` has auth.anonymous_discovery, which applies to `fhir: true` routes only"),
             );
         }
     }
@@ -1082,6 +1130,22 @@ fn validate(cfg: &Config, known: &KnownNames, e: &mut Errs<'_>) {
                 if !ok {
                     e.at(&format!("{p}.{k}"), "must be a normalised path starting with / and without a trailing / (e.g. /fhir)");
                 }
+            }
+        }
+        if (r.public_url.is_some() || !r.upstream_aliases.is_empty()) && !r.fhir {
+            e.at(
+                &format!("{p}.public_url"),
+                "public_url and upstream_aliases apply to `fhir: true` routes only",
+            );
+        }
+        if let Some(u) = &r.public_url {
+            if let Err(m) = crate::fhir::base_url::Base::parse(u) {
+                e.at(&format!("{p}.public_url"), m);
+            }
+        }
+        for (j, u) in r.upstream_aliases.iter().enumerate() {
+            if let Err(m) = crate::fhir::base_url::Base::parse(u) {
+                e.at(&format!("{p}.upstream_aliases[{j}]"), m);
             }
         }
         if let Some(h) = &r.host {

@@ -15,6 +15,8 @@ use crate::error::Rejection;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interaction {
     Capabilities,
+    /// `GET [base]/.well-known/smart-configuration` (SMART App Launch discovery).
+    SmartConfiguration,
     Read,
     Vread,
     Update,
@@ -40,6 +42,7 @@ impl Interaction {
         use Interaction::*;
         match self {
             Capabilities => "capabilities",
+            SmartConfiguration => "smart-configuration",
             Read => "read",
             Vread => "vread",
             Update => "update",
@@ -259,6 +262,7 @@ pub fn parse(
         [] if *m == Method::POST => BatchOrTransaction,
         [] if get => SearchSystem,
         ["metadata"] if get => Capabilities,
+        [".well-known", "smart-configuration"] if get => SmartConfiguration,
         ["_history"] if get => HistorySystem,
         ["_search"] if *m == Method::POST => SearchSystem,
         [op] if op.starts_with('$') && (get || *m == Method::POST) => {
@@ -349,6 +353,12 @@ mod tests {
     fn interactions() {
         let cases: &[(Method, &str, Option<&str>, Interaction)] = &[
             (Method::GET, "metadata", None, Capabilities),
+            (
+                Method::GET,
+                ".well-known/smart-configuration",
+                None,
+                SmartConfiguration,
+            ),
             (Method::GET, "Patient/123", None, Read),
             (Method::HEAD, "Patient/123", None, Read),
             (Method::GET, "Patient/123/_history/2", None, Vread),

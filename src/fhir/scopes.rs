@@ -160,9 +160,8 @@ pub fn needed(i: Interaction) -> Option<Perm> {
         Create => Some(Perm::Create),
         Update | Patch => Some(Perm::Update),
         Delete => Some(Perm::Delete),
-        Capabilities | BatchOrTransaction | OperationSystem | OperationType | OperationInstance => {
-            None
-        }
+        Capabilities | SmartConfiguration | BatchOrTransaction | OperationSystem
+        | OperationType | OperationInstance => None,
     }
 }
 

@@ -81,6 +81,13 @@ pub struct AuthConfig {
     /// The full `Authorization` value for `replace`, e.g. `Bearer ${EHR_TOKEN}`.
     #[serde(default)]
     pub upstream_credential: Option<String>,
+    /// FHIR routes: let GET/HEAD of exactly `[base]/metadata` and
+    /// `[base]/.well-known/smart-configuration` through without a token (SMART clients read
+    /// them before they have one). Nothing else: no query string, no other path or method;
+    /// a request that carries a token has it checked as usual. Rate limits, audit and DLP
+    /// still apply. See `fhir::discovery::anonymous`.
+    #[serde(default)]
+    pub anonymous_discovery: bool,
 }
 
 fn default_max_token() -> usize {
@@ -911,6 +918,7 @@ pub struct Auth {
     require_binding: bool,
     forward: Vec<(String, HeaderName)>,
     upstream_auth: UpstreamAuthorization,
+    anonymous_discovery: bool,
     credential: Option<HeaderValue>,
     cache: TokenCache,
     metrics: Arc<Metrics>,
@@ -971,6 +979,7 @@ impl Auth {
             require_binding: cfg.require_certificate_binding,
             forward,
             upstream_auth: cfg.upstream_authorization,
+            anonymous_discovery: cfg.anonymous_discovery,
             credential: cfg
                 .upstream_credential
                 .as_ref()
@@ -1233,6 +1242,29 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// `anonymous_discovery`: a discovery read (exactly `metadata` or
+    /// `.well-known/smart-configuration`, no token) goes on without claims, marked so the
+    /// policies below know why there are none. Counted like every authentication decision.
+    fn anonymous(&self, req: &mut Request<Body>, route: &str) -> bool {
+        if !self.anonymous_discovery || !crate::fhir::discovery::anonymous(req) {
+            return false;
+        }
+        self.metrics
+            .authn
+            .with_label_values(&[route, "-", "allow", "anonymous_discovery"])
+            .inc();
+        if self.upstream_auth == UpstreamAuthorization::Replace {
+            if let Some(c) = &self.credential {
+                req.headers_mut().insert(AUTHORIZATION, c.clone());
+            }
+        }
+        req.extensions_mut()
+            .insert(crate::context::AnonymousDiscovery);
+        true
+    }
+}
+
 impl Policy for Auth {
     fn call<S: Chain>(self: &Arc<Self>, mut req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
         let a = self.clone();
@@ -1244,6 +1276,9 @@ impl Policy for Auth {
             .get::<RouteId>()
             .map(|r| r.0.name.clone())
             .unwrap_or_else(|| Arc::from("-"));
+        if a.anonymous(&mut req, &route) {
+            return next.run(req);
+        }
         Box::pin(async move {
             let result = a.authenticate(token, cert).await;
             let claims = match result {

@@ -7,6 +7,7 @@
 //! client as an aborted body: hyper then closes the connection (HTTP/1) or resets the
 //! stream (HTTP/2), so a truncated body can never look complete.
 
+pub mod fhir_rewrite;
 pub mod headers;
 
 use std::future::Future;
@@ -405,9 +406,16 @@ pub struct ProxyService {
     upstream: Arc<Upstream>,
     metrics: Arc<Metrics>,
     policy_headers: Arc<[http::HeaderName]>,
+    /// FHIR routes: base-URL rewriting and SMART discovery (`fhir_rewrite.rs`).
+    fhir: Option<Arc<fhir_rewrite::FhirRewrite>>,
 }
 
 impl ProxyService {
+    pub fn with_fhir_rewrite(mut self, fhir: Option<Arc<fhir_rewrite::FhirRewrite>>) -> Self {
+        self.fhir = fhir;
+        self
+    }
+
     pub fn new(
         upstream: Arc<Upstream>,
         metrics: Arc<Metrics>,
@@ -417,6 +425,7 @@ impl ProxyService {
             upstream,
             metrics,
             policy_headers,
+            fhir: None,
         }
     }
 }
@@ -434,6 +443,7 @@ impl tower::Service<Request<Body>> for ProxyService {
         let upstream = self.upstream.clone();
         let metrics = self.metrics.clone();
         let owned_headers = self.policy_headers.clone();
+        let fhir = self.fhir.clone();
         Box::pin(async move {
             // Taken, not cloned: the upstream request carries no extensions anyway.
             let ctx = req
@@ -486,10 +496,18 @@ impl tower::Service<Request<Body>> for ProxyService {
             // Let the client pool pick the upstream's protocol (ALPN), independent of the
             // client's.
             *req.version_mut() = http::Version::HTTP_11;
+            let fhir = match fhir.map(|f| f.before(&mut req, &ctx, &route)) {
+                Some(fhir_rewrite::Before::Answer(local)) => return Ok(local),
+                Some(fhir_rewrite::Before::Forward(pending)) => Some(pending),
+                None => None,
+            };
             req.extensions_mut().clear();
             let mut resp = upstream.send(req, &metrics).await?;
             headers::sanitize_response(resp.headers_mut());
-            Ok(resp)
+            match fhir {
+                Some(pending) => pending.after(resp).await,
+                None => Ok(resp),
+            }
         })
     }
 }
@@ -616,6 +634,7 @@ mod tests {
             path_prefix: prefix.into(),
             rewrite_prefix: rw.map(Into::into),
             upstream: Arc::from("u"),
+            public_url: None,
         }))
     }
 

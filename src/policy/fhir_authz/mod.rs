@@ -684,7 +684,7 @@ impl FhirAuthz {
         bases: &Bases,
     ) -> Result<Plan, Rejection> {
         use Interaction::*;
-        if f.interaction == Capabilities {
+        if matches!(f.interaction, Capabilities | SmartConfiguration) {
             return Ok(Plan::Pass);
         }
         // Search-parameter firewall and `_count` cap apply to everyone.
@@ -1226,6 +1226,16 @@ type BytesFuture =
 
 /// Read a whole body up to `max` bytes. Boxed with an explicit `'static` type for the same
 /// rustc lifetime-inference reason as `policy::call_next`.
+/// A discovery read `auth` let through without a token (`anonymous_discovery`): nothing to
+/// authorize (no claims, no patient data). Checked again here so a marker on any other
+/// request is worthless.
+fn anonymous_discovery(req: &Request<Body>) -> bool {
+    req.extensions()
+        .get::<crate::context::AnonymousDiscovery>()
+        .is_some()
+        && crate::fhir::discovery::discovery_target(req)
+}
+
 fn read_limited(body: Body, max: usize) -> BytesFuture {
     Box::pin(async move {
         let mut body = body;
@@ -1261,6 +1271,9 @@ impl Policy for FhirAuthz {
                 req.extensions().get::<Arc<FhirRequest>>().cloned(),
                 req.extensions().get::<Arc<Claims>>().cloned(),
             ) else {
+                if anonymous_discovery(&req) {
+                    return crate::service::call_next(inner, req).await;
+                }
                 // Config validation puts this policy only behind `auth` on FHIR routes.
                 return Err(Rejection::internal());
             };

@@ -132,7 +132,8 @@ pub(super) fn response_perm(i: Interaction) -> Option<Perm> {
             Some(Perm::Search)
         }
         OperationSystem | OperationType | OperationInstance => Some(Perm::Read),
-        Capabilities | Create | Update | Patch | Delete | BatchOrTransaction => None,
+        Capabilities | SmartConfiguration | Create | Update | Patch | Delete
+        | BatchOrTransaction => None,
     }
 }
 
@@ -230,15 +231,13 @@ impl LinkBase {
     pub(super) fn from_parts(parts: &http::request::Parts) -> Option<LinkBase> {
         let ctx = parts.extensions.get::<crate::context::RequestContext>()?;
         let route = parts.extensions.get::<crate::context::RouteId>()?;
-        let scheme = if ctx.tls { "https" } else { "http" };
-        let prefix = route.0.path_prefix.trim_end_matches('/');
         let upstream = route
             .0
             .rewrite_prefix
             .as_deref()
             .unwrap_or(&route.0.path_prefix);
         Some(LinkBase {
-            gateway: format!("{scheme}://{}{prefix}", ctx.host),
+            gateway: route.0.public_base(ctx),
             upstream_path: upstream.trim_end_matches('/').to_owned(),
         })
     }
@@ -255,6 +254,13 @@ impl LinkBase {
             let Some(url) = l.get("url").and_then(Value::as_str) else {
                 return false;
             };
+            // Already pointed at the gateway (the proxy rewrites the upstream's base).
+            if url
+                .strip_prefix(self.gateway.as_str())
+                .is_some_and(|r| r.is_empty() || r.starts_with(['/', '?']))
+            {
+                return true;
+            }
             // Path and query after the authority (absolute), or the URL itself (relative).
             let path = match url.split_once("://") {
                 Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
