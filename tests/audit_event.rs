@@ -662,3 +662,215 @@ async fn a_repository_that_is_down_then_failing_gets_every_event_exactly_once_in
         .unwrap_or(0);
     assert!((10..=11).contains(&sent), "{metrics}");
 }
+
+/// Every kind of mistake in the new keys is a config error naming the file, the line of
+/// the key and its path (`ward check` prints these).
+#[test]
+fn audit_event_and_sink_keys_are_checked_with_file_and_line() {
+    let env = Env::new();
+    let base = basic_config("127.0.0.1:9".parse().unwrap(), "", "");
+    let ev = "  audit_event:\n    source_id: ward.test\n";
+    let repo = |extra: &str| {
+        format!("  repository:\n    url: https://audit.test/fhir\n    ca: certs/ca.pem\n    spool: audit/spool\n{extra}")
+    };
+    // (audit keys, the offending line as written, what the message names)
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            "  audit_event:\n    source_id: \" \"\n".into(),
+            "    source_id: \" \"",
+            "audit.audit_event.source_id",
+        ),
+        (
+            format!("{ev}    sourceid: x\n"),
+            "    sourceid: x",
+            "sourceid",
+        ),
+        (
+            "  syslog:\n    address: 127.0.0.1:6514\n    ca: certs/ca.pem\n    message: audit_event\n".into(),
+            "    message: audit_event",
+            "audit.syslog.message",
+        ),
+        (
+            format!("{ev}  syslog:\n    address: 127.0.0.1:6514\n    ca: certs/ca.pem\n    message: json\n"),
+            // A wrong type or variant is reported at the section (the decoder's limit).
+            "audit:",
+            "expected `record` or `audit_event`",
+        ),
+        (repo(""), "  repository:", "audit.repository"),
+        (
+            format!("{ev}  repository:\n    url: http://audit.test/fhir\n    spool: s\n"),
+            "    url: http://audit.test/fhir",
+            "audit.repository.url",
+        ),
+        (
+            format!("{ev}  repository:\n    url: ftp://audit.test/fhir\n    spool: s\n"),
+            "    url: ftp://audit.test/fhir",
+            "audit.repository.url",
+        ),
+        (
+            format!("{ev}  repository:\n    url: https://audit.test/fhir?x=1\n    ca: c\n    spool: s\n"),
+            "    url: https://audit.test/fhir?x=1",
+            "audit.repository.url",
+        ),
+        (
+            format!("{ev}  repository:\n    url: https://audit.test/fhir\n    spool: s\n"),
+            "  repository:",
+            "audit.repository.ca",
+        ),
+        (
+            format!("{ev}{}", repo("    spool_max: 0\n")),
+            "    spool_max: 0",
+            "audit.repository.spool_max",
+        ),
+        (
+            format!("{ev}{}", repo("    timeout: 0s\n")),
+            "    timeout: 0s",
+            "audit.repository.timeout",
+        ),
+        (
+            format!("{ev}{}", repo("    client_cert: certs/client.pem\n")),
+            "    client_cert: certs/client.pem",
+            "audit.repository.client_cert",
+        ),
+        (
+            format!("{ev}{}", repo("    batch: true\n")),
+            "    batch: true",
+            "batch",
+        ),
+        (
+            format!("{ev}  repository:\n    url: https://audit.test/fhir\n    ca: c\n"),
+            "audit:",
+            "missing field `spool`",
+        ),
+    ];
+    for (keys, line_text, path) in cases {
+        let yaml = base.replace(
+            "admin:\n",
+            &format!("audit:\n  path: audit/audit.jsonl\n{keys}admin:\n"),
+        );
+        let line = yaml
+            .lines()
+            .position(|l| l == line_text)
+            .unwrap_or_else(|| panic!("{line_text:?} not in the test config"))
+            + 1;
+        let p = env.write("ward.yaml", &yaml);
+        let errs = config_errors(&p);
+        let want = format!("ward.yaml:{line}: ");
+        assert!(
+            errs.lines().any(|e| e.contains(&want) && e.contains(path)),
+            "{keys}\nwant {want}…{path}, got:\n{errs}"
+        );
+        // Values are never echoed (a URL may carry credentials).
+        if line_text.contains("url:") {
+            assert!(!errs.contains("audit.test"), "{errs}");
+        }
+    }
+    // And the same keys, right, load.
+    let yaml = base.replace(
+        "admin:\n",
+        &format!(
+            "audit:\n  path: audit/audit.jsonl\n{ev}    site: S\n    in_file: true\n  syslog:\n    address: 127.0.0.1:6514\n    ca: certs/ca.pem\n    message: audit_event\n{}admin:\n",
+            repo("    spool_max: 10\n    timeout: 5s\n")
+        ),
+    );
+    env.config(&yaml);
+    // Plain http to a loopback repository is allowed (a local relay).
+    env.config(&base.replace(
+        "admin:\n",
+        &format!("audit:\n  path: audit/audit.jsonl\n{ev}  repository:\n    url: http://127.0.0.1:8080/fhir\n    spool: s\nadmin:\n"),
+    ));
+}
+
+/// The spool is durable and bounded: a gateway whose repository is down spools up to
+/// `spool_max` events (and says so in its log when it must drop the rest), is killed
+/// with SIGKILL, and the next run delivers what the first one spooled — in order, once —
+/// before its own events.
+// Multi-threaded: the child's log is read with blocking calls while the repository task
+// serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_events_survive_a_crash_and_a_full_spool_is_logged() {
+    let env = Env::new();
+    let key = KeyPair::generate().unwrap();
+    let (up, _state) = upstream().await;
+    let reserved = ReservedPort::bind();
+    let sinks = format!(
+        "  repository:\n    url: https://127.0.0.1:{}/fhir\n    ca: certs/ca.pem\n    spool: audit/spool\n    spool_max: 6\n",
+        reserved.addr.port()
+    );
+    let cfg = env.write("ward.yaml", &config(&env, &key, up, &sinks));
+    let c = client(&env.pki, false);
+    let ask = |port: u16, i: usize| {
+        let (c, key) = (&c, &key);
+        async move {
+            let r = send(
+                c,
+                Request::get(format!("https://localhost:{port}/fhir/Observation/o{i}"))
+                    .header("authorization", format!("Bearer {}", token(key, None)))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(r.status, 200);
+            r.headers["x-request-id"].to_str().unwrap().to_owned()
+        }
+    };
+
+    let first = spawn_ward(&cfg);
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(ask(first.port, i).await);
+    }
+    // Two too many: dropped from the repository stream, loudly; the file has all eight.
+    let dropped_logged = loop {
+        let Ok(line) = first.lines.recv_timeout(PATIENCE) else {
+            break false;
+        };
+        let v: Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["level"] == "ERROR"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("AuditEvents dropped"))
+        {
+            break true;
+        }
+    };
+    assert!(dropped_logged, "a full spool is logged");
+    assert_eq!(file_records(&env.path("audit/audit.jsonl")).len(), 8);
+    drop(first); // SIGKILL
+
+    let mut repo = repository(&env.pki, reserved.listen(), 1);
+    let second = spawn_ward(&cfg);
+    let event_id = |ev: &Value| {
+        valid_r4(ev);
+        ev["entity"][0]["what"]["identifier"]["value"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // The first run's six come first (the spool is full until they are delivered)...
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(event_id(&next(&mut repo.accepted, "repository").await));
+    }
+    // ...then the second run's own; a duplicate of any of the six would come before it.
+    let new_id = ask(second.port, 8).await;
+    got.push(event_id(&next(&mut repo.accepted, "repository").await));
+    let mut want: Vec<String> = ids[..6].to_vec();
+    want.push(new_id);
+    assert_eq!(
+        got, want,
+        "the first run's six, then the new one, each once"
+    );
+    let left = std::fs::read_dir(env.path("audit/spool"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".json")
+        })
+        .count();
+    // The last file is removed after its 201 is read: at most that one is left.
+    assert!(left <= 1, "{left} left in the spool");
+}

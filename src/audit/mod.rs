@@ -20,6 +20,14 @@
 //! queue is full, `when_full: block` makes requests wait for room; `fail` answers 503
 //! `audit_unavailable`. A record is never dropped silently: if the file cannot be written,
 //! audited requests fail with 503 until it can.
+//!
+//! Sinks beyond the file, all fed by the writer thread once a batch is on disk (the request
+//! path never waits on their network I/O): [`syslog`] (RFC 5424 over TLS; the line, or the
+//! AuditEvent for IHE ATNA) and [`repository`] (a FHIR audit repository, through a spool
+//! written before the batch is acknowledged). [`balp`] turns a FHIR request's record into
+//! its IHE BALP `AuditEvent`; with `audit_event.in_file` the line carries it too (covered
+//! by the hash like any member). The raw query reaches the writer under [`QUERY_FIELD`]
+//! and is taken out before sealing: it only ever leaves base64-encoded, inside an event.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -176,10 +176,12 @@ impl Spool {
             self.next += 1;
             let name = format!("{:020}{SUFFIX}", self.next);
             let tmp = self.dir.join(format!(".{name}.tmp"));
-            let result = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
+            let mut open = OpenOptions::new();
+            open.create(true).write(true).truncate(true);
+            // Events hold who read what (and the base64 query): owner only.
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+            let result = open
                 .open(&tmp)
                 .and_then(|mut f| {
                     f.write_all(ev)?;
@@ -367,6 +369,9 @@ impl Sender {
                 Posted::Retry if woken.is_closed() => return,
                 Posted::Retry => {
                     self.errors.inc();
+                    if backoff == Duration::from_millis(100) {
+                        tracing::warn!(spooled = self.gauge.get(), "audit repository unavailable; AuditEvents wait in the spool and are retried");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
