@@ -99,18 +99,16 @@ fn syslog_collector(
     rx
 }
 
-/// A FHIR audit repository over TLS: `POST /fhir/AuditEvent`. The first `fail_first`
-/// attempts are answered 503; accepted events are sent on the returned channel.
+/// A FHIR audit repository over TLS: `POST /fhir/AuditEvent`. Attempt `n` is answered
+/// `script[n]`, and 201 once the script is over; accepted (2xx) events are sent on the
+/// returned channel.
 struct Repository {
     accepted: mpsc::UnboundedReceiver<Value>,
     attempts: Arc<AtomicUsize>,
 }
 
-fn repository(
-    pki: &ward::demo::Pki,
-    tcp: tokio::net::TcpListener,
-    fail_first: usize,
-) -> Repository {
+fn repository(pki: &ward::demo::Pki, tcp: tokio::net::TcpListener, script: Vec<u16>) -> Repository {
+    let script = Arc::new(script);
     let acceptor = acceptor(pki);
     let (tx, rx) = mpsc::unbounded_channel();
     let attempts = Arc::new(AtomicUsize::new(0));
@@ -120,13 +118,14 @@ fn repository(
             let Ok((s, _)) = tcp.accept().await else {
                 continue;
             };
-            let (acceptor, tx, seen) = (acceptor.clone(), tx.clone(), seen.clone());
+            let (acceptor, tx, seen, script) =
+                (acceptor.clone(), tx.clone(), seen.clone(), script.clone());
             tokio::spawn(async move {
                 let Ok(t) = acceptor.accept(s).await else {
                     return;
                 };
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let (tx, seen) = (tx.clone(), seen.clone());
+                    let (tx, seen, script) = (tx.clone(), seen.clone(), script.clone());
                     async move {
                         let ok_target = req.method() == http::Method::POST
                             && req.uri().path() == "/fhir/AuditEvent"
@@ -135,13 +134,13 @@ fn repository(
                         let n = seen.fetch_add(1, Ordering::SeqCst);
                         let status = if !ok_target {
                             400
-                        } else if n < fail_first {
-                            503
                         } else {
+                            script.get(n).copied().unwrap_or(201)
+                        };
+                        if (200..300).contains(&status) {
                             let v: Value = serde_json::from_slice(&body).unwrap();
                             let _ = tx.send(v);
-                            201
-                        };
+                        }
                         let mut r = Response::new(Full::new(Bytes::new()));
                         *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
                         Ok::<_, std::convert::Infallible>(r)
@@ -427,7 +426,7 @@ async fn every_interaction_becomes_its_balp_audit_event_in_the_file_at_syslog_an
         repo.local_addr().unwrap().port()
     );
     let mut syslog = syslog_collector(&env.pki, siem);
-    let mut repo = repository(&env.pki, repo, 0);
+    let mut repo = repository(&env.pki, repo, vec![]);
     let gw = env.start(&config(&env, &key, up, &sinks)).await;
     let c = client(&env.pki, false);
 
@@ -625,7 +624,7 @@ async fn a_repository_that_is_down_then_failing_gets_every_event_exactly_once_in
     assert!(!text.contains("audit_event") && !text.contains("query"));
 
     // Up, but answering 503 to the first three attempts; more requests meanwhile.
-    let mut repo = repository(&env.pki, reserved.listen(), 3);
+    let mut repo = repository(&env.pki, reserved.listen(), vec![503; 3]);
     for i in 5..10 {
         ids.push(ask(i).await);
     }
@@ -721,6 +720,16 @@ fn audit_event_and_sink_keys_are_checked_with_file_and_line() {
             format!("{ev}{}", repo("    spool_max: 0\n")),
             "    spool_max: 0",
             "audit.repository.spool_max",
+        ),
+        (
+            "  audit_event:\n    source_id: \"a\\tb\"\n".into(),
+            "    source_id: \"a\\tb\"",
+            "audit.audit_event.source_id",
+        ),
+        (
+            format!("{ev}    site: \" padded\"\n"),
+            "    site: \" padded\"",
+            "audit.audit_event.site",
         ),
         (
             format!("{ev}{}", repo("    timeout: 0s\n")),
@@ -838,7 +847,7 @@ async fn spooled_events_survive_a_crash_and_a_full_spool_is_logged() {
     assert_eq!(file_records(&env.path("audit/audit.jsonl")).len(), 8);
     drop(first); // SIGKILL
 
-    let mut repo = repository(&env.pki, reserved.listen(), 1);
+    let mut repo = repository(&env.pki, reserved.listen(), vec![503]);
     let second = spawn_ward(&cfg);
     let event_id = |ev: &Value| {
         valid_r4(ev);
@@ -873,4 +882,52 @@ async fn spooled_events_survive_a_crash_and_a_full_spool_is_logged() {
         .count();
     // The last file is removed after its 201 is read: at most that one is left.
     assert!(left <= 1, "{left} left in the spool");
+}
+
+/// Which answers hold the queue and which set one event aside: 401 and 429 are retried
+/// (the next event waits); 422 means the repository will never take that event, which
+/// goes to `spool/rejected/` so the rest still flow, in order.
+#[tokio::test]
+async fn a_refused_event_is_set_aside_and_access_errors_hold_the_queue() {
+    let env = Env::new();
+    let key = KeyPair::generate().unwrap();
+    let (up, _state) = upstream().await;
+    let reserved = ReservedPort::bind();
+    let sinks = format!(
+        "  repository:\n    url: https://127.0.0.1:{}/fhir\n    ca: certs/ca.pem\n    spool: audit/spool\n",
+        reserved.addr.port()
+    );
+    let gw = env.start(&config(&env, &key, up, &sinks)).await;
+    let c = client(&env.pki, false);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = send(
+            &c,
+            Request::get(url(&gw, &format!("/fhir/Observation/o{i}")))
+                .header("authorization", format!("Bearer {}", token(&key, None)))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        ids.push(r.headers["x-request-id"].to_str().unwrap().to_owned());
+    }
+    // A: 401 then 201. B: 422 (set aside). C: 429 then 201.
+    let mut repo = repository(&env.pki, reserved.listen(), vec![401, 201, 422, 429, 201]);
+    let id_of = |ev: &Value| ev["entity"][0]["what"]["identifier"]["value"].clone();
+    assert_eq!(id_of(&next(&mut repo.accepted, "A").await), ids[0]);
+    assert_eq!(id_of(&next(&mut repo.accepted, "C").await), ids[2]);
+    assert_eq!(repo.attempts.load(Ordering::SeqCst), 5);
+    let rejected: Vec<_> = std::fs::read_dir(env.path("audit/spool/rejected"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let b: Value = serde_json::from_slice(&std::fs::read(&rejected[0]).unwrap()).unwrap();
+    assert_eq!(id_of(&b), ids[1]);
+    let (_, metrics) = admin_get(&gw, "/metrics").await;
+    assert!(
+        metrics.contains("ward_audit_repository_total{result=\"rejected\"} 1"),
+        "{metrics}"
+    );
 }

@@ -152,6 +152,37 @@ fn text<'a>(f: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
     f.get(k).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
+/// Longest string copied from a token or certificate into an event.
+const MAX_TEXT: usize = 1024;
+
+/// A value from a token, certificate or header as a valid FHIR `string`: control
+/// characters (which R4 forbids) become U+FFFD, surrounding whitespace goes, overlong
+/// values are cut; nothing left means absent. The event must stay valid whatever a
+/// client put in its claims, or a repository would refuse it.
+fn clean(s: &str) -> Option<String> {
+    let t: String = s
+        .trim()
+        .chars()
+        .take(MAX_TEXT)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    let t = t.trim().to_owned();
+    (!t.is_empty()).then_some(t)
+}
+
+/// [`clean`] of a record field.
+fn field(f: &Map<String, Value>, k: &str) -> Option<String> {
+    text(f, k).and_then(clean)
+}
+
+/// Usable as an `Identifier.system` (a FHIR `uri`): an absolute URI without spaces.
+fn uri(s: &str) -> bool {
+    s.len() <= MAX_TEXT
+        && s.contains(':')
+        && !s.starts_with(':')
+        && s.chars().all(|c| c.is_ascii_graphic())
+}
+
 /// A FHIR id: what a `Type/id` reference may carry (anything else is left out rather
 /// than making the event invalid).
 fn fhir_id(s: &str) -> bool {
@@ -195,9 +226,9 @@ pub fn audit_event(
         "allow" if status < 400 => ("0", None),
         "allow" if status < 500 => ("4", Some(format!("upstream status {status}"))),
         "allow" => ("8", Some(format!("upstream status {status}"))),
-        "refuse" => ("4", text(f, "code").map(str::to_owned)),
+        "refuse" => ("4", field(f, "code")),
         "cancelled" => ("4", Some("cancelled".to_owned())),
-        _ => ("8", text(f, "code").map(str::to_owned)),
+        _ => ("8", field(f, "code")),
     };
 
     let mut ev = Map::new();
@@ -229,21 +260,23 @@ pub fn audit_event(
 
     // Agents: the client application, the gateway (server side), and the user.
     let (client_type, server_type) = kind.agent_types();
-    let user = text(f, "sub");
+    let user = field(f, "sub");
     let mut client = Map::new();
     client.insert("type".into(), json!({ "coding": [client_type] }));
-    let client_who = match (text(f, "client_id"), text(f, "cert_subject")) {
+    let ip = field(f, "client_ip");
+    let subject = field(f, "cert_subject");
+    let client_who = match (field(f, "client_id"), &subject) {
         (Some(id), _) => json!({ "identifier": { "value": id } }),
         (None, Some(subject)) => json!({ "display": subject }),
-        (None, None) => json!({ "display": text(f, "client_ip").unwrap_or("unknown") }),
+        (None, None) => json!({ "display": ip.as_deref().unwrap_or("unknown") }),
     };
     client.insert("who".into(), client_who);
-    if let Some(name) = text(f, "cert_subject") {
+    if let Some(name) = subject {
         client.insert("altId".into(), json!(name));
     }
     // Without a user, the application is the one asking.
     client.insert("requestor".into(), json!(user.is_none()));
-    if let Some(ip) = text(f, "client_ip") {
+    if let Some(ip) = ip {
         client.insert("network".into(), json!({ "address": ip, "type": "2" }));
     }
     let mut agents = vec![Value::Object(client)];
@@ -260,7 +293,7 @@ pub fn audit_event(
             json!({ "coding": [coding(PARTICIPATION, "IRCP", "information recipient")] }),
         );
         let mut ident = Map::new();
-        if let Some(iss) = text(f, "iss").filter(|i| i.contains(':')) {
+        if let Some(iss) = text(f, "iss").filter(|i| uri(i)) {
             ident.insert("system".into(), json!(iss));
         }
         ident.insert("value".into(), json!(sub));
@@ -292,7 +325,7 @@ pub fn audit_event(
 
     // Entities: the X-Request-Id, the resource (or query), the patient.
     let mut entities = Vec::new();
-    if let Some(rid) = text(f, "request_id") {
+    if let Some(rid) = field(f, "request_id") {
         entities.push(json!({
             "what": { "identifier": { "value": rid } },
             "type": coding(ENTITY_TYPE_BALP, "XrequestId", "transport specific unique identifier where http X-Request-Id is used"),
@@ -530,6 +563,66 @@ mod tests {
         }
     }
 
+    /// Whatever a token, certificate or header carried, the event stays valid R4: every
+    /// hostile value in every string field the event copies.
+    #[test]
+    fn hostile_values_in_copied_fields_never_make_an_invalid_event() {
+        let long = "x".repeat(100_000);
+        let values = [
+            "\u{0}",
+            "a\u{7}b",
+            "v\u{b}tab",
+            "\u{c}",
+            "   ",
+            " padded ",
+            "line\nbreak",
+            "tab\there",
+            "\r\n",
+            long.as_str(),
+            "日本語",
+            "\u{202e}rtl",
+            "quote\"back\\slash",
+            "💥",
+            "\u{FEFF}",
+            "\u{85}next-line",
+            "urn:x y",
+            ":",
+        ];
+        for key in [
+            "sub",
+            "iss",
+            "client_id",
+            "cert_subject",
+            "request_id",
+            "client_ip",
+            "patient",
+            "code",
+        ] {
+            for v in values {
+                for decision in ["allow", "refuse"] {
+                    let f = fields(&[
+                        ("fhir_interaction", json!("search-type")),
+                        ("resource_type", json!("Observation")),
+                        ("sub", json!("u")),
+                        ("decision", json!(decision)),
+                        ("code", json!("scope_denied")),
+                        (key, json!(v)),
+                    ]);
+                    let ev = audit_event(&f, Some("/fhir/Observation?x=1"), &cfg()).unwrap();
+                    let bytes = ev.to_string().into_bytes();
+                    if let Err(issues) = crate::fhir::validate::validate_resource(
+                        &bytes,
+                        &crate::fhir::validate::Limits::default(),
+                        None,
+                    ) {
+                        panic!("{key}={v:?} ({decision}): {issues:#?}");
+                    }
+                    assert!(bytes.len() < 20_000, "{key}: copied values are bounded");
+                }
+            }
+        }
+    }
+
     /// The validator used above does reject what R4 forbids (so a passing test means
     /// something): unknown members, codes outside required bindings, wrong shapes.
     #[test]
@@ -546,6 +639,10 @@ mod tests {
             ("/agent/0/network/type", json!("9")),
             ("/agent/0/requestor", json!("yes")),
             ("/recorded", json!("yesterday")),
+            // What `clean` guards against: the R4 string pattern `[ \r\n\t\S]+`
+            // excludes vertical tab and form feed.
+            ("/agent/0/altId", json!("a\u{b}b")),
+            ("/outcomeDesc", json!("\u{c}")),
         ] {
             let mut e = ev.clone();
             let (parent, key) = path.rsplit_once('/').unwrap();

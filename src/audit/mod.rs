@@ -130,8 +130,26 @@ impl AuditConfig {
             }
         }
         if let Some(a) = &self.audit_event {
-            if a.source_id.trim().is_empty() {
-                out.push(("audit_event.source_id", "must not be empty".to_owned()));
+            // Copied into every event: must be a valid FHIR string as written.
+            let bad = |s: &str| {
+                s.trim().is_empty()
+                    || s.trim() != s
+                    || s.len() > 1024
+                    || s.chars().any(char::is_control)
+            };
+            if bad(&a.source_id) {
+                out.push((
+                    "audit_event.source_id",
+                    "must be 1 to 1024 characters, no control characters or surrounding spaces"
+                        .to_owned(),
+                ));
+            }
+            if a.site.as_deref().is_some_and(bad) {
+                out.push((
+                    "audit_event.site",
+                    "must be 1 to 1024 characters, no control characters or surrounding spaces"
+                        .to_owned(),
+                ));
             }
         }
         let events = self.audit_event.is_some();

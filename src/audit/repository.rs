@@ -7,8 +7,9 @@
 //! outage. A sender task takes the files oldest first, one at a time, and deletes a file
 //! only once the repository accepted it (2xx): events arrive in order, and a repository
 //! that is down or answers 5xx/429/408 just holds the queue (retried with backoff) until it
-//! recovers. A 4xx other than those means the repository will never take that event: it
-//! is moved to `spool/rejected/` (and counted) so one bad event cannot block the rest.
+//! recovers; so does 401/403/404 (access or address wrong for now). 400, 409, 412, 413 or
+//! 422 mean the repository will never take that event: it is moved to `spool/rejected/`
+//! (and counted) so one bad event cannot block the rest.
 //!
 //! The spool is bounded (`spool_max` events). When it is full new events are not spooled:
 //! counted in `ward_audit_repository_total{result="dropped"}` and logged once per episode;
@@ -309,7 +310,7 @@ struct Sender {
 
 enum Posted {
     Accepted,
-    /// The repository will never take it (4xx other than 408/429).
+    /// The repository will never take it (400, 409, 412, 413, 422).
     Refused(u16),
     Retry,
 }
@@ -397,11 +398,10 @@ impl Sender {
         .await;
         match answer {
             Ok(Some(s)) if s.is_success() => Posted::Accepted,
-            Ok(Some(s))
-                if s.is_client_error()
-                    && s != http::StatusCode::REQUEST_TIMEOUT
-                    && s != http::StatusCode::TOO_MANY_REQUESTS =>
-            {
+            // The event itself is refused (invalid, too large, a conflict): retrying the
+            // same bytes cannot help. Other 4xx (401, 403, 404, 408, 429…) say the
+            // repository or our access to it is wrong for now: hold the queue.
+            Ok(Some(s)) if matches!(s.as_u16(), 400 | 409 | 412 | 413 | 422) => {
                 Posted::Refused(s.as_u16())
             }
             _ => Posted::Retry,
