@@ -60,6 +60,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub audit_forward_backlog: prometheus::IntGauge,
     pub audit_forward: IntCounterVec,
+    pub audit_repository: IntCounterVec,
+    pub audit_spool: prometheus::IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -228,6 +230,13 @@ impl Metrics {
                 g
             },
             audit_forward: counter(&r, "ward_audit_forward_total", "Audit records forwarded to the syslog collector by result: sent, error (connect or write failed; retried), dropped (buffer full; the file keeps them).", &["result"]),
+            audit_repository: counter(&r, "ward_audit_repository_total", "AuditEvents for the FHIR audit repository by result: sent (accepted), error (connect, timeout, 5xx or another retryable answer; retried from the spool), rejected (400/409/412/413/422: the event itself refused; kept in spool/rejected), dropped (spool full or unwritable; the chained file keeps the record).", &["result"]),
+            audit_spool: {
+                let g = prometheus::IntGauge::new("ward_audit_spool_records", "AuditEvents in the spool, waiting for the FHIR audit repository.")
+                    .unwrap_or_else(|e| panic!("metric ward_audit_spool_records: {e}"));
+                r.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("metric ward_audit_spool_records: {e}"));
+                g
+            },
             registry: r,
         }
     }

@@ -600,6 +600,14 @@ impl Checker<'_> {
                 check(self.main, "audit.syslog.client_cert".into(), c);
             }
         }
+        if let Some(r) = cfg.audit.as_ref().and_then(|a| a.repository.as_ref()) {
+            if let Some(ca) = &r.ca {
+                check(self.main, "audit.repository.ca".into(), ca);
+            }
+            if let Some(c) = &r.client_cert {
+                check(self.main, "audit.repository.client_cert".into(), c);
+            }
+        }
         for name in self.used_policies() {
             let (Some(pc), Some(lines)) = (cfg.policies.get(name), self.policy_lines(name)) else {
                 continue;

@@ -128,6 +128,11 @@ fn request_fields(req: &Request<Body>) -> Map<String, Value> {
         if let Some((t, id)) = &f.compartment {
             put(&mut m, "compartment", Some(&format!("{t}/{id}")));
         }
+        // The raw request target, for the AuditEvent's base64 `entity.query` (BALP); the
+        // writer takes it out before the line is sealed, so it is never in clear.
+        if let Some(pq) = req.uri().path_and_query() {
+            put(&mut m, crate::audit::QUERY_FIELD, Some(pq.as_str()));
+        }
     }
     m
 }

@@ -20,6 +20,14 @@
 //! queue is full, `when_full: block` makes requests wait for room; `fail` answers 503
 //! `audit_unavailable`. A record is never dropped silently: if the file cannot be written,
 //! audited requests fail with 503 until it can.
+//!
+//! Sinks beyond the file, all fed by the writer thread once a batch is on disk (the request
+//! path never waits on their network I/O): [`syslog`] (RFC 5424 over TLS; the line, or the
+//! AuditEvent for IHE ATNA) and [`repository`] (a FHIR audit repository, through a spool
+//! written before the batch is acknowledged). [`balp`] turns a FHIR request's record into
+//! its IHE BALP `AuditEvent`; with `audit_event.in_file` the line carries it too (covered
+//! by the hash like any member). The raw query reaches the writer under [`QUERY_FIELD`]
+//! and is taken out before sealing: it only ever leaves base64-encoded, inside an event.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,6 +42,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::primitives::Dur;
 use crate::error::Rejection;
+
+mod balp;
+mod repository;
+mod syslog;
+
+pub use balp::{audit_event, AuditEventConfig, QUERY_FIELD};
+pub use repository::RepositoryConfig;
+pub use syslog::{SyslogConfig, SyslogMessage};
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -88,71 +104,12 @@ pub struct AuditConfig {
     /// Second sink: every written record, forwarded as RFC 5424 syslog over TLS.
     #[serde(default)]
     pub syslog: Option<SyslogConfig>,
-}
-
-fn default_forward_buffer() -> usize {
-    10_000
-}
-
-/// RFC 5424 messages over TLS (RFC 5425 octet-counted framing) to a SIEM.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SyslogConfig {
-    /// `host:port` (6514 is the registered port).
-    pub address: String,
-    /// CA bundle for the collector's certificate.
-    pub ca: String,
+    /// Records of FHIR requests also as FHIR R4 AuditEvents (IHE BALP).
     #[serde(default)]
-    pub client_cert: Option<String>,
+    pub audit_event: Option<AuditEventConfig>,
+    /// Third sink: AuditEvents POSTed to a FHIR audit repository through a local spool.
     #[serde(default)]
-    pub client_key: Option<String>,
-    /// Name in the collector's certificate; default: the host of `address`.
-    #[serde(default)]
-    pub server_name: Option<String>,
-    /// Records waiting to be forwarded. Beyond it new records are not forwarded (counted
-    /// in `ward_audit_forward_total{result="dropped"}`; the file still has them).
-    #[serde(default = "default_forward_buffer")]
-    pub buffer: usize,
-}
-
-fn start_syslog(
-    cfg: &SyslogConfig,
-    resolve: &dyn Fn(&str) -> PathBuf,
-    metrics: &crate::metrics::Metrics,
-) -> Result<Forwarder, String> {
-    let client = match (&cfg.client_cert, &cfg.client_key) {
-        (Some(c), Some(k)) => Some((resolve(c), resolve(k))),
-        _ => None,
-    };
-    let cc = crate::tls::upstream_client_config(
-        &resolve(&cfg.ca),
-        client.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-    )
-    .map_err(|e| format!("syslog: {e}"))?;
-    let host = cfg.server_name.clone().unwrap_or_else(|| {
-        cfg.address
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
-            .unwrap_or_default()
-    });
-    let name = rustls_pki_types::ServerName::try_from(host)
-        .map_err(|_| "syslog: invalid server name".to_owned())?;
-    let (tx, rx) = mpsc::channel(cfg.buffer.max(1));
-    let backlog = metrics.audit_forward_backlog.clone();
-    tokio::spawn(syslog_sink(
-        cfg.clone(),
-        tokio_rustls::TlsConnector::from(Arc::new(cc)),
-        name,
-        rx,
-        backlog.clone(),
-        metrics.audit_forward.with_label_values(&["sent"]),
-        metrics.audit_forward.with_label_values(&["error"]),
-    ));
-    Ok(Forwarder {
-        tx,
-        backlog,
-        dropped: metrics.audit_forward.with_label_values(&["dropped"]),
-    })
+    pub repository: Option<RepositoryConfig>,
 }
 
 impl AuditConfig {
@@ -171,6 +128,50 @@ impl AuditConfig {
             if zero {
                 out.push((k, "must be greater than 0".to_owned()));
             }
+        }
+        if let Some(a) = &self.audit_event {
+            // Copied into every event: must be a valid FHIR string as written.
+            let bad = |s: &str| {
+                s.trim().is_empty()
+                    || s.trim() != s
+                    || s.len() > 1024
+                    || s.chars().any(char::is_control)
+            };
+            if bad(&a.source_id) {
+                out.push((
+                    "audit_event.source_id",
+                    "must be 1 to 1024 characters, no control characters or surrounding spaces"
+                        .to_owned(),
+                ));
+            }
+            if a.site.as_deref().is_some_and(bad) {
+                out.push((
+                    "audit_event.site",
+                    "must be 1 to 1024 characters, no control characters or surrounding spaces"
+                        .to_owned(),
+                ));
+            }
+        }
+        let events = self.audit_event.is_some();
+        if !events
+            && self
+                .syslog
+                .as_ref()
+                .is_some_and(|s| s.message == SyslogMessage::AuditEvent)
+        {
+            out.push((
+                "syslog.message",
+                "`audit_event` messages need `audit.audit_event` (source_id)".to_owned(),
+            ));
+        }
+        if let Some(r) = &self.repository {
+            if !events {
+                out.push((
+                    "repository",
+                    "needs `audit.audit_event` (the repository stores AuditEvents)".to_owned(),
+                ));
+            }
+            out.extend(r.problems());
         }
         out
     }
@@ -384,7 +385,11 @@ impl AuditLog {
             backlog: metrics.audit_backlog.clone(),
             errors: metrics.audit_write_errors.clone(),
             forward: match &cfg.syslog {
-                Some(s) => Some(start_syslog(s, resolve, metrics)?),
+                Some(s) => Some(syslog::start_syslog(s, resolve, metrics)?),
+                None => None,
+            },
+            spool: match &cfg.repository {
+                Some(r) => Some(repository::start(r, resolve, metrics)?),
                 None => None,
             },
         };
@@ -491,128 +496,8 @@ struct Writer {
     healthy: Arc<AtomicBool>,
     backlog: prometheus::IntGauge,
     errors: prometheus::IntCounter,
-    forward: Option<Forwarder>,
-}
-
-/// The second sink's queue, fed by the writer thread.
-struct Forwarder {
-    tx: mpsc::Sender<String>,
-    backlog: prometheus::IntGauge,
-    dropped: prometheus::IntCounter,
-}
-
-impl Forwarder {
-    fn offer(&self, line: String) {
-        match self.tx.try_send(line) {
-            Ok(()) => self.backlog.inc(),
-            Err(_) => self.dropped.inc(),
-        }
-    }
-}
-
-/// Send forwarded records to the syslog collector, reconnecting with backoff; a record
-/// is taken off the queue only once written to a connection.
-async fn syslog_sink(
-    cfg: SyslogConfig,
-    tls: tokio_rustls::TlsConnector,
-    name: rustls_pki_types::ServerName<'static>,
-    mut rx: mpsc::Receiver<String>,
-    backlog: prometheus::IntGauge,
-    sent: prometheus::IntCounter,
-    failed: prometheus::IntCounter,
-) {
-    use tokio::io::AsyncWriteExt;
-    let host = hostname();
-    let mut conn: Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> = None;
-    let mut pending: Option<String> = None;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let line = match pending.take() {
-            Some(l) => l,
-            None => match rx.recv().await {
-                Some(l) => l,
-                None => return,
-            },
-        };
-        if conn.is_none() {
-            let attempt = async {
-                let tcp = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    tokio::net::TcpStream::connect(&cfg.address),
-                )
-                .await
-                .ok()?
-                .ok()?;
-                tokio::time::timeout(Duration::from_secs(10), tls.connect(name.clone(), tcp))
-                    .await
-                    .ok()?
-                    .ok()
-            };
-            match attempt.await {
-                Some(c) => conn = Some(c),
-                None => {
-                    failed.inc();
-                    pending = Some(line);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    continue;
-                }
-            }
-        }
-        // A collector never writes back: anything readable (EOF, close_notify, a reset)
-        // means the connection is gone, and a write would vanish into its buffer.
-        if let Some(c) = conn.as_mut() {
-            use tokio::io::AsyncReadExt;
-            let mut probe = [0u8; 1];
-            if tokio::time::timeout(Duration::ZERO, c.read(&mut probe))
-                .await
-                .is_ok()
-            {
-                conn = None;
-                pending = Some(line);
-                continue;
-            }
-        }
-        let msg = syslog_frame(&host, line.trim_end());
-        let written = match conn.as_mut() {
-            Some(c) => tokio::time::timeout(Duration::from_secs(10), async {
-                c.write_all(&msg).await?;
-                c.flush().await
-            })
-            .await
-            .is_ok_and(|r| r.is_ok()),
-            None => false,
-        };
-        if written {
-            sent.inc();
-            backlog.dec();
-            backoff = Duration::from_millis(100);
-        } else {
-            // A collector that accepts and then resets must not be hammered either.
-            failed.inc();
-            conn = None;
-            pending = Some(line);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-        }
-    }
-}
-
-/// RFC 5424 message (facility authpriv, severity notice) with RFC 5425 octet counting.
-fn syslog_frame(host: &str, record: &str) -> Vec<u8> {
-    let msg = format!(
-        "<85>1 {} {host} ward - audit - {record}",
-        crate::calendar::rfc3339_now()
-    );
-    format!("{} {msg}", msg.len()).into_bytes()
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
-        .unwrap_or_else(|| "-".into())
+    forward: Option<syslog::Forwarder>,
+    spool: Option<repository::Spool>,
 }
 
 impl Writer {
@@ -673,14 +558,39 @@ impl Writer {
             // stays in the middle of the file.
             let saved = (self.size, self.chain.seq, self.chain.prev.clone());
             let mut buf = Vec::with_capacity(batch.len() * 512);
-            let mut lines = Vec::new();
+            // What the syslog sink and the repository get once the batch is durable.
+            let mut lines: Vec<(&'static str, String)> = Vec::new();
+            let mut events: Vec<Vec<u8>> = Vec::new();
             let flushing = batch.iter().any(|j| j.flush);
             for job in batch.iter_mut().filter(|j| !j.flush) {
-                let fields = std::mem::take(&mut job.fields);
+                let mut fields = std::mem::take(&mut job.fields);
+                // The raw query never goes into the line in clear.
+                let query = fields.remove(QUERY_FIELD);
+                let event =
+                    self.cfg.audit_event.as_ref().and_then(|c| {
+                        audit_event(&fields, query.as_ref().and_then(Value::as_str), c)
+                    });
+                if let (Some(e), Some(true)) =
+                    (&event, self.cfg.audit_event.as_ref().map(|c| c.in_file))
+                {
+                    fields.insert("audit_event".into(), e.clone());
+                }
                 let line = self.chain.seal(fields);
                 buf.extend_from_slice(line.as_bytes());
-                if self.forward.is_some() {
-                    lines.push(line);
+                let as_event = self
+                    .cfg
+                    .syslog
+                    .as_ref()
+                    .is_some_and(|s| s.message == SyslogMessage::AuditEvent);
+                match (&self.forward, &event) {
+                    (Some(_), Some(e)) if as_event => {
+                        lines.push((syslog::MSGID_AUDIT_EVENT, e.to_string()))
+                    }
+                    (Some(_), _) => lines.push((syslog::MSGID_RECORD, line)),
+                    _ => {}
+                }
+                if let (Some(_), Some(e)) = (&self.spool, &event) {
+                    events.push(e.to_string().into_bytes());
                 }
             }
             if let Err(e) = self.file.write_all(&buf) {
@@ -701,6 +611,13 @@ impl Writer {
                 dirty = false;
                 last_sync = std::time::Instant::now();
             }
+            if ok {
+                // Spooled (and synced) before the records are acknowledged: an answered
+                // request's event survives a crash while the repository is down.
+                if let Some(sp) = self.spool.as_mut() {
+                    sp.put(&events);
+                }
+            }
             for job in batch {
                 if let Some(d) = job.done {
                     let _ = d.send(ok);
@@ -712,8 +629,8 @@ impl Writer {
                 // Only what is on disk is forwarded, seq and hash included, so the
                 // collector can check the chain too.
                 if let Some(f) = &self.forward {
-                    for line in lines {
-                        f.offer(line);
+                    for (msgid, line) in lines {
+                        f.offer(msgid, line);
                     }
                 }
             }
