@@ -106,6 +106,10 @@ curl -s "http://$ADMIN/metrics" | grep '^ward_break_glass_total'
 # The audit trail is hash-chained: an edited, reordered or deleted record is found.
 "$WARD" audit verify "$D/audit/audit.jsonl"
 #   -> ok: N records, seq 1 to N, chain intact (exit 0)
+# Each record carries its FHIR AuditEvent (IHE Basic Audit Log Patterns): the break-glass
+# read above is a PatientRead whose purpose of use is BTG ("break the glass").
+grep '"break_glass":true' "$D/audit/audit.jsonl" | tail -1 | grep -o 'IHE\.BasicAudit\.[A-Za-z]*\|"code":"BTG"'
+#   -> "code":"BTG" and IHE.BasicAudit.PatientRead
 
 # --- deploy
 # Watching it: Prometheus scrapes the admin listener with the shipped alert rules

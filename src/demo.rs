@@ -606,10 +606,16 @@ mllp:
     upstream:
       address: {mllp_upstream}
 # Every request on the audited routes, one hash-chained JSON line each; check it with
-# `ward audit verify`. fsync: a record is on disk before its response leaves.
+# `ward audit verify`. fsync: a record is on disk before its response leaves. Each FHIR
+# record also carries its FHIR AuditEvent (IHE Basic Audit Log Patterns), the form an
+# audit repository or SIEM takes (see `syslog` and `repository` in the README).
 audit:
   path: {audit:?}
   durability: fsync
+  audit_event:
+    source_id: ward-demo
+    site: Ward demo (fictitious hospital)
+    in_file: true
 # Detect and respond. The threshold is a demo's (real ones are in the hundreds): a token
 # reading 3 distinct patients within a minute is blocked for 15 minutes. Operators list
 # and lift blocks through the admin API with a token whose SHA-256 is in tokens_file.

@@ -313,20 +313,31 @@ async fn the_tutorial_script_runs_against_the_demo_as_printed() {
         lines[served_again + 5].starts_with("ok: ") && rest.contains("chain intact"),
         "{stdout}"
     );
-    // deploy: a real Prometheus scraped the admin listener with the shipped rules, and
-    // doctor's live checks ran against the running demo.
+    // audit: the break-glass record carries its BALP AuditEvent, purpose of use BTG.
     assert_eq!(
         lines[served_again + 6].trim(),
-        "\"status\":\"success\"",
+        "\"code\":\"BTG\"",
         "{stdout}"
     );
     assert_eq!(
         lines[served_again + 7].trim(),
+        "IHE.BasicAudit.PatientRead",
+        "{stdout}"
+    );
+    // deploy: a real Prometheus scraped the admin listener with the shipped rules, and
+    // doctor's live checks ran against the running demo.
+    assert_eq!(
+        lines[served_again + 8].trim(),
+        "\"status\":\"success\"",
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[served_again + 9].trim(),
         "ward doctor: exit 3",
         "{stdout}"
     );
     assert_eq!(
-        lines[served_again + 8].trim(),
+        lines[served_again + 10].trim(),
         "\"worst\":\"critical\"",
         "{stdout}"
     );
