@@ -26,7 +26,9 @@
 //!   validate         — FHIR R4 / HL7 v2 bodies: only authorised bodies are worth parsing
 //!   DLP              — PHI detection/redaction (`policy/dlp.rs`): closest to the upstream,
 //!                      sees exactly what is forwarded and first reads what comes back
-//!   proxy            — header hygiene, forwarding headers, upstream call (`proxy/`)
+//!   proxy            — header hygiene, forwarding headers, upstream call (`proxy/`); on FHIR routes
+//!                      the upstream's base URL is rewritten to the gateway's in headers and
+//!                      bodies, and SMART discovery is answered (`proxy/fhir_rewrite.rs`)
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -10,6 +10,9 @@
 use std::path::{Path, PathBuf};
 
 #[rustfmt::skip]
+#[path = "fuzz_replay/base_url.rs"]
+mod base_url;
+#[rustfmt::skip]
 #[path = "fuzz_replay/dlp.rs"]
 mod dlp;
 #[rustfmt::skip]
@@ -31,6 +34,7 @@ type Check = fn(&[u8]);
 /// Every fuzz target and its replayed checks. A target directory not listed here fails
 /// `every_target_is_replayed`.
 const TARGETS: &[(&str, Check)] = &[
+    ("base_url", base_url::fuzz_one),
     ("dlp", dlp::fuzz_one),
     ("er7", er7::fuzz_one),
     ("fhir_request", fhir_request::fuzz_one),

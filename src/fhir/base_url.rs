@@ -230,6 +230,20 @@ impl BaseSet {
     /// Free text: base URLs rewritten, the authority of any other URL on an upstream host
     /// and any bare mention of an upstream host masked. `None` when nothing changed.
     pub fn text(&self, s: &str, public: &str) -> Option<String> {
+        // A mask can put a mention that was glued to another (`ehr:1ehr`) at a name
+        // boundary: go again until nothing changes (bounded, in case the public base itself
+        // names an upstream host).
+        let mut out = self.text_once(s, public)?;
+        for _ in 0..8 {
+            match self.text_once(&out, public) {
+                Some(again) if again != out => out = again,
+                _ => break,
+            }
+        }
+        Some(out)
+    }
+
+    fn text_once(&self, s: &str, public: &str) -> Option<String> {
         // (start, end, replacement), found in order, never overlapping.
         let mut edits: Vec<(usize, usize, String)> = Vec::new();
         for (k, _) in s.match_indices("://") {
@@ -633,6 +647,64 @@ mod tests {
             format!(r#"<{PUB}/Patient?p=2>; rel="next", <https://a.example/>; rel="x, y""#)
         );
         assert_eq!(s.link_header("<https://a.example/>; rel=x", PUB), None);
+    }
+
+    /// Deterministic fuzzing: no input panics (slicing stays on character boundaries), and
+    /// what `text` returns names no upstream any more.
+    #[test]
+    fn random_strings() {
+        let s = set();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pieces = [
+            "https://",
+            "HTTP://",
+            "://",
+            "ehr.internal",
+            "EHR.",
+            "internal",
+            ":8443",
+            ":",
+            "/fhir",
+            "/baseR4",
+            "/",
+            "?",
+            "#",
+            "@",
+            "[",
+            "]",
+            "%",
+            "%65",
+            "é",
+            "ß",
+            "\u{1F600}",
+            " ",
+            ",",
+            "<",
+            ">",
+            ";",
+            "\"",
+            "0",
+            "x",
+            ".",
+            "-",
+        ];
+        for _ in 0..30000 {
+            let mut t = String::new();
+            for _ in 0..(rnd() % 10) {
+                t.push_str(pieces[(rnd() % pieces.len() as u64) as usize]);
+            }
+            let _ = s.url(&t, PUB);
+            let _ = s.link_header(&t, PUB);
+            if let Some(out) = s.text(&t, PUB) {
+                assert_eq!(s.text(&out, PUB), None, "{t:?} -> {out:?}");
+            }
+        }
     }
 
     #[test]

@@ -1224,8 +1224,6 @@ fn full(b: Bytes) -> Body {
 type BytesFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, Rejection>> + Send + 'static>>;
 
-/// Read a whole body up to `max` bytes. Boxed with an explicit `'static` type for the same
-/// rustc lifetime-inference reason as `policy::call_next`.
 /// A discovery read `auth` let through without a token (`anonymous_discovery`): nothing to
 /// authorize (no claims, no patient data). Checked again here so a marker on any other
 /// request is worthless.
@@ -1236,6 +1234,8 @@ fn anonymous_discovery(req: &Request<Body>) -> bool {
         && crate::fhir::discovery::discovery_target(req)
 }
 
+/// Read a whole body up to `max` bytes. Boxed with an explicit `'static` type for the same
+/// rustc lifetime-inference reason as `policy::call_next`.
 fn read_limited(body: Body, max: usize) -> BytesFuture {
     Box::pin(async move {
         let mut body = body;
