@@ -176,7 +176,7 @@ pub fn build(
                     Some(b) => b.clone(),
                     None => {
                         let b = Arc::new(
-                            RedisBackend::new(name, rc, &|f| cfg.resolve(f))
+                            RedisBackend::new(name, rc, &|f| cfg.resolve(f), &shared.metrics)
                                 .map_err(|e| format!("rate_limit: {e}"))?,
                         );
                         shared.redis.insert(name.to_owned(), b.clone());
