@@ -395,13 +395,42 @@ async fn stalled_client(
     s
 }
 
+/// An upstream that reads requests and never answers.
+async fn silent_upstream() -> SocketAddr {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = tcp.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
 #[tokio::test]
 async fn concurrency_slots_are_held_while_a_body_streams_and_freed_when_the_client_goes() {
     let env = Env::new();
     let (up, mut started) = streaming_upstream().await;
-    let gw = env
-        .start(&basic_config(up, "", "    max_concurrent_requests: 2\n"))
-        .await;
+    // `/stall` goes to an upstream that never answers: its 504 is the event that says
+    // `response_timeout` has passed (the slots used to be freed then).
+    let silent = silent_upstream().await;
+    let cfg = basic_config(
+        up,
+        "",
+        "    max_concurrent_requests: 2\n    response_timeout: 300ms\n",
+    )
+    .replace(
+        "routes:\n",
+        &format!(
+            "  - name: silent\n    url: http://{silent}\n    response_timeout: 300ms\nroutes:\n"
+        ),
+    )
+    .replace(
+        "path_prefix: /stall\n    upstream: ehr",
+        "path_prefix: /stall\n    upstream: silent",
+    );
+    let gw = env.start(&cfg).await;
     let c = client(&env.pki, true);
     let a = stalled_client(&env.pki, &gw, "/api/a/stream").await;
     let b = stalled_client(&env.pki, &gw, "/api/b/stream").await;
@@ -415,6 +444,18 @@ async fn concurrency_slots_are_held_while_a_body_streams_and_freed_when_the_clie
         assert_eq!(r.code(), "upstream_overloaded", "{path}");
         assert_eq!(r.headers["retry-after"], "1");
     }
+    assert_eq!(
+        metric(&gw, "ward_upstream_inflight{upstream=\"ehr\"}").await,
+        2.0
+    );
+    // Well past `response_timeout` since the streams started, the slots are still held.
+    let r = send(&c, get(&url(&gw, "/stall/x"))).await;
+    assert_eq!((r.status, r.code().as_str()), (504, "upstream_timeout"));
+    let r = send(&c, get(&url(&gw, "/api/x"))).await;
+    assert_eq!(
+        r.status, 503,
+        "a slot was freed while its body still streamed"
+    );
     assert_eq!(
         metric(&gw, "ward_upstream_inflight{upstream=\"ehr\"}").await,
         2.0
