@@ -510,6 +510,11 @@ async fn a_client_that_stops_reading_loses_its_slot_after_send_timeout() {
         v == 0.0
     })
     .await;
+    // …and closes their HTTP/1 connections without waiting for them to read again.
+    wait_metric(&gw, "ward_active_connections{listener=\"public\"}", |v| {
+        v == 0.0
+    })
+    .await;
     let r = send(&c, get(&url(&gw, "/api/short"))).await;
     assert_eq!((r.status, r.body.as_ref()), (200, b"/api/short".as_ref()));
     // Each stalled response ends aborted (connection closed, never the chunked end).

@@ -179,7 +179,7 @@ pub struct UpstreamConfig {
     /// With `max_concurrent_requests`: longest a response may wait for the client to take
     /// more bytes. A client that stops reading would otherwise hold a slot for as long as
     /// the upstream keeps sending; at expiry the slot is freed and the response aborted
-    /// (the connection is closed for HTTP/1, the stream reset for HTTP/2).
+    /// (the HTTP/1 connection closed at once, the HTTP/2 stream reset when next polled).
     #[serde(default = "default_send_timeout")]
     pub send_timeout: Dur,
 }

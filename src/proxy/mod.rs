@@ -44,7 +44,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 use crate::config::primitives::UpstreamConfig;
-use crate::context::{RequestContext, RouteId, UpstreamHeaders};
+use crate::context::{ConnectionAbort, RequestContext, RouteId, UpstreamHeaders};
 use crate::error::LimitError;
 use crate::error::Rejection;
 use crate::metrics::Metrics;
@@ -136,8 +136,8 @@ struct Concurrency {
 /// went away). A client that stops reading (a full TCP window, an HTTP/2 stream with a
 /// closed window) is bounded by the upstream's `send_timeout`: a watchdog frees the slot
 /// when the body has handed the client a frame and not been asked for the next one for
-/// that long, and the body is aborted (HTTP/1 connection closed, HTTP/2 stream reset) the
-/// next time the server touches it. Waiting for the upstream is not the client's fault
+/// that long: an HTTP/1 connection is closed at once (`ConnectionAbort`), and the body is
+/// aborted (HTTP/2 stream reset) the next time the server touches it. Waiting for the upstream is not the client's fault
 /// and does not count (the body's own idle limit covers a stalled upstream).
 struct InflightPermit {
     _release: tokio::sync::oneshot::Sender<()>,
@@ -189,7 +189,7 @@ impl Progress {
 }
 
 impl InflightPermit {
-    fn new(permit: OwnedSemaphorePermit, c: &Concurrency) -> Self {
+    fn new(permit: OwnedSemaphorePermit, c: &Concurrency, abort: Option<ConnectionAbort>) -> Self {
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let gauge = c.inflight.clone();
         let stalls = c.stalls.clone();
@@ -221,6 +221,11 @@ impl InflightPermit {
                         {
                             watched.stalled.store(true, Ordering::Relaxed);
                             stalls.inc();
+                            // HTTP/1: close the connection now. HTTP/2: the stream is
+                            // reset when the server next polls the body.
+                            if let Some(ConnectionAbort(a)) = &abort {
+                                a.notify_one();
+                            }
                             break;
                         }
                     }
@@ -407,11 +412,12 @@ impl Upstream {
     async fn send(
         &self,
         req: Request<Body>,
+        abort: Option<ConnectionAbort>,
         metrics: &Metrics,
     ) -> Result<Response<Body>, Rejection> {
         let permit = match &self.concurrency {
             Some(c) => match c.permits.clone().try_acquire_owned() {
-                Ok(p) => Some(InflightPermit::new(p, c)),
+                Ok(p) => Some(InflightPermit::new(p, c, abort)),
                 Err(_) => {
                     c.shed.inc();
                     return Err(upstream_overloaded());
@@ -773,6 +779,7 @@ impl tower::Service<Request<Body>> for ProxyService {
             let uri = upstream_uri(&upstream.target, req.uri(), &route)?;
             *req.uri_mut() = uri;
             let policy_headers = req.extensions_mut().remove::<UpstreamHeaders>();
+            let abort = req.extensions_mut().remove::<ConnectionAbort>();
             let h = req.headers_mut();
             let kept = headers::sanitize_request(h, ctx.trusted_peer);
             headers::set_forwarding(h, &ctx, kept);
@@ -813,7 +820,7 @@ impl tower::Service<Request<Body>> for ProxyService {
             // client's.
             *req.version_mut() = http::Version::HTTP_11;
             req.extensions_mut().clear();
-            let mut resp = upstream.send(req, &metrics).await?;
+            let mut resp = upstream.send(req, abort, &metrics).await?;
             headers::sanitize_response(resp.headers_mut());
             Ok(resp)
         })
