@@ -340,6 +340,14 @@ async fn pool_idle_timeout_defaults_below_common_upstream_keep_alives() {
 /// `/…/stream` sends an endless chunked body (signalling once its first chunk is out);
 /// anything else gets a short answer.
 async fn streaming_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    streaming_upstream_with(Arc::new(tokio::sync::Notify::new())).await
+}
+
+/// As [`streaming_upstream`]; `/…/held` signals, then waits for `release` before its
+/// answer.
+async fn streaming_upstream_with(
+    release: Arc<tokio::sync::Notify>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -348,10 +356,14 @@ async fn streaming_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
             let Ok((mut s, _)) = tcp.accept().await else {
                 continue;
             };
-            let tx = tx.clone();
+            let (tx, release) = (tx.clone(), release.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 while let Some(r) = read_request(&mut s, &mut buf).await {
+                    if r.path.ends_with("/held") {
+                        let _ = tx.send(r.path.clone());
+                        release.notified().await;
+                    }
                     if !r.path.ends_with("/stream") {
                         if !answer(&mut s, &r).await {
                             return;
@@ -485,14 +497,50 @@ async fn concurrency_slots_are_held_while_a_body_streams_and_freed_when_the_clie
 #[tokio::test]
 async fn a_client_that_stops_reading_loses_its_slot_after_send_timeout() {
     let env = Env::new();
-    let (up, mut started) = streaming_upstream().await;
-    let gw = env
-        .start(&basic_config(
-            up,
-            "",
-            "    max_concurrent_requests: 2\n    send_timeout: 300ms\n",
-        ))
-        .await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (up, mut started) = streaming_upstream_with(release.clone()).await;
+    let silent = silent_upstream().await;
+    let cfg = basic_config(
+        up,
+        "",
+        "    max_concurrent_requests: 2\n    send_timeout: 300ms\n",
+    )
+    .replace(
+        "routes:\n",
+        &format!(
+            "  - name: silent\n    url: http://{silent}\n    response_timeout: 500ms\nroutes:\n"
+        ),
+    )
+    .replace(
+        "path_prefix: /stall\n    upstream: ehr",
+        "path_prefix: /stall\n    upstream: silent",
+    );
+    let gw = env.start(&cfg).await;
+    let c = client(&env.pki, true);
+    // A slow upstream is not a slow client: a response head that takes longer than
+    // send_timeout keeps its slot and arrives whole.
+    let held = {
+        let (c, u) = (c.clone(), url(&gw, "/api/h/held"));
+        tokio::spawn(async move { send(&c, get(&u)).await })
+    };
+    assert_eq!(started.recv().await.unwrap(), "/api/h/held");
+    // This 504 comes a silent upstream's response_timeout (> send_timeout) later.
+    let r = send(&c, get(&url(&gw, "/stall/x"))).await;
+    assert_eq!((r.status, r.code().as_str()), (504, "upstream_timeout"));
+    release.notify_one();
+    let r = held.await.unwrap();
+    assert_eq!((r.status, r.body.as_ref()), (200, b"/api/h/held".as_ref()));
+    assert_eq!(
+        metric(&gw, "ward_upstream_client_stalls_total").await,
+        0.0,
+        "waiting for the upstream counted as a stalled client"
+    );
+    // The client connection used so far goes away before counting connections below.
+    drop(c);
+    wait_metric(&gw, "ward_active_connections{listener=\"public\"}", |v| {
+        v == 0.0
+    })
+    .await;
     let c = client(&env.pki, true);
     let mut stalled = Vec::new();
     for path in ["/api/a/stream", "/api/b/stream"] {

@@ -196,8 +196,9 @@ impl InflightPermit {
         let limit = c.send_timeout;
         let progress = Arc::new(Progress {
             base: tokio::time::Instant::now(),
-            // From the moment the response exists it is the server's (client's) turn.
-            handed_at: AtomicU64::new(0),
+            // Waiting for the response head is the upstream's turn (`response_timeout`
+            // bounds it); `send` hands the turn over with the head.
+            handed_at: AtomicU64::new(UPSTREAMS_TURN),
             stalled: AtomicBool::new(false),
             waker: std::sync::Mutex::new(None),
         });
@@ -456,6 +457,9 @@ impl Upstream {
         self.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(resp) => {
+                if let Some(p) = &permit {
+                    p.progress.clients_turn();
+                }
                 if let Transition::Ended { failed, lasted } = self.outage.success(Instant::now()) {
                     self.outage_open.set(0);
                     tracing::warn!(
