@@ -430,12 +430,12 @@ async fn concurrency_slots_are_held_while_a_body_streams_and_freed_when_the_clie
     let cfg = basic_config(
         up,
         "",
-        "    max_concurrent_requests: 2\n    response_timeout: 300ms\n",
+        "    max_concurrent_requests: 2\n    response_timeout: 1s\n",
     )
     .replace(
         "routes:\n",
         &format!(
-            "  - name: silent\n    url: http://{silent}\n    response_timeout: 300ms\nroutes:\n"
+            "  - name: silent\n    url: http://{silent}\n    response_timeout: 1s\nroutes:\n"
         ),
     )
     .replace(
@@ -503,12 +503,12 @@ async fn a_client_that_stops_reading_loses_its_slot_after_send_timeout() {
     let cfg = basic_config(
         up,
         "",
-        "    max_concurrent_requests: 2\n    send_timeout: 300ms\n",
+        "    max_concurrent_requests: 2\n    send_timeout: 1s\n",
     )
     .replace(
         "routes:\n",
         &format!(
-            "  - name: silent\n    url: http://{silent}\n    response_timeout: 500ms\nroutes:\n"
+            "  - name: silent\n    url: http://{silent}\n    response_timeout: 1500ms\nroutes:\n"
         ),
     )
     .replace(
