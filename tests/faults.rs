@@ -434,9 +434,7 @@ async fn concurrency_slots_are_held_while_a_body_streams_and_freed_when_the_clie
     )
     .replace(
         "routes:\n",
-        &format!(
-            "  - name: silent\n    url: http://{silent}\n    response_timeout: 1s\nroutes:\n"
-        ),
+        &format!("  - name: silent\n    url: http://{silent}\n    response_timeout: 1s\nroutes:\n"),
     )
     .replace(
         "path_prefix: /stall\n    upstream: ehr",

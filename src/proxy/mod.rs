@@ -16,7 +16,8 @@
 //! body is already in memory (empty, or buffered by a policy) can be re-sent: a streaming
 //! body is never buffered for the sake of a retry. Idle pooled connections are closed
 //! after `pool_idle_timeout` (default 4 s), below common upstream keep-alive timeouts, so
-//! the race is rare to begin with.
+//! the race is rare to begin with. (A refused connect is thus tried twice per request;
+//! both attempts share one `response_timeout`.)
 //!
 //! Failures are logged once per outage episode (`outage.rs`), not once per request.
 
@@ -135,10 +136,11 @@ struct Concurrency {
 /// Held from sending a request until its response body ends or is dropped (the client
 /// went away). A client that stops reading (a full TCP window, an HTTP/2 stream with a
 /// closed window) is bounded by the upstream's `send_timeout`: a watchdog frees the slot
-/// when the body has handed the client a frame and not been asked for the next one for
-/// that long: an HTTP/1 connection is closed at once (`ConnectionAbort`), and the body is
-/// aborted (HTTP/2 stream reset) the next time the server touches it. Waiting for the upstream is not the client's fault
-/// and does not count (the body's own idle limit covers a stalled upstream).
+/// when the body has handed the client a frame (or the response head) and not been asked
+/// for the next one for that long: an HTTP/1 connection is closed at once
+/// (`ConnectionAbort`), and the body is aborted (HTTP/2 stream reset) the next time the
+/// server touches it. Waiting for the upstream is not the client's fault and does not
+/// count (`response_timeout` and the body's idle limit cover a stalled upstream).
 struct InflightPermit {
     _release: tokio::sync::oneshot::Sender<()>,
     progress: Arc<Progress>,
