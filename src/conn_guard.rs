@@ -80,6 +80,9 @@ pub struct ConnShared {
     idle_since_ms: std::sync::atomic::AtomicU64,
     /// A request asked for this connection to be retired (graceful shutdown).
     close: tokio::sync::Notify,
+    /// A response asked for this connection to be closed at once (a client that stopped
+    /// reading, see `context::ConnectionAbort`).
+    pub abort: Arc<tokio::sync::Notify>,
 }
 
 impl Default for ConnShared {
@@ -90,6 +93,7 @@ impl Default for ConnShared {
             born: Instant::now(),
             idle_since_ms: std::sync::atomic::AtomicU64::new(0),
             close: tokio::sync::Notify::new(),
+            abort: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }

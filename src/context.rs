@@ -23,6 +23,13 @@ pub struct RequestContext {
     pub host: String,
 }
 
+/// Closes the client's HTTP/1 connection at once (not gracefully). Set by the ingress on
+/// HTTP/1 requests; the proxy uses it when a client has stopped reading a response for
+/// the upstream's `send_timeout`, so the connection does not linger after its slot is
+/// freed. (HTTP/2 streams are reset instead; the connection may carry other streams.)
+#[derive(Debug, Clone)]
+pub struct ConnectionAbort(pub Arc<tokio::sync::Notify>);
+
 /// The route a request matched.
 #[derive(Debug, Clone)]
 pub struct RouteInfo {

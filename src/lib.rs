@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod audit;
 pub mod body;
+pub mod breaker;
 pub mod calendar;
 pub mod config;
 pub mod conn_guard;

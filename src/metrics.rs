@@ -62,6 +62,12 @@ pub struct Metrics {
     pub audit_forward: IntCounterVec,
     pub audit_repository: IntCounterVec,
     pub audit_spool: prometheus::IntGauge,
+    pub upstream_retries: IntCounterVec,
+    pub upstream_outages: IntCounterVec,
+    pub upstream_outage: IntGaugeVec,
+    pub upstream_client_stalls: IntCounterVec,
+    pub redis_breaker_open: IntGaugeVec,
+    pub redis_breaker_short_circuits: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -237,6 +243,12 @@ impl Metrics {
                 r.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("metric ward_audit_spool_records: {e}"));
                 g
             },
+            upstream_retries: counter(&r, "ward_upstream_retries_total", "Requests sent a second time on a fresh connection because the first never reached the upstream (not_sent) or an idempotent one lost its connection before any answer (closed).", &["upstream", "reason"]),
+            upstream_outages: counter(&r, "ward_upstream_outages_total", "Upstream outage episodes (a run of failed requests ended by the first success), counted when they start.", &["upstream"]),
+            upstream_outage: gauge(&r, "ward_upstream_outage", "1 while an upstream outage episode is open (its last request failed), else 0.", &["upstream"]),
+            upstream_client_stalls: counter(&r, "ward_upstream_client_stalls_total", "Responses aborted because the client took no bytes for the upstream's send_timeout while holding a concurrency slot.", &["upstream"]),
+            redis_breaker_open: gauge(&r, "ward_redis_breaker_open", "1 while the Redis circuit breaker of a policy is open (checks apply the failure mode without asking Redis), else 0.", &["policy"]),
+            redis_breaker_short_circuits: counter(&r, "ward_redis_breaker_short_circuits_total", "Redis calls skipped because the policy's circuit breaker was open.", &["policy"]),
             registry: r,
         }
     }

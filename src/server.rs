@@ -310,6 +310,11 @@ async fn drive<C: Graceful>(
                 closing = true;
                 conn.as_mut().shutdown();
             }
+            // Dropping the connection closes the socket: nothing more is written.
+            _ = shared.abort.notified() => {
+                tracing::debug!(listener, "connection aborted: the client stopped reading");
+                return;
+            }
         }
     }
 }
@@ -528,6 +533,11 @@ fn prepare(
         host: host.as_str().to_ascii_lowercase(),
     });
     parts.extensions.insert(RouteId(route.info.clone()));
+    if !conn.h2 {
+        parts
+            .extensions
+            .insert(crate::context::ConnectionAbort(conn.shared.abort.clone()));
+    }
     if let Some(f) = fhir_request {
         parts.extensions.insert(Arc::new(f));
     }

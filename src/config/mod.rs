@@ -1088,6 +1088,7 @@ fn validate(cfg: &Config, known: &KnownNames, e: &mut Errs<'_>) {
         for (k, zero) in [
             ("connect_timeout", u.connect_timeout.0.is_zero()),
             ("response_timeout", u.response_timeout.0.is_zero()),
+            ("send_timeout", u.send_timeout.0.is_zero()),
             ("health.interval", u.health.interval.0.is_zero()),
             (
                 "max_concurrent_requests",

@@ -160,6 +160,11 @@ pub struct UpstreamConfig {
     pub connect_timeout: Dur,
     #[serde(default = "default_response_timeout")]
     pub response_timeout: Dur,
+    /// Idle pooled connections to this upstream are closed after this long. Keep it below
+    /// the upstream's own keep-alive timeout (often 5 s in nginx-style servers, 5–60 s
+    /// elsewhere): a connection the upstream closes first can be picked for a request in
+    /// the moment it goes away. Such requests are retried once on a fresh connection when
+    /// that is safe (see `proxy/mod.rs`), but retiring connections first avoids the race.
     #[serde(default = "default_pool_idle")]
     pub pool_idle_timeout: Dur,
     #[serde(default = "default_pool_max_idle")]
@@ -171,6 +176,15 @@ pub struct UpstreamConfig {
     /// `Retry-After` instead of queueing on an EHR that is already struggling.
     #[serde(default)]
     pub max_concurrent_requests: Option<usize>,
+    /// With `max_concurrent_requests`: longest a response may wait for the client to take
+    /// more bytes. A client that stops reading would otherwise hold a slot for as long as
+    /// the upstream keeps sending; at expiry the slot is freed and the response aborted
+    /// (the HTTP/1 connection closed at once, the HTTP/2 stream reset when next polled).
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: Dur,
+}
+fn default_send_timeout() -> Dur {
+    secs(30)
 }
 fn default_connect_timeout() -> Dur {
     secs(5)
@@ -179,7 +193,7 @@ fn default_response_timeout() -> Dur {
     secs(30)
 }
 fn default_pool_idle() -> Dur {
-    secs(90)
+    secs(4)
 }
 fn default_pool_max_idle() -> usize {
     64

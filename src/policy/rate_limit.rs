@@ -489,7 +489,7 @@ impl FromConfig for RateLimitStages {
                 Some(r) => r.clone(),
                 None => {
                     let r = Arc::new(
-                        RedisBackend::new(b.policy, rc, b.resolve)
+                        RedisBackend::new(b.policy, rc, b.resolve, b.metrics)
                             .map_err(|e| format!("rate_limit: {e}"))?,
                     );
                     b.engines.redis.insert(b.policy.to_owned(), r.clone());

@@ -6,13 +6,28 @@
 //! `upstream_error`. After the head, an upstream failure (reset, stall) is passed to the
 //! client as an aborted body: hyper then closes the connection (HTTP/1) or resets the
 //! stream (HTTP/2), so a truncated body can never look complete.
+//!
+//! Retries (once, on a fresh unpooled connection, within the same `response_timeout`):
+//! a request that never reached the upstream (connect failure, or hyper gave it back
+//! unsent because its pooled connection had closed), and an idempotent request (GET,
+//! HEAD, OPTIONS, PUT, DELETE, TRACE) whose connection closed before any answer — an
+//! upstream closing an idle keep-alive connection just as the pool hands it out. A POST or
+//! PATCH that may have reached the upstream is never sent twice. Only a request whose
+//! body is already in memory (empty, or buffered by a policy) can be re-sent: a streaming
+//! body is never buffered for the sake of a retry. Idle pooled connections are closed
+//! after `pool_idle_timeout` (default 4 s), below common upstream keep-alive timeouts, so
+//! the race is rare to begin with. (A refused connect is thus tried twice per request;
+//! both attempts share one `response_timeout`.)
+//!
+//! Failures are logged once per outage episode (`outage.rs`), not once per request.
 
 pub mod fhir_rewrite;
 pub mod headers;
+pub mod outage;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -31,11 +46,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 use crate::config::primitives::UpstreamConfig;
-use crate::context::{RequestContext, RouteId, UpstreamHeaders};
+use crate::context::{ConnectionAbort, RequestContext, RouteId, UpstreamHeaders};
 use crate::error::LimitError;
 use crate::error::Rejection;
 use crate::metrics::Metrics;
 use crate::{Body, BoxError};
+use outage::{OutageTracker, Transition};
 
 /// Scheme and authority of an upstream, parsed from its `url`.
 #[derive(Debug, Clone)]
@@ -93,6 +109,8 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub target: UpstreamTarget,
     client: HttpClient,
+    /// Keeps no idle connections: every request gets a new one. For retries only.
+    fresh: HttpClient,
     response_timeout: Duration,
     pub cfg: UpstreamConfig,
     health: AtomicU8,
@@ -101,33 +119,129 @@ pub struct Upstream {
     body_errors: IntCounter,
     /// Load shedding (`max_concurrent_requests`).
     concurrency: Option<Concurrency>,
+    retried_unsent: IntCounter,
+    retried_closed: IntCounter,
+    outage: OutageTracker,
+    outages: IntCounter,
+    outage_open: prometheus::IntGauge,
 }
 
 struct Concurrency {
     permits: Arc<Semaphore>,
     shed: IntCounter,
     inflight: prometheus::IntGauge,
+    stalls: IntCounter,
+    send_timeout: Duration,
 }
 
-/// Held from sending a request until its response body ends or is dropped — but never
-/// longer than the upstream's `response_timeout`: a client that stops reading (an HTTP/2
-/// stream with a closed window, say) must not keep a slot, or one client could shed
-/// everyone else. Dropping this releases the slot at once.
+/// Held from sending a request until its response body ends or is dropped (the client
+/// went away). A client that stops reading (a full TCP window, an HTTP/2 stream with a
+/// closed window) is bounded by the upstream's `send_timeout`: a watchdog frees the slot
+/// when the body has handed the client a frame (or the response head) and not been asked
+/// for the next one for that long: an HTTP/1 connection is closed at once
+/// (`ConnectionAbort`), and the body is aborted (HTTP/2 stream reset) the next time the
+/// server touches it. Waiting for the upstream is not the client's fault and does not
+/// count (`response_timeout` and the body's idle limit cover a stalled upstream).
 struct InflightPermit {
     _release: tokio::sync::oneshot::Sender<()>,
+    progress: Arc<Progress>,
+}
+
+/// What the watchdog knows of a response body.
+struct Progress {
+    base: tokio::time::Instant,
+    /// Milliseconds after `base` when the body last handed the client a frame (the
+    /// client's turn), or `UPSTREAMS_TURN` while it waits for the upstream.
+    handed_at: AtomicU64,
+    stalled: AtomicBool,
+    /// The server's waker, woken through this: when the upstream has more, it is the
+    /// server's turn to take it (a server that cannot write to its client does not).
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl std::task::Wake for Progress {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        let _ = self.handed_at.compare_exchange(
+            UPSTREAMS_TURN,
+            self.ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        let w = self.waker.lock().ok().and_then(|w| w.clone());
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+}
+
+const UPSTREAMS_TURN: u64 = u64::MAX;
+
+impl Progress {
+    fn ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+    fn clients_turn(&self) {
+        self.handed_at.store(self.ms(), Ordering::Relaxed);
+    }
+    fn upstreams_turn(&self) {
+        self.handed_at.store(UPSTREAMS_TURN, Ordering::Relaxed);
+    }
 }
 
 impl InflightPermit {
-    fn new(permit: OwnedSemaphorePermit, gauge: prometheus::IntGauge, max_hold: Duration) -> Self {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    fn new(permit: OwnedSemaphorePermit, c: &Concurrency, abort: Option<ConnectionAbort>) -> Self {
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let gauge = c.inflight.clone();
+        let stalls = c.stalls.clone();
+        let limit = c.send_timeout;
+        let progress = Arc::new(Progress {
+            base: tokio::time::Instant::now(),
+            // Waiting for the response head is the upstream's turn (`response_timeout`
+            // bounds it); `send` hands the turn over with the head.
+            handed_at: AtomicU64::new(UPSTREAMS_TURN),
+            stalled: AtomicBool::new(false),
+            waker: std::sync::Mutex::new(None),
+        });
         gauge.inc();
+        let watched = progress.clone();
         tokio::spawn(async move {
-            // Ends when the permit holder is dropped (the channel closes) or at max_hold.
-            let _ = tokio::time::timeout(max_hold, rx).await;
+            loop {
+                let at = watched.handed_at.load(Ordering::Relaxed);
+                let deadline = if at == UPSTREAMS_TURN {
+                    tokio::time::Instant::now() + limit
+                } else {
+                    watched.base + Duration::from_millis(at) + limit
+                };
+                tokio::select! {
+                    // Released (body ended or dropped): the sender is gone.
+                    _ = &mut rx => break,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let now = watched.handed_at.load(Ordering::Relaxed);
+                        if now != UPSTREAMS_TURN
+                            && watched.ms().saturating_sub(now) >= limit.as_millis() as u64
+                        {
+                            watched.stalled.store(true, Ordering::Relaxed);
+                            stalls.inc();
+                            // HTTP/1: close the connection now. HTTP/2: the stream is
+                            // reset when the server next polls the body.
+                            if let Some(ConnectionAbort(a)) = &abort {
+                                a.notify_one();
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
             drop(permit);
             gauge.dec();
         });
-        InflightPermit { _release: tx }
+        InflightPermit {
+            _release: tx,
+            progress,
+        }
     }
 }
 
@@ -187,11 +301,17 @@ impl Upstream {
             .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
+            .build(connector.clone());
+        let fresh = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
             .build(connector);
         Ok(Upstream {
             name: Arc::from(cfg.name.as_str()),
             target,
             client,
+            fresh,
             response_timeout: cfg.response_timeout.0,
             cfg: cfg.clone(),
             health: AtomicU8::new(Health::Unknown as u8),
@@ -203,7 +323,20 @@ impl Upstream {
                 permits: Arc::new(Semaphore::new(n)),
                 shed: metrics.upstream_shed.with_label_values(&[&cfg.name]),
                 inflight: metrics.upstream_inflight.with_label_values(&[&cfg.name]),
+                stalls: metrics
+                    .upstream_client_stalls
+                    .with_label_values(&[&cfg.name]),
+                send_timeout: cfg.send_timeout.0,
             }),
+            retried_unsent: metrics
+                .upstream_retries
+                .with_label_values(&[&cfg.name, "not_sent"]),
+            retried_closed: metrics
+                .upstream_retries
+                .with_label_values(&[&cfg.name, "closed"]),
+            outage: OutageTracker::default(),
+            outages: metrics.upstream_outages.with_label_values(&[&cfg.name]),
+            outage_open: metrics.upstream_outage.with_label_values(&[&cfg.name]),
         })
     }
 
@@ -278,24 +411,17 @@ impl Upstream {
         ok
     }
 
-    /// Send `req` (already sanitised, URI pointing at the upstream).
-    ///
-    /// Retries: only what never reached the upstream. hyper-util's pool re-sends a request
-    /// whose pooled connection closed before the request was written
-    /// (`retry_canceled_requests`, on by default); nothing else is retried, so a
-    /// non-idempotent request is never sent twice.
+    /// Send `req` (already sanitised, URI pointing at the upstream), retrying once when
+    /// that is safe (see the module header).
     async fn send(
         &self,
         req: Request<Body>,
+        abort: Option<ConnectionAbort>,
         metrics: &Metrics,
     ) -> Result<Response<Body>, Rejection> {
         let permit = match &self.concurrency {
             Some(c) => match c.permits.clone().try_acquire_owned() {
-                Ok(p) => Some(InflightPermit::new(
-                    p,
-                    c.inflight.clone(),
-                    self.response_timeout,
-                )),
+                Ok(p) => Some(InflightPermit::new(p, c, abort)),
                 Err(_) => {
                     c.shed.inc();
                     return Err(upstream_overloaded());
@@ -304,10 +430,48 @@ impl Upstream {
             None => None,
         };
         let started = Instant::now();
-        let result = self.attempt(req).await;
+        // One budget for the first attempt and any retry.
+        let deadline = tokio::time::Instant::now() + self.response_timeout;
+        let (parts, body) = req.into_parts();
+        let result = match replayable(body) {
+            ReqBody::Known(bytes) => {
+                let first = Request::from_parts(parts.clone(), known_body(&bytes));
+                match self.attempt(&self.client, first, deadline).await {
+                    Err(AttemptError::Client(e)) => match retry_reason(&parts.method, &e) {
+                        Some(reason) => {
+                            match reason {
+                                RetryReason::NotSent => self.retried_unsent.inc(),
+                                RetryReason::Closed => self.retried_closed.inc(),
+                            }
+                            tracing::debug!(upstream = %self.name, ?reason, error = %error_chain(&e), "retrying on a fresh connection");
+                            let again = Request::from_parts(parts, known_body(&bytes));
+                            self.attempt(&self.fresh, again, deadline).await
+                        }
+                        None => Err(AttemptError::Client(e)),
+                    },
+                    other => other,
+                }
+            }
+            ReqBody::Streaming(body) => {
+                self.attempt(&self.client, Request::from_parts(parts, body), deadline)
+                    .await
+            }
+        };
         self.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(resp) => {
+                if let Some(p) = &permit {
+                    p.progress.clients_turn();
+                }
+                if let Transition::Ended { failed, lasted } = self.outage.success(Instant::now()) {
+                    self.outage_open.set(0);
+                    tracing::warn!(
+                        upstream = %self.name,
+                        failed_requests = failed,
+                        duration_ms = u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX),
+                        "upstream outage ended"
+                    );
+                }
                 let body_errors = self.body_errors.clone();
                 let idle = self.response_timeout;
                 Ok(resp.map(|b| {
@@ -320,6 +484,7 @@ impl Upstream {
                     .upstream_errors
                     .with_label_values(&[&self.name, "timeout"])
                     .inc();
+                self.failed("timeout", &"no response head within response_timeout");
                 Err(Rejection::upstream_timeout())
             }
             Err(AttemptError::Client(e)) => {
@@ -342,7 +507,7 @@ impl Upstream {
                     .upstream_errors
                     .with_label_values(&[&self.name, kind])
                     .inc();
-                tracing::warn!(upstream = %self.name, kind, error = %error_chain(&e), "upstream request failed");
+                self.failed(kind, &error_chain(&e));
                 Err(if e.is_connect() {
                     Rejection::upstream_unavailable()
                 } else {
@@ -352,16 +517,189 @@ impl Upstream {
         }
     }
 
+    /// A failed request: one WARN line when it starts an outage episode, none after.
+    fn failed(&self, kind: &str, error: &dyn std::fmt::Display) {
+        if self.outage.failure(Instant::now()) == Transition::Started {
+            self.outages.inc();
+            self.outage_open.set(1);
+            tracing::warn!(upstream = %self.name, kind, error = %error, "upstream outage started: requests failing (one line per episode; counts in ward_upstream_errors_total)");
+        } else {
+            tracing::debug!(upstream = %self.name, kind, error = %error, "upstream request failed");
+        }
+    }
+
     async fn attempt(
         &self,
+        client: &HttpClient,
         req: Request<Body>,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<hyper::body::Incoming>, AttemptError> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        match tokio::time::timeout_at(deadline, client.request(req)).await {
             Err(_) => Err(AttemptError::Timeout),
             Ok(Err(e)) => Err(AttemptError::Client(e)),
             Ok(Ok(r)) => Ok(r),
         }
     }
+}
+
+/// A request body as the proxy sees it: fully in memory (re-sendable), or streaming.
+enum ReqBody {
+    Known(Bytes),
+    Streaming(Body),
+}
+
+/// Frames a buffered body yields at once before it counts as streaming. A policy that
+/// buffered the body gives one frame; an empty body none.
+const KNOWN_MAX_FRAMES: usize = 4;
+
+/// Take the body's frames that are ready right now, without waiting: a body that ends
+/// within them is known (empty, or buffered by a policy); anything else stays a stream,
+/// its first frames put back in front. Nothing is awaited and nothing is read that was
+/// not already in memory, so a streaming upload is never held back for a retry.
+fn replayable(mut body: Body) -> ReqBody {
+    if body.is_end_stream() {
+        return ReqBody::Known(Bytes::new());
+    }
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut got: Vec<Bytes> = Vec::new();
+    let mut next: Option<Result<Frame<Bytes>, BoxError>> = None;
+    for _ in 0..KNOWN_MAX_FRAMES {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(None) => return ReqBody::Known(concat(got)),
+            Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                Ok(d) => got.push(d),
+                Err(f) => {
+                    next = Some(Ok(f));
+                    break;
+                }
+            },
+            Poll::Ready(Some(Err(e))) => {
+                next = Some(Err(e));
+                break;
+            }
+            Poll::Pending => break,
+        }
+        if body.is_end_stream() {
+            return ReqBody::Known(concat(got));
+        }
+    }
+    let mut front: std::collections::VecDeque<Result<Frame<Bytes>, BoxError>> =
+        got.into_iter().map(|d| Ok(Frame::data(d))).collect();
+    front.extend(next);
+    if front.is_empty() {
+        return ReqBody::Streaming(body);
+    }
+    ReqBody::Streaming(Prefixed { front, rest: body }.boxed_unsync())
+}
+
+fn concat(parts: Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut b = bytes::BytesMut::new();
+            for p in parts {
+                b.extend_from_slice(&p);
+            }
+            b.freeze()
+        }
+    }
+}
+
+fn known_body(b: &Bytes) -> Body {
+    if b.is_empty() {
+        crate::empty_body()
+    } else {
+        http_body_util::Full::new(b.clone())
+            .map_err(|n| match n {})
+            .boxed_unsync()
+    }
+}
+
+/// Frames already taken from a body, then the rest of it.
+struct Prefixed {
+    front: std::collections::VecDeque<Result<Frame<Bytes>, BoxError>>,
+    rest: Body,
+}
+
+impl HttpBody for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(f) = self.front.pop_front() {
+            return Poll::Ready(Some(f));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.front.is_empty() && self.rest.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        let front: u64 = self
+            .front
+            .iter()
+            .filter_map(|f| f.as_ref().ok()?.data_ref().map(|d| d.len() as u64))
+            .sum();
+        let rest = self.rest.size_hint();
+        let mut h = SizeHint::new();
+        h.set_lower(rest.lower().saturating_add(front));
+        if let Some(u) = rest.upper() {
+            h.set_upper(u.saturating_add(front));
+        }
+        h
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RetryReason {
+    /// The request was never written: connect failed, or hyper handed it back.
+    NotSent,
+    /// An idempotent request lost its connection before any answer.
+    Closed,
+}
+
+fn idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(m)
+}
+
+/// Whether a failed first attempt may be sent again (its body is known to be replayable).
+fn retry_reason(
+    method: &http::Method,
+    e: &hyper_util::client::legacy::Error,
+) -> Option<RetryReason> {
+    // The client's own failures are not the connection's.
+    if find_source::<LimitError>(e).is_some() || find_source::<ClientBodyError>(e).is_some() {
+        return None;
+    }
+    let h = find_source::<hyper::Error>(e);
+    if e.is_connect() || h.is_some_and(hyper::Error::is_canceled) {
+        return Some(RetryReason::NotSent);
+    }
+    if !idempotent(method) {
+        return None;
+    }
+    let closed = h.is_some_and(|h| h.is_incomplete_message() || h.is_closed())
+        || find_source::<std::io::Error>(e).is_some_and(|io| {
+            use std::io::ErrorKind::*;
+            matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            )
+        });
+    closed.then_some(RetryReason::Closed)
 }
 
 /// The client's request body failed (client reset, framing error mid-body): the client's
@@ -457,6 +795,7 @@ impl tower::Service<Request<Body>> for ProxyService {
             let uri = upstream_uri(&upstream.target, req.uri(), &route)?;
             *req.uri_mut() = uri;
             let policy_headers = req.extensions_mut().remove::<UpstreamHeaders>();
+            let abort = req.extensions_mut().remove::<ConnectionAbort>();
             let h = req.headers_mut();
             let kept = headers::sanitize_request(h, ctx.trusted_peer);
             headers::set_forwarding(h, &ctx, kept);
@@ -502,7 +841,7 @@ impl tower::Service<Request<Body>> for ProxyService {
                 None => None,
             };
             req.extensions_mut().clear();
-            let mut resp = upstream.send(req, &metrics).await?;
+            let mut resp = upstream.send(req, abort, &metrics).await?;
             headers::sanitize_response(resp.headers_mut());
             match fhir {
                 Some(pending) => pending.after(resp).await,
@@ -551,7 +890,7 @@ pub struct UpstreamBody<B> {
     /// with their head and never touch the timer wheel.
     timer: Option<Pin<Box<Sleep>>>,
     errors: IntCounter,
-    /// The upstream's concurrency slot, released when the body ends.
+    /// The upstream's concurrency slot, released when the body ends or is dropped.
     permit: Option<InflightPermit>,
 }
 
@@ -571,6 +910,10 @@ impl<B> UpstreamBody<B> {
 #[error("upstream body stalled")]
 struct Stalled;
 
+#[derive(Debug, thiserror::Error)]
+#[error("client took no bytes for send_timeout")]
+struct ClientStalled;
+
 impl<B> HttpBody for UpstreamBody<B>
 where
     B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
@@ -583,10 +926,34 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = match &this.permit {
+            Some(p) => {
+                if p.progress.stalled.load(Ordering::Relaxed) {
+                    // The slot is gone already; the server closes the connection / resets
+                    // the stream on this error.
+                    this.permit = None;
+                    return Poll::Ready(Some(Err(Box::new(ClientStalled))));
+                }
+                if let Ok(mut w) = p.progress.waker.lock() {
+                    if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *w = Some(cx.waker().clone());
+                    }
+                }
+                // Set before polling: a wake that races with this poll then still marks
+                // the server's turn.
+                p.progress.upstreams_turn();
+                let waker = std::task::Waker::from(p.progress.clone());
+                Pin::new(&mut this.inner).poll_frame(&mut Context::from_waker(&waker))
+            }
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+        };
+        match polled {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(t) = this.timer.as_mut() {
                     t.as_mut().reset(tokio::time::Instant::now() + this.idle);
+                }
+                if let Some(p) = &this.permit {
+                    p.progress.clients_turn();
                 }
                 Poll::Ready(Some(Ok(f)))
             }
@@ -600,18 +967,20 @@ where
                 this.permit = None;
                 Poll::Ready(None)
             }
-            Poll::Pending => match this
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.idle)))
-                .as_mut()
-                .poll(cx)
-            {
-                Poll::Ready(()) => {
-                    this.errors.inc();
-                    Poll::Ready(Some(Err(Box::new(Stalled))))
+            Poll::Pending => {
+                match this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.idle)))
+                    .as_mut()
+                    .poll(cx)
+                {
+                    Poll::Ready(()) => {
+                        this.errors.inc();
+                        Poll::Ready(Some(Err(Box::new(Stalled))))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
     fn is_end_stream(&self) -> bool {
@@ -636,6 +1005,74 @@ mod tests {
             upstream: Arc::from("u"),
             public_url: None,
         }))
+    }
+
+    async fn collect(b: Body) -> Bytes {
+        b.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn bodies_in_memory_are_known_and_streams_are_kept_whole() {
+        // Empty and buffered (one frame, as policies rebuild them) are known.
+        assert!(matches!(replayable(crate::empty_body()), ReqBody::Known(b) if b.is_empty()));
+        for size in [1usize, 100, 70_000, 3 << 20] {
+            let data = Bytes::from(vec![b'x'; size]);
+            match replayable(known_body(&data)) {
+                ReqBody::Known(b) => assert_eq!(b, data),
+                ReqBody::Streaming(_) => panic!("a buffered body of {size} bytes streams"),
+            }
+        }
+        // A body still arriving stays a stream, with whatever was already there in front,
+        // for every number of ready frames around the probing limit.
+        for ready in 0..=KNOWN_MAX_FRAMES + 2 {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
+            for i in 0..ready {
+                tx.send(Ok(Frame::data(Bytes::from(format!("{i};")))))
+                    .await
+                    .unwrap();
+            }
+            let body = Chan(rx).boxed_unsync();
+            let ReqBody::Streaming(b) = replayable(body) else {
+                panic!("an open stream was taken as known ({ready} ready frames)");
+            };
+            tx.send(Ok(Frame::data(Bytes::from_static(b"end"))))
+                .await
+                .unwrap();
+            drop(tx);
+            let want: String = (0..ready).map(|i| format!("{i};")).collect::<String>() + "end";
+            assert_eq!(collect(b).await, Bytes::from(want));
+        }
+    }
+
+    /// A body fed through a channel: frames arrive when the test sends them.
+    struct Chan(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>);
+
+    impl HttpBody for Chan {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv(cx)
+        }
+    }
+
+    #[test]
+    fn only_idempotent_methods_are_idempotent() {
+        use http::Method;
+        for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
+            assert!(
+                idempotent(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
+        }
+        for m in ["POST", "PATCH", "CONNECT", "PROPFIND", "get"] {
+            assert!(
+                !idempotent(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
+        }
     }
 
     #[test]

@@ -11,14 +11,22 @@
 //! Keys in Redis are `prefix:route:limit:` plus a SHA-256 of the client key: an identity,
 //! patient id or address is never stored in clear. Buckets expire as soon as they are full
 //! again, so Redis memory follows the active key count.
+//!
+//! A circuit breaker (`breaker.rs`) sits in front of Redis: after a few consecutive
+//! failures, or at once when Redis refuses the connection, checks stop asking Redis and
+//! the failure mode applies immediately (reported as `BackendError::Redis`), instead of
+//! every request waiting `timeout`; one background PING at a time closes it again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 
+use crate::breaker::Breaker;
 use crate::config::primitives::Dur;
+use crate::metrics::Metrics;
 use crate::ratelimit::local::Denied;
 
 /// What a replica does while Redis cannot answer.
@@ -141,6 +149,7 @@ pub struct RedisBackend {
     pub failure_mode: FailureMode,
     prefix: String,
     healthy: AtomicBool,
+    breaker: Arc<Breaker>,
 }
 
 impl RedisBackend {
@@ -151,6 +160,7 @@ impl RedisBackend {
         policy: &str,
         cfg: &RedisConfig,
         resolve: &dyn Fn(&str) -> std::path::PathBuf,
+        metrics: &Metrics,
     ) -> Result<Self, String> {
         if let Some((k, m)) = cfg.problems().into_iter().next() {
             return Err(format!("redis.{k}: {m}"));
@@ -194,6 +204,13 @@ impl RedisBackend {
             failure_mode: cfg.failure_mode,
             prefix: cfg.key_prefix.clone(),
             healthy: AtomicBool::new(true),
+            breaker: Arc::new(Breaker::new(
+                policy,
+                metrics.redis_breaker_open.with_label_values(&[policy]),
+                metrics
+                    .redis_breaker_short_circuits
+                    .with_label_values(&[policy]),
+            )),
         })
     }
 
@@ -215,15 +232,22 @@ impl RedisBackend {
         burst: u32,
         cost: u32,
     ) -> Result<Result<(), Denied>, BackendError> {
+        if !self.breaker.allow() {
+            return Err(BackendError::Redis);
+        }
         let mut conn = self.conn.clone();
         let mut inv = self.script.prepare_invoke();
         inv.key(bucket).arg(interval_us).arg(burst).arg(cost);
         let answer: Result<redis::RedisResult<(i64, i64)>, _> =
             tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await;
         let result = match answer {
-            Err(_) => Err(BackendError::Timeout),
+            Err(_) => {
+                self.trip(false);
+                Err(BackendError::Timeout)
+            }
             Ok(Err(e)) => {
                 self.note_failure(&e);
+                self.trip(refused(&e));
                 Err(BackendError::Redis)
             }
             Ok(Ok((1, _))) => Ok(Ok(())),
@@ -233,6 +257,7 @@ impl RedisBackend {
         };
         match &result {
             Ok(_) => {
+                self.breaker.success();
                 if !self.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!(policy = %self.policy, "redis rate-limit backend answering again");
                 }
@@ -247,10 +272,32 @@ impl RedisBackend {
         result
     }
 
+    /// Count a failure; when it opens the circuit, start the probe (a PING, bounded by the
+    /// same timeout as a check).
+    fn trip(&self, refused: bool) {
+        if self.breaker.failure(refused) {
+            let (conn, timeout) = (self.conn.clone(), self.timeout);
+            self.breaker
+                .probe_until_closed(move || ping(conn.clone(), timeout));
+        }
+    }
+
     fn note_failure(&self, e: &redis::RedisError) {
         // One line per outage, not per request.
         if self.healthy.swap(false, Ordering::Relaxed) {
             tracing::warn!(policy = %self.policy, mode = ?self.failure_mode, error = %e, "redis rate-limit backend failed; failure mode applies");
         }
     }
+}
+
+/// Nobody listens (or the connection just broke): more attempts now would only wait.
+pub fn refused(e: &redis::RedisError) -> bool {
+    e.is_connection_refusal() || e.is_connection_dropped()
+}
+
+/// One bounded PING through the connection manager (which reconnects by itself).
+pub async fn ping(mut conn: ConnectionManager, timeout: Duration) -> bool {
+    let pong =
+        tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await;
+    matches!(pong, Ok(Ok(_)))
 }

@@ -327,12 +327,21 @@ impl Respond {
             None => None,
         };
         let shared = match (&redis, &cfg.redis) {
-            (Some((conn, _)), Some(rc)) => Some(shared::Shared::new(
-                conn.clone(),
-                &rc.prefix,
-                Duration::from_millis(500),
-                metrics.respond_redis_fallback.clone(),
-            )),
+            (Some((conn, _)), Some(rc)) => Some(
+                shared::Shared::new(
+                    conn.clone(),
+                    &rc.prefix,
+                    Duration::from_millis(500),
+                    metrics.respond_redis_fallback.clone(),
+                )
+                .with_breaker(Arc::new(crate::breaker::Breaker::new(
+                    "respond",
+                    metrics.redis_breaker_open.with_label_values(&["respond"]),
+                    metrics
+                        .redis_breaker_short_circuits
+                        .with_label_values(&["respond"]),
+                ))),
+            ),
             _ => None,
         };
         let per_minute = NonZeroU32::new(cfg.throttle_per_minute).unwrap_or(NonZeroU32::MIN);

@@ -36,21 +36,22 @@
 //! When Redis cannot answer (error or timeout) the replica falls back to its own counts,
 //! which `signals/` keeps fed all along — the per-replica behaviour of a gateway without
 //! Redis, i.e. fail open like the rate limits' default: an outage lets an attacker who
-//! spreads out gain at most a factor N, and never stops clinical traffic. After a failure
-//! Redis is left alone for a second (`BACKOFF_MS`), so an outage costs at most one timeout
-//! per second, not one per request. Fallbacks are counted in
+//! spreads out gain at most a factor N, and never stops clinical traffic. A circuit
+//! breaker (`breaker.rs`, label `policy="respond"`) opens after a few consecutive failures,
+//! or at once when Redis refuses the connection: then calls fall back without asking
+//! Redis, so an outage does not cost a timeout per request, and one background PING at a
+//! time closes it again when Redis answers. Fallbacks are counted in
 //! `ward_respond_redis_fallback_total{phase}`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
 use redis::aio::ConnectionManager;
 
 use super::signals::{BaselineParams, Fired, SignalKind, Signals};
-
-/// How long Redis is skipped after it failed.
-const BACKOFF_MS: u64 = 1000;
+use crate::breaker::Breaker;
 
 /// Sub-windows, as the local counters (`signals/`) use them.
 const DISTINCT_SUBS: u64 = 4;
@@ -224,7 +225,7 @@ pub struct Shared {
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
-    down_until: AtomicU64,
+    breaker: Arc<Breaker>,
     healthy: AtomicBool,
     request: redis::Script,
     outcome: redis::Script,
@@ -251,7 +252,7 @@ impl Shared {
             conn,
             prefix: prefix.to_owned(),
             timeout,
-            down_until: AtomicU64::new(0),
+            breaker: Arc::new(Breaker::unreported("respond")),
             healthy: AtomicBool::new(true),
             request: redis::Script::new(&format!("{PRELUDE}{REQUEST}")),
             outcome: redis::Script::new(&format!("{PRELUDE}{OUTCOME}")),
@@ -259,6 +260,12 @@ impl Shared {
             break_glass: redis::Script::new(&format!("{PRELUDE}{BREAK_GLASS}")),
             fallback,
         }
+    }
+
+    /// Report the circuit breaker's state (`respond/mod.rs` hands in one with metrics).
+    pub fn with_breaker(mut self, breaker: Arc<Breaker>) -> Shared {
+        self.breaker = breaker;
+        self
     }
 
     /// `prefix:<what>:{<hash of key>}`.
@@ -282,31 +289,45 @@ impl Shared {
         self.conn.clone()
     }
 
-    /// Run one Redis call within the timeout, unless Redis is in its backoff; failures
-    /// start the backoff and are counted under `phase`.
+    /// Run one Redis call within the timeout, unless the circuit is open; failures feed
+    /// the breaker and are counted under `phase`.
     pub async fn call<T>(
         &self,
         phase: &'static str,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, ()> {
-        if super::now_ms() < self.down_until.load(Ordering::Relaxed) {
+        if !self.breaker.allow() {
             self.fallback.with_label_values(&[phase]).inc();
             return Err(());
         }
-        let err = match tokio::time::timeout(self.timeout, f).await {
+        let (err, refused) = match tokio::time::timeout(self.timeout, f).await {
             Ok(Ok(v)) => {
+                self.breaker.success();
                 if !self.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!(target: "ward::respond", "redis answering again; signals count across replicas");
                 }
                 return Ok(v);
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timeout".to_owned(),
+            Ok(Err(e)) => (
+                e.to_string(),
+                e.is_connection_refusal() || e.is_connection_dropped(),
+            ),
+            Err(_) => ("timeout".to_owned(), false),
         };
-        self.down_until.store(
-            super::now_ms().saturating_add(BACKOFF_MS),
-            Ordering::Relaxed,
-        );
+        if self.breaker.failure(refused) {
+            let (conn, timeout) = (self.conn.clone(), self.timeout);
+            self.breaker.probe_until_closed(move || {
+                let mut conn = conn.clone();
+                async move {
+                    let pong = tokio::time::timeout(
+                        timeout,
+                        redis::cmd("PING").query_async::<String>(&mut conn),
+                    )
+                    .await;
+                    matches!(pong, Ok(Ok(_)))
+                }
+            });
+        }
         self.fallback.with_label_values(&[phase]).inc();
         // One line per outage, not per request.
         if self.healthy.swap(false, Ordering::Relaxed) {
