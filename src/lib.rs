@@ -41,6 +41,7 @@ pub mod gateway;
 pub mod hl7v2;
 pub mod identity;
 pub mod init;
+pub mod json;
 pub mod metrics;
 pub mod mllp;
 pub mod path;
