@@ -39,7 +39,7 @@ pub use lex::{
     decode, decode_into, decode_map, decode_str, escape_at, is_ws, literal, number, skip_ws,
     string, Str,
 };
-pub use tokens::{check, skip_value, Kind, Token, Tokenizer};
+pub use tokens::{check, has_duplicate, skip_value, Kind, Token, Tokenizer};
 
 /// Hard upper bound on nesting (objects and arrays) for any consumer: a recursive walker
 /// over a body this deep stays far from the stack's end.

@@ -280,7 +280,7 @@ impl<'a> Tokenizer<'a> {
 }
 
 /// Does `keys` (decoded member names of one object) hold a name twice? Reorders `keys`.
-pub(crate) fn has_duplicate<K: AsRef<[u8]> + Ord>(keys: &mut [K]) -> bool {
+pub fn has_duplicate<K: AsRef<[u8]> + Ord>(keys: &mut [K]) -> bool {
     // Small objects (most of FHIR) are cheaper to compare pairwise than to sort.
     if keys.len() <= 8 {
         (1..keys.len()).any(|i| keys[..i].iter().any(|k| k.as_ref() == keys[i].as_ref()))
