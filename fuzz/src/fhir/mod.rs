@@ -20,6 +20,9 @@ pub mod scope_filter;
 #[path = "../../../src/fhir/refs.rs"]
 pub mod refs;
 
+#[path = "../../../src/fhir/strict_json.rs"]
+pub mod strict_json;
+
 /// Same as `ward::fhir::is_resource_type` (mod.rs itself is not included: it declares
 /// modules the fuzz crate does not build).
 pub fn is_resource_type(t: &str) -> bool {
