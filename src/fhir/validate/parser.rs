@@ -435,93 +435,27 @@ impl<'a> Parser<'a> {
 
     /// Scans the object starting at `start` (a `{`) for a top-level `"resourceType": "<string>"`
     /// member without recursion and without reporting; fast when it is the first member.
+    /// Members before it are skipped with the shared lexer's checked `skip_value`: a body
+    /// whose pre-scan fails is refused by the full parse anyway (as "no resourceType" plus
+    /// its syntax error), so no second, looser reading of the same bytes exists.
     pub(super) fn find_resource_type(&self, start: usize) -> Option<std::borrow::Cow<'a, [u8]>> {
+        use crate::json;
         let b = self.b;
+        let left = self.max_depth.saturating_sub(self.depth + 1);
         let mut i = start + 1;
-        let skip_ws = |i: &mut usize| {
-            while matches!(b.get(*i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
-                *i += 1;
-            }
-        };
-        let skip_str = |i: &mut usize| -> Option<(usize, usize)> {
-            // at '"'
-            let s = *i + 1;
-            let mut j = s;
-            loop {
-                match b.get(j)? {
-                    b'"' => break,
-                    b'\\' => j += 2,
-                    _ => j += 1,
-                }
-            }
-            *i = j + 1;
-            Some((s, j))
-        };
         loop {
-            skip_ws(&mut i);
-            if b.get(i) != Some(&b'"') {
-                return None;
-            }
-            let (ks, ke) = skip_str(&mut i)?;
-            skip_ws(&mut i);
+            i = json::skip_ws(b, i);
+            let k = json::string(b, i).ok()?;
+            i = json::skip_ws(b, k.end + 1);
             if b.get(i) != Some(&b':') {
                 return None;
             }
-            i += 1;
-            skip_ws(&mut i);
-            let key = b.get(ks..ke)?;
-            let is_rt = key == b"resourceType"
-                || (key.contains(&b'\\') && {
-                    let mut d = Vec::new();
-                    unescape(key, &mut d);
-                    d == b"resourceType"
-                });
-            if is_rt {
-                if b.get(i) != Some(&b'"') {
-                    return None;
-                }
-                let (vs, ve) = skip_str(&mut i)?;
-                let v: &'a [u8] = b.get(vs..ve)?;
-                if v.contains(&b'\\') {
-                    let mut out = Vec::new();
-                    unescape(v, &mut out);
-                    return Some(std::borrow::Cow::Owned(out));
-                }
-                return Some(std::borrow::Cow::Borrowed(v));
+            i = json::skip_ws(b, i + 1);
+            if *json::decode(k.raw(b), k.esc).ok()? == *b"resourceType" {
+                let v = json::string(b, i).ok()?;
+                return json::decode(v.raw(b), v.esc).ok();
             }
-            // skip the value
-            match b.get(i)? {
-                b'"' => {
-                    skip_str(&mut i)?;
-                }
-                b'{' | b'[' => {
-                    let mut d = 0usize;
-                    loop {
-                        match b.get(i)? {
-                            b'"' => {
-                                skip_str(&mut i)?;
-                                continue;
-                            }
-                            b'{' | b'[' => d += 1,
-                            b'}' | b']' => {
-                                d = d.checked_sub(1)?;
-                                if d == 0 {
-                                    i += 1;
-                                    break;
-                                }
-                            }
-                            _ => {}
-                        }
-                        i += 1;
-                    }
-                }
-                _ => {
-                    while !matches!(b.get(i)?, b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t') {
-                        i += 1;
-                    }
-                }
-            }
-            skip_ws(&mut i);
+            i = json::skip_ws(b, json::skip_value(b, i, left).ok()?);
             match b.get(i)? {
                 b',' => i += 1,
                 _ => return None,
