@@ -70,12 +70,26 @@ pub fn fuzz_one(data: &[u8]) {
     let ok = shared.is_ok();
     let (escaped_key, huge) = features(data);
     let show = || String::from_utf8_lossy(data).into_owned();
-    assert_eq!(syntax.is_ok(), ok, "validator syntax layer vs shared: {shared:?} {syntax:?}\n{}", show());
+    assert_eq!(
+        syntax.is_ok(),
+        ok,
+        "validator syntax layer vs shared: {shared:?} {syntax:?}\n{}",
+        show()
+    );
     if !(ok && huge) {
-        assert_eq!(strict.is_ok(), ok, "strict_json vs shared: {shared:?} {strict:?}\n{}", show());
+        assert_eq!(
+            strict.is_ok(),
+            ok,
+            "strict_json vs shared: {shared:?} {strict:?}\n{}",
+            show()
+        );
     }
     if full.is_ok() {
-        assert!(ok, "the validator accepted what the syntax layer refuses: {shared:?}\n{}", show());
+        assert!(
+            ok,
+            "the validator accepted what the syntax layer refuses: {shared:?}\n{}",
+            show()
+        );
     }
     assert_eq!(
         dlp.is_ok(),
@@ -85,11 +99,23 @@ pub fn fuzz_one(data: &[u8]) {
         show()
     );
     match (&strict, &serde) {
-        (Ok(a), Ok(b)) => assert_eq!(a, b, "strict_json and serde_json read different values\n{}", show()),
-        (Ok(_), Err(e)) => panic!("strict_json accepts what serde_json refuses ({e})\n{}", show()),
+        (Ok(a), Ok(b)) => assert_eq!(
+            a,
+            b,
+            "strict_json and serde_json read different values\n{}",
+            show()
+        ),
+        (Ok(_), Err(e)) => panic!(
+            "strict_json accepts what serde_json refuses ({e})\n{}",
+            show()
+        ),
         // serde_json's reading minus the duplicate rule: nothing else may differ.
         (Err(StrictError::Malformed), Ok(_)) => {
-            assert!(huge, "strict_json refuses JSON serde_json reads: {shared:?}\n{}", show());
+            assert!(
+                huge,
+                "strict_json refuses JSON serde_json reads: {shared:?}\n{}",
+                show()
+            );
         }
         _ => {}
     }
