@@ -42,6 +42,7 @@ pub mod gateway;
 pub mod hl7v2;
 pub mod identity;
 pub mod init;
+pub mod json;
 pub mod metrics;
 pub mod mllp;
 pub mod oauth;

@@ -576,3 +576,65 @@ async fn audit_records_and_metrics_carry_counts_not_values() {
     assert!(m.contains("ward_dlp_messages_total{direction=\"response\",outcome=\"rewritten\",route=\"fhir\"} 1"), "{m}");
     assert_no_phi(&m);
 }
+
+/// Issue #20 regression, end to end: JSON that the validator and the compartment guard refuse
+/// (raw control bytes, lone surrogate escapes, invalid UTF-8, numbers outside RFC 8259, a
+/// malformed value inside an element DLP skips) is refused by DLP too, in both directions.
+/// Before the walker read JSON through the shared lexer (`ward::json`) it passed these on.
+/// Generated: each defect in a free-text string, an unknown member and a nested array.
+#[tokio::test]
+async fn json_other_readers_refuse_is_refused_both_ways() {
+    let s = setup().await;
+    let mut defects: Vec<Vec<u8>> = Vec::new();
+    for c in [0x00u8, 0x01, 0x09, 0x0A, 0x1F] {
+        defects.push(vec![b'"', b'a', c, b'"']);
+    }
+    for esc in ["\\ud800", "\\udfff", "\\ud83d\\u0041"] {
+        defects.push(format!("\"a{esc}\"").into_bytes());
+    }
+    for b in [0x80u8, 0xC0, 0xFF] {
+        defects.push(vec![b'"', b'a', b, b'"']);
+    }
+    for n in ["01", "1-2", "+1", ".5"] {
+        defects.push(n.as_bytes().to_vec());
+    }
+    let c = client(&s.env.pki, true);
+    let mut i = 0;
+    for d in &defects {
+        for (pre, post) in [
+            (&br#"{"note":"#[..], &br#","n":1}"#[..]),
+            (br#"{"x":{"y":["#, br#"]},"n":1}"#),
+        ] {
+            i += 1;
+            let body = [pre, &d[..], post].concat();
+            assert!(serde_json::from_slice::<Value>(&body).is_err());
+            // Response direction: the client gets 502, never the body.
+            let key = format!("bad{i}");
+            s.answer(&key, canned("application/json", body.clone()));
+            let r = s.get(&format!("/both/{key}")).await;
+            assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&body));
+            assert_eq!(r.code(), "dlp_unscannable");
+            // Request direction: refused, and the upstream receives nothing.
+            let before = s.up.seen.lock().unwrap().len();
+            let req = Request::post(url(&s.gw, "/both/echo"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.clone())))
+                .unwrap();
+            let r = send(&c, req).await;
+            assert_eq!(r.status, 415, "{}", String::from_utf8_lossy(&body));
+            assert_eq!(r.code(), "dlp_unscannable");
+            assert_eq!(s.up.seen.lock().unwrap().len(), before);
+        }
+    }
+    // The same shapes, well-formed, pass both ways.
+    s.answer("echo", canned("application/json", r#"{"ok":true}"#));
+    let r = s
+        .post(
+            "/both/echo",
+            "application/json",
+            r#"{"note":"a\u0001b","n":-1.5e3}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref(), br#"{"ok":true}"#);
+}

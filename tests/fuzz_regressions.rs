@@ -25,6 +25,9 @@ mod fhir_request;
 #[path = "fuzz_replay/fhir_validate.rs"]
 mod fhir_validate;
 #[rustfmt::skip]
+#[path = "fuzz_replay/json_differential.rs"]
+mod json_differential;
+#[rustfmt::skip]
 #[path = "fuzz_replay/path.rs"]
 mod path;
 
@@ -39,6 +42,7 @@ const TARGETS: &[(&str, Check)] = &[
     ("er7", er7::fuzz_one),
     ("fhir_request", fhir_request::fuzz_one),
     ("fhir_validate", fhir_validate::fuzz_one),
+    ("json_differential", json_differential::fuzz_one),
     ("path", path::fuzz_one),
 ];
 

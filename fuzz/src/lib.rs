@@ -10,6 +10,7 @@
 //! * `hl7v2::{er7, validate, ack}` — ../src/hl7v2/er7/, validate/, ack.rs (not hl7v2/mod.rs, which
 //!   also declares the tokio-based `mllp` module; see src/hl7v2/mod.rs here);
 //! * `path` — ../src/path.rs;
+//! * `json` — ../src/json/: the one JSON lexer the validator, DLP and `strict_json` share;
 //! * `dlp` (and `calendar`) — ../src/dlp/ and ../src/calendar.rs: the DLP engine (detectors,
 //!   FHIR path rules, JSON walker, HL7 v2 rules);
 //! * `error` — a shim (see below), because path.rs and request.rs convert their errors into
@@ -22,6 +23,9 @@ pub mod calendar;
 
 #[path = "../../src/dlp/mod.rs"]
 pub mod dlp;
+
+#[path = "../../src/json/mod.rs"]
+pub mod json;
 
 pub mod hl7v2;
 

@@ -4,90 +4,96 @@
 //! the first, and the DLP walker refuses the body. If the authorization guard read
 //! `{"subject":{"reference":"Patient/a"},"subject":{"reference":"Patient/b"}}` one way and
 //! the client (or the upstream) another, a check could pass on data nobody else sees. Every
-//! body the guard decides on is therefore read with this parser: same grammar as
-//! serde_json (it drives serde_json's own deserializer, so escapes are decoded before names
-//! are compared and `"a"` equals `"\u0061"`), plus the duplicate rule.
+//! body the guard decides on is therefore read with this parser: the gateway's one JSON
+//! grammar (`crate::json`, shared with the validator and the DLP walker, so escapes are
+//! decoded before names are compared and `"a"` equals `"\u0061"`), built into a
+//! `serde_json::Value` for the guard's callers.
+//!
+//! Two limits are kept from the serde_json reader this replaced, so no body changes verdict:
+//! nesting deeper than [`MAX_DEPTH`] is malformed, and a number serde_json cannot hold
+//! (`1e400`) is malformed (each number is converted by serde_json itself, so values are
+//! exactly what they were).
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+
+use crate::json::{self, ErrorKind, Kind};
 
 /// Why a body was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StrictError {
-    /// Not JSON (or nested deeper than serde_json's recursion limit).
+    /// Not JSON (or nested deeper than [`MAX_DEPTH`]).
     Malformed,
     /// Valid JSON, but an object repeats a member name.
     Duplicate,
 }
 
-const DUPLICATE: &str = "ward: duplicate member name";
+/// serde_json's recursion limit (128 levels refused, 127 read), kept so bodies the guard
+/// read before are read now and no deeper ones.
+pub const MAX_DEPTH: usize = 127;
 
-struct Strict(Value);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
+impl From<json::Error> for StrictError {
+    fn from(e: json::Error) -> Self {
+        match e.kind {
+            ErrorKind::Duplicate => StrictError::Duplicate,
+            _ => StrictError::Malformed,
+        }
     }
 }
 
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(k) = map.next_key::<String>()? {
-            let Strict(v) = map.next_value()?;
-            if out.insert(k, v).is_some() {
-                return Err(de::Error::custom(DUPLICATE));
-            }
-        }
-        Ok(Value::Object(out))
-    }
+enum Open {
+    Arr(Vec<Value>),
+    /// An object and the name of the member whose value comes next.
+    Obj(Map<String, Value>, Option<String>),
 }
 
 /// Parse `bytes` as JSON, refusing duplicate member names anywhere.
 pub fn from_slice(bytes: &[u8]) -> Result<Value, StrictError> {
-    match serde_json::from_slice::<Strict>(bytes) {
-        Ok(Strict(v)) => Ok(v),
-        Err(e) if e.to_string().starts_with(DUPLICATE) => Err(StrictError::Duplicate),
-        Err(_) => Err(StrictError::Malformed),
+    let mut t = json::Tokenizer::new(bytes, MAX_DEPTH);
+    let mut stack: Vec<Open> = Vec::new();
+    let mut root = None;
+    while let Some(tok) = t.next()? {
+        let raw = tok.raw(bytes);
+        let v = match tok.kind {
+            Kind::ObjStart => {
+                stack.push(Open::Obj(Map::new(), None));
+                continue;
+            }
+            Kind::ArrStart => {
+                stack.push(Open::Arr(Vec::new()));
+                continue;
+            }
+            Kind::Key => {
+                if let Some(Open::Obj(_, k)) = stack.last_mut() {
+                    *k = Some(json::decode_str(raw, tok.esc)?.into_owned());
+                }
+                continue;
+            }
+            Kind::ObjEnd | Kind::ArrEnd => match stack.pop() {
+                Some(Open::Obj(m, _)) => Value::Object(m),
+                Some(Open::Arr(a)) => Value::Array(a),
+                None => return Err(StrictError::Malformed),
+            },
+            Kind::Str => Value::String(json::decode_str(raw, tok.esc)?.into_owned()),
+            Kind::Num => serde_json::from_slice(raw).map_err(|_| StrictError::Malformed)?,
+            Kind::True => Value::Bool(true),
+            Kind::False => Value::Bool(false),
+            Kind::Null => Value::Null,
+        };
+        match stack.last_mut() {
+            None => root = Some(v),
+            Some(Open::Arr(a)) => a.push(v),
+            Some(Open::Obj(m, k)) => {
+                let key = k.take().ok_or(StrictError::Malformed)?;
+                // Refused as soon as the second value is read (the tokenizer would find
+                // it when the object closes, after any later syntax error): the verdict
+                // stays the one serde_json's visitor gave.
+                if m.insert(key, v).is_some() {
+                    return Err(StrictError::Duplicate);
+                }
+            }
+        }
     }
+    root.ok_or(StrictError::Malformed)
 }
 
 #[cfg(test)]
@@ -133,5 +139,60 @@ mod tests {
         }
         assert_eq!(from_slice(b"{\"a\":1,}"), Err(StrictError::Malformed));
         assert_eq!(from_slice(b"{\"a\":1} x"), Err(StrictError::Malformed));
+    }
+
+    #[test]
+    fn same_verdicts_as_the_serde_json_reader_it_replaced() {
+        // Depth: serde_json's limit, exactly.
+        for depth in 120..=135 {
+            for (open, close) in [("[", "]"), ("{\"k\":", "}")] {
+                let text = format!("{}0{}", open.repeat(depth), close.repeat(depth));
+                let serde = serde_json::from_str::<Value>(&text).ok();
+                assert_eq!(from_slice(text.as_bytes()).ok(), serde, "depth {depth}");
+            }
+        }
+        // Numbers: the values serde_json gives, and its range refusals.
+        for n in [
+            "0",
+            "-0",
+            "-0.0",
+            "1.5",
+            "1e2",
+            "1E-2",
+            "9007199254740993",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "18446744073709551616",
+            "1e308",
+            "1e309",
+            "-1e400",
+            "1e-400",
+            "123456789012345678901234567890",
+        ] {
+            for text in [n.to_owned(), format!("[{n}]"), format!("{{\"n\":{n}}}")] {
+                let serde = serde_json::from_str::<Value>(&text).ok();
+                assert_eq!(from_slice(text.as_bytes()).ok(), serde, "{text}");
+            }
+        }
+        // A duplicate before a later syntax error is still a duplicate (as before); a
+        // syntax error inside the repeated member's value is malformed (as before).
+        assert_eq!(
+            from_slice(br#"{"a":1,"a":2,"b":}"#),
+            Err(StrictError::Duplicate)
+        );
+        assert_eq!(
+            from_slice(br#"{"a":1,"a":[1,}"#),
+            Err(StrictError::Malformed)
+        );
+        // What the shared grammar refuses, whatever serde_json would say.
+        for bad in [
+            &b"\xEF\xBB\xBF{}"[..],
+            b"{\"a\":\"\\ud800\"}",
+            b"[\"\x01\"]",
+            b"[01]",
+            b"",
+        ] {
+            assert_eq!(from_slice(bad), Err(StrictError::Malformed));
+        }
     }
 }

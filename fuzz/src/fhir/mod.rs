@@ -22,6 +22,8 @@ pub mod refs;
 
 #[path = "../../../src/fhir/base_url.rs"]
 pub mod base_url;
+#[path = "../../../src/fhir/strict_json.rs"]
+pub mod strict_json;
 
 /// Same as `ward::fhir::is_resource_type` (mod.rs itself is not included: it declares
 /// modules the fuzz crate does not build).

@@ -1,18 +1,15 @@
-//! Strict JSON lexing for the DLP walker: whitespace, expected bytes, string spans (with
-//! whether they hold escapes), skipping and scalars, and the look-ahead that reads one member of
-//! an object without consuming it.
+//! The DLP walker's cursor over the shared lexer (`crate::json`, the gateway's one JSON
+//! grammar): whitespace, expected bytes, string spans (with whether they hold escapes),
+//! skipping and scalars, and the look-ahead that reads one member of an object without
+//! consuming it.
 
 use super::*;
+use crate::json;
 
 impl<'a> Walk<'a> {
     #[inline]
     pub(super) fn ws(&mut self) {
-        while let Some(&c) = self.b.get(self.pos) {
-            if !is_ws(c) {
-                break;
-            }
-            self.pos += 1;
-        }
+        self.pos = json::skip_ws(self.b, self.pos);
     }
 
     #[inline]
@@ -31,92 +28,32 @@ impl<'a> Walk<'a> {
     }
 
     /// A string at `pos` (on its opening quote): `(content start, content end, has escape)`;
-    /// `pos` ends after the closing quote.
+    /// `pos` ends after the closing quote. The shared lexer checks escapes, raw control
+    /// bytes and UTF-8, so what the walker scans is what every other reader sees.
+    #[inline]
     pub(super) fn string(&mut self) -> Result<(usize, usize, bool), JsonError> {
-        if self.peek() != Some(b'"') {
-            return Err(JsonError::Malformed);
-        }
-        let start = self.pos + 1;
-        let mut i = start;
-        let mut esc = false;
-        loop {
-            // Vectorised search for the two bytes that end a run of plain string content.
-            // (Raw control characters are not refused: they make the JSON invalid for its
-            // receiver, but cannot hide a value from the scan.)
-            let rest = self.b.get(i..).ok_or(JsonError::Malformed)?;
-            let off = memchr::memchr2(b'"', b'\\', rest).ok_or(JsonError::Malformed)?;
-            i += off;
-            match self.b[i] {
-                b'"' => break,
-                _ => {
-                    esc = true;
-                    i += 2;
-                }
-            }
-        }
-        self.pos = i + 1;
-        Ok((start, i, esc))
+        let s = json::string(self.b, self.pos)?;
+        self.pos = s.end + 1;
+        Ok((s.start, s.end, s.esc))
     }
 
-    /// Skip any value (no scanning), leaving `pos` after it.
+    /// Skip any value (no scanning, but fully checked: grammar, duplicates, and the depth
+    /// left below the walker's own), leaving `pos` after it.
     pub(super) fn skip(&mut self) -> Result<(), JsonError> {
-        self.ws();
-        let mut depth = 0usize;
-        loop {
-            self.ws();
-            match self.peek().ok_or(JsonError::Malformed)? {
-                b'"' => {
-                    self.string()?;
-                }
-                b'{' | b'[' => {
-                    depth += 1;
-                    if depth > MAX_DEPTH {
-                        return Err(JsonError::TooDeep);
-                    }
-                    self.pos += 1;
-                    continue;
-                }
-                b'}' | b']' => {
-                    if depth == 0 {
-                        return Err(JsonError::Malformed);
-                    }
-                    depth -= 1;
-                    self.pos += 1;
-                }
-                b',' | b':' if depth > 0 => {
-                    self.pos += 1;
-                    continue;
-                }
-                _ => self.scalar()?,
-            }
-            if depth == 0 {
-                return Ok(());
-            }
-        }
+        let left = MAX_DEPTH.saturating_sub(self.depth);
+        self.pos = json::skip_value(self.b, self.pos, left)?;
+        Ok(())
     }
 
     /// A number, `true`, `false` or `null`.
     pub(super) fn scalar(&mut self) -> Result<(), JsonError> {
-        let start = self.pos;
-        while let Some(c) = self.peek() {
-            if matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' | b'a'..=b'z') {
-                self.pos += 1;
-            } else {
-                break;
-            }
-        }
-        let tok = &self.b[start..self.pos];
-        let ok = matches!(tok, b"true" | b"false" | b"null")
-            || (!tok.is_empty()
-                && tok
-                    .iter()
-                    .all(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
-                && tok.iter().any(u8::is_ascii_digit));
-        if ok {
-            Ok(())
-        } else {
-            Err(JsonError::Malformed)
-        }
+        self.pos = match self.peek() {
+            Some(b't') => json::literal(self.b, self.pos, b"true")?,
+            Some(b'f') => json::literal(self.b, self.pos, b"false")?,
+            Some(b'n') => json::literal(self.b, self.pos, b"null")?,
+            _ => json::number(self.b, self.pos)?.0,
+        };
+        Ok(())
     }
 
     /// Look ahead in the object starting at `at` (its `{`) for direct member `key` with a
@@ -139,25 +76,10 @@ impl<'a> Walk<'a> {
                 let (ks, ke, kesc) = self.string()?;
                 self.expect(b':')?;
                 self.ws();
-                let hit = if kesc {
-                    let mut d = Vec::new();
-                    let mut m = Vec::new();
-                    unescape_map(&self.b[ks..ke], ks, &mut d, &mut m)?;
-                    d == key
-                } else {
-                    &self.b[ks..ke] == key
-                };
+                let hit = *json::decode(&self.b[ks..ke], kesc)? == *key;
                 if hit && self.peek() == Some(b'"') {
                     let (vs, ve, vesc) = self.string()?;
-                    let v = if vesc {
-                        let mut d = Vec::new();
-                        let mut m = Vec::new();
-                        unescape_map(&self.b[vs..ve], vs, &mut d, &mut m)?;
-                        d
-                    } else {
-                        self.b[vs..ve].to_vec()
-                    };
-                    found = Some(v);
+                    found = Some(json::decode(&self.b[vs..ve], vesc)?.into_owned());
                     return Ok(());
                 }
                 self.skip()?;

@@ -26,15 +26,17 @@
 //!   once the patient it belongs to (its `id`, or `subject`/`patient` reference) is known.
 //!
 //! # Layout
-//! This file holds the outcome types, [`process`], the walker's state, the escape helpers and
-//! the final splice of edits into the output body. The walker's methods: `lex` (strict JSON
-//! lexing), `walk` (values, objects, arrays), `close` (closing objects and resources),
+//! This file holds the outcome types, [`process`], the walker's state, the JSON escaping of
+//! replacements and the final splice of edits into the output body. Lexing and decoding are
+//! the gateway's shared ones (`crate::json`). The walker's methods: `lex` (its cursor over
+//! the shared lexer), `walk` (values, objects, arrays), `close` (closing objects and resources),
 //! `values` (scanning and transforming leaf values); `tests`.
 
 use crate::dlp::actions::{self, Action, REDACTED};
 use crate::dlp::detect::Hit;
 use crate::dlp::{Engine, Report, RuleState};
 use crate::fhir::validate::{element_of, resource_type_of, FhirType, ValueKind};
+use crate::json::is_ws;
 
 mod close;
 mod lex;
@@ -231,9 +233,14 @@ pub fn process(eng: &Engine, body: &[u8], report: &mut Report) -> Result<JsonOut
     w.apply().map(JsonOutcome::Rewritten)
 }
 
-#[inline]
-fn is_ws(c: u8) -> bool {
-    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
+/// A lexing refusal of the shared lexer: too deep, or not JSON.
+impl From<crate::json::Error> for JsonError {
+    fn from(e: crate::json::Error) -> Self {
+        match e.kind {
+            crate::json::ErrorKind::TooDeep => JsonError::TooDeep,
+            _ => JsonError::Malformed,
+        }
+    }
 }
 
 fn u32_of(n: usize) -> u32 {
@@ -257,98 +264,20 @@ pub fn json_escape_into(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
-fn hex4(s: &[u8]) -> Option<u32> {
-    let mut v = 0u32;
-    for &c in s.get(..4)? {
-        v = v * 16 + char::from(c).to_digit(16)?;
-    }
-    Some(v)
-}
-
-/// The character of the escape at `raw[i]` (a backslash) and the escape's length. A lone
-/// surrogate decodes to U+FFFD (it cannot hide a digit).
-fn escape_at(raw: &[u8], i: usize) -> Result<(char, usize), JsonError> {
-    let e = *raw.get(i + 1).ok_or(JsonError::Malformed)?;
-    Ok(match e {
-        b'"' => ('"', 2),
-        b'\\' => ('\\', 2),
-        b'/' => ('/', 2),
-        b'b' => ('\u{8}', 2),
-        b'f' => ('\u{c}', 2),
-        b'n' => ('\n', 2),
-        b'r' => ('\r', 2),
-        b't' => ('\t', 2),
-        b'u' => {
-            let hi =
-                hex4(raw.get(i + 2..).ok_or(JsonError::Malformed)?).ok_or(JsonError::Malformed)?;
-            if (0xD800..0xDC00).contains(&hi) {
-                let lo = raw
-                    .get(i + 6..i + 8)
-                    .filter(|p| *p == b"\\u")
-                    .and_then(|_| hex4(raw.get(i + 8..)?))
-                    .filter(|lo| (0xDC00..0xE000).contains(lo));
-                match lo {
-                    Some(lo) => {
-                        let cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
-                        (char::from_u32(cp).unwrap_or('\u{FFFD}'), 12)
-                    }
-                    None => ('\u{FFFD}', 6),
-                }
-            } else {
-                (char::from_u32(hi).unwrap_or('\u{FFFD}'), 6)
-            }
-        }
-        _ => return Err(JsonError::Malformed),
-    })
-}
-
 /// Decode JSON string content `raw` (between the quotes, starting at body offset `base`)
-/// into `out`, with `map[i]` = the body range that produced `out[i]`.
+/// into `out`, with `map[i]` = the body range that produced `out[i]` (the shared decoder).
 fn unescape_map(
     raw: &[u8],
     base: usize,
     out: &mut Vec<u8>,
     map: &mut Vec<(u32, u32)>,
 ) -> Result<(), JsonError> {
-    out.clear();
-    map.clear();
-    let mut i = 0;
-    while i < raw.len() {
-        let c = raw[i];
-        if c != b'\\' {
-            out.push(c);
-            map.push((u32_of(base + i), u32_of(base + i + 1)));
-            i += 1;
-            continue;
-        }
-        let (ch, len) = escape_at(raw, i)?;
-        let mut buf = [0u8; 4];
-        for &b in ch.encode_utf8(&mut buf).as_bytes() {
-            out.push(b);
-            map.push((u32_of(base + i), u32_of(base + i + len)));
-        }
-        i += len;
-    }
-    Ok(())
+    Ok(crate::json::decode_map(raw, base, out, map)?)
 }
 
 /// Decode JSON string content without the offset map (the common, clean case).
 fn unescape_plain(raw: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
-    out.clear();
-    let mut i = 0;
-    while i < raw.len() {
-        let Some(off) = memchr::memchr(b'\\', &raw[i..]) else {
-            out.extend_from_slice(&raw[i..]);
-            break;
-        };
-        out.extend_from_slice(&raw[i..i + off]);
-        i += off;
-        let (ch, len) = escape_at(raw, i)?;
-        let mut buf = [0u8; 4];
-        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-        i += len;
-    }
-    Ok(())
+    Ok(crate::json::decode_into(raw, out)?)
 }
 
 /// The body ranges behind decoded bytes `start..end` (contiguous source runs merged).

@@ -310,3 +310,94 @@ fn existing_meta_gets_the_label_added() {
         assert!(v.get("birthDate").is_none());
     }
 }
+
+/// Regressions for the differentials closed by moving onto the shared lexer (`crate::json`):
+/// before it, the walker let through what the validator and `strict_json` refuse — raw
+/// control bytes, lone surrogate escapes (read as U+FFFD), invalid UTF-8, numbers such as
+/// `01`, `1-2`, `+1`, `.5` — and checked a value it skipped (a redacted or blocked element)
+/// only loosely (`[1:2]`, `{"a" "b"}`, duplicates inside). Each is generated in every
+/// position the walker reads: a scanned string, a member value it walks, and a value it
+/// skips because a rule redacts it.
+#[test]
+fn shared_lexer_refuses_what_every_reader_refuses() {
+    let e = engine(serde_json::json!({
+        "detectors": {"ssn": {}},
+        "fhir": [{"path": "Patient.name", "action": "redact"}]
+    }));
+    let mut bad_values: Vec<String> = Vec::new();
+    for c in 0u8..0x20 {
+        bad_values.push(format!("\"a{}b\"", char::from(c)));
+    }
+    for s in [
+        "\\ud800",
+        "\\udfff",
+        "\\ud83d\\u0041",
+        "\\ude00\\ud83d",
+        "\\x",
+        "\\u12",
+    ] {
+        bad_values.push(format!("\"a{s}b\""));
+    }
+    for n in [
+        "01", "1-2", "+1", ".5", "1.", "1e", "--1", "0x1", "1.2.3", "tru", "nul", "Infinity",
+    ] {
+        bad_values.push(n.to_owned());
+    }
+    for v in [
+        "[1:2]",
+        "{\"a\" \"b\"}",
+        "{\"a\":1,\"a\":2}",
+        "{\"\\u0061\":1,\"a\":2}",
+        "[1,]",
+        "{,}",
+    ] {
+        bad_values.push(v.to_owned());
+    }
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    for v in &bad_values {
+        // Walked (free text), walked (unknown member), skipped (redacted by the rule).
+        for (member, wrap) in [("text", false), ("x", false), ("name", true)] {
+            let value = if wrap { format!("[{v}]") } else { v.clone() };
+            bodies.push(
+                format!(r#"{{"resourceType":"Patient","{member}":{value},"active":true}}"#)
+                    .into_bytes(),
+            );
+        }
+    }
+    // Invalid UTF-8 in a string, every lead byte that cannot start a sequence here.
+    for lead in [0x80u8, 0xBF, 0xC0, 0xC1, 0xF5, 0xFF] {
+        let mut b = br#"{"resourceType":"Patient","name":[{"text":"a"#.to_vec();
+        b.push(lead);
+        b.extend_from_slice(br#""}],"x":"a"#);
+        b.push(lead);
+        b.extend_from_slice(br#""}"#);
+        bodies.push(b);
+    }
+    for body in &bodies {
+        let mut r = Report::default();
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(body).is_err()
+                || crate::json::check(body, 256).is_err(),
+            "test input is valid JSON: {}",
+            String::from_utf8_lossy(body)
+        );
+        assert!(
+            process(&e, body, &mut r).is_err(),
+            "accepted: {}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    // The same shapes, well-formed, still pass.
+    for good in [
+        r#""a\u0001b""#,
+        r#""\ud83d\ude00""#,
+        "0",
+        "-1.5e3",
+        "[1,2]",
+        r#"{"a":1,"b":2}"#,
+    ] {
+        let body = format!(r#"{{"resourceType":"Patient","x":{good},"active":true}}"#);
+        let mut r = Report::default();
+        assert!(process(&e, body.as_bytes(), &mut r).is_ok(), "{body}");
+    }
+}

@@ -8,7 +8,7 @@ impl<'a> Parser<'a> {
 
     pub(super) fn check_bom(&mut self) -> Res<()> {
         if self.b.starts_with(&[0xEF, 0xBB, 0xBF]) {
-            return Err(self.fail("byte order mark is not allowed"));
+            return Err(self.fail(crate::json::ErrorKind::Bom.message()));
         }
         Ok(())
     }

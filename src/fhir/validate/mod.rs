@@ -291,6 +291,30 @@ pub fn validate_json_patch(body: &[u8], limits: &Limits) -> Result<(), Vec<Issue
     Ok(())
 }
 
+/// The validator's JSON syntax layer alone (no schema): BOM, emptiness, any value through
+/// the parser's own separators, keys and depth accounting on the shared lexer, duplicate
+/// names, trailing data. Used to hold the validator to the same reading as the other JSON
+/// consumers (`tests/json_differential.rs`, the `json_differential` fuzz target).
+pub fn check_json_syntax(body: &[u8], limits: &Limits) -> Result<(), Vec<Issue>> {
+    let s = schema_or_issue()?;
+    let mut p = Parser::new(body, limits, s, "$", None);
+    let r = p.check_bom().and_then(|()| {
+        p.ws();
+        if p.peek().is_none() {
+            return Err(p.fail(crate::json::ErrorKind::Empty.message()));
+        }
+        p.any_value()?;
+        p.check_end()
+    });
+    if p.has_error || r.is_err() {
+        if p.issues.is_empty() {
+            p.issues = single_issue("exception", "$", "validation failed".to_string());
+        }
+        return Err(p.issues);
+    }
+    Ok(())
+}
+
 /// Configuration-time check of a profile: every allowed type must be a known resource type and
 /// every required/forbidden path must name a resource type followed by a valid element chain.
 pub fn check_profile_paths(profile: &Profile) -> Result<(), String> {

@@ -1,6 +1,7 @@
 //! The single-pass parser's state (`Parser`, cursors, path segments) and its schema-free half:
-//! issue reporting, strict RFC 8259 lexing (whitespace, literals, strings, numbers, separators,
-//! keys), depth accounting, and generic duplicate-checked JSON for values the schema does not type.
+//! issue reporting, strict RFC 8259 lexing (whitespace, literals, strings and numbers delegate
+//! to the shared `crate::json`; separators and keys stay here, in the single pass), depth
+//! accounting, and generic duplicate-checked JSON for values the schema does not type.
 //! The schema-driven methods live in `walker.rs`, the document entry points in `document.rs`.
 
 use super::*;
@@ -111,55 +112,11 @@ pub(super) struct BundleFrame {
 pub(super) const LO: u64 = 0x0101_0101_0101_0101;
 pub(super) const HI: u64 = 0x8080_8080_8080_8080;
 
-pub(super) fn hex4(s: &[u8], i: usize) -> Option<u32> {
-    let h = s.get(i..i + 4)?;
-    let mut v = 0u32;
-    for &c in h {
-        v = v * 16 + char::from(c).to_digit(16)?;
-    }
-    Some(v)
-}
-
-/// Decodes a validated JSON string body (without quotes) into `out`.
+/// Decodes a validated JSON string body (without quotes) into `out`: the shared decoder
+/// (`crate::json`). Content that did not come from a checked string token (the lenient
+/// `resourceType` pre-scan) may stop decoding early; the strict parse refuses it later.
 pub(super) fn unescape(raw: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    let mut i = 0;
-    while i < raw.len() {
-        let next = raw
-            .get(i..)
-            .and_then(|r| r.iter().position(|&c| c == b'\\'))
-            .map_or(raw.len(), |p| i + p);
-        out.extend_from_slice(raw.get(i..next).unwrap_or_default());
-        i = next;
-        if i >= raw.len() {
-            break;
-        }
-        let c = match raw.get(i + 1) {
-            Some(b'n') => '\n',
-            Some(b't') => '\t',
-            Some(b'r') => '\r',
-            Some(b'b') => '\u{8}',
-            Some(b'f') => '\u{c}',
-            Some(b'u') => {
-                let hi = hex4(raw, i + 2).unwrap_or(0xFFFD);
-                if (0xD800..0xDC00).contains(&hi) {
-                    let lo = hex4(raw, i + 8).unwrap_or(0xDC00);
-                    i += 6;
-                    char::from_u32(
-                        0x10000 + ((hi - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF),
-                    )
-                    .unwrap_or('\u{FFFD}')
-                } else {
-                    char::from_u32(hi).unwrap_or('\u{FFFD}')
-                }
-            }
-            Some(&c) => char::from(c),
-            None => break,
-        };
-        let mut buf = [0u8; 4];
-        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-        i += if raw.get(i + 1) == Some(&b'u') { 6 } else { 2 };
-    }
+    let _ = crate::json::decode_into(raw, out);
 }
 
 /// Member names are echoed in paths only if they look like identifiers (no PHI in keys).
@@ -290,13 +247,7 @@ impl<'a> Parser<'a> {
 
     #[inline]
     pub(super) fn ws(&mut self) {
-        while let Some(&c) = self.b.get(self.pos) {
-            if matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
-                self.pos += 1;
-            } else {
-                break;
-            }
-        }
+        self.pos = crate::json::skip_ws(self.b, self.pos);
     }
 
     #[inline]
@@ -321,160 +272,50 @@ impl<'a> Parser<'a> {
         self.depth = self.depth.saturating_sub(1);
     }
 
+    /// A lexing refusal of the shared lexer, reported where it was found.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn lex_fail(&mut self, e: crate::json::Error) -> Stop {
+        self.pos = e.at;
+        self.fail(e.kind.message())
+    }
+
     pub(super) fn literal(&mut self, lit: &[u8]) -> Res<()> {
-        if self.b.get(self.pos..self.pos + lit.len()) == Some(lit)
-            && !self
-                .b
-                .get(self.pos + lit.len())
-                .is_some_and(u8::is_ascii_alphanumeric)
-        {
-            self.pos += lit.len();
-            Ok(())
-        } else {
-            Err(self.fail("invalid literal"))
+        match crate::json::literal(self.b, self.pos, lit) {
+            Ok(end) => {
+                self.pos = end;
+                Ok(())
+            }
+            Err(e) => Err(self.lex_fail(e)),
         }
     }
 
-    /// Parses a string token at `"`; validates escapes, control characters and UTF-8.
+    /// Parses a string token at `"`; escapes, control characters and UTF-8 are checked by
+    /// the shared lexer (`crate::json`), the one grammar every body-aware policy reads.
     #[inline]
     pub(super) fn string(&mut self) -> Res<Str<'a>> {
-        let b = self.b;
-        let start = self.pos + 1;
-        let mut i = start;
-        let mut esc = false;
-        let mut acc: u64 = 0;
-        loop {
-            while let Some(chunk) = b.get(i..i + 8) {
-                let Ok(arr) = <[u8; 8]>::try_from(chunk) else {
-                    break;
-                };
-                let v = u64::from_le_bytes(arr);
-                let q = v ^ (LO * u64::from(b'"'));
-                let bs = v ^ (LO * u64::from(b'\\'));
-                let t = ((q.wrapping_sub(LO) & !q)
-                    | (bs.wrapping_sub(LO) & !bs)
-                    | (v.wrapping_sub(LO * 0x20) & !v))
-                    & HI;
-                acc |= v;
-                if t != 0 {
-                    // The lowest flagged byte is always a true hit (false positives only occur
-                    // above a true hit of the same test).
-                    i += (t.trailing_zeros() / 8) as usize;
-                    break;
-                }
-                i += 8;
+        match crate::json::string(self.b, self.pos) {
+            Ok(s) => {
+                self.pos = s.end + 1;
+                Ok(Str {
+                    raw: s.raw(self.b),
+                    esc: s.esc,
+                })
             }
-            match b.get(i) {
-                None => {
-                    self.pos = i;
-                    return Err(self.fail("unterminated string"));
-                }
-                Some(b'"') => break,
-                Some(b'\\') => {
-                    esc = true;
-                    i = match b.get(i + 1) {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i + 2,
-                        Some(b'u') => match hex4(b, i + 2) {
-                            Some(0xD800..=0xDBFF) => {
-                                if b.get(i + 6) == Some(&b'\\')
-                                    && b.get(i + 7) == Some(&b'u')
-                                    && matches!(hex4(b, i + 8), Some(0xDC00..=0xDFFF))
-                                {
-                                    i + 12
-                                } else {
-                                    self.pos = i;
-                                    return Err(self.fail("unpaired UTF-16 surrogate escape"));
-                                }
-                            }
-                            Some(0xDC00..=0xDFFF) => {
-                                self.pos = i;
-                                return Err(self.fail("unpaired UTF-16 surrogate escape"));
-                            }
-                            Some(_) => i + 6,
-                            None => {
-                                self.pos = i;
-                                return Err(self.fail("invalid \\u escape"));
-                            }
-                        },
-                        _ => {
-                            self.pos = i;
-                            return Err(self.fail("invalid escape sequence"));
-                        }
-                    };
-                }
-                Some(&c) if c < 0x20 => {
-                    self.pos = i;
-                    return Err(self.fail("unescaped control character in string"));
-                }
-                Some(&c) => {
-                    acc |= u64::from(c);
-                    i += 1;
-                }
-            }
+            Err(e) => Err(self.lex_fail(e)),
         }
-        let raw = b.get(start..i).unwrap_or_default();
-        if acc & HI != 0 && std::str::from_utf8(raw).is_err() {
-            self.pos = start;
-            return Err(self.fail("invalid UTF-8 in string"));
-        }
-        self.pos = i + 1;
-        Ok(Str { raw, esc })
     }
 
     /// Parses a number token; returns (raw, is_integer_lexical).
     pub(super) fn number(&mut self) -> Res<(&'a [u8], bool)> {
-        let b = self.b;
         let start = self.pos;
-        let mut i = start;
-        if b.get(i) == Some(&b'-') {
-            i += 1;
+        match crate::json::number(self.b, start) {
+            Ok((end, int)) => {
+                self.pos = end;
+                Ok((self.b.get(start..end).unwrap_or_default(), int))
+            }
+            Err(e) => Err(self.lex_fail(e)),
         }
-        match b.get(i) {
-            Some(b'0') => i += 1,
-            Some(b'1'..=b'9') => {
-                while b.get(i).is_some_and(u8::is_ascii_digit) {
-                    i += 1;
-                }
-            }
-            _ => {
-                self.pos = i;
-                return Err(self.fail("invalid number"));
-            }
-        }
-        let mut int = true;
-        if b.get(i) == Some(&b'.') {
-            int = false;
-            i += 1;
-            let d = i;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-            if i == d {
-                self.pos = i;
-                return Err(self.fail("invalid number"));
-            }
-        }
-        if matches!(b.get(i), Some(b'e' | b'E')) {
-            int = false;
-            i += 1;
-            if matches!(b.get(i), Some(b'+' | b'-')) {
-                i += 1;
-            }
-            let d = i;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-            if i == d {
-                self.pos = i;
-                return Err(self.fail("invalid number"));
-            }
-        }
-        self.pos = i;
-        if matches!(b.get(i), Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'.' | b'+' | b'-'))
-        {
-            return Err(self.fail("invalid number"));
-        }
-        Ok((b.get(start..i).unwrap_or_default(), int))
     }
 
     /// Expects `,` (returns true: more) or `close` (returns false).
@@ -562,8 +403,7 @@ impl<'a> Parser<'a> {
                 break;
             }
         }
-        keys.sort_unstable();
-        if keys.windows(2).any(|w| matches!(w, [a, b] if a == b)) {
+        if crate::json::has_duplicate(&mut keys) {
             self.err("structure", "object has duplicate member names")?;
         }
         self.leave();
@@ -595,93 +435,27 @@ impl<'a> Parser<'a> {
 
     /// Scans the object starting at `start` (a `{`) for a top-level `"resourceType": "<string>"`
     /// member without recursion and without reporting; fast when it is the first member.
+    /// Members before it are skipped with the shared lexer's checked `skip_value`: a body
+    /// whose pre-scan fails is refused by the full parse anyway (as "no resourceType" plus
+    /// its syntax error), so no second, looser reading of the same bytes exists.
     pub(super) fn find_resource_type(&self, start: usize) -> Option<std::borrow::Cow<'a, [u8]>> {
+        use crate::json;
         let b = self.b;
+        let left = self.max_depth.saturating_sub(self.depth + 1);
         let mut i = start + 1;
-        let skip_ws = |i: &mut usize| {
-            while matches!(b.get(*i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
-                *i += 1;
-            }
-        };
-        let skip_str = |i: &mut usize| -> Option<(usize, usize)> {
-            // at '"'
-            let s = *i + 1;
-            let mut j = s;
-            loop {
-                match b.get(j)? {
-                    b'"' => break,
-                    b'\\' => j += 2,
-                    _ => j += 1,
-                }
-            }
-            *i = j + 1;
-            Some((s, j))
-        };
         loop {
-            skip_ws(&mut i);
-            if b.get(i) != Some(&b'"') {
-                return None;
-            }
-            let (ks, ke) = skip_str(&mut i)?;
-            skip_ws(&mut i);
+            i = json::skip_ws(b, i);
+            let k = json::string(b, i).ok()?;
+            i = json::skip_ws(b, k.end + 1);
             if b.get(i) != Some(&b':') {
                 return None;
             }
-            i += 1;
-            skip_ws(&mut i);
-            let key = b.get(ks..ke)?;
-            let is_rt = key == b"resourceType"
-                || (key.contains(&b'\\') && {
-                    let mut d = Vec::new();
-                    unescape(key, &mut d);
-                    d == b"resourceType"
-                });
-            if is_rt {
-                if b.get(i) != Some(&b'"') {
-                    return None;
-                }
-                let (vs, ve) = skip_str(&mut i)?;
-                let v: &'a [u8] = b.get(vs..ve)?;
-                if v.contains(&b'\\') {
-                    let mut out = Vec::new();
-                    unescape(v, &mut out);
-                    return Some(std::borrow::Cow::Owned(out));
-                }
-                return Some(std::borrow::Cow::Borrowed(v));
+            i = json::skip_ws(b, i + 1);
+            if *json::decode(k.raw(b), k.esc).ok()? == *b"resourceType" {
+                let v = json::string(b, i).ok()?;
+                return json::decode(v.raw(b), v.esc).ok();
             }
-            // skip the value
-            match b.get(i)? {
-                b'"' => {
-                    skip_str(&mut i)?;
-                }
-                b'{' | b'[' => {
-                    let mut d = 0usize;
-                    loop {
-                        match b.get(i)? {
-                            b'"' => {
-                                skip_str(&mut i)?;
-                                continue;
-                            }
-                            b'{' | b'[' => d += 1,
-                            b'}' | b']' => {
-                                d = d.checked_sub(1)?;
-                                if d == 0 {
-                                    i += 1;
-                                    break;
-                                }
-                            }
-                            _ => {}
-                        }
-                        i += 1;
-                    }
-                }
-                _ => {
-                    while !matches!(b.get(i)?, b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t') {
-                        i += 1;
-                    }
-                }
-            }
-            skip_ws(&mut i);
+            i = json::skip_ws(b, json::skip_value(b, i, left).ok()?);
             match b.get(i)? {
                 b',' => i += 1,
                 _ => return None,
