@@ -406,6 +406,12 @@ async fn handle(
     }
     record.status = resp.status();
     record.code = code;
+    if record.method == http::Method::HEAD {
+        // A HEAD answer has no body (RFC 9110 9.3.2). hyper's HTTP/1 server drops one; its
+        // HTTP/2 server would send it, which the client must treat as a protocol error —
+        // so an error body (or any other) goes here, for both. Headers stay as they are.
+        resp = resp.map(|_| crate::empty_body());
+    }
     resp.map(|b| {
         LoggedBody {
             inner: b,

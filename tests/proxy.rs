@@ -558,3 +558,33 @@ async fn fhir_routes_refuse_unclassifiable_requests() {
         assert_eq!(send(&c, get(&url(&gw, path))).await.status, 200, "{path}");
     }
 }
+
+/// A HEAD the gateway itself answers (no route, a refused path, a dead upstream) gets the
+/// status and headers with no body over both protocols — an HTTP/2 client treats a body
+/// on a HEAD answer as a protocol error and resets the stream instead of reporting it.
+#[tokio::test]
+async fn head_refusals_have_no_body_over_http1_and_http2() {
+    let env = Env::new();
+    let (up, _state) = upstream().await;
+    let gw = env.start(&basic_config(up, "", "")).await;
+    let dead = dead_addr().await;
+    let env_dead = Env::new();
+    let gw_dead = env_dead.start(&basic_config(dead, "", "")).await;
+    for h2 in [false, true] {
+        let cases = [
+            (&gw, &env, "/nowhere/at/all", 404),
+            (&gw, &env, "/api/%2e%2e/admin", 400),
+            (&gw_dead, &env_dead, "/api/items", 502),
+        ];
+        for (g, e, path, status) in cases {
+            let c = client(&e.pki, h2);
+            let req = Request::head(url(g, path))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let r = send(&c, req).await;
+            assert_eq!(r.status, status, "h2={h2} {path}");
+            assert!(r.body.is_empty(), "h2={h2} {path}: {:?}", r.body);
+            assert!(r.headers.contains_key("x-request-id"), "h2={h2} {path}");
+        }
+    }
+}

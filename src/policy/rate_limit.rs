@@ -433,6 +433,8 @@ impl RateLimit {
                             match e {
                                 BackendError::Timeout => timeouts.inc(),
                                 BackendError::Redis => errors.inc(),
+                                // Already counted as a short circuit by the breaker.
+                                BackendError::CircuitOpen => {}
                             }
                         }
                         if redis.failure_mode == FailureMode::FailClosed {

@@ -14,7 +14,7 @@
 //!
 //! A circuit breaker (`breaker.rs`) sits in front of Redis: after a few consecutive
 //! failures, or at once when Redis refuses the connection, checks stop asking Redis and
-//! the failure mode applies immediately (reported as `BackendError::Redis`), instead of
+//! the failure mode applies immediately (reported as `BackendError::CircuitOpen`), instead of
 //! every request waiting `timeout`; one background PING at a time closes it again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -130,6 +130,8 @@ return {1, 0}
 pub enum BackendError {
     Timeout,
     Redis,
+    /// Not asked: the circuit breaker is open (counted by its own metric, not as an error).
+    CircuitOpen,
 }
 
 impl BackendError {
@@ -137,6 +139,7 @@ impl BackendError {
         match self {
             BackendError::Timeout => "timeout",
             BackendError::Redis => "error",
+            BackendError::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -233,7 +236,7 @@ impl RedisBackend {
         cost: u32,
     ) -> Result<Result<(), Denied>, BackendError> {
         if !self.breaker.allow() {
-            return Err(BackendError::Redis);
+            return Err(BackendError::CircuitOpen);
         }
         let mut conn = self.conn.clone();
         let mut inv = self.script.prepare_invoke();
@@ -267,7 +270,7 @@ impl RedisBackend {
                     tracing::warn!(policy = %self.policy, mode = ?self.failure_mode, "redis rate-limit backend timed out; failure mode applies");
                 }
             }
-            Err(BackendError::Redis) => {}
+            Err(BackendError::Redis | BackendError::CircuitOpen) => {}
         }
         result
     }
