@@ -231,7 +231,10 @@ pub fn build(
         shared.metrics.break_glass.with_label_values(&[&route.name]);
     }
     let fhir_authz = section(route, cfg, |p| p.fhir_authz.as_ref())
-        .map(|(_, f)| FhirAuthzLayer::for_upstream(f, shared.metrics.clone(), &upstream.cfg.url))
+        .map(|(_, f)| {
+            FhirAuthzLayer::for_upstream(f, shared.metrics.clone(), &upstream.cfg.url)?
+                .with_aliases(&route.upstream_aliases)
+        })
         .transpose()?;
     let audit = match section(route, cfg, |p| p.audit.as_ref()) {
         Some(_) => Some(crate::policy::audit::AuditLayer::new(

@@ -44,6 +44,9 @@ where
         Some(Value::String(p)) if !is_blank(p) => {}
         Some(_) => return Err(claim_invalid()),
     }
+    if super::bulk::is_bulk(f) {
+        return super::bulk::handle(a.clone(), f, claims, req, inner).await;
+    }
     let (mut parts, mut body) = req.into_parts();
     let mut params = f.params.clone();
     let max = a.cfg.max_buffer_bytes;

@@ -123,6 +123,9 @@ pub struct FhirAuthzConfig {
     /// patient compartment when the request states a reason in `Break-Glass-Reason`.
     #[serde(default)]
     pub break_glass: Option<BreakGlassConfig>,
+    /// Bulk data export (`$export`, its status and file URLs); refused when absent.
+    #[serde(default)]
+    pub bulk_export: Option<BulkExportConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +200,19 @@ impl FhirAuthzConfig {
         if self.max_count == 0 {
             out.push(("max_count", "must be greater than 0".into()));
         }
+        if let Some(b) = &self.bulk_export {
+            out.extend(b.problems());
+        }
+        if self
+            .allowed_operations
+            .iter()
+            .any(|o| matches!(o.as_str(), "export" | "export-poll" | "export-file"))
+        {
+            out.push((
+                "allowed_operations",
+                "bulk export is configured with `bulk_export`, not as an operation".into(),
+            ));
+        }
         out
     }
 }
@@ -255,6 +271,10 @@ struct Inner {
     upstream_url: Option<String>,
     /// Break-glass uses per identity per day.
     break_glass_limit: Option<governor::DefaultKeyedRateLimiter<String>>,
+    /// Bulk-export status and file URLs handed out (with `bulk_export`).
+    bulk: Option<bulk::Jobs>,
+    /// The route's `upstream_aliases`: other bases the upstream names itself by.
+    aliases: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -280,6 +300,8 @@ impl FhirAuthzLayer {
             upstream_origin: None,
             upstream_url: None,
             break_glass_limit,
+            bulk: cfg.bulk_export.as_ref().map(bulk::Jobs::new),
+            aliases: Vec::new(),
         })))
     }
 
@@ -296,6 +318,17 @@ impl FhirAuthzLayer {
             format!("{scheme}://{authority}")
         });
         inner.upstream_url = Some(url.trim_end_matches('/').to_owned());
+        Ok(FhirAuthzLayer(Arc::new(inner)))
+    }
+
+    /// The route's `upstream_aliases` (bulk-export status and file URLs may name them).
+    pub fn with_aliases(self, aliases: &[String]) -> Result<Self, String> {
+        let FhirAuthzLayer(inner) = self;
+        let mut inner = Arc::into_inner(inner).ok_or("fhir_authz: layer already shared")?;
+        inner.aliases = aliases
+            .iter()
+            .map(|a| a.trim_end_matches('/').to_owned())
+            .collect();
         Ok(FhirAuthzLayer(Arc::new(inner)))
     }
 }
@@ -1223,6 +1256,7 @@ where
 }
 
 mod authorize;
+mod bulk;
 mod response;
 #[cfg(test)]
 mod tests;
@@ -1231,3 +1265,5 @@ mod writes;
 use authorize::*;
 use response::*;
 use writes::*;
+
+pub use bulk::BulkExportConfig;
