@@ -467,6 +467,9 @@ async fn kickoff_type_variants() {
         assert_eq!(r.status, 403, "{scope}");
         assert_eq!(r.code(), code, "{scope}");
     }
+    // HEAD would start an export as its GET does: refused, as on the status URL.
+    let r = call(&s, &t, "HEAD", "/fhir/$export?_type=Patient").await;
+    assert_eq!(r.status, 405);
     // The POST form is refused clearly.
     let r = call(&s, &t, "POST", "/fhir/$export").await;
     assert_eq!(
@@ -704,20 +707,33 @@ async fn bulk_export_is_refused_where_it_is_not_configured() {
         );
     }
     assert_eq!(state.count(), 0);
-    // Config errors name the key.
-    for (yaml, key) in [
-        ("fhir_authz:\n  bulk_export:\n    max_jobs: 0\n", "max_jobs"),
-        ("fhir_authz:\n  bulk_export:\n    max_job: 3\n", "max_job"),
+    // Config errors name the file, the line and the key.
+    let guard = env.path("policies/guard.yaml").display().to_string();
+    for (yaml, want) in [
+        (
+            "fhir_authz:\n  bulk_export:\n    max_jobs: 0\n",
+            ": fhir_authz.bulk_export.max_jobs: between 1 and 1000000",
+        ),
+        (
+            "fhir_authz:\n  bulk_export:\n    job_ttl: 0s\n",
+            ": fhir_authz.bulk_export.job_ttl: at least 1s",
+        ),
+        (
+            "fhir_authz:\n  bulk_export:\n    max_job: 3\n",
+            ":3: fhir_authz.bulk_export.max_job: unknown field `max_job`",
+        ),
         (
             "fhir_authz:\n  allowed_operations: [export]\n",
-            "allowed_operations",
+            ": fhir_authz.allowed_operations: bulk export is configured with `bulk_export`",
         ),
     ] {
         env.write("policies/guard.yaml", yaml);
         let p = env.write("ward.yaml", &cfg);
         let errs = config_errors(&p);
+        let line = errs.lines().find(|l| l.starts_with(&format!("{guard}:")));
         assert!(
-            errs.contains(key) && errs.contains("guard.yaml"),
+            line.is_some_and(|l| l.contains(want)
+                && l[guard.len() + 1..].starts_with(|c: char| c.is_ascii_digit())),
             "{yaml}: {errs}"
         );
     }

@@ -152,6 +152,7 @@ fn every_policy_file_in_the_repository_loads() {
         "phi-guard",
         "emergency-access",
         "smart-discovery",
+        "bulk-export",
     ] {
         assert!(
             policies.contains_key(expected),
@@ -170,6 +171,10 @@ fn every_policy_file_in_the_repository_loads() {
         .as_ref()
         .is_some_and(|a| a.anonymous_discovery));
     assert!(policies["smart-discovery"].discovery.is_some());
+    assert!(policies["bulk-export"]
+        .fhir_authz
+        .as_ref()
+        .is_some_and(|f| f.bulk_export.as_ref().is_some_and(|b| b.max_jobs == 1000)));
     assert!(policies["patient-access"].fhir_authz.is_some());
     assert_eq!(
         policies["rate-limits"]

@@ -57,6 +57,7 @@ where
             return Box::pin(self.inner.call(req));
         }
         *req.method_mut() = Method::GET;
+        req.extensions_mut().insert(crate::context::WasHead);
         // Boxed first: see `policy::call_next` on why the inner future's type is erased.
         let fut: PolicyFuture = Box::pin(self.inner.call(req));
         Box::pin(async move {

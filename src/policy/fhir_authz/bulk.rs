@@ -396,6 +396,10 @@ where
             "bulk data export is not enabled on this route",
         ));
     };
+    if req.extensions().get::<crate::context::WasHead>().is_some() {
+        // Its GET starts an export or streams a whole file: no HEAD of that.
+        return Err(Rejection::method_not_allowed());
+    }
     let scopes = scopes::parse_all(claims.scopes.iter().map(String::as_str));
     let owner = owner_of(claims);
     let (mut parts, _body) = req.into_parts();
