@@ -436,6 +436,18 @@ async fn kickoff_type_variants() {
             assert!(r.json().to_string().contains("_type"), "{:?}", r.body);
         }
     }
+    // Every spelling of read access on both types (v1, v2, user level) may export them.
+    for scope in [
+        "system/Patient.rs system/Observation.rs",
+        "system/Patient.r system/Observation.cruds",
+        "user/Patient.read user/Observation.read",
+        "system/*.read",
+        "user/*.rs",
+    ] {
+        let tk = token(&s.key, scope, "app-1", None);
+        let r = call(&s, &tk, "GET", "/fhir/$export?_type=Patient,Observation").await;
+        assert_eq!(r.status, 202, "{scope}: {:?}", r.body);
+    }
     // A token that reads everything may leave `_type` out.
     let all = token(&s.key, "system/*.read", "app-1", None);
     for path in [
@@ -499,6 +511,26 @@ async fn polling_is_bound_to_the_identity_and_the_manifest_rewritten() {
     // Same scopes, another subject; and the same subject of another issuer's client.
     let b = token(&s.key, SCOPES, "app-2", None);
     let status = kickoff(&s, &a, "/fhir").await;
+    // The same subject through another client, and the same token with more scopes of
+    // another subject: other identities.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let k = EncodingKey::from_ec_pem(s.key.serialize_pem().as_bytes()).unwrap();
+    let other_client = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &json!({"iss": "https://idp.test", "aud": "ehr", "sub": "app-1", "client_id": "other", "exp": now + 600, "scope": SCOPES}),
+        &k,
+    )
+    .unwrap();
+    let wide = token(&s.key, "system/*.read", "app-3", None);
+    for tok in [&other_client, &wide] {
+        let before = s.ehr.count();
+        let r = call(&s, tok, "GET", &status).await;
+        assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
+        assert_eq!(s.ehr.count(), before);
+    }
     let public = url(&s.gw, "/fhir");
     // Other identities and unknown ids: 404, and the upstream is not asked.
     let before = s.ehr.count();
@@ -737,4 +769,146 @@ async fn bulk_export_is_refused_where_it_is_not_configured() {
             "{yaml}: {errs}"
         );
     }
+}
+
+/// A response body fed from a channel: the upstream sends a file's lines one at a time.
+struct ChanBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// An EHR whose export file is sent line by line: the second line only after the test has
+/// received the first through the gateway (so a gateway that buffered the file would never
+/// deliver the first line).
+#[tokio::test]
+async fn files_stream_line_by_line() {
+    let env = Env::new();
+    let key = KeyPair::generate().unwrap();
+    env.write("keys/idp.pub.pem", &key.public_key_pem());
+    env.write(
+        "policies/token.yaml",
+        "auth:\n  providers:\n    - name: idp\n      issuer: https://idp.test\n      audiences: [ehr]\n      algorithms: [ES256]\n      keys_file: keys/idp.pub.pem\n",
+    );
+    env.write("policies/guard.yaml", "fhir_authz:\n  bulk_export: {}\n");
+    env.write(
+        "policies/phi.yaml",
+        "dlp:\n  max_scan_bytes: 4096\n  detectors:\n    ssn: {}\n",
+    );
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = tcp.local_addr().unwrap();
+    // The file's remaining lines, handed to the upstream by the test.
+    let (feed_tx, feed_rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let feed_rx = Arc::new(tokio::sync::Mutex::new(Some(feed_rx)));
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = tcp.accept().await else {
+                continue;
+            };
+            let feed_rx = feed_rx.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let feed_rx = feed_rx.clone();
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let base = format!("http://{up}/fhir");
+                        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+                        let mut r = Response::new(ChanBody(rx));
+                        let h = r.headers_mut();
+                        if path.ends_with("/$export") {
+                            *r.status_mut() = http::StatusCode::ACCEPTED;
+                            r.headers_mut().insert(
+                                "content-location",
+                                format!("{base}/status/1").parse().unwrap(),
+                            );
+                        } else if path == "/fhir/status/1" {
+                            h.insert("content-type", "application/json".parse().unwrap());
+                            let m = json!({"transactionTime": "2026-12-05T00:00:00Z", "request": format!("{base}/$export"), "requiresAccessToken": true,
+                                "output": [{"type": "Patient", "url": format!("{base}/f/p.ndjson")}], "error": []});
+                            tx.send(Bytes::from(m.to_string())).await.unwrap();
+                        } else if path == "/fhir/f/p.ndjson" {
+                            h.insert("content-type", "application/fhir+ndjson".parse().unwrap());
+                            let first = json!({"resourceType": "Patient", "id": "p1", "name": [{"text": format!("ssn {SSN}")}]});
+                            tx.send(Bytes::from(format!("{first}\n"))).await.unwrap();
+                            let mut feed = feed_rx.lock().await.take().unwrap();
+                            tokio::spawn(async move {
+                                while let Some(b) = feed.recv().await {
+                                    if tx.send(b).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                            return Ok::<_, std::convert::Infallible>(r);
+                        }
+                        drop(tx);
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    let cfg = basic_config(up, "", "").replace(
+        "    path_prefix: /fhir\n    upstream: ehr\n    fhir: true\n",
+        "    path_prefix: /fhir\n    upstream: ehr\n    fhir: true\n    policies: [token, guard, phi]\n",
+    );
+    let gw = env.start(&cfg).await;
+    let t = token(&key, "system/Patient.read", "app-1", None);
+    let c = client(&env.pki, false);
+    let get = |u: String| {
+        Request::get(u)
+            .header("authorization", format!("Bearer {t}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let r = send(&c, get(url(&gw, "/fhir/$export?_type=Patient"))).await;
+    assert_eq!(r.status, 202);
+    let status = content_location(&r);
+    let r = send(&c, get(status)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let file = r.json()["output"][0]["url"].as_str().unwrap().to_owned();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), c.request(get(file)))
+        .await
+        .expect("answer head")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // The first line arrives (redacted) while the upstream still holds the rest.
+    let mut got = Vec::new();
+    while !got.ends_with(b"\n") {
+        let f = tokio::time::timeout(std::time::Duration::from_secs(30), body.frame())
+            .await
+            .expect("the first line streamed before the file ended")
+            .unwrap()
+            .unwrap();
+        if let Ok(d) = f.into_data() {
+            got.extend_from_slice(&d);
+        }
+    }
+    let first = String::from_utf8(got.clone()).unwrap();
+    assert!(first.contains("\"p1\"") && !first.contains(SSN), "{first}");
+    // Now the rest: a line of another type (removed), one with PHI, then the end.
+    let obs = json!({"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"}});
+    let second =
+        json!({"resourceType": "Patient", "id": "p2", "name": [{"text": format!("ssn {SSN}")}]});
+    feed_tx
+        .send(Bytes::from(format!("{obs}\n{second}")))
+        .await
+        .unwrap();
+    drop(feed_tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    let all = [got, rest.to_vec()].concat();
+    assert_eq!(ids(&all), ["p1", "p2"]);
+    assert!(!String::from_utf8_lossy(&all).contains(SSN));
 }

@@ -748,6 +748,39 @@ mod tests {
     }
 
     #[test]
+    fn tables_are_bounded_expiring_and_owned() {
+        let now = Instant::now();
+        let e = |owner: &str, target: &str, ttl: u64| Entry {
+            owner: owner.into(),
+            target: target.into(),
+            extra: None,
+            expires: now + Duration::from_secs(ttl),
+        };
+        let mut t = Table::new(3);
+        let ids: Vec<String> = (0..5)
+            .map(|i| t.insert(e("a", &format!("f{i}"), 60), now).unwrap())
+            .collect();
+        // The two oldest were forgotten to stay within 3.
+        assert!(t.get(&ids[0], "a", now).is_none());
+        assert!(t.get(&ids[1], "a", now).is_none());
+        assert_eq!(t.get(&ids[4], "a", now).unwrap().target, "f4");
+        assert_eq!(t.map.len(), 3);
+        // Another owner sees nothing; the same target for the same owner is the same id.
+        assert!(t.get(&ids[4], "b", now).is_none());
+        assert_eq!(t.insert(e("a", "f4", 60), now).unwrap(), ids[4]);
+        assert_ne!(t.insert(e("b", "f4", 60), now).unwrap(), ids[4]);
+        // Expired: gone, and purged.
+        let later = now + Duration::from_secs(61);
+        assert!(t.get(&ids[4], "a", later).is_none());
+        assert!(t.map.is_empty() && t.by_target.is_empty());
+        assert_eq!(
+            ids.iter().collect::<std::collections::HashSet<_>>().len(),
+            5
+        );
+        assert!(ids.iter().all(|i| i.len() == 32));
+    }
+
+    #[test]
     fn rests_stay_under_the_base() {
         for ok in ["status/1", "files/a.ndjson?sig=x"] {
             assert!(safe_rest(ok), "{ok}");
