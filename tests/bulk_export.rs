@@ -146,7 +146,10 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
                 {"type": "Patient", "url": format!("{base}/files/../../other/evil.ndjson")},
                 {"type": "Patient", "url": "/fhir/files/relative.ndjson"},
             ],
-            "error": [{"type": "OperationOutcome", "url": format!("{base}/files/err.ndjson")}],
+            "error": [
+                {"type": "OperationOutcome", "url": format!("{base}/files/err.ndjson")},
+                {"type": "OperationOutcome", "url": format!("{base}/files/redirect.ndjson")},
+            ],
         });
         return reply(200, "application/json", manifest.to_string());
     }
@@ -166,6 +169,16 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
                 .to_string()
                 + "\n",
         ),
+        "/fhir/files/redirect.ndjson" => {
+            // Storage elsewhere: the client must not be sent there, nor Ward go there.
+            let foreign = ehr.foreign.get().copied().unwrap();
+            let mut r = reply(302, "text/plain", String::new());
+            r.headers_mut().insert(
+                "location",
+                format!("http://{foreign}/files/err.ndjson").parse().unwrap(),
+            );
+            r
+        }
         _ => reply(404, "application/fhir+json", "{}".into()),
     }
 }
@@ -347,6 +360,36 @@ async fn kickoff_type_variants() {
         ),
         (
             "/fhir/Observation/$export?_type=Observation".into(),
+            403,
+            "operation_denied",
+            None,
+        ),
+        (
+            "/fhir/$Export?_type=Patient".into(),
+            403,
+            "operation_denied",
+            None,
+        ),
+        (
+            "/fhir/$EXPORT?_type=Patient".into(),
+            403,
+            "operation_denied",
+            None,
+        ),
+        (
+            "/fhir/Patient/$Export?_type=Patient".into(),
+            403,
+            "operation_denied",
+            None,
+        ),
+        (
+            "/fhir/Group/g1/$export-poll".into(),
+            403,
+            "operation_denied",
+            None,
+        ),
+        (
+            "/fhir/Patient/$export-file".into(),
             403,
             "operation_denied",
             None,
@@ -681,6 +724,12 @@ async fn files_stream_through_dlp_and_scopes() {
     // Error files carry OperationOutcomes, which pass.
     let r = call(&s, &a, "GET", &errors).await;
     assert!(String::from_utf8_lossy(&r.body).contains("OperationOutcome"));
+    // A file answered with a redirect to another host fails closed: no Location passed on.
+    let redirect = m["error"][1]["url"].as_str().unwrap().to_owned();
+    let r = call(&s, &a, "GET", &redirect).await;
+    assert_eq!((r.status, r.code().as_str()), (502, "export_unverifiable"));
+    assert!(r.headers.get("location").is_none());
+    assert!(s.ehr.last().starts_with("GET /fhir/files/redirect.ndjson "));
     // Without DLP: lines pass byte for byte (the long one too); scopes still apply.
     let m = manifest(&s, &a, "/raw").await;
     let raw = m["output"][0]["url"].as_str().unwrap().to_owned();

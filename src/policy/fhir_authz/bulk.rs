@@ -369,11 +369,23 @@ fn strip_for_upstream(parts: &mut http::request::Parts, accept: &'static str) {
 }
 
 /// `$export`, `$export-poll`, `$export-file`: the bulk-export path of `fhir_authz`.
+/// Case variants (`$Export`) come here too, to be refused: a lenient server could read
+/// them as `$export`, unchecked.
 pub(super) fn is_bulk(f: &FhirRequest) -> bool {
-    matches!(
-        f.operation.as_deref(),
-        Some("export" | "export-poll" | "export-file")
-    )
+    f.operation.as_deref().is_some_and(|o| {
+        ["export", "export-poll", "export-file"]
+            .iter()
+            .any(|b| b.eq_ignore_ascii_case(o))
+    })
+}
+
+/// A status or file answer that points somewhere else (a redirect to storage) would send
+/// the client around the gateway, and name another host.
+fn no_redirect(resp: &Response<Body>) -> Result<(), Rejection> {
+    if resp.status().is_redirection() {
+        return Err(unverifiable());
+    }
+    Ok(())
 }
 
 pub(super) async fn handle<S>(
@@ -415,6 +427,15 @@ where
     v.extend(a.aliases.iter().cloned());
     let bases = Bases::new(v);
     let now = Instant::now();
+    let op = f.operation.as_deref().unwrap_or("");
+    let system_level = f.interaction == Interaction::OperationSystem && f.resource_type.is_none();
+    if !matches!(op, "export" | "export-poll" | "export-file") || (op != "export" && !system_level)
+    {
+        return Err(denied(
+            "operation_denied",
+            "this operation is not allowed on this route",
+        ));
+    }
     match f.operation.as_deref() {
         Some("export") => {
             if parts.method != http::Method::GET {
@@ -497,6 +518,7 @@ where
             strip_for_upstream(&mut parts, "application/json");
             let req = Request::from_parts(parts, crate::empty_body());
             let resp = crate::service::call_next(inner, req).await?;
+            no_redirect(&resp)?;
             let (mut rparts, rbody) = resp.into_parts();
             rparts.headers.remove(http::header::CONTENT_LOCATION);
             if method == http::Method::DELETE {
@@ -554,8 +576,10 @@ where
             parts.uri = route_uri(&parts, &entry.target)?;
             strip_for_upstream(&mut parts, "application/fhir+ndjson");
             let req = Request::from_parts(parts, crate::empty_body());
-            let resp = crate::service::call_next(inner, req).await?;
+            let mut resp = crate::service::call_next(inner, req).await?;
+            no_redirect(&resp)?;
             if resp.status() != StatusCode::OK {
+                resp.headers_mut().remove(http::header::CONTENT_LOCATION);
                 return Ok(resp);
             }
             let ndjson = resp

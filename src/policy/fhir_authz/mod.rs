@@ -206,7 +206,7 @@ impl FhirAuthzConfig {
         if self
             .allowed_operations
             .iter()
-            .any(|o| matches!(o.as_str(), "export" | "export-poll" | "export-file"))
+            .any(|o| o.to_ascii_lowercase().starts_with("export"))
         {
             out.push((
                 "allowed_operations",
