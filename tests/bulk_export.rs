@@ -407,6 +407,24 @@ async fn kickoff_type_variants() {
             None,
         ),
         (
+            "/fhir/$export?_type=Patient&organizeOutputBy=Patient".into(),
+            400,
+            "export_param_unknown",
+            None,
+        ),
+        (
+            "/fhir/$export?_type=Patient&allowPartialManifests=true".into(),
+            400,
+            "export_param_unknown",
+            None,
+        ),
+        (
+            "/fhir/$export?_type=Patient&_count=10".into(),
+            400,
+            "export_param_unknown",
+            None,
+        ),
+        (
             "/fhir/$export?_type=Patient&_outputFormat=application%2Ffhir%2Bjson".into(),
             400,
             "export_param_invalid",

@@ -189,8 +189,11 @@ fn owner_of(c: &Claims) -> String {
     )
 }
 
-/// Kick-off parameters of the Bulk Data Access IG v2. Anything else is refused: a server
-/// that does not know a parameter may ignore it (and export more than was checked).
+/// Kick-off parameters of the Bulk Data Access IG v2 that Ward can check. Anything else is
+/// refused: a server that does not know a parameter may ignore it (and export more than
+/// was checked). Not accepted: `patient` (POST only in the IG), `organizeOutputBy` (files
+/// then hold many types under one `type`, and `continuesInFile` chains), and
+/// `allowPartialManifests` (manifest pages).
 const EXPORT_PARAMS: &[&str] = &[
     "_outputFormat",
     "_since",
@@ -199,7 +202,6 @@ const EXPORT_PARAMS: &[&str] = &[
     "_typeFilter",
     "_elements",
     "includeAssociatedData",
-    "organizeOutputBy",
 ];
 
 const NDJSON_FORMATS: &[&str] = &["application/fhir+ndjson", "application/ndjson", "ndjson"];
@@ -634,7 +636,13 @@ fn rewrite_manifest(
     m.retain(|k, _| {
         matches!(
             k.as_str(),
-            "transactionTime" | "request" | "requiresAccessToken" | "output" | "error" | "deleted"
+            "transactionTime"
+                | "request"
+                | "requiresAccessToken"
+                | "outputFormat"
+                | "output"
+                | "error"
+                | "deleted"
         )
     });
     match m.get("request").and_then(Value::as_str) {
@@ -753,6 +761,14 @@ mod tests {
             ("_TYPE=Patient", "export_param_invalid"),
             ("_type:not=Patient", "export_param_invalid"),
             ("_type=Patient&patient=Patient/1", "export_param_unknown"),
+            (
+                "_type=Patient&organizeOutputBy=Patient",
+                "export_param_unknown",
+            ),
+            (
+                "_type=Patient&allowPartialManifests=true",
+                "export_param_unknown",
+            ),
             (
                 "_type=Patient&_outputFormat=text%2Fcsv",
                 "export_param_invalid",
