@@ -103,6 +103,14 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let _ = req.into_body().collect().await;
+    if path == "/fhir/Group/sync/$export" {
+        // Not asynchronous: the data in the answer itself.
+        return reply(
+            200,
+            "application/fhir+json",
+            json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Condition", "id": "c1"}}]}).to_string(),
+        );
+    }
     if path.ends_with("/$export") && method == "GET" {
         let n = {
             let mut j = ehr.jobs.lock().unwrap();
@@ -509,6 +517,14 @@ async fn kickoff_type_variants() {
         let r = call(&s, &tk, "GET", "/fhir/$export?_type=Patient,Observation").await;
         assert_eq!(r.status, 202, "{scope}: {:?}", r.body);
     }
+    // An EHR that answers synchronously: its data is not passed on.
+    let r = call(&s, &t, "GET", "/fhir/Group/sync/$export?_type=Patient").await;
+    assert_eq!((r.status, r.code().as_str()), (502, "export_unverifiable"));
+    assert!(s
+        .ehr
+        .last()
+        .starts_with("GET /fhir/Group/sync/$export?_type=Patient "));
+    assert!(!String::from_utf8_lossy(&r.body).contains("Condition"));
     // A token that reads everything may leave `_type` out.
     let all = token(&s.key, "system/*.read", "app-1", None);
     for path in [

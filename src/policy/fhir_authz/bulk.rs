@@ -477,6 +477,10 @@ where
                 .headers_mut()
                 .remove(http::header::CONTENT_LOCATION)
                 .and_then(|v| v.to_str().ok().map(str::to_owned));
+            if resp.status().is_success() && resp.status() != StatusCode::ACCEPTED {
+                // A synchronous answer to an export would be data nobody checked.
+                return Err(unverifiable());
+            }
             if resp.status() != StatusCode::ACCEPTED {
                 return Ok(resp);
             }
@@ -531,6 +535,11 @@ where
                 }
                 return Ok(Response::from_parts(rparts, rbody));
             }
+            if rparts.status.is_success()
+                && !matches!(rparts.status, StatusCode::OK | StatusCode::ACCEPTED)
+            {
+                return Err(unverifiable());
+            }
             if rparts.status != StatusCode::OK {
                 return Ok(Response::from_parts(rparts, rbody));
             }
@@ -580,6 +589,10 @@ where
             let req = Request::from_parts(parts, crate::empty_body());
             let mut resp = crate::service::call_next(inner, req).await?;
             no_redirect(&resp)?;
+            if resp.status().is_success() && resp.status() != StatusCode::OK {
+                // A partial (206) or other answer is not a file that can be read by lines.
+                return Err(unverifiable());
+            }
             if resp.status() != StatusCode::OK {
                 resp.headers_mut().remove(http::header::CONTENT_LOCATION);
                 return Ok(resp);
