@@ -215,6 +215,10 @@ async fn setup() -> Setup {
         "policies/phi.yaml",
         "dlp:\n  max_scan_bytes: 4096\n  detectors:\n    ssn: {}\n",
     );
+    env.write(
+        "policies/phi-report.yaml",
+        "dlp:\n  mode: report\n  max_scan_bytes: 4096\n  detectors:\n    ssn: {}\n",
+    );
     let ehr = Arc::new(Ehr::default());
     let up = serve_http1(ehr.clone(), handle).await;
     ehr.addr.set(up).unwrap();
@@ -248,6 +252,13 @@ routes:
     upstream: ehr
     fhir: true
     policies: [token, guard]
+  - name: report
+    listener: public
+    path_prefix: /report
+    rewrite_prefix: /fhir
+    upstream: ehr
+    fhir: true
+    policies: [token, guard, phi-report]
 admin:
   bind: 127.0.0.1:0
 "#
@@ -764,11 +775,27 @@ async fn files_stream_through_dlp_and_scopes() {
     assert_eq!((r.status, r.code().as_str()), (502, "export_unverifiable"));
     assert!(r.headers.get("location").is_none());
     assert!(s.ehr.last().starts_with("GET /fhir/files/redirect.ndjson "));
-    // Without DLP: lines pass byte for byte (the long one too); scopes still apply.
-    let m = manifest(&s, &a, "/raw").await;
+    // Without DLP, and with DLP in report mode: lines pass byte for byte (the long one
+    // too); scopes still apply.
+    for route in ["/raw", "/report"] {
+        files_pass_unchanged(&s, &a, route).await;
+    }
+    // The foreign host and the upstream's paths outside its base were never fetched.
+    assert_eq!(s.foreign.count(), 0);
+    assert!(!s.ehr.saw("GET /other"));
+    assert!(!s.ehr.saw("GET /fhir/other"));
+    assert!(!s.ehr.saw("GET /fhir/files/cond.ndjson"));
+    assert!(!s.ehr.saw("GET /fhir/files/relative.ndjson"));
+}
+
+async fn files_pass_unchanged(s: &Setup, a: &str, route: &str) {
+    let m = manifest(s, a, route).await;
     let raw = m["output"][0]["url"].as_str().unwrap().to_owned();
-    assert!(raw.starts_with(&url(&s.gw, "/raw/$export-file/")), "{raw}");
-    let r = call(&s, &a, "GET", &raw).await;
+    assert!(
+        raw.starts_with(&url(&s.gw, &format!("{route}/$export-file/"))),
+        "{raw}"
+    );
+    let r = call(s, a, "GET", &raw).await;
     assert_eq!(r.status, 200);
     assert_eq!(ids(&r.body), ["p1", "p2", "p3", "o1"]);
     let text = String::from_utf8_lossy(&r.body).into_owned();
@@ -779,12 +806,6 @@ async fn files_stream_through_dlp_and_scopes() {
         assert!(text.contains(l), "line changed: {l}");
     }
     assert!(text.contains(&long_line()));
-    // The foreign host and the upstream's paths outside its base were never fetched.
-    assert_eq!(s.foreign.count(), 0);
-    assert!(!s.ehr.saw("GET /other"));
-    assert!(!s.ehr.saw("GET /fhir/other"));
-    assert!(!s.ehr.saw("GET /fhir/files/cond.ndjson"));
-    assert!(!s.ehr.saw("GET /fhir/files/relative.ndjson"));
 }
 
 #[tokio::test]

@@ -24,6 +24,11 @@
 //!    other bytes. Blocked: 403 `dlp_blocked` (an OperationOutcome on FHIR routes).
 //! 5. `mode: report` counts and logs what enforce would do and never changes a byte.
 //!
+//! NDJSON answers (`application/fhir+ndjson`, bulk-export files) are the exception to 2:
+//! they stream, and each line is one JSON document for the engine, at most
+//! `max_scan_bytes` long; in enforce mode a line that is blocked, malformed or too long is
+//! removed (see `ndjson_response`).
+//!
 //! Findings are counted (`ward_dlp_findings_total{route,detector,action}`), logged as
 //! counts, and put in the request's audit record as counts — never values.
 
@@ -731,6 +736,11 @@ impl crate::body::LineFilter for NdjsonDlp {
             // Nothing to scan; a blank line carries no resource.
             return report_only.then(|| Bytes::copy_from_slice(line));
         }
+        self.shared
+            .metrics
+            .dlp_scanned_bytes
+            .with_label_values(&[&self.shared.route, "response"])
+            .inc_by(u64::try_from(line.len()).unwrap_or(u64::MAX));
         let mut report = Report::default();
         let verdict = run(&self.shared.engine, BodyKind::Json, line, &mut report);
         // Counts only (per line, never values); the audit record was written with the

@@ -18,6 +18,9 @@
 //!   deletes and patches read the target first;
 //! - what cannot be confined fails closed with a stable code: conditional writes,
 //!   system-wide searches and history in patient context.
+//!
+//! Bulk data export (`$export`, and Ward's own status and file URLs) is decided in
+//! `bulk.rs`, with `bulk_export` configured.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
