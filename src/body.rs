@@ -67,3 +67,205 @@ pub fn decode(
     }
     Ok(Some(out))
 }
+
+/// What a [`lines`] adapter does with each line of a newline-delimited body (NDJSON).
+pub trait LineFilter: Send + 'static {
+    /// One complete line, without its `\n`. `None` removes it; `Some(b)` sends `b`
+    /// followed by a `\n`.
+    fn line(&mut self, line: &[u8]) -> Option<Bytes>;
+    /// The line grew past the bound before its `\n`: `true` passes it through unread,
+    /// `false` removes it (up to and including its `\n`).
+    fn too_long(&mut self) -> bool;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LineState {
+    /// Collecting a line into the buffer.
+    Collect,
+    /// Inside an over-long line that is passed through unread.
+    Pass,
+    /// Inside an over-long line that is removed.
+    Skip,
+}
+
+/// A body that hands each line of `inner` to a filter as it streams: at most `max` bytes
+/// of one line are ever held, never the whole body (a bulk-export file can be gigabytes).
+struct Lines {
+    inner: Body,
+    buf: bytes::BytesMut,
+    max: usize,
+    state: LineState,
+    filter: Box<dyn LineFilter>,
+    done: bool,
+}
+
+/// Split `body` on `\n` and pass every line through `filter`; lines longer than `max`
+/// bytes go to [`LineFilter::too_long`]. Trailers are dropped (they described the bytes
+/// before filtering).
+pub fn lines(body: Body, max: usize, filter: Box<dyn LineFilter>) -> Body {
+    Lines {
+        inner: body,
+        buf: bytes::BytesMut::new(),
+        max: max.max(1),
+        state: LineState::Collect,
+        filter,
+        done: false,
+    }
+    .boxed_unsync()
+}
+
+impl Lines {
+    fn emit(&mut self, out: &mut bytes::BytesMut) {
+        let line = std::mem::take(&mut self.buf);
+        if let Some(b) = self.filter.line(&line) {
+            out.extend_from_slice(&b);
+            out.extend_from_slice(b"\n");
+        }
+    }
+
+    fn feed(&mut self, mut rest: &[u8]) -> Bytes {
+        let mut out = bytes::BytesMut::new();
+        while !rest.is_empty() {
+            let nl = rest.iter().position(|b| *b == b'\n');
+            let (chunk, after) = match nl {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &[][..]),
+            };
+            match self.state {
+                LineState::Collect if self.buf.len() + chunk.len() > self.max => {
+                    if self.filter.too_long() {
+                        out.extend_from_slice(&self.buf);
+                        out.extend_from_slice(chunk);
+                        self.state = LineState::Pass;
+                    } else {
+                        self.state = LineState::Skip;
+                    }
+                    self.buf.clear();
+                    if nl.is_some() {
+                        if self.state == LineState::Pass {
+                            out.extend_from_slice(b"\n");
+                        }
+                        self.state = LineState::Collect;
+                    }
+                }
+                LineState::Collect => {
+                    self.buf.extend_from_slice(chunk);
+                    if nl.is_some() {
+                        self.emit(&mut out);
+                    }
+                }
+                LineState::Pass => {
+                    out.extend_from_slice(chunk);
+                    if nl.is_some() {
+                        out.extend_from_slice(b"\n");
+                        self.state = LineState::Collect;
+                    }
+                }
+                LineState::Skip => {
+                    if nl.is_some() {
+                        self.state = LineState::Collect;
+                    }
+                }
+            }
+            rest = after;
+        }
+        out.freeze()
+    }
+}
+
+impl http_body::Body for Lines {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(d) = frame.into_data() else { continue };
+                    let out = this.feed(&d);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(http_body::Frame::data(out))));
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    // A last line without its `\n`.
+                    let mut out = bytes::BytesMut::new();
+                    if this.state == LineState::Collect && !this.buf.is_empty() {
+                        this.emit(&mut out);
+                    }
+                    if out.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(out.freeze()))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+
+    struct Upper;
+    impl LineFilter for Upper {
+        fn line(&mut self, line: &[u8]) -> Option<Bytes> {
+            (!line.starts_with(b"drop")).then(|| Bytes::from(line.to_ascii_uppercase()))
+        }
+        fn too_long(&mut self) -> bool {
+            false
+        }
+    }
+
+    /// A body that yields the given chunks one frame each.
+    struct Chunks(std::collections::VecDeque<Bytes>);
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    async fn run(chunks: &[&str], max: usize) -> String {
+        let body = Chunks(chunks.iter().map(|c| Bytes::from(c.to_string())).collect());
+        let out = lines(body.boxed_unsync(), max, Box::new(Upper))
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn lines_split_across_any_chunking() {
+        let text = "ab\ndrop me\ncd\nlooooooooooong\nef";
+        // Every split point of the text into two chunks gives the same answer.
+        for i in 0..=text.len() {
+            let (a, b) = text.split_at(i);
+            assert_eq!(run(&[a, b], 8).await, "AB\nCD\nEF\n", "split at {i}");
+        }
+        assert_eq!(run(&["x\n\n"], 8).await, "X\n\n");
+    }
+}

@@ -66,6 +66,11 @@ pub struct AnonymousDiscovery;
 #[derive(Debug, Clone)]
 pub struct RouteId(pub Arc<RouteInfo>);
 
+/// Set by the HEAD-as-GET step on a HEAD it turned into a GET: a policy whose GET has an
+/// effect (starting a bulk export) can still tell.
+#[derive(Debug, Clone, Copy)]
+pub struct WasHead;
+
 /// Headers that policies want the upstream to receive, written by the proxy step after it
 /// has stripped every client-sent copy of the same names. `None` means "strip only" (the
 /// policy had no value to send, and the client must not supply one either).

@@ -139,6 +139,7 @@ pub fn build(
         policy: "",
         route: &route.name,
         upstream_url: &upstream.cfg.url,
+        upstream_aliases: &route.upstream_aliases,
         resolve: &resolve,
         metrics: &shared.metrics,
         stop: &shared.stop,

@@ -154,6 +154,7 @@ fn every_policy_file_in_the_repository_loads() {
         "opaque-tokens",
         "backend-services",
         "smart-discovery",
+        "bulk-export",
     ] {
         assert!(
             policies.contains_key(expected),
@@ -180,6 +181,10 @@ fn every_policy_file_in_the_repository_loads() {
         .fhir_authz
         .as_ref()
         .is_some_and(|f| f.allowed_scope_levels.is_some()));
+    assert!(policies["bulk-export"]
+        .fhir_authz
+        .as_ref()
+        .is_some_and(|f| f.bulk_export.as_ref().is_some_and(|b| b.max_jobs == 1000)));
     assert!(policies["patient-access"].fhir_authz.is_some());
     assert_eq!(
         policies["rate-limits"]

@@ -269,6 +269,13 @@ pub fn parse(
             r.operation = operation(op)?;
             OperationSystem
         }
+        // Ward's own bulk-export status and file URLs (`fhir_authz.bulk_export`): an
+        // opaque id, polled or cancelled (status) and downloaded (file).
+        [op @ ("$export-poll" | "$export-file"), i] if get || *m == Method::DELETE => {
+            r.operation = operation(op)?;
+            r.id = Some(id(i)?);
+            OperationSystem
+        }
         [t, rest @ ..] => {
             r.resource_type = Some(resource_type(t)?);
             match rest {

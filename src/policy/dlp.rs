@@ -24,6 +24,11 @@
 //!    other bytes. Blocked: 403 `dlp_blocked` (an OperationOutcome on FHIR routes).
 //! 5. `mode: report` counts and logs what enforce would do and never changes a byte.
 //!
+//! NDJSON answers (`application/fhir+ndjson`, bulk-export files) are the exception to 2:
+//! they stream, and each line is one JSON document for the engine, at most
+//! `max_scan_bytes` long; in enforce mode a line that is blocked, malformed or too long is
+//! removed (see `ndjson_response`).
+//!
 //! Findings are counted (`ward_dlp_findings_total{route,detector,action}`), logged as
 //! counts, and put in the request's audit record as counts — never values.
 
@@ -592,6 +597,9 @@ impl Policy for Dlp {
             if !shared.responses || resp.body().is_end_stream() {
                 return Ok(resp);
             }
+            if is_ndjson(resp.headers()) {
+                return ndjson_response(&shared, resp);
+            }
             let (mut rparts, rbody) = resp.into_parts();
             let bytes = match read_capped(rbody, shared.max_scan).await {
                 Ok(Ok(b)) => b,
@@ -615,5 +623,116 @@ impl Policy for Dlp {
                 }
             }
         })
+    }
+}
+
+/// `application/fhir+ndjson` / `application/ndjson` (bulk-export files): one resource per
+/// line, scanned line by line as it streams.
+fn is_ndjson(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|mt| mt == "application/fhir+ndjson" || mt == "application/ndjson")
+}
+
+/// NDJSON is not read whole (a bulk-export file may be gigabytes): each line is one JSON
+/// document for the engine, at most `max_scan_bytes` long. In enforce mode a line that
+/// is blocked, malformed or too long is removed (the status line is already sent, so the
+/// file cannot be refused any more); report mode changes nothing.
+fn ndjson_response(shared: &Arc<Dlp>, resp: Response<Body>) -> Result<Response<Body>, Rejection> {
+    let report_only = shared.mode == Mode::Report;
+    let (mut parts, body) = resp.into_parts();
+    let encoded = parts
+        .headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        // Identity was asked for: a compressed stream cannot be split into lines here.
+        shared.count("response", "unscannable");
+        if report_only {
+            return Ok(Response::from_parts(parts, body));
+        }
+        return Err(unscannable(true));
+    }
+    if report_only {
+        // Scanned for the counts, passed byte for byte.
+        let filter = NdjsonDlp {
+            shared: shared.clone(),
+        };
+        return Ok(Response::from_parts(
+            parts,
+            crate::body::lines(body, shared.max_scan, Box::new(filter)),
+        ));
+    }
+    for h in [
+        header::CONTENT_LENGTH,
+        header::ETAG,
+        header::ACCEPT_RANGES,
+        header::TRANSFER_ENCODING,
+    ] {
+        parts.headers.remove(h);
+    }
+    for h in ["content-md5", "digest", "repr-digest", "content-digest"] {
+        parts.headers.remove(h);
+    }
+    let filter = NdjsonDlp {
+        shared: shared.clone(),
+    };
+    Ok(Response::from_parts(
+        parts,
+        crate::body::lines(body, shared.max_scan, Box::new(filter)),
+    ))
+}
+
+struct NdjsonDlp {
+    shared: Arc<Dlp>,
+}
+
+impl crate::body::LineFilter for NdjsonDlp {
+    fn line(&mut self, line: &[u8]) -> Option<Bytes> {
+        let report_only = self.shared.mode == Mode::Report;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            // Nothing to scan; a blank line carries no resource.
+            return report_only.then(|| Bytes::copy_from_slice(line));
+        }
+        self.shared
+            .metrics
+            .dlp_scanned_bytes
+            .with_label_values(&[&self.shared.route, "response"])
+            .inc_by(u64::try_from(line.len()).unwrap_or(u64::MAX));
+        let mut report = Report::default();
+        let verdict = run(&self.shared.engine, BodyKind::Json, line, &mut report);
+        // Counts only (per line, never values); the audit record was written with the
+        // response head, before the file streamed.
+        self.shared.record(&report, "response", None);
+        let outcome = match &verdict {
+            Verdict::Pass => "clean",
+            Verdict::Rewritten(_) if report_only => "reported",
+            Verdict::Rewritten(_) => "rewritten",
+            Verdict::Blocked if report_only => "reported",
+            Verdict::Blocked => "blocked",
+            Verdict::Failed => "error",
+        };
+        self.shared.count("response", outcome);
+        if report_only {
+            return Some(Bytes::copy_from_slice(line));
+        }
+        match verdict {
+            Verdict::Pass => Some(Bytes::copy_from_slice(line)),
+            Verdict::Rewritten(b) => Some(Bytes::from(b)),
+            Verdict::Blocked | Verdict::Failed => None,
+        }
+    }
+
+    fn too_long(&mut self) -> bool {
+        self.shared.count("response", "too_large");
+        self.shared.mode == Mode::Report
     }
 }

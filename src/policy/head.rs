@@ -29,6 +29,7 @@ impl Policy for HeadAsGet {
             return next.run(req);
         }
         *req.method_mut() = Method::GET;
+        req.extensions_mut().insert(crate::context::WasHead);
         let fut = next.run(req);
         Box::pin(async move {
             let resp = fut.await?;

@@ -58,8 +58,9 @@ pub struct Build<'a> {
     pub policy: &'a str,
     /// The route the policy is compiled for (metric labels).
     pub route: &'a str,
-    /// The route's upstream base URL.
+    /// The route's upstream base URL, and other base URLs the upstream writes itself as.
     pub upstream_url: &'a str,
+    pub upstream_aliases: &'a [String],
     /// Resolves a path in the config (key files, certificates) against the config's folder.
     pub resolve: &'a dyn Fn(&str) -> PathBuf,
     pub metrics: &'a Arc<Metrics>,

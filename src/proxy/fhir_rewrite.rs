@@ -156,7 +156,10 @@ impl Pending {
             .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+            .map(str::to_ascii_lowercase)
+            // NDJSON (bulk-export files) is no one document and may be gigabytes: it
+            // streams through (policies that read it do so line by line).
+            .is_some_and(|v| v.contains("json") && !v.contains("ndjson"));
         if !json {
             return Ok(Response::from_parts(parts, body));
         }

@@ -37,6 +37,9 @@ where
         Some(_) => return Err(claim_invalid()),
     }
     a.scope_levels(claims)?;
+    if super::bulk::is_bulk(f) {
+        return super::bulk::handle(a.clone(), f, claims, req, inner).await;
+    }
     let (mut parts, mut body) = req.into_parts();
     let mut params = f.params.clone();
     let max = a.cfg.max_buffer_bytes;

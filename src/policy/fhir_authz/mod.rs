@@ -18,6 +18,9 @@
 //!   deletes and patches read the target first;
 //! - what cannot be confined fails closed with a stable code: conditional writes,
 //!   system-wide searches and history in patient context.
+//!
+//! Bulk data export (`$export`, and Ward's own status and file URLs) is decided in
+//! `bulk.rs`, with `bulk_export` configured.
 
 use std::sync::Arc;
 
@@ -128,6 +131,9 @@ pub struct FhirAuthzConfig {
     /// patient launch context or a `fhirUser` claim, or no `system/` resource scope at all.
     #[serde(default)]
     pub allowed_scope_levels: Option<Vec<ScopeLevel>>,
+    /// Bulk data export (`$export`, its status and file URLs); refused when absent.
+    #[serde(default)]
+    pub bulk_export: Option<BulkExportConfig>,
 }
 
 /// The context part of a SMART resource scope (`patient/`, `user/`, `system/`).
@@ -236,6 +242,19 @@ impl FhirAuthzConfig {
                 out.push(("allowed_scope_levels", "lists a level twice".into()));
             }
         }
+        if let Some(b) = &self.bulk_export {
+            out.extend(b.problems());
+        }
+        if self
+            .allowed_operations
+            .iter()
+            .any(|o| o.to_ascii_lowercase().starts_with("export"))
+        {
+            out.push((
+                "allowed_operations",
+                "bulk export is configured with `bulk_export`, not as an operation".into(),
+            ));
+        }
         out
     }
 }
@@ -295,6 +314,10 @@ pub struct FhirAuthz {
     upstream_url: Option<String>,
     /// Break-glass uses per identity per day.
     break_glass_limit: Option<governor::DefaultKeyedRateLimiter<String>>,
+    /// Bulk-export status and file URLs handed out (with `bulk_export`).
+    bulk: Option<bulk::Jobs>,
+    /// The route's `upstream_aliases`: other bases the upstream names itself by.
+    aliases: Vec<String>,
 }
 
 impl FromConfig for FhirAuthz {
@@ -304,7 +327,10 @@ impl FromConfig for FhirAuthz {
             // The route's break-glass counter exists (at 0) before its first use.
             b.metrics.break_glass.with_label_values(&[b.route]);
         }
-        FhirAuthz::for_upstream(cfg, b.metrics.clone(), b.upstream_url)
+        Ok(
+            FhirAuthz::for_upstream(cfg, b.metrics.clone(), b.upstream_url)?
+                .with_aliases(b.upstream_aliases),
+        )
     }
 }
 
@@ -328,6 +354,8 @@ impl FhirAuthz {
             upstream_origin: None,
             upstream_url: None,
             break_glass_limit,
+            bulk: cfg.bulk_export.as_ref().map(bulk::Jobs::new),
+            aliases: Vec::new(),
         })
     }
 
@@ -344,6 +372,15 @@ impl FhirAuthz {
         });
         inner.upstream_url = Some(url.trim_end_matches('/').to_owned());
         Ok(inner)
+    }
+
+    /// The route's `upstream_aliases` (bulk-export status and file URLs may name them).
+    pub fn with_aliases(mut self, aliases: &[String]) -> Self {
+        self.aliases = aliases
+            .iter()
+            .map(|a| a.trim_end_matches('/').to_owned())
+            .collect();
+        self
     }
 }
 
@@ -1288,6 +1325,7 @@ impl Policy for FhirAuthz {
 }
 
 mod authorize;
+mod bulk;
 mod response;
 #[cfg(test)]
 mod tests;
@@ -1296,3 +1334,5 @@ mod writes;
 use authorize::*;
 use response::*;
 use writes::*;
+
+pub use bulk::BulkExportConfig;
