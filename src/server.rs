@@ -410,7 +410,18 @@ async fn handle(
         // A HEAD answer has no body (RFC 9110 9.3.2). hyper's HTTP/1 server drops one; its
         // HTTP/2 server would send it, which the client must treat as a protocol error —
         // so an error body (or any other) goes here, for both. Headers stay as they are.
-        resp = resp.map(|_| crate::empty_body());
+        let (mut parts, body) = resp.into_parts();
+        // The length the GET's body would have had, as for every HEAD answer.
+        if !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+            // (Only for a body being dropped: an empty HEAD answer from the upstream keeps
+            // whatever it said.)
+            if let Some(n) = http_body::Body::size_hint(&body).exact().filter(|n| *n > 0) {
+                parts
+                    .headers
+                    .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+            }
+        }
+        resp = Response::from_parts(parts, crate::empty_body());
     }
     resp.map(|b| {
         LoggedBody {
