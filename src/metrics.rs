@@ -189,7 +189,7 @@ impl Metrics {
             rate_limit_keys: gauge(&r, "ward_rate_limit_keys", "Keys tracked by each local limiter (after the last sweep).", &["route", "limit"]),
             rate_limit_overflow: counter(&r, "ward_rate_limit_overflow_total", "Checks counted in a limit's shared overflow bucket because its key table was full.", &["route", "limit"]),
             rate_limit_fallback: counter(&r, "ward_rate_limit_fallback_total", "Checks decided by the local fallback limiter because Redis did not answer (fail_open).", &["route", "limit"]),
-            rate_limit_backend_errors: counter(&r, "ward_rate_limit_backend_errors_total", "Redis rate-limit checks that failed, by policy and kind (timeout, error).", &["policy", "kind"]),
+            rate_limit_backend_errors: counter(&r, "ward_rate_limit_backend_errors_total", "Redis rate-limit checks that failed, by policy and kind (timeout, error, circuit_open: not asked while the circuit breaker is open).", &["policy", "kind"]),
             upstream_shed: counter(&r, "ward_upstream_shed_total", "Requests refused with 503 because the upstream's concurrency limit was reached.", &["upstream"]),
             upstream_inflight: gauge(&r, "ward_upstream_inflight", "Requests in flight to each upstream (counted only where a concurrency limit is set).", &["upstream"]),
             validation_failures: counter(&r, "ward_validation_failures_total", "Request bodies refused by the validate policy, by route and kind (first FHIR issue type, media_type, format, unexpected_body, hl7v2_error, hl7v2_reject).", &["route", "kind"]),

@@ -403,7 +403,8 @@ pub fn backend_unavailable() -> Rejection {
 pub struct RateLimit {
     limits: Vec<Limit>,
     redis: Option<Arc<RedisBackend>>,
-    backend_errors: Option<(IntCounter, IntCounter)>,
+    /// Failed Redis checks by kind: timeout, error, circuit open (not asked).
+    backend_errors: Option<[IntCounter; 3]>,
     housekeeper: Arc<Housekeeper>,
 }
 
@@ -429,12 +430,14 @@ impl RateLimit {
                     Ok(Ok(())) => continue,
                     Ok(Err(d)) => return Err(l.refusal(d)),
                     Err(e) => {
-                        if let Some((timeouts, errors)) = &self.backend_errors {
+                        // Every check that Redis did not answer counts, the ones the open
+                        // breaker skipped included (kind `circuit_open`): an alert on this
+                        // metric stays on for the whole outage.
+                        if let Some([timeouts, errors, open]) = &self.backend_errors {
                             match e {
                                 BackendError::Timeout => timeouts.inc(),
                                 BackendError::Redis => errors.inc(),
-                                // Already counted as a short circuit by the breaker.
-                                BackendError::CircuitOpen => {}
+                                BackendError::CircuitOpen => open.inc(),
                             }
                         }
                         if redis.failure_mode == FailureMode::FailClosed {
@@ -584,14 +587,16 @@ fn compile(
         }
     }
     let backend_errors = redis.as_ref().map(|r| {
-        (
+        [
+            BackendError::Timeout,
+            BackendError::Redis,
+            BackendError::CircuitOpen,
+        ]
+        .map(|k| {
             metrics
                 .rate_limit_backend_errors
-                .with_label_values(&[&r.policy, "timeout"]),
-            metrics
-                .rate_limit_backend_errors
-                .with_label_values(&[&r.policy, "error"]),
-        )
+                .with_label_values(&[&r.policy, k.label()])
+        })
     });
     let layer = |limits: Vec<Limit>| {
         (!limits.is_empty()).then(|| {
