@@ -111,6 +111,12 @@ curl -s "http://$ADMIN/metrics" | grep '^ward_break_glass_total'
 grep '"break_glass":true' "$D/audit/audit.jsonl" | tail -1 | grep -o 'IHE\.BasicAudit\.[A-Za-z]*\|"code":"BTG"'
 #   -> "code":"BTG" and IHE.BasicAudit.PatientRead
 
+# --- discovery
+# SMART discovery: what a SMART app reads before it has a token. The patient route answers
+# from its `discovery` policy, without a token and without asking the EHR.
+curl -s --cacert "$D/ca.pem" "$GW/patient/fhir/.well-known/smart-configuration" | grep -o '"token_endpoint":"[^"]*"'
+#   -> "token_endpoint":"https://ward.demo/issuer/token"
+
 # --- deploy
 # Watching it: Prometheus scrapes the admin listener with the shipped alert rules
 # (deploy/prometheus/), and the Grafana dashboard (deploy/grafana/) graphs the same metrics.

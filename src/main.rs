@@ -511,7 +511,7 @@ async fn demo() -> anyhow::Result<()> {
     // The audit, detect-and-respond and break-glass walkthrough is printed from the
     // tutorial script itself, so what the demo prints is what the tests run.
     let mut walkthrough = format!(
-        "  # audit trail, detect and respond, break-glass (the same commands as docs/tutorial.sh):\n  D='{d}' GW=https://localhost:8443 ADMIN=127.0.0.1:9901 WARD='{exe}'\n"
+        "  # audit trail, detect and respond, break-glass, SMART discovery (the same commands as docs/tutorial.sh):\n  D='{d}' GW=https://localhost:8443 ADMIN=127.0.0.1:9901 WARD='{exe}'\n"
     );
     for name in [
         "tokens",
@@ -519,6 +519,7 @@ async fn demo() -> anyhow::Result<()> {
         "operators",
         "break-glass",
         "audit",
+        "discovery",
     ] {
         for line in ward::demo::tutorial_section(name)
             .unwrap_or_default()

@@ -324,20 +324,26 @@ async fn the_tutorial_script_runs_against_the_demo_as_printed() {
         "IHE.BasicAudit.PatientRead",
         "{stdout}"
     );
+    // discovery: the patient route's SMART configuration, without a token.
+    assert_eq!(
+        lines[served_again + 8].trim(),
+        "\"token_endpoint\":\"https://ward.demo/issuer/token\"",
+        "{stdout}"
+    );
     // deploy: a real Prometheus scraped the admin listener with the shipped rules, and
     // doctor's live checks ran against the running demo.
     assert_eq!(
-        lines[served_again + 8].trim(),
+        lines[served_again + 9].trim(),
         "\"status\":\"success\"",
         "{stdout}"
     );
     assert_eq!(
-        lines[served_again + 9].trim(),
+        lines[served_again + 10].trim(),
         "ward doctor: exit 3",
         "{stdout}"
     );
     assert_eq!(
-        lines[served_again + 10].trim(),
+        lines[served_again + 11].trim(),
         "\"worst\":\"critical\"",
         "{stdout}"
     );
@@ -575,6 +581,7 @@ fn readme_shows_every_tutorial_section_verbatim() {
         "operators",
         "break-glass",
         "audit",
+        "discovery",
         "deploy",
     ] {
         assert!(names.contains(&must), "no section {must} in {names:?}");
