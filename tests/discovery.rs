@@ -150,6 +150,18 @@ async fn handle(ehr: Arc<Ehr>, req: Request<hyper::body::Incoming>) -> Response<
                          {{"fullUrl":"urn:uuid:0b5b7e4e-0000-4000-8000-000000000001","resource":{{"resourceType":"OperationOutcome","issue":[{{"severity":"warning","code":"processing","diagnostics":"partial results from {jb}/Patient via {h}:{p}"}}]}},"search":{{"mode":"outcome"}}}}]}}"#
             ),
         )),
+        // The same Bundle as XML (`_format=xml`): rewritten as text.
+        ("GET", "/r4/Patient/xml") => {
+            let mut r = fhir_json(
+                200,
+                format!(
+                    r#"<Bundle xmlns="http://hl7.org/fhir"><type value="searchset"/><link><relation value="self"/><url value="{hb}/Patient?name=x"/></link><entry><fullUrl value="{hb}/Patient/p1"/><resource><Patient><id value="p1"/></Patient></resource></entry><entry><resource><OperationOutcome><issue><diagnostics value="partial results from {hb}/Patient via {h}:{p}"/></issue></OperationOutcome></resource></entry></Bundle>"#
+                ),
+            );
+            r.headers_mut()
+                .insert("content-type", "application/fhir+xml".parse().unwrap());
+            r
+        }
         // An upstream that compresses although identity was asked for.
         ("GET", "/r4/Observation") | ("GET", "/r4/Observation/clean") => {
             let text = if path.ends_with("clean") {
@@ -861,5 +873,38 @@ fn discovery_config_errors_are_located() {
         "`okdisc` has a discovery section but the route is not `fhir: true`".into(),
     ] {
         assert!(all.contains(&want), "missing {want:?} in\n{all}");
+    }
+}
+
+/// XML answers (and other text) carry the same URLs: rewritten onto the public base, other
+/// mentions of the upstream's host masked, whatever spelling of the base the EHR used.
+#[tokio::test]
+async fn xml_answers_are_rewritten_as_text() {
+    let s = setup().await;
+    let gw_port = s.gw.addr("public").unwrap().port();
+    let public = format!("https://localhost:{gw_port}/patient/fhir");
+    let all = variants("127.0.0.1", s.up_port);
+    // Every spelling of an absolute URL (a bare upstream path such as `/r4/...` names no
+    // host, and as text it is not told apart from any other path: not rewritten in XML).
+    for v in (0..all.len()).filter(|v| all[*v].1.contains("://")) {
+        for h2 in [false, true] {
+            let r = call(&s, h2, "GET", "/patient/fhir/Patient/xml", Some(v), true).await;
+            let ctx = format!("variant {v} h2={h2}");
+            assert_eq!(r.status, 200, "{ctx}: {:?}", r.body);
+            assert_eq!(s.ehr.last(), "GET /r4/Patient/xml", "{ctx}");
+            let text = seen_by_client(&r);
+            assert_eq!(leaks(&text, s.up_port), None, "{ctx}: client saw\n{text}");
+            assert_content_length(&r);
+            let body = String::from_utf8(r.body.to_vec()).unwrap();
+            assert!(
+                body.contains(&format!(r#"<fullUrl value="{public}/Patient/p1"/>"#)),
+                "{ctx}: {body}"
+            );
+            assert!(
+                body.contains(&format!(r#"<url value="{public}/Patient?name=x"/>"#)),
+                "{ctx}: {body}"
+            );
+            assert!(body.contains("via [upstream]"), "{ctx}: {body}");
+        }
     }
 }

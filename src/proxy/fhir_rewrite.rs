@@ -152,15 +152,23 @@ impl Pending {
         let rw = &*self.rw;
         let (mut parts, body) = resp.into_parts();
         rw.headers(&mut parts.headers, &self.public);
-        let json = parts
+        let ct = parts
             .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_ascii_lowercase)
-            // NDJSON (bulk-export files) is no one document and may be gigabytes: it
-            // streams through (policies that read it do so line by line).
+            .map(str::to_ascii_lowercase);
+        // NDJSON (bulk-export files) is no one document and may be gigabytes: it
+        // streams through (policies that read it do so line by line).
+        let json = ct
+            .as_deref()
             .is_some_and(|v| v.contains("json") && !v.contains("ndjson"));
-        if !json {
+        // XML (`_format=xml`) and other text: no structure to walk, but the same URLs and
+        // host names, rewritten and masked as in an OperationOutcome's text.
+        let text = !json
+            && ct
+                .as_deref()
+                .is_some_and(|v| v.contains("xml") || v.starts_with("text/"));
+        if !json && !text {
             return Ok(Response::from_parts(parts, body));
         }
         if self.head {
@@ -190,6 +198,24 @@ impl Pending {
                 .headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             return Ok(Response::from_parts(parts, full(bytes)));
+        }
+        if text {
+            // Not UTF-8: it may name the upstream's host and cannot be rewritten.
+            let Ok(t) = std::str::from_utf8(plain) else {
+                return Err(unverifiable());
+            };
+            let out = match rw.bases.text(t, &self.public) {
+                Some(new) => {
+                    parts.headers.remove(ETAG);
+                    parts.headers.remove(CONTENT_ENCODING);
+                    Bytes::from(new)
+                }
+                None => bytes,
+            };
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+            return Ok(Response::from_parts(parts, full(out)));
         }
         let mut v = match crate::fhir::strict_json::from_slice(plain) {
             Ok(v) => v,
