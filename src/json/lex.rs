@@ -94,35 +94,82 @@ pub fn string(b: &[u8], at: usize) -> Result<Str, Error> {
     let start = at + 1;
     let mut i = start;
     let mut esc = false;
-    let mut high = 0u8;
+    let mut high = false;
     loop {
-        let rest = b.get(i..).unwrap_or_default();
-        let found = memchr::memchr2(b'"', b'\\', rest);
-        let run = &rest[..found.unwrap_or(rest.len())];
-        let (low, h) = run
-            .iter()
-            .fold((0xFFu8, 0u8), |(lo, hi), &c| (lo.min(c), hi | c));
-        if low < 0x20 {
-            let p = run.iter().position(|&c| c < 0x20).unwrap_or(0);
-            return Err(Error::new(ErrorKind::ControlChar, i + p));
-        }
-        high |= h;
-        let Some(off) = found else {
-            return Err(Error::new(ErrorKind::UnterminatedString, b.len()));
+        // Most FHIR strings are short (codes, ids, dates): one table lookup per byte finds
+        // their end; a run longer than SHORT_RUN (narratives, notes) goes to memchr's SIMD
+        // search, then one vectorisable pass checks it for control and non-ASCII bytes.
+        let mut n = 0;
+        let stop = loop {
+            let Some(&c) = b.get(i) else {
+                return Err(Error::new(ErrorKind::UnterminatedString, b.len()));
+            };
+            match STRING_CLASS[c as usize] {
+                PLAIN => {}
+                NON_ASCII => high = true,
+                CONTROL => return Err(Error::new(ErrorKind::ControlChar, i)),
+                _ => break c,
+            }
+            i += 1;
+            n += 1;
+            if n == SHORT_RUN {
+                let rest = b.get(i..).unwrap_or_default();
+                let found = memchr::memchr2(b'"', b'\\', rest);
+                let run = &rest[..found.unwrap_or(rest.len())];
+                let (low, h) = run
+                    .iter()
+                    .fold((0xFFu8, 0u8), |(lo, hi), &c| (lo.min(c), hi | c));
+                if low < 0x20 {
+                    let p = run.iter().position(|&c| c < 0x20).unwrap_or(0);
+                    return Err(Error::new(ErrorKind::ControlChar, i + p));
+                }
+                high |= h & 0x80 != 0;
+                let Some(off) = found else {
+                    return Err(Error::new(ErrorKind::UnterminatedString, b.len()));
+                };
+                i += off;
+                break rest[off];
+            }
         };
-        i += off;
-        if b.get(i) == Some(&b'"') {
+        if stop == b'"' {
             break;
         }
         esc = true;
         let (_, len) = escape_at(b, i).map_err(|k| Error::new(k, i))?;
         i += len;
     }
-    if high & 0x80 != 0 && std::str::from_utf8(b.get(start..i).unwrap_or_default()).is_err() {
+    if high && std::str::from_utf8(b.get(start..i).unwrap_or_default()).is_err() {
         return Err(Error::new(ErrorKind::BadUtf8, start));
     }
     Ok(Str { start, end: i, esc })
 }
+
+/// Bytes scanned one at a time before a string's run is handed to memchr.
+const SHORT_RUN: usize = 32;
+
+const PLAIN: u8 = 0;
+const END: u8 = 1;
+const CONTROL: u8 = 2;
+const NON_ASCII: u8 = 3;
+
+/// What each byte is inside a string: `"` and `\` end a run of plain content.
+static STRING_CLASS: [u8; 256] = {
+    let mut t = [PLAIN; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = if i == b'"' as usize || i == b'\\' as usize {
+            END
+        } else if i < 0x20 {
+            CONTROL
+        } else if i >= 0x80 {
+            NON_ASCII
+        } else {
+            PLAIN
+        };
+        i += 1;
+    }
+    t
+};
 
 /// Decode string content `raw` (between the quotes) into `out` (cleared first).
 pub fn decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
