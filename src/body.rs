@@ -1,8 +1,12 @@
 //! The body type inside the gateway, both directions. A leaf.
 
+use std::collections::VecDeque;
 use std::io::Read;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Empty};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -218,6 +222,49 @@ impl http_body::Body for Lines {
 
     fn is_end_stream(&self) -> bool {
         self.done
+    }
+}
+
+/// Frames already taken from a body, then the rest of it: a body read partly (to decide on
+/// it, or to keep a copy for a retry) is handed on whole.
+pub fn prefixed(front: VecDeque<Result<Frame<Bytes>, BoxError>>, rest: Body) -> Body {
+    Prefixed { front, rest }.boxed_unsync()
+}
+
+struct Prefixed {
+    front: VecDeque<Result<Frame<Bytes>, BoxError>>,
+    rest: Body,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(f) = self.front.pop_front() {
+            return Poll::Ready(Some(f));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.front.is_empty() && self.rest.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        let front: u64 = self
+            .front
+            .iter()
+            .filter_map(|f| f.as_ref().ok()?.data_ref().map(|d| d.len() as u64))
+            .sum();
+        let rest = self.rest.size_hint();
+        let mut h = SizeHint::new();
+        h.set_lower(rest.lower().saturating_add(front));
+        if let Some(u) = rest.upper() {
+            h.set_upper(u.saturating_add(front));
+        }
+        h
     }
 }
 

@@ -32,9 +32,7 @@
 //! Findings are counted (`ward_dlp_findings_total{route,detector,action}`), logged as
 //! counts, and put in the request's audit record as counts — never values.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -331,29 +329,6 @@ fn unscannable(response: bool) -> Rejection {
     }
 }
 
-/// A body whose first bytes were already read: those, then the rest as it comes.
-struct Prefixed {
-    prefix: Option<Bytes>,
-    rest: Body,
-}
-
-impl HttpBody for Prefixed {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(p) = self.prefix.take() {
-            return Poll::Ready(Some(Ok(Frame::data(p))));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.rest.is_end_stream()
-    }
-}
-
 /// Read up to `max` bytes. `Ok(Err(prefix_body))`: the body is longer; the returned body
 /// replays everything (for report mode).
 async fn read_capped(mut body: Body, max: usize) -> Result<Result<Bytes, Body>, BoxError> {
@@ -363,11 +338,8 @@ async fn read_capped(mut body: Body, max: usize) -> Result<Result<Bytes, Body>, 
         if let Ok(d) = frame.into_data() {
             buf.extend_from_slice(&d);
             if buf.len() > max {
-                let prefixed = Prefixed {
-                    prefix: Some(buf.freeze()),
-                    rest: body,
-                };
-                return Ok(Err(prefixed.boxed_unsync()));
+                let front = [Ok(Frame::data(buf.freeze()))].into();
+                return Ok(Err(crate::body::prefixed(front, body)));
             }
         }
     }

@@ -589,7 +589,7 @@ fn replayable(mut body: Body) -> ReqBody {
     if front.is_empty() {
         return ReqBody::Streaming(body);
     }
-    ReqBody::Streaming(Prefixed { front, rest: body }.boxed_unsync())
+    ReqBody::Streaming(crate::body::prefixed(front, body))
 }
 
 fn concat(parts: Vec<Bytes>) -> Bytes {
@@ -613,44 +613,6 @@ fn known_body(b: &Bytes) -> Body {
         http_body_util::Full::new(b.clone())
             .map_err(|n| match n {})
             .boxed_unsync()
-    }
-}
-
-/// Frames already taken from a body, then the rest of it.
-struct Prefixed {
-    front: std::collections::VecDeque<Result<Frame<Bytes>, BoxError>>,
-    rest: Body,
-}
-
-impl HttpBody for Prefixed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(f) = self.front.pop_front() {
-            return Poll::Ready(Some(f));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.front.is_empty() && self.rest.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        let front: u64 = self
-            .front
-            .iter()
-            .filter_map(|f| f.as_ref().ok()?.data_ref().map(|d| d.len() as u64))
-            .sum();
-        let rest = self.rest.size_hint();
-        let mut h = SizeHint::new();
-        h.set_lower(rest.lower().saturating_add(front));
-        if let Some(u) = rest.upper() {
-            h.set_upper(u.saturating_add(front));
-        }
-        h
     }
 }
 
