@@ -294,3 +294,101 @@ async fn a_relative_config_path_hot_reloads_config_and_policy_edits() {
         let _ = child.wait();
     }
 }
+
+/// Poll (bounded) until a POST of 50 bytes gets `want`.
+async fn until_status(c: &TestClient, gw: &ward::Gateway, want: u16) -> u16 {
+    let mut status = 0;
+    for _ in 0..300 {
+        status = send(c, post(&url(gw, "/api/x"), 50)).await.status;
+        if status == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    status
+}
+
+/// Every way editors, config tools and Kubernetes change a file is seen: in-place rewrite,
+/// truncate-then-append, write-a-temporary-then-rename, delete-then-create, and a swap of a
+/// symlink in the folder. The watcher only subscribes to content and name changes, so each
+/// style must land on one of those events. Reading the files (as any backup agent or a web
+/// server sharing the folder would) between edits is not a change and must not break the
+/// sequence.
+#[tokio::test]
+async fn every_edit_style_is_picked_up_and_reads_are_not_changes() {
+    use std::io::Write;
+    let env = Env::new();
+    env.write("policies/toggle.yaml", LARGE);
+    let (up, _) = upstream().await;
+    let gw = env.start(&config(up)).await;
+    let c = client(&env.pki, false);
+    let file = env.path("policies/toggle.yaml");
+    type Edit<'a> = Box<dyn Fn(&str) + 'a>;
+    let styles: Vec<(&str, Edit)> = vec![
+        (
+            "in place",
+            Box::new(|t: &str| std::fs::write(env.path("policies/toggle.yaml"), t).unwrap()),
+        ),
+        (
+            "truncate then append",
+            Box::new(|t: &str| {
+                let p = env.path("policies/toggle.yaml");
+                std::fs::File::create(&p).unwrap();
+                let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+                f.write_all(t.as_bytes()).unwrap();
+            }),
+        ),
+        (
+            "temporary then rename",
+            Box::new(|t: &str| {
+                let tmp = env.path("policies/.toggle.yaml.swp");
+                std::fs::write(&tmp, t).unwrap();
+                std::fs::rename(&tmp, env.path("policies/toggle.yaml")).unwrap();
+            }),
+        ),
+        (
+            "delete then create",
+            Box::new(|t: &str| {
+                let p = env.path("policies/toggle.yaml");
+                std::fs::remove_file(&p).unwrap();
+                std::fs::write(&p, t).unwrap();
+            }),
+        ),
+        #[cfg(unix)]
+        (
+            "symlink swap",
+            Box::new(|t: &str| {
+                let dir = env.path("policies");
+                let n = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos();
+                let target = env.path(&format!("..real-{n}.yaml"));
+                std::fs::write(&target, t).unwrap();
+                let link = dir.join(".toggle.tmp");
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(&target, &link).unwrap();
+                std::fs::rename(&link, dir.join("toggle.yaml")).unwrap();
+            }),
+        ),
+    ];
+    let mut want_small = true;
+    for (name, edit) in &styles {
+        for _ in 0..50 {
+            let _ = std::fs::read(&file).unwrap();
+            let _ = std::fs::read(env.path("policies")).ok();
+        }
+        let (text, want) = if want_small {
+            (SMALL, 413)
+        } else {
+            (LARGE, 200)
+        };
+        edit(text);
+        assert_eq!(
+            until_status(&c, &gw, want).await,
+            want,
+            "{name}: change not picked up"
+        );
+        want_small = !want_small;
+    }
+}

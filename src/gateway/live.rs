@@ -111,7 +111,7 @@ impl Live {
 pub(super) fn watch_config_files(
     cfg: &Config,
     tx: tokio::sync::mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
+) -> Option<crate::watch::FolderWatch> {
     if cfg.source.as_os_str().is_empty() {
         return None;
     }

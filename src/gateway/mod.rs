@@ -30,8 +30,8 @@ pub struct Gateway {
     tasks: JoinSet<()>,
     pub metrics: Arc<Metrics>,
     reloaders: Arc<Vec<tls_reload::TlsReloader>>,
-    _watcher: Option<notify::RecommendedWatcher>,
-    _config_watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<crate::watch::FolderWatch>,
+    _config_watcher: Option<crate::watch::FolderWatch>,
     live: Arc<live::Live>,
 }
 

@@ -188,7 +188,7 @@ pub(super) fn watch_tls_files(
     reloaders: &Arc<Vec<TlsReloader>>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
-) -> Option<notify::RecommendedWatcher> {
+) -> Option<crate::watch::FolderWatch> {
     let files: Vec<std::path::PathBuf> = reloaders.iter().flat_map(|r| r.files()).collect();
     if files.is_empty() {
         return None;
