@@ -191,7 +191,6 @@ pub struct GuardedIo<T> {
     out: Vec<u8>,
     out_pos: usize,
     eof: bool,
-    scratch: Vec<u8>,
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
 }
@@ -213,11 +212,6 @@ impl<T> GuardedIo<T> {
             out: Vec::new(),
             out_pos: 0,
             eof: false,
-            scratch: if http1 {
-                vec![0; 16 * 1024]
-            } else {
-                Vec::new()
-            },
             timer: Box::pin(tokio::time::sleep_until(now + settings.idle_timeout)),
             timer_at: None,
         }
@@ -351,8 +345,9 @@ impl H1 {
                             let n = self.consume_body(&rest, out)?;
                             rest.drain(..n);
                         }
-                        // Whatever remains starts the next head (pipelining).
-                        self.head_buf = rest;
+                        // Whatever remains starts the next head (pipelining); nothing kept
+                        // allocated between requests otherwise.
+                        self.head_buf = if rest.is_empty() { Vec::new() } else { rest };
                         if cur.is_empty()
                             && (self.head_buf.is_empty() || !matches!(self.state, State::Head))
                         {
@@ -598,7 +593,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
                 buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
                 this.out_pos += n;
                 if this.out_pos == this.out.len() {
-                    this.out.clear();
+                    // Drained: an idle connection keeps no body-sized buffer.
+                    if this.out.capacity() > 4096 {
+                        this.out = Vec::new();
+                    } else {
+                        this.out.clear();
+                    }
                     this.out_pos = 0;
                 }
                 return Poll::Ready(Ok(()));
@@ -612,10 +612,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
                 // ends it once the answer is out (the idle timer is the backstop).
                 return this.poll_timer(cx);
             }
-            let mut scratch = std::mem::take(&mut this.scratch);
-            let mut rb = ReadBuf::new(&mut scratch);
-            let res = Pin::new(&mut this.io).poll_read(cx, &mut rb);
-            let n = rb.filled().len();
+            if buf.remaining() == 0 {
+                // Nothing can be read into a full buffer (and a zero-byte read is not EOF).
+                return Poll::Ready(Ok(()));
+            }
+            // Read straight into the caller's buffer, then let the guard take the bytes back
+            // out (it holds a head until it is complete and judged). No read buffer of our
+            // own: an idle keep-alive connection should cost kilobytes, not a 16 KiB scratch.
+            let before = buf.filled().len();
+            let res = Pin::new(&mut this.io).poll_read(cx, buf);
+            let n = buf.filled().len() - before;
             let result = match res {
                 Poll::Pending => None,
                 Poll::Ready(Err(e)) => Some(Err(e)),
@@ -628,16 +634,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
                     Some(Ok(()))
                 }
                 Poll::Ready(Ok(())) => {
-                    let settings = this.settings;
-                    let shared = this.shared.clone();
                     let fed = match this.h1.as_mut() {
-                        Some(h) => h.feed(&scratch[..n], &mut this.out, &shared, &settings),
+                        Some(h) => h.feed(
+                            &buf.filled()[before..],
+                            &mut this.out,
+                            &this.shared,
+                            &this.settings,
+                        ),
                         None => Ok(()),
                     };
+                    buf.set_filled(before);
                     Some(fed)
                 }
             };
-            this.scratch = scratch;
             match result {
                 None => return this.poll_timer(cx),
                 Some(Err(e)) => return Poll::Ready(Err(e)),
