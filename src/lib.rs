@@ -43,6 +43,7 @@ pub mod hl7v2;
 pub mod identity;
 pub mod init;
 pub mod json;
+pub mod logwriter;
 pub mod metrics;
 pub mod mllp;
 pub mod oauth;

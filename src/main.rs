@@ -234,15 +234,35 @@ struct TokenArgs {
     bind_cert: Option<PathBuf>,
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// Logs go to stderr through a batching writer thread (see `ward::logwriter`); keep the
+/// returned guard until exit so the last lines are written.
+fn init_logging(format: LogFormat, level: &str) -> Option<ward::logwriter::Guard> {
     let filter = EnvFilter::try_from_env("WARD_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => b.json().flatten_event(true).with_current_span(false).init(),
-        LogFormat::Text => b.init(),
+    let (writer, guard) = match ward::logwriter::start() {
+        Ok((w, g)) => (Some(w), Some(g)),
+        Err(e) => {
+            eprintln!("cannot start the log writer thread ({e}); logging unbuffered");
+            (None, None)
+        }
+    };
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    match (format, writer) {
+        (LogFormat::Json, Some(w)) => b
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(w)
+            .init(),
+        (LogFormat::Json, None) => b
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .init(),
+        (LogFormat::Text, Some(w)) => b.with_writer(w).init(),
+        (LogFormat::Text, None) => b.with_writer(std::io::stderr).init(),
     }
+    guard
 }
 
 fn print_errors(errs: &[config::ConfigError]) {
@@ -344,7 +364,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging(cfg.log.format, &cfg.log.level);
+            let _log = init_logging(cfg.log.format, &cfg.log.level);
             match rt.block_on(ward::run_with(
                 cfg,
                 shutdown_signal(),
@@ -395,7 +415,7 @@ fn main() -> ExitCode {
             bind,
             addresses_file,
         } => {
-            init_logging(LogFormat::Json, "info");
+            let _log = init_logging(LogFormat::Json, "info");
             let served = rt.block_on(async {
                 let addr = ward::demo::sample_upstream(bind).await?;
                 tracing::info!(%addr, "sample FHIR upstream (fictitious data) listening");
@@ -427,7 +447,7 @@ fn main() -> ExitCode {
         },
         #[cfg(feature = "demo")]
         Cmd::Demo => {
-            init_logging(LogFormat::Text, "info");
+            let _log = init_logging(LogFormat::Text, "info");
             match rt.block_on(demo()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -31,7 +31,7 @@ async fn run(env: &Env, workers: Option<&str>) -> (Running, u16) {
         .arg("--addresses-file")
         .arg(&addresses)
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(env.path("ward.log")).unwrap());
     if let Some(w) = workers {
         cmd.args(["--workers", w]);
     }
@@ -58,11 +58,20 @@ async fn one_and_several_workers_serve_policies_and_reloads() {
     for workers in [Some("1"), Some("2"), Some("3"), None] {
         let env = Env::new();
         env.write("policies/small.yaml", "limits:\n  max_body_bytes: 10\n");
-        let cfg = basic_config(up, "", "").replace(
-            "    path_prefix: /api\n    upstream: ehr\n",
-            "    path_prefix: /api\n    upstream: ehr\n    policies: [small]\n",
-        );
+        let cfg = basic_config(up, "", "")
+            .replace("shutdown_grace: 30s", "shutdown_grace: 1s")
+            .replace(
+                "    path_prefix: /api\n    upstream: ehr\n",
+                "    path_prefix: /api\n    upstream: ehr\n    policies: [small]\n",
+            );
         env.config(&cfg);
+        env.write(
+            "ward.yaml",
+            &format!(
+                "{}log:\n  level: info\n",
+                std::fs::read_to_string(env.path("ward.yaml")).unwrap()
+            ),
+        );
         let (_ward, port) = run(&env, workers).await;
         let c = client(&env.pki, false);
         let h2 = client(&env.pki, true);
@@ -99,6 +108,30 @@ async fn one_and_several_workers_serve_policies_and_reloads() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(status, 200, "workers {workers:?}: reload not picked up");
+        // The access log is written in batches by a writer thread: a normal stop (SIGTERM)
+        // still writes every line, the last request's included.
+        let last = send(&c, get(&format!("{base}/fhir/Patient/last"))).await;
+        let rid = last.headers["x-request-id"].to_str().unwrap().to_owned();
+        drop((c, h2));
+        let pid = _ward.0.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let mut ward = _ward;
+        let exit = ward.0.wait().unwrap();
+        assert!(exit.success(), "workers {workers:?}: {exit:?}");
+        let log = std::fs::read_to_string(env.path("ward.log")).unwrap();
+        let access = log.lines().filter(|l| l.contains("ward::access")).count();
+        assert!(
+            access >= 42,
+            "workers {workers:?}: {access} access lines\n{log}"
+        );
+        assert!(
+            log.contains(&rid),
+            "workers {workers:?}: last request's line missing"
+        );
     }
 }
 
