@@ -1,6 +1,8 @@
 //! Criterion benches of the per-request hot paths that run for every request before the
 //! upstream is contacted: path canonicalisation, header hygiene, rendering a refusal, and a
-//! rate-limit check (plus the memory one million tracked keys take).
+//! rate-limit check (plus the memory one million tracked keys take); and the audit trail's
+//! per-request cost (a record queued, written and synced with `durability: fsync`, on tmpfs
+//! so the figure is the gateway's CPU, not the disk).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
@@ -99,5 +101,80 @@ fn rate_limits(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, paths, headers, errors, rate_limits);
+/// The fields an HTTP request's record carries (as the `audit` policy fills them).
+fn audit_fields(i: u64) -> serde_json::Map<String, serde_json::Value> {
+    let s = |v: &str| serde_json::Value::String(v.to_owned());
+    let mut m = serde_json::Map::new();
+    m.insert("time".into(), s("2026-12-05T06:20:00.123Z"));
+    m.insert("kind".into(), s("http"));
+    m.insert("request_id".into(), s(&format!("5b0d7c1e-1f5a-4c55-9a57-{i:012}")));
+    m.insert("listener".into(), s("public"));
+    m.insert("client_ip".into(), s("10.1.2.3"));
+    m.insert("route".into(), s("fhir"));
+    m.insert("method".into(), s("GET"));
+    m.insert("cert_subject".into(), s("CN=ehr-client,O=Example Hospital"));
+    m.insert(
+        "cert_sha256".into(),
+        s("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
+    );
+    m.insert("fhir_interaction".into(), s("read"));
+    m.insert("resource_type".into(), s("Patient"));
+    m.insert("resource_id".into(), s("p1"));
+    m.insert("iss".into(), s("https://idp.example.org"));
+    m.insert("sub".into(), s("practitioner-42"));
+    m.insert("client_id".into(), s("ehr-app"));
+    m.insert("decision".into(), s("allow"));
+    m.insert("status".into(), serde_json::Value::from(200));
+    m.insert("upstream_status".into(), serde_json::Value::from(200));
+    m
+}
+
+fn audit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // tmpfs where there is one: fdatasync is then nearly free and what is left is CPU.
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let metrics = ward::metrics::Metrics::new();
+    let cfg: ward::audit::AuditConfig = serde_json::from_value(serde_json::json!({
+        "path": "audit.jsonl",
+        "durability": "fsync",
+        "max_bytes": 1u64 << 40,
+    }))
+    .unwrap();
+    let log = rt
+        .block_on(async { ward::audit::AuditLog::start(&cfg, &|f| dir.path().join(f), &metrics) })
+        .unwrap();
+    let mut i = 0u64;
+    c.bench_function("audit/record_fsync_tmpfs_one_at_a_time", |b| {
+        b.to_async(&rt).iter(|| {
+            i += 1;
+            let f = audit_fields(i);
+            let log = &log;
+            async move { log.record(f).await.unwrap() }
+        })
+    });
+    // 64 requests finishing together: one batch, one write, one fdatasync (per iteration).
+    c.bench_function("audit/record_fsync_tmpfs_64_concurrent", |b| {
+        b.to_async(&rt).iter(|| {
+            let log = log.clone();
+            async move {
+                let mut set = tokio::task::JoinSet::new();
+                for j in 0..64 {
+                    let (l, f) = (log.clone(), audit_fields(j));
+                    set.spawn(async move { l.record(f).await.is_ok() });
+                }
+                while let Some(r) = set.join_next().await {
+                    assert!(matches!(r, Ok(true)));
+                }
+            }
+        })
+    });
+}
+
+criterion_group!(benches, paths, headers, errors, rate_limits, audit);
 criterion_main!(benches);
