@@ -107,7 +107,10 @@ fn audit_fields(i: u64) -> serde_json::Map<String, serde_json::Value> {
     let mut m = serde_json::Map::new();
     m.insert("time".into(), s("2026-12-05T06:20:00.123Z"));
     m.insert("kind".into(), s("http"));
-    m.insert("request_id".into(), s(&format!("5b0d7c1e-1f5a-4c55-9a57-{i:012}")));
+    m.insert(
+        "request_id".into(),
+        s(&format!("5b0d7c1e-1f5a-4c55-9a57-{i:012}")),
+    );
     m.insert("listener".into(), s("public"));
     m.insert("client_ip".into(), s("10.1.2.3"));
     m.insert("route".into(), s("fhir"));
