@@ -458,7 +458,7 @@ fn member_value(b: &mut Vec<u8>, k: &str, v: &Value) {
 /// `s` as a JSON string, escaped exactly as `serde_json` does: `"` and `\` by a
 /// backslash, the control characters U+0000..U+001F as `\b \t \n \f \r` or `\u00xx`
 /// (lower-case hex); everything else, DEL and non-ASCII included, as its UTF-8 bytes.
-pub fn json_str(b: &mut Vec<u8>, s: &str) {
+fn json_str(b: &mut Vec<u8>, s: &str) {
     b.push(b'"');
     json_str_tail(b, s);
 }
