@@ -57,6 +57,10 @@ pub struct Metrics {
     pub audit_backlog: prometheus::IntGauge,
     pub audit_records: IntCounterVec,
     pub audit_write_errors: prometheus::IntCounter,
+    /// Batches the audit writer wrote (one write each) and fdatasync calls it made: with
+    /// `ward_audit_records_total` they give the group-commit batch size.
+    pub audit_batches: prometheus::IntCounter,
+    pub audit_syncs: prometheus::IntCounter,
     pub config_reloads: IntCounterVec,
     pub audit_forward_backlog: prometheus::IntGauge,
     pub audit_forward: IntCounterVec,
@@ -226,6 +230,18 @@ impl Metrics {
                 let c = prometheus::IntCounter::new("ward_audit_write_errors_total", "Failed writes, syncs or rotations of the audit file.")
                     .unwrap_or_else(|e| panic!("metric ward_audit_write_errors_total: {e}"));
                 r.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("metric ward_audit_write_errors_total: {e}"));
+                c
+            },
+            audit_batches: {
+                let c = prometheus::IntCounter::new("ward_audit_batches_total", "Batches of audit records written to the file, one write each (group commit).")
+                    .unwrap_or_else(|e| panic!("metric ward_audit_batches_total: {e}"));
+                r.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("metric ward_audit_batches_total: {e}"));
+                c
+            },
+            audit_syncs: {
+                let c = prometheus::IntCounter::new("ward_audit_syncs_total", "fdatasync calls on the audit file (one per batch with `durability: fsync`).")
+                    .unwrap_or_else(|e| panic!("metric ward_audit_syncs_total: {e}"));
+                r.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("metric ward_audit_syncs_total: {e}"));
                 c
             },
             config_reloads: counter(&r, "ward_config_reloads_total", "Config and policy reloads (SIGHUP or file change) by result; on error the previous config keeps serving.", &["result"]),

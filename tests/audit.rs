@@ -347,3 +347,86 @@ async fn records_are_forwarded_to_a_syslog_collector_over_tls_with_retry() {
         "{metrics}"
     );
 }
+
+/// Concurrent requests over TLS with `durability: fsync`: every one is answered only once
+/// its own record is in the file, the upstream saw each once, the chain verifies, and each
+/// batch the writer made was synced exactly once (group commit: one write, one fdatasync).
+/// How many batches form depends on timing, so only their bound is asserted; that records
+/// queued together share one batch is held by the audit module's unit test, which holds
+/// the writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_each_wait_for_their_own_durable_record() {
+    const N: usize = 200;
+    let env = Env::new();
+    write_policies(&env);
+    let (up, state) = upstream().await;
+    let gw = env.start(&audited_config(up, "audit/audit.jsonl")).await;
+    let path = env.path("audit/audit.jsonl");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let c = client(&env.pki, i % 2 == 0);
+        let (u, path) = (url(&gw, &format!("/api/c/{i}")), path.clone());
+        tasks.spawn(async move {
+            let r = send(&c, get(&u)).await;
+            assert_eq!(r.status, 200);
+            let rid = r.headers["x-request-id"].to_str().unwrap().to_owned();
+            // The answer came after the record was written and synced.
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.contains(&format!("\"request_id\":\"{rid}\"")),
+                "request {i} answered before its record was written"
+            );
+            rid
+        });
+    }
+    let mut rids = std::collections::HashSet::new();
+    while let Some(r) = tasks.join_next().await {
+        assert!(rids.insert(r.unwrap()));
+    }
+    assert_eq!(rids.len(), N);
+    let seen: Vec<String> = state
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.path_and_query.clone())
+        .collect();
+    for i in 0..N {
+        let p = format!("/c/{i}");
+        assert_eq!(
+            seen.iter().filter(|s| s.ends_with(&p)).count(),
+            1,
+            "{p}: {seen:?}"
+        );
+    }
+    let recs = records(&path);
+    assert_eq!(recs.len(), N);
+    let recorded: std::collections::HashSet<String> = recs
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recorded, rids);
+    assert!(recs
+        .iter()
+        .all(|r| r["decision"] == "allow" && r["status"] == 200));
+    let (code, out) = verify(&[&path]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{N} records")), "{out}");
+    let (_, metrics) = admin_get(&gw, "/metrics").await;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    assert_eq!(
+        value("ward_audit_records_total{result=\"written\"}"),
+        N as u64
+    );
+    let (batches, syncs) = (
+        value("ward_audit_batches_total"),
+        value("ward_audit_syncs_total"),
+    );
+    assert!((1..=N as u64).contains(&batches), "{batches} batches");
+    assert_eq!(syncs, batches, "one fdatasync per batch");
+}

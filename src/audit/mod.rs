@@ -13,13 +13,31 @@
 //! control id), the decision and its code, and the upstream status — never bodies, query
 //! strings, tokens or other PHI values.
 //!
-//! Durability (`durability`): `fsync` — a request's response waits until its record is on
-//! disk (records arriving together share one fsync, so the cost is per batch, not per
-//! record); `interval` — the response does not wait, and the file is synced every
-//! `sync_interval`: faster, but a crash can lose the last interval's records. When the
-//! queue is full, `when_full: block` makes requests wait for room; `fail` answers 503
-//! `audit_unavailable`. A record is never dropped silently: if the file cannot be written,
-//! audited requests fail with 503 until it can.
+//! Durability (`durability`): `fsync` — a request's response waits until its own record is
+//! durable: the write holding it has returned *and* the `fdatasync` issued after that write
+//! has returned without error. `interval` — the response does not wait, and the file is
+//! synced every `sync_interval`: faster, but a crash can lose the last interval's records.
+//! When the queue is full, `when_full: block` makes requests wait for room; `fail` answers
+//! 503 `audit_unavailable`. A record is never dropped silently: if the file cannot be
+//! written, audited requests fail with 503 until it can.
+//!
+//! Group commit. Requests hand their record to one writer thread through the bounded queue
+//! (tokio's mpsc: a lock-free block list, no lock taken per record). Each time the writer
+//! wakes it takes everything queued, at most [`MAX_BATCH`] records, seals them in queue
+//! order (so chain order = file order = queue order), and writes the batch with ONE write
+//! from one reused buffer followed by ONE `fdatasync`; only then is each waiting request
+//! released. No timer is involved: the batch is whatever arrived while the previous
+//! batch was being written and synced, so batches grow with load and a lone request never
+//! waits for company. If the write or the sync fails, every record of the batch fails the
+//! same way (its request gets 503, the file is cut back to before the batch, the chain
+//! rewound), and the trail refuses records until the file can be written again.
+//!
+//! Serialisation. An HTTP request's record ([`HttpRecord`]) holds shared handles to the
+//! request's facts (route, identity, FHIR request, claims) and is written by the writer
+//! thread straight into the batch buffer, members in the same (alphabetical) order and with
+//! the same escaping as `serde_json` gives, so lines are byte-for-byte what a
+//! `serde_json::Map` of the same members would give. Other records (MLLP messages,
+//! detect-and-respond events) still arrive as a `Map` ([`Record::Fields`]).
 //!
 //! Sinks beyond the file, all fed by the writer thread once a batch is on disk (the request
 //! path never waits on their network I/O): [`syslog`] (RFC 5424 over TLS; the line, or the
@@ -177,12 +195,333 @@ impl AuditConfig {
     }
 }
 
-/// A record on its way to the writer; `done` is answered once it is durable (fsync).
-struct Job {
-    fields: Map<String, Value>,
-    done: Option<oneshot::Sender<bool>>,
+/// Most records a batch takes (one write, one fdatasync): bounds the buffer (records are
+/// a few hundred bytes, so about half a megabyte) and how long the first request of a
+/// batch waits for the last one to be sealed.
+pub const MAX_BATCH: usize = 1024;
+
+/// One record's members (besides `seq`, `prev` and `hash`, which the writer adds).
+pub enum Record {
+    /// An HTTP request on an audited route: typed, written straight into the line.
+    Http(Box<HttpRecord>),
+    /// Any other record (MLLP messages, detect-and-respond events): members by name.
+    Fields(Map<String, Value>),
+}
+
+impl From<Map<String, Value>> for Record {
+    fn from(m: Map<String, Value>) -> Self {
+        Record::Fields(m)
+    }
+}
+
+impl From<HttpRecord> for Record {
+    fn from(r: HttpRecord) -> Self {
+        Record::Http(Box::new(r))
+    }
+}
+
+/// The record of one HTTP request, as the `audit` policy gathers it: mostly shared handles
+/// to the request's own facts, so nothing is copied or formatted on the request path; the
+/// writer thread turns it into the line. Absent facts are absent members.
+pub struct HttpRecord {
+    /// RFC 3339, taken when the request reached the audit layer.
+    pub time: String,
+    /// Written only if it is visible ASCII (as a header value can be read as text).
+    pub request_id: Option<http::HeaderValue>,
+    pub listener: Option<Arc<str>>,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub route: Option<Arc<str>>,
+    pub method: http::Method,
+    pub identity: Option<Arc<crate::identity::ClientIdentity>>,
+    pub fhir: Option<Arc<crate::fhir::request::FhirRequest>>,
+    /// The raw request target (FHIR requests), for BALP's base64 `entity.query`; never
+    /// written into the line in clear.
+    pub query: Option<http::uri::PathAndQuery>,
+    pub claims: Option<Arc<crate::context::Claims>>,
+    pub dlp_findings: Option<Value>,
+    /// Present: a break-glass access with this stated reason.
+    pub break_glass_reason: Option<String>,
+    /// `allow`, `refuse`, `error` or `cancelled`.
+    pub decision: &'static str,
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    /// The refusal's stable code.
+    pub code: Option<&'static str>,
+}
+
+impl HttpRecord {
+    /// A record with only the request's time and method; the policy fills in the rest.
+    pub fn new(time: String, method: http::Method) -> Self {
+        HttpRecord {
+            time,
+            request_id: None,
+            listener: None,
+            client_ip: None,
+            route: None,
+            method,
+            identity: None,
+            fhir: None,
+            query: None,
+            claims: None,
+            dlp_findings: None,
+            break_glass_reason: None,
+            decision: "",
+            status: 0,
+            upstream_status: None,
+            code: None,
+        }
+    }
+
+    fn request_id(&self) -> Option<&str> {
+        self.request_id.as_ref().and_then(|h| h.to_str().ok())
+    }
+
+    /// The same members as a `Map` (what the BALP AuditEvent is built from; and, in tests,
+    /// the reference the direct writer is compared with).
+    pub fn to_fields(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Option<&str>| {
+            if let Some(v) = v {
+                m.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+        };
+        put("time", Some(&self.time));
+        put("kind", Some("http"));
+        put("request_id", self.request_id());
+        put("listener", self.listener.as_deref());
+        put(
+            "client_ip",
+            self.client_ip.map(|ip| ip.to_string()).as_deref(),
+        );
+        put("route", self.route.as_deref());
+        put("method", Some(self.method.as_str()));
+        if let Some(id) = &self.identity {
+            put("cert_subject", Some(&id.subject));
+            put("cert_sha256", Some(&id.x5t_s256));
+        }
+        if let Some(f) = &self.fhir {
+            put("fhir_interaction", Some(f.interaction.label()));
+            put("resource_type", f.resource_type);
+            put("resource_id", f.id.as_deref());
+            put("operation", f.operation.as_deref());
+            if let Some((t, id)) = &f.compartment {
+                put("compartment", Some(&format!("{t}/{id}")));
+            }
+        }
+        if let Some(r) = &self.break_glass_reason {
+            put("break_glass_reason", Some(r));
+        }
+        if let Some(c) = &self.claims {
+            put("iss", Some(&c.iss));
+            put("sub", Some(&c.sub));
+            put("client_id", c.client_id.as_deref());
+            put("patient", c.patient.as_deref());
+        }
+        put("decision", Some(self.decision));
+        put("code", self.code);
+        if self.break_glass_reason.is_some() {
+            m.insert("break_glass".into(), Value::Bool(true));
+        }
+        if let Some(d) = &self.dlp_findings {
+            m.insert("dlp_findings".into(), d.clone());
+        }
+        m.insert("status".into(), Value::from(self.status));
+        if let Some(u) = self.upstream_status {
+            m.insert("upstream_status".into(), Value::from(u));
+        }
+        m
+    }
+
+    /// The members, each as `,"key":value`, in the order a `Map` of them sorts in
+    /// (byte order of the keys), with `audit_event` (sorting first) when it goes in the
+    /// line. Keep this list sorted: `the_direct_writer_matches_the_map_writer_byte_for_byte`
+    /// holds it to [`HttpRecord::to_fields`].
+    fn write_members(&self, b: &mut Vec<u8>, audit_event: Option<&Value>) {
+        if let Some(e) = audit_event {
+            member_value(b, "audit_event", e);
+        }
+        if let Some(r) = &self.break_glass_reason {
+            member_raw(b, "break_glass", "true");
+            member_str(b, "break_glass_reason", r);
+        }
+        if let Some(id) = &self.identity {
+            member_str(b, "cert_sha256", &id.x5t_s256);
+            member_str(b, "cert_subject", &id.subject);
+        }
+        let claims = self.claims.as_deref();
+        if let Some(c) = claims.and_then(|c| c.client_id.as_deref()) {
+            member_str(b, "client_id", c);
+        }
+        if let Some(ip) = self.client_ip {
+            key(b, "client_ip");
+            b.push(b'"');
+            // An address never needs escaping.
+            let _ = write!(b, "{ip}");
+            b.push(b'"');
+        }
+        if let Some(c) = self.code {
+            member_str(b, "code", c);
+        }
+        let fhir = self.fhir.as_deref();
+        if let Some((t, id)) = fhir.and_then(|f| f.compartment.as_ref()) {
+            key(b, "compartment");
+            // Escaping works character by character: escaping the parts is escaping the whole.
+            json_str(b, t);
+            b.pop();
+            b.push(b'/');
+            json_str_tail(b, id);
+        }
+        member_str(b, "decision", self.decision);
+        if let Some(d) = &self.dlp_findings {
+            member_value(b, "dlp_findings", d);
+        }
+        if let Some(f) = fhir {
+            member_str(b, "fhir_interaction", f.interaction.label());
+        }
+        if let Some(c) = claims {
+            member_str(b, "iss", &c.iss);
+        }
+        member_raw(b, "kind", "\"http\"");
+        if let Some(l) = &self.listener {
+            member_str(b, "listener", l);
+        }
+        member_str(b, "method", self.method.as_str());
+        if let Some(op) = fhir.and_then(|f| f.operation.as_deref()) {
+            member_str(b, "operation", op);
+        }
+        if let Some(p) = claims.and_then(|c| c.patient.as_deref()) {
+            member_str(b, "patient", p);
+        }
+        if let Some(r) = self.request_id() {
+            member_str(b, "request_id", r);
+        }
+        if let Some(id) = fhir.and_then(|f| f.id.as_deref()) {
+            member_str(b, "resource_id", id);
+        }
+        if let Some(t) = fhir.and_then(|f| f.resource_type) {
+            member_str(b, "resource_type", t);
+        }
+        if let Some(r) = &self.route {
+            member_str(b, "route", r);
+        }
+        key(b, "status");
+        let _ = write!(b, "{}", self.status);
+        if let Some(c) = claims {
+            member_str(b, "sub", &c.sub);
+        }
+        member_str(b, "time", &self.time);
+        if let Some(u) = self.upstream_status {
+            key(b, "upstream_status");
+            let _ = write!(b, "{u}");
+        }
+    }
+}
+
+/// Benches: `record`'s line as the writer seals it (hash included) onto `buf`, chained to
+/// the genesis hash. Not part of the API.
+#[doc(hidden)]
+pub fn seal_for_bench(record: &HttpRecord, buf: &mut Vec<u8>) {
+    let mut chain = Chain {
+        seq: 0,
+        prev: GENESIS.into(),
+        key: None,
+    };
+    chain.seal_into(buf, |b| record.write_members(b, None));
+}
+
+// ------------------------------------------------------------------ JSON writing
+//
+// Writing into a `Vec<u8>` cannot fail, hence the ignored `io::Result`s.
+
+/// `,"key":` for a key that needs no escaping (the writer's own names).
+fn key(b: &mut Vec<u8>, k: &str) {
+    b.extend_from_slice(b",\"");
+    b.extend_from_slice(k.as_bytes());
+    b.extend_from_slice(b"\":");
+}
+
+fn member_str(b: &mut Vec<u8>, k: &str, v: &str) {
+    key(b, k);
+    json_str(b, v);
+}
+
+fn member_raw(b: &mut Vec<u8>, k: &str, v: &str) {
+    key(b, k);
+    b.extend_from_slice(v.as_bytes());
+}
+
+fn member_value(b: &mut Vec<u8>, k: &str, v: &Value) {
+    key(b, k);
+    let _ = serde_json::to_writer(&mut *b, v);
+}
+
+/// `s` as a JSON string, escaped exactly as `serde_json` does: `"` and `\` by a
+/// backslash, the control characters U+0000..U+001F as `\b \t \n \f \r` or `\u00xx`
+/// (lower-case hex); everything else, DEL and non-ASCII included, as its UTF-8 bytes.
+fn json_str(b: &mut Vec<u8>, s: &str) {
+    b.push(b'"');
+    json_str_tail(b, s);
+}
+
+/// The rest of a JSON string after its opening quote: `s`, escaped, then the closing quote.
+fn json_str_tail(b: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in bytes.iter().enumerate() {
+        let short: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        b.extend_from_slice(&bytes[start..i]);
+        if short.is_empty() {
+            b.extend_from_slice(b"\\u00");
+            b.push(HEX[usize::from(c >> 4)]);
+            b.push(HEX[usize::from(c & 0xf)]);
+        } else {
+            b.extend_from_slice(short);
+        }
+        start = i + 1;
+    }
+    b.extend_from_slice(&bytes[start..]);
+    b.push(b'"');
+}
+
+/// A `Map`'s members as `,"key":value`, in its order.
+fn write_map_members(b: &mut Vec<u8>, m: &Map<String, Value>) {
+    for (k, v) in m {
+        b.push(b',');
+        json_str(b, k);
+        b.push(b':');
+        let _ = serde_json::to_writer(&mut *b, v);
+    }
+}
+
+/// A message to the writer thread.
+enum Job {
+    /// A record; `done` is answered once it is durable (fsync) or has failed.
+    Record {
+        record: Record,
+        done: Option<oneshot::Sender<bool>>,
+    },
     /// No record: answered once everything queued before it is on disk (shutdown).
-    flush: bool,
+    Flush(oneshot::Sender<bool>),
+    /// Tests: the writer says it is held (first sender), then waits for the release (the
+    /// receiver) before it takes the next batch; `swap` replaces the file it writes to
+    /// (to make writes fail).
+    #[cfg(test)]
+    Hold {
+        held: std::sync::mpsc::Sender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+        swap: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone)]
@@ -194,7 +533,15 @@ pub struct AuditLog {
     /// unrecorded.
     healthy: Arc<AtomicBool>,
     backlog: prometheus::IntGauge,
-    records: prometheus::IntCounterVec,
+    /// `ward_audit_records_total` by result, looked up once.
+    counts: Arc<Counts>,
+}
+
+struct Counts {
+    written: prometheus::IntCounter,
+    queued: prometheus::IntCounter,
+    refused: prometheus::IntCounter,
+    failed: prometheus::IntCounter,
 }
 
 pub fn unavailable() -> Rejection {
@@ -239,20 +586,29 @@ impl Chain {
         }
     }
 
-    /// The line for `fields`: `{"seq":…,"prev":…,<fields>,"hash":…}`.
-    fn seal(&mut self, fields: Map<String, Value>) -> String {
+    /// Appends the next line to `buf`: `{"seq":…,"prev":…<members>,"hash":…}` and a
+    /// newline, where `members` writes `,"key":value` for each member. Returns where the
+    /// line starts.
+    fn seal_into(&mut self, buf: &mut Vec<u8>, members: impl FnOnce(&mut Vec<u8>)) -> usize {
+        let start = buf.len();
         let seq = self.seq + 1;
-        let mut body = format!("{{\"seq\":{seq},\"prev\":\"{}\"", self.prev);
-        for (k, v) in fields {
-            body.push(',');
-            body.push_str(&Value::String(k).to_string());
-            body.push(':');
-            body.push_str(&v.to_string());
-        }
-        let hash = self.digest(body.as_bytes());
+        let _ = write!(buf, "{{\"seq\":{seq},\"prev\":\"{}\"", self.prev);
+        members(buf);
+        let hash = self.digest(buf.get(start..).unwrap_or_default());
+        buf.extend_from_slice(b",\"hash\":\"");
+        buf.extend_from_slice(hash.as_bytes());
+        buf.extend_from_slice(b"\"}\n");
         self.seq = seq;
-        self.prev = hash.clone();
-        format!("{body},\"hash\":\"{hash}\"}}\n")
+        self.prev = hash;
+        start
+    }
+
+    /// The line for `fields` (tests: chains written without a writer).
+    #[cfg(test)]
+    fn seal(&mut self, fields: Map<String, Value>) -> String {
+        let mut buf = Vec::new();
+        self.seal_into(&mut buf, |b| write_map_members(b, &fields));
+        String::from_utf8(buf).unwrap()
     }
 }
 
@@ -372,7 +728,12 @@ impl AuditLog {
             when_full: cfg.when_full,
             healthy: healthy.clone(),
             backlog: metrics.audit_backlog.clone(),
-            records: metrics.audit_records.clone(),
+            counts: Arc::new(Counts {
+                written: metrics.audit_records.with_label_values(&["written"]),
+                queued: metrics.audit_records.with_label_values(&["queued"]),
+                refused: metrics.audit_records.with_label_values(&["refused"]),
+                failed: metrics.audit_records.with_label_values(&["failed"]),
+            }),
         };
         let writer = Writer {
             path,
@@ -384,6 +745,8 @@ impl AuditLog {
             healthy,
             backlog: metrics.audit_backlog.clone(),
             errors: metrics.audit_write_errors.clone(),
+            batches: metrics.audit_batches.clone(),
+            syncs: metrics.audit_syncs.clone(),
             forward: match &cfg.syslog {
                 Some(s) => Some(syslog::start_syslog(s, resolve, metrics)?),
                 None => None,
@@ -410,17 +773,16 @@ impl AuditLog {
 
     /// Record without waiting (a request that was cancelled: there is no one to answer).
     /// Refused only when the queue is full or the trail down, and then loudly.
-    pub fn record_detached(&self, fields: Map<String, Value>) {
-        let job = Job {
-            fields,
+    pub fn record_detached(&self, record: impl Into<Record>) {
+        let job = Job::Record {
+            record: record.into(),
             done: None,
-            flush: false,
         };
         if self.healthy.load(Ordering::Acquire) && self.tx.try_send(job).is_ok() {
             self.backlog.inc();
-            self.records.with_label_values(&["queued"]).inc();
+            self.counts.queued.inc();
         } else {
-            self.records.with_label_values(&["failed"]).inc();
+            self.counts.failed.inc();
             tracing::error!("audit: the record of a cancelled request could not be queued");
         }
     }
@@ -429,21 +791,16 @@ impl AuditLog {
     /// durability would otherwise leave the last records unsynced).
     pub async fn flush(&self) {
         let (t, r) = oneshot::channel();
-        let job = Job {
-            fields: Map::new(),
-            done: Some(t),
-            flush: true,
-        };
-        if self.tx.send(job).await.is_ok() {
+        if self.tx.send(Job::Flush(t)).await.is_ok() {
             self.backlog.inc();
             let _ = r.await;
         }
     }
 
     /// Record one event. With `fsync` durability this returns once the record is on disk.
-    pub async fn record(&self, fields: Map<String, Value>) -> Result<(), Rejection> {
+    pub async fn record(&self, record: impl Into<Record>) -> Result<(), Rejection> {
         if !self.healthy.load(Ordering::Acquire) {
-            self.records.with_label_values(&["refused"]).inc();
+            self.counts.refused.inc();
             return Err(unavailable());
         }
         let (done, wait) = match self.durability {
@@ -453,36 +810,55 @@ impl AuditLog {
             }
             Durability::Interval => (None, None),
         };
-        let job = Job {
-            fields,
+        let job = Job::Record {
+            record: record.into(),
             done,
-            flush: false,
         };
         let sent = match self.when_full {
             WhenFull::Block => self.tx.send(job).await.is_ok(),
             WhenFull::Fail => self.tx.try_send(job).is_ok(),
         };
         if !sent {
-            self.records.with_label_values(&["refused"]).inc();
+            self.counts.refused.inc();
             return Err(unavailable());
         }
         self.backlog.inc();
         match wait {
             Some(r) => match r.await {
                 Ok(true) => {
-                    self.records.with_label_values(&["written"]).inc();
+                    self.counts.written.inc();
                     Ok(())
                 }
                 _ => {
-                    self.records.with_label_values(&["failed"]).inc();
+                    self.counts.failed.inc();
                     Err(unavailable())
                 }
             },
             None => {
-                self.records.with_label_values(&["queued"]).inc();
+                self.counts.queued.inc();
                 Ok(())
             }
         }
+    }
+
+    /// Tests: hold the writer before its next batch (so records queue up), optionally
+    /// making it write to `swap` from then on. Returns once the writer is held; dropping
+    /// the returned sender (or sending on it) releases it.
+    #[cfg(test)]
+    async fn hold(&self, swap: Option<PathBuf>) -> std::sync::mpsc::Sender<()> {
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel();
+        let job = Job::Hold {
+            held: held_tx,
+            release: release_rx,
+            swap,
+        };
+        assert!(self.tx.send(job).await.is_ok());
+        tokio::task::spawn_blocking(move || held_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        release_tx
     }
 }
 
@@ -496,8 +872,23 @@ struct Writer {
     healthy: Arc<AtomicBool>,
     backlog: prometheus::IntGauge,
     errors: prometheus::IntCounter,
+    batches: prometheus::IntCounter,
+    syncs: prometheus::IntCounter,
     forward: Option<syslog::Forwarder>,
     spool: Option<repository::Spool>,
+}
+
+/// What one batch leaves besides its bytes, kept between batches for their capacity.
+#[derive(Default)]
+struct BatchOut {
+    /// The lines, then the file's contents for the one write.
+    buf: Vec<u8>,
+    /// Requests to answer once the batch is durable (or has failed).
+    done: Vec<oneshot::Sender<bool>>,
+    /// What the syslog sink gets once the batch is durable.
+    lines: Vec<(&'static str, String)>,
+    /// What the repository spool gets before the batch is acknowledged.
+    events: Vec<Vec<u8>>,
 }
 
 impl Writer {
@@ -505,6 +896,8 @@ impl Writer {
         self.size = self.file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut last_sync = std::time::Instant::now();
         let mut dirty = false;
+        let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+        let mut out = BatchOut::default();
         loop {
             // Group commit: everything queued now is written, then synced once.
             let unhealthy = !self.healthy.load(Ordering::Acquire);
@@ -545,8 +938,26 @@ impl Writer {
                     }
                 }
             };
-            let mut batch = vec![first];
-            while batch.len() < 1024 {
+            #[cfg(test)]
+            let first = match first {
+                Job::Hold {
+                    held,
+                    release,
+                    swap,
+                } => {
+                    let _ = held.send(());
+                    let _ = release.recv();
+                    if let Some(p) = swap {
+                        if let Ok(f) = OpenOptions::new().write(true).open(p) {
+                            self.file = f;
+                        }
+                    }
+                    continue;
+                }
+                j => j,
+            };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(j) => batch.push(j),
                     Err(_) => break,
@@ -557,51 +968,33 @@ impl Writer {
             // A failed write is rolled back (file length and chain), so a torn batch never
             // stays in the middle of the file.
             let saved = (self.size, self.chain.seq, self.chain.prev.clone());
-            let mut buf = Vec::with_capacity(batch.len() * 512);
-            // What the syslog sink and the repository get once the batch is durable.
-            let mut lines: Vec<(&'static str, String)> = Vec::new();
-            let mut events: Vec<Vec<u8>> = Vec::new();
-            let flushing = batch.iter().any(|j| j.flush);
-            for job in batch.iter_mut().filter(|j| !j.flush) {
-                let mut fields = std::mem::take(&mut job.fields);
-                // The raw query never goes into the line in clear.
-                let query = fields.remove(QUERY_FIELD);
-                let event =
-                    self.cfg.audit_event.as_ref().and_then(|c| {
-                        audit_event(&fields, query.as_ref().and_then(Value::as_str), c)
-                    });
-                if let (Some(e), Some(true)) =
-                    (&event, self.cfg.audit_event.as_ref().map(|c| c.in_file))
-                {
-                    fields.insert("audit_event".into(), e.clone());
-                }
-                let line = self.chain.seal(fields);
-                buf.extend_from_slice(line.as_bytes());
-                let as_event = self
-                    .cfg
-                    .syslog
-                    .as_ref()
-                    .is_some_and(|s| s.message == SyslogMessage::AuditEvent);
-                match (&self.forward, &event) {
-                    (Some(_), Some(e)) if as_event => {
-                        lines.push((syslog::MSGID_AUDIT_EVENT, e.to_string()))
+            let mut flushing = false;
+            for job in batch.drain(..) {
+                match job {
+                    Job::Record { record, done } => {
+                        self.seal(record, &mut out);
+                        out.done.extend(done);
                     }
-                    (Some(_), _) => lines.push((syslog::MSGID_RECORD, line)),
-                    _ => {}
-                }
-                if let (Some(_), Some(e)) = (&self.spool, &event) {
-                    events.push(e.to_string().into_bytes());
+                    Job::Flush(done) => {
+                        flushing = true;
+                        out.done.push(done);
+                    }
+                    #[cfg(test)]
+                    Job::Hold { .. } => {}
                 }
             }
-            if let Err(e) = self.file.write_all(&buf) {
-                ok = false;
-                self.fail(&e.to_string());
-                let _ = self.file.set_len(saved.0);
-                self.chain.seq = saved.1;
-                self.chain.prev = saved.2;
-            } else {
-                self.size += buf.len() as u64;
-                dirty = true;
+            if !out.buf.is_empty() {
+                self.batches.inc();
+                if let Err(e) = self.file.write_all(&out.buf) {
+                    ok = false;
+                    self.fail(&e.to_string());
+                    let _ = self.file.set_len(saved.0);
+                    self.chain.seq = saved.1;
+                    self.chain.prev = saved.2;
+                } else {
+                    self.size += out.buf.len() as u64;
+                    dirty = true;
+                }
             }
             if ok && (self.cfg.durability == Durability::Fsync || flushing) {
                 ok = self.sync();
@@ -615,25 +1008,77 @@ impl Writer {
                 // Spooled (and synced) before the records are acknowledged: an answered
                 // request's event survives a crash while the repository is down.
                 if let Some(sp) = self.spool.as_mut() {
-                    sp.put(&events);
+                    sp.put(&out.events);
                 }
             }
-            for job in batch {
-                if let Some(d) = job.done {
-                    let _ = d.send(ok);
-                }
+            for d in out.done.drain(..) {
+                let _ = d.send(ok);
             }
+            out.buf.clear();
+            out.events.clear();
             if ok {
                 self.healthy.store(true, Ordering::Release);
                 self.maybe_rotate();
                 // Only what is on disk is forwarded, seq and hash included, so the
                 // collector can check the chain too.
                 if let Some(f) = &self.forward {
-                    for (msgid, line) in lines {
+                    for (msgid, line) in out.lines.drain(..) {
                         f.offer(msgid, line);
                     }
                 }
             }
+            out.lines.clear();
+        }
+    }
+
+    /// Seals one record onto the batch's buffer, and keeps what the sinks need of it.
+    fn seal(&mut self, record: Record, out: &mut BatchOut) {
+        let cfg = self.cfg.audit_event.as_ref();
+        let (start, event) = match record {
+            Record::Http(r) => {
+                // The AuditEvent is built from the members by name (only when configured).
+                let event = cfg.and_then(|c| {
+                    audit_event(&r.to_fields(), r.query.as_ref().map(|q| q.as_str()), c)
+                });
+                let in_line = event.as_ref().filter(|_| cfg.is_some_and(|c| c.in_file));
+                let start = self
+                    .chain
+                    .seal_into(&mut out.buf, |b| r.write_members(b, in_line));
+                (start, event)
+            }
+            Record::Fields(mut fields) => {
+                // The raw query never goes into the line in clear.
+                let query = fields.remove(QUERY_FIELD);
+                let event = cfg
+                    .and_then(|c| audit_event(&fields, query.as_ref().and_then(Value::as_str), c));
+                if let (Some(e), Some(true)) = (&event, cfg.map(|c| c.in_file)) {
+                    fields.insert("audit_event".into(), e.clone());
+                }
+                let start = self
+                    .chain
+                    .seal_into(&mut out.buf, |b| write_map_members(b, &fields));
+                (start, event)
+            }
+        };
+        if self.forward.is_some() {
+            let as_event = self
+                .cfg
+                .syslog
+                .as_ref()
+                .is_some_and(|s| s.message == SyslogMessage::AuditEvent);
+            match &event {
+                Some(e) if as_event => out.lines.push((syslog::MSGID_AUDIT_EVENT, e.to_string())),
+                _ => {
+                    let line = out.buf.get(start..).unwrap_or_default();
+                    out.lines.push((
+                        syslog::MSGID_RECORD,
+                        String::from_utf8_lossy(line).into_owned(),
+                    ));
+                }
+            }
+        }
+        if let (Some(_), Some(e)) = (&self.spool, &event) {
+            out.events.push(e.to_string().into_bytes());
         }
     }
 
@@ -653,6 +1098,7 @@ impl Writer {
     }
 
     fn sync(&mut self) -> bool {
+        self.syncs.inc();
         match self.file.sync_data() {
             Ok(()) => true,
             Err(e) => {
@@ -1028,5 +1474,387 @@ mod tests {
             verify(std::slice::from_ref(&p), None),
             Verdict::Modified { .. }
         ));
+    }
+
+    /// Strings of every class the escaper must get right: each control character alone and
+    /// embedded, quotes and backslashes in runs, DEL, multi-byte UTF-8 of every length
+    /// (including U+2028/U+2029, which JSON allows raw), and long mixtures.
+    fn nasty_strings() -> Vec<String> {
+        let mut v: Vec<String> = vec![String::new()];
+        for c in (0u8..=0x7f).map(char::from) {
+            v.push(c.to_string());
+            v.push(format!("a{c}b"));
+            v.push(format!("{c}{c}\\{c}\""));
+        }
+        for s in [
+            "\"",
+            "\\",
+            "\\\"",
+            "\"\\\"",
+            "\\\\\\",
+            "é",
+            "ü€",
+            "€uro",
+            "𝄞",
+            "\u{2028}\u{2029}",
+            "\u{feff}",
+            "\u{10ffff}",
+            "\u{7f}\u{80}\u{7ff}\u{800}\u{ffff}\u{10000}",
+            "naïve \"quote\" \\path\\ \n\t\r\u{8}\u{c}\u{0}\u{1f}",
+        ] {
+            v.push(s.to_owned());
+        }
+        let every: String = (0u32..0x800).filter_map(char::from_u32).collect();
+        v.push(every.repeat(40));
+        v.push("x".repeat(100_000));
+        v.push("\u{1}\"\\é".repeat(10_000));
+        v
+    }
+
+    #[test]
+    fn json_strings_are_escaped_exactly_as_serde_json_does() {
+        for s in nasty_strings() {
+            let mut b = Vec::new();
+            json_str(&mut b, &s);
+            let reference = serde_json::to_string(&s).unwrap();
+            assert_eq!(String::from_utf8(b.clone()).unwrap(), reference, "{s:?}");
+            let back: String = serde_json::from_slice(&b).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    fn identity(subject: &str) -> Arc<crate::identity::ClientIdentity> {
+        Arc::new(crate::identity::ClientIdentity {
+            subject_cn: None,
+            subject: subject.to_owned(),
+            issuer: "CN=ca".into(),
+            issuer_cn: None,
+            dns_sans: Vec::new(),
+            uri_sans: Vec::new(),
+            email_sans: Vec::new(),
+            spki_sha256: String::new(),
+            x5t_s256: format!("x5t-{subject}"),
+            cert_sha256: String::new(),
+            client_auth_eku: true,
+            serial: "01".into(),
+            not_after: 0,
+        })
+    }
+
+    fn claims(s: &str, full: bool) -> Arc<crate::context::Claims> {
+        Arc::new(crate::context::Claims {
+            provider: "idp".into(),
+            iss: format!("https://idp/{s}"),
+            sub: s.to_owned(),
+            client_id: full.then(|| format!("app {s}")),
+            scopes: Vec::new(),
+            patient: full.then(|| format!("{s}/p")),
+            exp: 0,
+            cnf_x5t: None,
+            cnf_present: false,
+            raw: Map::new(),
+        })
+    }
+
+    fn fhir(s: &str, full: bool) -> Arc<crate::fhir::request::FhirRequest> {
+        use crate::fhir::request::{FhirRequest, Interaction};
+        Arc::new(FhirRequest {
+            interaction: if full {
+                Interaction::SearchCompartment
+            } else {
+                Interaction::Read
+            },
+            resource_type: Some("Patient"),
+            id: full.then(|| s.to_owned()),
+            version: None,
+            compartment: full.then(|| ("Patient", format!("{s}\"/\\"))),
+            operation: full.then(|| format!("op{s}")),
+            conditional: false,
+            params: Vec::new(),
+            format: None,
+        })
+    }
+
+    /// Every combination of present and absent members, with hostile text in each string.
+    fn http_records() -> Vec<(HttpRecord, Option<Value>)> {
+        let strings: Vec<String> = nasty_strings()
+            .into_iter()
+            .filter(|s| s.len() < 64)
+            .collect();
+        let mut out = Vec::new();
+        for (i, s) in strings.iter().enumerate() {
+            let bits = (i as u32 + 1).wrapping_mul(2_654_435_761); // spread the combinations
+            let on = |n: u32| bits >> n & 1 == 1;
+            let mut r =
+                HttpRecord::new(format!("2026-12-05T06:00:00.{i:03}Z{s}"), http::Method::GET);
+            if on(0) {
+                r.method = http::Method::from_bytes(b"PROPFIND").unwrap();
+            }
+            if on(1) {
+                // Sometimes not visible ASCII: then not written, as before.
+                r.request_id = http::HeaderValue::from_bytes(s.as_bytes()).ok();
+                r.listener = Some(Arc::from(s.as_str()));
+                r.client_ip = Some(if on(2) {
+                    "10.0.0.1".parse().unwrap()
+                } else {
+                    "2001:db8::1".parse().unwrap()
+                });
+            }
+            if on(3) {
+                r.route = Some(Arc::from(format!("route{s}").as_str()));
+            }
+            if on(4) {
+                r.identity = Some(identity(s));
+            }
+            if on(5) {
+                r.fhir = Some(fhir(s, on(6)));
+                r.query = Some(http::uri::PathAndQuery::from_static(
+                    "/fhir/Patient?name=SECRET",
+                ));
+            }
+            if on(7) {
+                r.claims = Some(claims(s, on(8)));
+            }
+            if on(9) {
+                r.dlp_findings = Some(serde_json::json!({"request": {s.clone(): {"mask": 2}}}));
+            }
+            if on(10) {
+                r.break_glass_reason = Some(format!("emergency {s}"));
+            }
+            r.decision = ["allow", "refuse", "error", "cancelled"][(bits >> 11) as usize % 4];
+            r.status = [200, 403, 502, 499][(bits >> 11) as usize % 4];
+            if on(13) {
+                r.upstream_status = Some(r.status);
+            } else {
+                r.code = Some("scope_denied");
+            }
+            let event = on(14).then(|| serde_json::json!({"resourceType": "AuditEvent", "x": s}));
+            out.push((r, event));
+        }
+        // Everything at once.
+        let s = "\u{0}\"\\é𝄞";
+        let mut r = HttpRecord::new("t".into(), http::Method::DELETE);
+        r.request_id = http::HeaderValue::from_str("rid-1").ok();
+        r.listener = Some(Arc::from(s));
+        r.client_ip = Some("127.0.0.1".parse().unwrap());
+        r.route = Some(Arc::from(s));
+        r.identity = Some(identity(s));
+        r.fhir = Some(fhir(s, true));
+        r.claims = Some(claims(s, true));
+        r.dlp_findings = Some(serde_json::json!({"response": {"ssn": {"redact": 1}}}));
+        r.break_glass_reason = Some(s.into());
+        r.decision = "refuse";
+        r.status = 403;
+        r.upstream_status = Some(200);
+        r.code = Some("scope_denied");
+        out.push((r, Some(serde_json::json!({"resourceType": "AuditEvent"}))));
+        out
+    }
+
+    #[test]
+    fn the_direct_writer_matches_the_map_writer_byte_for_byte() {
+        let mut direct = Chain {
+            seq: 0,
+            prev: GENESIS.into(),
+            key: None,
+        };
+        let mut by_map = Chain {
+            seq: 0,
+            prev: GENESIS.into(),
+            key: None,
+        };
+        let mut file = Vec::new();
+        let records = http_records();
+        assert!(records.len() > 300, "{}", records.len());
+        for (r, event) in &records {
+            let mut a = Vec::new();
+            direct.seal_into(&mut a, |b| r.write_members(b, event.as_ref()));
+            let mut fields = r.to_fields();
+            if let Some(e) = event {
+                fields.insert("audit_event".into(), e.clone());
+            }
+            // The map writer is what the trail always wrote: each member as serde_json
+            // prints it, in the map's (sorted) order: the map's own JSON minus its braces.
+            let mut members = Vec::new();
+            write_map_members(&mut members, &fields);
+            let compact = serde_json::to_string(&fields).unwrap();
+            let inner = &compact[1..compact.len() - 1];
+            if !inner.is_empty() {
+                assert_eq!(&members[1..], inner.as_bytes());
+            }
+            let mut b = Vec::new();
+            by_map.seal_into(&mut b, |buf| buf.extend_from_slice(&members));
+            assert_eq!(
+                String::from_utf8(a.clone()).unwrap(),
+                String::from_utf8(b).unwrap()
+            );
+            // And the line reads back as those members, plus seq, prev and hash.
+            let mut parsed: Map<String, Value> = serde_json::from_slice(&a).unwrap();
+            assert_eq!(parsed.remove("seq"), Some(Value::from(direct.seq)));
+            assert!(parsed.remove("prev").is_some() && parsed.remove("hash").is_some());
+            assert_eq!(parsed, fields);
+            assert!(!String::from_utf8_lossy(&a).contains("SECRET"));
+            file.extend_from_slice(&a);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        std::fs::write(&p, file).unwrap();
+        assert_eq!(
+            verify(std::slice::from_ref(&p), None),
+            Verdict::Ok {
+                records: records.len() as u64,
+                first: 1,
+                last: records.len() as u64
+            }
+        );
+    }
+
+    fn start_log(dir: &Path) -> (AuditLog, crate::metrics::Metrics) {
+        let metrics = crate::metrics::Metrics::new();
+        let cfg: AuditConfig = serde_json::from_value(serde_json::json!({
+            "path": "audit.jsonl",
+            "durability": "fsync",
+        }))
+        .unwrap();
+        let log = AuditLog::start(&cfg, &|f| dir.join(f), &metrics).unwrap();
+        (log, metrics)
+    }
+
+    fn request(i: usize) -> HttpRecord {
+        let mut r = HttpRecord::new(rfc3339(), http::Method::GET);
+        r.request_id = http::HeaderValue::from_str(&format!("req-{i}")).ok();
+        r.decision = "allow";
+        r.status = 200;
+        r
+    }
+
+    fn rfc3339() -> String {
+        crate::calendar::rfc3339_now()
+    }
+
+    /// Waits (without a clock) until `n` records are queued behind the held writer.
+    async fn queued(m: &crate::metrics::Metrics, n: i64) {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while m.audit_backlog.get() < n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("records were not queued");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_fsync_records_are_written_in_one_batch_and_each_waits_for_its_sync() {
+        const N: usize = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let (log, m) = start_log(dir.path());
+        let path = dir.path().join("audit.jsonl");
+        let release = log.hold(None).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..N {
+            let (log, path) = (log.clone(), path.clone());
+            tasks.spawn(async move {
+                log.record(request(i)).await.map_err(|r| r.code)?;
+                // Answered: the record is in the file already (written, then synced).
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(text.contains(&format!("\"request_id\":\"req-{i}\"")));
+                Ok::<_, &str>(())
+            });
+        }
+        queued(&m, N as i64).await;
+        // Nothing is written while the writer is held: no request has its answer yet.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        assert_eq!(m.audit_syncs.get(), 0);
+        drop(release);
+        while let Some(r) = tasks.join_next().await {
+            assert_eq!(r.unwrap(), Ok(()));
+        }
+        // One write and one fdatasync for all of them.
+        assert_eq!(m.audit_batches.get(), 1);
+        assert_eq!(m.audit_syncs.get(), 1);
+        assert_eq!(
+            m.audit_records.with_label_values(&["written"]).get(),
+            N as u64
+        );
+        assert_eq!(m.audit_backlog.get(), 0);
+        assert_eq!(
+            verify(std::slice::from_ref(&path), None),
+            Verdict::Ok {
+                records: N as u64,
+                first: 1,
+                last: N as u64
+            }
+        );
+        let mut ids: Vec<String> = lines(&path)
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["request_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), N, "every record exactly once");
+
+        // A lone record after that is its own batch: no waiting for company.
+        log.record(request(N)).await.unwrap();
+        assert_eq!(m.audit_batches.get(), 2);
+        assert_eq!(m.audit_syncs.get(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_failed_batch_fails_every_record_in_it_and_the_chain_continues_after_recovery() {
+        const N: usize = 20;
+        let dir = tempfile::tempdir().unwrap();
+        let (log, m) = start_log(dir.path());
+        let path = dir.path().join("audit.jsonl");
+        for i in 0..3 {
+            log.record(request(i)).await.unwrap();
+        }
+        // From the next batch on, every write fails (ENOSPC).
+        let release = log.hold(Some(PathBuf::from("/dev/full"))).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..N {
+            let log = log.clone();
+            tasks.spawn(async move { log.record(request(100 + i)).await.map_err(|r| r.code) });
+        }
+        queued(&m, N as i64).await;
+        drop(release);
+        while let Some(r) = tasks.join_next().await {
+            assert_eq!(r.unwrap(), Err("audit_unavailable"));
+        }
+        assert_eq!(
+            m.audit_records.with_label_values(&["failed"]).get(),
+            N as u64
+        );
+        assert!(m.audit_write_errors.get() >= 1);
+        // Refused up front while the trail is down: fail closed.
+        assert!(!log.accepting());
+        assert_eq!(
+            log.record(request(999)).await.map_err(|r| r.code),
+            Err("audit_unavailable")
+        );
+        // The writer probes the real file again and takes records once it can.
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while !log.accepting() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the trail did not recover");
+        log.record(request(4)).await.unwrap();
+        // None of the failed batch is in the file, and the chain runs on from seq 3.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("req-10"), "{text}");
+        assert_eq!(
+            verify(std::slice::from_ref(&path), None),
+            Verdict::Ok {
+                records: 4,
+                first: 1,
+                last: 4
+            }
+        );
     }
 }

@@ -11,9 +11,8 @@ use std::sync::Arc;
 
 use http::Request;
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, HttpRecord};
 use crate::context::{RequestContext, RouteId};
 use crate::fhir::request::FhirRequest;
 use crate::identity::ClientIdentity;
@@ -28,16 +27,16 @@ pub use crate::dlp::counts_json as dlp_counts;
 struct Unfinished {
     log: AuditLog,
     slot: AuditSlot,
-    fields: Option<Map<String, Value>>,
+    record: Option<HttpRecord>,
 }
 
 impl Drop for Unfinished {
     fn drop(&mut self) {
-        if let Some(mut f) = self.fields.take() {
-            add_claims(&mut f, &self.slot);
-            f.insert("decision".into(), Value::String("cancelled".into()));
-            f.insert("status".into(), Value::from(499));
-            self.log.record_detached(f);
+        if let Some(mut r) = self.record.take() {
+            add_claims(&mut r, &self.slot);
+            r.decision = "cancelled";
+            r.status = 499;
+            self.log.record_detached(r);
         }
     }
 }
@@ -73,68 +72,32 @@ impl Audit {
 
 pub use crate::calendar::rfc3339_now;
 
-fn put(m: &mut Map<String, Value>, k: &str, v: Option<&str>) {
-    if let Some(v) = v {
-        m.insert(k.to_owned(), Value::String(v.to_owned()));
-    }
-}
-
 /// Who the token said the caller is, if a token was verified; and what DLP found.
-fn add_claims(fields: &mut Map<String, Value>, slot: &AuditSlot) {
-    if let Some(d) = slot.dlp() {
-        fields.insert("dlp_findings".into(), d);
-    }
-    if let Some(reason) = slot.break_glass() {
-        fields.insert("break_glass".into(), Value::Bool(true));
-        fields.insert("break_glass_reason".into(), Value::String(reason));
-    }
-    if let Some(c) = slot.claims() {
-        put(fields, "iss", Some(&c.iss));
-        put(fields, "sub", Some(&c.sub));
-        put(fields, "client_id", c.client_id.as_deref());
-        put(fields, "patient", c.patient.as_deref());
-    }
+fn add_claims(r: &mut HttpRecord, slot: &AuditSlot) {
+    r.dlp_findings = slot.dlp();
+    r.break_glass_reason = slot.break_glass();
+    r.claims = slot.claims();
 }
 
-/// The request's part of the record (before it is handed on).
-fn request_fields(req: &Request<Body>) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("time".into(), Value::String(rfc3339_now()));
-    m.insert("kind".into(), Value::String("http".into()));
+/// The request's part of the record (before it is handed on): shared handles to the
+/// request's extensions, which the audit writer formats off the request path.
+fn request_record(req: &Request<Body>) -> HttpRecord {
+    let mut r = HttpRecord::new(rfc3339_now(), req.method().clone());
     let ext = req.extensions();
     if let Some(c) = ext.get::<RequestContext>() {
-        put(&mut m, "request_id", c.request_id.to_str().ok());
-        put(&mut m, "listener", Some(&c.listener));
-        m.insert("client_ip".into(), Value::String(c.client_ip.to_string()));
+        r.request_id = Some(c.request_id.clone());
+        r.listener = Some(c.listener.clone());
+        r.client_ip = Some(c.client_ip);
     }
-    if let Some(r) = ext.get::<RouteId>() {
-        put(&mut m, "route", Some(&r.0.name));
-    }
-    m.insert(
-        "method".into(),
-        Value::String(req.method().as_str().to_owned()),
-    );
-    if let Some(id) = ext.get::<Arc<ClientIdentity>>() {
-        put(&mut m, "cert_subject", Some(&id.subject));
-        put(&mut m, "cert_sha256", Some(&id.x5t_s256));
-    }
+    r.route = ext.get::<RouteId>().map(|id| id.0.name.clone());
+    r.identity = ext.get::<Arc<ClientIdentity>>().cloned();
     if let Some(f) = ext.get::<Arc<FhirRequest>>() {
-        put(&mut m, "fhir_interaction", Some(f.interaction.label()));
-        put(&mut m, "resource_type", f.resource_type);
-        put(&mut m, "resource_id", f.id.as_deref());
-        if let Some(op) = &f.operation {
-            put(&mut m, "operation", Some(op));
-        }
-        if let Some((t, id)) = &f.compartment {
-            put(&mut m, "compartment", Some(&format!("{t}/{id}")));
-        }
+        r.fhir = Some(f.clone());
         // The raw request target, for the AuditEvent's base64 `entity.query` (BALP); the
-        // writer takes it out before the line is sealed, so it is never in clear.
-        if let Some(pq) = req.uri().path_and_query() {
-            put(&mut m, crate::audit::QUERY_FIELD, Some(pq.as_str()));
-        }
+        // writer never puts it in the line.
+        r.query = req.uri().path_and_query().cloned();
     }
-    m
+    r
 }
 
 impl Policy for Audit {
@@ -145,7 +108,7 @@ impl Policy for Audit {
         }
         let slot = AuditSlot::default();
         req.extensions_mut().insert(slot.clone());
-        let fields = request_fields(&req);
+        let record = request_record(&req);
         let next = next.later();
         Box::pin(async move {
             // If the client goes away mid-request the future is dropped here, possibly
@@ -153,34 +116,33 @@ impl Policy for Audit {
             let mut guard = Unfinished {
                 log: log.clone(),
                 slot: slot.clone(),
-                fields: Some(fields),
+                record: Some(record),
             };
             let result = next.run(req).await;
-            let mut fields = guard.fields.take().unwrap_or_default();
-            add_claims(&mut fields, &slot);
+            let Some(mut record) = guard.record.take() else {
+                // Not reachable (the record is only taken here); fail closed regardless.
+                return Err(crate::audit::unavailable());
+            };
+            add_claims(&mut record, &slot);
             match &result {
                 Ok(resp) => {
-                    fields.insert("decision".into(), Value::String("allow".into()));
-                    fields.insert("status".into(), Value::from(resp.status().as_u16()));
-                    fields.insert(
-                        "upstream_status".into(),
-                        Value::from(resp.status().as_u16()),
-                    );
+                    record.decision = "allow";
+                    record.status = resp.status().as_u16();
+                    record.upstream_status = Some(resp.status().as_u16());
                 }
                 Err(rej) => {
                     // Refused by a policy, or failed at the upstream (5xx).
-                    let decision = if rej.status.is_server_error() {
+                    record.decision = if rej.status.is_server_error() {
                         "error"
                     } else {
                         "refuse"
                     };
-                    fields.insert("decision".into(), Value::String(decision.into()));
-                    fields.insert("status".into(), Value::from(rej.status.as_u16()));
-                    fields.insert("code".into(), Value::String(rej.code.to_owned()));
+                    record.status = rej.status.as_u16();
+                    record.code = Some(rej.code);
                 }
             }
             // With fsync durability the answer waits for its record.
-            log.record(fields).await?;
+            log.record(record).await?;
             result
         })
     }
