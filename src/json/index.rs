@@ -48,49 +48,159 @@ impl Index {
     /// error, and the error (see [`Index::error`]).
     pub fn build(b: &[u8]) -> Option<Index> {
         u32::try_from(b.len()).ok()?;
-        // About one token per 8 bytes of FHIR JSON; capped so a huge body does not
-        // reserve more than it will use.
-        let mut toks: Vec<Tok> = Vec::with_capacity((b.len() / 8).min(1 << 20));
-        let mut open: Vec<u32> = Vec::new();
-        let mut t = Tokenizer::new(b, MAX_DEPTH);
-        let err = loop {
-            match t.next() {
-                Ok(Some(tok)) => {
-                    let i = toks.len() as u32;
-                    let mut link = i;
-                    match tok.kind {
-                        Kind::ObjStart | Kind::ArrStart => open.push(i),
-                        Kind::ObjEnd | Kind::ArrEnd => {
-                            if let Some(s) = open.pop() {
-                                link = s;
-                                if let Some(st) = toks.get_mut(s as usize) {
-                                    st.link = i;
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                    let int = tok.kind == Kind::Num
-                        && !tok.raw(b).iter().any(|c| matches!(c, b'.' | b'e' | b'E'));
-                    toks.push(Tok {
-                        // The body fits in u32 (checked above), so every offset does.
-                        start: tok.start as u32,
-                        end: tok.end as u32,
-                        link,
-                        kind: tok.kind,
-                        esc: tok.esc,
-                        int,
-                    });
-                }
-                Ok(None) => break None,
-                Err(e) => break Some(e),
-            }
-        };
-        Some(Index {
-            toks,
+        let mut ix = Index {
+            // About one token per 8 bytes of FHIR JSON; capped so a huge body does not
+            // reserve more than it will use.
+            toks: Vec::with_capacity((b.len() / 8).min(1 << 20)),
             len: b.len(),
-            err,
-        })
+            err: None,
+        };
+        if let Err(e) = ix.lex(b) {
+            ix.err = Some(e);
+        }
+        Some(ix)
+    }
+
+    /// The one pass: the [`Tokenizer`]'s grammar, state for state (the same tokens and the
+    /// same first error, which `tests.rs` holds it to over generated variants), written as
+    /// one loop over a flat stack for speed: no per-token state dispatch, member names kept
+    /// as offsets and compared raw (decoded only when an object has an escaped one).
+    fn lex(&mut self, b: &[u8]) -> Result<(), Error> {
+        if b.starts_with(&[0xEF, 0xBB, 0xBF]) {
+            return Err(Error::new(ErrorKind::Bom, 0));
+        }
+        let fail = |kind, at| Err(Error::new(kind, at));
+        // Open containers: (is object, token index, first of its keys in `keys`).
+        let mut stack: Vec<(bool, u32, usize)> = Vec::new();
+        // Member names of the open objects: (content start, end, has escape).
+        let mut keys: Vec<(u32, u32, bool)> = Vec::new();
+        let mut names: Vec<&[u8]> = Vec::new();
+        let toks = &mut self.toks;
+        // Offsets fit in u32: `build` checked the length.
+        let tok = |kind, start: usize, end: usize| Tok {
+            start: start as u32,
+            end: end as u32,
+            link: 0,
+            kind,
+            esc: false,
+            int: false,
+        };
+        let mut pos = skip_ws(b, 0);
+        if pos == b.len() {
+            return fail(ErrorKind::Empty, b.len());
+        }
+        loop {
+            // A value is expected at `pos` (whitespace skipped).
+            let at = pos;
+            match b.get(at) {
+                Some(&c @ (b'{' | b'[')) => {
+                    let obj = c == b'{';
+                    if stack.len() >= MAX_DEPTH {
+                        return fail(ErrorKind::TooDeep, at);
+                    }
+                    stack.push((obj, toks.len() as u32, keys.len()));
+                    toks.push(tok(
+                        if obj { Kind::ObjStart } else { Kind::ArrStart },
+                        at,
+                        at + 1,
+                    ));
+                    pos = skip_ws(b, at + 1);
+                    match (obj, b.get(pos)) {
+                        (true, Some(b'"')) => {
+                            pos = key(b, pos, toks, &mut keys)?;
+                            continue;
+                        }
+                        (true, Some(b'}')) | (false, Some(b']')) => {}
+                        (true, None) => return fail(ErrorKind::UnexpectedEnd, pos),
+                        (true, Some(_)) => return fail(ErrorKind::ExpectedKey, pos),
+                        // An array's first item (or a bad byte, reported as a value).
+                        (false, _) => continue,
+                    }
+                }
+                Some(b'"') => {
+                    let s = super::lex::string(b, at)?;
+                    let mut t = tok(Kind::Str, s.start, s.end);
+                    t.esc = s.esc;
+                    toks.push(t);
+                    pos = s.end + 1;
+                }
+                Some(b't') => {
+                    pos = super::lex::literal(b, at, b"true")?;
+                    toks.push(tok(Kind::True, at, pos));
+                }
+                Some(b'f') => {
+                    pos = super::lex::literal(b, at, b"false")?;
+                    toks.push(tok(Kind::False, at, pos));
+                }
+                Some(b'n') => {
+                    pos = super::lex::literal(b, at, b"null")?;
+                    toks.push(tok(Kind::Null, at, pos));
+                }
+                Some(b'-' | b'0'..=b'9') => {
+                    let (end, int) = super::lex::number(b, at)?;
+                    let mut t = tok(Kind::Num, at, end);
+                    t.int = int;
+                    toks.push(t);
+                    pos = end;
+                }
+                None => return fail(ErrorKind::UnexpectedEnd, at),
+                Some(_) => return fail(ErrorKind::UnexpectedChar, at),
+            }
+            // After a complete value (or an empty container's opening, whose close is
+            // next): separators and closes until the next value is due.
+            loop {
+                pos = skip_ws(b, pos);
+                let Some(&(obj, open, kbase)) = stack.last() else {
+                    if pos != b.len() {
+                        return fail(ErrorKind::TrailingData, pos);
+                    }
+                    return Ok(());
+                };
+                match (obj, b.get(pos)) {
+                    (true, Some(b',')) => {
+                        pos = skip_ws(b, pos + 1);
+                        match b.get(pos) {
+                            Some(b'"') => {
+                                pos = key(b, pos, toks, &mut keys)?;
+                                break;
+                            }
+                            Some(b'}') => return fail(ErrorKind::TrailingComma, pos),
+                            None => return fail(ErrorKind::UnexpectedEnd, pos),
+                            Some(_) => return fail(ErrorKind::ExpectedKey, pos),
+                        }
+                    }
+                    (false, Some(b',')) => {
+                        pos = skip_ws(b, pos + 1);
+                        if b.get(pos) == Some(&b']') {
+                            return fail(ErrorKind::TrailingComma, pos);
+                        }
+                        break;
+                    }
+                    (true, Some(b'}')) | (false, Some(b']')) => {
+                        if obj {
+                            let mine = keys.get(kbase..).unwrap_or_default();
+                            if duplicate(b, mine, &mut names)? {
+                                return fail(ErrorKind::Duplicate, pos);
+                            }
+                            keys.truncate(kbase);
+                        }
+                        stack.pop();
+                        let i = toks.len() as u32;
+                        let mut t =
+                            tok(if obj { Kind::ObjEnd } else { Kind::ArrEnd }, pos, pos + 1);
+                        t.link = open;
+                        toks.push(t);
+                        if let Some(o) = toks.get_mut(open as usize) {
+                            o.link = i;
+                        }
+                        pos += 1;
+                    }
+                    (_, None) => return fail(ErrorKind::UnexpectedEnd, pos),
+                    (true, Some(_)) => return fail(ErrorKind::ExpectedCommaOrBrace, pos),
+                    (false, Some(_)) => return fail(ErrorKind::ExpectedCommaOrBracket, pos),
+                }
+            }
+        }
     }
 
     /// Why the body is not JSON; `None`: it is one valid document.
@@ -133,6 +243,57 @@ impl Index {
             hint: 0,
         })
     }
+}
+
+/// A member name at `at` (its quote) and the `:` after it: the key token is pushed, its span
+/// kept for the duplicate check; the offset of the value (whitespace skipped).
+#[inline]
+fn key(
+    b: &[u8],
+    at: usize,
+    toks: &mut Vec<Tok>,
+    keys: &mut Vec<(u32, u32, bool)>,
+) -> Result<usize, Error> {
+    let s = super::lex::string(b, at)?;
+    let colon = skip_ws(b, s.end + 1);
+    if b.get(colon) != Some(&b':') {
+        return Err(Error::new(ErrorKind::ExpectedColon, colon));
+    }
+    // Offsets fit in u32: `Index::build` checked the length.
+    let (start, end) = (s.start as u32, s.end as u32);
+    keys.push((start, end, s.esc));
+    toks.push(Tok {
+        start,
+        end,
+        link: 0,
+        kind: Kind::Key,
+        esc: s.esc,
+        int: false,
+    });
+    Ok(skip_ws(b, colon + 1))
+}
+
+/// Do the member names of one object (spans into `b`) hold a name twice, compared after
+/// unescaping? Raw bytes are compared unless a name has an escape (rare in FHIR).
+fn duplicate<'a>(
+    b: &'a [u8],
+    keys: &[(u32, u32, bool)],
+    names: &mut Vec<&'a [u8]>,
+) -> Result<bool, Error> {
+    if keys.len() < 2 {
+        return Ok(false);
+    }
+    let raw = |&(s, e, _): &(u32, u32, bool)| b.get(s as usize..e as usize).unwrap_or_default();
+    if keys.iter().any(|k| k.2) {
+        let mut decoded = keys
+            .iter()
+            .map(|k| super::lex::decode(raw(k), k.2))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(super::has_duplicate(&mut decoded));
+    }
+    names.clear();
+    names.extend(keys.iter().map(raw));
+    Ok(super::has_duplicate(names))
 }
 
 /// Replays an [`Index`] with the pull API of [`Tokenizer::next`]: the same tokens, then the
