@@ -18,13 +18,14 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 /// off the async workers, on tokio's blocking pool ([`by_size`], [`in_place_by_size`]).
 ///
 /// Why one size for all three: a policy that works for milliseconds on a worker stalls every
-/// other connection that worker serves. All of them run at a few hundred MB/s per core
-/// (validation ~450 MB/s, DLP Safe Harbor ~150–500 MB/s), so 256 KiB is at most ~1–2 ms on a
-/// worker — a stall no client notices — while below it the hand-off to the pool (a thread
-/// wake-up and a copy of nothing: the buffers are shared) would cost more than the work it
-/// moves. Before this rule, DLP moved at this size, validation of up to 10 MiB ran inline,
-/// and MLLP DLP always ran inline. Not configurable: it is a property of the code's speed,
-/// not of a deployment.
+/// other connection that worker serves, and the three run at comparable speeds (tens to a
+/// few hundred MB/s per core: `benches/validate.rs` group `lex_once` times validation and
+/// DLP of the same bodies), so the same size means about the same time on a worker for
+/// each: at 256 KiB about a millisecond for validation and a few for Safe Harbor DLP — a
+/// stall no client notices — while most FHIR bodies are a few KiB, whose work (microseconds)
+/// is of the order of the hand-off to the pool (a task and a thread wake-up), so moving
+/// them would only add latency. Before this rule DLP moved at this size, validation of up to 10 MiB ran inline on a worker, and MLLP
+/// DLP always did. Not configurable: it follows the code's speed, not a deployment's needs.
 pub const OFF_WORKER_BYTES: usize = 256 * 1024;
 
 /// The one rule: is a body of `len` bytes processed off the async workers?
