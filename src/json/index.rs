@@ -399,15 +399,20 @@ impl<'a> Seek<'a> {
     #[inline]
     fn find(&mut self, start: usize) -> Option<Tok> {
         let start = u32::try_from(start).ok()?;
-        let h = self.hint;
-        for i in [h, h + 1] {
-            if let Some(t) = self.toks.get(i) {
-                if t.start == start {
-                    self.hint = i + 1;
-                    return Some(*t);
-                }
+        // Forward from the last hit: a walker reads in document order, skipping only the
+        // brackets and separators it handles itself (`}]},{` between two members).
+        let end = self.toks.len().min(self.hint + 16);
+        for i in self.hint..end {
+            let t = *self.toks.get(i)?;
+            if t.start == start {
+                self.hint = i + 1;
+                return Some(t);
+            }
+            if t.start > start {
+                break;
             }
         }
+        // A jump (a look-ahead, or back from one): binary search.
         let i = self.toks.partition_point(|t| t.start < start);
         let t = *self.toks.get(i)?;
         if t.start != start {
