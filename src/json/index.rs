@@ -1,8 +1,9 @@
 //! A body lexed once: the [`Index`] is every token of one document (kind, byte offsets, flags,
-//! and for a container the position of its other bracket), built in one pass of the
-//! [`Tokenizer`] with the grammar checked once — BOM, emptiness, strings (escapes, control
-//! bytes, UTF-8), numbers, literals, separators, duplicates at any depth, depth up to
-//! [`MAX_DEPTH`], trailing data.
+//! and for a container the position of its other bracket), built in one pass with the
+//! grammar checked once — BOM, emptiness, strings (escapes, control bytes, UTF-8), numbers,
+//! literals, separators, duplicates at any depth, depth up to [`MAX_DEPTH`], trailing data.
+//! The pass is the [`Tokenizer`]'s grammar on the same `lex` primitives, written as one loop
+//! (tests hold the two to the same tokens and the same errors).
 //!
 //! Why: a route with validation, authorization and DLP used to lex the same bytes three
 //! times. With the index, the first reader pays for the lexing and the others read tokens
