@@ -352,6 +352,50 @@ async fn a_dlp_rewrite_drops_the_index_of_the_old_bytes() {
             }
         }
     }
+
+    // A route whose only body reader is the validator: no index is built for no one (the
+    // validator lexes the body itself), and nothing is left on the request.
+    let alone = PolicyLayer::new(
+        Validate::new(&vcfg, "r", metrics.validation_failures.clone())
+            .unwrap()
+            .counting_lexes(req_lexed.clone())
+            .sharing_index(false),
+    );
+    for len in sizes() {
+        let body = patient(len, false, false);
+        let saw: Arc<Mutex<Option<(Bytes, bool)>>> = Arc::default();
+        let s2 = saw.clone();
+        let terminal = tower::service_fn(move |req: Request<ward::Body>| {
+            let s2 = s2.clone();
+            async move {
+                let (parts, b) = req.into_parts();
+                let got = b.collect().await.unwrap().to_bytes();
+                *s2.lock().unwrap() = Some((got, parts.extensions.get::<LexedBody>().is_some()));
+                Ok::<_, ward::error::Rejection>(Response::new(ward::empty_body()))
+            }
+        });
+        let mut svc = alone.layer(terminal);
+        let mut req = Request::post("/fhir/Patient")
+            .header("content-type", "application/fhir+json")
+            .body(
+                Full::new(Bytes::from(body.clone()))
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
+            .unwrap();
+        let f = ward::fhir::request::parse(&http::Method::POST, "Patient", None).unwrap();
+        req.extensions_mut().insert(Arc::new(f));
+        let before = req_lexed.get();
+        let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let (got, any) = saw.lock().unwrap().clone().unwrap();
+        assert!(got == body && !any, "len {len}");
+        assert_eq!(
+            req_lexed.get(),
+            before,
+            "len {len}: nothing lexed for no one"
+        );
+    }
 }
 
 /// DLP through a body's index walks and edits exactly as DLP lexing the body itself: same

@@ -301,6 +301,13 @@ impl Dlp {
     }
 }
 
+impl Dlp {
+    /// Does this policy read request bodies (`direction: request` or `both`)?
+    pub fn scans_requests(&self) -> bool {
+        self.requests
+    }
+}
+
 fn blocked() -> Rejection {
     Rejection::new(
         StatusCode::FORBIDDEN,

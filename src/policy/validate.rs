@@ -232,6 +232,10 @@ pub struct Validate {
     route: Arc<str>,
     /// Request bodies lexed into their shared index (`ward_json_lex_total{direction="request"}`).
     lexed: prometheus::IntCounter,
+    /// Build the body's token index and leave it for the policies after this one (the
+    /// route's stack sets it when a later policy reads the body); an index an earlier
+    /// policy left is used either way.
+    share: bool,
 }
 
 impl FromConfig for Validate {
@@ -295,6 +299,7 @@ impl Validate {
             // Counted once the gateway's registry is known (`from_config`).
             lexed: prometheus::IntCounter::new("ward_json_lex_unregistered", "-")
                 .map_err(|e| e.to_string())?,
+            share: true,
         })
     }
 }
@@ -304,6 +309,13 @@ impl Validate {
     /// gateway's `ward_json_lex_total{direction="request"}`).
     pub fn counting_lexes(mut self, c: prometheus::IntCounter) -> Self {
         self.lexed = c;
+        self
+    }
+
+    /// Build and leave the token index for later readers of the body (default `true`);
+    /// `false` when none follows, so a validate-only route does not lex twice.
+    pub fn sharing_index(mut self, share: bool) -> Self {
+        self.share = share;
         self
     }
 }
@@ -743,18 +755,19 @@ impl Policy for Validate {
                 .and_then(|c| c.request_id.to_str().ok().map(str::to_owned))
                 .unwrap_or_default();
             let f = parts.extensions.get::<Arc<FhirRequest>>().cloned();
-            // JSON is lexed once for every policy of the request (`json::LexedBody`): the
-            // index is reused if an earlier policy built it for these bytes, else built here
-            // and left for the policies after this one. Lexing and validation run where the
-            // gateway's one size rule says (`body::by_size`).
+            // JSON is lexed once for every policy of the request (`json::LexedBody`): an
+            // index an earlier policy built for these bytes is used, else one is built here
+            // and left for the policies after this one when the route has any (`share`).
+            // Lexing and validation run where the gateway's one size rule says
+            // (`body::by_size`).
             let json = matches!(check, Check::Resource | Check::JsonPatch) && c.fhir.is_some();
             let lexed = LexedBody::matching(&parts.extensions, &bytes);
             let (me, b) = (c.clone(), bytes.clone());
             let (verdict, lexed) = crate::body::by_size(bytes.len(), move || {
-                let lexed = if json {
-                    LexedBody::reuse_or_build(lexed, &b, &me.lexed)
-                } else {
-                    lexed
+                let lexed = match lexed {
+                    Some(l) => Some(l),
+                    None if json && me.share => LexedBody::build(&b, &me.lexed),
+                    None => None,
                 };
                 let index = lexed.as_ref().map(|l| l.index().as_ref());
                 let verdict = me.check(&check, f.as_deref(), &b, index, &request_id);
