@@ -2,10 +2,16 @@
 //! 1 MB searchset Bundle of Patients and Observations, and an HL7 v2 ADT^A01.
 //!
 //! `cargo bench --bench validate` (add `-- --quick` for a short run).
+//!
+//! Group `lex_once`: the token index (`json::Index`) that lets a route's policies share one
+//! lexing of a body — building it and iterating it against the tokenizer alone, and
+//! validation (+ DLP) on a fresh body against the same through one index.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
-use ward::fhir::validate::{validate_resource, Limits};
+use ward::fhir::validate::{
+    validate_resource, validate_resource_indexed, validate_resource_with, Limits,
+};
 
 const PATIENT: &str = include_str!("data/patient.json");
 const OBSERVATION: &str = include_str!("data/observation.json");
@@ -47,5 +53,72 @@ fn fhir(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, fhir);
+fn lex_once(c: &mut Criterion) {
+    use ward::json::{Index, Tokenizer, MAX_DEPTH};
+    let limits = Limits {
+        max_bytes: 16 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let cfg: ward::dlp::DlpConfig =
+        serde_json::from_value(serde_json::json!({"preset": "safe_harbor"})).expect("config");
+    let resolve = |p: &str| std::path::PathBuf::from(p);
+    let eng = ward::dlp::Engine::compile(&cfg, &resolve).expect("engine");
+    let big = bundle(1024 * 1024);
+    let mut g = c.benchmark_group("lex_once");
+    for (name, body) in [
+        ("patient", PATIENT.as_bytes()),
+        ("bundle_1MB", big.as_bytes()),
+    ] {
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(format!("{name}/tokenizer"), |b| {
+            b.iter(|| {
+                let mut t = Tokenizer::new(black_box(body), MAX_DEPTH);
+                let mut n = 0usize;
+                while let Ok(Some(tok)) = t.next() {
+                    n += tok.end;
+                }
+                black_box(n)
+            })
+        });
+        g.bench_function(format!("{name}/index_build_and_iterate"), |b| {
+            b.iter(|| {
+                let ix = Index::build(black_box(body)).expect("indexed");
+                let mut c = ix.cursor(MAX_DEPTH);
+                let mut n = 0usize;
+                while let Ok(Some(tok)) = c.next() {
+                    n += tok.end;
+                }
+                black_box(n)
+            })
+        });
+        g.bench_function(format!("{name}/validate"), |b| {
+            b.iter(|| black_box(validate_resource_with(black_box(body), &limits, None).is_ok()))
+        });
+        g.bench_function(format!("{name}/index_then_validate"), |b| {
+            b.iter(|| {
+                let ix = Index::build(black_box(body)).expect("indexed");
+                black_box(validate_resource_indexed(body, Some(&ix), &limits, None).is_ok())
+            })
+        });
+        g.bench_function(format!("{name}/validate_and_dlp"), |b| {
+            b.iter(|| {
+                let ok = validate_resource_with(black_box(body), &limits, None).is_ok();
+                let mut r = ward::dlp::Report::default();
+                black_box((ok, ward::dlp::json::process(&eng, body, &mut r).is_ok()))
+            })
+        });
+        g.bench_function(format!("{name}/index_then_validate_and_dlp"), |b| {
+            b.iter(|| {
+                let ix = Index::build(black_box(body)).expect("indexed");
+                let ok = validate_resource_indexed(body, Some(&ix), &limits, None).is_ok();
+                let mut r = ward::dlp::Report::default();
+                let d = ward::dlp::json::process_indexed(&eng, body, Some(&ix), &mut r);
+                black_box((ok, d.is_ok()))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, fhir, lex_once);
 criterion_main!(benches);

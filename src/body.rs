@@ -13,6 +13,54 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type inside the gateway, both directions.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
+/// Bodies of at least this many bytes are processed — validated, scanned by DLP (HTTP JSON,
+/// NDJSON lines, text, HL7 over HTTP and over MLLP alike), lexed into their shared index —
+/// off the async workers, on tokio's blocking pool ([`by_size`], [`in_place_by_size`]).
+///
+/// Why one size for all three: a policy that works for milliseconds on a worker stalls every
+/// other connection that worker serves, and the three run at comparable speeds (tens to a
+/// few hundred MB/s per core: `benches/validate.rs` group `lex_once` times validation and
+/// DLP of the same bodies), so the same size means about the same time on a worker for
+/// each: at 256 KiB about a millisecond for validation and a few for Safe Harbor DLP — a
+/// stall no client notices — while most FHIR bodies are a few KiB, whose work (microseconds)
+/// is of the order of the hand-off to the pool (a task and a thread wake-up), so moving
+/// them would only add latency. Before this rule DLP moved at this size, validation of up to 10 MiB ran inline on a worker, and MLLP
+/// DLP always did. Not configurable: it follows the code's speed, not a deployment's needs.
+pub const OFF_WORKER_BYTES: usize = 256 * 1024;
+
+/// The one rule: is a body of `len` bytes processed off the async workers?
+pub fn off_worker(len: usize) -> bool {
+    len >= OFF_WORKER_BYTES
+}
+
+/// Run `f` (the processing of a body of `len` bytes) where [`off_worker`] says: inline on
+/// this worker, or on the blocking pool. `None`: the blocking task panicked or was cancelled
+/// (the caller fails closed).
+pub async fn by_size<T, F>(len: usize, f: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if !off_worker(len) {
+        return Some(f());
+    }
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+/// [`by_size`] for synchronous code that runs inside a task's poll (a streaming body's
+/// per-line filter, which cannot await): above the threshold the worker hands its other
+/// tasks to the runtime while `f` runs (`block_in_place`); on a single-threaded runtime,
+/// where that is impossible, `f` runs inline.
+pub fn in_place_by_size<T>(len: usize, f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if off_worker(len) && multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 pub fn empty_body() -> Body {
     Empty::<Bytes>::new().map_err(|n| match n {}).boxed_unsync()
 }

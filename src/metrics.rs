@@ -72,6 +72,9 @@ pub struct Metrics {
     pub upstream_client_stalls: IntCounterVec,
     pub redis_breaker_open: IntGaugeVec,
     pub redis_breaker_short_circuits: IntCounterVec,
+    /// Bodies lexed into a token index (`json::LexedBody`), by direction: one per body
+    /// however many policies read it.
+    pub json_lex: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -265,6 +268,7 @@ impl Metrics {
             upstream_client_stalls: counter(&r, "ward_upstream_client_stalls_total", "Responses aborted because the client took no bytes for the upstream's send_timeout while holding a concurrency slot.", &["upstream"]),
             redis_breaker_open: gauge(&r, "ward_redis_breaker_open", "1 while the Redis circuit breaker of a policy is open (checks apply the failure mode without asking Redis), else 0.", &["policy"]),
             redis_breaker_short_circuits: counter(&r, "ward_redis_breaker_short_circuits_total", "Redis calls skipped because the policy's circuit breaker was open.", &["policy"]),
+            json_lex: counter(&r, "ward_json_lex_total", "JSON bodies lexed into a token index shared by the route's policies (validation, authorization, DLP), by direction (request, response): one per body, however many policies read it.", &["direction"]),
             registry: r,
         }
     }

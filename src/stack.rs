@@ -176,8 +176,13 @@ pub fn build(
     // One config, two stages: limits keyed by claims run after authentication.
     let (rate_before, rate_after) = compile!(rate_limit, RateLimitStages, "")
         .map_or((None, None), |r| (r.before_auth, r.after_auth));
-    let validate = compile!(validate, Validate, "validate: ").map(PolicyLayer::new);
-    let dlp = compile!(dlp, Dlp, "dlp: ").map(PolicyLayer::new);
+    let dlp = compile!(dlp, Dlp, "dlp: ");
+    // The validator leaves its token index for a later reader of the request body (DLP);
+    // without one, building it would be work no one uses.
+    let share = dlp.as_ref().is_some_and(Dlp::scans_requests);
+    let validate = compile!(validate, Validate, "validate: ")
+        .map(|v| PolicyLayer::new(v.sharing_index(share)));
+    let dlp = dlp.map(PolicyLayer::new);
     let fhir_authz = compile!(fhir_authz, FhirAuthz, "").map(PolicyLayer::new);
     let audit = compile!(audit, Audit, "").map(PolicyLayer::new);
     let limits = PolicyLayer::new(Limits::from_config(

@@ -716,3 +716,80 @@ async fn unusable_encoding_characters_get_an_ar_the_sender_can_match() {
     assert!(text.contains("|100^empty message^HL70357|"), "{text}");
     assert!(got.all().is_empty());
 }
+
+/// The gateway's one off-worker size rule (`body::OFF_WORKER_BYTES`) holds for MLLP DLP
+/// too: messages just below, at and above it are scanned with the same result — the SSN
+/// redacted, every other byte forwarded as sent, the receiver's AA relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlp_gives_the_same_result_below_and_above_the_off_worker_size() {
+    let env = Env::new();
+    env.write(
+        "policies/hl7-ssn.yaml",
+        "dlp:\n  direction: request\n  detectors:\n    ssn: {}\n",
+    );
+    let (up, got) = mllp_upstream(None, UpMode::Ack).await;
+    let gw = start(
+        &env,
+        &mllp_section(
+            "hl7",
+            &format!("      address: 127.0.0.1:{}\n      ack_timeout: 30s\n", up.port()),
+            "    plaintext: true\n    max_message_bytes: 1048576\n    frame_timeout: 30s\n    dlp: hl7-ssn\n",
+        ),
+    )
+    .await;
+    let t = ward::body::OFF_WORKER_BYTES;
+    let mut n = 0;
+    for (i, len) in [t - 1, t, t + 1, t + 50_000].into_iter().enumerate() {
+        for phi in [false, true] {
+            let id = format!("OW-{i}-{phi}");
+            let head = String::from_utf8(adt(&id, "HOSP")).unwrap();
+            let note = if phi {
+                "SSN 123-45-6789 on file"
+            } else {
+                "nothing to see"
+            };
+            let mut msg = format!("{head}NTE|1||{note}\r");
+            // Filler notes (a field stays below the validator's field-length cap), the
+            // last one cut to make the message exactly `len` bytes.
+            let mut k = 2;
+            while msg.len() < len {
+                let seg = format!("NTE|{k}||");
+                let rest = len - msg.len() - seg.len() - 1;
+                // Never leave less than a whole next segment.
+                let room = match rest {
+                    0..=1000 => rest,
+                    _ if rest - 1000 < 20 => rest - 20,
+                    _ => 1000,
+                };
+                msg.push_str(&seg);
+                msg.push_str(&"x".repeat(room));
+                msg.push('\r');
+                k += 1;
+            }
+            assert_eq!(msg.len(), len);
+            let tcp = TcpStream::connect(mllp_addr(&gw)).await.unwrap();
+            let mut r = FrameReader::new(tcp, 1 << 20);
+            r.get_mut()
+                .write_all(&framed(msg.as_bytes()))
+                .await
+                .unwrap();
+            let ack = read_acks(&mut r, 1).await.remove(0);
+            assert_eq!(
+                msa(&ack),
+                ("AA".into(), id.clone()),
+                "len {len} phi {phi}: {}",
+                String::from_utf8_lossy(&ack)
+            );
+            n += 1;
+            let all = got.all();
+            assert_eq!(all.len(), n);
+            let sent = String::from_utf8(all[n - 1].clone()).unwrap();
+            let want = if phi {
+                msg.replace("SSN 123-45-6789 on file", "SSN [REDACTED] on file")
+            } else {
+                msg.clone()
+            };
+            assert!(sent == want, "len {len} phi {phi}: forwarded other bytes");
+        }
+    }
+}

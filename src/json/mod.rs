@@ -29,11 +29,21 @@
 //! [`Token`]s with byte offsets (kind, start, end, has-escape) that a consumer iterates,
 //! checking the grammar, the depth and the duplicate rule on the way. Consumers that edit the
 //! original bytes (DLP) use the offsets; nothing here allocates a tree.
+//!
+//! `index.rs` holds the same tokens lexed once and kept (an [`Index`]), read back with the
+//! tokenizer's pull API ([`Cursor`], or [`Source`] for either) or by position ([`Seek`]);
+//! `lexed.rs` the typed extension ([`LexedBody`]) that shares one index between the
+//! policies of a request or response, keyed to the exact bytes.
 
+mod index;
 mod lex;
+mod lexed;
 #[cfg(test)]
 mod tests;
 mod tokens;
+
+pub use index::{Cursor, Index, Seek, Source};
+pub use lexed::LexedBody;
 
 pub use lex::{
     decode, decode_into, decode_map, decode_str, escape_at, is_ws, literal, number, skip_ws,

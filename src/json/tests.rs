@@ -467,3 +467,240 @@ fn truncated_at_every_offset_and_mutated_at_every_byte() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The index (lexed once) against the tokenizer: same tokens, same errors, same positions.
+// ---------------------------------------------------------------------------------------------
+
+/// Everything the tokenizer yields for `doc` at `depth`: tokens, then `Ok(None)` or the
+/// error, then what a further call returns.
+fn tokenizer_run(doc: &[u8], depth: usize) -> (Vec<Token>, Result<(), Error>, Result<(), Error>) {
+    let mut t = Tokenizer::new(doc, depth);
+    let mut toks = Vec::new();
+    let end = loop {
+        match t.next() {
+            Ok(Some(tok)) => toks.push(tok),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    let again = t.next().map(|n| assert!(n.is_none()));
+    (toks, end, again)
+}
+
+fn index_run(ix: &Index, depth: usize) -> (Vec<Token>, Result<(), Error>, Result<(), Error>) {
+    // Through `Source`, the way a consumer takes either.
+    let mut c = Source::Index(ix.cursor(depth));
+    let mut toks = Vec::new();
+    let end = loop {
+        match c.next() {
+            Ok(Some(tok)) => toks.push(tok),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    let again = c.next().map(|n| assert!(n.is_none()));
+    (toks, end, again)
+}
+
+/// The index of `doc` replays exactly the tokenizer, at every consumer depth limit; for a
+/// valid document the positional look-ups answer what the `lex` primitives answer.
+fn index_agrees(doc: &[u8]) -> bool {
+    let ix = Index::build(doc).expect("small body");
+    for depth in [1, 2, 7, 64, MAX_DEPTH] {
+        let want = tokenizer_run(doc, depth);
+        let got = index_run(&ix, depth);
+        assert_eq!(
+            got,
+            want,
+            "depth {depth}: {:?}",
+            String::from_utf8_lossy(doc)
+        );
+    }
+    let full = tokenizer_run(doc, MAX_DEPTH);
+    assert_eq!(ix.error(), full.1.err());
+    assert_eq!(ix.len(), full.0.len());
+    let Some(mut seek) = ix.seek(doc) else {
+        assert!(ix.error().is_some());
+        return false;
+    };
+    // Each token start, forwards and then backwards (a look-ahead jumps back).
+    let toks = full.0;
+    let mut order: Vec<&Token> = toks.iter().collect();
+    order.extend(toks.iter().rev());
+    for t in order {
+        match t.kind {
+            Kind::Key | Kind::Str => {
+                let q = t.start - 1;
+                assert_eq!(seek.string(q), string(doc, q).ok());
+                assert_eq!(seek.value_end(q), skip_value(doc, q, MAX_DEPTH).ok());
+            }
+            Kind::Num => {
+                assert_eq!(seek.number(t.start), number(doc, t.start).ok());
+                assert_eq!(
+                    seek.value_end(t.start),
+                    skip_value(doc, t.start, MAX_DEPTH).ok()
+                );
+            }
+            Kind::True | Kind::False | Kind::Null => {
+                let lit: &[u8] = t.raw(doc);
+                assert_eq!(seek.literal(t.start, lit), literal(doc, t.start, lit).ok());
+                assert_eq!(seek.literal(t.start, b"nope"), None);
+                assert_eq!(seek.number(t.start), None);
+            }
+            Kind::ObjStart | Kind::ArrStart => {
+                assert_eq!(
+                    seek.value_end(t.start),
+                    skip_value(doc, t.start, MAX_DEPTH).ok()
+                );
+                assert_eq!(seek.string(t.start), None);
+            }
+            Kind::ObjEnd | Kind::ArrEnd => assert_eq!(seek.value_end(t.start), None),
+        }
+    }
+    // Offsets where no token starts: no answer (the walker falls back to the primitive).
+    for at in 0..=doc.len() + 1 {
+        if !toks.iter().any(|t| t.start == at || t.start == at + 1) {
+            assert_eq!(seek.string(at), None);
+            assert_eq!(seek.number(at), None);
+        }
+    }
+    // Another body's bytes (of another length) get no look-ups from this index.
+    let mut longer = doc.to_vec();
+    longer.push(b' ');
+    assert!(ix.seek(&longer).is_none());
+    true
+}
+
+/// The documents of the tests above, valid and invalid.
+fn corpus() -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = vec![
+        SAMPLE.as_bytes().to_vec(),
+        br#" {"a\u0062" : [1, -2.5e3, "x\"y", true, null, {}], "c":"plain"} "#.to_vec(),
+        b"[]".to_vec(),
+        b"{}".to_vec(),
+        b"\"\"".to_vec(),
+        br#"{"":""}"#.to_vec(),
+        br#"[{"a":1},{"a":1}]"#.to_vec(),
+        br#"{"a":1,"ab":2,"\u0061b\u0063":3}"#.to_vec(),
+        b"".to_vec(),
+        b" \n".to_vec(),
+        b"\xEF\xBB\xBF{}".to_vec(),
+        b"{} {}".to_vec(),
+        b"[1,]".to_vec(),
+        b"{\"a\":1,}".to_vec(),
+        b"[1 2]".to_vec(),
+        b"{\"a\" 1}".to_vec(),
+        b"{1:2}".to_vec(),
+        b"[\"\\ud800\"]".to_vec(),
+        b"[\"\x80\"]".to_vec(),
+        b"[01]".to_vec(),
+        b"[tru]".to_vec(),
+        b"[nulls]".to_vec(),
+    ];
+    for lit in ["true", "false", "null", "0", "-1.5e-3", "\"s\""] {
+        out.push(lit.as_bytes().to_vec());
+        out.push(format!("[{lit}]").into_bytes());
+        out.push(format!("{{\"k\":{lit}}}").into_bytes());
+    }
+    // Nesting around each depth limit, both container kinds.
+    for n in [1usize, 2, 3, 7, 8, 63, 64, 65, 255, 256, 257] {
+        out.push(format!("{}1{}", "[".repeat(n), "]".repeat(n)).into_bytes());
+        out.push(format!("{}1{}", "{\"k\":".repeat(n), "}".repeat(n)).into_bytes());
+        out.push("[".repeat(n).into_bytes());
+    }
+    // Duplicated keys in every escape spelling, with fillers, nested.
+    for name in ["a", "é", "a/b"] {
+        let all = spellings(name);
+        for x in all.iter().take(4) {
+            for y in all.iter().rev().take(4) {
+                for filler in [0usize, 3, 12] {
+                    let mut members: Vec<String> =
+                        (0..filler).map(|i| format!("\"f{i}\":{i}")).collect();
+                    members.insert(0, format!("\"{x}\":1"));
+                    members.push(format!("\"{y}\":[2]"));
+                    let doc = format!("{{{}}}", members.join(","));
+                    out.push(format!("[{{\"o\":{doc}}}]").into_bytes());
+                    out.push(doc.into_bytes());
+                }
+            }
+        }
+    }
+    // Every escape, in a key and in a value.
+    for esc in [
+        "\\\"",
+        "\\\\",
+        "\\/",
+        "\\b",
+        "\\f",
+        "\\n",
+        "\\r",
+        "\\t",
+        "\\u0041",
+        "\\uD83D\\uDE00",
+        "\\u",
+        "\\x",
+        "\\uD800",
+        "\\uDC00x",
+    ] {
+        out.push(format!("{{\"k{esc}\":\"v{esc}\"}}").into_bytes());
+    }
+    out
+}
+
+#[test]
+fn index_replays_the_tokenizer_on_every_variant() {
+    let mut valid = 0;
+    let mut invalid = 0;
+    let mut count = |ok: bool| if ok { valid += 1 } else { invalid += 1 };
+    for doc in corpus() {
+        count(index_agrees(&doc));
+        // Truncated at every byte.
+        for cut in 0..doc.len() {
+            count(index_agrees(&doc[..cut]));
+        }
+    }
+    // Every byte of the sample replaced by a structural or tricky byte, deleted, doubled.
+    let doc = SAMPLE.as_bytes();
+    let subs = [
+        b'"', b'\\', b'{', b'}', b'[', b']', b':', b',', b' ', b'0', b'-', b'e', b'u', 0x00, 0x80,
+    ];
+    for i in 0..doc.len() {
+        for &c in &subs {
+            let mut v = doc.to_vec();
+            v[i] = c;
+            count(index_agrees(&v));
+        }
+        let mut del = doc.to_vec();
+        del.remove(i);
+        count(index_agrees(&del));
+        let mut dup = doc.to_vec();
+        dup.insert(i, doc[i]);
+        count(index_agrees(&dup));
+    }
+    // Both classes were exercised in bulk.
+    assert!(
+        valid > 500 && invalid > 5000,
+        "{valid} valid, {invalid} invalid"
+    );
+}
+
+#[test]
+fn a_tokenizer_source_and_an_index_source_are_interchangeable() {
+    let doc = SAMPLE.as_bytes();
+    let ix = Index::build(doc).unwrap();
+    let mut a = Source::new(doc, None, 8);
+    let mut b = Source::new(doc, Some(&ix), 8);
+    assert!(matches!(a, Source::Lex(_)) && matches!(b, Source::Index(_)));
+    loop {
+        let (x, y) = (a.next(), b.next());
+        assert_eq!(x, y);
+        assert_eq!(a.depth(), b.depth());
+        if !matches!(x, Ok(Some(_))) {
+            break;
+        }
+    }
+    // An index of other bytes (another length) is not used for these.
+    let other = Index::build(b"[1]").unwrap();
+    assert!(matches!(Source::new(doc, Some(&other), 8), Source::Lex(_)));
+}

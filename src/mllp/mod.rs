@@ -531,17 +531,36 @@ impl MllpCtx {
     /// DLP over one message in one direction (`request`: to the receiver, `response`: its
     /// reply): counted by detector and outcome, its counts added to the audit record and
     /// logged — never values.
-    fn dlp_run(
+    /// The scan runs where the gateway's one size rule says (`body::off_worker`, as for
+    /// HTTP bodies): a large message on the blocking pool, never stalling the worker that
+    /// serves the other connections.
+    async fn dlp_run(
         &self,
-        eng: &crate::dlp::Engine,
+        eng: &Arc<crate::dlp::Engine>,
         report_only: bool,
         dir: &'static str,
         msg: &[u8],
         dlp_counts: &mut Option<serde_json::Value>,
     ) -> Result<crate::dlp::hl7::Hl7Outcome, crate::dlp::hl7::Hl7Error> {
         use crate::dlp::hl7::Hl7Outcome;
-        let mut rep = crate::dlp::Report::default();
-        let out = crate::dlp::hl7::process(eng, msg, &mut rep);
+        let (out, rep) = if crate::body::off_worker(msg.len()) {
+            let (e, m) = (eng.clone(), msg.to_vec());
+            crate::body::by_size(m.len(), move || {
+                let mut rep = crate::dlp::Report::default();
+                (crate::dlp::hl7::process(&e, &m, &mut rep), rep)
+            })
+            .await
+            // The scan itself failed (a panic on the pool): refused like a malformed message.
+            .unwrap_or_else(|| {
+                (
+                    Err(crate::dlp::hl7::Hl7Error::Malformed),
+                    crate::dlp::Report::default(),
+                )
+            })
+        } else {
+            let mut rep = crate::dlp::Report::default();
+            (crate::dlp::hl7::process(eng, msg, &mut rep), rep)
+        };
         let m = &self.metrics;
         for &(label, act, n) in &rep.counts {
             m.dlp_findings
@@ -578,7 +597,7 @@ impl MllpCtx {
     /// DLP on the receiver's reply (`direction: response` or `both`): ACKs and query
     /// replies can carry PID too. A refused reply becomes the gateway's own AE (the message
     /// was delivered; what came back is withheld); `Err` carries that ACK.
-    fn dlp_reply(
+    async fn dlp_reply(
         &self,
         reply: Vec<u8>,
         header: &HeaderInfo,
@@ -587,7 +606,9 @@ impl MllpCtx {
         let Some((eng, report_only, _)) = self.dlp.as_ref().filter(|d| d.2.responses()) else {
             return Ok(reply);
         };
-        let out = self.dlp_run(eng, *report_only, "response", &reply, dlp_counts);
+        let out = self
+            .dlp_run(eng, *report_only, "response", &reply, dlp_counts)
+            .await;
         if *report_only {
             return Ok(reply);
         }
@@ -676,7 +697,9 @@ impl MllpCtx {
         // the bytes that will be forwarded. The ACK still answers the sender's MSH-10.
         let mut rewritten: Option<Vec<u8>> = None;
         if let Some((eng, report_only, _)) = self.dlp.as_ref().filter(|d| d.2.requests()) {
-            let out = self.dlp_run(eng, *report_only, "request", msg, dlp_counts);
+            let out = self
+                .dlp_run(eng, *report_only, "request", msg, dlp_counts)
+                .await;
             if !report_only {
                 match out {
                     Ok(crate::dlp::hl7::Hl7Outcome::Unchanged) => {}
@@ -705,7 +728,7 @@ impl MllpCtx {
         .await
         .unwrap_or(Err("no ACK from upstream in time"));
         match delivered {
-            Ok(upstream_ack) => match self.dlp_reply(upstream_ack, &header, dlp_counts) {
+            Ok(upstream_ack) => match self.dlp_reply(upstream_ack, &header, dlp_counts).await {
                 Ok(ack) => (Outcome::Delivered, ack, Some(header)),
                 Err(ack) => (Outcome::DlpBlocked, ack, Some(header)),
             },

@@ -46,6 +46,7 @@ use crate::dlp::json::{self as dlp_json, JsonOutcome};
 pub use crate::dlp::DlpConfig;
 use crate::dlp::{Engine, Mode, Report, TextOutcome, Unscannable};
 use crate::error::Rejection;
+use crate::json::LexedBody;
 use crate::metrics::Metrics;
 use crate::policy::{Build, Chain, FromConfig, Next, Policy, PolicyFuture};
 use crate::{Body, BoxError};
@@ -126,8 +127,20 @@ pub enum Verdict {
 
 /// Run the engine over a decoded body of `kind`.
 pub fn run(eng: &Engine, kind: BodyKind, body: &[u8], report: &mut Report) -> Verdict {
+    run_indexed(eng, kind, body, None, report)
+}
+
+/// [`run`] with the body's token index when one was built from exactly these bytes (JSON
+/// only; see `json::LexedBody`).
+pub fn run_indexed(
+    eng: &Engine,
+    kind: BodyKind,
+    body: &[u8],
+    index: Option<&crate::json::Index>,
+    report: &mut Report,
+) -> Verdict {
     match kind {
-        BodyKind::Json => match dlp_json::process(eng, body, report) {
+        BodyKind::Json => match dlp_json::process_indexed(eng, body, index, report) {
             Ok(JsonOutcome::Unchanged) => Verdict::Pass,
             Ok(JsonOutcome::Rewritten(b)) => Verdict::Rewritten(b),
             Ok(JsonOutcome::Blocked) => Verdict::Blocked,
@@ -288,6 +301,13 @@ impl Dlp {
     }
 }
 
+impl Dlp {
+    /// Does this policy read request bodies (`direction: request` or `both`)?
+    pub fn scans_requests(&self) -> bool {
+        self.requests
+    }
+}
+
 fn blocked() -> Rejection {
     Rejection::new(
         StatusCode::FORBIDDEN,
@@ -396,13 +416,16 @@ impl Dlp {
     }
 
     /// DLP over one buffered message. `Ok(None)`: send the original; `Ok(Some(b))`: send
-    /// `b` instead (decoded, rewritten).
+    /// `b` instead (decoded, rewritten). `lexed`: the index of `body` another policy built
+    /// (reused), or `None`; on return, the index of `body` if it is JSON (built here when
+    /// needed) for the next reader.
     fn process(
         &self,
         dir: &'static str,
         response: bool,
         headers: &HeaderMap,
-        body: &[u8],
+        body: &Bytes,
+        lexed: &mut Option<LexedBody>,
         slot: Option<&AuditSlot>,
     ) -> Result<Option<Vec<u8>>, Rejection> {
         let report_only = self.mode == Mode::Report;
@@ -441,12 +464,22 @@ impl Dlp {
             }
         };
         let plain: &[u8] = decoded.as_deref().unwrap_or(body);
+        // JSON on the wire as it is: read through the body's one index (an encoded body's
+        // decoded bytes are lexed by the walker itself; they are not what later readers get).
+        if kind == BodyKind::Json && decoded.is_none() {
+            let counter = self.metrics.json_lex.with_label_values(&[dir]);
+            *lexed = LexedBody::reuse_or_build(lexed.take(), body, &counter);
+        }
+        let index = lexed
+            .as_ref()
+            .filter(|l| decoded.is_none() && l.is_of(plain))
+            .map(|l| l.index().clone());
         self.metrics
             .dlp_scanned_bytes
             .with_label_values(&[&self.route, dir])
             .inc_by(u64::try_from(plain.len()).unwrap_or(u64::MAX));
         let mut report = Report::default();
-        let verdict = run(&self.engine, kind, plain, &mut report);
+        let verdict = run_indexed(&self.engine, kind, plain, index.as_deref(), &mut report);
         self.record(&report, dir, slot);
         if report_only {
             self.count(
@@ -480,26 +513,31 @@ impl Dlp {
     }
 }
 
-/// Bodies at least this large are scanned on the blocking pool, so a few large responses
-/// never stall the runtime's workers (and every other connection with them).
-const BLOCKING_SCAN_BYTES: usize = 256 * 1024;
-
 impl Dlp {
+    /// [`Dlp::process`] where the gateway's one size rule (`body::off_worker`) says: large
+    /// bodies on the blocking pool, so they never stall the runtime's workers (and every
+    /// other connection with them). The body's index travels in `lexed` and comes back.
     async fn process_owned(
         self: &Arc<Self>,
         dir: &'static str,
         response: bool,
         headers: &HeaderMap,
         body: &Bytes,
+        lexed: Option<LexedBody>,
         slot: Option<&AuditSlot>,
-    ) -> Result<Option<Vec<u8>>, Rejection> {
-        if body.len() < BLOCKING_SCAN_BYTES {
-            return self.process(dir, response, headers, body, slot);
+    ) -> (Result<Option<Vec<u8>>, Rejection>, Option<LexedBody>) {
+        let mut lexed = lexed;
+        if !crate::body::off_worker(body.len()) {
+            let r = self.process(dir, response, headers, body, &mut lexed, slot);
+            return (r, lexed);
         }
         let (me, h, b, sl) = (self.clone(), headers.clone(), body.clone(), slot.cloned());
-        tokio::task::spawn_blocking(move || me.process(dir, response, &h, &b, sl.as_ref()))
-            .await
-            .unwrap_or_else(|_| Err(Rejection::internal()))
+        crate::body::by_size(body.len(), move || {
+            let r = me.process(dir, response, &h, &b, &mut lexed, sl.as_ref());
+            (r, lexed)
+        })
+        .await
+        .unwrap_or_else(|| (Err(Rejection::internal()), None))
     }
 }
 
@@ -516,12 +554,27 @@ impl Policy for Dlp {
             let body = if shared.requests && !body.is_end_stream() {
                 match read_capped(body, shared.max_scan).await {
                     Ok(Ok(bytes)) => {
-                        match shared
-                            .process_owned("request", false, &parts.headers, &bytes, slot.as_ref())
-                            .await?
-                        {
-                            None => full(bytes),
+                        let lexed = LexedBody::matching(&parts.extensions, &bytes);
+                        let (verdict, lexed) = shared
+                            .process_owned(
+                                "request",
+                                false,
+                                &parts.headers,
+                                &bytes,
+                                lexed,
+                                slot.as_ref(),
+                            )
+                            .await;
+                        match verdict? {
+                            None => {
+                                if let Some(l) = lexed {
+                                    l.attach(&mut parts.extensions);
+                                }
+                                full(bytes)
+                            }
                             Some(new) => {
+                                // Other bytes now: no reader may use the old index.
+                                LexedBody::forget(&mut parts.extensions);
                                 fix_headers(&mut parts.headers, new.len());
                                 full(new)
                             }
@@ -584,12 +637,27 @@ impl Policy for Dlp {
                 }
                 Err(_) => return Err(Rejection::upstream_error()),
             };
-            match shared
-                .process_owned("response", true, &rparts.headers, &bytes, slot.as_ref())
-                .await?
-            {
-                None => Ok(Response::from_parts(rparts, full(bytes))),
+            let lexed = LexedBody::matching(&rparts.extensions, &bytes);
+            let (verdict, lexed) = shared
+                .process_owned(
+                    "response",
+                    true,
+                    &rparts.headers,
+                    &bytes,
+                    lexed,
+                    slot.as_ref(),
+                )
+                .await;
+            match verdict? {
+                None => {
+                    // The response policies after this one read the same index.
+                    if let Some(l) = lexed {
+                        l.attach(&mut rparts.extensions);
+                    }
+                    Ok(Response::from_parts(rparts, full(bytes)))
+                }
                 Some(new) => {
+                    LexedBody::forget(&mut rparts.extensions);
                     fix_headers(&mut rparts.headers, new.len());
                     Ok(Response::from_parts(rparts, full(new)))
                 }
@@ -680,7 +748,11 @@ impl crate::body::LineFilter for NdjsonDlp {
             .with_label_values(&[&self.shared.route, "response"])
             .inc_by(u64::try_from(line.len()).unwrap_or(u64::MAX));
         let mut report = Report::default();
-        let verdict = run(&self.shared.engine, BodyKind::Json, line, &mut report);
+        // A line is read by this policy alone (no index to share); a long one is scanned
+        // off the worker by the gateway's one size rule.
+        let verdict = crate::body::in_place_by_size(line.len(), || {
+            run(&self.shared.engine, BodyKind::Json, line, &mut report)
+        });
         // Counts only (per line, never values); the audit record was written with the
         // response head, before the file streamed.
         self.shared.record(&report, "response", None);

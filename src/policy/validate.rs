@@ -30,6 +30,7 @@ use crate::error::{Extra, Finding, Rejection};
 use crate::fhir::request::{FhirRequest, Interaction};
 use crate::fhir::validate::{self as fhirv, Limits, Profile, Severity};
 use crate::hl7v2;
+use crate::json::LexedBody;
 use crate::policy::{Build, Chain, FromConfig, Next, Policy, PolicyFuture};
 use crate::Body;
 
@@ -229,12 +230,21 @@ pub struct Validate {
     hl7: Option<(hl7v2::Rules, Hl7v2ValidateConfig)>,
     failures: IntCounterVec,
     route: Arc<str>,
+    /// Request bodies lexed into their shared index (`ward_json_lex_total{direction="request"}`).
+    lexed: prometheus::IntCounter,
+    /// Build the body's token index and leave it for the policies after this one (the
+    /// route's stack sets it when a later policy reads the body); an index an earlier
+    /// policy left is used either way.
+    share: bool,
 }
 
 impl FromConfig for Validate {
     type Config = ValidateConfig;
     fn from_config(cfg: &ValidateConfig, b: &mut Build<'_>) -> Result<Self, String> {
-        Validate::new(cfg, b.route, b.metrics.validation_failures.clone())
+        Ok(
+            Validate::new(cfg, b.route, b.metrics.validation_failures.clone())?
+                .counting_lexes(b.metrics.json_lex.with_label_values(&["request"])),
+        )
     }
 }
 
@@ -286,7 +296,27 @@ impl Validate {
             hl7,
             failures,
             route: Arc::from(route),
+            // Counted once the gateway's registry is known (`from_config`).
+            lexed: prometheus::IntCounter::new("ward_json_lex_unregistered", "-")
+                .map_err(|e| e.to_string())?,
+            share: true,
         })
+    }
+}
+
+impl Validate {
+    /// Count the request bodies this policy lexes in `c` (`from_config` passes the
+    /// gateway's `ward_json_lex_total{direction="request"}`).
+    pub fn counting_lexes(mut self, c: prometheus::IntCounter) -> Self {
+        self.lexed = c;
+        self
+    }
+
+    /// Build and leave the token index for later readers of the body (default `true`);
+    /// `false` when none follows, so a validate-only route does not lex twice.
+    pub fn sharing_index(mut self, share: bool) -> Self {
+        self.share = share;
+        self
     }
 }
 
@@ -593,6 +623,7 @@ impl Validate {
         check: &Check,
         req_f: Option<&FhirRequest>,
         body: &[u8],
+        index: Option<&crate::json::Index>,
         request_id: &str,
     ) -> Result<(), Rejection> {
         match check {
@@ -602,8 +633,11 @@ impl Validate {
                     return Ok(());
                 };
                 let result = match check {
-                    Check::JsonPatch => fhirv::validate_json_patch(body, limits).map(|()| None),
-                    _ => fhirv::validate_resource_with(body, limits, profile.as_ref()).map(Some),
+                    Check::JsonPatch => {
+                        fhirv::validate_json_patch_indexed(body, index, limits).map(|()| None)
+                    }
+                    _ => fhirv::validate_resource_indexed(body, index, limits, profile.as_ref())
+                        .map(Some),
                 };
                 match result {
                     Ok(Some(summary)) => {
@@ -721,7 +755,30 @@ impl Policy for Validate {
                 .and_then(|c| c.request_id.to_str().ok().map(str::to_owned))
                 .unwrap_or_default();
             let f = parts.extensions.get::<Arc<FhirRequest>>().cloned();
-            c.check(&check, f.as_deref(), &bytes, &request_id)?;
+            // JSON is lexed once for every policy of the request (`json::LexedBody`): an
+            // index an earlier policy built for these bytes is used, else one is built here
+            // and left for the policies after this one when the route has any (`share`).
+            // Lexing and validation run where the gateway's one size rule says
+            // (`body::by_size`).
+            let json = matches!(check, Check::Resource | Check::JsonPatch) && c.fhir.is_some();
+            let lexed = LexedBody::matching(&parts.extensions, &bytes);
+            let (me, b) = (c.clone(), bytes.clone());
+            let (verdict, lexed) = crate::body::by_size(bytes.len(), move || {
+                let lexed = match lexed {
+                    Some(l) => Some(l),
+                    None if json && me.share => LexedBody::build(&b, &me.lexed),
+                    None => None,
+                };
+                let index = lexed.as_ref().map(|l| l.index().as_ref());
+                let verdict = me.check(&check, f.as_deref(), &b, index, &request_id);
+                (verdict, lexed)
+            })
+            .await
+            .ok_or_else(Rejection::internal)?;
+            verdict?;
+            if let Some(l) = lexed {
+                l.attach(&mut parts.extensions);
+            }
             // Forward exactly what was validated, with its exact length.
             parts.headers.remove(http::header::TRANSFER_ENCODING);
             parts

@@ -32,14 +32,22 @@ impl<'a> Walk<'a> {
     /// bytes and UTF-8, so what the walker scans is what every other reader sees.
     #[inline]
     pub(super) fn string(&mut self) -> Result<(usize, usize, bool), JsonError> {
-        let s = json::string(self.b, self.pos)?;
+        let s = match self.ix.as_mut().and_then(|ix| ix.string(self.pos)) {
+            Some(s) => s,
+            None => json::string(self.b, self.pos)?,
+        };
         self.pos = s.end + 1;
         Ok((s.start, s.end, s.esc))
     }
 
     /// Skip any value (no scanning, but fully checked: grammar, duplicates, and the depth
-    /// left below the walker's own), leaving `pos` after it.
+    /// left below the walker's own), leaving `pos` after it. With the body's index (checked
+    /// whole, to the same depth cap) a container is one jump to its closing bracket.
     pub(super) fn skip(&mut self) -> Result<(), JsonError> {
+        if let Some(end) = self.ix.as_mut().and_then(|ix| ix.value_end(self.pos)) {
+            self.pos = end;
+            return Ok(());
+        }
         let left = MAX_DEPTH.saturating_sub(self.depth);
         self.pos = json::skip_value(self.b, self.pos, left)?;
         Ok(())
@@ -47,6 +55,10 @@ impl<'a> Walk<'a> {
 
     /// A number, `true`, `false` or `null`.
     pub(super) fn scalar(&mut self) -> Result<(), JsonError> {
+        if let Some(end) = self.ix.as_mut().and_then(|ix| ix.value_end(self.pos)) {
+            self.pos = end;
+            return Ok(());
+        }
         self.pos = match self.peek() {
             Some(b't') => json::literal(self.b, self.pos, b"true")?,
             Some(b'f') => json::literal(self.b, self.pos, b"false")?,

@@ -167,6 +167,9 @@ pub struct Walk<'a> {
     state_pool: Vec<Vec<RuleState>>,
     /// Scratch: one object's keys, sorted.
     keys: Vec<(&'a [u8], usize)>,
+    /// The body's index when a policy lexed it already (`crate::json::LexedBody`): strings
+    /// and scalars are looked up, skipped values jumped over. Complete indexes only.
+    ix: Option<crate::json::Seek<'a>>,
 }
 
 /// Result of DLP over a JSON body.
@@ -178,6 +181,18 @@ pub enum JsonOutcome {
 
 /// Walk `body`, count findings into `report`, and return what to send.
 pub fn process(eng: &Engine, body: &[u8], report: &mut Report) -> Result<JsonOutcome, JsonError> {
+    process_indexed(eng, body, None, report)
+}
+
+/// [`process`] reading `body` through its index (`crate::json::Index`, built from exactly
+/// these bytes): the same walk and the same edits (applied to these bytes by offset),
+/// without lexing the body again. An index of an invalid body is not used.
+pub fn process_indexed(
+    eng: &Engine,
+    body: &[u8],
+    index: Option<&crate::json::Index>,
+    report: &mut Report,
+) -> Result<JsonOutcome, JsonError> {
     let mut hits = Vec::new();
     eng.scanner.scan(body, &mut hits);
     let mut w = Walk {
@@ -201,6 +216,7 @@ pub fn process(eng: &Engine, body: &[u8], report: &mut Report) -> Result<JsonOut
         hits2: Vec::new(),
         state_pool: Vec::new(),
         keys: Vec::new(),
+        ix: index.and_then(|ix| ix.seek(body)),
     };
     w.ws();
     let root = Ctx {

@@ -243,11 +243,25 @@ pub fn validate_resource_with(
     limits: &Limits,
     profile: Option<&CompiledProfile>,
 ) -> Result<Summary, Vec<Issue>> {
+    validate_resource_indexed(body, None, limits, profile)
+}
+
+/// [`validate_resource_with`] reading `body` through its index (`crate::json::Index`, built
+/// from exactly these bytes by whichever policy lexed the body first): the same checks and
+/// the same findings, without lexing the strings and numbers again. An index of an invalid
+/// body (or of other bytes' length) is not used: the parser then reports as it always did.
+pub fn validate_resource_indexed(
+    body: &[u8],
+    index: Option<&crate::json::Index>,
+    limits: &Limits,
+    profile: Option<&CompiledProfile>,
+) -> Result<Summary, Vec<Issue>> {
     if body.len() > limits.max_bytes {
         return Err(too_long(body.len(), limits.max_bytes, "Resource"));
     }
     let s = schema_or_issue()?;
     let mut p = Parser::new(body, limits, s, "Resource", profile.map(|c| &c.inner));
+    p.ix = index.and_then(|ix| ix.seek(body));
     let entries = p.top_resource();
     if p.has_error || entries.is_err() {
         if p.issues.is_empty() {
@@ -276,11 +290,21 @@ fn too_long(len: usize, max: usize, root: &str) -> Vec<Issue> {
 
 /// Validates an RFC 6902 JSON Patch document.
 pub fn validate_json_patch(body: &[u8], limits: &Limits) -> Result<(), Vec<Issue>> {
+    validate_json_patch_indexed(body, None, limits)
+}
+
+/// [`validate_json_patch`] through the body's index (see [`validate_resource_indexed`]).
+pub fn validate_json_patch_indexed(
+    body: &[u8],
+    index: Option<&crate::json::Index>,
+    limits: &Limits,
+) -> Result<(), Vec<Issue>> {
     if body.len() > limits.max_bytes {
         return Err(too_long(body.len(), limits.max_bytes, "JsonPatch"));
     }
     let s = schema_or_issue()?;
     let mut p = Parser::new(body, limits, s, "JsonPatch", None);
+    p.ix = index.and_then(|ix| ix.seek(body));
     let r = p.top_patch();
     if p.has_error || r.is_err() {
         if p.issues.is_empty() {

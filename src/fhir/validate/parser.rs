@@ -88,6 +88,10 @@ pub(super) struct Parser<'a> {
     pub(super) want: Want,
     /// Enclosing Bundles, innermost last (conditional references wait for `Bundle.type`).
     pub(super) bundles: Vec<BundleFrame>,
+    /// The body's index when another policy lexed it already (`crate::json::LexedBody`):
+    /// strings, numbers and literals are then looked up instead of scanned again. Only a
+    /// complete index (valid JSON) is used, so every answer equals the lexer's.
+    pub(super) ix: Option<crate::json::Seek<'a>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -158,6 +162,7 @@ impl<'a> Parser<'a> {
             role: Role::Top,
             want: Want::Nothing,
             bundles: Vec::new(),
+            ix: None,
         }
     }
 
@@ -281,6 +286,10 @@ impl<'a> Parser<'a> {
     }
 
     pub(super) fn literal(&mut self, lit: &[u8]) -> Res<()> {
+        if let Some(end) = self.ix.as_mut().and_then(|ix| ix.literal(self.pos, lit)) {
+            self.pos = end;
+            return Ok(());
+        }
         match crate::json::literal(self.b, self.pos, lit) {
             Ok(end) => {
                 self.pos = end;
@@ -294,7 +303,11 @@ impl<'a> Parser<'a> {
     /// the shared lexer (`crate::json`), the one grammar every body-aware policy reads.
     #[inline]
     pub(super) fn string(&mut self) -> Res<Str<'a>> {
-        match crate::json::string(self.b, self.pos) {
+        let found = match self.ix.as_mut().and_then(|ix| ix.string(self.pos)) {
+            Some(s) => Ok(s),
+            None => crate::json::string(self.b, self.pos),
+        };
+        match found {
             Ok(s) => {
                 self.pos = s.end + 1;
                 Ok(Str {
@@ -309,7 +322,11 @@ impl<'a> Parser<'a> {
     /// Parses a number token; returns (raw, is_integer_lexical).
     pub(super) fn number(&mut self) -> Res<(&'a [u8], bool)> {
         let start = self.pos;
-        match crate::json::number(self.b, start) {
+        let found = match self.ix.as_mut().and_then(|ix| ix.number(start)) {
+            Some(n) => Ok(n),
+            None => crate::json::number(self.b, start),
+        };
+        match found {
             Ok((end, int)) => {
                 self.pos = end;
                 Ok((self.b.get(start..end).unwrap_or_default(), int))
@@ -388,13 +405,16 @@ impl<'a> Parser<'a> {
         let mut keys: Vec<Vec<u8>> = Vec::new();
         loop {
             let k = self.key()?;
-            let mut dk = Vec::new();
-            if k.esc {
-                unescape(k.raw, &mut dk);
-            } else {
-                dk.extend_from_slice(k.raw);
+            // A complete index has refused duplicates already.
+            if self.ix.is_none() {
+                let mut dk = Vec::new();
+                if k.esc {
+                    unescape(k.raw, &mut dk);
+                } else {
+                    dk.extend_from_slice(k.raw);
+                }
+                keys.push(dk);
             }
-            keys.push(dk);
             self.path
                 .push(Seg::Name(if k.esc { "?" } else { display_key(k.raw) }));
             self.any_value()?;
