@@ -379,18 +379,20 @@ impl Dlp {
                 .inc_by(u64::from(n));
         }
         if !report.is_empty() {
-            let summary = summary(&self.engine, report);
+            // Built once for the log line and the audit record; printed only if the log
+            // line is enabled (`Value`'s Display is the same compact JSON as `summary`).
+            let counts = crate::dlp::counts_json(&self.engine, report);
             tracing::info!(
                 target: "ward::dlp",
                 route = %self.route,
                 direction = dir,
                 findings = report.total(),
-                by_detector = %summary,
+                by_detector = %counts,
                 mode = if self.mode == Mode::Report { "report" } else { "enforce" },
                 "dlp findings"
             );
             if let Some(s) = slot {
-                s.add_dlp(dir, crate::dlp::counts_json(&self.engine, report));
+                s.add_dlp(dir, counts);
             }
         }
     }

@@ -35,11 +35,12 @@
 use crate::dlp::actions::{self, Action, REDACTED};
 use crate::dlp::detect::Hit;
 use crate::dlp::{Engine, Report, RuleState};
-use crate::fhir::validate::{element_of, resource_type_of, FhirType, ValueKind};
+use crate::fhir::validate::{resource_type_of, FhirType, ValueKind};
 use crate::json::is_ws;
 
 mod close;
 mod lex;
+mod memo;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -167,6 +168,8 @@ pub struct Walk<'a> {
     state_pool: Vec<Vec<RuleState>>,
     /// Scratch: one object's keys, sorted.
     keys: Vec<(&'a [u8], usize)>,
+    /// Element definitions by (type, member name), memoised per thread.
+    elems: memo::MemoHandle,
 }
 
 /// Result of DLP over a JSON body.
@@ -201,6 +204,7 @@ pub fn process(eng: &Engine, body: &[u8], report: &mut Report) -> Result<JsonOut
         hits2: Vec::new(),
         state_pool: Vec::new(),
         keys: Vec::new(),
+        elems: memo::MemoHandle::take(),
     };
     w.ws();
     let root = Ctx {
