@@ -598,6 +598,11 @@ impl Engine {
         action_rank(a) >= action_rank(b)
     }
 
+    /// Number of metric labels (detector and rule names); `label` indices are below it.
+    pub fn label_count(&self) -> usize {
+        self.labels.len()
+    }
+
     pub fn label(&self, idx: u16) -> &str {
         self.labels
             .get(usize::from(idx))
