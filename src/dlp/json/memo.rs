@@ -15,27 +15,37 @@ const KEY_MAX: usize = 32;
 const SETS: usize = 128;
 const WAYS: usize = 4;
 
-/// One remembered answer. `words` (the first and last eight bytes, see [`words`]) and the
-/// length identify names of up to 16 bytes exactly; longer ones are compared in full.
+/// What identifies one remembered answer: `words` (the first and last eight bytes, see
+/// [`words`]) and the length determine names of up to 16 bytes exactly; longer ones are
+/// also compared in full (`Entry::key`). Tags are kept apart from the answers so the four
+/// ways of a set share two cache lines.
 #[derive(Clone, Copy)]
-struct Slot {
+struct Tag {
     ty: Option<FhirType>,
     len: u8,
     words: (u64, u64),
+}
+
+const EMPTY_TAG: Tag = Tag {
+    ty: None,
+    len: 0,
+    words: (0, 0),
+};
+
+#[derive(Clone, Copy)]
+struct Entry {
     key: [u8; KEY_MAX],
     info: Option<ElementInfo>,
 }
 
-const EMPTY: Slot = Slot {
-    ty: None,
-    len: 0,
-    words: (0, 0),
+const EMPTY_ENTRY: Entry = Entry {
     key: [0; KEY_MAX],
     info: None,
 };
 
 pub(super) struct ElemMemo {
-    slots: Vec<Slot>,
+    tags: Vec<Tag>,
+    entries: Vec<Entry>,
     /// Per set: the way the next miss replaces (round robin).
     victim: Vec<u8>,
 }
@@ -43,7 +53,8 @@ pub(super) struct ElemMemo {
 impl ElemMemo {
     fn new() -> ElemMemo {
         ElemMemo {
-            slots: vec![EMPTY; SETS * WAYS],
+            tags: vec![EMPTY_TAG; SETS * WAYS],
+            entries: vec![EMPTY_ENTRY; SETS * WAYS],
             victim: vec![0; SETS],
         }
     }
@@ -58,14 +69,15 @@ impl ElemMemo {
         let w = words(key);
         let set = set_of(w, n);
         let base = set * WAYS;
-        let ways = self.slots.get(base..base + WAYS).unwrap_or(&[]);
-        for s in ways {
-            if s.ty == Some(t)
-                && s.words == w
-                && usize::from(s.len) == n
-                && (n <= 16 || s.key.get(..n) == Some(key))
-            {
-                return s.info;
+        let ways = self.tags.get(base..base + WAYS).unwrap_or(&[]);
+        for (i, tag) in ways.iter().enumerate() {
+            if tag.ty == Some(t) && tag.words == w && usize::from(tag.len) == n {
+                let Some(e) = self.entries.get(base + i) else {
+                    break;
+                };
+                if n <= 16 || e.key.get(..n) == Some(key) {
+                    return e.info;
+                }
             }
         }
         let info = element_of(t, key);
@@ -73,14 +85,17 @@ impl ElemMemo {
         if let Some(v) = self.victim.get_mut(set) {
             *v = (way + 1) % WAYS as u8;
         }
-        if let Some(s) = self.slots.get_mut(base + usize::from(way)) {
-            s.ty = Some(t);
-            s.len = n as u8;
-            s.words = w;
+        let i = base + usize::from(way);
+        if let (Some(tag), Some(e)) = (self.tags.get_mut(i), self.entries.get_mut(i)) {
+            *tag = Tag {
+                ty: Some(t),
+                len: n as u8,
+                words: w,
+            };
             if n > 16 {
-                s.key[..n].copy_from_slice(key);
+                e.key[..n].copy_from_slice(key);
             }
-            s.info = info;
+            e.info = info;
         }
         info
     }
