@@ -39,6 +39,49 @@ use crate::dlp::unicode_tables::{
     DASHES, DIGIT_ZEROS, INVISIBLE, LOOKALIKES, MARKS, NUMBER_SYMBOLS, SPACES,
 };
 
+#[cfg(test)]
+thread_local! {
+    /// Set while `Scanner::scan_oracle` runs: the code paths the speed work replaced (here
+    /// and in the candidate scanner) take their old form, so the differential test compares
+    /// old and new on the same input.
+    static ORACLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// In tests: is the current scan the oracle (old code paths)?
+#[cfg(test)]
+pub(crate) fn oracle() -> bool {
+    ORACLE.with(|o| o.get())
+}
+
+#[cfg(test)]
+pub(crate) fn set_oracle(on: bool) {
+    ORACLE.with(|o| o.set(on));
+}
+
+/// The first byte at or after `from` that is not ASCII. Thirty-two bytes are tested per step
+/// (`is_ascii` on a slice compiles to word-wide tests): Latin names put a few accented letters
+/// in megabytes of ASCII, and a byte-at-a-time search was a visible share of a whole scan.
+#[inline]
+fn next_non_ascii(src: &[u8], from: usize) -> Option<usize> {
+    #[cfg(test)]
+    if oracle() {
+        // The byte-at-a-time search this replaced.
+        return src
+            .get(from..)?
+            .iter()
+            .position(|&b| b >= 0x80)
+            .map(|k| from + k);
+    }
+    let mut i = from;
+    while let Some(c) = src.get(i..i.saturating_add(32)) {
+        if c.len() < 32 || !c.is_ascii() {
+            break;
+        }
+        i += 32;
+    }
+    src.get(i..)?.iter().position(|&b| b >= 0x80).map(|k| i + k)
+}
+
 /// One run of canonical bytes and the original bytes it came from. A run extends to the next
 /// run's start (in both texts).
 #[derive(Debug, Clone, Copy)]
@@ -175,10 +218,7 @@ impl Canon {
         let mut i = 0;
         while i < src.len() {
             // ASCII, in bulk.
-            let run = src[i..]
-                .iter()
-                .position(|&b| b >= 0x80)
-                .map_or(src.len(), |k| i + k);
+            let run = next_non_ascii(src, i).unwrap_or(src.len());
             if run > i {
                 self.ident(i, &src[i..run]);
                 i = run;
@@ -231,8 +271,8 @@ impl Canon {
     /// text (`du Marché`, CJK names) does not, and is then scanned without a copy.
     fn needed(src: &[u8]) -> bool {
         let mut i = 0;
-        while let Some(k) = src[i..].iter().position(|&b| b >= 0x80) {
-            i += k;
+        while let Some(k) = next_non_ascii(src, i) {
+            i = k;
             match decode(src, i) {
                 Some((c, len)) => {
                     if !stable(c) {

@@ -176,6 +176,29 @@ fn escape_into(out: &mut Vec<u8>, v: &[u8], d: &Delimiters) {
 /// Split `s[from..to]` on `sep`: spans.
 fn split(s: &[u8], from: usize, to: usize, sep: u8) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
+    split_into(s, from, to, sep, &mut out);
+    out
+}
+
+/// [`split`] into a reused buffer (cleared first). `memchr` finds the delimiters: a message
+/// is split per segment, field, repetition and component, and a byte loop with its
+/// per-byte branch was the largest cost of a small message.
+fn split_into(s: &[u8], from: usize, to: usize, sep: u8, out: &mut Vec<(usize, usize)>) {
+    out.clear();
+    let to = to.min(s.len());
+    let from = from.min(to);
+    let mut start = from;
+    for i in memchr::memchr_iter(sep, &s[from..to]) {
+        out.push((start, from + i));
+        start = from + i + 1;
+    }
+    out.push((start, to));
+}
+
+/// The byte loop `split` replaced: the oracle of its differential test.
+#[cfg(test)]
+fn split_oracle(s: &[u8], from: usize, to: usize, sep: u8) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
     let mut start = from;
     for (i, &c) in s.iter().enumerate().take(to).skip(from) {
         if c == sep {
@@ -195,22 +218,12 @@ pub fn process(eng: &Engine, msg: &[u8], report: &mut Report) -> Result<Hl7Outco
     // Segment terminator: `\r` (HL7), `\r\n` tolerated; `\n` alone only if the message has
     // no `\r` at all. A message mixing bare `\n` with `\r` is refused: a receiver splitting
     // only on `\r` would read fields the rules never saw as one segment.
-    let has_cr = msg.contains(&b'\r');
-    if has_cr
-        && msg
-            .iter()
-            .enumerate()
-            .any(|(i, &c)| c == b'\n' && (i == 0 || msg[i - 1] != b'\r'))
-    {
+    let has_cr = memchr::memchr(b'\r', msg).is_some();
+    if has_cr && memchr::memchr_iter(b'\n', msg).any(|i| i == 0 || msg[i - 1] != b'\r') {
         return Err(Hl7Error::Malformed);
     }
     let term = if has_cr { b'\r' } else { b'\n' };
-    let seg_end = |from: usize| {
-        msg[from..]
-            .iter()
-            .position(|&c| c == term)
-            .map_or(msg.len(), |p| from + p)
-    };
+    let seg_end = |from: usize| memchr::memchr(term, &msg[from..]).map_or(msg.len(), |p| from + p);
     let msh_end = seg_end(0);
     let d = Delimiters::from_msh(&msg[..msh_end]).map_err(|_| Hl7Error::Malformed)?;
     // Segments.
@@ -258,19 +271,35 @@ pub fn process(eng: &Engine, msg: &[u8], report: &mut Report) -> Result<Hl7Outco
     let mut dec = Vec::new();
     let mut map = Vec::new();
     let mut hits2 = Vec::new();
+    // Scratch reused for every segment and field.
+    let mut fields: Vec<(usize, usize)> = Vec::new();
+    let mut reps: Vec<(usize, usize)> = Vec::new();
+    let mut cs: Vec<(usize, usize)> = Vec::new();
+    let mut seg_rules: Vec<(FieldRef, Action, u16, u16)> = Vec::new();
+    let mut comps: Vec<(u16, Action, u16, u16)> = Vec::new();
+    let mut ruled: Vec<(usize, usize)> = Vec::new();
+    let mut field_hits: Vec<(usize, usize, u16)> = Vec::new();
     for (si, &(ss, se)) in segs.iter().enumerate() {
         if si == 0 {
             continue;
         }
         let id = &msg[ss..(ss + 3).min(se)];
-        let fields = split(msg, ss, se, d.field);
+        // The rules of this segment, in configuration order.
+        seg_rules.clear();
+        seg_rules.extend(
+            eng.hl7
+                .rules
+                .iter()
+                .filter(|(r, ..)| r.seg.as_slice() == id),
+        );
+        split_into(msg, ss, se, d.field, &mut fields);
         for (fi, &(fs, fe)) in fields.iter().enumerate().skip(1) {
             let fno = u16::try_from(fi).unwrap_or(u16::MAX);
             // Rules on this field or its components.
             let mut whole: Option<(Action, u16, u16)> = None;
-            let mut comps: Vec<(u16, Action, u16, u16)> = Vec::new();
-            for &(r, act, keep, label) in &eng.hl7.rules {
-                if r.seg.as_slice() != id || r.field != fno {
+            comps.clear();
+            for &(r, act, keep, label) in &seg_rules {
+                if r.field != fno {
                     continue;
                 }
                 match r.comp {
@@ -283,7 +312,7 @@ pub fn process(eng: &Engine, msg: &[u8], report: &mut Report) -> Result<Hl7Outco
                     Some(c) => comps.push((c, act, keep, label)),
                 }
             }
-            let mut ruled: Vec<(usize, usize)> = Vec::new();
+            ruled.clear();
             if fs < fe {
                 if let Some((act, keep, label)) = whole {
                     report.add(label, act);
@@ -317,9 +346,10 @@ pub fn process(eng: &Engine, msg: &[u8], report: &mut Report) -> Result<Hl7Outco
                         }
                     }
                 }
-                if ruled.is_empty() {
-                    for rep in split(msg, fs, fe, d.repetition) {
-                        let cs = split(msg, rep.0, rep.1, d.component);
+                if ruled.is_empty() && !comps.is_empty() {
+                    split_into(msg, fs, fe, d.repetition, &mut reps);
+                    for &rep in &reps {
+                        split_into(msg, rep.0, rep.1, d.component, &mut cs);
                         for &(c, act, keep, label) in &comps {
                             let Some(&(a0, a1)) = cs.get(usize::from(c) - 1) else {
                                 continue;
@@ -367,7 +397,7 @@ pub fn process(eng: &Engine, msg: &[u8], report: &mut Report) -> Result<Hl7Outco
                 first += 1;
             }
             let mut last = first;
-            let mut rescan = msg[fs..fe].contains(&d.escape);
+            let mut rescan = memchr::memchr(d.escape, &msg[fs..fe]).is_some();
             while last < hits.len() && hits[last].start < fe {
                 if hits[last].start < fs || hits[last].end > fe {
                     rescan = true;
@@ -376,7 +406,7 @@ pub fn process(eng: &Engine, msg: &[u8], report: &mut Report) -> Result<Hl7Outco
             }
             hit_cur = last;
             let in_ruled = |s: usize, e: usize| ruled.iter().any(|&(a, b)| s < b && e > a);
-            let mut field_hits: Vec<(usize, usize, u16)> = Vec::new();
+            field_hits.clear();
             if rescan {
                 decode_map(&msg[fs..fe], fs, &d, &mut dec, &mut map);
                 hits2.clear();
@@ -393,7 +423,7 @@ pub fn process(eng: &Engine, msg: &[u8], report: &mut Report) -> Result<Hl7Outco
                     field_hits.push((h.start, h.end, h.detector));
                 }
             }
-            for (s, e, det) in field_hits {
+            for &(s, e, det) in &field_hits {
                 if in_ruled(s, e) {
                     continue;
                 }
@@ -628,5 +658,36 @@ NTE|1||patient SSN 123-45-6789 called from 555-234-5678\r";
             Some("BLOCKED"),
             "PID-19 found in an LF-terminated message"
         );
+    }
+
+    /// `split` (memchr into a reused buffer) gives exactly the spans of the byte loop it
+    /// replaced, for generated messages and every `from..to` window, including empty ones,
+    /// windows at the ends and delimiters first or last.
+    #[test]
+    fn split_equals_the_old_byte_loop() {
+        let alphabet = b"|^~\\&\rAB12 ";
+        let mut seed = 0x0123_4567_89ab_cdefu64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut buf = Vec::new();
+        for _ in 0..100 {
+            let n = (next() % 60) as usize;
+            let msg: Vec<u8> = (0..n)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            for from in 0..=msg.len() {
+                for to in from..=msg.len() {
+                    for &sep in b"|^~&\r" {
+                        split_into(&msg, from, to, sep, &mut buf);
+                        assert_eq!(buf, split_oracle(&msg, from, to, sep));
+                        assert_eq!(split(&msg, from, to, sep), buf);
+                    }
+                }
+            }
+        }
     }
 }

@@ -32,7 +32,10 @@
 //! Findings are counted (`ward_dlp_findings_total{route,detector,action}`), logged as
 //! counts, and put in the request's audit record as counts — never values.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use crate::dlp::actions::Action;
+use prometheus::IntCounter;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -270,6 +273,59 @@ pub struct Dlp {
     unscannable: Unscannable,
     route: String,
     metrics: Arc<Metrics>,
+    counters: Counters,
+}
+
+/// This route's DLP counters, each looked up in the registry once (a registry lookup
+/// hashes every label value, and a request paid several) and only when first used, so a
+/// series still appears only once it counts something.
+struct Counters {
+    /// By direction (request, response).
+    scanned: [OnceLock<IntCounter>; 2],
+    /// By direction and outcome (`OUTCOMES`).
+    messages: [OnceLock<IntCounter>; 2 * OUTCOMES.len()],
+    /// By engine label and action (`ACTIONS`).
+    findings: Vec<OnceLock<IntCounter>>,
+}
+
+const OUTCOMES: [&str; 7] = [
+    "clean",
+    "rewritten",
+    "reported",
+    "blocked",
+    "too_large",
+    "unscannable",
+    "error",
+];
+
+const ACTIONS: [Action; 7] = [
+    Action::Redact,
+    Action::Mask,
+    Action::Hash,
+    Action::DateShift,
+    Action::Generalize,
+    Action::Block,
+    Action::Report,
+];
+
+fn dir_index(dir: &str) -> Option<usize> {
+    match dir {
+        "request" => Some(0),
+        "response" => Some(1),
+        _ => None,
+    }
+}
+
+impl Counters {
+    fn new(labels: usize) -> Counters {
+        Counters {
+            scanned: Default::default(),
+            messages: Default::default(),
+            findings: (0..labels * ACTIONS.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
 }
 
 impl FromConfig for Dlp {
@@ -287,6 +343,7 @@ impl Dlp {
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let engine = Arc::new(Engine::compile(cfg, resolve)?);
+        let engine_labels = engine.label_count();
         Ok(Dlp {
             engine,
             mode: cfg.mode,
@@ -297,6 +354,7 @@ impl Dlp {
             unscannable: cfg.unscannable,
             route: route.to_owned(),
             metrics,
+            counters: Counters::new(engine_labels),
         })
     }
 }
@@ -385,32 +443,57 @@ fn fix_headers(h: &mut HeaderMap, len: usize) {
 
 impl Dlp {
     fn count(&self, dir: &str, outcome: &str) {
-        self.metrics
-            .dlp_messages
-            .with_label_values(&[&self.route, dir, outcome])
-            .inc();
+        let vec = &self.metrics.dlp_messages;
+        let slot = dir_index(dir).zip(OUTCOMES.iter().position(|&o| o == outcome));
+        match slot.and_then(|(d, o)| self.counters.messages.get(d * OUTCOMES.len() + o)) {
+            Some(c) => c
+                .get_or_init(|| vec.with_label_values(&[&self.route, dir, outcome]))
+                .inc(),
+            None => vec.with_label_values(&[&self.route, dir, outcome]).inc(),
+        }
+    }
+
+    fn count_scanned(&self, dir: &str, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        let vec = &self.metrics.dlp_scanned_bytes;
+        match dir_index(dir).and_then(|d| self.counters.scanned.get(d)) {
+            Some(c) => c
+                .get_or_init(|| vec.with_label_values(&[&self.route, dir]))
+                .inc_by(n),
+            None => vec.with_label_values(&[&self.route, dir]).inc_by(n),
+        }
     }
 
     fn record(&self, report: &Report, dir: &str, slot: Option<&AuditSlot>) {
+        let vec = &self.metrics.dlp_findings;
         for &(label, act, n) in &report.counts {
-            self.metrics
-                .dlp_findings
-                .with_label_values(&[&self.route, self.engine.label(label), act.label()])
-                .inc_by(u64::from(n));
+            let labels = [&self.route, self.engine.label(label), act.label()];
+            let at = ACTIONS
+                .iter()
+                .position(|&a| a == act)
+                .map(|a| usize::from(label) * ACTIONS.len() + a);
+            match at.and_then(|i| self.counters.findings.get(i)) {
+                Some(c) => c
+                    .get_or_init(|| vec.with_label_values(&labels))
+                    .inc_by(u64::from(n)),
+                None => vec.with_label_values(&labels).inc_by(u64::from(n)),
+            }
         }
         if !report.is_empty() {
-            let summary = summary(&self.engine, report);
+            // Built once for the log line and the audit record; printed only if the log
+            // line is enabled (`Value`'s Display is the same compact JSON as `summary`).
+            let counts = crate::dlp::counts_json(&self.engine, report);
             tracing::info!(
                 target: "ward::dlp",
                 route = %self.route,
                 direction = dir,
                 findings = report.total(),
-                by_detector = %summary,
+                by_detector = %counts,
                 mode = if self.mode == Mode::Report { "report" } else { "enforce" },
                 "dlp findings"
             );
             if let Some(s) = slot {
-                s.add_dlp(dir, crate::dlp::counts_json(&self.engine, report));
+                s.add_dlp(dir, counts);
             }
         }
     }
@@ -474,10 +557,7 @@ impl Dlp {
             .as_ref()
             .filter(|l| decoded.is_none() && l.is_of(plain))
             .map(|l| l.index().clone());
-        self.metrics
-            .dlp_scanned_bytes
-            .with_label_values(&[&self.route, dir])
-            .inc_by(u64::try_from(plain.len()).unwrap_or(u64::MAX));
+        self.count_scanned(dir, plain.len());
         let mut report = Report::default();
         let verdict = run_indexed(&self.engine, kind, plain, index.as_deref(), &mut report);
         self.record(&report, dir, slot);
@@ -742,11 +822,7 @@ impl crate::body::LineFilter for NdjsonDlp {
             // Nothing to scan; a blank line carries no resource.
             return report_only.then(|| Bytes::copy_from_slice(line));
         }
-        self.shared
-            .metrics
-            .dlp_scanned_bytes
-            .with_label_values(&[&self.shared.route, "response"])
-            .inc_by(u64::try_from(line.len()).unwrap_or(u64::MAX));
+        self.shared.count_scanned("response", line.len());
         let mut report = Report::default();
         // A line is read by this policy alone (no index to share); a long one is scanned
         // off the worker by the gateway's one size rule.
@@ -778,5 +854,70 @@ impl crate::body::LineFilter for NdjsonDlp {
     fn too_long(&mut self) -> bool {
         self.shared.count("response", "too_large");
         self.shared.mode == Mode::Report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cached counters count exactly what registry lookups per call counted: for every
+    /// direction and outcome, and for findings of every detector, repeated (cache hits)
+    /// and in series that exist only once used.
+    #[test]
+    fn cached_counters_count_like_registry_lookups() {
+        let cfg: DlpConfig =
+            serde_json::from_value(serde_json::json!({"preset": "safe_harbor"})).expect("config");
+        let metrics = Arc::new(Metrics::new());
+        let d = Dlp::new(
+            &cfg,
+            "r1",
+            &|p: &str| std::path::PathBuf::from(p),
+            metrics.clone(),
+        )
+        .expect("dlp");
+        let text = metrics.render();
+        assert!(!text.contains("ward_dlp_messages_total{"), "{text}");
+        for (k, dir) in ["request", "response"].into_iter().enumerate() {
+            for (i, outcome) in OUTCOMES.into_iter().enumerate() {
+                for _ in 0..(i + 1 + k) {
+                    d.count(dir, outcome);
+                }
+            }
+            d.count_scanned(dir, 10 * (k + 1));
+            d.count_scanned(dir, 1);
+        }
+        let mut report = Report::default();
+        for _ in 0..3 {
+            let body = br#"{"resourceType":"Observation","note":[{"text":"SSN 123-45-6789, call 555-234-5678"}]}"#;
+            run(&d.engine, BodyKind::Json, body, &mut report);
+        }
+        assert!(report.total() >= 6, "{report:?}");
+        d.record(&report, "response", None);
+        d.record(&report, "response", None);
+        let m = metrics.render();
+        for (k, dir) in ["request", "response"].into_iter().enumerate() {
+            for (i, outcome) in OUTCOMES.into_iter().enumerate() {
+                let line = format!(
+                    "ward_dlp_messages_total{{direction=\"{dir}\",outcome=\"{outcome}\",route=\"r1\"}} {}",
+                    i + 1 + k
+                );
+                assert!(m.contains(&line), "{line}\n{m}");
+            }
+            let line = format!(
+                "ward_dlp_scanned_bytes_total{{direction=\"{dir}\",route=\"r1\"}} {}",
+                10 * (k + 1) + 1
+            );
+            assert!(m.contains(&line), "{line}\n{m}");
+        }
+        for &(label, act, n) in &report.counts {
+            let line = format!(
+                "ward_dlp_findings_total{{action=\"{}\",detector=\"{}\",route=\"r1\"}} {}",
+                act.label(),
+                d.engine.label(label),
+                2 * n
+            );
+            assert!(m.contains(&line), "{line}\n{m}");
+        }
     }
 }

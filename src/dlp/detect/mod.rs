@@ -88,8 +88,13 @@ use crate::dlp::canon::Canon;
 mod builtin;
 mod bytes;
 #[cfg(test)]
+mod differential;
+#[cfg(test)]
 mod tests;
 mod validators;
+
+#[cfg(test)]
+use crate::dlp::canon::{oracle, set_oracle};
 
 use builtin::*;
 use bytes::*;
@@ -355,6 +360,25 @@ pub struct Scanner {
     /// to the highest priority first: a `report` e-mail overlapping a `block` SSN
     /// (`123-45-6789@example.org`) must not turn the SSN into a report.
     priority: Vec<u8>,
+    finders: Finders,
+}
+
+/// The literal searches of the candidate scanner, compiled once per policy.
+#[derive(Debug)]
+struct Finders {
+    /// "://" (URL schemes).
+    scheme: memchr::memmem::Finder<'static>,
+    /// "::" (compressed IPv6).
+    v6: memchr::memmem::Finder<'static>,
+}
+
+impl Finders {
+    fn new() -> Finders {
+        Finders {
+            scheme: memchr::memmem::Finder::new(b"://"),
+            v6: memchr::memmem::Finder::new(b"::"),
+        }
+    }
 }
 
 fn builtin_of(k: &Kind) -> Option<B> {
@@ -591,6 +615,7 @@ impl Scanner {
             has_ctx,
             priority: vec![0; specs.len()],
             weak,
+            finders: Finders::new(),
         })
     }
 
@@ -669,6 +694,14 @@ impl Scanner {
                 *canon = Canon::default();
             }
         })
+    }
+
+    /// [`Scanner::scan`] through the code paths as they were before the speed work.
+    #[cfg(test)]
+    pub(crate) fn scan_oracle(&self, hay: &[u8], out: &mut Vec<Hit>) {
+        set_oracle(true);
+        self.scan(hay, out);
+        set_oracle(false);
     }
 
     fn scan_raw(&self, hay: &[u8], out: &mut Vec<Hit>) {

@@ -35,11 +35,12 @@
 use crate::dlp::actions::{self, Action, REDACTED};
 use crate::dlp::detect::Hit;
 use crate::dlp::{Engine, Report, RuleState};
-use crate::fhir::validate::{element_of, resource_type_of, FhirType, ValueKind};
+use crate::fhir::validate::{resource_type_of, FhirType, ValueKind};
 use crate::json::is_ws;
 
 mod close;
 mod lex;
+mod memo;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -170,6 +171,8 @@ pub struct Walk<'a> {
     /// The body's index when a policy lexed it already (`crate::json::LexedBody`): strings
     /// and scalars are looked up, skipped values jumped over. Complete indexes only.
     ix: Option<crate::json::Seek<'a>>,
+    /// Element definitions by (type, member name), memoised per thread.
+    elems: memo::MemoHandle,
 }
 
 /// Result of DLP over a JSON body.
@@ -217,6 +220,7 @@ pub fn process_indexed(
         state_pool: Vec::new(),
         keys: Vec::new(),
         ix: index.and_then(|ix| ix.seek(body)),
+        elems: memo::MemoHandle::take(),
     };
     w.ws();
     let root = Ctx {

@@ -200,8 +200,8 @@ impl<'a> Walk<'a> {
                 let vstart = self.pos;
                 let ext_sibling = key.first() == Some(&b'_');
                 let info = match ty {
-                    Some(t) if !ext_sibling => element_of(t, key),
-                    Some(t) => element_of(t, &key[1..]),
+                    Some(t) if !ext_sibling => self.elems.get(t, key),
+                    Some(t) => self.elems.get(t, &key[1..]),
                     None => None,
                 };
                 let name: &[u8] = match &info {
@@ -253,7 +253,7 @@ impl<'a> Walk<'a> {
                     // `_x` holds an Element (id, extensions): typed, so an extension's `url`
                     // is a uri and not free text.
                     ty: if ext_sibling {
-                        crate::fhir::validate::complex_type_of(b"Element")
+                        element_type()
                     } else {
                         info.map(|i| i.ty)
                     },
@@ -496,4 +496,10 @@ impl<'a> Walk<'a> {
         }
         self.close_members(rec_base, edit_base, insert_base, false, arr_start, end)
     }
+}
+
+/// The `Element` type (of every `_x` sibling), looked up once.
+fn element_type() -> Option<FhirType> {
+    static ELEMENT: std::sync::OnceLock<Option<FhirType>> = std::sync::OnceLock::new();
+    *ELEMENT.get_or_init(|| crate::fhir::validate::complex_type_of(b"Element"))
 }
