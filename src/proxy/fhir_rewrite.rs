@@ -217,6 +217,36 @@ impl Pending {
                 .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
             return Ok(Response::from_parts(parts, full(out)));
         }
+        let out = match rw.json_body(plain, &self.public, self.interaction)? {
+            Some(new) => {
+                parts.headers.remove(ETAG);
+                parts.headers.remove(CONTENT_ENCODING);
+                Bytes::from(new)
+            }
+            None => bytes,
+        };
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+        Ok(Response::from_parts(parts, full(out)))
+    }
+}
+
+impl FhirRewrite {
+    /// A JSON answer's bytes (decoded) on a FHIR route: `Ok(None)` when nothing names the
+    /// upstream's address, else the rewritten document. Public for benches.
+    #[doc(hidden)]
+    pub fn json_body(
+        &self,
+        plain: &[u8],
+        public: &str,
+        interaction: Option<Interaction>,
+    ) -> Result<Option<Vec<u8>>, Rejection> {
+        let capability = interaction == Some(Interaction::Capabilities)
+            && self
+                .discovery
+                .as_ref()
+                .is_some_and(|d| d.capability_security);
         let mut v = match crate::fhir::strict_json::from_slice(plain) {
             Ok(v) => v,
             // Ambiguous (a repeated member name): refused with the code DLP and the
@@ -233,30 +263,18 @@ impl Pending {
         };
         let mut changed = false;
         if capability {
-            if let Some(d) = &rw.discovery {
+            if let Some(d) = &self.discovery {
                 changed |= d.rewrite_capability(&mut v);
             }
         }
-        changed |= if self.interaction == Some(Interaction::SmartConfiguration) {
-            rw.bases.all_urls(&mut v, &self.public)
+        changed |= if interaction == Some(Interaction::SmartConfiguration) {
+            self.bases.all_urls(&mut v, public)
         } else {
-            rw.bases.json(&mut v, &self.public)
+            self.bases.json(&mut v, public)
         };
-        let out = if changed {
-            parts.headers.remove(ETAG);
-            parts.headers.remove(CONTENT_ENCODING);
-            Bytes::from(v.to_string())
-        } else {
-            bytes
-        };
-        parts
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
-        Ok(Response::from_parts(parts, full(out)))
+        Ok(changed.then(|| v.to_string().into_bytes()))
     }
-}
 
-impl FhirRewrite {
     fn headers(&self, h: &mut HeaderMap, public: &str) {
         for name in [LOCATION, CONTENT_LOCATION] {
             let values: Vec<HeaderValue> = h.get_all(&name).iter().cloned().collect();

@@ -1336,3 +1336,18 @@ use response::*;
 use writes::*;
 
 pub use bulk::BulkExportConfig;
+
+/// For benches: the compartment guard's check of one read (`bundle: false`) or search
+/// (`true`) answer for patient `pid` (no scopes, no paging links). `true`: it passes.
+#[doc(hidden)]
+pub fn bench_check_answer(body: &[u8], pid: &str, bundle: bool) -> bool {
+    let check = BodyCheck {
+        pid,
+        bundle,
+        hide: false,
+        mode: BundleMode::Filter,
+        links: None,
+        scope: None,
+    };
+    check.run(body).is_ok()
+}

@@ -38,51 +38,117 @@ pub(super) async fn check_response(
             hidden()
         }
     };
-    let (mut parts, bytes, mut v) = match json_answer(a, resp).await {
+    let (mut parts, bytes) = match answer_bytes(a, resp).await {
         Ok(x) => x,
         Err(Some(r)) => return Err(r),
         Err(None) => return Err(unverifiable()),
     };
-    let changed = if hide {
-        filter_bundle(&mut v, pid, BundleMode::Fail).map_err(|_| hidden())?
-    } else if bundle || v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
-        filter_bundle(&mut v, pid, a.cfg.bundle_mode)?
-    } else if in_patient_compartment(&v, pid) {
-        false
-    } else {
-        return Err(hidden());
+    let check = BodyCheck {
+        pid,
+        bundle,
+        hide,
+        mode: a.cfg.bundle_mode,
+        links,
+        scope,
     };
-    // Then the scopes: what is left must be of types the token may receive.
-    let changed = match scope {
-        Some((g, mode)) => {
-            g.filter(&mut v, mode == ScopeMode::Refuse).map_err(|_| {
-                if hide {
-                    hidden()
-                } else {
-                    scope_refused()
-                }
-            })? || changed
+    let out = match check.run(&bytes)? {
+        Some(new) => {
+            parts.headers.remove(ETAG);
+            new
         }
-        None => changed,
-    };
-    // Paging links point at the upstream; pointed back at the gateway, every next page
-    // goes through this guard too.
-    let changed = match links {
-        Some(l) if bundle => l.rewrite(&mut v) || changed,
-        _ => changed,
-    };
-    let out = if changed {
-        Bytes::from(v.to_string())
-    } else {
-        bytes
+        None => bytes,
     };
     parts
         .headers
         .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
-    if changed {
-        parts.headers.remove(ETAG);
-    }
     Ok(Response::from_parts(parts, full(out)))
+}
+
+/// What the compartment guard checks in one read or search answer, apart from how the
+/// answer is read (so the check runs on bytes alone: benches, differential tests).
+pub(super) struct BodyCheck<'a, 'g> {
+    pub(super) pid: &'a str,
+    /// A search (or other Bundle-returning interaction).
+    pub(super) bundle: bool,
+    /// Refusals look like a missing record (reads by id through a search).
+    pub(super) hide: bool,
+    pub(super) mode: BundleMode,
+    pub(super) links: Option<&'a LinkBase>,
+    pub(super) scope: Option<(&'a Grants<'g>, ScopeMode)>,
+}
+
+impl BodyCheck<'_, '_> {
+    /// `Ok(None)`: the answer passes as it came; `Ok(Some(_))`: it passes changed (entries
+    /// removed, links pointed at the gateway).
+    pub(super) fn run(&self, bytes: &[u8]) -> Result<Option<Bytes>, Rejection> {
+        let (bundle, hide, pid) = (self.bundle, self.hide, self.pid);
+        let unverifiable = || {
+            if bundle {
+                Rejection::new(
+                    StatusCode::BAD_GATEWAY,
+                    "response_unverifiable",
+                    "the upstream's answer could not be checked",
+                )
+            } else {
+                hidden()
+            }
+        };
+        let mut v = match strict_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(StrictError::Duplicate) => return Err(duplicate_members()),
+            Err(StrictError::Malformed) => return Err(unverifiable()),
+        };
+        let changed = if hide {
+            filter_bundle(&mut v, pid, BundleMode::Fail).map_err(|_| hidden())?
+        } else if bundle || v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+            filter_bundle(&mut v, pid, self.mode)?
+        } else if in_patient_compartment(&v, pid) {
+            false
+        } else {
+            return Err(hidden());
+        };
+        // Then the scopes: what is left must be of types the token may receive.
+        let changed = match self.scope {
+            Some((g, mode)) => {
+                g.filter(&mut v, mode == ScopeMode::Refuse).map_err(|_| {
+                    if hide {
+                        hidden()
+                    } else {
+                        scope_refused()
+                    }
+                })? || changed
+            }
+            None => changed,
+        };
+        // Paging links point at the upstream; pointed back at the gateway, every next page
+        // goes through this guard too.
+        let changed = match self.links {
+            Some(l) if bundle => l.rewrite(&mut v) || changed,
+            _ => changed,
+        };
+        Ok(changed.then(|| Bytes::from(v.to_string())))
+    }
+}
+
+/// Read an upstream answer that is to be checked: identity-encoded, within the buffer cap.
+/// `Err(None)`: it cannot be checked (the caller decides how that looks); `Err(Some(_))`: a
+/// definite refusal (too large, unreadable).
+pub(super) async fn answer_bytes(
+    a: &FhirAuthz,
+    resp: Response<Body>,
+) -> Result<(http::response::Parts, Bytes), Option<Rejection>> {
+    let (parts, body) = resp.into_parts();
+    if parts
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v != "identity")
+    {
+        return Err(None);
+    }
+    let bytes = read_limited(body, a.cfg.max_buffer_bytes)
+        .await
+        .map_err(Some)?;
+    Ok((parts, bytes))
 }
 
 /// Read an upstream answer that is to be checked: identity-encoded JSON within the buffer
