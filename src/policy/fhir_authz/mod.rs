@@ -1326,6 +1326,8 @@ impl Policy for FhirAuthz {
 
 mod authorize;
 mod bulk;
+#[cfg(test)]
+mod differential;
 mod response;
 #[cfg(test)]
 mod tests;
