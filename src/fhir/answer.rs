@@ -216,7 +216,7 @@ pub enum Owner {
 
 /// A number `strict_json` reads (it converts each with serde_json, which refuses what no
 /// f64 holds). Short plain numbers always fit.
-fn number_ok(raw: &[u8]) -> bool {
+pub(crate) fn number_ok(raw: &[u8]) -> bool {
     (raw.len() <= 15 && !raw.iter().any(|c| matches!(c, b'e' | b'E')))
         || serde_json::from_slice::<serde_json::Value>(raw).is_ok()
 }

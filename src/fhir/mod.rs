@@ -5,6 +5,7 @@
 
 pub mod answer;
 pub mod base_url;
+pub mod base_url_json;
 pub mod compartment;
 pub mod discovery;
 pub mod refs;

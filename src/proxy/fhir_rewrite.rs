@@ -247,6 +247,15 @@ impl FhirRewrite {
                 .discovery
                 .as_ref()
                 .is_some_and(|d| d.capability_security);
+        // Resources and Bundles (every read and search): the URL-bearing strings are
+        // replaced in place on the token stream, every other byte stays the upstream's.
+        // Discovery documents (rare, small) are rewritten on a tree; so is a body the token
+        // reading refuses, so that `strict_json` says why.
+        if !capability && interaction != Some(Interaction::SmartConfiguration) {
+            if let Ok(out) = crate::fhir::base_url_json::rewrite(&self.bases, plain, public) {
+                return Ok(out);
+            }
+        }
         let mut v = match crate::fhir::strict_json::from_slice(plain) {
             Ok(v) => v,
             // Ambiguous (a repeated member name): refused with the code DLP and the
