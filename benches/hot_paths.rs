@@ -142,12 +142,21 @@ fn fhir_answers(c: &mut Criterion) {
         read.len(),
         search.len()
     );
-    c.bench_function("fhir_authz/check_patient_read_2k", |b| {
-        b.iter(|| bench_check_answer(black_box(read.as_bytes()), "p1", false))
-    });
-    c.bench_function("fhir_authz/check_searchset_50", |b| {
-        b.iter(|| bench_check_answer(black_box(search.as_bytes()), "p1", true))
-    });
+    // Each next to the tree check it replaced (same binary, same minutes: the ratio is what
+    // to read on a busy machine).
+    use ward::policy::fhir_authz::bench_check_answer_tree as tree;
+    for (name, body, bundle) in [
+        ("check_patient_read_2k", &read, false),
+        ("check_searchset_50", &search, true),
+    ] {
+        assert!(tree(body.as_bytes(), "p1", bundle));
+        c.bench_function(&format!("fhir_authz/{name}"), |b| {
+            b.iter(|| bench_check_answer(black_box(body.as_bytes()), "p1", bundle))
+        });
+        c.bench_function(&format!("fhir_authz/{name}/tree"), |b| {
+            b.iter(|| tree(black_box(body.as_bytes()), "p1", bundle))
+        });
+    }
     let rw = ward::proxy::fhir_rewrite::FhirRewrite::new(
         &["https://ehr.internal/fhir".to_owned()],
         None,
@@ -157,12 +166,17 @@ fn fhir_answers(c: &mut Criterion) {
     let public = "https://gw.example/patient/fhir";
     let read_iact = Some(ward::fhir::request::Interaction::Read);
     let search_iact = Some(ward::fhir::request::Interaction::SearchType);
-    c.bench_function("fhir_rewrite/patient_2k", |b| {
-        b.iter(|| rw.json_body(black_box(read.as_bytes()), public, read_iact))
-    });
-    c.bench_function("fhir_rewrite/searchset_50", |b| {
-        b.iter(|| rw.json_body(black_box(search.as_bytes()), public, search_iact))
-    });
+    for (name, body, iact) in [
+        ("patient_2k", &read, read_iact),
+        ("searchset_50", &search, search_iact),
+    ] {
+        c.bench_function(&format!("fhir_rewrite/{name}"), |b| {
+            b.iter(|| rw.json_body(black_box(body.as_bytes()), public, iact))
+        });
+        c.bench_function(&format!("fhir_rewrite/{name}/tree"), |b| {
+            b.iter(|| rw.json_tree(black_box(body.as_bytes()), public, iact, false))
+        });
+    }
 }
 
 criterion_group!(benches, paths, headers, errors, rate_limits, fhir_answers);

@@ -65,6 +65,10 @@ struct Candidate {
     drop: Option<Drop>,
 }
 
+/// An open container: its role, its offset, and the pending member's name and the offset
+/// of its opening quote.
+type Frame<'a> = (Role, usize, Option<(Cow<'a, str>, usize)>);
+
 struct Node<'a> {
     parent: Option<usize>,
     rtype: Option<Cow<'a, str>>,
@@ -144,8 +148,7 @@ pub fn rewrite(bases: &BaseSet, b: &[u8], public: &str) -> Result<Option<Vec<u8>
     let mut t = Tokenizer::new(b, MAX_DEPTH);
     let mut nodes: Vec<Node<'_>> = Vec::new();
     let mut cands: Vec<Candidate> = Vec::new();
-    // (role, container offset, pending member name and its quote's offset).
-    let mut stack: Vec<(Role, usize, Option<(Cow<'_, str>, usize)>)> = Vec::new();
+    let mut stack: Vec<Frame<'_>> = Vec::new();
     while let Some(tok) = t.next()? {
         match tok.kind {
             Kind::Key => {
@@ -194,12 +197,10 @@ pub fn rewrite(bases: &BaseSet, b: &[u8], public: &str) -> Result<Option<Vec<u8>
         };
         let mut role = Role::Other;
         match (prole, key) {
-            (Role::Node(n), Some("resourceType")) => {
-                if s {
-                    let ty = crate::json::decode_str(tok.raw(b), tok.esc)?;
-                    if let Some(x) = nodes.get_mut(n) {
-                        x.rtype = Some(ty);
-                    }
+            (Role::Node(n), Some("resourceType")) if s => {
+                let ty = crate::json::decode_str(tok.raw(b), tok.esc)?;
+                if let Some(x) = nodes.get_mut(n) {
+                    x.rtype = Some(ty);
                 }
             }
             (Role::Node(n), Some("link")) if arr => role = Role::Links(n),

@@ -256,6 +256,19 @@ impl FhirRewrite {
                 return Ok(out);
             }
         }
+        self.json_tree(plain, public, interaction, capability)
+    }
+
+    /// [`FhirRewrite::json_body`] on a `serde_json::Value` tree (output compact, members
+    /// sorted). Public for benches (the rewrite before issue #20).
+    #[doc(hidden)]
+    pub fn json_tree(
+        &self,
+        plain: &[u8],
+        public: &str,
+        interaction: Option<Interaction>,
+        capability: bool,
+    ) -> Result<Option<Vec<u8>>, Rejection> {
         let mut v = match crate::fhir::strict_json::from_slice(plain) {
             Ok(v) => v,
             // Ambiguous (a repeated member name): refused with the code DLP and the

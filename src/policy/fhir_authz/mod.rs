@@ -1353,3 +1353,18 @@ pub fn bench_check_answer(body: &[u8], pid: &str, bundle: bool) -> bool {
     };
     check.run(body).is_ok()
 }
+
+/// [`bench_check_answer`] on a `serde_json::Value` tree (the check before issue #16), so a
+/// bench compares both in the same minutes.
+#[doc(hidden)]
+pub fn bench_check_answer_tree(body: &[u8], pid: &str, bundle: bool) -> bool {
+    let check = BodyCheck {
+        pid,
+        bundle,
+        hide: false,
+        mode: BundleMode::Filter,
+        links: None,
+        scope: None,
+    };
+    check.run_tree(body).is_ok()
+}
