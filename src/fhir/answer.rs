@@ -603,6 +603,11 @@ mod tests {
         assert!(a.in_compartment(Owner::Entry(0), "a"));
         assert!(!a.in_compartment(Owner::Entry(0), "b"));
         assert_eq!(a.links, vec![Some("u".into()), None]);
+        // One array level after a member, as the tree reader takes it; no deeper.
+        let nested = br#"{"resourceType":"Observation","subject":[[{"reference":"Patient/a"}]]}"#;
+        assert!(!read(nested).unwrap().in_compartment(Owner::Doc, "a"));
+        let flat = br#"{"resourceType":"Observation","subject":[{"reference":"Patient/a"}]}"#;
+        assert!(read(flat).unwrap().in_compartment(Owner::Doc, "a"));
         assert!(read(br#"{"a":1e400}"#).is_err());
         assert!(read(br#"{"a":1,"a":2}"#).is_err());
     }
