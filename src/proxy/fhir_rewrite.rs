@@ -8,8 +8,11 @@
 //! - JSON bodies (any status: error outcomes name hosts too) are read up to a bound (and
 //!   decoded if the upstream compressed them although identity was asked for); only
 //!   when the bytes may name an upstream host (`BaseSet::may_occur`, one aho-corasick pass)
-//!   are they parsed and the members where a server writes its address rewritten. A body
-//!   that may name the host but cannot be parsed fails closed (502), never passes as it came.
+//!   are they read and the members where a server writes its address rewritten — on the
+//!   JSON token stream, in place (`fhir::base_url_json`): every other byte stays the
+//!   upstream's, and nothing is copied when nothing changes (discovery documents are
+//!   rewritten on a tree). A body that may name the host but cannot be parsed fails closed
+//!   (502), never passes as it came.
 //! - `metadata`: the CapabilityStatement's `rest.security` becomes the route's `discovery`
 //!   section; `.well-known/smart-configuration` is answered from it (or fetched from the
 //!   upstream, every URL string rewritten).
