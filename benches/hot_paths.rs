@@ -1,8 +1,9 @@
 //! Criterion benches of the per-request hot paths that run for every request before the
 //! upstream is contacted: path canonicalisation, header hygiene, rendering a refusal, and a
-//! rate-limit check (plus the memory one million tracked keys take); and the audit trail's
+//! rate-limit check (plus the memory one million tracked keys take); the audit trail's
 //! per-request cost (a record queued, written and synced with `durability: fsync`, on tmpfs
-//! so the figure is the gateway's CPU, not the disk).
+//! so the figure is the gateway's CPU, not the disk); and per FHIR answer on a patient route,
+//! the compartment guard's check and the base-URL rewrite.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
@@ -283,5 +284,84 @@ fn audit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, paths, headers, errors, rate_limits, audit);
+/// A Patient of about 2 KB; `host`: where its URLs point.
+fn patient(id: &str, host: &str) -> String {
+    let mut names = String::new();
+    for i in 0..6 {
+        names.push_str(&format!(
+            r#"{{"use":"official","family":"Family{i}","given":["Given{i}","Middle{i}"],"period":{{"start":"2001-01-0{}"}}}},"#,
+            i + 1
+        ));
+    }
+    names.pop();
+    format!(
+        r#"{{"resourceType":"Patient","id":"{id}","meta":{{"versionId":"3","lastUpdated":"2024-05-01T10:00:00Z","source":"https://{host}/fhir"}},"text":{{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">Patient {id}, born 1970-01-01 &amp; living at 1 Main St</div>"}},"identifier":[{{"system":"https://{host}/fhir/sid/mrn","value":"MRN-{id}"}},{{"system":"http://hl7.org/fhir/sid/us-ssn","value":"000-00-0000"}}],"active":true,"name":[{names}],"telecom":[{{"system":"phone","value":"+1 555 0100","use":"home"}},{{"system":"email","value":"p{id}@example.org"}}],"gender":"female","birthDate":"1970-01-01","address":[{{"use":"home","line":["1 Main St","Apt 2"],"city":"Springfield","state":"IL","postalCode":"62701","country":"US"}}],"maritalStatus":{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/v3-MaritalStatus","code":"M","display":"Married"}}]}},"contact":[{{"relationship":[{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/v2-0131","code":"N"}}]}}],"name":{{"family":"Contact","given":["Next"]}},"telecom":[{{"system":"phone","value":"+1 555 0199"}}]}}],"communication":[{{"language":{{"coding":[{{"system":"urn:ietf:bcp:47","code":"en-US"}}]}},"preferred":true}}],"generalPractitioner":[{{"reference":"Practitioner/gp-1","display":"Dr. GP"}}],"managingOrganization":{{"reference":"Organization/org-1"}}}}"#
+    )
+}
+
+/// A searchset of `n` Observations of patient `pid`, with upstream `fullUrl`s and links.
+fn searchset(pid: &str, n: usize, host: &str) -> String {
+    let mut entries = Vec::new();
+    for i in 0..n {
+        entries.push(format!(
+            r#"{{"fullUrl":"https://{host}/fhir/Observation/o{i}","resource":{{"resourceType":"Observation","id":"o{i}","meta":{{"versionId":"1"}},"status":"final","category":[{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}}]}}],"code":{{"coding":[{{"system":"http://loinc.org","code":"8867-4","display":"Heart rate"}}]}},"subject":{{"reference":"Patient/{pid}"}},"effectiveDateTime":"2024-01-0{}T10:00:00Z","performer":[{{"reference":"Practitioner/gp-1"}}],"valueQuantity":{{"value":{},"unit":"beats/min","system":"http://unitsofmeasure.org","code":"/min"}}}},"search":{{"mode":"match"}}}}"#,
+            i % 9 + 1,
+            60 + i
+        ));
+    }
+    format!(
+        r#"{{"resourceType":"Bundle","id":"s1","type":"searchset","total":{n},"link":[{{"relation":"self","url":"https://{host}/fhir/Observation?patient={pid}"}},{{"relation":"next","url":"https://{host}/fhir/Observation?patient={pid}&page=2"}}],"entry":[{}]}}"#,
+        entries.join(",")
+    )
+}
+
+fn fhir_answers(c: &mut Criterion) {
+    use ward::policy::fhir_authz::bench_check_answer;
+    let read = patient("p1", "ehr.internal");
+    let search = searchset("p1", 50, "ehr.internal");
+    assert!(bench_check_answer(read.as_bytes(), "p1", false));
+    assert!(bench_check_answer(search.as_bytes(), "p1", true));
+    println!(
+        "fhir answers: Patient {} bytes, searchset {} bytes",
+        read.len(),
+        search.len()
+    );
+    // Each next to the tree check it replaced (same binary, same minutes: the ratio is what
+    // to read on a busy machine).
+    use ward::policy::fhir_authz::bench_check_answer_tree as tree;
+    for (name, body, bundle) in [
+        ("check_patient_read_2k", &read, false),
+        ("check_searchset_50", &search, true),
+    ] {
+        assert!(tree(body.as_bytes(), "p1", bundle));
+        c.bench_function(&format!("fhir_authz/{name}"), |b| {
+            b.iter(|| bench_check_answer(black_box(body.as_bytes()), "p1", bundle))
+        });
+        c.bench_function(&format!("fhir_authz/{name}/tree"), |b| {
+            b.iter(|| tree(black_box(body.as_bytes()), "p1", bundle))
+        });
+    }
+    let rw = ward::proxy::fhir_rewrite::FhirRewrite::new(
+        &["https://ehr.internal/fhir".to_owned()],
+        None,
+        1 << 20,
+    )
+    .unwrap();
+    let public = "https://gw.example/patient/fhir";
+    let read_iact = Some(ward::fhir::request::Interaction::Read);
+    let search_iact = Some(ward::fhir::request::Interaction::SearchType);
+    for (name, body, iact) in [
+        ("patient_2k", &read, read_iact),
+        ("searchset_50", &search, search_iact),
+    ] {
+        c.bench_function(&format!("fhir_rewrite/{name}"), |b| {
+            b.iter(|| rw.json_body(black_box(body.as_bytes()), public, iact))
+        });
+        c.bench_function(&format!("fhir_rewrite/{name}/tree"), |b| {
+            b.iter(|| rw.json_tree(black_box(body.as_bytes()), public, iact, false))
+        });
+    }
+}
+
+criterion_group!(benches, paths, headers, errors, rate_limits, audit, fhir_answers);
 criterion_main!(benches);

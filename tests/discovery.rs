@@ -444,6 +444,16 @@ async fn the_upstream_base_never_reaches_the_client() {
                             body["entry"][0]["resource"],
                             json!({"resourceType": "Patient", "id": "p1"})
                         );
+                        // Only the rewritten strings (and the removed link) changed: member
+                        // order and whitespace are the upstream's (issue #20).
+                        let want = format!(
+                            r#"{{"resourceType":"Bundle","type":"searchset","total":2,
+                "link":[{{"relation":"self","url":"{public}/Patient?name=x"}},{{"relation":"next","url":"{public}?_getpages=abc"}}],
+                "entry":[{{"fullUrl":"{public}/Patient/p1","resource":{{"resourceType":"Patient","id":"p1"}},"search":{{"mode":"match"}}}},
+                         {{"fullUrl":"{public}/Patient/p2","resource":{{"resourceType":"Patient","id":"p2"}}}},
+                         {{"fullUrl":"urn:uuid:0b5b7e4e-0000-4000-8000-000000000001","resource":{{"resourceType":"OperationOutcome","issue":[{{"severity":"warning","code":"processing","diagnostics":"partial results from {public}/Patient via [upstream]"}}]}},"search":{{"mode":"outcome"}}}}]}}"#
+                        );
+                        assert_eq!(String::from_utf8_lossy(&r.body), want, "{ctx}");
                     }
                     ("POST", "/patient/fhir/Patient") => {
                         let loc = format!("{public}/Patient/n1/_history/1");

@@ -17,7 +17,7 @@ fn is_id(v: &str) -> bool {
 }
 
 /// `Patient/{id}` or `Patient/{id}/_history/{vid}`, exactly (relative form).
-fn relative_patient(r: &str, patient_id: &str) -> bool {
+pub(crate) fn relative_patient(r: &str, patient_id: &str) -> bool {
     match r
         .strip_prefix("Patient/")
         .and_then(|rest| rest.strip_prefix(patient_id))
@@ -55,7 +55,7 @@ pub fn references_patient(reference: &str, patient_id: &str) -> bool {
 
 /// Does this reference point at some Patient (any id), or is it a conditional reference
 /// that could resolve to one?
-fn is_patient_like(reference: &str) -> bool {
+pub(crate) fn is_patient_like(reference: &str) -> bool {
     reference.starts_with("Patient/")
         || reference.starts_with("Patient?")
         || reference.contains("/Patient/")

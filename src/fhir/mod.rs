@@ -3,7 +3,9 @@
 //! reads (`request.rs`), and the R4 structure validator (`validate/`, data in
 //! `schema.txt`, made by `tools/gen_fhir_schema.py`).
 
+pub mod answer;
 pub mod base_url;
+pub mod base_url_json;
 pub mod compartment;
 pub mod discovery;
 pub mod refs;

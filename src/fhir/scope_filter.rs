@@ -62,6 +62,12 @@ impl<'a> Grants<'a> {
         self.scopes.iter().any(|s| s.grants(t, self.perm, params))
     }
 
+    /// May an object of type `t` appear where `allows` is asked (containers always may:
+    /// their content is judged)?
+    pub fn type_allowed(&self, t: &str, primary_match: bool) -> bool {
+        CONTAINERS.contains(&t) || self.allows(t, primary_match)
+    }
+
     /// Is `r` a typed resource, and is every resource inside it (itself, contained ones,
     /// nested Bundle entries, Parameters values: any object with a `resourceType`) granted?
     pub fn resource_allowed(&self, r: &Value, primary_match: bool) -> bool {
@@ -75,7 +81,7 @@ impl<'a> Grants<'a> {
             Value::Object(m) => {
                 if let Some(t) = m.get("resourceType") {
                     let Some(t) = t.as_str() else { return false };
-                    if !CONTAINERS.contains(&t) && !self.allows(t, primary) {
+                    if !self.type_allowed(t, primary) {
                         return false;
                     }
                 }

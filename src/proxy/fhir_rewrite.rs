@@ -8,8 +8,11 @@
 //! - JSON bodies (any status: error outcomes name hosts too) are read up to a bound (and
 //!   decoded if the upstream compressed them although identity was asked for); only
 //!   when the bytes may name an upstream host (`BaseSet::may_occur`, one aho-corasick pass)
-//!   are they parsed and the members where a server writes its address rewritten. A body
-//!   that may name the host but cannot be parsed fails closed (502), never passes as it came.
+//!   are they read and the members where a server writes its address rewritten — on the
+//!   JSON token stream, in place (`fhir::base_url_json`): every other byte stays the
+//!   upstream's, and nothing is copied when nothing changes (discovery documents are
+//!   rewritten on a tree). A body that may name the host but cannot be parsed fails closed
+//!   (502), never passes as it came.
 //! - `metadata`: the CapabilityStatement's `rest.security` becomes the route's `discovery`
 //!   section; `.well-known/smart-configuration` is answered from it (or fetched from the
 //!   upstream, every URL string rewritten).
@@ -217,6 +220,58 @@ impl Pending {
                 .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
             return Ok(Response::from_parts(parts, full(out)));
         }
+        let out = match rw.json_body(plain, &self.public, self.interaction)? {
+            Some(new) => {
+                parts.headers.remove(ETAG);
+                parts.headers.remove(CONTENT_ENCODING);
+                Bytes::from(new)
+            }
+            None => bytes,
+        };
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+        Ok(Response::from_parts(parts, full(out)))
+    }
+}
+
+impl FhirRewrite {
+    /// A JSON answer's bytes (decoded) on a FHIR route: `Ok(None)` when nothing names the
+    /// upstream's address, else the rewritten document. Public for benches.
+    #[doc(hidden)]
+    pub fn json_body(
+        &self,
+        plain: &[u8],
+        public: &str,
+        interaction: Option<Interaction>,
+    ) -> Result<Option<Vec<u8>>, Rejection> {
+        let capability = interaction == Some(Interaction::Capabilities)
+            && self
+                .discovery
+                .as_ref()
+                .is_some_and(|d| d.capability_security);
+        // Resources and Bundles (every read and search): the URL-bearing strings are
+        // replaced in place on the token stream, every other byte stays the upstream's.
+        // Discovery documents (rare, small) are rewritten on a tree; so is a body the token
+        // reading refuses, so that `strict_json` says why.
+        if !capability && interaction != Some(Interaction::SmartConfiguration) {
+            if let Ok(out) = crate::fhir::base_url_json::rewrite(&self.bases, plain, public) {
+                return Ok(out);
+            }
+        }
+        self.json_tree(plain, public, interaction, capability)
+    }
+
+    /// [`FhirRewrite::json_body`] on a `serde_json::Value` tree (output compact, members
+    /// sorted). Public for benches (the rewrite before issue #20).
+    #[doc(hidden)]
+    pub fn json_tree(
+        &self,
+        plain: &[u8],
+        public: &str,
+        interaction: Option<Interaction>,
+        capability: bool,
+    ) -> Result<Option<Vec<u8>>, Rejection> {
         let mut v = match crate::fhir::strict_json::from_slice(plain) {
             Ok(v) => v,
             // Ambiguous (a repeated member name): refused with the code DLP and the
@@ -233,30 +288,18 @@ impl Pending {
         };
         let mut changed = false;
         if capability {
-            if let Some(d) = &rw.discovery {
+            if let Some(d) = &self.discovery {
                 changed |= d.rewrite_capability(&mut v);
             }
         }
-        changed |= if self.interaction == Some(Interaction::SmartConfiguration) {
-            rw.bases.all_urls(&mut v, &self.public)
+        changed |= if interaction == Some(Interaction::SmartConfiguration) {
+            self.bases.all_urls(&mut v, public)
         } else {
-            rw.bases.json(&mut v, &self.public)
+            self.bases.json(&mut v, public)
         };
-        let out = if changed {
-            parts.headers.remove(ETAG);
-            parts.headers.remove(CONTENT_ENCODING);
-            Bytes::from(v.to_string())
-        } else {
-            bytes
-        };
-        parts
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
-        Ok(Response::from_parts(parts, full(out)))
+        Ok(changed.then(|| v.to_string().into_bytes()))
     }
-}
 
-impl FhirRewrite {
     fn headers(&self, h: &mut HeaderMap, public: &str) {
         for name in [LOCATION, CONTENT_LOCATION] {
             let values: Vec<HeaderValue> = h.get_all(&name).iter().cloned().collect();

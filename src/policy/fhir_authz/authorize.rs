@@ -322,12 +322,16 @@ where
     }
     let etag = resp.headers().get(ETAG).cloned();
     let bytes = read_limited(resp.into_body(), 8 * 1024 * 1024).await?;
-    let v: Value = match strict_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(StrictError::Duplicate) => return Err(duplicate_members()),
-        Err(StrictError::Malformed) => return Err(unverifiable()),
+    // Read from the token stream (no tree); a body not read there is asked why.
+    let owned = match crate::fhir::answer::read(&bytes) {
+        Ok(a) => a.owned_by(pid),
+        Err(_) => match strict_json::from_slice(&bytes) {
+            Ok(v) => owned_by(&v, pid),
+            Err(StrictError::Duplicate) => return Err(duplicate_members()),
+            Err(StrictError::Malformed) => return Err(unverifiable()),
+        },
     };
-    if owned_by(&v, pid) {
+    if owned {
         Ok(etag)
     } else {
         Err(hidden())

@@ -1326,6 +1326,8 @@ impl Policy for FhirAuthz {
 
 mod authorize;
 mod bulk;
+#[cfg(test)]
+mod differential;
 mod response;
 #[cfg(test)]
 mod tests;
@@ -1336,3 +1338,33 @@ use response::*;
 use writes::*;
 
 pub use bulk::BulkExportConfig;
+
+/// For benches: the compartment guard's check of one read (`bundle: false`) or search
+/// (`true`) answer for patient `pid` (no scopes, no paging links). `true`: it passes.
+#[doc(hidden)]
+pub fn bench_check_answer(body: &[u8], pid: &str, bundle: bool) -> bool {
+    let check = BodyCheck {
+        pid,
+        bundle,
+        hide: false,
+        mode: BundleMode::Filter,
+        links: None,
+        scope: None,
+    };
+    check.run(body).is_ok()
+}
+
+/// [`bench_check_answer`] on a `serde_json::Value` tree (the check before issue #16), so a
+/// bench compares both in the same minutes.
+#[doc(hidden)]
+pub fn bench_check_answer_tree(body: &[u8], pid: &str, bundle: bool) -> bool {
+    let check = BodyCheck {
+        pid,
+        bundle,
+        hide: false,
+        mode: BundleMode::Filter,
+        links: None,
+        scope: None,
+    };
+    check.run_tree(body).is_ok()
+}

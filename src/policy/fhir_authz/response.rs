@@ -3,6 +3,8 @@
 //! operation outputs), paging links, duplicate members.
 
 use super::*;
+use crate::fhir::answer::{self, Answer, Owner, Shape};
+use crate::json;
 
 pub(super) async fn check_response(
     a: &FhirAuthz,
@@ -38,60 +40,144 @@ pub(super) async fn check_response(
             hidden()
         }
     };
-    let (mut parts, bytes, mut v) = match json_answer(a, resp).await {
+    let (mut parts, bytes) = match answer_bytes(a, resp).await {
         Ok(x) => x,
         Err(Some(r)) => return Err(r),
         Err(None) => return Err(unverifiable()),
     };
-    let changed = if hide {
-        filter_bundle(&mut v, pid, BundleMode::Fail).map_err(|_| hidden())?
-    } else if bundle || v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
-        filter_bundle(&mut v, pid, a.cfg.bundle_mode)?
-    } else if in_patient_compartment(&v, pid) {
-        false
-    } else {
-        return Err(hidden());
+    let check = BodyCheck {
+        pid,
+        bundle,
+        hide,
+        mode: a.cfg.bundle_mode,
+        links,
+        scope,
     };
-    // Then the scopes: what is left must be of types the token may receive.
-    let changed = match scope {
-        Some((g, mode)) => {
-            g.filter(&mut v, mode == ScopeMode::Refuse).map_err(|_| {
-                if hide {
-                    hidden()
-                } else {
-                    scope_refused()
-                }
-            })? || changed
+    let out = match check.run(&bytes)? {
+        Some(new) => {
+            parts.headers.remove(ETAG);
+            new
         }
-        None => changed,
-    };
-    // Paging links point at the upstream; pointed back at the gateway, every next page
-    // goes through this guard too.
-    let changed = match links {
-        Some(l) if bundle => l.rewrite(&mut v) || changed,
-        _ => changed,
-    };
-    let out = if changed {
-        Bytes::from(v.to_string())
-    } else {
-        bytes
+        None => bytes,
     };
     parts
         .headers
         .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
-    if changed {
-        parts.headers.remove(ETAG);
-    }
     Ok(Response::from_parts(parts, full(out)))
 }
 
-/// Read an upstream answer that is to be checked: identity-encoded JSON within the buffer
-/// cap. `Err(None)`: it cannot be checked (the caller decides how that looks);
-/// `Err(Some(_))`: a definite refusal (too large, unreadable).
-pub(super) async fn json_answer(
+/// What the compartment guard checks in one read or search answer, apart from how the
+/// answer is read (so the check runs on bytes alone: benches, differential tests).
+pub(super) struct BodyCheck<'a, 'g> {
+    pub(super) pid: &'a str,
+    /// A search (or other Bundle-returning interaction).
+    pub(super) bundle: bool,
+    /// Refusals look like a missing record (reads by id through a search).
+    pub(super) hide: bool,
+    pub(super) mode: BundleMode,
+    pub(super) links: Option<&'a LinkBase>,
+    pub(super) scope: Option<(&'a Grants<'g>, ScopeMode)>,
+}
+
+impl BodyCheck<'_, '_> {
+    /// `Ok(None)`: the answer passes as it came; `Ok(Some(_))`: it passes changed (entries
+    /// removed, links pointed at the gateway).
+    pub(super) fn run(&self, bytes: &[u8]) -> Result<Option<Bytes>, Rejection> {
+        // Most answers pass as they came, and a read of another patient's record is hidden:
+        // both are decided on the token stream, without a tree (issue #16).
+        if let Ok(a) = answer::read(bytes) {
+            match self.quick(&a) {
+                Some(true) => return Ok(None),
+                Some(false) => return Err(hidden()),
+                None => {}
+            }
+        }
+        self.run_tree(bytes)
+    }
+
+    /// The verdict of [`BodyCheck::run_tree`] when it is one of the two common ones, read
+    /// from the token stream: `Some(true)`, it passes unchanged; `Some(false)`, a read
+    /// outside the compartment. `None` for everything else (entries to remove, scopes to
+    /// apply, links to point at the gateway, refusals), left to the tree.
+    pub(super) fn quick(&self, a: &Answer<'_>) -> Option<bool> {
+        let is_bundle = a.root.resource_type.as_str() == Some("Bundle");
+        if self.hide || self.bundle || is_bundle {
+            if !is_bundle || !a.keeps_every_entry(self.pid) {
+                return None;
+            }
+        } else if !a.in_compartment(Owner::Doc, self.pid) {
+            return Some(false);
+        }
+        if let Some((g, _)) = self.scope {
+            if !a.scopes_pass(g) {
+                return None;
+            }
+        }
+        match self.links {
+            Some(l) if self.bundle && !l.unchanged(a) => None,
+            _ => Some(true),
+        }
+    }
+
+    /// The check on a `serde_json::Value` tree: what `run` falls back to, and the oracle
+    /// its differential tests compare it with.
+    pub(super) fn run_tree(&self, bytes: &[u8]) -> Result<Option<Bytes>, Rejection> {
+        let (bundle, hide, pid) = (self.bundle, self.hide, self.pid);
+        let unverifiable = || {
+            if bundle {
+                Rejection::new(
+                    StatusCode::BAD_GATEWAY,
+                    "response_unverifiable",
+                    "the upstream's answer could not be checked",
+                )
+            } else {
+                hidden()
+            }
+        };
+        let mut v = match strict_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(StrictError::Duplicate) => return Err(duplicate_members()),
+            Err(StrictError::Malformed) => return Err(unverifiable()),
+        };
+        let changed = if hide {
+            filter_bundle(&mut v, pid, BundleMode::Fail).map_err(|_| hidden())?
+        } else if bundle || v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+            filter_bundle(&mut v, pid, self.mode)?
+        } else if in_patient_compartment(&v, pid) {
+            false
+        } else {
+            return Err(hidden());
+        };
+        // Then the scopes: what is left must be of types the token may receive.
+        let changed = match self.scope {
+            Some((g, mode)) => {
+                g.filter(&mut v, mode == ScopeMode::Refuse).map_err(|_| {
+                    if hide {
+                        hidden()
+                    } else {
+                        scope_refused()
+                    }
+                })? || changed
+            }
+            None => changed,
+        };
+        // Paging links point at the upstream; pointed back at the gateway, every next page
+        // goes through this guard too.
+        let changed = match self.links {
+            Some(l) if bundle => l.rewrite(&mut v) || changed,
+            _ => changed,
+        };
+        Ok(changed.then(|| Bytes::from(v.to_string())))
+    }
+}
+
+/// Read an upstream answer that is to be checked: identity-encoded, within the buffer cap.
+/// `Err(None)`: it cannot be checked (the caller decides how that looks); `Err(Some(_))`: a
+/// definite refusal (too large, unreadable).
+pub(super) async fn answer_bytes(
     a: &FhirAuthz,
     resp: Response<Body>,
-) -> Result<(http::response::Parts, Bytes, Value), Option<Rejection>> {
+) -> Result<(http::response::Parts, Bytes), Option<Rejection>> {
     let (parts, body) = resp.into_parts();
     if parts
         .headers
@@ -103,6 +189,17 @@ pub(super) async fn json_answer(
     let bytes = read_limited(body, a.cfg.max_buffer_bytes)
         .await
         .map_err(Some)?;
+    Ok((parts, bytes))
+}
+
+/// Read an upstream answer that is to be checked: identity-encoded JSON within the buffer
+/// cap, as a tree. `Err(None)`: it cannot be checked (the caller decides how that looks);
+/// `Err(Some(_))`: a definite refusal (too large, unreadable, duplicate members).
+pub(super) async fn json_answer(
+    a: &FhirAuthz,
+    resp: Response<Body>,
+) -> Result<(http::response::Parts, Bytes, Value), Option<Rejection>> {
+    let (parts, bytes) = answer_bytes(a, resp).await?;
     let v = match strict_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(StrictError::Duplicate) => return Err(Some(duplicate_members())),
@@ -189,7 +286,11 @@ pub(super) async fn check_scoped(
             return Err(unverifiable());
         }
         let bytes = read_limited(body, a.cfg.max_buffer_bytes).await?;
-        if !bytes.is_empty() && strict_json::from_slice(&bytes) == Err(StrictError::Duplicate) {
+        // The tokenizer finds any repeated name; only a body it refuses is asked why.
+        if !bytes.is_empty()
+            && json::check(&bytes, strict_json::MAX_DEPTH).is_err()
+            && strict_json::from_slice(&bytes) == Err(StrictError::Duplicate)
+        {
             return Err(duplicate_members());
         }
         parts
@@ -197,10 +298,22 @@ pub(super) async fn check_scoped(
             .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         return Ok(Response::from_parts(parts, full(bytes)));
     };
-    let (mut parts, bytes, mut v) = match json_answer(a, resp).await {
+    let (mut parts, bytes) = match answer_bytes(a, resp).await {
         Ok(x) => x,
         Err(Some(r)) => return Err(r),
         Err(None) => return Err(unverifiable()),
+    };
+    // Granted entirely (the common case): passes as it came, decided without a tree.
+    if answer::read(&bytes).is_ok_and(|x| x.scopes_pass(g)) {
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        return Ok(Response::from_parts(parts, full(bytes)));
+    }
+    let mut v = match strict_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(StrictError::Duplicate) => return Err(duplicate_members()),
+        Err(StrictError::Malformed) => return Err(unverifiable()),
     };
     let changed = g
         .filter(&mut v, mode == ScopeMode::Refuse)
@@ -242,6 +355,20 @@ impl LinkBase {
         })
     }
 
+    /// Is `url` already the gateway's (the proxy rewrites the upstream's base)?
+    fn at_gateway(&self, url: &str) -> bool {
+        url.strip_prefix(self.gateway.as_str())
+            .is_some_and(|r| r.is_empty() || r.starts_with(['/', '?']))
+    }
+
+    /// Would [`LinkBase::rewrite`] leave this answer's links as they are?
+    pub(super) fn unchanged(&self, a: &Answer<'_>) -> bool {
+        a.link != Shape::Array
+            || a.links
+                .iter()
+                .all(|u| u.as_deref().is_some_and(|u| self.at_gateway(u)))
+    }
+
     /// Rewrite `Bundle.link[].url` from the upstream's base to the gateway's. A link outside
     /// the upstream's base is dropped (it could only lead around the gateway).
     pub(super) fn rewrite(&self, v: &mut Value) -> bool {
@@ -254,11 +381,7 @@ impl LinkBase {
             let Some(url) = l.get("url").and_then(Value::as_str) else {
                 return false;
             };
-            // Already pointed at the gateway (the proxy rewrites the upstream's base).
-            if url
-                .strip_prefix(self.gateway.as_str())
-                .is_some_and(|r| r.is_empty() || r.starts_with(['/', '?']))
-            {
+            if self.at_gateway(url) {
                 return true;
             }
             // Path and query after the authority (absolute), or the URL itself (relative).
