@@ -363,5 +363,13 @@ fn fhir_answers(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, paths, headers, errors, rate_limits, audit, fhir_answers);
+criterion_group!(
+    benches,
+    paths,
+    headers,
+    errors,
+    rate_limits,
+    audit,
+    fhir_answers
+);
 criterion_main!(benches);

@@ -1065,3 +1065,58 @@ async fn a_blank_or_malformed_patient_claim_is_refused() {
     .await;
     assert_eq!(r.status, 404);
 }
+
+async fn lexed_responses(gw: &ward::Gateway) -> u64 {
+    let (_, m) = admin_get(gw, "/metrics").await;
+    m.lines()
+        .find_map(|l| l.strip_prefix("ward_json_lex_total{direction=\"response\"} "))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// The guard and DLP on one route read each answer from one lexing (issue #20): DLP (closest
+/// to the upstream) lexes the answer and the guard reuses that index, so
+/// `ward_json_lex_total{direction="response"}` grows by exactly one per JSON answer — for
+/// reads that pass, reads of someone else's record (hidden), and searches. An answer DLP
+/// rewrites is new bytes, so the guard's read of it is a second lexing (never a stale index).
+/// What the client gets is still each policy's verdict.
+#[tokio::test]
+async fn the_guard_and_dlp_share_one_lexing_of_each_answer() {
+    let s = setup("dlp:\n  direction: response\n  preset: safe_harbor\n").await;
+    let t = token(&s.key, PATIENT_SCOPES, Some("a"));
+    // (path, status, lexings): the Patient's name is redacted by Safe Harbor (rewritten).
+    let cases: [(&str, u16, u64); 6] = [
+        ("/fhir/Observation/oa1", 200, 1),
+        ("/fhir/Encounter/ea1", 200, 1),
+        ("/fhir/Patient/a", 200, 2),
+        ("/fhir/Observation/ob1", 404, 1),
+        ("/fhir/Observation?patient=a", 200, 1),
+        ("/fhir/Encounter?patient=Patient/a", 200, 1),
+    ];
+    for (path, want, lexings) in cases {
+        let before = lexed_responses(&s.gw).await;
+        let r = req(&s, &t, "GET", path, None).await;
+        assert_eq!(
+            r.status,
+            want,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let after = lexed_responses(&s.gw).await;
+        assert_eq!(
+            after - before,
+            lexings,
+            "{path}: answer lexed {} times",
+            after - before
+        );
+        if want == 200 {
+            // DLP ran on the shared index: the answer still parses, and the patient's name
+            // (Safe Harbor) is gone.
+            let v = r.json();
+            assert!(v["resourceType"].is_string(), "{path}");
+            if path == "/fhir/Patient/a" {
+                let text = String::from_utf8_lossy(&r.body);
+                assert!(!text.contains("Alpha"), "{path}: {text}");
+            }
+        }
+    }
+}

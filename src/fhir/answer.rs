@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use crate::json::{self, Kind, Token, Tokenizer};
+use crate::json::{self, Kind, Token};
 
 use super::compartment::{is_patient_like, references_patient, relative_patient};
 use super::scope_filter::Grants;
@@ -237,11 +237,20 @@ fn text<'a>(b: &'a [u8], t: &Token) -> Result<Cow<'a, str>, NotRead> {
 
 /// Read `b` (a whole answer) from the token stream.
 pub fn read(b: &[u8]) -> Result<Answer<'_>, NotRead> {
-    read_tokens(b, Tokenizer::new(b, MAX_DEPTH))
+    read_indexed(b, None)
 }
 
-/// Read from a token source over `b` (anything with the [`Tokenizer`]'s `next()`).
-pub fn read_tokens<'a>(b: &'a [u8], mut t: Tokenizer<'a>) -> Result<Answer<'a>, NotRead> {
+/// Read `b` from its index when a policy lexed it already (`json::LexedBody`; it must be the
+/// index of exactly `b`), else lex it now.
+pub fn read_indexed<'a>(
+    b: &'a [u8],
+    index: Option<&'a json::Index>,
+) -> Result<Answer<'a>, NotRead> {
+    read_tokens(b, json::Source::new(b, index, MAX_DEPTH))
+}
+
+/// Read from a token source over `b` (lexed now, or replayed from the body's index).
+pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'a>) -> Result<Answer<'a>, NotRead> {
     let mut a = Answer::default();
     let mut stack: Vec<Frame<'a>> = Vec::new();
     while let Some(tok) = t.next()? {

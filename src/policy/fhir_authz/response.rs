@@ -45,6 +45,10 @@ pub(super) async fn check_response(
         Err(Some(r)) => return Err(r),
         Err(None) => return Err(unverifiable()),
     };
+    // The answer is lexed once for every policy that reads it (DLP, validation): reuse the
+    // index an earlier reader left, or leave ours for the next one.
+    let lex_counter = a.metrics.json_lex.with_label_values(&["response"]);
+    let index = json::LexedBody::obtain(&mut parts.extensions, &bytes, &lex_counter);
     let check = BodyCheck {
         pid,
         bundle,
@@ -53,7 +57,7 @@ pub(super) async fn check_response(
         links,
         scope,
     };
-    let out = match check.run(&bytes)? {
+    let out = match check.run_indexed(&bytes, index.as_deref())? {
         Some(new) => {
             parts.headers.remove(ETAG);
             new
@@ -83,9 +87,18 @@ impl BodyCheck<'_, '_> {
     /// `Ok(None)`: the answer passes as it came; `Ok(Some(_))`: it passes changed (entries
     /// removed, links pointed at the gateway).
     pub(super) fn run(&self, bytes: &[u8]) -> Result<Option<Bytes>, Rejection> {
+        self.run_indexed(bytes, None)
+    }
+
+    /// [`BodyCheck::run`] reading the body's shared index when there is one (of `bytes`).
+    pub(super) fn run_indexed(
+        &self,
+        bytes: &[u8],
+        index: Option<&json::Index>,
+    ) -> Result<Option<Bytes>, Rejection> {
         // Most answers pass as they came, and a read of another patient's record is hidden:
         // both are decided on the token stream, without a tree (issue #16).
-        if let Ok(a) = answer::read(bytes) {
+        if let Ok(a) = answer::read_indexed(bytes, index) {
             match self.quick(&a) {
                 Some(true) => return Ok(None),
                 Some(false) => return Err(hidden()),
