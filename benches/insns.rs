@@ -51,6 +51,7 @@ fn main() {
             data::bundle(1024 * 1024, PATIENT, &with_notes(OBSERVATION)).into_bytes()
         }
         "dlp_adt" => ADT_A01.to_vec(),
+        "guard_patient" | "guard_patient_tree" => PATIENT.as_bytes().to_vec(),
         other => panic!("unknown workload {other}"),
     };
     let safe_harbor = engine(serde_json::json!({"preset": "safe_harbor"}));
@@ -76,6 +77,16 @@ fn main() {
                 let mut r = Report::default();
                 ward::dlp::hl7::process(&safe_harbor, black_box(&input), &mut r).is_ok()
             }
+            // The compartment guard's check of a read answer: on the token stream, and on a
+            // serde_json tree as before issue #20 (same binary).
+            "guard_patient" => {
+                ward::policy::fhir_authz::bench_check_answer(black_box(&input), "example", false)
+            }
+            "guard_patient_tree" => ward::policy::fhir_authz::bench_check_answer_tree(
+                black_box(&input),
+                "example",
+                false,
+            ),
             _ => unreachable!(),
         };
         black_box(ok);

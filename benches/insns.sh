@@ -10,7 +10,7 @@ BIN=$(cargo bench --manifest-path "$ROOT/Cargo.toml" --bench insns --no-run --me
 for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="insns" and m.get("executable"): print(m["executable"])' | tail -n1)
-WORK=${*:-validate_patient validate_bundle dlp_patient dlp_bundle_safe_harbor dlp_bundle_detectors dlp_adt}
+WORK=${*:-validate_patient validate_bundle dlp_patient dlp_bundle_safe_harbor dlp_bundle_detectors dlp_adt guard_patient guard_patient_tree}
 count() { valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$1" "$2" 2>&1 \
   | awk '/Collected :/{print $NF} /^bytes /{print "B", $2}'; }
 printf '%-24s %10s %14s %12s\n' workload bytes insns/run insns/byte
