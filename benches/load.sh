@@ -13,6 +13,7 @@
 #
 #   benches/load.sh [WARD_BIN]        (builds target/release/ward when no binary is given)
 #   env: DUR=10 CONNS=32 ROUNDS=3 IDLE=2000 PARTS="auth authz dlp rate audit log" H2=1
+#        WARD_ARGS="--workers 1" (empty for a build older than `--workers`)
 #
 # Every figure is printed per round; the summary gives the mean and the best (lowest CPU)
 # round, and the ratios the issue asks for. Machine load moves absolute figures 2-5x: run it
@@ -21,6 +22,7 @@
 # util-linux python3), h2load (nghttp2-client) for the HTTP/2 rows. Loopback only.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+WARD_ARGS=${WARD_ARGS---workers 1}
 DUR=${DUR:-10}; CONNS=${CONNS:-32}; ROUNDS=${ROUNDS:-3}; IDLE=${IDLE:-2000}; H2=${H2:-1}
 PARTS=${PARTS-"auth authz dlp rate audit log"}
 WARD=${1:-}
@@ -151,7 +153,7 @@ cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 
 startw() { # config -> sets WP (ward's pid); waits until it answers
-  (cd "$W/cfg" && exec taskset -c 1 "$WARD" run --workers 1 --config "$W/cfg/$1.yaml" >"$W/logs/$1.log" 2>&1) &
+  (cd "$W/cfg" && exec taskset -c 1 "$WARD" run $WARD_ARGS --config "$W/cfg/$1.yaml" >"$W/logs/$1.log" 2>&1) &
   WP=$!
   for _ in $(seq 200); do
     curl -sk -o /dev/null "https://127.0.0.1:$WRD/fhir/metadata" 2>/dev/null && return 0; sleep 0.05
@@ -184,7 +186,7 @@ PY
 # h2load NAME URL PID [HEADER]: many streams per connection
 measure_h2() {
   local name=$1 url=$2 pid=$3 hdr=${4:-} out b a
-  local args=(-t1 -c"$CONNS" -m10 --h1=false); [ -n "$hdr" ] && args+=(-H "$hdr")
+  local args=(-t1 -c"$CONNS" -m10); [ -n "$hdr" ] && args+=(-H "$hdr")
   taskset -c 0 h2load "${args[@]}" -D 2 "$url" >/dev/null 2>&1
   b=$(cpu "$pid"); out=$(taskset -c 0 h2load "${args[@]}" -D "$DUR" "$url" 2>&1); a=$(cpu "$pid")
   python3 - "$name" "$ROUND" "$b" "$a" "$HZ" "$out" >> "$RES" <<'PY'

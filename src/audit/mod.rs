@@ -957,6 +957,16 @@ impl Writer {
                 j => j,
             };
             batch.push(first);
+            if self.cfg.durability == Durability::Fsync {
+                // Give the threads that produce records one turn before the batch closes.
+                // Where the gateway and this writer share a core (a one-core VM, a pinned
+                // gateway), the event loop then queues the records of every request it can
+                // advance, and one fdatasync covers them all instead of a few: measured 9.7 ->
+                // 30 records per sync with 32 clients at ~20k requests/s on one core (CPU per
+                // request 46 -> 42.5 us). With a core to itself the yield returns at once; no
+                // record waits for a timer.
+                std::thread::yield_now();
+            }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(j) => batch.push(j),
