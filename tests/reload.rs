@@ -167,15 +167,11 @@ async fn editing_a_policy_file_reloads_without_a_signal() {
     assert_eq!(send(&c, post(&url(&gw, "/api/x"), 50)).await.status, 200);
     env.write("policies/toggle.yaml", SMALL);
     // The watcher debounces; wait (bounded) for the new limit to show.
-    let mut status = 0;
-    for _ in 0..300 {
-        status = send(&c, post(&url(&gw, "/api/x"), 50)).await.status;
-        if status == 413 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, 413, "the file change was not picked up");
+    assert_eq!(
+        until_status(&c, &gw, 413).await,
+        413,
+        "the file change was not picked up"
+    );
 }
 
 async fn reloads(gw: &ward::Gateway, result: &str) -> f64 {

@@ -6,6 +6,20 @@ use super::*;
 use crate::fhir::answer::{self, Answer, Owner, Shape};
 use crate::json;
 
+/// An answer that cannot be checked is hidden like a missing record on reads (a 502 would
+/// tell existence apart), and refused on searches.
+fn unverifiable(bundle: bool) -> Rejection {
+    if bundle {
+        Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            "response_unverifiable",
+            "the upstream's answer could not be checked",
+        )
+    } else {
+        hidden()
+    }
+}
+
 pub(super) async fn check_response(
     a: &FhirAuthz,
     resp: Response<Body>,
@@ -27,19 +41,7 @@ pub(super) async fn check_response(
     if !status.is_success() {
         return Ok(resp);
     }
-    // An answer that cannot be checked is hidden like a missing record on reads (a 502
-    // would tell existence apart), and refused on searches.
-    let unverifiable = || {
-        if bundle {
-            Rejection::new(
-                StatusCode::BAD_GATEWAY,
-                "response_unverifiable",
-                "the upstream's answer could not be checked",
-            )
-        } else {
-            hidden()
-        }
-    };
+    let unverifiable = || unverifiable(bundle);
     let (mut parts, bytes) = match answer_bytes(a, resp).await {
         Ok(x) => x,
         Err(Some(r)) => return Err(r),
@@ -136,17 +138,7 @@ impl BodyCheck<'_, '_> {
     /// its differential tests compare it with.
     pub(super) fn run_tree(&self, bytes: &[u8]) -> Result<Option<Bytes>, Rejection> {
         let (bundle, hide, pid) = (self.bundle, self.hide, self.pid);
-        let unverifiable = || {
-            if bundle {
-                Rejection::new(
-                    StatusCode::BAD_GATEWAY,
-                    "response_unverifiable",
-                    "the upstream's answer could not be checked",
-                )
-            } else {
-                hidden()
-            }
-        };
+        let unverifiable = || unverifiable(bundle);
         let mut v = match strict_json::from_slice(bytes) {
             Ok(v) => v,
             Err(StrictError::Duplicate) => return Err(duplicate_members()),
