@@ -286,6 +286,8 @@ struct Counters {
     messages: [OnceLock<IntCounter>; 2 * OUTCOMES.len()],
     /// By engine label and action (`ACTIONS`).
     findings: Vec<OnceLock<IntCounter>>,
+    /// Bodies lexed into their shared index, by direction (`ward_json_lex_total`).
+    lexed: [OnceLock<IntCounter>; 2],
 }
 
 const OUTCOMES: [&str; 7] = [
@@ -324,6 +326,7 @@ impl Counters {
             findings: (0..labels * ACTIONS.len())
                 .map(|_| OnceLock::new())
                 .collect(),
+            lexed: Default::default(),
         }
     }
 }
@@ -550,7 +553,11 @@ impl Dlp {
         // JSON on the wire as it is: read through the body's one index (an encoded body's
         // decoded bytes are lexed by the walker itself; they are not what later readers get).
         if kind == BodyKind::Json && decoded.is_none() {
-            let counter = self.metrics.json_lex.with_label_values(&[dir]);
+            let vec = &self.metrics.json_lex;
+            let counter = match dir_index(dir).and_then(|d| self.counters.lexed.get(d)) {
+                Some(c) => c.get_or_init(|| vec.with_label_values(&[dir])).clone(),
+                None => vec.with_label_values(&[dir]),
+            };
             *lexed = LexedBody::reuse_or_build(lexed.take(), body, &counter);
         }
         let index = lexed

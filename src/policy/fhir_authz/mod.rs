@@ -318,6 +318,9 @@ pub struct FhirAuthz {
     bulk: Option<bulk::Jobs>,
     /// The route's `upstream_aliases`: other bases the upstream names itself by.
     aliases: Vec<String>,
+    /// Answers lexed into their shared index (`ward_json_lex_total{direction="response"}`),
+    /// looked up once rather than per answer.
+    lexed_answers: prometheus::IntCounter,
 }
 
 impl FromConfig for FhirAuthz {
@@ -350,12 +353,13 @@ impl FhirAuthz {
             });
         Ok(FhirAuthz {
             cfg: cfg.clone(),
-            metrics,
             upstream_origin: None,
             upstream_url: None,
             break_glass_limit,
             bulk: cfg.bulk_export.as_ref().map(bulk::Jobs::new),
             aliases: Vec::new(),
+            lexed_answers: metrics.json_lex.with_label_values(&["response"]),
+            metrics,
         })
     }
 

@@ -49,8 +49,7 @@ pub(super) async fn check_response(
     };
     // The answer is lexed once for every policy that reads it (DLP, validation): reuse the
     // index an earlier reader left, or leave ours for the next one.
-    let lex_counter = a.metrics.json_lex.with_label_values(&["response"]);
-    let index = json::LexedBody::obtain(&mut parts.extensions, &bytes, &lex_counter);
+    let index = json::LexedBody::obtain(&mut parts.extensions, &bytes, &a.lexed_answers);
     let check = BodyCheck {
         pid,
         bundle,
