@@ -122,7 +122,7 @@ pub struct AuditSlot(std::sync::Arc<std::sync::Mutex<SlotFacts>>);
 struct SlotFacts {
     claims: Option<std::sync::Arc<Claims>>,
     /// DLP finding counts by direction, then detector or rule, then action. Never values.
-    dlp: serde_json::Map<String, serde_json::Value>,
+    dlp: DlpFindings,
     /// The stated reason of a break-glass access.
     break_glass: Option<String>,
 }
@@ -138,11 +138,11 @@ impl AuditSlot {
         self.0.lock().ok().and_then(|g| g.claims.clone())
     }
 
-    /// Called by the DLP layer with what it found in one direction.
-    /// `counts`: the DLP engine's `counts_json` of the direction's report.
-    pub fn add_dlp(&self, dir: &str, counts: serde_json::Value) {
+    /// Called by the DLP layer with what it found in one direction (replacing what an
+    /// earlier pass in that direction said).
+    pub fn add_dlp(&self, dir: &'static str, counts: Vec<DlpCount>) {
         if let Ok(mut g) = self.0.lock() {
-            g.dlp.insert(dir.to_owned(), counts);
+            g.dlp.set(dir, counts);
         }
     }
 
@@ -157,8 +157,85 @@ impl AuditSlot {
         self.0.lock().ok().and_then(|g| g.break_glass.clone())
     }
 
-    pub fn dlp(&self) -> Option<serde_json::Value> {
-        let g = self.0.lock().ok()?;
-        (!g.dlp.is_empty()).then(|| serde_json::Value::Object(g.dlp.clone()))
+    /// What DLP found, taken for the request's one audit record (moved, not copied: the
+    /// record is written, and dropped, by the audit writer's thread).
+    pub fn take_dlp(&self) -> Option<DlpFindings> {
+        let mut g = self.0.lock().ok()?;
+        (!g.dlp.is_empty()).then(|| std::mem::take(&mut g.dlp))
+    }
+}
+
+/// One DLP count of a request: detector or rule name, action, how many. Never a value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DlpCount {
+    pub label: std::sync::Arc<str>,
+    pub action: &'static str,
+    pub n: u32,
+}
+
+/// A detector or rule name and its counts by action, sorted by action.
+pub type NamedCounts<'a> = (&'a str, Vec<(&'static str, u32)>);
+
+/// A request's DLP counts by direction (`request`, `response`), as the audit record shows
+/// them: `{"response":{"ssn":{"redact":2}}}`, every level's names in sorted order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DlpFindings {
+    by_dir: Vec<(&'static str, Vec<DlpCount>)>,
+}
+
+impl DlpFindings {
+    /// The counts of direction `dir`, replacing any earlier ones.
+    pub fn set(&mut self, dir: &'static str, counts: Vec<DlpCount>) {
+        self.by_dir.retain(|(d, _)| *d != dir);
+        self.by_dir.push((dir, counts));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_dir.is_empty()
+    }
+
+    /// Directions, then names, then actions, each in sorted order; a (name, action) pair
+    /// given twice in one direction counts once, the last given (an object has one member
+    /// per name).
+    pub fn sorted(&self) -> Vec<(&'static str, Vec<NamedCounts<'_>>)> {
+        let mut dirs: Vec<_> = self.by_dir.iter().collect();
+        dirs.sort_by_key(|(d, _)| *d);
+        dirs.into_iter()
+            .map(|(d, counts)| {
+                let mut names: Vec<NamedCounts<'_>> = Vec::new();
+                for c in counts {
+                    let at = match names.binary_search_by(|(n, _)| (*n).cmp(&c.label)) {
+                        Ok(i) => i,
+                        Err(i) => {
+                            names.insert(i, (&c.label, Vec::new()));
+                            i
+                        }
+                    };
+                    let acts = &mut names[at].1;
+                    match acts.binary_search_by(|(a, _)| (*a).cmp(c.action)) {
+                        Ok(i) => acts[i].1 = c.n,
+                        Err(i) => acts.insert(i, (c.action, c.n)),
+                    }
+                }
+                (*d, names)
+            })
+            .collect()
+    }
+
+    /// The same as a JSON value (AuditEvent details, tests).
+    pub fn to_value(&self) -> serde_json::Value {
+        let mut top = serde_json::Map::new();
+        for (d, names) in self.sorted() {
+            let mut m = serde_json::Map::new();
+            for (n, acts) in names {
+                let o = acts
+                    .into_iter()
+                    .map(|(a, k)| (a.to_owned(), serde_json::Value::from(k)))
+                    .collect();
+                m.insert(n.to_owned(), serde_json::Value::Object(o));
+            }
+            top.insert(d.to_owned(), serde_json::Value::Object(m));
+        }
+        serde_json::Value::Object(top)
     }
 }

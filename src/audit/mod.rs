@@ -238,7 +238,7 @@ pub struct HttpRecord {
     /// written into the line in clear.
     pub query: Option<http::uri::PathAndQuery>,
     pub claims: Option<Arc<crate::context::Claims>>,
-    pub dlp_findings: Option<Value>,
+    pub dlp_findings: Option<crate::context::DlpFindings>,
     /// Present: a break-glass access with this stated reason.
     pub break_glass_reason: Option<String>,
     /// `allow`, `refuse`, `error` or `cancelled`.
@@ -323,7 +323,7 @@ impl HttpRecord {
             m.insert("break_glass".into(), Value::Bool(true));
         }
         if let Some(d) = &self.dlp_findings {
-            m.insert("dlp_findings".into(), d.clone());
+            m.insert("dlp_findings".into(), d.to_value());
         }
         m.insert("status".into(), Value::from(self.status));
         if let Some(u) = self.upstream_status {
@@ -373,7 +373,7 @@ impl HttpRecord {
         }
         member_str(b, "decision", self.decision);
         if let Some(d) = &self.dlp_findings {
-            member_value(b, "dlp_findings", d);
+            member_findings(b, d);
         }
         if let Some(f) = fhir {
             member_str(b, "fhir_interaction", f.interaction.label());
@@ -453,6 +453,38 @@ fn member_raw(b: &mut Vec<u8>, k: &str, v: &str) {
 fn member_value(b: &mut Vec<u8>, k: &str, v: &Value) {
     key(b, k);
     let _ = serde_json::to_writer(&mut *b, v);
+}
+
+/// `"dlp_findings":{"response":{"ssn":{"redact":2}}}`, as `serde_json` prints
+/// [`DlpFindings::to_value`](crate::context::DlpFindings::to_value).
+fn member_findings(b: &mut Vec<u8>, d: &crate::context::DlpFindings) {
+    key(b, "dlp_findings");
+    b.push(b'{');
+    for (i, (dir, names)) in d.sorted().into_iter().enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        json_str(b, dir);
+        b.extend_from_slice(b":{");
+        for (j, (name, acts)) in names.into_iter().enumerate() {
+            if j > 0 {
+                b.push(b',');
+            }
+            json_str(b, name);
+            b.extend_from_slice(b":{");
+            for (k, (act, n)) in acts.into_iter().enumerate() {
+                if k > 0 {
+                    b.push(b',');
+                }
+                json_str(b, act);
+                b.push(b':');
+                let _ = write!(b, "{n}");
+            }
+            b.push(b'}');
+        }
+        b.push(b'}');
+    }
+    b.push(b'}');
 }
 
 /// `s` as a JSON string, escaped exactly as `serde_json` does: `"` and `\` by a
@@ -1681,7 +1713,28 @@ mod tests {
                 r.claims = Some(claims(s, on(8)));
             }
             if on(9) {
-                r.dlp_findings = Some(serde_json::json!({"request": {s.clone(): {"mask": 2}}}));
+                let mut d = crate::context::DlpFindings::default();
+                let count = |label: &str, action, n| crate::context::DlpCount {
+                    label: Arc::from(label),
+                    action,
+                    n,
+                };
+                d.set(
+                    "request",
+                    vec![count(s, "mask", 2), count("b", "redact", 1)],
+                );
+                if on(12) {
+                    // Names out of order, and a response direction before the request's.
+                    d.set(
+                        "response",
+                        vec![
+                            count("z", "mask", 1),
+                            count(s, "redact", 3),
+                            count(s, "block", 1),
+                        ],
+                    );
+                }
+                r.dlp_findings = Some(d);
             }
             if on(10) {
                 r.break_glass_reason = Some(format!("emergency {s}"));
@@ -1706,7 +1759,16 @@ mod tests {
         r.identity = Some(identity(s));
         r.fhir = Some(fhir(s, true));
         r.claims = Some(claims(s, true));
-        r.dlp_findings = Some(serde_json::json!({"response": {"ssn": {"redact": 1}}}));
+        let mut d = crate::context::DlpFindings::default();
+        d.set(
+            "response",
+            vec![crate::context::DlpCount {
+                label: Arc::from("ssn"),
+                action: "redact",
+                n: 1,
+            }],
+        );
+        r.dlp_findings = Some(d);
         r.break_glass_reason = Some(s.into());
         r.decision = "refuse";
         r.status = 403;

@@ -548,7 +548,8 @@ pub struct Engine {
     pub opaque_attachment: Option<Action>,
     /// Metric label of attachments handled by `opaque_attachment`.
     pub opaque_label: u16,
-    labels: Vec<String>,
+    /// Shared: a request's audit record keeps the names of what DLP found (`DlpFindings`).
+    labels: Vec<std::sync::Arc<str>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -604,9 +605,15 @@ impl Engine {
     }
 
     pub fn label(&self, idx: u16) -> &str {
+        self.labels.get(usize::from(idx)).map_or("unknown", |l| l)
+    }
+
+    /// [`Engine::label`], shared.
+    pub fn label_arc(&self, idx: u16) -> std::sync::Arc<str> {
         self.labels
             .get(usize::from(idx))
-            .map_or("unknown", String::as_str)
+            .cloned()
+            .unwrap_or_else(|| std::sync::Arc::from("unknown"))
     }
 
     pub fn rule_label(&self, rule: u16) -> u16 {
@@ -616,17 +623,17 @@ impl Engine {
             .map_or(0, |r| r.label)
     }
 
-    fn intern(labels: &mut Vec<String>, s: &str) -> u16 {
-        if let Some(i) = labels.iter().position(|l| l == s) {
+    fn intern(labels: &mut Vec<std::sync::Arc<str>>, s: &str) -> u16 {
+        if let Some(i) = labels.iter().position(|l| &**l == s) {
             return u16::try_from(i).unwrap_or(u16::MAX);
         }
-        labels.push(s.to_owned());
+        labels.push(std::sync::Arc::from(s));
         u16::try_from(labels.len() - 1).unwrap_or(u16::MAX)
     }
 
     /// Compile a `dlp:` section (after `problems` found nothing).
     pub fn compile(cfg: &DlpConfig, resolve: &dyn Fn(&str) -> PathBuf) -> Result<Engine, String> {
-        let mut labels: Vec<String> = Vec::new();
+        let mut labels: Vec<std::sync::Arc<str>> = Vec::new();
         // Detectors: the preset's, then the policy's (which override by name).
         let mut dets: BTreeMap<String, DetectorConfig> = BTreeMap::new();
         let mut fhir: Vec<FhirRuleConfig> = Vec::new();
@@ -930,6 +937,20 @@ pub fn counts_json(eng: &Engine, report: &Report) -> serde_json::Value {
         }
     }
     serde_json::Value::Object(m)
+}
+
+/// The counts of one direction's report for the request's audit record (names shared with
+/// the engine: no strings are built on the request path).
+pub fn findings(eng: &Engine, report: &Report) -> Vec<crate::context::DlpCount> {
+    report
+        .counts
+        .iter()
+        .map(|&(label, act, n)| crate::context::DlpCount {
+            label: eng.label_arc(label),
+            action: act.label(),
+            n,
+        })
+        .collect()
 }
 
 /// `{"ssn":{"redact":2}}`-style counts for logs.

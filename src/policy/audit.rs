@@ -74,7 +74,7 @@ pub use crate::calendar::rfc3339_now;
 
 /// Who the token said the caller is, if a token was verified; and what DLP found.
 fn add_claims(r: &mut HttpRecord, slot: &AuditSlot) {
-    r.dlp_findings = slot.dlp();
+    r.dlp_findings = slot.take_dlp();
     r.break_glass_reason = slot.break_glass();
     r.claims = slot.claims();
 }

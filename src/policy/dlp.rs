@@ -467,7 +467,7 @@ impl Dlp {
         }
     }
 
-    fn record(&self, report: &Report, dir: &str, slot: Option<&AuditSlot>) {
+    fn record(&self, report: &Report, dir: &'static str, slot: Option<&AuditSlot>) {
         let vec = &self.metrics.dlp_findings;
         for &(label, act, n) in &report.counts {
             let labels = [&self.route, self.engine.label(label), act.label()];
@@ -483,20 +483,21 @@ impl Dlp {
             }
         }
         if !report.is_empty() {
-            // Built once for the log line and the audit record; printed only if the log
-            // line is enabled (`Value`'s Display is the same compact JSON as `summary`).
-            let counts = crate::dlp::counts_json(&self.engine, report);
-            tracing::info!(
-                target: "ward::dlp",
-                route = %self.route,
-                direction = dir,
-                findings = report.total(),
-                by_detector = %counts,
-                mode = if self.mode == Mode::Report { "report" } else { "enforce" },
-                "dlp findings"
-            );
+            // The log line's JSON is built only when the line is enabled; the audit record
+            // gets the counts typed (formatted by the audit writer, off the request path).
+            if tracing::enabled!(target: "ward::dlp", tracing::Level::INFO) {
+                tracing::info!(
+                    target: "ward::dlp",
+                    route = %self.route,
+                    direction = dir,
+                    findings = report.total(),
+                    by_detector = %crate::dlp::counts_json(&self.engine, report),
+                    mode = if self.mode == Mode::Report { "report" } else { "enforce" },
+                    "dlp findings"
+                );
+            }
             if let Some(s) = slot {
-                s.add_dlp(dir, counts);
+                s.add_dlp(dir, crate::dlp::findings(&self.engine, report));
             }
         }
     }
