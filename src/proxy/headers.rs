@@ -227,23 +227,23 @@ pub fn set_forwarding(h: &mut HeaderMap, ctx: &RequestContext, client: ClientFor
         (true, Some(mut prev)) => {
             prev.push_str(", ");
             prev.push_str(&peer);
-            insert(h, "x-forwarded-for", &prev);
+            insert(h, X_FORWARDED_FOR, &prev);
         }
-        _ => insert(h, "x-forwarded-for", &peer),
+        _ => insert(h, X_FORWARDED_FOR, &peer),
     }
     match (trusted, client.proto) {
         (true, Some(v)) => {
-            h.insert("x-forwarded-proto", v);
+            h.insert(X_FORWARDED_PROTO, v);
         }
         _ => {
-            h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
     }
     match (trusted, client.host) {
         (true, Some(v)) => {
-            h.insert("x-forwarded-host", v);
+            h.insert(X_FORWARDED_HOST, v);
         }
-        _ => insert(h, "x-forwarded-host", &ctx.host),
+        _ => insert(h, X_FORWARDED_HOST, &ctx.host),
     }
     // RFC 7239: for=<node>;proto=<scheme>;host=<host>, IPv6 nodes quoted and bracketed.
     let mut fwd = String::with_capacity(64);
@@ -263,8 +263,8 @@ pub fn set_forwarding(h: &mut HeaderMap, ctx: &RequestContext, client: ClientFor
     fwd.push_str(proto);
     fwd.push_str(";host=");
     push_quoted_if_needed(&mut fwd, &ctx.host);
-    insert(h, "forwarded", &fwd);
-    h.insert("x-request-id", ctx.request_id.clone());
+    insert(h, FORWARDED, &fwd);
+    h.insert(X_REQUEST_ID, ctx.request_id.clone());
 }
 
 fn push_quoted_if_needed(out: &mut String, s: &str) {
@@ -279,7 +279,14 @@ fn push_quoted_if_needed(out: &mut String, s: &str) {
     }
 }
 
-fn insert(h: &mut HeaderMap, name: &'static str, v: &str) {
+// Names as constants: a `&str` name is parsed and checked on every insert.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+fn insert(h: &mut HeaderMap, name: HeaderName, v: &str) {
     if let Ok(v) = HeaderValue::from_str(v) {
         h.insert(name, v);
     }

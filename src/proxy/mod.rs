@@ -59,6 +59,8 @@ pub struct UpstreamTarget {
     pub https: bool,
     pub scheme: Scheme,
     pub authority: Authority,
+    /// `authority` as the upstream's `Host` header, made once.
+    pub host: HeaderValue,
 }
 
 impl UpstreamTarget {
@@ -87,10 +89,12 @@ impl UpstreamTarget {
                 )
             }
         }
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| "URL has no host")?;
         Ok(UpstreamTarget {
             https,
             scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
             authority,
+            host,
         })
     }
 }
@@ -777,9 +781,7 @@ impl tower::Service<Request<Body>> for ProxyService {
                 }
             }
             // The upstream sees its own name as Host; the client's is in X-Forwarded-Host.
-            if let Ok(v) = HeaderValue::from_str(upstream.target.authority.as_str()) {
-                h.insert(http::header::HOST, v);
-            }
+            h.insert(http::header::HOST, upstream.target.host.clone());
             // Client trailers are not sanitised headers: never forward them (an h2 upstream
             // would receive them verbatim).
             if !req.body().is_end_stream() {
