@@ -23,8 +23,8 @@
 //! names from the config, a client certificate's CN): JSON strings are escaped as
 //! `serde_json` escapes them; in the text form, strings are Rust-`Debug` quoted as tracing
 //! quotes them, and the names tracing printed raw (`listener`, `route`) are printed raw only
-//! when they cannot break or forge the line (no control character, space, `"`, `\` or `=`),
-//! quoted otherwise. Only these fields are logged: no path, query, header or body (PHI).
+//! when they cannot break, forge or disguise the line (nothing `Debug` would escape, no
+//! whitespace or `=`), quoted otherwise. Only these fields are logged: no path, query, header or body (PHI).
 
 use std::cell::RefCell;
 use std::io::Write as _;
@@ -377,12 +377,13 @@ fn debug_str(s: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// A name tracing printed with `Display` (`listener`, `route`): raw when it cannot break or
-/// forge the line, `Debug`-quoted otherwise.
+/// A name tracing printed with `Display` (`listener`, `route`): raw when it cannot break,
+/// forge or disguise the line — nothing `Debug` would escape (controls, bidi overrides and
+/// other invisible characters), no whitespace, `=` or quote — `Debug`-quoted otherwise.
 fn text_name(s: &str, out: &mut Vec<u8>) {
     let plain = !s.is_empty()
         && s.chars()
-            .all(|c| !c.is_control() && !c.is_whitespace() && !matches!(c, '"' | '\\' | '='));
+            .all(|c| c == '\'' || (c.escape_debug().len() == 1 && !c.is_whitespace() && c != '='));
     if plain {
         out.extend_from_slice(s.as_bytes());
     } else {

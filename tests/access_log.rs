@@ -42,7 +42,7 @@ fn yaml_str(s: &str) -> String {
 const NASTY: &[char] = &[
     '"', '\\', '\n', '\r', '\t', '\0', '\u{1}', '\u{8}', '\u{c}', '\u{1b}', '\u{1f}', '\u{7f}',
     '\u{85}', '\u{9b}', '=', ' ', '\'', '{', '}', ':', 'é', '日', '🩺', '\u{301}', '\u{200b}',
-    '\u{2028}', '\u{feff}',
+    '\u{2028}', '\u{feff}', '\u{202e}',
 ];
 
 /// Distinct non-empty names: each nasty character alone inside a word, then random mixes.

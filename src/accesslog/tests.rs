@@ -72,13 +72,14 @@ fn awkward() -> Vec<String> {
         "tab\tnl\ncr\r".into(),
         "{\"json\":true}".into(),
         "'single'".into(),
+        "bidi\u{202e}txt".into(),
     ];
     for c in (0u8..0x20).chain([0x7f]) {
         v.push(format!("a{}b", c as char));
         v.push((c as char).to_string());
     }
     let pool: Vec<char> =
-        "aZ09 \"\\=:{}'\u{0}\u{1}\u{8}\u{c}\n\r\t\u{1b}\u{7f}\u{85}é日🩺\u{301}\u{200b}\u{2028}"
+        "aZ09 \"\\=:{}'\u{0}\u{1}\u{8}\u{c}\n\r\t\u{1b}\u{7f}\u{85}é日🩺\u{301}\u{200b}\u{2028}\u{202e}"
             .chars()
             .collect();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -425,4 +426,30 @@ fn without_a_direct_writer_the_record_goes_through_tracing() {
     let v: serde_json::Value = serde_json::from_str(got.trim_end()).unwrap();
     assert_eq!(v["target"], "ward::access");
     assert_eq!(v["listener"], rec.listener);
+}
+
+#[test]
+fn text_names_are_raw_only_when_they_cannot_break_forge_or_disguise_the_line() {
+    for (name, want) in [
+        ("public", "public"),
+        ("api-v2.1:x_y", "api-v2.1:x_y"),
+        ("-", "-"),
+        ("é日🩺", "é日🩺"),
+        ("o'brien", "o'brien"),
+        ("", "\"\""),
+        ("a b", "\"a b\""),
+        ("a=b", "\"a=b\""),
+        ("a\"b", "\"a\\\"b\""),
+        ("a\\b", "\"a\\\\b\""),
+        ("a\nb", "\"a\\nb\""),
+        ("\u{1b}[31m", "\"\\u{1b}[31m\""),
+        ("x\u{202e}y", "\"x\\u{202e}y\""),
+        ("x\u{200b}y", "\"x\\u{200b}y\""),
+        ("x\u{2028}y", "\"x\\u{2028}y\""),
+        ("x\u{85}y", "\"x\\u{85}y\""),
+    ] {
+        let mut out = Vec::new();
+        text_name(name, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), want, "{name:?}");
+    }
 }
