@@ -215,7 +215,13 @@ mod tests {
                         // Lines of varied length, some past EAGER_BYTES / MAX_BYTES pressure.
                         let pad = "x".repeat((i * 37) % 700);
                         let line = format!("t{t} n{i} {pad}\n");
-                        w.make_writer().write_all(line.as_bytes()).unwrap();
+                        // Half the threads as tracing writes, half as the access log's
+                        // direct path appends: both interleave whole.
+                        if t % 2 == 0 {
+                            w.make_writer().write_all(line.as_bytes()).unwrap();
+                        } else {
+                            w.append(line.as_bytes());
+                        }
                     }
                 })
             })
@@ -251,5 +257,6 @@ mod tests {
         assert_eq!(sink.0.lock().unwrap().0, b"before\n");
         // Goes to stderr directly; must not block or panic.
         w.make_writer().write_all(b"after\n").unwrap();
+        w.append(b"after, appended\n");
     }
 }
