@@ -17,7 +17,11 @@
 //! One source of truth for levels: the tracing filter (`WARD_LOG`, `log.level`) decides,
 //! through `tracing::enabled!` on the `ward::access` target (a cached per-callsite verdict).
 //! Without an installed direct writer (tests running the gateway in-process, library use),
-//! the record goes through `tracing::info!` as before, so nothing is lost.
+//! the record goes through `tracing::info!` as before, so nothing is lost. Two differences
+//! from the tracing line remain, both outside the documented filter syntax's common use: a
+//! filter directive on field values (`ward::access[{status=500}]=info`) is decided without
+//! the values (the callsite has none), and spans a `trace` filter may enable around the
+//! record's drop (hyper's, h2's) are not prefixed to the text line.
 //!
 //! Every string field can carry bytes an operator or a client chose (route and listener
 //! names from the config, a client certificate's CN): JSON strings are escaped as
