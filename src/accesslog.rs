@@ -17,11 +17,9 @@
 //! One source of truth for levels: the tracing filter (`WARD_LOG`, `log.level`) decides,
 //! through `tracing::enabled!` on the `ward::access` target (a cached per-callsite verdict).
 //! Without an installed direct writer (tests running the gateway in-process, library use),
-//! the record goes through `tracing::info!` as before, so nothing is lost. Two differences
-//! from the tracing line remain, both outside the documented filter syntax's common use: a
-//! filter directive on field values (`ward::access[{status=500}]=info`) is decided without
-//! the values (the callsite has none), and spans a `trace` filter may enable around the
-//! record's drop (hyper's, h2's) are not prefixed to the text line.
+//! the record goes through `tracing::info!` as before, so nothing is lost. (One difference
+//! remains: spans a `trace` filter may enable around the record's drop — hyper's, h2's —
+//! are not prefixed to the text line.)
 //!
 //! Every string field can carry bytes an operator or a client chose (route and listener
 //! names from the config, a client certificate's CN): JSON strings are escaped as
@@ -102,8 +100,28 @@ pub fn log(rec: &Record<'_>) {
 
 fn log_via(direct: Option<&Direct>, rec: &Record<'_>) {
     // The tracing filter's verdict for this callsite (cached by tracing: an atomic load
-    // when the filter's answer does not depend on the span or fields).
-    if !tracing::enabled!(target: "ward::access", tracing::Level::INFO) {
+    // when the filter's answer does not depend on the span). An event callsite with the
+    // event's fields (the default kind, a "hint", would let `EnvFilter` ignore field-name
+    // directives such as `[{client_cert}]=info`), so it decides as the event did.
+    if !tracing::enabled!(
+        kind: tracing::metadata::Kind::EVENT,
+        target: "ward::access",
+        tracing::Level::INFO,
+        request_id,
+        listener,
+        route,
+        method,
+        protocol,
+        status,
+        code,
+        head_ms,
+        duration_ms,
+        bytes_out,
+        completed,
+        client_ip,
+        client_cert,
+        tls
+    ) {
         return;
     }
     let Some(d) = direct else {

@@ -434,6 +434,8 @@ async fn the_log_filter_turns_the_access_line_off_and_on() {
         ("warn", Some("ward::access=info"), 1),
         ("warn", Some("warn,ward::access=info"), 1),
         ("info,ward::access=off", None, 0),
+        ("warn", Some("warn,[{client_cert}]=info"), 1),
+        ("warn", Some("warn,[{no_such_field}]=info"), 0),
     ] {
         for format in ["json", "text"] {
             let env = Env::new();
