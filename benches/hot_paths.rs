@@ -3,7 +3,9 @@
 //! rate-limit check (plus the memory one million tracked keys take); the audit trail's
 //! per-request cost (a record queued, written and synced with `durability: fsync`, on tmpfs
 //! so the figure is the gateway's CPU, not the disk); and per FHIR answer on a patient route,
-//! the compartment guard's check and the base-URL rewrite.
+//! the compartment guard's check and the base-URL rewrite. And the access log line of one
+//! request: through `tracing::info!` and `tracing_subscriber::fmt` (the old path) against
+//! the direct writer (`ward::accesslog`), both into the batching log writer.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
@@ -363,8 +365,92 @@ fn fhir_answers(c: &mut Criterion) {
     }
 }
 
+/// One request's access line: the old path (`tracing::info!` through the JSON or text
+/// `fmt` subscriber the CLI installs) against `ward::accesslog` (format into a reused buffer
+/// and append), both into `logwriter`'s batch (drained to a null sink by its thread).
+fn access(c: &mut Criterion) {
+    use tracing_subscriber::EnvFilter;
+    use ward::accesslog::{self, Record, Style};
+    let Ok((w, _guard)) = ward::logwriter::start_with(std::io::sink()) else {
+        return;
+    };
+    let rec = Record {
+        request_id: "c59e2b091a104e1c0000000000000042",
+        listener: "public",
+        route: "fhir",
+        method: "GET",
+        protocol: http::Version::HTTP_11,
+        status: 200,
+        code: "",
+        head_ms: 1.835535,
+        duration_ms: 1.962116,
+        bytes_out: 941,
+        completed: true,
+        client_ip: "10.0.0.5".parse().unwrap(),
+        client_cert: "lab-system",
+        tls: true,
+    };
+    // As `ward run` sets it up: a global JSON subscriber with an EnvFilter at info, and the
+    // direct writer installed beside it.
+    let json = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("info"))
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_writer(w.clone())
+        .finish();
+    if tracing::subscriber::set_global_default(json).is_err() {
+        return;
+    }
+    accesslog::install(Style::Json, w.clone());
+    c.bench_function("access/json/tracing", |b| {
+        b.iter(|| accesslog::emit_tracing(black_box(&rec)))
+    });
+    c.bench_function("access/json/direct", |b| {
+        b.iter(|| accesslog::log(black_box(&rec)))
+    });
+    // Text: the direct formatter (the filter check is the same as above), and tracing's
+    // text subscriber as a scoped default (a little dearer than a global one).
+    let mut line = Vec::new();
+    c.bench_function("access/text/direct", |b| {
+        b.iter(|| {
+            line.clear();
+            accesslog::format(
+                Style::Text { ansi: true },
+                black_box(&rec),
+                std::time::SystemTime::now(),
+                &mut line,
+            );
+            w.append(&line);
+        })
+    });
+    {
+        let text = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("info"))
+            .with_ansi(true)
+            .with_writer(w.clone())
+            .finish();
+        let _scope = tracing::subscriber::set_default(text);
+        c.bench_function("access/text/tracing", |b| {
+            b.iter(|| accesslog::emit_tracing(black_box(&rec)))
+        });
+    }
+    // Filtered out (`WARD_LOG=warn`): what a request pays with the access log off.
+    {
+        let off = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("warn"))
+            .with_writer(w.clone())
+            .finish();
+        let _scope = tracing::subscriber::set_default(off);
+        c.bench_function("access/off/direct", |b| {
+            b.iter(|| accesslog::log(black_box(&rec)))
+        });
+    }
+}
+
 criterion_group!(
     benches,
+    access,
     paths,
     headers,
     errors,

@@ -12,7 +12,7 @@
 //!
 //! | layer | modules | what lives there |
 //! |---|---|---|
-//! | 1 leaves | `context`, `error`, `calendar`, `service`, `shutdown`, `metrics`, `body`, `config::primitives`, `tls`, `identity`, `path` | typed request extensions and claims, the one error→response mapping, clocks, tower plumbing, settings value types |
+//! | 1 leaves | `context`, `error`, `calendar`, `service`, `shutdown`, `metrics`, `body`, `config::primitives`, `tls`, `identity`, `path`, `logwriter`, `accesslog` | typed request extensions and claims, the one error→response mapping, clocks, tower plumbing, settings value types, the log's writer and the access line |
 //! | 2 engines | `fhir`, `hl7v2`, `dlp`, `ratelimit`, `respond`, `audit`, `proxy`, `conn_guard`, `oauth` | machinery the policies drive |
 //! | 3 policies | `policy::*` | one decision each; never imports another policy |
 //! | 4 composition | `stack`, `router` | which layers a route gets, which route a request takes |
@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
 pub mod admin;
 pub mod audit;
 pub mod body;

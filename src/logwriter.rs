@@ -133,31 +133,44 @@ pub struct LineWriter<'a> {
 
 impl Write for LineWriter<'_> {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let mut st = self.shared.lock();
-        while st.buf.len() + line.len() > MAX_BYTES && !st.buf.is_empty() && !st.closed {
-            self.shared.wake.notify_one();
-            st = self
-                .shared
-                .drained
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
-        }
-        if st.closed {
-            // After shutdown (the writer is gone): write through.
-            drop(st);
-            return std::io::stderr().write(line);
-        }
-        let before = st.buf.len();
-        st.buf.extend_from_slice(line);
-        // Wake the writer once, when the buffer crosses the mark (a notify is a syscall).
-        if before < EAGER_BYTES && st.buf.len() >= EAGER_BYTES {
-            self.shared.wake.notify_one();
-        }
+        self.shared.append(line);
         Ok(line.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+impl Shared {
+    /// Queue one whole line (or write it through once the writer is gone).
+    fn append(&self, line: &[u8]) {
+        let mut st = self.lock();
+        while st.buf.len() + line.len() > MAX_BYTES && !st.buf.is_empty() && !st.closed {
+            self.wake.notify_one();
+            st = self.drained.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        if st.closed {
+            // After shutdown (the writer is gone): write through.
+            drop(st);
+            let _ = std::io::stderr().write_all(line);
+            return;
+        }
+        let before = st.buf.len();
+        st.buf.extend_from_slice(line);
+        // Wake the writer once, when the buffer crosses the mark (a notify is a syscall).
+        if before < EAGER_BYTES && st.buf.len() >= EAGER_BYTES {
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl BufferedStderr {
+    /// Append one whole line (ending in `\n`), formatted by the caller: the access log's
+    /// direct path (`accesslog`), which skips `tracing_subscriber`'s formatting. A lock
+    /// and a copy, as for a line from `tracing`; lines from both interleave whole.
+    pub fn append(&self, line: &[u8]) {
+        self.shared.append(line);
     }
 }
 
@@ -202,7 +215,13 @@ mod tests {
                         // Lines of varied length, some past EAGER_BYTES / MAX_BYTES pressure.
                         let pad = "x".repeat((i * 37) % 700);
                         let line = format!("t{t} n{i} {pad}\n");
-                        w.make_writer().write_all(line.as_bytes()).unwrap();
+                        // Half the threads as tracing writes, half as the access log's
+                        // direct path appends: both interleave whole.
+                        if t % 2 == 0 {
+                            w.make_writer().write_all(line.as_bytes()).unwrap();
+                        } else {
+                            w.append(line.as_bytes());
+                        }
                     }
                 })
             })
@@ -238,5 +257,6 @@ mod tests {
         assert_eq!(sink.0.lock().unwrap().0, b"before\n");
         // Goes to stderr directly; must not block or panic.
         w.make_writer().write_all(b"after\n").unwrap();
+        w.append(b"after, appended\n");
     }
 }

@@ -75,6 +75,9 @@ pub struct Metrics {
     /// Bodies lexed into a token index (`json::LexedBody`), by direction: one per body
     /// however many policies read it.
     pub json_lex: IntCounterVec,
+    /// The `-` route's duration and bytes children (requests refused before routing),
+    /// looked up once, on the first such request, not per request.
+    unrouted: std::sync::OnceLock<(prometheus::Histogram, prometheus::IntCounter)>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -269,8 +272,19 @@ impl Metrics {
             redis_breaker_open: gauge(&r, "ward_redis_breaker_open", "1 while the Redis circuit breaker of a policy is open (checks apply the failure mode without asking Redis), else 0.", &["policy"]),
             redis_breaker_short_circuits: counter(&r, "ward_redis_breaker_short_circuits_total", "Redis calls skipped because the policy's circuit breaker was open.", &["policy"]),
             json_lex: counter(&r, "ward_json_lex_total", "JSON bodies lexed into a token index shared by the route's policies (validation, authorization, DLP), by direction (request, response): one per body, however many policies read it.", &["direction"]),
+            unrouted: std::sync::OnceLock::new(),
             registry: r,
         }
+    }
+
+    /// Duration and bytes children of the `-` route (requests refused before routing).
+    pub fn unrouted(&self) -> &(prometheus::Histogram, prometheus::IntCounter) {
+        self.unrouted.get_or_init(|| {
+            (
+                self.request_duration.with_label_values(&["-"]),
+                self.bytes.with_label_values(&["-"]),
+            )
+        })
     }
 
     pub fn render(&self) -> String {

@@ -108,18 +108,20 @@ pub fn build(
                 .iter()
                 .filter_map(|m| m.parse().ok())
                 .collect();
+            let name: Arc<str> = Arc::from(r.name.as_str());
             routes.push(Route {
-                metrics: router::RouteMetrics {
+                metrics: Arc::new(router::RouteMetrics {
+                    name: name.clone(),
                     duration: metrics.request_duration.with_label_values(&[&r.name]),
                     bytes: metrics.bytes.with_label_values(&[&r.name]),
-                    requests: Some(Arc::new(metrics::RequestCounters::new(
+                    requests: metrics::RequestCounters::new(
                         metrics.requests.clone(),
                         Arc::from(l.name.as_str()),
-                        Arc::from(r.name.as_str()),
-                    ))),
-                },
+                        name.clone(),
+                    ),
+                }),
                 info: Arc::new(RouteInfo {
-                    name: Arc::from(r.name.as_str()),
+                    name,
                     fhir: r.fhir,
                     path_prefix: r.path_prefix.clone(),
                     rewrite_prefix: r.rewrite_prefix.clone(),

@@ -9,18 +9,20 @@ use http::Method;
 use crate::context::RouteInfo;
 use crate::stack::RouteService;
 
-/// Metric children of one route, resolved once at start-up.
-#[derive(Clone)]
+/// What a request's access record needs of its route: the name and the metric children,
+/// resolved once at start-up and shared behind one `Arc` (a request clones one pointer,
+/// not one per handle).
 pub struct RouteMetrics {
+    /// The route's name, as the access log and the labels give it.
+    pub name: Arc<str>,
     pub duration: prometheus::Histogram,
     pub bytes: prometheus::IntCounter,
-    /// `None` for unrouted requests (the label lookup is done at the time).
-    pub requests: Option<Arc<crate::metrics::RequestCounters>>,
+    pub requests: crate::metrics::RequestCounters,
 }
 
 pub struct Route {
     pub info: Arc<RouteInfo>,
-    pub metrics: RouteMetrics,
+    pub metrics: Arc<RouteMetrics>,
     pub host: Option<String>,
     pub methods: Vec<Method>,
     pub service: RouteService,

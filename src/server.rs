@@ -364,9 +364,11 @@ async fn handle(
     // The record exists before anything is awaited: if the client goes away mid-request
     // (the future is dropped), it is still written — as 499 — and the in-flight count is
     // released. An auditor sees every request that may have reached the upstream.
+    // The record owns this request's handles to the listener and connection (no clones);
+    // the code below reads them through it.
     let mut record = AccessRecord {
-        ctx: ctx.clone(),
-        conn: conn.clone(),
+        ctx,
+        conn,
         request_id: request_id.clone(),
         route: None,
         method,
@@ -378,8 +380,15 @@ async fn handle(
         bytes: 0,
         completed: false,
     };
-    let mut fhir = ctx.router.load().all_fhir();
-    let result = match prepare(&ctx, &conn, req, &request_id, &mut record.route, &mut fhir) {
+    let mut fhir = record.ctx.router.load().all_fhir();
+    let result = match prepare(
+        &record.ctx,
+        &record.conn,
+        req,
+        &request_id,
+        &mut record.route,
+        &mut fhir,
+    ) {
         Ok((svc, req)) => call_route(svc, req).await,
         Err(rej) => Err(rej),
     };
@@ -387,8 +396,10 @@ async fn handle(
     let (mut resp, code) = match result {
         Ok(r) => (r, None),
         Err(rej) => {
-            let route_label = record.route.as_ref().map(|(n, _)| &**n).unwrap_or("-");
-            ctx.metrics
+            let route_label = record.route.as_ref().map(|r| &*r.name).unwrap_or("-");
+            record
+                .ctx
+                .metrics
                 .rejections
                 .with_label_values(&[route_label, rej.code])
                 .inc();
@@ -400,7 +411,7 @@ async fn handle(
     };
     let h = resp.headers_mut();
     h.insert("x-request-id", request_id);
-    if conn.h2 {
+    if record.conn.h2 {
         // Connection-specific headers are illegal in HTTP/2.
         h.remove(CONNECTION);
     }
@@ -451,7 +462,7 @@ fn prepare(
     conn: &ConnInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
-    route_name: &mut Option<(Arc<str>, RouteMetrics)>,
+    route_name: &mut Option<Arc<RouteMetrics>>,
     fhir: &mut bool,
 ) -> Result<(RouteService, Request<Body>), Rejection> {
     if !conn.h2 {
@@ -509,7 +520,7 @@ fn prepare(
         Match::NotFound => return Err(Rejection::not_found()),
     };
     *fhir = route.info.fhir;
-    *route_name = Some((route.info.name.clone(), route.metrics.clone()));
+    *route_name = Some(route.metrics.clone());
     let fhir_request = if route.info.fhir {
         crate::path::check_fhir(&canonical)?;
         // Classify the FHIR interaction once; policies read the typed result. A shape that
@@ -617,7 +628,7 @@ struct AccessRecord {
     conn: Arc<ConnInfo>,
     request_id: HeaderValue,
     /// Route name and its metric handles, once routed.
-    route: Option<(Arc<str>, RouteMetrics)>,
+    route: Option<Arc<RouteMetrics>>,
     method: Method,
     version: http::Version,
     status: http::StatusCode,
@@ -632,50 +643,53 @@ impl Drop for AccessRecord {
     fn drop(&mut self) {
         let m = &self.ctx.metrics;
         let elapsed = self.started.elapsed();
-        let (route, route_metrics) = match &self.route {
-            Some((n, rm)) => (n.clone(), rm.clone()),
-            None => (
-                Arc::from("-"),
-                RouteMetrics {
-                    duration: m.request_duration.with_label_values(&["-"]),
-                    bytes: m.bytes.with_label_values(&["-"]),
-                    requests: None,
-                },
-            ),
+        // Borrowed, not cloned: the handles were resolved at start-up (or, for requests
+        // refused before routing, on the first such request).
+        let route: &str = match &self.route {
+            Some(rm) => {
+                rm.requests.inc(&self.method, self.status);
+                rm.duration.observe(elapsed.as_secs_f64());
+                rm.bytes.inc_by(self.bytes);
+                &rm.name
+            }
+            None => {
+                m.requests
+                    .with_label_values(&[
+                        &self.ctx.name,
+                        "-",
+                        method_label(&self.method),
+                        status_class(self.status),
+                    ])
+                    .inc();
+                let (duration, bytes) = m.unrouted();
+                duration.observe(elapsed.as_secs_f64());
+                bytes.inc_by(self.bytes);
+                "-"
+            }
         };
-        match &route_metrics.requests {
-            Some(c) => c.inc(&self.method, self.status),
-            None => m
-                .requests
-                .with_label_values(&[
-                    &self.ctx.name,
-                    &route,
-                    method_label(&self.method),
-                    status_class(self.status),
-                ])
-                .inc(),
-        }
-        route_metrics.duration.observe(elapsed.as_secs_f64());
-        route_metrics.bytes.inc_by(self.bytes);
         self.conn.shared.end();
         // Method is logged as its label form so a junk method cannot flood the log.
-        tracing::info!(
-            target: "ward::access",
-            request_id = self.request_id.to_str().unwrap_or("-"),
-            listener = %self.ctx.name,
-            route = %route,
-            method = method_label(&self.method),
-            protocol = ?self.version,
-            status = self.status.as_u16(),
-            code = self.code.unwrap_or(""),
-            head_ms = self.head_time.as_secs_f64() * 1000.0,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            bytes_out = self.bytes,
-            completed = self.completed,
-            client_ip = %self.conn.peer.ip(),
-            client_cert = self.conn.identity.as_deref().map(ClientIdentity::display_name).unwrap_or(""),
-            tls = self.conn.tls,
-        );
+        crate::accesslog::log(&crate::accesslog::Record {
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            listener: &self.ctx.name,
+            route,
+            method: method_label(&self.method),
+            protocol: self.version,
+            status: self.status.as_u16(),
+            code: self.code.unwrap_or(""),
+            head_ms: self.head_time.as_secs_f64() * 1000.0,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            bytes_out: self.bytes,
+            completed: self.completed,
+            client_ip: self.conn.peer.ip(),
+            client_cert: self
+                .conn
+                .identity
+                .as_deref()
+                .map(ClientIdentity::display_name)
+                .unwrap_or(""),
+            tls: self.conn.tls,
+        });
     }
 }
 

@@ -26,7 +26,7 @@ fn layer(module: &str) -> Option<u8> {
         // Leaves: value types, typed request extensions, errors, clocks, shutdown, metrics,
         // TLS set-up, identities, path canonicalisation, tower plumbing.
         "context" | "error" | "calendar" | "service" | "shutdown" | "metrics" | "tls"
-        | "identity" | "path" | "hex" | "body" | "breaker" | "logwriter" => 1,
+        | "identity" | "path" | "hex" | "body" | "breaker" | "logwriter" | "accesslog" => 1,
         // Engines: pure-ish machinery the policies drive.
         "fhir" | "hl7v2" | "dlp" | "ratelimit" | "respond" | "audit" | "proxy" | "conn_guard"
         | "json" | "oauth" => 2,
