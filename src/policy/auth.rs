@@ -909,6 +909,9 @@ fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> Rejection {
 // ---------------------------------------------------------------- the layer
 
 /// The compiled policy.
+/// Route, provider, and their `allow`/`ok` counter.
+type AllowedCounter = (Arc<str>, Arc<str>, prometheus::IntCounter);
+
 pub struct Auth {
     providers: Vec<Arc<Provider>>,
     /// The (only) provider introspects opaque tokens: any b64token is accepted in the
@@ -922,6 +925,10 @@ pub struct Auth {
     credential: Option<HeaderValue>,
     cache: TokenCache,
     metrics: Arc<Metrics>,
+    /// `ward_authn_total{route,provider,"allow","ok"}` children, resolved on first use: a
+    /// label lookup hashes its labels under a lock on every call (the common case, an
+    /// accepted token, then costs one short scan).
+    allowed: std::sync::Mutex<Vec<AllowedCounter>>,
 }
 
 impl FromConfig for Auth {
@@ -986,6 +993,7 @@ impl Auth {
                 .and_then(|c| HeaderValue::from_str(c).ok()),
             cache: TokenCache::new(cfg.cache_entries),
             metrics,
+            allowed: std::sync::Mutex::new(Vec::new()),
         })
     }
 }
@@ -1185,8 +1193,7 @@ impl Auth {
         token: Result<String, Rejection>,
         cert: Option<Arc<ClientIdentity>>,
     ) -> Result<Arc<Claims>, (Rejection, Arc<str>)> {
-        let none: Arc<str> = Arc::from("-");
-        let token = token.map_err(|r| (r, none.clone()))?;
+        let token = token.map_err(|r| (r, Arc::from("-")))?;
         let token = token.as_str();
         let key = crate::identity::sha256(token.as_bytes());
         let now = now_secs();
@@ -1265,6 +1272,23 @@ impl Auth {
     }
 }
 
+impl Auth {
+    fn count_allowed(&self, route: &Arc<str>, provider: &Arc<str>) {
+        let mut seen = self.allowed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, c)) = seen.iter().find(|(r, p, _)| r == route && p == provider) {
+            c.inc();
+            return;
+        }
+        let c = self
+            .metrics
+            .authn
+            .with_label_values(&[route, provider, "allow", "ok"]);
+        c.inc();
+        // Bounded by routes x providers of the config (both fixed until a reload).
+        seen.push((route.clone(), provider.clone(), c));
+    }
+}
+
 impl Policy for Auth {
     fn call<S: Chain>(self: &Arc<Self>, mut req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
         let a = self.clone();
@@ -1283,10 +1307,7 @@ impl Policy for Auth {
             let result = a.authenticate(token, cert).await;
             let claims = match result {
                 Ok(c) => {
-                    a.metrics
-                        .authn
-                        .with_label_values(&[&route, &c.provider, "allow", "ok"])
-                        .inc();
+                    a.count_allowed(&route, &c.provider);
                     c
                 }
                 Err((rej, provider)) => {

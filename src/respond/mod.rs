@@ -946,11 +946,12 @@ impl Policy for RespondCheck {
         // The address is only evidence about a client when it is the client's own: a
         // trusted proxy that sent no forwarding header would otherwise be blocked for
         // everyone behind it.
-        let ip_key = req
+        // (Its key is formatted only when a denial is counted against it.)
+        let key_ip = req
             .extensions()
             .get::<RequestContext>()
             .filter(|c| !(c.trusted_peer && c.client_ip == c.peer.ip()))
-            .map(|c| ip_key(c.client_ip));
+            .map(|c| c.client_ip);
         let cert = req
             .extensions()
             .get::<Arc<ClientIdentity>>()
@@ -1007,6 +1008,12 @@ impl Policy for RespondCheck {
                 item,
                 yields: false,
             };
+            let ip_key = key_ip
+                .filter(|_| {
+                    matches!(status.as_u16(), 401 | 403 | 404)
+                        && code.is_some_and(|c| c != "blocked")
+                })
+                .map(ip_key);
             if matches!(status.as_u16(), 401 | 403 | 404) && !matches!(code, Some("blocked")) {
                 // Per address: only the gateway's own refusals (an upstream's 404 is no
                 // evidence against an address that many people may share).
