@@ -273,6 +273,57 @@ impl http_body::Body for Lines {
     }
 }
 
+/// A body gathered into memory by [`gather`].
+pub enum Gathered {
+    /// All of it.
+    Whole(Bytes),
+    /// More than the cap: what was read (past the cap by at most one frame), and the rest.
+    Over { front: Bytes, rest: Body },
+}
+
+/// Read a body into one buffer, stopping once it passes `max` bytes; non-data frames
+/// (trailers) are dropped. A body that comes as one frame — the common case for an upstream
+/// answer read at once, or a body a policy already buffered — is handed on without a copy;
+/// otherwise the buffer is sized from the body's length when it says it.
+pub async fn gather(mut body: Body, max: usize) -> Result<Gathered, BoxError> {
+    let hint = http_body::Body::size_hint(&body).exact().map_or(0, |n| {
+        usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(max.saturating_add(1))
+    });
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<bytes::BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(d) = frame?.into_data() else { continue };
+        if d.is_empty() {
+            continue;
+        }
+        len = len.saturating_add(d.len());
+        match (&mut buf, first.take()) {
+            (Some(b), _) => b.extend_from_slice(&d),
+            (None, None) => first = Some(d),
+            (None, Some(f)) => {
+                let mut b = bytes::BytesMut::with_capacity(hint.max(len));
+                b.extend_from_slice(&f);
+                b.extend_from_slice(&d);
+                buf = Some(b);
+            }
+        }
+        if len > max {
+            let front = match buf {
+                Some(b) => b.freeze(),
+                None => first.unwrap_or_default(),
+            };
+            return Ok(Gathered::Over { front, rest: body });
+        }
+    }
+    Ok(Gathered::Whole(match buf {
+        Some(b) => b.freeze(),
+        None => first.unwrap_or_default(),
+    }))
+}
+
 /// Frames already taken from a body, then the rest of it: a body read partly (to decide on
 /// it, or to keep a copy for a retry) is handed on whole.
 pub fn prefixed(front: VecDeque<Result<Frame<Bytes>, BoxError>>, rest: Body) -> Body {
@@ -362,5 +413,61 @@ mod line_tests {
             assert_eq!(run(&[a, b], 8).await, "AB\nCD\nEF\n", "split at {i}");
         }
         assert_eq!(run(&["x\n\n"], 8).await, "X\n\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body of `parts` as separate frames, with empty frames and trailers between them.
+    fn framed(parts: &[&[u8]]) -> Body {
+        let mut frames: VecDeque<Result<Frame<Bytes>, BoxError>> = VecDeque::new();
+        for p in parts {
+            frames.push_back(Ok(Frame::data(Bytes::copy_from_slice(p))));
+            frames.push_back(Ok(Frame::data(Bytes::new())));
+        }
+        frames.push_back(Ok(Frame::trailers(http::HeaderMap::new())));
+        prefixed(frames, empty_body())
+    }
+
+    async fn all(b: Body) -> Vec<u8> {
+        b.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn gathered_bodies_are_whole_or_split_at_the_cap_with_nothing_lost() {
+        let data: Vec<u8> = (0..200u8).collect();
+        // Every way of cutting the data into up to three frames, against caps around every
+        // total: below, at, and above.
+        for a in 0..=data.len() {
+            for b in [a, (a + data.len()) / 2, data.len()] {
+                let parts = [&data[..a], &data[a..b], &data[b..]];
+                for max in [0, a, b, data.len() - 1, data.len(), data.len() + 1] {
+                    match gather(framed(&parts), max).await.unwrap() {
+                        Gathered::Whole(got) => {
+                            assert!(data.len() <= max, "{a} {b} {max}");
+                            assert_eq!(&got[..], &data[..]);
+                        }
+                        Gathered::Over { front, rest } => {
+                            assert!(data.len() > max, "{a} {b} {max}");
+                            assert!(front.len() > max);
+                            let mut again = front.to_vec();
+                            again.extend(all(rest).await);
+                            assert_eq!(again, data, "{a} {b} {max}");
+                        }
+                    }
+                }
+            }
+        }
+        // One frame is handed on as it came (no copy).
+        let one = Bytes::from(data.clone());
+        let body = http_body_util::Full::new(one.clone())
+            .map_err(|n| match n {})
+            .boxed_unsync();
+        match gather(body, 1000).await.unwrap() {
+            Gathered::Whole(got) => assert_eq!(got.as_ptr(), one.as_ptr()),
+            Gathered::Over { .. } => panic!("under the cap"),
+        }
     }
 }

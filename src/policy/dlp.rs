@@ -412,19 +412,13 @@ fn unscannable(response: bool) -> Rejection {
 
 /// Read up to `max` bytes. `Ok(Err(prefix_body))`: the body is longer; the returned body
 /// replays everything (for report mode).
-async fn read_capped(mut body: Body, max: usize) -> Result<Result<Bytes, Body>, BoxError> {
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        if let Ok(d) = frame.into_data() {
-            buf.extend_from_slice(&d);
-            if buf.len() > max {
-                let front = [Ok(Frame::data(buf.freeze()))].into();
-                return Ok(Err(crate::body::prefixed(front, body)));
-            }
+async fn read_capped(body: Body, max: usize) -> Result<Result<Bytes, Body>, BoxError> {
+    Ok(match crate::body::gather(body, max).await? {
+        crate::body::Gathered::Whole(b) => Ok(b),
+        crate::body::Gathered::Over { front, rest } => {
+            Err(crate::body::prefixed([Ok(Frame::data(front))].into(), rest))
         }
-    }
-    Ok(Ok(buf.freeze()))
+    })
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -433,14 +427,23 @@ fn full(b: impl Into<Bytes>) -> Body {
 
 /// Headers that described the old bytes.
 fn fix_headers(h: &mut HeaderMap, len: usize) {
-    h.remove(header::CONTENT_ENCODING);
-    h.remove(header::ETAG);
-    h.remove("content-md5");
-    h.remove("digest");
-    h.remove("repr-digest");
-    h.remove("content-digest");
-    h.remove(header::ACCEPT_RANGES);
-    h.remove(header::TRANSFER_ENCODING);
+    // Constant names: a `&str` name is parsed and checked on every call.
+    const CONTENT_MD5: header::HeaderName = header::HeaderName::from_static("content-md5");
+    const DIGEST: header::HeaderName = header::HeaderName::from_static("digest");
+    const REPR_DIGEST: header::HeaderName = header::HeaderName::from_static("repr-digest");
+    const CONTENT_DIGEST: header::HeaderName = header::HeaderName::from_static("content-digest");
+    for name in [
+        header::CONTENT_ENCODING,
+        header::ETAG,
+        CONTENT_MD5,
+        DIGEST,
+        REPR_DIGEST,
+        CONTENT_DIGEST,
+        header::ACCEPT_RANGES,
+        header::TRANSFER_ENCODING,
+    ] {
+        h.remove(name);
+    }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 

@@ -371,16 +371,10 @@ fn too_large() -> Rejection {
     )
 }
 
-async fn read_limited(mut body: Body, max: usize) -> Result<Bytes, Rejection> {
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| Rejection::upstream_error())?;
-        if let Ok(d) = frame.into_data() {
-            if buf.len() + d.len() > max {
-                return Err(too_large());
-            }
-            buf.extend_from_slice(&d);
-        }
+async fn read_limited(body: Body, max: usize) -> Result<Bytes, Rejection> {
+    match crate::body::gather(body, max).await {
+        Ok(crate::body::Gathered::Whole(b)) => Ok(b),
+        Ok(crate::body::Gathered::Over { .. }) => Err(too_large()),
+        Err(_) => Err(Rejection::upstream_error()),
     }
-    Ok(buf.freeze())
 }

@@ -1279,22 +1279,15 @@ fn anonymous_discovery(req: &Request<Body>) -> bool {
 /// rustc lifetime-inference reason as `policy::call_next`.
 fn read_limited(body: Body, max: usize) -> BytesFuture {
     Box::pin(async move {
-        let mut body = body;
-        let mut buf = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| Rejection::upstream_error())?;
-            if let Ok(d) = frame.into_data() {
-                if buf.len() + d.len() > max {
-                    return Err(Rejection::new(
-                        StatusCode::BAD_GATEWAY,
-                        "response_too_large",
-                        "response too large to authorize",
-                    ));
-                }
-                buf.extend_from_slice(&d);
-            }
+        match crate::body::gather(body, max).await {
+            Ok(crate::body::Gathered::Whole(b)) => Ok(b),
+            Ok(crate::body::Gathered::Over { .. }) => Err(Rejection::new(
+                StatusCode::BAD_GATEWAY,
+                "response_too_large",
+                "response too large to authorize",
+            )),
+            Err(_) => Err(Rejection::upstream_error()),
         }
-        Ok(buf.freeze())
     })
 }
 
