@@ -14,39 +14,16 @@ pub fn is_ws(c: u8) -> bool {
 
 /// The first offset at or after `i` that is not whitespace.
 ///
-/// Speed: most calls find no whitespace (compact JSON) or one space, and return after one
-/// or two comparisons, since every whitespace byte is below `!`; longer runs (a newline and
-/// the indentation of a pretty-printed document) are read a word at a time.
+/// Byte by byte, and small enough to be inlined everywhere: a run is mostly one space or
+/// none (compact JSON, `": "`, `", "`). Reading runs a word at a time was measured
+/// (callgrind, `benches/insns.sh`): it cost more on the FHIR examples than it saved, because
+/// the larger function stopped the validator's callers from being inlined.
 #[inline]
-pub fn skip_ws(b: &[u8], i: usize) -> usize {
-    match b.get(i) {
-        Some(&c) if c > b' ' => i,
-        // One space (after `:` or `,` in most pretty-printers).
-        Some(b' ') if b.get(i + 1).is_some_and(|&c| c > b' ') => i + 1,
-        None => i,
-        Some(_) => skip_ws_run(b, i),
-    }
-}
-
-#[inline(never)]
-fn skip_ws_run(b: &[u8], mut i: usize) -> usize {
-    loop {
-        // Eight spaces at a time (the indentation of a pretty-printed document), up to the
-        // first byte that is not a space.
-        while let Some(w) = word(b, i) {
-            let other = w ^ (ONES * u64::from(b' '));
-            if other != 0 {
-                i += (other.trailing_zeros() / 8) as usize;
-                break;
-            }
-            i += 8;
-        }
-        // That byte (or one of the last seven): a newline, tab, CR or space goes on.
-        if !b.get(i).copied().is_some_and(is_ws) {
-            return i;
-        }
+pub fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).copied().is_some_and(is_ws) {
         i += 1;
     }
+    i
 }
 
 /// A string token: its content is `start..end` (between the quotes; the closing quote is at
