@@ -102,9 +102,13 @@ impl Name {
     }
 
     /// The name's bytes, decoded (the lexer checked its escapes and UTF-8 already).
+    #[inline]
     fn bytes<'a>(&self, b: &'a [u8]) -> Result<Cow<'a, [u8]>, NotRead> {
         let raw = b.get(self.start..self.end).ok_or(NotRead)?;
-        Ok(json::decode(raw, self.esc)?)
+        if !self.esc {
+            return Ok(Cow::Borrowed(raw));
+        }
+        Ok(json::decode(raw, true)?)
     }
 }
 
@@ -340,6 +344,14 @@ pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'_>) -> Result<Answer<'a
             continue;
         };
         let key: Option<&[u8]> = p.key.as_ref().map(|k| k.1.as_ref());
+        // Most values: a scalar that no check reads (not a type, not a reference, in no
+        // container the checks know by role).
+        if !container
+            && p.role == Role::Other
+            && !matches!(key, Some(b"resourceType" | b"reference"))
+        {
+            continue;
+        }
         let string = || -> Result<Field<'a>, NotRead> {
             Ok(if tok.kind == Kind::Str {
                 Field::Str(text(b, &tok)?)
