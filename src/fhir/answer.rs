@@ -283,15 +283,24 @@ pub fn read_indexed<'a>(
     index: Option<&'a json::Index>,
 ) -> Result<Answer<'a>, NotRead> {
     match index {
-        Some(ix) if ix.body_len() == b.len() => {
-            read_tokens(b, json::Source::Index(ix.cursor(MAX_DEPTH)))
-        }
+        Some(ix) if ix.body_len() == b.len() => read_index(b, ix),
         None if b.len() <= INDEX_AHEAD_MAX => match json::Index::build(b) {
-            Some(ix) => read_tokens(b, json::Source::Index(ix.cursor(MAX_DEPTH))),
+            Some(ix) => read_index(b, &ix),
             None => read_tokens(b, json::Source::new(b, None, MAX_DEPTH)),
         },
         _ => read_tokens(b, json::Source::new(b, None, MAX_DEPTH)),
     }
+}
+
+/// [`read_tokens`] over the index's tokens directly. The cursor it replaces would yield the
+/// same tokens and then fail (on the index's error, or on `TooDeep` for nesting beyond this
+/// reader's limit); any failure is `NotRead`, whatever comes before it, so those two cases
+/// are answered first and the tokens then read without per-token checks.
+fn read_index<'a>(b: &'a [u8], ix: &json::Index) -> Result<Answer<'a>, NotRead> {
+    if ix.error().is_some() || ix.nesting() > MAX_DEPTH {
+        return Err(NotRead);
+    }
+    walk(b, ix.tokens().map(Ok))
 }
 
 /// The largest body [`read_indexed`] indexes for itself: an index holds 16 bytes per token
@@ -301,12 +310,21 @@ pub const INDEX_AHEAD_MAX: usize = 1 << 20;
 
 /// Read from a token source over `b` (lexed now, or replayed from the body's index).
 pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'_>) -> Result<Answer<'a>, NotRead> {
+    walk(b, std::iter::from_fn(move || t.next().transpose()))
+}
+
+/// The one reader, over tokens from either source.
+fn walk<'a>(
+    b: &'a [u8],
+    tokens: impl Iterator<Item = Result<Token, json::Error>>,
+) -> Result<Answer<'a>, NotRead> {
     let mut a = Answer {
         body: b,
         ..Answer::default()
     };
     let mut stack: Vec<Frame<'a>> = Vec::with_capacity(16);
-    while let Some(tok) = t.next()? {
+    for tok in tokens {
+        let tok = tok?;
         let obj = tok.kind == Kind::ObjStart;
         let container = obj || tok.kind == Kind::ArrStart;
         match tok.kind {

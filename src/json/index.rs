@@ -41,6 +41,8 @@ pub struct Index {
     toks: Vec<Tok>,
     len: usize,
     err: Option<Error>,
+    /// The deepest nesting among the tokens (open containers after an opening bracket).
+    nesting: usize,
 }
 
 impl Index {
@@ -55,6 +57,7 @@ impl Index {
             toks: Vec::with_capacity((b.len() / 8).min(1 << 20)),
             len: b.len(),
             err: None,
+            nesting: 0,
         };
         if let Err(e) = ix.lex(b) {
             ix.err = Some(e);
@@ -76,7 +79,7 @@ impl Index {
         // Member names of the open objects (see `Name`).
         let mut keys: Vec<Name> = Vec::with_capacity(64);
         let mut names: Vec<&[u8]> = Vec::new();
-        let toks = &mut self.toks;
+        let Index { toks, nesting, .. } = self;
         // Offsets fit in u32: `build` checked the length.
         let tok = |kind, start: usize, end: usize| Tok {
             start: start as u32,
@@ -100,6 +103,7 @@ impl Index {
                         return fail(ErrorKind::TooDeep, at);
                     }
                     stack.push((obj, toks.len() as u32, keys.len()));
+                    *nesting = (*nesting).max(stack.len());
                     toks.push(tok(
                         if obj { Kind::ObjStart } else { Kind::ArrStart },
                         at,
@@ -221,6 +225,25 @@ impl Index {
 
     pub fn is_empty(&self) -> bool {
         self.toks.is_empty()
+    }
+
+    /// The deepest nesting of containers among the tokens (`[[1]]`: 2). A consumer with a
+    /// depth limit below [`MAX_DEPTH`] that reads [`Index::tokens`] checks it against this:
+    /// [`Index::cursor`] would have failed with `TooDeep` exactly when it is above the limit.
+    pub fn nesting(&self) -> usize {
+        self.nesting
+    }
+
+    /// Every token, in order, without the cursor's bookkeeping: for a consumer that has
+    /// checked [`Index::error`] (none) and [`Index::nesting`] (within its limit) first, and
+    /// then reads exactly what the cursor would yield.
+    pub fn tokens(&self) -> impl ExactSizeIterator<Item = Token> + '_ {
+        self.toks.iter().map(|t| Token {
+            kind: t.kind,
+            start: t.start as usize,
+            end: t.end as usize,
+            esc: t.esc,
+        })
     }
 
     /// The tokens as [`Tokenizer::new`]`(b, max_depth)` yields them.

@@ -520,6 +520,18 @@ fn index_agrees(doc: &[u8]) -> bool {
     let full = tokenizer_run(doc, MAX_DEPTH);
     assert_eq!(ix.error(), full.1.err());
     assert_eq!(ix.len(), full.0.len());
+    // The direct read: the same tokens; for a valid body, a consumer's depth limit fails
+    // exactly when the recorded nesting is above it.
+    assert_eq!(ix.tokens().collect::<Vec<_>>(), full.0);
+    if ix.error().is_none() {
+        for depth in [1, 2, 7, 64, 127, 128, MAX_DEPTH] {
+            assert_eq!(
+                index_run(&ix, depth).1.is_err(),
+                ix.nesting() > depth,
+                "depth {depth}"
+            );
+        }
+    }
     let Some(mut seek) = ix.seek(doc) else {
         assert!(ix.error().is_some());
         return false;
