@@ -51,7 +51,8 @@ fn main() {
             data::bundle(1024 * 1024, PATIENT, &with_notes(OBSERVATION)).into_bytes()
         }
         "dlp_adt" => ADT_A01.to_vec(),
-        "guard_patient" | "guard_patient_tree" => PATIENT.as_bytes().to_vec(),
+        "guard_patient" | "guard_patient_tree" | "index_patient" => PATIENT.as_bytes().to_vec(),
+        "index_bundle" => data::bundle(1024 * 1024, PATIENT, OBSERVATION).into_bytes(),
         other => panic!("unknown workload {other}"),
     };
     let safe_harbor = engine(serde_json::json!({"preset": "safe_harbor"}));
@@ -87,6 +88,10 @@ fn main() {
                 "example",
                 false,
             ),
+            // The shared lexing alone (`json::LexedBody`'s one pass, issue #20).
+            "index_patient" | "index_bundle" => {
+                ward::json::Index::build(black_box(&input)).is_some_and(|ix| ix.error().is_none())
+            }
             _ => unreachable!(),
         };
         black_box(ok);

@@ -82,54 +82,82 @@ pub struct Entry<'a> {
     types: (usize, usize),
 }
 
-/// A member path from a resource's root (names only: an array after a member is crossed).
-#[derive(Debug, Clone, Default)]
-struct Path<'a> {
-    n: usize,
-    names: [Cow<'a, str>; MAX_SEGMENTS],
+/// A member name where it is in the body: its content's span, and whether it holds an
+/// escape (then it is decoded to be compared). Copied, never allocated: a path is three of
+/// these, and every container the reader enters gets two paths.
+#[derive(Debug, Clone, Copy, Default)]
+struct Name {
+    start: usize,
+    end: usize,
+    esc: bool,
 }
 
-impl<'a> Path<'a> {
-    fn push(&self, name: &Cow<'a, str>) -> Option<Path<'a>> {
-        if self.n >= MAX_SEGMENTS {
-            return None;
+impl Name {
+    fn of(t: &Token) -> Name {
+        Name {
+            start: t.start,
+            end: t.end,
+            esc: t.esc,
         }
-        let mut p = self.clone();
-        p.names[p.n] = name.clone();
+    }
+
+    /// The name's bytes, decoded (the lexer checked its escapes and UTF-8 already).
+    #[inline]
+    fn bytes<'a>(&self, b: &'a [u8]) -> Result<Cow<'a, [u8]>, NotRead> {
+        let raw = b.get(self.start..self.end).ok_or(NotRead)?;
+        if !self.esc {
+            return Ok(Cow::Borrowed(raw));
+        }
+        Ok(json::decode(raw, true)?)
+    }
+}
+
+/// A member path from a resource's root (names only: an array after a member is crossed).
+#[derive(Debug, Clone, Copy, Default)]
+struct Path {
+    n: usize,
+    names: [Name; MAX_SEGMENTS],
+}
+
+impl Path {
+    fn push(&self, name: Name) -> Option<Path> {
+        let mut p = *self;
+        *p.names.get_mut(p.n)? = name;
         p.n += 1;
         Some(p)
     }
 
-    /// Is this the dotted element path `dotted` (`participant.individual`)?
-    fn is(&self, dotted: &str) -> bool {
+    /// Is this the dotted element path `dotted` (`participant.individual`), over body `b`?
+    fn is(&self, b: &[u8], dotted: &str) -> bool {
         let mut parts = dotted.split('.');
-        self.names[..self.n]
-            .iter()
-            .all(|n| parts.next() == Some(n.as_ref()))
-            && parts.next().is_none()
+        self.names[..self.n].iter().all(|n| {
+            parts
+                .next()
+                .is_some_and(|part| n.bytes(b).is_ok_and(|nb| *nb == *part.as_bytes()))
+        }) && parts.next().is_none()
     }
 }
 
 /// How a container is reached from a resource's root, following the compartment reader's
 /// rule (`fhir::compartment`): member names, each optionally followed by one array level.
-#[derive(Debug, Clone, Default)]
-enum Reach<'a> {
+#[derive(Debug, Clone, Copy, Default)]
+enum Reach {
     /// Not on any element path (an array inside an array, or too deep).
     #[default]
     Dead,
     /// An object at this path: its `reference` member is a reference at the path.
-    Obj(Path<'a>),
+    Obj(Path),
     /// An array that is the value of the member at this path: its objects are at the path.
-    Arr(Path<'a>),
+    Arr(Path),
 }
 
-impl<'a> Reach<'a> {
+impl Reach {
     /// The reach of a container value: of `key`'s value in an object, or of an item in an
     /// array.
-    fn child(&self, key: Option<&Cow<'a, str>>, obj: bool) -> Reach<'a> {
+    fn child(&self, key: Option<Name>, obj: bool) -> Reach {
         let path = match (self, key) {
             (Reach::Obj(p), Some(k)) => p.push(k),
-            (Reach::Arr(p), None) if obj => return Reach::Obj(p.clone()),
+            (Reach::Arr(p), None) if obj => return Reach::Obj(*p),
             _ => None,
         };
         match path {
@@ -139,10 +167,11 @@ impl<'a> Reach<'a> {
         }
     }
 
-    /// The path of a `reference` string member of this container, if it is one.
-    fn reference(&self, key: Option<&Cow<'_, str>>) -> Option<&Path<'a>> {
+    /// The path of a `reference` string member (decoded name `key`) of this container, if
+    /// it is one.
+    fn reference(&self, key: Option<&[u8]>) -> Option<&Path> {
         match (self, key) {
-            (Reach::Obj(p), Some(k)) if p.n > 0 && k == "reference" => Some(p),
+            (Reach::Obj(p), Some(b"reference")) if p.n > 0 => Some(p),
             _ => None,
         }
     }
@@ -169,14 +198,15 @@ enum Role {
 struct Frame<'a> {
     role: Role,
     /// The reach from the document's root, and from the enclosing entry's resource.
-    doc: Reach<'a>,
-    res: Reach<'a>,
+    doc: Reach,
+    res: Reach,
     /// Inside the value of the document's `entry` member.
     under_entry: bool,
     /// Inside `entry[i].resource`.
     in_resource: Option<usize>,
-    /// The member whose value comes next (objects).
-    key: Option<Cow<'a, str>>,
+    /// The member whose value comes next (objects): where it is, and its decoded bytes
+    /// (borrowed unless it has an escape).
+    key: Option<(Name, Cow<'a, [u8]>)>,
 }
 
 /// The `resourceType` of one object somewhere in the document.
@@ -202,9 +232,11 @@ pub struct Answer<'a> {
     pub link: Shape,
     /// `link[].url` per link (`None`: the item is no object, or its `url` no string).
     pub links: Vec<Option<Cow<'a, str>>>,
-    doc_refs: Vec<(Path<'a>, Cow<'a, str>)>,
-    entry_refs: Vec<(Path<'a>, Cow<'a, str>)>,
+    doc_refs: Vec<(Path, Cow<'a, str>)>,
+    entry_refs: Vec<(Path, Cow<'a, str>)>,
     types: Vec<TypeSeen<'a>>,
+    /// The body read (the paths' names are spans of it).
+    body: &'a [u8],
 }
 
 /// Whose references: the document's, or an entry resource's.
@@ -242,24 +274,64 @@ pub fn read(b: &[u8]) -> Result<Answer<'_>, NotRead> {
 
 /// Read `b` from its index when a policy lexed it already (`json::LexedBody`; it must be the
 /// index of exactly `b`), else lex it now.
+///
+/// Lexing now builds an index too (for a body up to [`INDEX_AHEAD_MAX`]): its one-loop pass
+/// is cheaper than the tokenizer's state machine, and it replays the tokenizer's tokens and
+/// errors exactly (`json::tests`), so the answer read is the same.
 pub fn read_indexed<'a>(
     b: &'a [u8],
     index: Option<&'a json::Index>,
 ) -> Result<Answer<'a>, NotRead> {
-    read_tokens(b, json::Source::new(b, index, MAX_DEPTH))
+    match index {
+        Some(ix) if ix.body_len() == b.len() => read_index(b, ix),
+        None if b.len() <= INDEX_AHEAD_MAX => match json::Index::build(b) {
+            Some(ix) => read_index(b, &ix),
+            None => read_tokens(b, json::Source::new(b, None, MAX_DEPTH)),
+        },
+        _ => read_tokens(b, json::Source::new(b, None, MAX_DEPTH)),
+    }
 }
 
+/// [`read_tokens`] over the index's tokens directly. The cursor it replaces would yield the
+/// same tokens and then fail (on the index's error, or on `TooDeep` for nesting beyond this
+/// reader's limit); any failure is `NotRead`, whatever comes before it, so those two cases
+/// are answered first and the tokens then read without per-token checks.
+fn read_index<'a>(b: &'a [u8], ix: &json::Index) -> Result<Answer<'a>, NotRead> {
+    if ix.error().is_some() || ix.nesting() > MAX_DEPTH {
+        return Err(NotRead);
+    }
+    walk(b, ix.tokens().map(Ok))
+}
+
+/// The largest body [`read_indexed`] indexes for itself: an index holds 16 bytes per token
+/// (up to eight times the body), worth it for answers of ordinary size; a larger one is read
+/// from the tokenizer, in constant memory.
+pub const INDEX_AHEAD_MAX: usize = 1 << 20;
+
 /// Read from a token source over `b` (lexed now, or replayed from the body's index).
-pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'a>) -> Result<Answer<'a>, NotRead> {
-    let mut a = Answer::default();
-    let mut stack: Vec<Frame<'a>> = Vec::new();
-    while let Some(tok) = t.next()? {
+pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'_>) -> Result<Answer<'a>, NotRead> {
+    walk(b, std::iter::from_fn(move || t.next().transpose()))
+}
+
+/// The one reader, over tokens from either source.
+fn walk<'a>(
+    b: &'a [u8],
+    tokens: impl Iterator<Item = Result<Token, json::Error>>,
+) -> Result<Answer<'a>, NotRead> {
+    let mut a = Answer {
+        body: b,
+        ..Answer::default()
+    };
+    let mut stack: Vec<Frame<'a>> = Vec::with_capacity(16);
+    for tok in tokens {
+        let tok = tok?;
         let obj = tok.kind == Kind::ObjStart;
         let container = obj || tok.kind == Kind::ArrStart;
         match tok.kind {
             Kind::Key => {
                 if let Some(f) = stack.last_mut() {
-                    f.key = Some(text(b, &tok)?);
+                    let name = Name::of(&tok);
+                    f.key = Some((name, name.bytes(b)?));
                 }
                 continue;
             }
@@ -289,7 +361,15 @@ pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'a>) -> Result<Answer<'a
             }
             continue;
         };
-        let key = p.key.as_ref().map(|k| k.as_ref());
+        let key: Option<&[u8]> = p.key.as_ref().map(|k| k.1.as_ref());
+        // Most values: a scalar that no check reads (not a type, not a reference, in no
+        // container the checks know by role).
+        if !container
+            && p.role == Role::Other
+            && !matches!(key, Some(b"resourceType" | b"reference"))
+        {
+            continue;
+        }
         let string = || -> Result<Field<'a>, NotRead> {
             Ok(if tok.kind == Kind::Str {
                 Field::Str(text(b, &tok)?)
@@ -298,7 +378,7 @@ pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'a>) -> Result<Answer<'a
             })
         };
         // The scopes read every object's type.
-        if key == Some("resourceType") {
+        if key == Some(b"resourceType") {
             a.types.push(TypeSeen {
                 ty: match string()? {
                     Field::Str(s) => Some(s),
@@ -316,11 +396,11 @@ pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'a>) -> Result<Answer<'a
         }
         // References on element paths.
         if tok.kind == Kind::Str {
-            if let Some(path) = p.doc.reference(p.key.as_ref()) {
-                a.doc_refs.push((path.clone(), text(b, &tok)?));
+            if let Some(path) = p.doc.reference(key) {
+                a.doc_refs.push((*path, text(b, &tok)?));
             }
-            if let (Some(path), Some(i)) = (p.res.reference(p.key.as_ref()), p.in_resource) {
-                a.entry_refs.push((path.clone(), text(b, &tok)?));
+            if let (Some(path), Some(i)) = (p.res.reference(key), p.in_resource) {
+                a.entry_refs.push((*path, text(b, &tok)?));
                 if let Some(e) = a.entries.get_mut(i) {
                     e.refs.1 = a.entry_refs.len();
                 }
@@ -329,9 +409,9 @@ pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'a>) -> Result<Answer<'a
         // The members the checks read by name, and the containers' roles.
         let mut role = Role::Other;
         match (p.role, key) {
-            (Role::Doc, Some("resourceType")) => a.root.resource_type = string()?,
-            (Role::Doc, Some("id")) => a.root.id = string()?,
-            (Role::Doc, Some("entry")) => {
+            (Role::Doc, Some(b"resourceType")) => a.root.resource_type = string()?,
+            (Role::Doc, Some(b"id")) => a.root.id = string()?,
+            (Role::Doc, Some(b"entry")) => {
                 a.entry = if tok.kind == Kind::ArrStart {
                     role = Role::Entries;
                     Shape::Array
@@ -339,7 +419,7 @@ pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'a>) -> Result<Answer<'a
                     Shape::Other
                 }
             }
-            (Role::Doc, Some("link")) => {
+            (Role::Doc, Some(b"link")) => {
                 a.link = if tok.kind == Kind::ArrStart {
                     role = Role::Links;
                     Shape::Array
@@ -365,31 +445,31 @@ pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'a>) -> Result<Answer<'a
             (Role::Entry(i), Some(k)) => {
                 if let Some(e) = a.entries.get_mut(i) {
                     match k {
-                        "resource" if obj => {
+                        b"resource" if obj => {
                             e.resource = EntryResource::Object(Resource::default());
                             // Its references and types come next, in one run each.
                             e.refs = (a.entry_refs.len(), a.entry_refs.len());
                             e.types = (a.types.len(), a.types.len());
                             role = Role::Resource(i);
                         }
-                        "resource" => e.resource = EntryResource::NotObject,
-                        "request" => e.request = true,
-                        "search" if obj => role = Role::Search(i),
+                        b"resource" => e.resource = EntryResource::NotObject,
+                        b"request" => e.request = true,
+                        b"search" if obj => role = Role::Search(i),
                         _ => {}
                     }
                 }
             }
-            (Role::Search(i), Some("mode")) => {
+            (Role::Search(i), Some(b"mode")) => {
                 if let (Some(e), Field::Str(m)) = (a.entries.get_mut(i), string()?) {
                     e.mode = Some(m);
                 }
             }
-            (Role::Resource(i), Some(k @ ("resourceType" | "id"))) => {
+            (Role::Resource(i), Some(k @ (b"resourceType" | b"id"))) => {
                 if let Some(EntryResource::Object(r)) =
                     a.entries.get_mut(i).map(|e| &mut e.resource)
                 {
                     let f = string()?;
-                    if k == "id" {
+                    if k == b"id" {
                         r.id = f;
                     } else {
                         r.resource_type = f;
@@ -402,7 +482,7 @@ pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'a>) -> Result<Answer<'a
                 }
                 a.links.push(None);
             }
-            (Role::Link(j), Some("url")) => {
+            (Role::Link(j), Some(b"url")) => {
                 if let (Some(l), Field::Str(u)) = (a.links.get_mut(j), string()?) {
                     *l = Some(u);
                 }
@@ -410,7 +490,7 @@ pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'a>) -> Result<Answer<'a
             _ => {}
         }
         if container {
-            let k = p.key.as_ref();
+            let k = p.key.as_ref().map(|k| k.0);
             let frame = Frame {
                 role,
                 doc: p.doc.child(k, obj),
@@ -419,7 +499,7 @@ pub fn read_tokens<'a>(b: &'a [u8], mut t: json::Source<'a>) -> Result<Answer<'a
                 } else {
                     p.res.child(k, obj)
                 },
-                under_entry: p.under_entry || (p.role == Role::Doc && key == Some("entry")),
+                under_entry: p.under_entry || (p.role == Role::Doc && key == Some(b"entry")),
                 in_resource: match role {
                     Role::Resource(i) => Some(i),
                     _ => p.in_resource,
@@ -444,7 +524,7 @@ impl<'a> Answer<'a> {
         }
     }
 
-    fn refs(&self, o: Owner) -> &[(Path<'a>, Cow<'a, str>)] {
+    fn refs(&self, o: Owner) -> &[(Path, Cow<'a, str>)] {
         match o {
             Owner::Doc => &self.doc_refs,
             Owner::Entry(i) => self
@@ -459,7 +539,7 @@ impl<'a> Answer<'a> {
     fn refs_at<'s>(&'s self, o: Owner, paths: &'s [&'s str]) -> impl Iterator<Item = &'s str> + 's {
         self.refs(o)
             .iter()
-            .filter(|(p, _)| paths.iter().any(|d| p.is(d)))
+            .filter(|(p, _)| paths.iter().any(|d| p.is(self.body, d)))
             .map(|(_, r)| r.as_ref())
     }
 
@@ -619,5 +699,77 @@ mod tests {
         assert!(read(flat).unwrap().in_compartment(Owner::Doc, "a"));
         assert!(read(br#"{"a":1e400}"#).is_err());
         assert!(read(br#"{"a":1,"a":2}"#).is_err());
+    }
+
+    /// The answer read from the tokenizer and from an index (what `read` builds now, and
+    /// what a shared `LexedBody` holds) is the same, field for field, on generated bodies:
+    /// escaped names on every path the reader follows, references at every depth, numbers
+    /// serde_json refuses, duplicates, and every truncation of each.
+    #[test]
+    fn tokenizer_and_index_read_the_same_answer() {
+        let names = [
+            "reference",
+            "refer\\u0065nce",
+            "resourceType",
+            "resourc\\u0065Type",
+            "id",
+            "\\u0069d",
+            "entry",
+            "resource",
+            "search",
+            "mode",
+            "link",
+            "url",
+            "subject",
+            "participant",
+            "individual",
+        ];
+        let mut docs: Vec<String> = Vec::new();
+        for n in names {
+            docs.push(format!(
+                r#"{{"resourceType":"Observation","{n}":"Patient/a","subject":{{"{n}":"Patient/a"}},"performer":[{{"{n}":"Patient/b"}}],"participant":[{{"individual":{{"{n}":"Patient/c"}}}}]}}"#
+            ));
+            docs.push(format!(
+                r#"{{"resourceType":"Bundle","{n}":[{{"resource":{{"resourceType":"Encounter","{n}":"x","subject":{{"{n}":"Patient/a"}}}},"search":{{"{n}":"match"}}}},{{"request":1}},7],"link":[{{"{n}":"u"}},{{}}]}}"#
+            ));
+        }
+        docs.push(r#"{"resourceType":"Observation","a":1e400}"#.into());
+        docs.push(r#"{"resourceType":"Observation","a":123456789012345678901}"#.into());
+        docs.push(r#"{"resourceType":"Observation","id":"x","\u0069d":"y"}"#.into());
+        docs.push(format!("{}1{}", "[".repeat(127), "]".repeat(127)));
+        docs.push(format!("{}1{}", "[".repeat(128), "]".repeat(128)));
+        let mut read_both = 0;
+        for d in &docs {
+            let d = d.as_bytes();
+            for cut in 0..=d.len() {
+                let b = &d[..cut];
+                let lexed = read_tokens(b, json::Source::new(b, None, MAX_DEPTH));
+                let ix = json::Index::build(b).unwrap();
+                let indexed = read_indexed(b, Some(&ix));
+                let fresh = read(b);
+                let show = |r: &Result<Answer<'_>, NotRead>| format!("{r:?}");
+                assert_eq!(
+                    show(&lexed),
+                    show(&indexed),
+                    "{:?}",
+                    String::from_utf8_lossy(b)
+                );
+                assert_eq!(
+                    show(&lexed),
+                    show(&fresh),
+                    "{:?}",
+                    String::from_utf8_lossy(b)
+                );
+                read_both += usize::from(lexed.is_ok());
+            }
+        }
+        assert!(read_both >= 20, "{read_both}");
+        // An escaped name is the name: the reference is found through either spelling.
+        for d in docs.iter().step_by(2).take(2) {
+            assert!(
+                read(d.as_bytes()).unwrap().in_compartment(Owner::Doc, "a"),
+                "{d}"
+            );
+        }
     }
 }

@@ -41,6 +41,8 @@ pub struct Index {
     toks: Vec<Tok>,
     len: usize,
     err: Option<Error>,
+    /// The deepest nesting among the tokens (open containers after an opening bracket).
+    nesting: usize,
 }
 
 impl Index {
@@ -55,6 +57,7 @@ impl Index {
             toks: Vec::with_capacity((b.len() / 8).min(1 << 20)),
             len: b.len(),
             err: None,
+            nesting: 0,
         };
         if let Err(e) = ix.lex(b) {
             ix.err = Some(e);
@@ -72,11 +75,11 @@ impl Index {
         }
         let fail = |kind, at| Err(Error::new(kind, at));
         // Open containers: (is object, token index, first of its keys in `keys`).
-        let mut stack: Vec<(bool, u32, usize)> = Vec::new();
-        // Member names of the open objects: (content start, end, has escape).
-        let mut keys: Vec<(u32, u32, bool)> = Vec::new();
+        let mut stack: Vec<(bool, u32, usize)> = Vec::with_capacity(32);
+        // Member names of the open objects (see `Name`).
+        let mut keys: Vec<Name> = Vec::with_capacity(64);
         let mut names: Vec<&[u8]> = Vec::new();
-        let toks = &mut self.toks;
+        let Index { toks, nesting, .. } = self;
         // Offsets fit in u32: `build` checked the length.
         let tok = |kind, start: usize, end: usize| Tok {
             start: start as u32,
@@ -100,6 +103,7 @@ impl Index {
                         return fail(ErrorKind::TooDeep, at);
                     }
                     stack.push((obj, toks.len() as u32, keys.len()));
+                    *nesting = (*nesting).max(stack.len());
                     toks.push(tok(
                         if obj { Kind::ObjStart } else { Kind::ArrStart },
                         at,
@@ -223,6 +227,25 @@ impl Index {
         self.toks.is_empty()
     }
 
+    /// The deepest nesting of containers among the tokens (`[[1]]`: 2). A consumer with a
+    /// depth limit below [`MAX_DEPTH`] that reads [`Index::tokens`] checks it against this:
+    /// [`Index::cursor`] would have failed with `TooDeep` exactly when it is above the limit.
+    pub fn nesting(&self) -> usize {
+        self.nesting
+    }
+
+    /// Every token, in order, without the cursor's bookkeeping: for a consumer that has
+    /// checked [`Index::error`] (none) and [`Index::nesting`] (within its limit) first, and
+    /// then reads exactly what the cursor would yield.
+    pub fn tokens(&self) -> impl ExactSizeIterator<Item = Token> + '_ {
+        self.toks.iter().map(|t| Token {
+            kind: t.kind,
+            start: t.start as usize,
+            end: t.end as usize,
+            esc: t.esc,
+        })
+    }
+
     /// The tokens as [`Tokenizer::new`]`(b, max_depth)` yields them.
     pub fn cursor(&self, max_depth: usize) -> Cursor<'_> {
         Cursor {
@@ -246,15 +269,21 @@ impl Index {
     }
 }
 
+/// A member name of an open object: its content span, whether it holds an escape, and a
+/// fingerprint of its raw bytes (equal raw names have equal fingerprints), so the duplicate
+/// check compares two words instead of two byte strings for nearly every pair.
+#[derive(Clone, Copy)]
+struct Name {
+    start: u32,
+    end: u32,
+    esc: bool,
+    fp: u64,
+}
+
 /// A member name at `at` (its quote) and the `:` after it: the key token is pushed, its span
 /// kept for the duplicate check; the offset of the value (whitespace skipped).
 #[inline]
-fn key(
-    b: &[u8],
-    at: usize,
-    toks: &mut Vec<Tok>,
-    keys: &mut Vec<(u32, u32, bool)>,
-) -> Result<usize, Error> {
+fn key(b: &[u8], at: usize, toks: &mut Vec<Tok>, keys: &mut Vec<Name>) -> Result<usize, Error> {
     let s = super::lex::string(b, at)?;
     let colon = skip_ws(b, s.end + 1);
     if b.get(colon) != Some(&b':') {
@@ -262,7 +291,12 @@ fn key(
     }
     // Offsets fit in u32: `Index::build` checked the length.
     let (start, end) = (s.start as u32, s.end as u32);
-    keys.push((start, end, s.esc));
+    keys.push(Name {
+        start,
+        end,
+        esc: s.esc,
+        fp: fingerprint(b, s.start, s.end),
+    });
     toks.push(Tok {
         start,
         end,
@@ -274,27 +308,70 @@ fn key(
     Ok(skip_ws(b, colon + 1))
 }
 
+/// A function of the bytes of `b[start..end]` only (its length, first and last eight
+/// bytes), read as whole words of the body where it has them (no copy).
+#[inline]
+fn fingerprint(b: &[u8], start: usize, end: usize) -> u64 {
+    let n = end.saturating_sub(start);
+    let head = match super::lex::word(b, start) {
+        // Bytes past the name (its quote, the colon...) are masked off.
+        Some(w) if n < 8 => w & ((1u64 << (8 * n)) - 1),
+        Some(w) => w,
+        // Fewer than eight bytes left in the body.
+        None => b
+            .get(start..end)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .fold(0u64, |acc, &c| (acc << 8) | u64::from(c)),
+    };
+    let tail = if n > 8 {
+        super::lex::word(b, end - 8).unwrap_or(0)
+    } else {
+        0
+    };
+    (head ^ tail.rotate_left(29)).wrapping_add((n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// Objects up to this many members are checked pair by pair (on fingerprints); larger ones
+/// by sorting their fingerprints.
+const PAIRWISE: usize = 16;
+
 /// Do the member names of one object (spans into `b`) hold a name twice, compared after
-/// unescaping? Raw bytes are compared unless a name has an escape (rare in FHIR).
-fn duplicate<'a>(
-    b: &'a [u8],
-    keys: &[(u32, u32, bool)],
-    names: &mut Vec<&'a [u8]>,
-) -> Result<bool, Error> {
+/// unescaping? Raw bytes are compared unless a name has an escape (rare in FHIR), and only
+/// for the pairs whose fingerprints are equal.
+fn duplicate<'a>(b: &'a [u8], keys: &[Name], names: &mut Vec<&'a [u8]>) -> Result<bool, Error> {
     if keys.len() < 2 {
         return Ok(false);
     }
-    let raw = |&(s, e, _): &(u32, u32, bool)| b.get(s as usize..e as usize).unwrap_or_default();
-    if keys.iter().any(|k| k.2) {
+    let raw = |k: &Name| b.get(k.start as usize..k.end as usize).unwrap_or_default();
+    if keys.iter().any(|k| k.esc) {
         let mut decoded = keys
             .iter()
-            .map(|k| super::lex::decode(raw(k), k.2))
+            .map(|k| super::lex::decode(raw(k), k.esc))
             .collect::<Result<Vec<_>, _>>()?;
         return Ok(super::has_duplicate(&mut decoded));
     }
+    if keys.len() <= PAIRWISE {
+        for (i, k) in keys.iter().enumerate() {
+            for l in keys.get(..i).unwrap_or_default() {
+                if l.fp == k.fp && raw(l) == raw(k) {
+                    return Ok(true);
+                }
+            }
+        }
+        return Ok(false);
+    }
+    // Sorted by fingerprint, then (for equal fingerprints: the same name, or a collision an
+    // adversary can make on purpose) by bytes, as before: O(n log n) whatever the names.
     names.clear();
     names.extend(keys.iter().map(raw));
-    Ok(super::has_duplicate(names))
+    let mut order: Vec<(u64, &[u8])> = keys.iter().map(|k| k.fp).zip(names.drain(..)).collect();
+    order.sort_unstable();
+    if order.windows(2).any(|w| w[0] == w[1]) {
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Replays an [`Index`] with the pull API of [`Tokenizer::next`]: the same tokens, then the

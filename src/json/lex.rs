@@ -13,6 +13,11 @@ pub fn is_ws(c: u8) -> bool {
 }
 
 /// The first offset at or after `i` that is not whitespace.
+///
+/// Byte by byte, and small enough to be inlined everywhere: a run is mostly one space or
+/// none (compact JSON, `": "`, `", "`). Reading runs a word at a time was measured
+/// (callgrind, `benches/insns.sh`): it cost more on the FHIR examples than it saved, because
+/// the larger function stopped the validator's callers from being inlined.
 #[inline]
 pub fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while b.get(i).copied().is_some_and(is_ws) {
@@ -83,9 +88,13 @@ pub fn escape_at(raw: &[u8], i: usize) -> Result<(char, usize), ErrorKind> {
 /// Scan the string whose opening quote is at `b[at]`. Checks escapes, raw control bytes and
 /// UTF-8; the token ends at `end + 1`.
 ///
-/// Speed: runs of plain content are found with `memchr2` (the quote or the backslash), and
-/// each run is checked for control bytes and non-ASCII bytes in one branch-free fold the
-/// compiler vectorises; UTF-8 is validated only for strings that hold a non-ASCII byte.
+/// Speed: content is read eight bytes at a time as a `u64` (SWAR: one word answers "is there
+/// a quote, a backslash or a control byte in these eight, and which comes first"), so a short
+/// FHIR string (a code, an id, a date) costs a few words instead of a table lookup per byte;
+/// a run longer than [`LONG_RUN`] (narratives, notes) goes to memchr's SIMD search, then one
+/// vectorisable pass checks it for control and non-ASCII bytes. Non-ASCII bytes only set a
+/// flag: UTF-8 is validated once, over the whole content, for strings that hold one. The
+/// last few bytes of a body (fewer than a word) are read one at a time.
 #[inline]
 pub fn string(b: &[u8], at: usize) -> Result<Str, Error> {
     if b.get(at) != Some(&b'"') {
@@ -94,82 +103,99 @@ pub fn string(b: &[u8], at: usize) -> Result<Str, Error> {
     let start = at + 1;
     let mut i = start;
     let mut esc = false;
-    let mut high = false;
+    // OR of every word read: its high bits say a non-ASCII byte may be in the content (bytes
+    // read past the closing quote can only make this say "validate", never "skip").
+    let mut high = 0u64;
     loop {
-        // Most FHIR strings are short (codes, ids, dates): one table lookup per byte finds
-        // their end; a run longer than SHORT_RUN (narratives, notes) goes to memchr's SIMD
-        // search, then one vectorisable pass checks it for control and non-ASCII bytes.
-        let mut n = 0;
-        let stop = loop {
-            let Some(&c) = b.get(i) else {
-                return Err(Error::new(ErrorKind::UnterminatedString, b.len()));
-            };
-            match STRING_CLASS[c as usize] {
-                PLAIN => {}
-                NON_ASCII => high = true,
-                CONTROL => return Err(Error::new(ErrorKind::ControlChar, i)),
-                _ => break c,
-            }
-            i += 1;
-            n += 1;
-            if n == SHORT_RUN {
-                let rest = b.get(i..).unwrap_or_default();
-                let found = memchr::memchr2(b'"', b'\\', rest);
-                let run = &rest[..found.unwrap_or(rest.len())];
-                let (low, h) = run
-                    .iter()
-                    .fold((0xFFu8, 0u8), |(lo, hi), &c| (lo.min(c), hi | c));
-                if low < 0x20 {
-                    let p = run.iter().position(|&c| c < 0x20).unwrap_or(0);
-                    return Err(Error::new(ErrorKind::ControlChar, i + p));
+        let stop = 'run: {
+            let mut words = 0;
+            while let Some(w) = word(b, i) {
+                high |= w;
+                let m = stops(w);
+                if m != 0 {
+                    let k = m.trailing_zeros() / 8;
+                    i += k as usize;
+                    break 'run (w >> (8 * k)) as u8;
                 }
-                high |= h & 0x80 != 0;
-                let Some(off) = found else {
+                i += 8;
+                words += 1;
+                if words == LONG_RUN / 8 {
+                    let rest = b.get(i..).unwrap_or_default();
+                    let found = memchr::memchr2(b'"', b'\\', rest);
+                    let run = &rest[..found.unwrap_or(rest.len())];
+                    let (low, h) = run
+                        .iter()
+                        .fold((0xFFu8, 0u8), |(lo, hi), &c| (lo.min(c), hi | c));
+                    if low < 0x20 {
+                        let p = run.iter().position(|&c| c < 0x20).unwrap_or(0);
+                        return Err(Error::new(ErrorKind::ControlChar, i + p));
+                    }
+                    high |= u64::from(h);
+                    let Some(off) = found else {
+                        return Err(Error::new(ErrorKind::UnterminatedString, b.len()));
+                    };
+                    i += off;
+                    break 'run rest[off];
+                }
+            }
+            // Fewer than eight bytes left in the body.
+            loop {
+                let Some(&c) = b.get(i) else {
                     return Err(Error::new(ErrorKind::UnterminatedString, b.len()));
                 };
-                i += off;
-                break rest[off];
+                match c {
+                    b'"' | b'\\' => break 'run c,
+                    0..=0x1F => break 'run c,
+                    _ => high |= u64::from(c),
+                }
+                i += 1;
             }
         };
-        if stop == b'"' {
-            break;
+        match stop {
+            b'"' => break,
+            b'\\' => {
+                esc = true;
+                let (_, len) = escape_at(b, i).map_err(|k| Error::new(k, i))?;
+                i += len;
+            }
+            _ => return Err(Error::new(ErrorKind::ControlChar, i)),
         }
-        esc = true;
-        let (_, len) = escape_at(b, i).map_err(|k| Error::new(k, i))?;
-        i += len;
     }
-    if high && std::str::from_utf8(b.get(start..i).unwrap_or_default()).is_err() {
+    if high & HIGH_BITS != 0 && std::str::from_utf8(b.get(start..i).unwrap_or_default()).is_err() {
         return Err(Error::new(ErrorKind::BadUtf8, start));
     }
     Ok(Str { start, end: i, esc })
 }
 
-/// Bytes scanned one at a time before a string's run is handed to memchr.
-const SHORT_RUN: usize = 32;
+/// Bytes read word by word before a string's run is handed to memchr.
+const LONG_RUN: usize = 32;
 
-const PLAIN: u8 = 0;
-const END: u8 = 1;
-const CONTROL: u8 = 2;
-const NON_ASCII: u8 = 3;
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
-/// What each byte is inside a string: `"` and `\` end a run of plain content.
-static STRING_CLASS: [u8; 256] = {
-    let mut t = [PLAIN; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = if i == b'"' as usize || i == b'\\' as usize {
-            END
-        } else if i < 0x20 {
-            CONTROL
-        } else if i >= 0x80 {
-            NON_ASCII
-        } else {
-            PLAIN
-        };
-        i += 1;
-    }
-    t
-};
+/// The eight bytes at `b[i..]` as a little-endian word (byte `i` lowest), if there are eight.
+#[inline]
+pub(super) fn word(b: &[u8], i: usize) -> Option<u64> {
+    // `i + 8` cannot wrap for an offset into a slice; if it did, the range would be empty.
+    let w: [u8; 8] = b.get(i..i.wrapping_add(8))?.try_into().ok()?;
+    Some(u64::from_le_bytes(w))
+}
+
+/// A mask whose lowest set bit is the high bit of the first byte of `w` (lowest first) that
+/// ends a run of string content: `"`, `\` or a byte below 0x20. Zero when there is none.
+///
+/// `(x - 0x01..) & !x & 0x80..` flags the zero bytes of `x` and, through the borrow, possibly
+/// bytes above a flagged one, never a byte below the first: only the lowest bit is exact,
+/// and only the lowest bit is used. `!w` keeps bytes of 0x80 and above (UTF-8) unflagged.
+#[inline]
+fn stops(w: u64) -> u64 {
+    // `"` and `\` are ASCII: a byte's high bit is the same in `w` and in `w ^ pattern`,
+    // so one `& !w` serves the three tests.
+    let quote = (w ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
+    let backslash = (w ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
+    let control = w.wrapping_sub(ONES * 0x20);
+    (quote | backslash | control) & !w & HIGH_BITS
+}
 
 /// Decode string content `raw` (between the quotes) into `out` (cleared first).
 pub fn decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {

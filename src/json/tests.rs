@@ -520,6 +520,18 @@ fn index_agrees(doc: &[u8]) -> bool {
     let full = tokenizer_run(doc, MAX_DEPTH);
     assert_eq!(ix.error(), full.1.err());
     assert_eq!(ix.len(), full.0.len());
+    // The direct read: the same tokens; for a valid body, a consumer's depth limit fails
+    // exactly when the recorded nesting is above it.
+    assert_eq!(ix.tokens().collect::<Vec<_>>(), full.0);
+    if ix.error().is_none() {
+        for depth in [1, 2, 7, 64, 127, 128, MAX_DEPTH] {
+            assert_eq!(
+                index_run(&ix, depth).1.is_err(),
+                ix.nesting() > depth,
+                "depth {depth}"
+            );
+        }
+    }
     let Some(mut seek) = ix.seek(doc) else {
         assert!(ix.error().is_some());
         return false;
@@ -703,4 +715,316 @@ fn a_tokenizer_source_and_an_index_source_are_interchangeable() {
     // An index of other bytes (another length) is not used for these.
     let other = Index::build(b"[1]").unwrap();
     assert!(matches!(Source::new(doc, Some(&other), 8), Source::Lex(_)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The word-at-a-time scans (strings eight bytes per step, whitespace runs, name fingerprints)
+// against byte-at-a-time references, around every boundary they introduce.
+// ---------------------------------------------------------------------------------------------
+
+/// The string grammar one byte at a time, errors where the grammar puts them: the reference
+/// the word-at-a-time [`string`] must match, result for result.
+fn string_ref(b: &[u8], at: usize) -> Result<Str, Error> {
+    if b.get(at) != Some(&b'"') {
+        return Err(Error::new(ErrorKind::UnexpectedChar, at));
+    }
+    let start = at + 1;
+    let mut i = start;
+    let mut esc = false;
+    loop {
+        match b.get(i) {
+            None => return Err(Error::new(ErrorKind::UnterminatedString, b.len())),
+            Some(b'"') => break,
+            Some(b'\\') => {
+                esc = true;
+                let (_, len) = escape_at(b, i).map_err(|k| Error::new(k, i))?;
+                i += len;
+            }
+            Some(&c) if c < 0x20 => return Err(Error::new(ErrorKind::ControlChar, i)),
+            Some(_) => i += 1,
+        }
+    }
+    if std::str::from_utf8(&b[start..i]).is_err() {
+        return Err(Error::new(ErrorKind::BadUtf8, start));
+    }
+    Ok(Str { start, end: i, esc })
+}
+
+/// What can stop or complicate a run of string content: the closing quote, each escape
+/// (valid, invalid, cut short), control bytes, DEL and space (not stops), UTF-8 of each
+/// length, and invalid UTF-8 (stray continuation, cut sequences, overlong, surrogate, above
+/// U+10FFFF, 0xFF, a lead byte followed by the quote).
+const PIECES: &[&[u8]] = &[
+    b"\"",
+    b"\\\"",
+    b"\\\\",
+    b"\\/",
+    b"\\n",
+    b"\\u00e9",
+    b"\\uD83D\\uDE00",
+    b"\\x",
+    b"\\u12",
+    b"\\uD800",
+    b"\\",
+    b"\x00",
+    b"\x1f",
+    b"\n",
+    b"\x7f",
+    b" ",
+    "é".as_bytes(),
+    "€".as_bytes(),
+    "😀".as_bytes(),
+    b"\x80",
+    b"\xc3",
+    b"\xe2\x82",
+    b"\xf0\x9f\x98",
+    b"\xc0\x80",
+    b"\xed\xa0\x80",
+    b"\xf4\x90\x80\x80",
+    b"\xff",
+    b"\xc3\"",
+];
+
+/// How the body goes on after the content: closed (and more JSON, or non-ASCII or invalid
+/// bytes right after the quote, which a word read past the quote sees), or cut off.
+const ENDS: &[&[u8]] = &[
+    b"\"",
+    b"\":1}",
+    b"",
+    b"\"\xc3\xa9\"",
+    b"\"\xff",
+    b"\"        ",
+];
+
+/// Suffix lengths: every one up to two words, and around the 16, 32 and 64-byte marks.
+fn run_lengths() -> Vec<usize> {
+    let mut v: Vec<usize> = (0..=17).collect();
+    v.extend([23, 24, 25, 31, 32, 33, 40, 47, 48, 63, 64, 65]);
+    v
+}
+
+#[test]
+fn string_scan_matches_the_bytewise_reference_at_every_offset() {
+    let mut cases = 0usize;
+    let mut errors = 0usize;
+    for lead in [&b""[..], "é".as_bytes(), b"\\t"] {
+        for p in 0..=72 {
+            for piece in PIECES {
+                for q in run_lengths() {
+                    for end in ENDS {
+                        // `[` first, so the string starts at offset 1 (not 0).
+                        let mut doc = b"[\"".to_vec();
+                        doc.extend_from_slice(lead);
+                        doc.extend(std::iter::repeat_n(b'a', p));
+                        doc.extend_from_slice(piece);
+                        doc.extend(std::iter::repeat_n(b'b', q));
+                        doc.extend_from_slice(end);
+                        let want = string_ref(&doc, 1);
+                        assert_eq!(string(&doc, 1), want, "{:?}", String::from_utf8_lossy(&doc));
+                        cases += 1;
+                        errors += usize::from(want.is_err());
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        cases > 100_000 && errors > cases / 4,
+        "{cases} cases, {errors} errors"
+    );
+}
+
+#[test]
+fn index_and_tokenizer_agree_on_strings_at_every_offset() {
+    // The same pieces as a member name and as a value, so the index's name bookkeeping
+    // (fingerprints read as words of the body) meets every boundary too; each document is
+    // compared token for token and error for error.
+    for p in [0usize, 1, 5, 6, 7, 8, 9, 14, 15, 16, 17, 30, 31, 32, 33, 40] {
+        for piece in PIECES {
+            for q in [0usize, 1, 2, 7, 8, 9, 16, 33] {
+                let mut s = "a".repeat(p).into_bytes();
+                s.extend_from_slice(piece);
+                s.extend(std::iter::repeat_n(b'b', q));
+                let mut docs: Vec<Vec<u8>> = Vec::new();
+                for pre in [&b""[..], b"\"x\":0,"] {
+                    let mut d = b"{".to_vec();
+                    d.extend_from_slice(pre);
+                    d.push(b'"');
+                    d.extend_from_slice(&s);
+                    d.extend_from_slice(b"\":\"");
+                    d.extend_from_slice(&s);
+                    d.extend_from_slice(b"\"}");
+                    docs.push(d.clone());
+                    // The same name twice: a duplicate, when the name is one.
+                    let mut dd = b"{\"".to_vec();
+                    dd.extend_from_slice(&s);
+                    dd.extend_from_slice(b"\":0,");
+                    dd.extend_from_slice(pre);
+                    dd.push(b'"');
+                    dd.extend_from_slice(&s);
+                    dd.extend_from_slice(b"\":1}");
+                    docs.push(dd);
+                    // Cut at every byte of the tail (a name close to the body's end).
+                    for cut in d.len().saturating_sub(12)..d.len() {
+                        docs.push(d[..cut].to_vec());
+                    }
+                }
+                for d in docs {
+                    let ix = Index::build(&d).expect("small body");
+                    assert_eq!(
+                        index_run(&ix, MAX_DEPTH),
+                        tokenizer_run(&d, MAX_DEPTH),
+                        "{:?}",
+                        String::from_utf8_lossy(&d)
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `skip_ws` one byte at a time.
+fn skip_ws_ref(b: &[u8], mut i: usize) -> usize {
+    while b
+        .get(i)
+        .is_some_and(|&c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        i += 1;
+    }
+    i
+}
+
+#[test]
+fn whitespace_runs_of_every_length_and_mix() {
+    const WS: [u8; 4] = [b' ', b'\t', b'\n', b'\r'];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut runs: Vec<Vec<u8>> = Vec::new();
+    for n in 0..=40usize {
+        runs.push(vec![b' '; n]);
+        let mut nl = vec![b'\n'];
+        nl.extend(std::iter::repeat_n(b' ', n));
+        runs.push(nl);
+        // One other whitespace byte at each position of a run of spaces.
+        for k in 0..n {
+            for w in [b'\t', b'\n', b'\r'] {
+                let mut r = vec![b' '; n];
+                r[k] = w;
+                runs.push(r);
+            }
+        }
+        for _ in 0..8 {
+            runs.push((0..n).map(|_| WS[(next() % 4) as usize]).collect());
+        }
+    }
+    // What follows: a value, the end, and bytes that look like whitespace but are not.
+    let ends: [&[u8]; 8] = [
+        b"1",
+        b"",
+        b"\x0b",
+        b"\x0c",
+        b"\xc2\xa0",
+        b"\x00",
+        b"\x85",
+        b"\"s\"",
+    ];
+    for r in &runs {
+        for end in ends {
+            let mut d = r.clone();
+            d.extend_from_slice(end);
+            for at in 0..=d.len() + 1 {
+                assert_eq!(skip_ws(&d, at), skip_ws_ref(&d, at), "{d:?} at {at}");
+            }
+            // Between every token of a document: the index, the tokenizer and serde_json.
+            let mut doc = r.clone();
+            for part in [
+                &b"{"[..],
+                b"\"k\"",
+                b":",
+                b"[",
+                b"1",
+                b",",
+                b"2",
+                b"]",
+                b"}",
+            ] {
+                doc.extend_from_slice(part);
+                doc.extend_from_slice(r);
+            }
+            doc.extend_from_slice(end);
+            let ix = Index::build(&doc).expect("small body");
+            let want = tokenizer_run(&doc, MAX_DEPTH);
+            assert_eq!(index_run(&ix, MAX_DEPTH), want, "{doc:?}");
+            assert_eq!(want.1.is_ok(), serde_ok(&doc), "{doc:?}");
+        }
+    }
+}
+
+#[test]
+fn objects_with_many_members_and_duplicates_anywhere() {
+    // Names that share their first and last eight bytes and their length differ only in the
+    // middle, so their fingerprints are equal: distinct names must not be called duplicates.
+    let collide = |i: usize| format!("abcdefgh{:04}stuvwxyz", i);
+    let kinds: [&dyn Fn(usize) -> String; 4] = [
+        &|i| format!("k{i}"),
+        &|i| "a".repeat(i + 1),
+        &collide,
+        &|i| format!("name{i:02}"),
+    ];
+    let escape_first = |s: &str| {
+        let mut c = s.chars();
+        let f = c.next().unwrap_or('a');
+        format!("\\u{:04x}{}", f as u32, c.as_str())
+    };
+    let mut checked = 0usize;
+    for n in [1usize, 2, 3, 7, 8, 9, 15, 16, 17, 18, 31, 32, 33, 64, 100] {
+        for kind in kinds {
+            let names: Vec<String> = (0..n).map(kind).collect();
+            // No duplicate; then a repeat of member i at position j, raw or escaped.
+            let mut variants: Vec<(Vec<String>, bool)> = vec![(names.clone(), false)];
+            let mut pairs = vec![(0, n), (n - 1, n), (n / 2, 0), (0, 1)];
+            pairs.retain(|&(i, j)| i < n && j <= n);
+            for (i, j) in pairs {
+                for esc in [false, true] {
+                    let mut v = names.clone();
+                    let dup = if esc {
+                        escape_first(&names[i])
+                    } else {
+                        names[i].clone()
+                    };
+                    v.insert(j, dup);
+                    variants.push((v, true));
+                }
+            }
+            // An escaped spelling of a name that is not a duplicate.
+            let mut v = names.clone();
+            v[n - 1] = escape_first(&format!("z{}", names[n - 1]));
+            variants.push((v, false));
+            for (members, dup) in variants {
+                for (sep, colon) in [(",", ":"), (",\n  ", ": ")] {
+                    let body: Vec<String> = members
+                        .iter()
+                        .enumerate()
+                        .map(|(i, k)| format!("\"{k}\"{colon}{i}"))
+                        .collect();
+                    let obj = format!("{{{}}}", body.join(sep));
+                    for doc in [obj.clone(), format!("[{obj},{{\"o\":{obj}}}]")] {
+                        let d = doc.as_bytes();
+                        let ix = Index::build(d).expect("small body");
+                        let want = tokenizer_run(d, MAX_DEPTH);
+                        assert_eq!(index_run(&ix, MAX_DEPTH), want, "{doc}");
+                        let kind = ix.error().map(|e| e.kind);
+                        assert_eq!(kind, dup.then_some(ErrorKind::Duplicate), "{doc}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked}");
 }
