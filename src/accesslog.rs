@@ -413,6 +413,59 @@ fn text_name(s: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// A text access line read back (colours already removed): its timestamp and its
+/// `key=value` fields in order, values unquoted — the inverse of [`format_text`], for tools
+/// that read the log (and the tests). `None` when the line is not an access line or a quoted
+/// value is cut short or malformed.
+pub fn text_fields(line: &str) -> Option<(String, Vec<(String, String)>)> {
+    let (ts, rest) = line.split_once("  INFO ward::access: ")?;
+    let rest = rest.strip_suffix('\n').unwrap_or(rest);
+    let mut out = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let mut val = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => match chars.next()? {
+                        'n' => val.push('\n'),
+                        'r' => val.push('\r'),
+                        't' => val.push('\t'),
+                        '0' => val.push('\0'),
+                        'u' => {
+                            if chars.next()? != '{' {
+                                return None;
+                            }
+                            let hex: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                            val.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                        }
+                        other => val.push(other),
+                    },
+                    c => val.push(c),
+                }
+            }
+            if !matches!(chars.next(), None | Some(' ')) {
+                return None;
+            }
+        } else {
+            for c in chars.by_ref() {
+                if c == ' ' {
+                    break;
+                }
+                val.push(c);
+            }
+        }
+        out.push((key, val));
+    }
+    Some((ts.to_owned(), out))
+}
+
 /// tracing_subscriber's RFC 3339 form: `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` (UTC, microseconds).
 fn timestamp(now: std::time::SystemTime, out: &mut Vec<u8>) {
     let d = now

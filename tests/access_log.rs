@@ -195,56 +195,15 @@ fn json_fields(line: &str) -> Fields {
 }
 
 /// The text line without colours: `<ts>  INFO ward::access: k=v …`, values bare or Rust
-/// `Debug`-quoted.
+/// `Debug`-quoted (read back by `ward::accesslog::text_fields`).
 fn text_fields(line: &str) -> Fields {
-    let (ts, rest) = line
-        .split_once("  INFO ward::access: ")
-        .unwrap_or_else(|| panic!("{line:?}"));
+    let (ts, fields) = ward::accesslog::text_fields(line)
+        .unwrap_or_else(|| panic!("not an access line: {line:?}"));
     assert_eq!(ts.len(), 27, "{line:?}");
     assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{line:?}");
     let mut out = Fields::new();
-    out.insert("timestamp".into(), ts.into());
-    let mut chars = rest.chars().peekable();
-    loop {
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if key.is_empty() {
-            break;
-        }
-        let mut val = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars
-                    .next()
-                    .unwrap_or_else(|| panic!("unterminated: {line:?}"))
-                {
-                    '"' => break,
-                    '\\' => match chars.next().unwrap() {
-                        'n' => val.push('\n'),
-                        'r' => val.push('\r'),
-                        't' => val.push('\t'),
-                        '0' => val.push('\0'),
-                        'u' => {
-                            assert_eq!(chars.next(), Some('{'), "{line:?}");
-                            let hex: String = chars.by_ref().take_while(|c| *c != '}').collect();
-                            val.push(
-                                char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap(),
-                            );
-                        }
-                        other => val.push(other),
-                    },
-                    c => val.push(c),
-                }
-            }
-            assert!(matches!(chars.next(), None | Some(' ')), "{line:?}");
-        } else {
-            for c in chars.by_ref() {
-                if c == ' ' {
-                    break;
-                }
-                val.push(c);
-            }
-        }
+    out.insert("timestamp".into(), ts);
+    for (key, val) in fields {
         assert!(
             out.insert(key.clone(), val).is_none(),
             "{key} twice: {line:?}"

@@ -298,57 +298,12 @@ fn text_values(rec: &Record<'_>) -> Vec<(String, String)> {
     .collect()
 }
 
-/// A `key=value` parser for the text line (no colours): values are bare words or Rust
-/// `Debug`-quoted strings.
+/// The text line's fields (no colours), through the module's own reader.
 fn parse_text(line: &str) -> Vec<(String, String)> {
-    let rest = line
-        .split_once("  INFO ward::access: ")
-        .expect("level and target")
+    assert!(line.ends_with('\n'), "{line:?}");
+    super::text_fields(line)
+        .unwrap_or_else(|| panic!("{line:?}"))
         .1
-        .strip_suffix('\n')
-        .expect("newline");
-    let mut out = Vec::new();
-    let mut chars = rest.chars().peekable();
-    loop {
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if key.is_empty() {
-            break;
-        }
-        let mut val = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '"' => break,
-                    '\\' => match chars.next().unwrap() {
-                        'n' => val.push('\n'),
-                        'r' => val.push('\r'),
-                        't' => val.push('\t'),
-                        '0' => val.push('\0'),
-                        'u' => {
-                            assert_eq!(chars.next(), Some('{'));
-                            let hex: String = chars.by_ref().take_while(|c| *c != '}').collect();
-                            val.push(
-                                char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap(),
-                            );
-                        }
-                        other => val.push(other),
-                    },
-                    c => val.push(c),
-                }
-            }
-            assert!(matches!(chars.next(), None | Some(' ')), "{line:?}");
-        } else {
-            for c in chars.by_ref() {
-                if c == ' ' {
-                    break;
-                }
-                val.push(c);
-            }
-        }
-        out.push((key, val));
-    }
-    out
 }
 
 #[test]
@@ -471,5 +426,34 @@ fn text_names_are_raw_only_when_they_cannot_break_forge_or_disguise_the_line() {
         let mut out = Vec::new();
         text_name(name, &mut out);
         assert_eq!(String::from_utf8(out).unwrap(), want, "{name:?}");
+    }
+}
+
+#[test]
+fn text_lines_that_are_cut_or_malformed_are_not_read_back() {
+    let head = "2026-12-05T10:00:00.000000Z  INFO ward::access: ";
+    let good = format!("{head}request_id=\"a\\\"b\" status=200\n");
+    assert_eq!(
+        text_fields(&good).map(|(_, f)| f),
+        Some(vec![
+            ("request_id".to_owned(), "a\"b".to_owned()),
+            ("status".to_owned(), "200".to_owned())
+        ])
+    );
+    // Every cut of a quoted value, a bad escape, something glued after a quote, and lines
+    // that are not access lines.
+    let quoted = format!("{head}route=\"x\\u{{e9}}y\"");
+    for cut in head.len() + 7..quoted.len() - 1 {
+        assert_eq!(text_fields(&quoted[..cut]), None, "{:?}", &quoted[..cut]);
+    }
+    for bad in [
+        format!("{head}route=\"\\u{{zz}}\""),
+        format!("{head}route=\"\\u{{d800}}\""),
+        format!("{head}route=\"\\ux\""),
+        format!("{head}route=\"a\"b"),
+        "2026-12-05T10:00:00.000000Z  WARN ward::access: a=b".to_owned(),
+        String::new(),
+    ] {
+        assert_eq!(text_fields(&bad), None, "{bad:?}");
     }
 }
