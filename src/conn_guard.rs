@@ -12,11 +12,19 @@
 //! The guard also owns the connection's timers: an idle timeout between requests
 //! (keep-alive), and a header-read timeout from the first byte of a head (slowloris).
 //! For HTTP/2 it only runs the idle timer.
+//!
+//! And it lets an idle HTTP/1 connection give its memory back: hyper keeps an 8 KiB read
+//! and an 8 KiB write buffer per connection for as long as the connection lives, so
+//! thousands of idle keep-alive clients would cost tens of megabytes. Once a connection
+//! has been idle for `idle_release` (every answer written and flushed, no byte of a next
+//! request seen), the guard ends hyper's side of it with a clean end-of-stream — without
+//! shutting the socket — and the server parks the bare stream until the client sends
+//! again, then starts a fresh hyper connection on it (see `server::serve_io`).
 
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -75,6 +83,10 @@ pub enum Verdict {
 pub struct ConnShared {
     verdicts: Mutex<VecDeque<Verdict>>,
     inflight: AtomicUsize,
+    /// HTTP/1 heads handed to hyper, and requests whose answer has ended: equal only when
+    /// hyper has no message in hand (a head it read but has not dispatched yet counts).
+    heads: AtomicU64,
+    answered: AtomicU64,
     born: Instant,
     /// Milliseconds after `born` when the connection last became idle.
     idle_since_ms: std::sync::atomic::AtomicU64,
@@ -90,6 +102,8 @@ impl Default for ConnShared {
         ConnShared {
             verdicts: Mutex::default(),
             inflight: AtomicUsize::new(0),
+            heads: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
             born: Instant::now(),
             idle_since_ms: std::sync::atomic::AtomicU64::new(0),
             close: tokio::sync::Notify::new(),
@@ -104,6 +118,7 @@ impl ConnShared {
         self.verdicts.lock().ok()?.pop_front()
     }
     fn push(&self, v: Verdict) {
+        self.heads.fetch_add(1, Ordering::AcqRel);
         if let Ok(mut q) = self.verdicts.lock() {
             q.push_back(v);
         }
@@ -112,6 +127,7 @@ impl ConnShared {
         self.inflight.fetch_add(1, Ordering::AcqRel);
     }
     pub fn end(&self) {
+        self.answered.fetch_add(1, Ordering::AcqRel);
         if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
             let ms = self.born.elapsed().as_millis() as u64;
             self.idle_since_ms.store(ms, Ordering::Release);
@@ -130,6 +146,10 @@ impl ConnShared {
     fn busy(&self) -> bool {
         self.inflight.load(Ordering::Acquire) > 0
     }
+    /// Every head hyper was given has been answered (and nothing is in flight).
+    fn all_answered(&self) -> bool {
+        self.answered.load(Ordering::Acquire) == self.heads.load(Ordering::Acquire) && !self.busy()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -138,6 +158,8 @@ pub struct GuardSettings {
     pub max_headers: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// HTTP/1: idle time after which hyper's side of the connection is released.
+    pub idle_release: Duration,
 }
 
 /// Room for the request line on top of the header budget.
@@ -193,6 +215,22 @@ pub struct GuardedIo<T> {
     eof: bool,
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
+    /// Bytes were written since the last completed flush: an answer may still be on its
+    /// way, so the connection is not idle whatever the request count says.
+    unflushed: bool,
+    /// hyper was handed a release end-of-stream; the connection is parked (or about to be).
+    released: bool,
+}
+
+/// Which deadline the guard's timer is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// Between requests: the connection is cut (postponed while a request is in flight).
+    Idle,
+    /// A head started and has not completed: the connection is cut.
+    HeaderRead,
+    /// Between requests, HTTP/1: hyper's side is released (the connection stays).
+    Release,
 }
 
 impl<T> GuardedIo<T> {
@@ -214,21 +252,102 @@ impl<T> GuardedIo<T> {
             eof: false,
             timer: Box::pin(tokio::time::sleep_until(now + settings.idle_timeout)),
             timer_at: None,
+            unflushed: false,
+            released: false,
         }
     }
 
-    /// When this connection should be cut if nothing happens, and whether the cut is an
-    /// idle cut (postponed while a request is in flight).
-    fn deadline(&self) -> Option<(Instant, bool)> {
+    /// Whether the last end-of-stream hyper saw was a release (not the client closing).
+    pub fn released(&self) -> bool {
+        self.released
+    }
+
+    /// Nothing is pending in either direction and no byte of a next request has arrived:
+    /// hyper would only be waiting for the next head.
+    fn releasable(&self) -> bool {
+        match &self.h1 {
+            Some(h) => {
+                !self.released
+                    && !self.eof
+                    && !h.poisoned
+                    && matches!(h.state, State::Head)
+                    && h.head_buf.is_empty()
+                    && self.out_pos >= self.out.len()
+                    && !self.unflushed
+                    && self.shared.all_answered()
+            }
+            None => false,
+        }
+    }
+
+    /// Give back what a released connection kept and note the release.
+    fn release(&mut self) {
+        self.released = true;
+        self.out = Vec::new();
+        self.out_pos = 0;
+        if let Some(h) = self.h1.as_mut() {
+            h.head_buf = Vec::new();
+        }
+    }
+
+    /// Bytes hyper had read but not used when it let go of the connection: they are served
+    /// again, first, to the next hyper connection (they already passed the guard).
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.out
+                .splice(self.out_pos..self.out_pos, bytes.iter().copied());
+        }
+    }
+
+    /// Park a released connection: wait, holding no buffer of hyper's, until the client
+    /// sends something hyper can use. `Ok(true)`: input is ready for a new hyper connection;
+    /// `Ok(false)`: the client closed. Timeouts still apply (idle, then header read).
+    pub fn poll_resume(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>>
+    where
+        T: AsyncRead + Unpin,
+    {
+        if self.out_pos < self.out.len() {
+            self.released = false;
+            return Poll::Ready(Ok(true));
+        }
+        // A small stack buffer: the guard keeps what it reads (a head is held until it is
+        // complete), and whatever it lets through goes back in front of its output.
+        let mut space = [0u8; 1024];
+        let mut buf = ReadBuf::new(&mut space);
+        std::task::ready!(Pin::new(&mut *self).poll_read(cx, &mut buf))?;
+        if buf.filled().is_empty() {
+            return Poll::Ready(Ok(false));
+        }
+        self.unread(buf.filled());
+        self.released = false;
+        Poll::Ready(Ok(true))
+    }
+
+    /// When this connection should be cut (or released) if nothing happens, and why.
+    fn deadline(&self) -> Option<(Instant, Deadline)> {
+        let idle = || {
+            (
+                self.shared.idle_since() + self.settings.idle_timeout,
+                Deadline::Idle,
+            )
+        };
         match &self.h1 {
             // HTTP/2: idle means no request in flight since the last one ended; bytes are
             // no measure (keep-alive PINGs and their PONGs flow on idle connections).
-            None => Some((self.shared.idle_since() + self.settings.idle_timeout, true)),
+            None => Some(idle()),
             Some(h) => match (h.state, h.head_started) {
-                (State::Head, Some(t)) => Some((t + self.settings.header_read_timeout, false)),
+                (State::Head, Some(t)) => {
+                    Some((t + self.settings.header_read_timeout, Deadline::HeaderRead))
+                }
                 // Between requests: idle since the last response ended (or since accept).
                 (State::Head, None) => {
-                    Some((self.shared.idle_since() + self.settings.idle_timeout, true))
+                    let release = self.shared.idle_since() + self.settings.idle_release;
+                    if self.settings.idle_release < self.settings.idle_timeout && self.releasable()
+                    {
+                        Some((release, Deadline::Release))
+                    } else {
+                        Some(idle())
+                    }
                 }
                 // Body pace is enforced per request (body deadline in the limits layer).
                 _ => None,
@@ -238,7 +357,7 @@ impl<T> GuardedIo<T> {
 
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let Some((at, idle)) = self.deadline() else {
+            let Some((at, kind)) = self.deadline() else {
                 return Poll::Pending;
             };
             // Activity only ever moves a deadline later, so the timer is re-armed lazily:
@@ -256,6 +375,13 @@ impl<T> GuardedIo<T> {
                         self.timer_at = Some(at);
                         continue;
                     }
+                    if kind == Deadline::Release {
+                        // `deadline` offered it only while nothing is pending: hyper gets
+                        // a clean end-of-stream at a message boundary and lets go.
+                        self.timer_at = None;
+                        self.release();
+                        return Poll::Ready(Ok(()));
+                    }
                     if self.shared.busy() {
                         // A request is being answered: neither idle, nor a slow head (a
                         // pipelined head waits for the answer). Check again later.
@@ -268,7 +394,7 @@ impl<T> GuardedIo<T> {
                         self.timer_at = Some(later);
                         continue;
                     }
-                    let what = if idle {
+                    let what = if kind == Deadline::Idle {
                         "idle timeout"
                     } else {
                         "header read timeout"
@@ -662,23 +788,38 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.unflushed = true;
+        Pin::new(&mut this.io).poll_write(cx, buf)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.unflushed = true;
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = r {
+            this.unflushed = false;
+        }
+        r
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.released {
+            // hyper closes its side after a release end-of-stream; the socket stays open
+            // for the next hyper connection. Only what it wrote is pushed out.
+            return Pin::new(&mut this.io).poll_flush(cx);
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
@@ -692,6 +833,7 @@ mod tests {
             max_headers: 20,
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
+            idle_release: Duration::from_secs(5),
         }
     }
 

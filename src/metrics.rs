@@ -19,6 +19,7 @@ pub struct Metrics {
     pub active_connections: IntGaugeVec,
     pub connections: IntCounterVec,
     pub connections_refused: IntCounterVec,
+    pub idle_releases: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
     pub bytes: IntCounterVec,
     pub config_loaded: IntGaugeVec,
@@ -161,6 +162,12 @@ impl Metrics {
                 &r,
                 "ward_connections_total",
                 "Accepted client connections.",
+                &["listener"],
+            ),
+            idle_releases: counter(
+                &r,
+                "ward_idle_releases_total",
+                "Idle HTTP/1 connections that gave their HTTP buffers back (parked until the client sends again).",
                 &["listener"],
             ),
             connections_refused: counter(

@@ -148,29 +148,39 @@ async fn handle_conn(
                     .with_label_values(&[&ctx.name, reason])
                     .inc();
             };
-            let tls = match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(stream))
-                .await
-            {
-                Err(_) => return fail("timeout"),
-                Ok(Err(e)) => {
-                    let reason = crate::tls::handshake_failure_reason(&e);
-                    tracing::debug!(listener = %ctx.name, %peer, reason, "TLS handshake failed");
-                    return fail(reason);
-                }
-                Ok(Ok(s)) => s,
+            // Boxed: the handshake's state lives on the heap only while it runs; inline, it
+            // would size the connection's task (kept for the connection's life) for it.
+            let handshake = Box::pin(tokio::time::timeout(
+                ctx.handshake_timeout,
+                acceptor.accept(stream),
+            ));
+            // In a block: the stream is borrowed below, and a borrowed local keeps its room
+            // in this future across later awaits (a second copy of the TLS state).
+            let serve = {
+                let tls = match handshake.await {
+                    Err(_) => return fail("timeout"),
+                    Ok(Err(e)) => {
+                        let reason = crate::tls::handshake_failure_reason(&e);
+                        tracing::debug!(listener = %ctx.name, %peer, reason, "TLS handshake failed");
+                        return fail(reason);
+                    }
+                    Ok(Ok(s)) => s,
+                };
+                let (_, session) = tls.get_ref();
+                let h2 = session.alpn_protocol() == Some(b"h2");
+                // rustls has verified the chain and revocation; parse the leaf once for policies.
+                let identity = match session.peer_certificates().and_then(|c| c.first()) {
+                    Some(der) => match ClientIdentity::from_der(der) {
+                        Some(id) => Some(Arc::new(id)),
+                        None => return fail("unparsable_client_certificate"),
+                    },
+                    None => None,
+                };
+                let info = ConnInfo::new(peer, true, h2, trusted, identity, generation);
+                // Boxed (by `serve_io`), like the plaintext case: this task stays small.
+                serve_io(ctx, tls, info, stop)
             };
-            let (_, session) = tls.get_ref();
-            let h2 = session.alpn_protocol() == Some(b"h2");
-            // rustls has verified the chain and revocation; parse the leaf once for policies.
-            let identity = match session.peer_certificates().and_then(|c| c.first()) {
-                Some(der) => match ClientIdentity::from_der(der) {
-                    Some(id) => Some(Arc::new(id)),
-                    None => return fail("unparsable_client_certificate"),
-                },
-                None => None,
-            };
-            let info = ConnInfo::new(peer, true, h2, trusted, identity, generation);
-            serve_io(ctx, tls, info, stop).await;
+            serve.await;
         }
         None => {
             let info = ConnInfo::new(peer, false, false, trusted, None, generation);
@@ -200,46 +210,58 @@ impl ConnInfo {
     }
 }
 
-async fn serve_io<IO>(
+/// Serve a connection (after TLS) to its end. The future is boxed, and built so that the
+/// stream is stored in it once: an async fn copies its arguments into locals (two rooms
+/// for a 1.4 KB stream), an `async move` block uses what it captured in place.
+fn serve_io<IO>(
     ctx: Arc<ListenerCtx>,
     io: IO,
     info: Arc<ConnInfo>,
     stop: watch::Receiver<bool>,
-) where
+) -> std::pin::Pin<Box<impl std::future::Future<Output = ()>>>
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let lim = ctx.limits.clone();
-    let shared = info.shared.clone();
-    let h2 = info.h2;
+    let lim = &ctx.limits;
     let settings = GuardSettings {
         max_header_bytes: lim.max_header_bytes,
         max_headers: lim.max_headers,
         header_read_timeout: lim.header_read_timeout.0,
         idle_timeout: lim.idle_timeout.0,
+        idle_release: lim.idle_release.0,
     };
-    let io = TokioIo::new(GuardedIo::new(io, !h2, shared.clone(), settings));
-    let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req: Request<Incoming>| {
-        let ctx = svc_ctx.clone();
-        let info = info.clone();
-        async move { Ok::<_, Infallible>(handle(ctx, info, req).await) }
-    });
-    if h2 {
-        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .max_concurrent_streams(lim.h2_max_concurrent_streams)
-            // Rapid-reset (CVE-2023-44487) and error-reset floods: cap resets per connection.
-            .max_pending_accept_reset_streams(lim.h2_max_pending_reset_streams)
-            .max_local_error_reset_streams(lim.h2_max_local_error_reset_streams)
-            // Backstop only: the ingress answers oversized headers with a 431 body first.
-            .max_header_list_size(
-                u32::try_from(lim.max_header_bytes.saturating_mul(2) + 4096).unwrap_or(u32::MAX),
-            )
-            .keep_alive_interval(Some(lim.idle_timeout.0))
-            .keep_alive_timeout(Duration::from_secs(20));
-        let conn = b.serve_connection(io, svc);
-        drive(conn, &shared, stop, &ctx.name).await;
-    } else {
+    let mut io = GuardedIo::new(io, !info.h2, info.shared.clone(), settings);
+    let mut stop = stop;
+    Box::pin(async move {
+        let lim = ctx.limits.clone();
+        let shared = info.shared.clone();
+        let h2 = info.h2;
+        let svc_ctx = ctx.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let ctx = svc_ctx.clone();
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(handle(ctx, info, req).await) }
+        });
+        if h2 {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_concurrent_streams(lim.h2_max_concurrent_streams)
+                // Rapid-reset (CVE-2023-44487) and error-reset floods: cap resets per connection.
+                .max_pending_accept_reset_streams(lim.h2_max_pending_reset_streams)
+                .max_local_error_reset_streams(lim.h2_max_local_error_reset_streams)
+                // Backstop only: the ingress answers oversized headers with a 431 body first.
+                .max_header_list_size(
+                    u32::try_from(lim.max_header_bytes.saturating_mul(2) + 4096)
+                        .unwrap_or(u32::MAX),
+                )
+                .keep_alive_interval(Some(lim.idle_timeout.0))
+                .keep_alive_timeout(Duration::from_secs(20));
+            // Boxed: an HTTP/2 connection's state is kilobytes, and inline it would size every
+            // connection task (HTTP/1 ones included) for it.
+            let mut conn = Box::pin(b.serve_connection(TokioIo::new(io), svc));
+            drive(conn.as_mut(), &shared, &mut stop, &ctx.name).await;
+            return;
+        }
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
             // The guard enforces the real limits; hyper's are a backstop above them.
@@ -247,9 +269,52 @@ async fn serve_io<IO>(
             .max_buf_size((lim.max_header_bytes * 2 + 16 * 1024).max(8192))
             .header_read_timeout(lim.header_read_timeout.0 + lim.idle_timeout.0)
             .keep_alive(true);
-        let conn = b.serve_connection(io, svc);
-        drive(conn, &shared, stop, &ctx.name).await;
-    }
+        let mut svc = svc;
+        loop {
+            // Boxed: while the connection is parked, the task keeps a pointer, not hyper's
+            // connection state.
+            let mut conn = Box::pin(b.serve_connection(TokioIo::new(io), svc));
+            if drive(conn.as_mut(), &shared, &mut stop, &ctx.name).await != Ended::Done {
+                return;
+            }
+            // Taken apart at once: a partly moved `Parts` would keep its own room in this
+            // future (another copy of the stream's size) across the awaits below.
+            let hyper::server::conn::http1::Parts {
+                io: hio,
+                read_buf,
+                service,
+                ..
+            } = std::pin::Pin::into_inner(conn).into_parts();
+            io = hio.into_inner();
+            svc = service;
+            if !io.released() {
+                return;
+            }
+            // The guard ended hyper's side of an idle connection: hyper's buffers go with it
+            // (its read buffer last: unread bytes are copied out first). Wait for the client's
+            // next bytes, then serve them on a new one.
+            io.unread(&read_buf);
+            drop(read_buf);
+            ctx.metrics
+                .idle_releases
+                .with_label_values(&[&ctx.name])
+                .inc();
+            let resumed = tokio::select! {
+                r = std::future::poll_fn(|cx| io.poll_resume(cx)) => r,
+                _ = stopped(&mut stop) => return,
+                _ = shared.close_requested() => return,
+                _ = shared.abort.notified() => return,
+            };
+            match resumed {
+                Ok(true) => continue,
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::debug!(listener = %ctx.name, error = %e, "parked connection ended");
+                    return;
+                }
+            }
+        }
+    })
 }
 
 /// The hyper connection types' common ground: a future with a graceful shutdown.
@@ -284,25 +349,36 @@ where
     }
 }
 
+/// How `drive` ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// hyper finished the connection cleanly (the client closed, or the guard released it).
+    Done,
+    /// An error, or an abort: the connection is dropped.
+    Dropped,
+}
+
 /// Run a connection to its end; shut it down gracefully on the gateway's shutdown signal
 /// or when a request asked for the connection to be retired (stale TLS identity).
 async fn drive<C: Graceful>(
-    conn: C,
+    mut conn: std::pin::Pin<&mut C>,
     shared: &ConnShared,
-    mut stop: watch::Receiver<bool>,
+    stop: &mut watch::Receiver<bool>,
     listener: &str,
-) {
-    let mut conn = std::pin::pin!(conn);
+) -> Ended {
     let mut closing = false;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(listener, error = %e, "connection ended with error");
-                }
-                return;
+                return match r {
+                    Ok(()) => Ended::Done,
+                    Err(e) => {
+                        tracing::debug!(listener, error = %e, "connection ended with error");
+                        Ended::Dropped
+                    }
+                };
             }
-            _ = stopped(&mut stop), if !closing => {
+            _ = stopped(stop), if !closing => {
                 closing = true;
                 conn.as_mut().shutdown();
             }
@@ -313,7 +389,7 @@ async fn drive<C: Graceful>(
             // Dropping the connection closes the socket: nothing more is written.
             _ = shared.abort.notified() => {
                 tracing::debug!(listener, "connection aborted: the client stopped reading");
-                return;
+                return Ended::Dropped;
             }
         }
     }

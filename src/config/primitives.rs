@@ -120,6 +120,10 @@ pub struct ListenerLimits {
     pub header_read_timeout: Dur,
     pub body_timeout: Dur,
     pub idle_timeout: Dur,
+    /// HTTP/1: after this long idle, a keep-alive connection gives back its HTTP buffers
+    /// (≈ 16 KiB) and waits for the client's next bytes holding only the TLS state.
+    /// Zero releases as soon as an answer is out. Only below `idle_timeout` has it effect.
+    pub idle_release: Dur,
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_reset_streams: usize,
@@ -135,6 +139,7 @@ impl Default for ListenerLimits {
             header_read_timeout: secs(10),
             body_timeout: secs(60),
             idle_timeout: secs(60),
+            idle_release: Dur(Duration::from_millis(250)),
             max_connections: 10_000,
             h2_max_concurrent_streams: 100,
             h2_max_pending_reset_streams: 20,
