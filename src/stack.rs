@@ -24,8 +24,10 @@
 //!                      the headers of the GET those policies would answer
 //!   FHIR authz       — SMART scopes, patient compartment: needs the verified claims
 //!   validate         — FHIR R4 / HL7 v2 bodies: only authorised bodies are worth parsing
-//!   DLP              — PHI detection/redaction (`policy/dlp.rs`): closest to the upstream,
-//!                      sees exactly what is forwarded and first reads what comes back
+//!   DLP              — PHI detection/redaction (`policy/dlp.rs`): sees exactly what is
+//!                      forwarded, and redacts the answer once the guard has judged it
+//!   FHIR authz answer — the compartment guard and scope filter on the upstream's own
+//!                      answer (`AnswerGuard`: the check `fhir_authz` decided with the request)
 //!   proxy            — header hygiene, forwarding headers, upstream call (`proxy/`); on FHIR routes
 //!                      the upstream's base URL is rewritten to the gateway's in headers and
 //!                      bodies, and SMART discovery is answered (`proxy/fhir_rewrite.rs`)
@@ -45,7 +47,7 @@ use crate::policy::audit::Audit;
 use crate::policy::auth::Auth;
 use crate::policy::catch_panic::CatchPanic;
 use crate::policy::dlp::Dlp;
-use crate::policy::fhir_authz::FhirAuthz;
+use crate::policy::fhir_authz::{AnswerGuard, FhirAuthz};
 use crate::policy::head::HeadAsGet;
 use crate::policy::limits::{Limits, LimitsConfig};
 use crate::policy::mtls::Mtls;
@@ -184,6 +186,7 @@ pub fn build(
         .map(|v| PolicyLayer::new(v.sharing_index(share)));
     let dlp = dlp.map(PolicyLayer::new);
     let fhir_authz = compile!(fhir_authz, FhirAuthz, "").map(PolicyLayer::new);
+    let answer_guard = fhir_authz.as_ref().map(|_| PolicyLayer::new(AnswerGuard));
     let audit = compile!(audit, Audit, "").map(PolicyLayer::new);
     let limits = PolicyLayer::new(Limits::from_config(
         &route_limits(route, cfg, listener),
@@ -248,9 +251,12 @@ pub fn build(
         // validate: FHIR / HL7 v2 bodies, after authorization (only authorised bodies are
         // worth parsing), before anything is forwarded
         .option_layer(validate)
-        // DLP: closest to the upstream — the request body it sees is exactly what is
-        // forwarded, and it is the first to read the upstream's answer
+        // DLP: the request body it sees is exactly what is forwarded; it redacts the
+        // upstream's answer after the guard below has judged it
         .option_layer(dlp)
+        // FHIR authz, answer side: the compartment guard and scopes judge the upstream's
+        // own answer, before DLP redacts it (DLP then reuses the guard's index)
+        .option_layer(answer_guard)
         // proxy: header hygiene, gateway-set headers, upstream call
         .service(
             ProxyService::new(

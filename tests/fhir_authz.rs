@@ -1080,17 +1080,68 @@ async fn lexed_responses(gw: &ward::Gateway) -> u64 {
 /// rewrites is new bytes, so the guard's read of it is a second lexing (never a stale index).
 /// What the client gets is still each policy's verdict.
 #[tokio::test]
+async fn the_guard_judges_the_upstreams_answer_before_dlp_redacts_it() {
+    // DLP redacts the very references the compartment guard decides on. The guard must
+    // judge what the EHR sent (the patient's own records pass, another patient's stay
+    // hidden), and the client must still get the redacted answer.
+    let s = setup(
+        "dlp:\n  direction: response\n  fhir:\n    - path: Observation.subject\n      action: redact\n    - path: Encounter.subject\n      action: redact\n",
+    )
+    .await;
+    let t = token(&s.key, PATIENT_SCOPES, Some("a"));
+    let cases: [(&str, u16); 6] = [
+        ("/fhir/Observation/oa1", 200),
+        ("/fhir/Encounter/ea1", 200),
+        ("/fhir/Observation/ob1", 404),
+        ("/fhir/Observation?patient=a", 200),
+        ("/fhir/Encounter?patient=Patient/a", 200),
+        ("/fhir/Observation?patient=b", 403),
+    ];
+    for (path, want) in cases {
+        let r = req(&s, &t, "GET", path, None).await;
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(r.status, want, "{path}: {text}");
+        if want == 200 {
+            let v = r.json();
+            let resources: Vec<serde_json::Value> = match v["resourceType"].as_str() {
+                Some("Bundle") => v["entry"]
+                    .as_array()
+                    .map(|e| e.iter().map(|x| x["resource"].clone()).collect())
+                    .unwrap_or_default(),
+                Some(_) => vec![v.clone()],
+                None => vec![],
+            };
+            assert!(
+                !resources.is_empty(),
+                "{path}: the patient's own records were hidden: {text}"
+            );
+            for res in resources {
+                assert!(res["id"].is_string(), "{path}: {text}");
+                // The reference the guard decided on never reaches the client.
+                assert!(
+                    !res.to_string().contains("Patient/"),
+                    "{path}: not redacted: {text}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_guard_and_dlp_share_one_lexing_of_each_answer() {
     let s = setup("dlp:\n  direction: response\n  preset: safe_harbor\n").await;
     let t = token(&s.key, PATIENT_SCOPES, Some("a"));
-    // (path, status, lexings): the Patient's name is redacted by Safe Harbor (rewritten).
+    // (path, status, lexings): the guard reads the upstream's answer first and DLP reuses
+    // its index, also for the Patient whose name Safe Harbor then redacts. A search answer
+    // is changed by the guard (its paging links pointed at the gateway): those new bytes
+    // are lexed again by DLP — an index is only ever used for the bytes it was built from.
     let cases: [(&str, u16, u64); 6] = [
         ("/fhir/Observation/oa1", 200, 1),
         ("/fhir/Encounter/ea1", 200, 1),
-        ("/fhir/Patient/a", 200, 2),
+        ("/fhir/Patient/a", 200, 1),
         ("/fhir/Observation/ob1", 404, 1),
-        ("/fhir/Observation?patient=a", 200, 1),
-        ("/fhir/Encounter?patient=Patient/a", 200, 1),
+        ("/fhir/Observation?patient=a", 200, 2),
+        ("/fhir/Encounter?patient=Patient/a", 200, 2),
     ];
     for (path, want, lexings) in cases {
         let before = lexed_responses(&s.gw).await;

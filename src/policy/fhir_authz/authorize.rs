@@ -26,6 +26,7 @@ pub(super) async fn authorize_inner<S>(
 where
     S: Chain,
 {
+    let f_shared = f.clone();
     let f = &*f;
     let claims = &*claims;
     // A launch-context patient that names nobody (`""`, `" "`, a number, a list) is refused
@@ -244,35 +245,46 @@ where
         None => body,
     };
     let links = LinkBase::from_parts(&parts);
+    // The answer is checked on the upstream's own bytes: by `AnswerGuard`, below DLP and
+    // validation (before any redaction, and sharing the index DLP then reuses); here only
+    // if no layer below took the check (then on what came back up).
+    let scope_mode = a.cfg.response_scope_mode;
+    let f = f_shared;
+    let check = AnswerCheck::new(Box::new(move |resp: Response<Body>| {
+        Box::pin(async move {
+            let a = &*a;
+            if check_batch {
+                let grants: Vec<Option<Grants>> = batch_scopes
+                    .iter()
+                    .map(|e| {
+                        e.perm
+                            .map(|p| Grants::new(&scopes, p, e.resource_type, &e.params))
+                            .filter(|g| !g.universal())
+                    })
+                    .collect();
+                return check_batch_response(a, resp, &batch_checks, &grants, scope_mode).await;
+            }
+            let grants = scoped_perm.map(|p| Grants::new(&scopes, p, f.resource_type, &params));
+            match plan {
+                Plan::Pass | Plan::PreRead { .. } if reads_answer => {
+                    check_scoped(a, resp, grants.as_ref(), scope_mode).await
+                }
+                Plan::Pass | Plan::PreRead { .. } => Ok(resp),
+                Plan::CheckResponse {
+                    patient,
+                    bundle,
+                    hide,
+                } => {
+                    let scope = grants.as_ref().map(|g| (g, scope_mode));
+                    check_response(a, resp, &patient, bundle, hide, links.as_ref(), scope).await
+                }
+            }
+        })
+    }));
+    parts.extensions.insert(check.clone());
     let req = Request::from_parts(parts, body);
     let resp = crate::service::call_next(inner, req).await?;
-    let scope_mode = a.cfg.response_scope_mode;
-    if check_batch {
-        let grants: Vec<Option<Grants>> = batch_scopes
-            .iter()
-            .map(|e| {
-                e.perm
-                    .map(|p| Grants::new(&scopes, p, e.resource_type, &e.params))
-                    .filter(|g| !g.universal())
-            })
-            .collect();
-        return check_batch_response(&a, resp, &batch_checks, &grants, scope_mode).await;
-    }
-    let grants = scoped_perm.map(|p| Grants::new(&scopes, p, f.resource_type, &params));
-    match plan {
-        Plan::Pass | Plan::PreRead { .. } if reads_answer => {
-            check_scoped(&a, resp, grants.as_ref(), scope_mode).await
-        }
-        Plan::Pass | Plan::PreRead { .. } => Ok(resp),
-        Plan::CheckResponse {
-            patient,
-            bundle,
-            hide,
-        } => {
-            let scope = grants.as_ref().map(|g| (g, scope_mode));
-            check_response(&a, resp, &patient, bundle, hide, links.as_ref(), scope).await
-        }
-    }
+    check.apply(resp).await
 }
 
 /// Read the target of a patient-context delete/patch through the same route (same

@@ -1321,6 +1321,53 @@ impl Policy for FhirAuthz {
     }
 }
 
+/// The guard's check of one answer, decided with the request. It travels down in the
+/// request's extensions to [`AnswerGuard`], which applies it to the upstream's answer
+/// before DLP or anything else rewrites it; if nothing below took it, `fhir_authz` applies
+/// it itself. Either way it runs exactly once.
+#[derive(Clone)]
+pub(crate) struct AnswerCheck(Arc<std::sync::Mutex<Option<CheckFn>>>);
+
+type CheckFn = Box<
+    dyn FnOnce(
+            Response<Body>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Response<Body>, Rejection>> + Send>,
+        > + Send,
+>;
+
+impl AnswerCheck {
+    fn new(f: CheckFn) -> Self {
+        AnswerCheck(Arc::new(std::sync::Mutex::new(Some(f))))
+    }
+
+    /// Check `resp`, unless the check was already applied (then `resp` is its result).
+    async fn apply(&self, resp: Response<Body>) -> Result<Response<Body>, Rejection> {
+        // A poisoned lock cannot leave the check unapplied: fail closed.
+        let f = self.0.lock().map_err(|_| Rejection::internal())?.take();
+        match f {
+            Some(f) => f(resp).await,
+            None => Ok(resp),
+        }
+    }
+}
+
+/// The answer side of `fhir_authz`, placed right above the proxy (below validation and
+/// DLP): applies the request's [`AnswerCheck`] to the upstream's answer as it arrives, so
+/// the guard judges what the EHR sent (not a redacted copy) and DLP reuses its index.
+#[derive(Debug, Default)]
+pub struct AnswerGuard;
+
+impl Policy for AnswerGuard {
+    fn call<S: Chain>(self: &Arc<Self>, mut req: Request<Body>, next: Next<'_, S>) -> PolicyFuture {
+        let Some(check) = req.extensions_mut().remove::<AnswerCheck>() else {
+            return next.run(req);
+        };
+        let fut = next.run(req);
+        Box::pin(async move { check.apply(fut.await?).await })
+    }
+}
+
 mod authorize;
 mod bulk;
 #[cfg(test)]
