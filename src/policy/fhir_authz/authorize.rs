@@ -48,7 +48,12 @@ where
     let mut body_bytes: Option<Bytes> = None;
     let mut batch_checks: Vec<EntryCheck> = Vec::new();
     let mut batch_scopes: Vec<EntryScope> = Vec::new();
-    let bases = a.bases(&parts);
+    // Where the client reached this route: the bases of local references, and (below)
+    // where a Bundle's paging links are pointed back to.
+    let links = LinkBase::from_parts(&parts);
+    let bases = a.bases(links.as_ref());
+    // The token's scopes, parsed once for every decision on this request.
+    let scopes = scopes::parse_all(claims.scopes.iter().map(String::as_str));
     let form_search = parts.method == http::Method::POST
         && matches!(
             f.interaction,
@@ -85,7 +90,14 @@ where
         );
     }
     let break_glass = a.break_glass(f, claims, &parts)?;
-    let plan = a.decide(f, claims, &mut params, break_glass.is_some(), &bases)?;
+    let plan = a.decide(
+        f,
+        claims,
+        &scopes,
+        &mut params,
+        break_glass.is_some(),
+        &bases,
+    )?;
     if let Some(reason) = break_glass {
         let route = parts
             .extensions
@@ -116,8 +128,7 @@ where
         // context it would search across all patients; elsewhere the token must be allowed
         // to search and read that type, or the header is a search/read oracle.
         let t = f.resource_type.unwrap_or("");
-        let all = scopes::parse_all(claims.scopes.iter().map(String::as_str));
-        let may = |p: Perm| Grants::new(&all, p, f.resource_type, &[]).allows(t, false);
+        let may = |p: Perm| Grants::new(&scopes, p, f.resource_type, &[]).allows(t, false);
         if patient_ctx || !(may(Perm::Search) && may(Perm::Read)) {
             return Err(denied(
                 "conditional_denied",
@@ -148,7 +159,6 @@ where
     }
     // What the scopes let this token receive: `None` when every type is granted (or the
     // interaction returns no resources of the server's choosing).
-    let scopes = scopes::parse_all(claims.scopes.iter().map(String::as_str));
     let scoped_perm = response_perm(f.interaction)
         .filter(|p| !Grants::new(&scopes, *p, f.resource_type, &params).universal());
     let batch_scoped = batch_scopes.iter().any(|e| {
@@ -244,7 +254,6 @@ where
         }
         None => body,
     };
-    let links = LinkBase::from_parts(&parts);
     // The answer is checked on the upstream's own bytes: by `AnswerGuard`, below DLP and
     // validation (before any redaction, and sharing the index DLP then reuses); here only
     // if no layer below took the check (then on what came back up).

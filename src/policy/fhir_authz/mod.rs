@@ -532,9 +532,9 @@ impl FhirAuthz {
     /// The bases under which an absolute reference means this server: the route as the
     /// client addressed it, and the upstream (its origin with the route's upstream path,
     /// and its configured URL).
-    fn bases(&self, parts: &http::request::Parts) -> Bases {
+    fn bases(&self, link: Option<&LinkBase>) -> Bases {
         let mut v = Vec::new();
-        if let Some(l) = LinkBase::from_parts(parts) {
+        if let Some(l) = link {
             v.push(l.gateway.clone());
             if let Some(o) = &self.upstream_origin {
                 v.push(format!("{o}{}", l.upstream_path));
@@ -720,6 +720,7 @@ impl FhirAuthz {
         &self,
         f: &FhirRequest,
         claims: &Claims,
+        scopes: &[Scope],
         params: &mut Vec<SearchParam>,
         break_glass: bool,
         bases: &Bases,
@@ -730,11 +731,10 @@ impl FhirAuthz {
         }
         // Search-parameter firewall and `_count` cap apply to everyone.
         self.firewall(params)?;
-        let scopes = scopes::parse_all(claims.scopes.iter().map(String::as_str));
         // Whatever the context: `_include`, `_revinclude`, `_has` and chains may only name
         // types the token may search (the response is filtered too; this refuses early and
         // stops chains, whose results never show the chained type).
-        named_types_granted(&scopes, f.resource_type, params)?;
+        named_types_granted(scopes, f.resource_type, params)?;
         let rtype = f.resource_type.unwrap_or("*");
         let perm = scopes::needed(f.interaction);
         let ops_perm = match f.interaction {
@@ -955,6 +955,7 @@ impl FhirAuthz {
         let invalid =
             |code: &'static str, detail: &'static str| Rejection::bad_request(code, detail);
         let mut v: Value = strict_body(body)?;
+        let scopes = scopes::parse_all(claims.scopes.iter().map(String::as_str));
         let urns = crate::fhir::refs::urn_targets(&v);
         let mut checks = Vec::new();
         let mut entry_scopes = Vec::new();
@@ -1048,7 +1049,7 @@ impl FhirAuthz {
                 ));
             }
             let mut params = er.params.clone();
-            let plan = self.decide(&er, claims, &mut params, false, bases)?;
+            let plan = self.decide(&er, claims, &scopes, &mut params, false, bases)?;
             let patient_level = patient_scoped(claims, &er);
             if let (Some(pid), true, Interaction::Create | Interaction::Update) =
                 (pid, patient_level, er.interaction)
