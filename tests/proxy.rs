@@ -588,3 +588,65 @@ async fn head_refusals_have_no_body_over_http1_and_http2() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_pool_keeps_a_connection_for_every_request_in_flight() {
+    // 100 requests at once (HTTP/2 streams on one client connection), held at the upstream
+    // until all have arrived, so each needs its own upstream connection. Later rounds must
+    // reuse them: a pool that keeps fewer closes and reopens connections under load.
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const N: usize = 100;
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = tcp.local_addr().unwrap();
+    {
+        let accepts = accepts.clone();
+        let barrier = Arc::new(tokio::sync::Barrier::new(N));
+        tokio::spawn(async move {
+            while let Ok((s, _)) = tcp.accept().await {
+                let (accepts, barrier) = (accepts.clone(), barrier.clone());
+                // Counted on its first request: health probes connect and close.
+                let counted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        if !counted.swap(true, Ordering::SeqCst) {
+                            accepts.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let barrier = barrier.clone();
+                        async move {
+                            barrier.wait().await;
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+    }
+    let env = Env::new();
+    let gw = env.start(&basic_config(up, "", "")).await;
+    let c = client(&env.pki, true);
+    let mut opened = 0;
+    for round in 0..3 {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..N {
+            let (c, u) = (c.clone(), url(&gw, &format!("/api/r{round}/{i}")));
+            set.spawn(async move { send(&c, get(&u)).await.status });
+        }
+        while let Some(s) = set.join_next().await {
+            assert_eq!(s.unwrap(), 200, "round {round}");
+        }
+        let now = accepts.load(Ordering::SeqCst);
+        if round == 0 {
+            assert_eq!(now, N, "one upstream connection per request in flight");
+            opened = now;
+        } else {
+            assert_eq!(now, opened, "round {round} opened new upstream connections");
+        }
+    }
+}
