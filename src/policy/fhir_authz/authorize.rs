@@ -257,43 +257,84 @@ where
     // The answer is checked on the upstream's own bytes: by `AnswerGuard`, below DLP and
     // validation (before any redaction, and sharing the index DLP then reuses); here only
     // if no layer below took the check (then on what came back up).
-    let scope_mode = a.cfg.response_scope_mode;
-    let f = f_shared;
-    let check = AnswerCheck::new(Box::new(move |resp: Response<Body>| {
-        Box::pin(async move {
-            let a = &*a;
-            if check_batch {
-                let grants: Vec<Option<Grants>> = batch_scopes
-                    .iter()
-                    .map(|e| {
-                        e.perm
-                            .map(|p| Grants::new(&scopes, p, e.resource_type, &e.params))
-                            .filter(|g| !g.universal())
-                    })
-                    .collect();
-                return check_batch_response(a, resp, &batch_checks, &grants, scope_mode).await;
-            }
-            let grants = scoped_perm.map(|p| Grants::new(&scopes, p, f.resource_type, &params));
-            match plan {
-                Plan::Pass | Plan::PreRead { .. } if reads_answer => {
-                    check_scoped(a, resp, grants.as_ref(), scope_mode).await
-                }
-                Plan::Pass | Plan::PreRead { .. } => Ok(resp),
-                Plan::CheckResponse {
-                    patient,
-                    bundle,
-                    hide,
-                } => {
-                    let scope = grants.as_ref().map(|g| (g, scope_mode));
-                    check_response(a, resp, &patient, bundle, hide, links.as_ref(), scope).await
-                }
-            }
-        })
-    }));
+    let check = AnswerPlan {
+        a,
+        f: f_shared,
+        scopes,
+        params,
+        batch_scopes,
+        batch_checks,
+        check_batch,
+        scoped_perm,
+        plan,
+        reads_answer,
+        links,
+    }
+    .into_check();
     parts.extensions.insert(check.clone());
     let req = Request::from_parts(parts, body);
     let resp = crate::service::call_next(inner, req).await?;
     check.apply(resp).await
+}
+
+/// Everything the answer check needs, owned (it runs after this request's handler has
+/// moved on). Not generic: one copy of the check, whatever stack the policy sits in.
+struct AnswerPlan {
+    a: Arc<FhirAuthz>,
+    f: Arc<FhirRequest>,
+    scopes: Vec<Scope>,
+    params: Vec<SearchParam>,
+    batch_scopes: Vec<EntryScope>,
+    batch_checks: Vec<EntryCheck>,
+    check_batch: bool,
+    scoped_perm: Option<Perm>,
+    plan: Plan,
+    reads_answer: bool,
+    links: Option<LinkBase>,
+}
+
+impl AnswerPlan {
+    fn into_check(self) -> AnswerCheck {
+        AnswerCheck::new(Box::new(move |resp: Response<Body>| {
+            Box::pin(self.run(resp))
+        }))
+    }
+
+    async fn run(self, resp: Response<Body>) -> Result<Response<Body>, Rejection> {
+        let a = &*self.a;
+        let scopes = &self.scopes;
+        let scope_mode = a.cfg.response_scope_mode;
+        if self.check_batch {
+            let grants: Vec<Option<Grants>> = self
+                .batch_scopes
+                .iter()
+                .map(|e| {
+                    e.perm
+                        .map(|p| Grants::new(scopes, p, e.resource_type, &e.params))
+                        .filter(|g| !g.universal())
+                })
+                .collect();
+            return check_batch_response(a, resp, &self.batch_checks, &grants, scope_mode).await;
+        }
+        let grants = self
+            .scoped_perm
+            .map(|p| Grants::new(scopes, p, self.f.resource_type, &self.params));
+        match &self.plan {
+            Plan::Pass | Plan::PreRead { .. } if self.reads_answer => {
+                check_scoped(a, resp, grants.as_ref(), scope_mode).await
+            }
+            Plan::Pass | Plan::PreRead { .. } => Ok(resp),
+            Plan::CheckResponse {
+                patient,
+                bundle,
+                hide,
+            } => {
+                let scope = grants.as_ref().map(|g| (g, scope_mode));
+                let links = self.links.as_ref();
+                check_response(a, resp, patient, *bundle, *hide, links, scope).await
+            }
+        }
+    }
 }
 
 /// Read the target of a patient-context delete/patch through the same route (same
