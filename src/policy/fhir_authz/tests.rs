@@ -53,3 +53,76 @@ fn query_encoding_round_trips() {
             .unwrap();
     assert_eq!(parse_params(&encode_params(&ps)).unwrap(), ps);
 }
+
+/// The answer check runs exactly once: below (by `AnswerGuard`, which takes it out of the
+/// request) or, when no guard below took it, on the way up — and its refusal fails the
+/// request either way.
+#[tokio::test]
+async fn an_answer_check_runs_exactly_once_below_or_above() {
+    use crate::service::PolicyLayer;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{Layer, ServiceExt};
+    let runs = Arc::new(AtomicUsize::new(0));
+    let check = |refuse: bool| {
+        let runs = runs.clone();
+        AnswerCheck::new(Box::new(move |mut resp: Response<Body>| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if refuse {
+                    return Err(hidden());
+                }
+                resp.headers_mut()
+                    .insert("x-checked", HeaderValue::from_static("1"));
+                Ok(resp)
+            })
+        }))
+    };
+    // The upstream side: it must never see the check in the request it gets.
+    let upstream = tower::service_fn(|req: Request<Body>| async move {
+        assert!(req.extensions().get::<AnswerCheck>().is_none());
+        Ok::<_, Rejection>(Response::new(crate::empty_body()))
+    });
+    for refuse in [false, true] {
+        // Below: the guard applies it; the later call on the way up does nothing.
+        let before = runs.load(Ordering::SeqCst);
+        let c = check(refuse);
+        let mut req = Request::new(crate::empty_body());
+        req.extensions_mut().insert(c.clone());
+        let below = PolicyLayer::new(AnswerGuard)
+            .layer(upstream.clone())
+            .oneshot(req)
+            .await;
+        match below {
+            Ok(resp) => {
+                assert!(!refuse);
+                assert_eq!(resp.headers()["x-checked"], "1");
+                let again = c.apply(Response::new(crate::empty_body())).await.unwrap();
+                assert!(again.headers().get("x-checked").is_none(), "applied twice");
+            }
+            Err(e) => {
+                assert!(refuse);
+                assert_eq!(e.code, hidden().code);
+            }
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), before + 1);
+        // No guard below: applied on the way up, once.
+        let c = check(refuse);
+        let resp = upstream
+            .clone()
+            .oneshot(Request::new(crate::empty_body()))
+            .await
+            .unwrap();
+        let up = c.apply(resp).await;
+        assert_eq!(up.is_err(), refuse);
+        let _ = c.apply(Response::new(crate::empty_body())).await;
+        assert_eq!(runs.load(Ordering::SeqCst), before + 2);
+        // A request without a check passes the guard untouched.
+        let plain = PolicyLayer::new(AnswerGuard)
+            .layer(upstream.clone())
+            .oneshot(Request::new(crate::empty_body()))
+            .await
+            .unwrap();
+        assert!(plain.headers().get("x-checked").is_none());
+        assert_eq!(runs.load(Ordering::SeqCst), before + 2);
+    }
+}
