@@ -89,7 +89,7 @@ async fn an_answer_check_runs_exactly_once_below_or_above() {
         let mut req = Request::new(crate::empty_body());
         req.extensions_mut().insert(c.clone());
         let below = PolicyLayer::new(AnswerGuard)
-            .layer(upstream.clone())
+            .layer(upstream)
             .oneshot(req)
             .await;
         match below {
@@ -108,7 +108,6 @@ async fn an_answer_check_runs_exactly_once_below_or_above() {
         // No guard below: applied on the way up, once.
         let c = check(refuse);
         let resp = upstream
-            .clone()
             .oneshot(Request::new(crate::empty_body()))
             .await
             .unwrap();
@@ -118,7 +117,7 @@ async fn an_answer_check_runs_exactly_once_below_or_above() {
         assert_eq!(runs.load(Ordering::SeqCst), before + 2);
         // A request without a check passes the guard untouched.
         let plain = PolicyLayer::new(AnswerGuard)
-            .layer(upstream.clone())
+            .layer(upstream)
             .oneshot(Request::new(crate::empty_body()))
             .await
             .unwrap();
